@@ -1,0 +1,117 @@
+//! The `latent` command line.
+
+use crate::plugins::{self, Registry};
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// latent: self-supervised representation learning with plugin objectives, encoders and augmentations
+#[derive(Parser, Debug)]
+#[command(name = "latent", version, about)]
+pub struct Cli {
+    /// Extra directory to load plugins from (searched before LATENT_PLUGIN_PATH and the default)
+    #[arg(long = "plugin-dir", global = true)]
+    pub plugin_dirs: Vec<PathBuf>,
+    /// The command
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List the plugins on the search path
+    Plugins {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Say exactly why a library file can or cannot be loaded as a plugin
+    CheckPlugin {
+        /// The library file
+        file: PathBuf,
+    },
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    init_tracing();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LATENT_LOG").unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Plugins { json } => cmd_plugins(&cli.plugin_dirs, json),
+        Command::CheckPlugin { file } => cmd_check(&file),
+    }
+}
+
+fn cmd_plugins(dirs: &[PathBuf], json: bool) -> Result<i32> {
+    let reg = Registry::discover(dirs)?;
+    if json {
+        let plugins: Vec<serde_json::Value> = reg
+            .entries
+            .values()
+            .map(|e| {
+                let m = &e.manifest;
+                serde_json::json!({
+                    "name": m.name.as_str(),
+                    "kind": m.kind.as_str(),
+                    "version": m.version.as_str(),
+                    "file": e.file.display().to_string(),
+                    "description": m.description.as_str(),
+                    "default_config": serde_json::from_str::<serde_json::Value>(&m.default_config).unwrap_or(serde_json::Value::Null),
+                    "needs_labels": m.needs_labels,
+                    "needs_target": m.needs_target,
+                })
+            })
+            .collect();
+        let failures: Vec<serde_json::Value> =
+            reg.failures.iter().map(|(f, e)| serde_json::json!({"file": f.display().to_string(), "error": e})).collect();
+        let search: Vec<String> = reg.search_path.iter().map(|p| p.display().to_string()).collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"search_path": search, "plugins": plugins, "failures": failures}))?);
+        return Ok(0);
+    }
+    println!("search path:");
+    for p in &reg.search_path {
+        println!("  {}", p.display());
+    }
+    println!();
+    println!("{:<16} {:<13} {:<8} {:<50} FILE", "NAME", "KIND", "VERSION", "DESCRIPTION");
+    for e in reg.entries.values() {
+        let m = &e.manifest;
+        println!("{:<16} {:<13} {:<8} {:<50} {}", m.name.as_str(), m.kind.as_str(), m.version.as_str(), m.description.as_str(), e.file.display());
+    }
+    for (f, err) in &reg.failures {
+        println!("\nnot loaded: {}\n  {err}", f.display());
+    }
+    Ok(0)
+}
+
+fn cmd_check(file: &std::path::Path) -> Result<i32> {
+    let lib = match plugins::load_library(file) {
+        Ok(lib) => lib,
+        Err(e) => {
+            println!("cannot load {}: {e:#}", file.display());
+            return Ok(2);
+        }
+    };
+    let ms = plugins::manifests(lib, file)?;
+    println!("{}: ok, latent plugin library (SDK {})", file.display(), lib.sdk_version());
+    for m in ms {
+        println!("  {} ({}, version {}): {}", m.name, m.kind.as_str(), m.version, m.description);
+    }
+    Ok(0)
+}

@@ -1,0 +1,13 @@
+//! # latent-host: the `latent` runtime
+//!
+//! The host owns everything that is not a plugin: the device, data loading and augmentation
+//! scheduling, the training loop, the one optimizer, the EMA target network, checkpoints,
+//! evaluation and the CLI. Plugins (objectives, encoders, augmentations) are loaded from
+//! dynamic libraries through `latent-sdk`'s ABI ([`plugins`]).
+//!
+//! Modules:
+//! - [`plugins`]: search path, loading with abi_stable, checked handles around plugin objects.
+//! - [`cli`]: the `latent` commands.
+
+pub mod cli;
+pub mod plugins;

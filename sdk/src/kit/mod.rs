@@ -1,0 +1,75 @@
+//! The plugin kit: runtime-shaped layers with hand-written backward, Caffe-style.
+//!
+//! Nothing here crosses the ABI; each plugin library compiles its own copy. Every layer follows
+//! one contract ([`Layer`]): `forward(x, train)` keeps what its backward needs, `backward(dy)`
+//! returns `dx` and *accumulates* parameter gradients. Each layer is tested alone against a
+//! direct formula and against finite differences ([`gradcheck`]).
+
+pub mod batchnorm;
+pub mod gradcheck;
+pub mod linear;
+pub mod ops;
+pub mod param;
+pub mod relu;
+pub mod tensor;
+
+pub use batchnorm::BatchNorm;
+pub use linear::Linear;
+pub use param::{Init, Module, Param};
+pub use relu::Relu;
+pub use tensor::Tensor;
+
+/// The Caffe-style layer contract.
+pub trait Layer: Module {
+    /// Computes the output; with `train`, remembers what `backward` needs.
+    fn forward(&mut self, x: &Tensor, train: bool) -> Tensor;
+    /// Given d loss / d output of the last training forward, accumulates parameter gradients
+    /// and returns d loss / d input.
+    fn backward(&mut self, dy: &Tensor) -> Tensor;
+}
+
+/// Layers run in order.
+#[derive(Default)]
+pub struct Sequential {
+    /// The layers.
+    pub layers: Vec<Box<dyn Layer + Send>>,
+}
+
+impl Sequential {
+    /// An empty stack.
+    pub fn new() -> Self {
+        Sequential { layers: Vec::new() }
+    }
+
+    /// Appends a layer.
+    pub fn push(mut self, layer: impl Layer + Send + 'static) -> Self {
+        self.layers.push(Box::new(layer));
+        self
+    }
+}
+
+impl Module for Sequential {
+    fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        for l in &mut self.layers {
+            l.visit_params(f);
+        }
+    }
+}
+
+impl Layer for Sequential {
+    fn forward(&mut self, x: &Tensor, train: bool) -> Tensor {
+        let mut h = x.clone();
+        for l in &mut self.layers {
+            h = l.forward(&h, train);
+        }
+        h
+    }
+
+    fn backward(&mut self, dy: &Tensor) -> Tensor {
+        let mut g = dy.clone();
+        for l in self.layers.iter_mut().rev() {
+            g = l.backward(&g);
+        }
+        g
+    }
+}

@@ -1,0 +1,118 @@
+//! Named parameter buffers ([`Param`]), the [`Module`] visitor that exposes them, and
+//! [`Init`], a seeded initialiser with name prefixes (as candle's `VarBuilder`).
+
+use crate::abi::ParamRole;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::{cell::RefCell, rc::Rc};
+
+/// One named buffer with its gradient. The host reads and writes these through the ABI.
+#[derive(Clone, Debug)]
+pub struct Param {
+    /// Dotted name, unique within its module.
+    pub name: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Values.
+    pub value: Vec<f32>,
+    /// Accumulated gradient (same length as `value`; unused for buffers and targets).
+    pub grad: Vec<f32>,
+    /// What the host does with it.
+    pub role: ParamRole,
+    /// For targets: the online parameter it follows.
+    pub ema_of: Option<String>,
+}
+
+impl Param {
+    /// A parameter with the given values.
+    pub fn new(name: String, shape: Vec<usize>, value: Vec<f32>, role: ParamRole) -> Param {
+        assert_eq!(shape.iter().product::<usize>(), value.len(), "param {name}");
+        let grad = vec![0.0; value.len()];
+        Param { name, shape, value, grad, role, ema_of: None }
+    }
+
+    /// True for roles the optimizer updates.
+    pub fn trainable(&self) -> bool {
+        matches!(self.role, ParamRole::Weight | ParamRole::NoDecay)
+    }
+
+    /// A non-trained copy that follows `self` by EMA, named `name`.
+    pub fn target_copy(&self, name: String) -> Param {
+        let role = if self.trainable() { ParamRole::Target } else { ParamRole::Buffer };
+        let ema_of = self.trainable().then(|| self.name.clone());
+        Param { name, shape: self.shape.clone(), value: self.value.clone(), grad: vec![0.0; self.value.len()], role, ema_of }
+    }
+}
+
+/// Anything that owns parameters: layers, heads, whole encoders.
+pub trait Module {
+    /// Calls `f` on every parameter, always in the same order.
+    fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param));
+
+    /// Zeroes every gradient.
+    fn zero_grad(&mut self) {
+        self.visit_params(&mut |p| p.grad.iter_mut().for_each(|g| *g = 0.0));
+    }
+
+    /// Number of trainable scalars.
+    fn num_trainable(&mut self) -> usize {
+        let mut n = 0;
+        self.visit_params(&mut |p| {
+            if p.trainable() {
+                n += p.value.len()
+            }
+        });
+        n
+    }
+}
+
+/// A seeded initialiser that hands out parameter names under a prefix.
+///
+/// `Init::new(seed).pp("stem").pp("conv")` names parameters `stem.conv.<leaf>`; all clones share
+/// one random stream, so the order of construction fixes the values.
+#[derive(Clone)]
+pub struct Init {
+    prefix: String,
+    rng: Rc<RefCell<ChaCha8Rng>>,
+}
+
+impl Init {
+    /// A root initialiser.
+    pub fn new(seed: u64) -> Init {
+        Init { prefix: String::new(), rng: Rc::new(RefCell::new(ChaCha8Rng::seed_from_u64(seed))) }
+    }
+
+    /// A child with `name` appended to the prefix.
+    pub fn pp(&self, name: impl AsRef<str>) -> Init {
+        Init { prefix: self.name(name.as_ref()), rng: self.rng.clone() }
+    }
+
+    /// The full name of a leaf under this prefix.
+    pub fn name(&self, leaf: &str) -> String {
+        if self.prefix.is_empty() {
+            leaf.to_string()
+        } else {
+            format!("{}.{leaf}", self.prefix)
+        }
+    }
+
+    /// `n` values uniform in `[-bound, bound)`.
+    pub fn uniform(&self, n: usize, bound: f32) -> Vec<f32> {
+        let mut rng = self.rng.borrow_mut();
+        (0..n).map(|_| rng.gen_range(-bound..bound.max(f32::MIN_POSITIVE))).collect()
+    }
+
+    /// PyTorch's default for Linear and Conv layers: weight kaiming-uniform with a = sqrt(5),
+    /// that is uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)); the same bound for the bias.
+    pub fn kaiming_uniform(&self, leaf: &str, shape: Vec<usize>, fan_in: usize) -> Param {
+        let n = shape.iter().product();
+        let bound = 1.0 / (fan_in as f32).sqrt();
+        Param::new(self.name(leaf), shape, self.uniform(n, bound), ParamRole::Weight)
+    }
+
+    /// A parameter of constant value.
+    pub fn constant(&self, leaf: &str, shape: Vec<usize>, value: f32, role: ParamRole) -> Param {
+        let n = shape.iter().product();
+        Param::new(self.name(leaf), shape, vec![value; n], role)
+    }
+}

@@ -1,0 +1,451 @@
+//! What a plugin author implements: [`Plugin`] plus one of [`ObjectivePlugin`],
+//! [`EncoderPlugin`], [`AugmentationPlugin`]; and the SDK's wrappers that turn those into ABI
+//! objects.
+//!
+//! The wrappers are the only code that runs on the plugin side of the boundary: they convert
+//! descriptors to [`Tensor`]s, parse the config with serde (unknown keys refused), and run every
+//! call under `catch_unwind`, so a panic becomes a [`PluginError`] naming the plugin and the
+//! call (abi_stable would otherwise abort the process). After a panic the instance is
+//! *poisoned*: later calls return [`ErrorKind::Poisoned`] instead of touching broken state.
+
+use crate::abi::*;
+use crate::kit::{Module, Param, Tensor};
+use abi_stable::std_types::{RErr, ROk, RResult, RStr, RString, RVec};
+use serde::{de::DeserializeOwned, Serialize};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// What every plugin has: a name, a one-line description and a serde config.
+pub trait Plugin: Sized + Send + 'static {
+    /// The config, parsed from JSON. Use `#[serde(default, deny_unknown_fields)]` so that
+    /// omitted keys take their defaults and unknown keys are refused by name.
+    type Config: Serialize + DeserializeOwned + Default;
+    /// Unique plugin name (`simclr`).
+    const NAME: &'static str;
+    /// One line for `latent plugins`.
+    const DESCRIPTION: &'static str;
+    /// Builds an instance. Validate the config here and return errors a user can act on.
+    fn new(config: Self::Config, ctx: &Context) -> anyhow::Result<Self>;
+}
+
+/// Inputs of one objective step, as kit tensors.
+pub struct ObjectiveBatch {
+    /// Online embeddings of each view, `[B, D]`.
+    pub views: Vec<Tensor>,
+    /// Target-network embeddings of each view (if `NEEDS_TARGET`).
+    pub targets: Vec<Tensor>,
+    /// Labels (if `NEEDS_LABELS`).
+    pub labels: Vec<i64>,
+    /// Current step from 0.
+    pub step: u64,
+    /// Total steps of the run.
+    pub total_steps: u64,
+    /// Training or evaluation.
+    pub train: bool,
+}
+
+/// Result of one objective step.
+pub struct ObjectiveResult {
+    /// The loss.
+    pub loss: f32,
+    /// d loss / d views, one per view (empty when not training).
+    pub grads: Vec<Tensor>,
+    /// Named metrics.
+    pub metrics: Vec<(String, f64)>,
+    /// EMA rate for the target network after this step (1.0 when there is none).
+    pub target_momentum: f64,
+}
+
+/// An objective: loss over the embeddings of the views, with its own heads.
+pub trait ObjectivePlugin: Plugin + Module {
+    /// Needs class labels (the host samples P x K class-balanced batches).
+    const NEEDS_LABELS: bool = false;
+    /// Needs target-network embeddings (the host keeps an EMA copy of the encoder).
+    const NEEDS_TARGET: bool = false;
+    /// Heads forward, loss, heads backward; returns d loss / d views.
+    fn compute(&mut self, batch: ObjectiveBatch) -> anyhow::Result<ObjectiveResult>;
+}
+
+/// An encoder: `[N, C, H, W]` images to `[N, D]` features.
+pub trait EncoderPlugin: Plugin + Module {
+    /// Output dimension for an input of shape `[C, H, W]`; an error if the shape cannot work.
+    fn out_dim(&mut self, input: [usize; 3]) -> anyhow::Result<usize>;
+    /// Forward pass (keeps what backward needs when `train`).
+    fn forward(&mut self, images: Tensor, train: bool) -> anyhow::Result<Tensor>;
+    /// Accumulates parameter gradients for d loss / d features of the last training forward.
+    fn backward(&mut self, grad: Tensor) -> anyhow::Result<()>;
+}
+
+/// An augmentation: a pure function of one image `[C, H, W]` and a seed.
+pub trait AugmentationPlugin: Plugin + Sync {
+    /// Output shape for an input shape `[C, H, W]`.
+    fn output_shape(&self, input: [usize; 3]) -> anyhow::Result<[usize; 3]>;
+    /// Transforms one image (values in [0, 1]) with randomness drawn from `seed` alone.
+    fn apply(&self, image: &[f32], shape: [usize; 3], seed: u64) -> anyhow::Result<Vec<f32>>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Boundary guards
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}
+
+/// Runs `f` for `plugin`'s `call`: a panic or error becomes a [`PluginError`]; a panic also
+/// sets `poison` (when given) so the instance refuses later calls.
+pub fn guard<T>(
+    plugin: &str,
+    call: &str,
+    poison: Option<&AtomicBool>,
+    f: impl FnOnce() -> Result<T, PluginError>,
+) -> RResult<T, PluginError> {
+    if poison.is_some_and(|p| p.load(Ordering::SeqCst)) {
+        return RErr(PluginError::new(ErrorKind::Poisoned, plugin, call, "poisoned"));
+    }
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => ROk(v),
+        Ok(Err(e)) => RErr(e),
+        Err(p) => {
+            if let Some(p) = poison {
+                p.store(true, Ordering::SeqCst);
+            }
+            RErr(PluginError::new(ErrorKind::Panicked, plugin, call, panic_message(p)))
+        }
+    }
+}
+
+fn failed<'a>(plugin: &'a str, call: &'a str) -> impl Fn(anyhow::Error) -> PluginError + 'a {
+    move |e| PluginError::new(ErrorKind::Failed, plugin, call, format!("{e:#}"))
+}
+
+fn input_err<'a>(plugin: &'a str, call: &'a str) -> impl Fn(anyhow::Error) -> PluginError + 'a {
+    move |e| PluginError::new(ErrorKind::Input, plugin, call, format!("{e:#}"))
+}
+
+/// Parses a plugin config from JSON (`""` or `null` means all defaults), refusing unknown keys.
+pub fn parse_config<C: DeserializeOwned + Default>(plugin: &str, json: &str) -> Result<C, PluginError> {
+    let json = json.trim();
+    if json.is_empty() || json == "null" {
+        return Ok(C::default());
+    }
+    serde_json::from_str(json).map_err(|e| PluginError::new(ErrorKind::Config, plugin, "new", e))
+}
+
+/// The manifest of plugin `P` of kind `kind` (the export macro supplies the crate version).
+pub fn manifest<P: Plugin>(kind: PluginKind, version: &str, needs_labels: bool, needs_target: bool) -> Manifest {
+    Manifest {
+        name: P::NAME.into(),
+        kind,
+        version: version.into(),
+        description: P::DESCRIPTION.into(),
+        default_config: serde_json::to_string(&P::Config::default()).unwrap_or_default().into(),
+        needs_labels,
+        needs_target,
+    }
+}
+
+fn build<P: Plugin>(config: RStr<'_>, ctx: &Context) -> Result<P, PluginError> {
+    let cfg = parse_config::<P::Config>(P::NAME, config.as_str())?;
+    P::new(cfg, ctx).map_err(|e| PluginError::new(ErrorKind::Config, P::NAME, "new", format!("{e:#}")))
+}
+
+// -- parameters, shared by objectives and encoders --------------------------------------------
+
+fn param_descs<M: Module>(m: &mut M) -> RVec<ParamDesc> {
+    let mut out = RVec::new();
+    m.visit_params(&mut |p: &mut Param| {
+        out.push(ParamDesc {
+            name: p.name.as_str().into(),
+            shape: p.shape.iter().map(|&d| d as u64).collect(),
+            role: p.role,
+            ema_of: p.ema_of.as_deref().map(RString::from).into(),
+        })
+    });
+    out
+}
+
+fn read_params<M: Module>(m: &mut M) -> RVec<TensorDesc> {
+    let mut out = RVec::new();
+    m.visit_params(&mut |p| out.push(Tensor::new(p.shape.clone(), p.value.clone()).into_desc()));
+    out
+}
+
+fn write_params<M: Module>(name: &str, m: &mut M, values: RVec<TensorDesc>) -> Result<(), PluginError> {
+    let mut values = values.into_iter();
+    let mut err = None;
+    let mut count = 0;
+    m.visit_params(&mut |p| {
+        count += 1;
+        if err.is_some() {
+            return;
+        }
+        match values.next().map(Tensor::from_desc) {
+            None => err = Some(format!("too few values: nothing for parameter {}", p.name)),
+            Some(Err(e)) => err = Some(format!("parameter {}: {e:#}", p.name)),
+            Some(Ok(t)) if t.shape != p.shape => {
+                err = Some(format!("parameter {} has shape {:?}, got {:?}", p.name, p.shape, t.shape))
+            }
+            Some(Ok(t)) => p.value = t.data,
+        }
+    });
+    if err.is_none() && values.next().is_some() {
+        err = Some(format!("more values than the {count} parameters"));
+    }
+    match err {
+        Some(e) => Err(PluginError::new(ErrorKind::Input, name, "write_params", e)),
+        None => Ok(()),
+    }
+}
+
+fn take_grads<M: Module>(m: &mut M) -> RVec<TensorDesc> {
+    let mut out = RVec::new();
+    m.visit_params(&mut |p| {
+        if p.trainable() {
+            let g = std::mem::replace(&mut p.grad, vec![0.0; p.value.len()]);
+            out.push(Tensor::new(p.shape.clone(), g).into_desc());
+        } else {
+            out.push(Tensor::new(vec![0], vec![]).into_desc());
+        }
+    });
+    out
+}
+
+// -- objectives --------------------------------------------------------------------------------
+
+/// Wraps an [`ObjectivePlugin`] as an ABI object.
+pub struct ObjectiveWrapper<P> {
+    inner: P,
+    poisoned: AtomicBool,
+}
+
+impl<P: ObjectivePlugin> ObjectiveWrapper<P> {
+    fn g<T>(&mut self, call: &str, f: impl FnOnce(&mut P) -> Result<T, PluginError>) -> PResult<T> {
+        let inner = &mut self.inner;
+        guard(P::NAME, call, Some(&self.poisoned), || f(inner))
+    }
+}
+
+impl<P: ObjectivePlugin> ObjectiveAbi for ObjectiveWrapper<P> {
+    fn compute(&mut self, input: ObjectiveInput) -> PResult<ObjectiveOutput> {
+        self.g("compute", |p| {
+            let conv = |v: RVec<TensorDesc>| v.into_iter().map(Tensor::from_desc).collect::<anyhow::Result<Vec<_>>>();
+            let batch = ObjectiveBatch {
+                views: conv(input.views).map_err(input_err(P::NAME, "compute"))?,
+                targets: conv(input.targets).map_err(input_err(P::NAME, "compute"))?,
+                labels: input.labels.into_vec(),
+                step: input.step,
+                total_steps: input.total_steps,
+                train: input.train,
+            };
+            let r = p.compute(batch).map_err(failed(P::NAME, "compute"))?;
+            Ok(ObjectiveOutput {
+                loss: r.loss,
+                grads: r.grads.into_iter().map(Tensor::into_desc).collect(),
+                metrics: r.metrics.into_iter().map(|(name, value)| Metric { name: name.into(), value }).collect(),
+                target_momentum: r.target_momentum,
+            })
+        })
+    }
+    fn params(&mut self) -> PResult<RVec<ParamDesc>> {
+        self.g("params", |p| Ok(param_descs(p)))
+    }
+    fn read_params(&mut self) -> PResult<RVec<TensorDesc>> {
+        self.g("read_params", |p| Ok(read_params(p)))
+    }
+    fn write_params(&mut self, values: RVec<TensorDesc>) -> PResult<()> {
+        self.g("write_params", |p| write_params(P::NAME, p, values))
+    }
+    fn take_grads(&mut self) -> PResult<RVec<TensorDesc>> {
+        self.g("take_grads", |p| Ok(take_grads(p)))
+    }
+}
+
+/// Builds objective `P` from a JSON config as an ABI object (used by the export macro, and by
+/// hosts that link a plugin in-process).
+pub fn new_objective<P: ObjectivePlugin>(config: RStr<'_>, ctx: &Context) -> PResult<ObjectiveBox> {
+    guard(P::NAME, "new", None, || {
+        let inner = build::<P>(config, ctx)?;
+        Ok(ObjectiveAbi_TO::from_value(ObjectiveWrapper { inner, poisoned: AtomicBool::new(false) }, abi_stable::sabi_trait::TD_Opaque))
+    })
+}
+
+// -- encoders ----------------------------------------------------------------------------------
+
+/// Wraps an [`EncoderPlugin`] as an ABI object.
+pub struct EncoderWrapper<P> {
+    inner: P,
+    poisoned: AtomicBool,
+}
+
+impl<P: EncoderPlugin> EncoderWrapper<P> {
+    fn g<T>(&mut self, call: &str, f: impl FnOnce(&mut P) -> Result<T, PluginError>) -> PResult<T> {
+        let inner = &mut self.inner;
+        guard(P::NAME, call, Some(&self.poisoned), || f(inner))
+    }
+}
+
+fn dims3(v: &[u64], plugin: &str, call: &str) -> Result<[usize; 3], PluginError> {
+    match v {
+        [c, h, w] => Ok([*c as usize, *h as usize, *w as usize]),
+        _ => Err(PluginError::new(ErrorKind::Input, plugin, call, format!("expected an image shape [C, H, W], got {v:?}"))),
+    }
+}
+
+impl<P: EncoderPlugin> EncoderAbi for EncoderWrapper<P> {
+    fn out_dim(&mut self, input: RVec<u64>) -> PResult<u64> {
+        self.g("out_dim", |p| {
+            let s = dims3(&input, P::NAME, "out_dim")?;
+            p.out_dim(s).map(|d| d as u64).map_err(input_err(P::NAME, "out_dim"))
+        })
+    }
+    fn forward(&mut self, images: TensorDesc, train: bool) -> PResult<TensorDesc> {
+        self.g("forward", |p| {
+            let x = Tensor::from_desc(images).map_err(input_err(P::NAME, "forward"))?;
+            p.forward(x, train).map(Tensor::into_desc).map_err(failed(P::NAME, "forward"))
+        })
+    }
+    fn backward(&mut self, grad: TensorDesc) -> PResult<()> {
+        self.g("backward", |p| {
+            let g = Tensor::from_desc(grad).map_err(input_err(P::NAME, "backward"))?;
+            p.backward(g).map_err(failed(P::NAME, "backward"))
+        })
+    }
+    fn params(&mut self) -> PResult<RVec<ParamDesc>> {
+        self.g("params", |p| Ok(param_descs(p)))
+    }
+    fn read_params(&mut self) -> PResult<RVec<TensorDesc>> {
+        self.g("read_params", |p| Ok(read_params(p)))
+    }
+    fn write_params(&mut self, values: RVec<TensorDesc>) -> PResult<()> {
+        self.g("write_params", |p| write_params(P::NAME, p, values))
+    }
+    fn take_grads(&mut self) -> PResult<RVec<TensorDesc>> {
+        self.g("take_grads", |p| Ok(take_grads(p)))
+    }
+}
+
+/// Builds encoder `P` from a JSON config as an ABI object.
+pub fn new_encoder<P: EncoderPlugin>(config: RStr<'_>, ctx: &Context) -> PResult<EncoderBox> {
+    guard(P::NAME, "new", None, || {
+        let inner = build::<P>(config, ctx)?;
+        Ok(EncoderAbi_TO::from_value(EncoderWrapper { inner, poisoned: AtomicBool::new(false) }, abi_stable::sabi_trait::TD_Opaque))
+    })
+}
+
+// -- augmentations -----------------------------------------------------------------------------
+
+/// Wraps an [`AugmentationPlugin`] as an ABI object.
+pub struct AugmentationWrapper<P> {
+    inner: P,
+    poisoned: AtomicBool,
+}
+
+impl<P: AugmentationPlugin> AugmentationAbi for AugmentationWrapper<P> {
+    fn output_shape(&self, input: RVec<u64>) -> PResult<RVec<u64>> {
+        guard(P::NAME, "output_shape", Some(&self.poisoned), || {
+            let s = dims3(&input, P::NAME, "output_shape")?;
+            let o = self.inner.output_shape(s).map_err(input_err(P::NAME, "output_shape"))?;
+            Ok(o.iter().map(|&d| d as u64).collect())
+        })
+    }
+    fn apply(&self, images: TensorDesc, seeds: RVec<u64>) -> PResult<TensorDesc> {
+        guard(P::NAME, "apply", Some(&self.poisoned), || {
+            let x = Tensor::from_desc(images).map_err(input_err(P::NAME, "apply"))?;
+            let (n, c, h, w) = x.dims4("images").map_err(input_err(P::NAME, "apply"))?;
+            if seeds.len() != n {
+                return Err(PluginError::new(ErrorKind::Input, P::NAME, "apply", format!("{n} images but {} seeds", seeds.len())));
+            }
+            let o = self.inner.output_shape([c, h, w]).map_err(input_err(P::NAME, "apply"))?;
+            let per = c * h * w;
+            let mut data = Vec::with_capacity(n * o.iter().product::<usize>());
+            for (i, &seed) in seeds.iter().enumerate() {
+                let y = self.inner.apply(&x.data[i * per..(i + 1) * per], [c, h, w], seed).map_err(failed(P::NAME, "apply"))?;
+                if y.len() != o.iter().product::<usize>() {
+                    return Err(PluginError::new(ErrorKind::Failed, P::NAME, "apply", format!("produced {} values for output shape {o:?}", y.len())));
+                }
+                data.extend_from_slice(&y);
+            }
+            Ok(Tensor::new(vec![n, o[0], o[1], o[2]], data).into_desc())
+        })
+    }
+}
+
+/// Builds augmentation `P` from a JSON config as an ABI object.
+pub fn new_augmentation<P: AugmentationPlugin>(config: RStr<'_>, ctx: &Context) -> PResult<AugmentationBox> {
+    guard(P::NAME, "new", None, || {
+        let inner = build::<P>(config, ctx)?;
+        Ok(AugmentationAbi_TO::from_value(AugmentationWrapper { inner, poisoned: AtomicBool::new(false) }, abi_stable::sabi_trait::TD_Opaque))
+    })
+}
+
+/// The error a library returns for a name it does not export.
+pub fn not_found(kind: PluginKind, name: RStr<'_>) -> PluginError {
+    PluginError::new(ErrorKind::NotFound, name.as_str(), "new", format!("this library exports no {} of that name", kind.as_str()))
+}
+
+/// Exports a plugin library: one line at the root of a `cdylib` crate.
+///
+/// ```ignore
+/// latent_sdk::export_plugins!(objectives: [SimClr], encoders: [], augmentations: []);
+/// ```
+/// The crate needs `abi_stable` as a dependency too (its root-module attribute names it).
+#[macro_export]
+macro_rules! export_plugins {
+    (objectives: [$($o:ty),* $(,)?], encoders: [$($e:ty),* $(,)?], augmentations: [$($a:ty),* $(,)?] $(,)?) => {
+        #[::abi_stable::export_root_module]
+        pub fn __latent_root_module() -> $crate::abi::PluginLibRef {
+            use ::abi_stable::prefix_type::PrefixTypeTrait;
+            $crate::abi::PluginLib {
+                sdk_version: ::abi_stable::std_types::RStr::from_str($crate::abi::SDK_VERSION),
+                manifests: __latent_manifests,
+                new_objective: __latent_new_objective,
+                new_encoder: __latent_new_encoder,
+                new_augmentation: __latent_new_augmentation,
+            }
+            .leak_into_prefix()
+        }
+
+        extern "C" fn __latent_manifests() -> $crate::abi::PResult<::abi_stable::std_types::RVec<$crate::abi::Manifest>> {
+            $crate::plugin::guard("<library>", "manifests", None, || {
+                let v = env!("CARGO_PKG_VERSION");
+                #[allow(unused_mut)]
+                let mut m = ::abi_stable::std_types::RVec::new();
+                $( m.push($crate::plugin::manifest::<$o>($crate::abi::PluginKind::Objective, v,
+                    <$o as $crate::plugin::ObjectivePlugin>::NEEDS_LABELS, <$o as $crate::plugin::ObjectivePlugin>::NEEDS_TARGET)); )*
+                $( m.push($crate::plugin::manifest::<$e>($crate::abi::PluginKind::Encoder, v, false, false)); )*
+                $( m.push($crate::plugin::manifest::<$a>($crate::abi::PluginKind::Augmentation, v, false, false)); )*
+                Ok(m)
+            })
+        }
+
+        extern "C" fn __latent_new_objective(
+            name: ::abi_stable::std_types::RStr<'_>, config: ::abi_stable::std_types::RStr<'_>, ctx: &$crate::abi::Context,
+        ) -> $crate::abi::PResult<$crate::abi::ObjectiveBox> {
+            $( if name.as_str() == <$o as $crate::plugin::Plugin>::NAME { return $crate::plugin::new_objective::<$o>(config, ctx); } )*
+            let _ = (config, ctx);
+            ::abi_stable::std_types::RErr($crate::plugin::not_found($crate::abi::PluginKind::Objective, name))
+        }
+
+        extern "C" fn __latent_new_encoder(
+            name: ::abi_stable::std_types::RStr<'_>, config: ::abi_stable::std_types::RStr<'_>, ctx: &$crate::abi::Context,
+        ) -> $crate::abi::PResult<$crate::abi::EncoderBox> {
+            $( if name.as_str() == <$e as $crate::plugin::Plugin>::NAME { return $crate::plugin::new_encoder::<$e>(config, ctx); } )*
+            let _ = (config, ctx);
+            ::abi_stable::std_types::RErr($crate::plugin::not_found($crate::abi::PluginKind::Encoder, name))
+        }
+
+        extern "C" fn __latent_new_augmentation(
+            name: ::abi_stable::std_types::RStr<'_>, config: ::abi_stable::std_types::RStr<'_>, ctx: &$crate::abi::Context,
+        ) -> $crate::abi::PResult<$crate::abi::AugmentationBox> {
+            $( if name.as_str() == <$a as $crate::plugin::Plugin>::NAME { return $crate::plugin::new_augmentation::<$a>(config, ctx); } )*
+            let _ = (config, ctx);
+            ::abi_stable::std_types::RErr($crate::plugin::not_found($crate::abi::PluginKind::Augmentation, name))
+        }
+    };
+}

@@ -1,0 +1,141 @@
+//! Test-only plugins that misbehave on purpose, one fault per config value.
+//!
+//! `faulty` (objective): a mean-squared loss pulling the views' embeddings together, with
+//! `fault` = `none` | `panic` | `error` | `wrong-shape` | `nan` | `sleep`, triggered at step
+//! `at_step` and later. `faulty-encoder`: a linear map of the flattened image, with the same
+//! faults in `forward`.
+
+use latent_sdk::prelude::*;
+
+/// Which fault, and from which step.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `none`, `panic`, `error`, `wrong-shape`, `nan`, `sleep`.
+    pub fault: String,
+    /// First step (objective) or forward call (encoder) that misbehaves.
+    pub at_step: u64,
+    /// Milliseconds to stall for `sleep`.
+    pub sleep_ms: u64,
+    /// Output size of the encoder.
+    pub dim: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { fault: "none".into(), at_step: 0, sleep_ms: 2000, dim: 8 }
+    }
+}
+
+fn check(cfg: &Config) -> anyhow::Result<()> {
+    let ok = ["none", "panic", "error", "wrong-shape", "nan", "sleep"];
+    ensure!(ok.contains(&cfg.fault.as_str()), "fault must be one of {ok:?}, got {:?}", cfg.fault);
+    Ok(())
+}
+
+/// The faulty objective.
+pub struct Faulty {
+    cfg: Config,
+}
+
+impl Plugin for Faulty {
+    type Config = Config;
+    const NAME: &'static str = "faulty";
+    const DESCRIPTION: &'static str = "test-only objective that fails on purpose";
+    fn new(cfg: Config, _ctx: &Context) -> anyhow::Result<Self> {
+        check(&cfg)?;
+        Ok(Faulty { cfg })
+    }
+}
+
+impl Module for Faulty {
+    fn visit_params(&mut self, _f: &mut dyn FnMut(&mut Param)) {}
+}
+
+impl ObjectivePlugin for Faulty {
+    fn compute(&mut self, b: ObjectiveBatch) -> anyhow::Result<ObjectiveResult> {
+        let fire = b.step >= self.cfg.at_step;
+        match self.cfg.fault.as_str() {
+            "panic" if fire => panic!("deliberate panic at step {}", b.step),
+            "error" if fire => bail!("deliberate error at step {}", b.step),
+            "sleep" if fire => std::thread::sleep(std::time::Duration::from_millis(self.cfg.sleep_ms)),
+            _ => {}
+        }
+        // loss = mean over elements of (v0 - v1)^2 (or of v0^2 with one view)
+        let v0 = &b.views[0];
+        let zero = Tensor::zeros(v0.shape.clone());
+        let v1 = b.views.get(1).unwrap_or(&zero);
+        let n = v0.len().max(1) as f32;
+        let diff: Vec<f32> = v0.data.iter().zip(&v1.data).map(|(a, c)| a - c).collect();
+        let mut loss = diff.iter().map(|d| d * d).sum::<f32>() / n;
+        let g0: Vec<f32> = diff.iter().map(|d| 2.0 * d / n).collect();
+        let mut grads = vec![Tensor::new(v0.shape.clone(), g0.clone())];
+        if b.views.len() > 1 {
+            grads.push(Tensor::new(v0.shape.clone(), g0.iter().map(|g| -g).collect()));
+        }
+        if fire && self.cfg.fault == "nan" {
+            loss = f32::NAN;
+        }
+        if fire && self.cfg.fault == "wrong-shape" {
+            grads[0] = Tensor::zeros(vec![1, 1]);
+        }
+        Ok(ObjectiveResult { loss, grads, metrics: vec![("diff".into(), loss as f64)], target_momentum: 1.0 })
+    }
+}
+
+/// The faulty encoder: `y = W · flatten(x)`.
+pub struct FaultyEncoder {
+    cfg: Config,
+    fc: Option<Linear>,
+    calls: u64,
+}
+
+impl Plugin for FaultyEncoder {
+    type Config = Config;
+    const NAME: &'static str = "faulty-encoder";
+    const DESCRIPTION: &'static str = "test-only encoder that fails on purpose";
+    fn new(cfg: Config, _ctx: &Context) -> anyhow::Result<Self> {
+        check(&cfg)?;
+        Ok(FaultyEncoder { cfg, fc: None, calls: 0 })
+    }
+}
+
+impl Module for FaultyEncoder {
+    fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        if let Some(fc) = &mut self.fc {
+            fc.visit_params(f)
+        }
+    }
+}
+
+impl EncoderPlugin for FaultyEncoder {
+    fn out_dim(&mut self, input: [usize; 3]) -> anyhow::Result<usize> {
+        if self.fc.is_none() {
+            self.fc = Some(Linear::new(&Init::new(0).pp("fc"), input.iter().product(), self.cfg.dim, true));
+        }
+        Ok(self.cfg.dim)
+    }
+    fn forward(&mut self, x: Tensor, train: bool) -> anyhow::Result<Tensor> {
+        let fire = self.calls >= self.cfg.at_step;
+        self.calls += 1;
+        let n = x.shape[0];
+        let d = x.len() / n.max(1);
+        let fc = self.fc.get_or_insert_with(|| Linear::new(&Init::new(0).pp("fc"), d, 8, true));
+        let mut y = fc.forward(&Tensor::new(vec![n, d], x.data), train);
+        match self.cfg.fault.as_str() {
+            "panic" if fire => panic!("deliberate panic in forward call {}", self.calls - 1),
+            "error" if fire => bail!("deliberate error in forward call {}", self.calls - 1),
+            "nan" if fire => y.data[0] = f32::NAN,
+            "wrong-shape" if fire => y = Tensor::zeros(vec![n + 1, 3]),
+            "sleep" if fire => std::thread::sleep(std::time::Duration::from_millis(self.cfg.sleep_ms)),
+            _ => {}
+        }
+        Ok(y)
+    }
+    fn backward(&mut self, grad: Tensor) -> anyhow::Result<()> {
+        self.fc.as_mut().context("backward before forward")?.backward(&grad);
+        Ok(())
+    }
+}
+
+latent_sdk::export_plugins!(objectives: [Faulty], encoders: [FaultyEncoder], augmentations: []);
