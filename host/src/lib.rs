@@ -10,4 +10,5 @@
 //! - [`cli`]: the `latent` commands.
 
 pub mod cli;
+pub mod data;
 pub mod plugins;

@@ -1,0 +1,1 @@
+//! MLP encoder plugin (being written)

@@ -1,0 +1,1 @@
+//! BYOL objective plugin: projector, predictor, EMA target projector (being written)

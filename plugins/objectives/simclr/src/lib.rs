@@ -1,0 +1,1 @@
+//! SimCLR objective plugin: projection head + NT-Xent (being written)

@@ -1,0 +1,1 @@
+//! FaceNet triplet objective plugin with all / batch-hard / semi-hard mining (being written)
