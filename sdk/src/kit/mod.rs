@@ -6,16 +6,20 @@
 //! direct formula and against finite differences ([`gradcheck`]).
 
 pub mod batchnorm;
+pub mod conv;
 pub mod gradcheck;
 pub mod linear;
 pub mod ops;
 pub mod param;
+pub mod pool;
 pub mod relu;
 pub mod tensor;
 
 pub use batchnorm::BatchNorm;
+pub use conv::{Conv2d, Conv2dConfig};
 pub use linear::Linear;
 pub use param::{Init, Module, Param};
+pub use pool::{Flatten, GlobalAvgPool, MaxPool2d};
 pub use relu::Relu;
 pub use tensor::Tensor;
 

@@ -1,0 +1,547 @@
+//! 2-d convolution (`Conv2d`), as im2col + matrix multiply.
+//!
+//! ```text
+//! y[n, o, i, j] = b[o] + Σ_{c ∈ group(o)} Σ_{p<kh} Σ_{q<kw}
+//!                        W[o, c − g₀, p, q] · x[n, c, s·i + p − pad, s·j + q − pad]
+//! (x is 0 outside the image; g₀ is the first input channel of o's group)
+//! OH = (H + 2·pad − kh) / s + 1,   OW = (W + 2·pad − kw) / s + 1
+//! ```
+//! # Shapes
+//! x `[N, C, H, W]`, W `[O, C/groups, kh, kw]` (PyTorch layout), b `[O]`, y `[N, O, OH, OW]`.
+//!
+//! # How
+//! For a chunk of `nb` images and one group, im2col gathers the patches into
+//! `cols [K = C/groups·kh·kw, nb·OH·OW]`, and then
+//! ```text
+//! forward:  Y_g  = W_g [O/groups, K] · cols                 (scattered back to [nb, O, OH, OW])
+//! backward: dW_g += dY_g [O/groups, nb·P] · colsᵀ,   dcols = W_gᵀ · dY_g,   dx += col2im(dcols)
+//!           db   += Σ_{n, i, j} dy
+//! ```
+//! Chunks run in parallel under rayon, each with a single-threaded gemm; when there are too few
+//! chunks to keep the threads busy the gemm itself runs on rayon. Backward recomputes `cols`
+//! from the saved input instead of keeping them (they are `kh·kw` times the input's size).
+//! Initialised as PyTorch's `nn.Conv2d`: kaiming-uniform with fan_in = C/groups·kh·kw.
+
+use super::ops::Mat;
+use super::{Init, Layer, Module, Param, Tensor};
+use rayon::prelude::*;
+
+/// Stride, padding, groups and bias of a [`Conv2d`]; the default is PyTorch's (1, 0, 1, bias).
+#[derive(Clone, Copy, Debug)]
+pub struct Conv2dConfig {
+    /// Step between output positions, both axes.
+    pub stride: usize,
+    /// Zero padding on each side, both axes.
+    pub padding: usize,
+    /// Channel groups: input and output channels split into this many independent convolutions.
+    pub groups: usize,
+    /// With a bias.
+    pub bias: bool,
+}
+
+impl Default for Conv2dConfig {
+    fn default() -> Self {
+        Conv2dConfig { stride: 1, padding: 0, groups: 1, bias: true }
+    }
+}
+
+/// A 2-d convolution layer.
+pub struct Conv2d {
+    /// `[O, C/groups, kh, kw]`.
+    pub weight: Param,
+    /// `[O]`.
+    pub bias: Option<Param>,
+    /// Stride, padding, groups.
+    pub cfg: Conv2dConfig,
+    input: Option<Tensor>,
+}
+
+/// Sizes of one convolution call.
+#[derive(Clone, Copy, Debug)]
+struct Geom {
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    kh: usize,
+    kw: usize,
+    oh: usize,
+    ow: usize,
+    s: usize,
+    pad: usize,
+    groups: usize,
+}
+
+impl Geom {
+    fn cg(&self) -> usize {
+        self.c / self.groups
+    }
+    fn og(&self) -> usize {
+        self.o / self.groups
+    }
+    fn k(&self) -> usize {
+        self.cg() * self.kh * self.kw
+    }
+    fn p(&self) -> usize {
+        self.oh * self.ow
+    }
+    fn in_len(&self) -> usize {
+        self.c * self.h * self.w
+    }
+    fn out_len(&self) -> usize {
+        self.o * self.p()
+    }
+}
+
+/// Columns of one gemm we aim for per chunk of images (enough to amortise packing, small
+/// enough for the chunk's `cols` to stay near the caches).
+const CHUNK_COLS: usize = 1024;
+
+impl Conv2d {
+    /// A square `kernel x kernel` convolution `in_ch -> out_ch`, parameters `<prefix>.weight`
+    /// and `<prefix>.bias`.
+    pub fn new(init: &Init, in_ch: usize, out_ch: usize, kernel: usize, cfg: Conv2dConfig) -> Conv2d {
+        Conv2d::rect(init, in_ch, out_ch, kernel, kernel, cfg)
+    }
+
+    /// A `kh x kw` convolution.
+    pub fn rect(init: &Init, in_ch: usize, out_ch: usize, kh: usize, kw: usize, cfg: Conv2dConfig) -> Conv2d {
+        let g = cfg.groups;
+        assert!(g >= 1 && in_ch % g == 0 && out_ch % g == 0, "conv2d: {in_ch} -> {out_ch} channels do not split into {g} groups");
+        assert!(cfg.stride >= 1 && kh >= 1 && kw >= 1, "conv2d: kernel and stride must be at least 1");
+        let fan_in = in_ch / g * kh * kw;
+        let weight = init.kaiming_uniform("weight", vec![out_ch, in_ch / g, kh, kw], fan_in);
+        let bias = cfg.bias.then(|| {
+            let mut b = init.kaiming_uniform("bias", vec![out_ch], fan_in);
+            b.role = crate::abi::ParamRole::NoDecay;
+            b
+        });
+        Conv2d { weight, bias, cfg, input: None }
+    }
+
+    /// Output `[O, OH, OW]` for an input `[C, H, W]`, or an error if it does not fit.
+    pub fn out_shape(&self, c: usize, h: usize, w: usize) -> anyhow::Result<[usize; 3]> {
+        let s = &self.weight.shape;
+        let (o, cg, kh, kw) = (s[0], s[1], s[2], s[3]);
+        anyhow::ensure!(c == cg * self.cfg.groups, "conv2d expects {} input channels, got {c}", cg * self.cfg.groups);
+        let (hp, wp) = (h + 2 * self.cfg.padding, w + 2 * self.cfg.padding);
+        anyhow::ensure!(hp >= kh && wp >= kw, "conv2d: a {kh}x{kw} kernel does not fit a {h}x{w} input padded by {}", self.cfg.padding);
+        Ok([o, (hp - kh) / self.cfg.stride + 1, (wp - kw) / self.cfg.stride + 1])
+    }
+
+    fn geom(&self, shape: &[usize]) -> Geom {
+        let [_, c, h, w] = shape[..] else { panic!("conv2d expects [N, C, H, W], got {shape:?}") };
+        let [o, oh, ow] = self.out_shape(c, h, w).unwrap_or_else(|e| panic!("{e:#}"));
+        let s = &self.weight.shape;
+        Geom { c, h, w, o, kh: s[2], kw: s[3], oh, ow, s: self.cfg.stride, pad: self.cfg.padding, groups: self.cfg.groups }
+    }
+}
+
+/// Images per chunk and whether gemm should itself go parallel (too few chunks for the threads).
+fn chunking(n: usize, g: &Geom) -> (usize, gemm::Parallelism) {
+    let threads = rayon::current_num_threads();
+    let nb = (CHUNK_COLS / g.p().max(1)).clamp(1, n.div_ceil(2 * threads).max(1));
+    let chunks = n.div_ceil(nb);
+    let flops = g.og() * g.k() * nb * g.p();
+    let par = if chunks >= 2 * threads || threads == 1 || flops < (1 << 20) {
+        gemm::Parallelism::None
+    } else {
+        gemm::Parallelism::Rayon(0)
+    };
+    (nb, par)
+}
+
+/// `c = a · b` or `c += a · b`, `c` row-major; as `ops::matmul` with the parallelism chosen by
+/// the caller (chunks already run in parallel).
+fn gemm_into(a: Mat, b: Mat, c: &mut [f32], accumulate: bool, par: gemm::Parallelism) {
+    let shape = |m: &Mat| if m.t { (m.cols, m.rows) } else { (m.rows, m.cols) };
+    let strides = |m: &Mat| if m.t { (1isize, m.cols as isize) } else { (m.cols as isize, 1isize) };
+    let ((m, k), (k2, n)) = (shape(&a), shape(&b));
+    assert_eq!(k, k2, "conv gemm inner dimensions {m}x{k} · {k2}x{n}");
+    assert_eq!(c.len(), m * n, "conv gemm output {m}x{n}");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            c.fill(0.0);
+        }
+        return;
+    }
+    let ((a_rs, a_cs), (b_rs, b_cs)) = (strides(&a), strides(&b));
+    // SAFETY: the asserts above and Mat::new bound every index gemm touches by the slices' lengths.
+    unsafe {
+        gemm::gemm(
+            m, n, k,
+            c.as_mut_ptr(), 1, n as isize,
+            accumulate,
+            a.data.as_ptr(), a_cs, a_rs,
+            b.data.as_ptr(), b_cs, b_rs,
+            1.0, 1.0,
+            false, false, false,
+            par,
+        );
+    }
+}
+
+/// The valid output range `lo..hi` along one axis for kernel offset `k` (stride 1):
+/// `0 <= o + k - pad < size`.
+fn valid_range(k: usize, pad: usize, size: usize, out: usize) -> (usize, usize) {
+    let lo = pad.saturating_sub(k).min(out);
+    let hi = (size + pad).saturating_sub(k).min(out).max(lo);
+    (lo, hi)
+}
+
+/// Gathers group `grp`'s patches of the `nb` images in `x` into `cols [K, nb·P]`.
+fn im2col(x: &[f32], nb: usize, grp: usize, g: &Geom, cols: &mut [f32]) {
+    let (p, width) = (g.p(), nb * g.p());
+    let plane = g.h * g.w;
+    for ci in 0..g.cg() {
+        let cin = grp * g.cg() + ci;
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let row = (ci * g.kh + ki) * g.kw + kj;
+                let dst = &mut cols[row * width..(row + 1) * width];
+                let (xlo, xhi) = valid_range(kj, g.pad, g.w, g.ow);
+                for i in 0..nb {
+                    let src = &x[(i * g.c + cin) * plane..][..plane];
+                    let d = &mut dst[i * p..(i + 1) * p];
+                    for oy in 0..g.oh {
+                        let drow = &mut d[oy * g.ow..(oy + 1) * g.ow];
+                        let iy = (oy * g.s + ki) as isize - g.pad as isize;
+                        if iy < 0 || iy >= g.h as isize {
+                            drow.fill(0.0);
+                            continue;
+                        }
+                        let srow = &src[iy as usize * g.w..][..g.w];
+                        if g.s == 1 {
+                            drow[..xlo].fill(0.0);
+                            drow[xlo..xhi].copy_from_slice(&srow[xlo + kj - g.pad..xhi + kj - g.pad]);
+                            drow[xhi..].fill(0.0);
+                        } else {
+                            for (ox, v) in drow.iter_mut().enumerate() {
+                                let ix = (ox * g.s + kj) as isize - g.pad as isize;
+                                *v = if ix >= 0 && ix < g.w as isize { srow[ix as usize] } else { 0.0 };
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds `cols [K, nb·P]` back onto the images of `dx` (the adjoint of [`im2col`]).
+fn col2im(cols: &[f32], nb: usize, grp: usize, g: &Geom, dx: &mut [f32]) {
+    let (p, width) = (g.p(), nb * g.p());
+    let plane = g.h * g.w;
+    for ci in 0..g.cg() {
+        let cin = grp * g.cg() + ci;
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let row = (ci * g.kh + ki) * g.kw + kj;
+                let src = &cols[row * width..(row + 1) * width];
+                let (xlo, xhi) = valid_range(kj, g.pad, g.w, g.ow);
+                for i in 0..nb {
+                    let dst = &mut dx[(i * g.c + cin) * plane..][..plane];
+                    let s = &src[i * p..(i + 1) * p];
+                    for oy in 0..g.oh {
+                        let iy = (oy * g.s + ki) as isize - g.pad as isize;
+                        if iy < 0 || iy >= g.h as isize {
+                            continue;
+                        }
+                        let srow = &s[oy * g.ow..(oy + 1) * g.ow];
+                        let drow = &mut dst[iy as usize * g.w..][..g.w];
+                        if g.s == 1 {
+                            let d = &mut drow[xlo + kj - g.pad..xhi + kj - g.pad];
+                            for (a, b) in d.iter_mut().zip(&srow[xlo..xhi]) {
+                                *a += b;
+                            }
+                        } else {
+                            for (ox, v) in srow.iter().enumerate() {
+                                let ix = (ox * g.s + kj) as isize - g.pad as isize;
+                                if ix >= 0 && ix < g.w as isize {
+                                    drow[ix as usize] += v;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Is `cols` just the input itself (1x1 kernel, stride 1, no padding, one image, one group)?
+fn is_identity(g: &Geom, nb: usize) -> bool {
+    g.kh == 1 && g.kw == 1 && g.s == 1 && g.pad == 0 && nb == 1 && g.groups == 1
+}
+
+/// Per-thread scratch buffers.
+#[derive(Default)]
+struct Scratch {
+    cols: Vec<f32>,
+    tmp: Vec<f32>,
+    dw: Vec<f32>,
+}
+
+fn resize(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    v.resize(n, 0.0);
+    &mut v[..n]
+}
+
+impl Module for Conv2d {
+    fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        f(&mut self.weight);
+        if let Some(b) = &mut self.bias {
+            f(b);
+        }
+    }
+}
+
+impl Layer for Conv2d {
+    fn forward(&mut self, x: &Tensor, train: bool) -> Tensor {
+        let g = self.geom(&x.shape);
+        let n = x.shape[0];
+        let (nb, par) = chunking(n, &g);
+        let (og, k, p) = (g.og(), g.k(), g.p());
+        let w = &self.weight.value;
+        let mut y = vec![0.0f32; n * g.out_len()];
+        let body = |s: &mut Scratch, yc: &mut [f32], xc: &[f32]| {
+            let nbl = xc.len() / g.in_len();
+            for grp in 0..g.groups {
+                let wg = Mat::new(&w[grp * og * k..(grp + 1) * og * k], og, k);
+                let cols: &[f32] = if is_identity(&g, nbl) {
+                    xc
+                } else {
+                    let c = resize(&mut s.cols, k * nbl * p);
+                    im2col(xc, nbl, grp, &g, c);
+                    c
+                };
+                let b = Mat::new(cols, k, nbl * p);
+                if nbl == 1 {
+                    gemm_into(wg, b, &mut yc[grp * og * p..(grp + 1) * og * p], false, par);
+                } else {
+                    let t = resize(&mut s.tmp, og * nbl * p);
+                    gemm_into(wg, b, t, false, par);
+                    for i in 0..nbl {
+                        for oc in 0..og {
+                            let dst = (i * g.o + grp * og + oc) * p;
+                            yc[dst..dst + p].copy_from_slice(&t[(oc * nbl + i) * p..][..p]);
+                        }
+                    }
+                }
+            }
+            if let Some(bias) = &self.bias {
+                for (blk, o) in yc.chunks_mut(p).zip((0..g.o).cycle()) {
+                    let b = bias.value[o];
+                    blk.iter_mut().for_each(|v| *v += b);
+                }
+            }
+        };
+        if n > nb {
+            y.par_chunks_mut(nb * g.out_len())
+                .zip(x.data.par_chunks(nb * g.in_len()))
+                .for_each_init(Scratch::default, |s, (yc, xc)| body(s, yc, xc));
+        } else {
+            body(&mut Scratch::default(), &mut y, &x.data);
+        }
+        if train {
+            self.input = Some(x.clone());
+        }
+        Tensor::new(vec![n, g.o, g.oh, g.ow], y)
+    }
+
+    fn backward(&mut self, dy: &Tensor) -> Tensor {
+        let x = self.input.take().expect("conv2d: backward without a training forward");
+        let g = self.geom(&x.shape);
+        let n = x.shape[0];
+        assert_eq!(dy.shape, vec![n, g.o, g.oh, g.ow], "conv2d backward: gradient shape");
+        let (nb, par) = chunking(n, &g);
+        let (og, k, p) = (g.og(), g.k(), g.p());
+        let w = &self.weight.value;
+        let wlen = w.len();
+        let mut dx = vec![0.0f32; x.len()];
+        let body = |mut s: Scratch, dxc: &mut [f32], xc: &[f32], dyc: &[f32]| -> Scratch {
+            let nbl = xc.len() / g.in_len();
+            if s.dw.len() != wlen {
+                s.dw = vec![0.0; wlen];
+            }
+            for grp in 0..g.groups {
+                let wg = Mat::new(&w[grp * og * k..(grp + 1) * og * k], og, k);
+                // dY_g as [og, nbl·P]
+                let dyg: &[f32] = if nbl == 1 {
+                    &dyc[grp * og * p..(grp + 1) * og * p]
+                } else {
+                    let t = resize(&mut s.tmp, og * nbl * p);
+                    for i in 0..nbl {
+                        for oc in 0..og {
+                            let src = (i * g.o + grp * og + oc) * p;
+                            t[(oc * nbl + i) * p..][..p].copy_from_slice(&dyc[src..src + p]);
+                        }
+                    }
+                    t
+                };
+                let dyg = Mat::new(dyg, og, nbl * p);
+                let dwg = &mut s.dw[grp * og * k..(grp + 1) * og * k];
+                if is_identity(&g, nbl) {
+                    gemm_into(dyg, Mat::new(xc, k, p).t(), dwg, true, par);
+                    gemm_into(wg.t(), dyg, dxc, true, par);
+                    continue;
+                }
+                let cols = resize(&mut s.cols, k * nbl * p);
+                im2col(xc, nbl, grp, &g, cols);
+                gemm_into(dyg, Mat::new(cols, k, nbl * p).t(), dwg, true, par);
+                // dcols overwrites cols
+                gemm_into(wg.t(), dyg, cols, false, par);
+                col2im(cols, nbl, grp, &g, dxc);
+            }
+            s
+        };
+        let dw = if n > nb {
+            dx.par_chunks_mut(nb * g.in_len())
+                .zip(x.data.par_chunks(nb * g.in_len()))
+                .zip(dy.data.par_chunks(nb * g.out_len()))
+                .fold(Scratch::default, |s, ((dxc, xc), dyc)| body(s, dxc, xc, dyc))
+                .map(|s| s.dw)
+                .reduce(Vec::new, |mut a, b| {
+                    if a.is_empty() {
+                        return b;
+                    }
+                    a.iter_mut().zip(&b).for_each(|(u, v)| *u += v);
+                    a
+                })
+        } else {
+            body(Scratch::default(), &mut dx, &x.data, &dy.data).dw
+        };
+        self.weight.grad.iter_mut().zip(&dw).for_each(|(a, b)| *a += b);
+        if let Some(bias) = &mut self.bias {
+            for (blk, o) in dy.data.chunks(p).zip((0..g.o).cycle()) {
+                bias.grad[o] += blk.iter().sum::<f32>();
+            }
+        }
+        Tensor::new(x.shape.clone(), dx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kit::gradcheck::{check_layer, random};
+
+    /// The defining sum, written out.
+    fn direct(conv: &Conv2d, x: &Tensor) -> Tensor {
+        let g = conv.geom(&x.shape);
+        let n = x.shape[0];
+        let mut y = vec![0.0f64; n * g.out_len()];
+        for i in 0..n {
+            for o in 0..g.o {
+                let grp = o / g.og();
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let mut acc = conv.bias.as_ref().map_or(0.0, |b| b.value[o] as f64);
+                        for ci in 0..g.cg() {
+                            let c = grp * g.cg() + ci;
+                            for p in 0..g.kh {
+                                for q in 0..g.kw {
+                                    let iy = (oy * g.s + p) as isize - g.pad as isize;
+                                    let ix = (ox * g.s + q) as isize - g.pad as isize;
+                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                                        continue;
+                                    }
+                                    let xv = x.data[((i * g.c + c) * g.h + iy as usize) * g.w + ix as usize];
+                                    let wv = conv.weight.value[((o * g.cg() + ci) * g.kh + p) * g.kw + q];
+                                    acc += xv as f64 * wv as f64;
+                                }
+                            }
+                        }
+                        y[((i * g.o + o) * g.oh + oy) * g.ow + ox] = acc;
+                    }
+                }
+            }
+        }
+        Tensor::new(vec![n, g.o, g.oh, g.ow], y.into_iter().map(|v| v as f32).collect())
+    }
+
+    fn cfg(stride: usize, padding: usize, groups: usize, bias: bool) -> Conv2dConfig {
+        Conv2dConfig { stride, padding, groups, bias }
+    }
+
+    // (input shape, out channels, kh, kw, config)
+    fn cases() -> Vec<(Vec<usize>, usize, usize, usize, Conv2dConfig)> {
+        vec![
+            (vec![2, 3, 5, 5], 4, 3, 3, cfg(1, 1, 1, true)),
+            (vec![1, 2, 6, 7], 3, 3, 3, cfg(2, 1, 1, false)),
+            (vec![3, 4, 5, 4], 6, 3, 2, cfg(1, 0, 2, true)),
+            (vec![2, 3, 7, 5], 2, 1, 1, cfg(2, 0, 1, false)),
+            (vec![1, 2, 4, 4], 5, 1, 1, cfg(1, 0, 1, true)),
+            (vec![2, 4, 6, 5], 4, 3, 3, cfg(2, 2, 4, false)),
+        ]
+    }
+
+    #[test]
+    fn forward_matches_direct_convolution() {
+        for (seed, (shape, o, kh, kw, c)) in cases().into_iter().enumerate() {
+            let mut conv = Conv2d::rect(&Init::new(seed as u64), shape[1], o, kh, kw, c);
+            let x = random(&shape, 100 + seed as u64);
+            let y = conv.forward(&x, false);
+            let want = direct(&conv, &x);
+            assert_eq!(y.shape, want.shape);
+            let scale = want.data.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+            for (a, b) in y.data.iter().zip(&want.data) {
+                assert!((a - b).abs() <= 1e-4 * scale, "case {seed}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn forward_matches_direct_on_a_batch_large_enough_to_chunk() {
+        // 40 images of 3x9x11, 3x3 stride 2 pad 1: several chunks, run in parallel
+        let mut conv = Conv2d::new(&Init::new(9), 3, 8, 3, cfg(2, 1, 1, true));
+        let x = random(&[40, 3, 9, 11], 5);
+        let y = conv.forward(&x, true);
+        let want = direct(&conv, &x);
+        let scale = want.data.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        for (a, b) in y.data.iter().zip(&want.data) {
+            assert!((a - b).abs() <= 1e-4 * scale, "{a} vs {b}");
+        }
+        // and backward of the chunked path agrees with the one-chunk path, image by image
+        let dy = random(&y.shape, 6);
+        let dx = conv.backward(&dy);
+        let dw = std::mem::replace(&mut conv.weight.grad, vec![0.0; conv.weight.value.len()]);
+        let mut dw1 = vec![0.0f32; dw.len()];
+        for i in 0..40 {
+            let (xi, dyi) = (x.data[i * 297..(i + 1) * 297].to_vec(), dy.data[i * 8 * 30..(i + 1) * 8 * 30].to_vec());
+            conv.forward(&Tensor::new(vec![1, 3, 9, 11], xi), true);
+            let dxi = conv.backward(&Tensor::new(vec![1, 8, 5, 6], dyi));
+            for (a, b) in dxi.data.iter().zip(&dx.data[i * 297..(i + 1) * 297]) {
+                assert!((a - b).abs() < 1e-5, "dx {a} vs {b}");
+            }
+            dw1.iter_mut().zip(&conv.weight.grad).for_each(|(a, b)| *a += b);
+            conv.weight.grad.fill(0.0);
+        }
+        for (a, b) in dw.iter().zip(&dw1) {
+            assert!((a - b).abs() < 1e-3 * (1.0 + b.abs()), "dw {a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        for (seed, (shape, o, kh, kw, c)) in cases().into_iter().enumerate() {
+            let mut conv = Conv2d::rect(&Init::new(seed as u64).pp("conv"), shape[1], o, kh, kw, c);
+            check_layer(&mut conv, &shape, 20 + seed as u64, 1e-2);
+        }
+    }
+
+    #[test]
+    fn init_and_shapes_follow_pytorch() {
+        let conv = Conv2d::new(&Init::new(0).pp("c"), 4, 6, 3, cfg(2, 1, 2, true));
+        assert_eq!(conv.weight.shape, vec![6, 2, 3, 3]);
+        assert_eq!(conv.weight.name, "c.weight");
+        let bound = 1.0 / (18f32).sqrt();
+        assert!(conv.weight.value.iter().all(|v| v.abs() <= bound));
+        assert_eq!(conv.out_shape(4, 28, 28).unwrap(), [6, 14, 14]);
+        assert_eq!(conv.out_shape(4, 7, 5).unwrap(), [6, 4, 3]);
+        assert!(conv.out_shape(3, 8, 8).unwrap_err().to_string().contains("expects 4 input channels, got 3"));
+    }
+}
