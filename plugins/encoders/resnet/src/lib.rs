@@ -1,1 +1,320 @@
-//! ResNet encoder plugin (runtime-shaped; presets resnet-mini, resnet18-cifar) (being written)
+//! ResNet encoder plugin `resnet`: CIFAR-style ResNets of BasicBlocks, shaped at run time.
+//!
+//! ```text
+//! stem:   conv3x3(C_in -> stem_width, stride 1, pad 1, no bias) BN ReLU  [max-pool 3/2/1 if stem_pool]
+//! stage i (i = 1..): blocks[i] BasicBlocks of width widths[i]; the first has stride 2 for i > 1
+//! BasicBlock(cin -> cout, s):
+//!     h = BN(conv3x3(ReLU(BN(conv3x3(x, s))), 1))
+//!     y = ReLU(h + shortcut(x)),  shortcut = identity, or conv1x1(s) + BN when s != 1 or cin != cout
+//! head:   global average pool -> [N, widths.last()]
+//! ```
+//! He et al., Deep Residual Learning for Image Recognition, 2015, arXiv:1512.03385; the CIFAR
+//! variant (3x3 stem, no max-pool) as in torchvision's resnet18 with `conv1` replaced.
+//!
+//! # Presets
+//! - `resnet-mini` (default): stem 32, widths [32, 64, 128], 1 block each. 306,784 parameters
+//!   with C_in = 1 (the benchmark model).
+//! - `resnet18-cifar`: stem 64, widths [64, 128, 256, 512], 2 blocks each. 11,168,832
+//!   parameters with C_in = 3.
+//! - `custom`: `stem_width`, `widths`, `blocks` given in the config.
+//!
+//! Parameters are named as PyTorch would (`stem.conv.weight`, `stage1.0.bn1.running_mean`,
+//! `stage2.0.shortcut.conv.weight`) and counted as trainable weights plus batch-norm affine.
+
+use latent_sdk::kit::{BatchNorm, Conv2d, Conv2dConfig, GlobalAvgPool, MaxPool2d};
+use latent_sdk::prelude::*;
+
+/// The `resnet` config.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `resnet-mini`, `resnet18-cifar` or `custom`.
+    pub preset: String,
+    /// Image channels C_in.
+    pub in_channels: usize,
+    /// Stem width (custom only; defaults to the first stage's width).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stem_width: Option<usize>,
+    /// Width of each stage (custom only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub widths: Option<Vec<usize>>,
+    /// BasicBlocks in each stage (custom only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<Vec<usize>>,
+    /// A 3x3 stride-2 max-pool after the stem (ImageNet style); off for small images.
+    pub stem_pool: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { preset: "resnet-mini".into(), in_channels: 1, stem_width: None, widths: None, blocks: None, stem_pool: false }
+    }
+}
+
+/// The resolved architecture.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Arch {
+    /// Stem width.
+    pub stem_width: usize,
+    /// Stage widths.
+    pub widths: Vec<usize>,
+    /// Blocks per stage.
+    pub blocks: Vec<usize>,
+}
+
+impl Config {
+    /// The architecture this config names, or an error a user can act on.
+    pub fn arch(&self) -> anyhow::Result<Arch> {
+        ensure!(self.in_channels >= 1, "in_channels must be at least 1, got {}", self.in_channels);
+        let preset = |s: usize, w: &[usize], b: &[usize]| Arch { stem_width: s, widths: w.to_vec(), blocks: b.to_vec() };
+        let arch = match self.preset.as_str() {
+            "resnet-mini" => preset(32, &[32, 64, 128], &[1, 1, 1]),
+            "resnet18-cifar" => preset(64, &[64, 128, 256, 512], &[2, 2, 2, 2]),
+            "custom" => {
+                let widths = self.widths.clone().context("preset custom needs `widths` (one width per stage)")?;
+                let blocks = self.blocks.clone().context("preset custom needs `blocks` (blocks per stage)")?;
+                ensure!(!widths.is_empty(), "widths must name at least one stage");
+                ensure!(widths.len() == blocks.len(), "widths has {} stages but blocks has {}", widths.len(), blocks.len());
+                ensure!(widths.iter().all(|&w| w >= 1), "every width must be at least 1, got {widths:?}");
+                ensure!(blocks.iter().all(|&b| b >= 1), "every stage needs at least one block, got {blocks:?}");
+                let stem_width = self.stem_width.unwrap_or(widths[0]);
+                ensure!(stem_width >= 1, "stem_width must be at least 1");
+                return Ok(Arch { stem_width, widths, blocks });
+            }
+            other => bail!("preset must be one of resnet-mini, resnet18-cifar, custom; got {other:?}"),
+        };
+        for (key, given) in [("stem_width", self.stem_width.is_some()), ("widths", self.widths.is_some()), ("blocks", self.blocks.is_some())] {
+            ensure!(!given, "`{key}` applies only to preset custom, not {:?}", self.preset);
+        }
+        Ok(arch)
+    }
+}
+
+/// Convolution followed by batch norm (no bias: the norm's β plays its part).
+struct ConvBn {
+    conv: Conv2d,
+    bn: BatchNorm,
+}
+
+impl ConvBn {
+    fn new(init: &Init, conv: &str, bn: &str, cin: usize, cout: usize, kernel: usize, stride: usize) -> ConvBn {
+        let cfg = Conv2dConfig { stride, padding: kernel / 2, groups: 1, bias: false };
+        ConvBn { conv: Conv2d::new(&init.pp(conv), cin, cout, kernel, cfg), bn: BatchNorm::new(&init.pp(bn), cout) }
+    }
+    fn forward(&mut self, x: &Tensor, train: bool) -> Tensor {
+        let h = self.conv.forward(x, train);
+        self.bn.forward(&h, train)
+    }
+    fn backward(&mut self, dy: &Tensor) -> Tensor {
+        let g = self.bn.backward(dy);
+        self.conv.backward(&g)
+    }
+    fn visit(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        self.conv.visit_params(f);
+        self.bn.visit_params(f);
+    }
+}
+
+/// In-place ReLU that keeps its output's sign mask for backward.
+fn relu_inplace(x: &mut Tensor, mask: &mut Vec<bool>, train: bool) {
+    if train {
+        mask.clear();
+        mask.extend(x.data.iter().map(|&v| v > 0.0));
+    }
+    x.data.iter_mut().for_each(|v| *v = v.max(0.0));
+}
+
+fn relu_back(dy: &mut Tensor, mask: &[bool]) {
+    assert_eq!(dy.len(), mask.len(), "relu backward: gradient length");
+    dy.data.iter_mut().zip(mask).for_each(|(d, &m)| if !m { *d = 0.0 });
+}
+
+/// conv-BN-ReLU-conv-BN plus shortcut, then ReLU.
+struct BasicBlock {
+    a: ConvBn,
+    b: ConvBn,
+    shortcut: Option<ConvBn>,
+    mask_a: Vec<bool>,
+    mask_out: Vec<bool>,
+}
+
+impl BasicBlock {
+    fn new(init: &Init, cin: usize, cout: usize, stride: usize) -> BasicBlock {
+        let a = ConvBn::new(init, "conv1", "bn1", cin, cout, 3, stride);
+        let b = ConvBn::new(init, "conv2", "bn2", cout, cout, 3, 1);
+        let shortcut = (stride != 1 || cin != cout).then(|| ConvBn::new(&init.pp("shortcut"), "conv", "bn", cin, cout, 1, stride));
+        BasicBlock { a, b, shortcut, mask_a: Vec::new(), mask_out: Vec::new() }
+    }
+
+    fn forward(&mut self, x: &Tensor, train: bool) -> Tensor {
+        let mut h = self.a.forward(x, train);
+        relu_inplace(&mut h, &mut self.mask_a, train);
+        let mut y = self.b.forward(&h, train);
+        drop(h);
+        match &mut self.shortcut {
+            Some(s) => {
+                let sc = s.forward(x, train);
+                y.data.iter_mut().zip(&sc.data).for_each(|(a, b)| *a += b);
+            }
+            None => y.data.iter_mut().zip(&x.data).for_each(|(a, b)| *a += b),
+        }
+        relu_inplace(&mut y, &mut self.mask_out, train);
+        y
+    }
+
+    /// The residual by hand: d/dx of `main(x) + shortcut(x)` is the sum of both paths' gradients.
+    fn backward(&mut self, dy: &Tensor) -> Tensor {
+        let mut g = dy.clone();
+        relu_back(&mut g, &self.mask_out);
+        let mut dh = self.b.backward(&g);
+        relu_back(&mut dh, &self.mask_a);
+        let mut dx = self.a.backward(&dh);
+        match &mut self.shortcut {
+            Some(s) => {
+                let ds = s.backward(&g);
+                dx.data.iter_mut().zip(&ds.data).for_each(|(a, b)| *a += b);
+            }
+            None => dx.data.iter_mut().zip(&g.data).for_each(|(a, b)| *a += b),
+        }
+        dx
+    }
+
+    fn visit(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        self.a.visit(f);
+        self.b.visit(f);
+        if let Some(s) = &mut self.shortcut {
+            s.visit(f);
+        }
+    }
+}
+
+/// The `resnet` encoder.
+pub struct ResNet {
+    cfg: Config,
+    arch: Arch,
+    stem: ConvBn,
+    stem_mask: Vec<bool>,
+    pool: Option<MaxPool2d>,
+    blocks: Vec<BasicBlock>,
+    gap: GlobalAvgPool,
+    threads: Option<rayon::ThreadPool>,
+    /// Batch size of the training forward waiting for its backward.
+    pending: Option<usize>,
+}
+
+impl ResNet {
+    /// The resolved architecture.
+    pub fn arch(&self) -> &Arch {
+        &self.arch
+    }
+
+    fn check_channels(&self, c: usize) -> anyhow::Result<()> {
+        ensure!(
+            c == self.cfg.in_channels,
+            "resnet was configured for in_channels = {} but the images have {c} channels (set in_channels in the encoder config)",
+            self.cfg.in_channels
+        );
+        Ok(())
+    }
+
+    fn run<T: Send>(&mut self, f: impl FnOnce(&mut Self) -> T + Send) -> T {
+        match self.threads.take() {
+            Some(pool) => {
+                let out = pool.install(|| f(self));
+                self.threads = Some(pool);
+                out
+            }
+            None => f(self),
+        }
+    }
+
+    fn forward_inner(&mut self, x: &Tensor, train: bool) -> Tensor {
+        let mut h = self.stem.forward(x, train);
+        relu_inplace(&mut h, &mut self.stem_mask, train);
+        if let Some(p) = &mut self.pool {
+            h = p.forward(&h, train);
+        }
+        for b in &mut self.blocks {
+            h = b.forward(&h, train);
+        }
+        self.gap.forward(&h, train)
+    }
+
+    fn backward_inner(&mut self, dy: &Tensor) -> Tensor {
+        let mut g = self.gap.backward(dy);
+        for b in self.blocks.iter_mut().rev() {
+            g = b.backward(&g);
+        }
+        if let Some(p) = &mut self.pool {
+            g = p.backward(&g);
+        }
+        relu_back(&mut g, &self.stem_mask);
+        self.stem.backward(&g)
+    }
+}
+
+impl Plugin for ResNet {
+    type Config = Config;
+    const NAME: &'static str = "resnet";
+    const DESCRIPTION: &'static str = "ResNet of BasicBlocks (presets resnet-mini, resnet18-cifar, or custom widths and blocks)";
+
+    fn new(cfg: Config, ctx: &Context) -> anyhow::Result<Self> {
+        let arch = cfg.arch()?;
+        let init = Init::new(ctx.seed);
+        let stem = ConvBn::new(&init.pp("stem"), "conv", "bn", cfg.in_channels, arch.stem_width, 3, 1);
+        let pool = cfg.stem_pool.then(|| MaxPool2d::new(3, 2, 1));
+        let mut blocks = Vec::new();
+        let mut cin = arch.stem_width;
+        for (i, (&w, &nb)) in arch.widths.iter().zip(&arch.blocks).enumerate() {
+            for j in 0..nb {
+                let stride = if i > 0 && j == 0 { 2 } else { 1 };
+                blocks.push(BasicBlock::new(&init.pp(format!("stage{}.{j}", i + 1)), cin, w, stride));
+                cin = w;
+            }
+        }
+        let threads = match ctx.threads {
+            0 => None,
+            t => Some(rayon::ThreadPoolBuilder::new().num_threads(t as usize).build().context("starting the resnet's worker threads")?),
+        };
+        Ok(ResNet { cfg, arch, stem, stem_mask: Vec::new(), pool, blocks, gap: GlobalAvgPool::new(), threads, pending: None })
+    }
+}
+
+impl Module for ResNet {
+    fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        self.stem.visit(f);
+        for b in &mut self.blocks {
+            b.visit(f);
+        }
+    }
+}
+
+impl EncoderPlugin for ResNet {
+    fn out_dim(&mut self, [c, h, w]: [usize; 3]) -> anyhow::Result<usize> {
+        self.check_channels(c)?;
+        ensure!(h >= 1 && w >= 1, "images must be at least 1x1, got {h}x{w}");
+        Ok(*self.arch.widths.last().expect("at least one stage"))
+    }
+
+    fn forward(&mut self, images: Tensor, train: bool) -> anyhow::Result<Tensor> {
+        let (n, c, h, w) = images.dims4("images")?;
+        self.check_channels(c)?;
+        ensure!(h >= 1 && w >= 1, "images must be at least 1x1, got {h}x{w}");
+        ensure!(!train || n >= 2, "training a batch-norm network needs at least 2 images per batch, got {n}");
+        let y = self.run(|s| s.forward_inner(&images, train));
+        self.pending = train.then_some(n);
+        Ok(y)
+    }
+
+    fn backward(&mut self, grad: Tensor) -> anyhow::Result<()> {
+        let n = self.pending.context("backward without a training forward before it")?;
+        let d = *self.arch.widths.last().expect("at least one stage");
+        let (gn, gd) = grad.dims2("feature gradient")?;
+        ensure!((gn, gd) == (n, d), "feature gradient has shape [{gn}, {gd}], the last training forward gave [{n}, {d}]");
+        self.pending = None;
+        self.run(|s| drop(s.backward_inner(&grad)));
+        Ok(())
+    }
+}
+
+latent_sdk::export_plugins!(objectives: [], encoders: [ResNet], augmentations: []);
