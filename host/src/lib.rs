@@ -9,6 +9,11 @@
 //! - [`plugins`]: search path, loading with abi_stable, checked handles around plugin objects.
 //! - [`cli`]: the `latent` commands.
 
+pub mod checkpoint;
 pub mod cli;
+pub mod config;
 pub mod data;
+pub mod eval;
+pub mod learner;
+pub mod optim;
 pub mod plugins;

@@ -1,0 +1,289 @@
+//! The experiment config: TOML, unknown keys refused with their path, `--set a.b=value`
+//! overrides, defaults that make `latent train` with no config run the documented default
+//! experiment (SimCLR, resnet-mini, the embedded MNIST subset).
+
+use crate::optim::OptimConfig;
+use anyhow::{bail, Context as _, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The whole experiment.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `cpu` (the only device today; `cuda:N` is refused with a clear message).
+    pub device: String,
+    /// Where the images come from.
+    pub data: DataConfig,
+    /// The backbone.
+    pub encoder: PluginConfig,
+    /// The loss and its heads.
+    pub objective: PluginConfig,
+    /// One augmentation pipeline per view.
+    pub augment: Vec<PluginConfig>,
+    /// Loop settings.
+    pub train: TrainConfig,
+    /// The optimizer and learning-rate schedule.
+    pub optim: OptimConfig,
+    /// Evaluation during and after training.
+    pub eval: EvalConfig,
+}
+
+/// A plugin and its config (passed to the plugin as JSON).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Plugin name, as `latent plugins` lists it.
+    pub plugin: String,
+    /// Its config; omitted keys take the plugin's defaults.
+    #[serde(default = "empty_table")]
+    pub config: serde_json::Value,
+}
+
+fn empty_table() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+impl PluginConfig {
+    fn new(plugin: &str, config: serde_json::Value) -> Self {
+        PluginConfig { plugin: plugin.into(), config }
+    }
+}
+
+/// `[data]`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// `embedded:mnist-5k`, `idx:DIR`, `cifar10:DIR`, `folder:DIR` or `images:DIR`.
+    pub source: String,
+    /// Loader threads (0: one per core).
+    pub threads: usize,
+    /// Batches prepared ahead of the training step.
+    pub prefetch: usize,
+    /// Skip undecodable images in folders (counted, with a warning) instead of failing.
+    pub skip_bad_images: bool,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig { source: "embedded:mnist-5k".into(), threads: 0, prefetch: 4, skip_bad_images: false }
+    }
+}
+
+/// `[train]`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Passes over the training split.
+    pub epochs: u64,
+    /// Images per batch (each seen once per view).
+    pub batch_size: usize,
+    /// Stop after this many steps in all (0: no cap).
+    pub max_steps: u64,
+    /// Seed of initialisation, shuffling and augmentation.
+    pub seed: u64,
+    /// Write a checkpoint every this many steps (0: only at the end of each epoch).
+    pub checkpoint_every: u64,
+    /// Checkpoints to keep.
+    pub keep_checkpoints: usize,
+    /// Classes per batch for objectives that need labels (P of P x K; 0: batch_size / 4... see docs).
+    pub classes_per_batch: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig { epochs: 10, batch_size: 256, max_steps: 0, seed: 0, checkpoint_every: 0, keep_checkpoints: 3, classes_per_batch: 0 }
+    }
+}
+
+/// `[eval]`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Evaluate on the test split every this many epochs (0: only at the end).
+    pub every_epochs: u64,
+    /// kNN settings reported: (k, temperature) pairs.
+    pub knn: Vec<(usize, f32)>,
+    /// Train a linear probe at the end of training.
+    pub linear_probe: bool,
+    /// Probe training epochs (full-batch Adam steps).
+    pub probe_steps: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig { every_epochs: 1, knn: vec![(200, 0.1), (20, 0.07)], linear_probe: true, probe_steps: 300 }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            device: "cpu".into(),
+            data: DataConfig::default(),
+            encoder: PluginConfig::new("resnet", serde_json::json!({"preset": "resnet-mini"})),
+            objective: PluginConfig::new("simclr", serde_json::json!({"temperature": 0.5})),
+            augment: vec![
+                PluginConfig::new("pipeline", serde_json::json!({"preset": "simclr"})),
+                PluginConfig::new("pipeline", serde_json::json!({"preset": "simclr"})),
+            ],
+            train: TrainConfig::default(),
+            optim: OptimConfig::default(),
+            eval: EvalConfig::default(),
+        }
+    }
+}
+
+/// Parses `--set` values: TOML literals (`0.1`, `true`, `[1, 2]`, `"x"`), else a plain string.
+fn parse_value(s: &str) -> toml::Value {
+    let doc = format!("v = {s}");
+    match doc.parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(s.into())),
+        Err(_) => toml::Value::String(s.to_string()),
+    }
+}
+
+/// Applies `a.b.c=value` to a TOML table, creating tables on the way.
+pub fn apply_override(root: &mut toml::Table, spec: &str) -> Result<()> {
+    let (path, value) = spec.split_once('=').with_context(|| format!("--set {spec:?}: expected key=value"))?;
+    let keys: Vec<&str> = path.trim().split('.').collect();
+    if keys.iter().any(|k| k.is_empty()) {
+        bail!("--set {spec:?}: empty key in {path:?}");
+    }
+    let mut table = root;
+    for k in &keys[..keys.len() - 1] {
+        let entry = table.entry(k.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+        table = match entry {
+            toml::Value::Table(t) => t,
+            _ => bail!("--set {spec:?}: {k} is not a table"),
+        };
+    }
+    table.insert(keys[keys.len() - 1].to_string(), parse_value(value.trim()));
+    Ok(())
+}
+
+/// Lays `over` onto `base`, table by table. A plugin section (`encoder`, `objective`) that
+/// names another plugin than the default replaces the default section whole, so the default
+/// plugin's config keys do not leak into another plugin; arrays (`augment`) replace whole.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => {
+                let other_plugin = matches!((b.get("plugin"), o.get("plugin")), (Some(x), Some(y)) if x != y);
+                if other_plugin {
+                    *b = o;
+                } else {
+                    merge(b, o);
+                }
+            }
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Reads `file` (or the defaults when `None`), applies `overrides`, checks everything.
+    pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Config> {
+        let (mut table, origin) = match file {
+            Some(f) => {
+                let text = std::fs::read_to_string(f).with_context(|| format!("cannot read config {}", f.display()))?;
+                let t: toml::Table = text.parse().with_context(|| format!("config {} is not valid TOML", f.display()))?;
+                (t, f.display().to_string())
+            }
+            None => (toml::Table::new(), "the default config".to_string()),
+        };
+        for o in overrides {
+            apply_override(&mut table, o)?;
+        }
+        Self::from_table(table).with_context(|| format!("in {origin}"))
+    }
+
+    /// Builds a config from a parsed TOML table laid over the defaults, naming the path of any
+    /// unknown or bad key.
+    pub fn from_table(table: toml::Table) -> Result<Config> {
+        let mut base: toml::Table = toml::from_str(&Config::default().to_toml()?)?;
+        merge(&mut base, table);
+        let de = toml::Value::Table(base);
+        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            anyhow::anyhow!("key `{path}`: {}", e.into_inner())
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that serde cannot.
+    pub fn validate(&self) -> Result<()> {
+        if self.device != "cpu" {
+            bail!("device {:?} is not available: this build runs on the cpu only (device = \"cpu\")", self.device);
+        }
+        if self.augment.is_empty() {
+            bail!("augment: give at least one view ([[augment]] plugin = \"pipeline\")");
+        }
+        if self.train.batch_size < 2 {
+            bail!("train.batch_size must be at least 2, got {}", self.train.batch_size);
+        }
+        if self.train.epochs == 0 && self.train.max_steps == 0 {
+            bail!("train.epochs is 0 and train.max_steps is 0: nothing to train");
+        }
+        if self.train.keep_checkpoints == 0 {
+            bail!("train.keep_checkpoints must be at least 1");
+        }
+        for (k, t) in &self.eval.knn {
+            if *k == 0 || *t <= 0.0 {
+                bail!("eval.knn: k must be > 0 and the temperature > 0, got ({k}, {t})");
+            }
+        }
+        self.optim.validate()
+    }
+
+    /// The config as TOML text (saved in the run directory).
+    pub fn to_toml(&self) -> Result<String> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_roundtrips_through_toml() {
+        let c = Config::default();
+        let text = c.to_toml().unwrap();
+        let back = Config::from_table(text.parse().unwrap()).unwrap();
+        assert_eq!(c, back);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_path() {
+        let e = Config::from_table("[train]\nepochz = 3".parse().unwrap()).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains("train.epochz") && msg.contains("unknown field"), "{msg}");
+        let e = Config::from_table("[optim]\nlr = \"fast\"".parse().unwrap()).unwrap_err();
+        assert!(format!("{e:#}").contains("optim.lr"), "{e:#}");
+    }
+
+    #[test]
+    fn set_overrides_create_and_replace_values() {
+        let c = Config::load(None, &["train.epochs=2".into(), "objective.config.temperature=0.1".into(), "data.source=idx:/tmp/x".into()]).unwrap();
+        assert_eq!(c.train.epochs, 2);
+        assert_eq!(c.objective.config["temperature"], serde_json::json!(0.1));
+        assert_eq!(c.data.source, "idx:/tmp/x");
+        assert_eq!(c.encoder.config["preset"], serde_json::json!("resnet-mini"), "defaults kept beside the override");
+        let c = Config::load(None, &["objective.plugin=byol".into()]).unwrap();
+        assert_eq!(c.objective.config, serde_json::json!({}), "another plugin does not inherit simclr's keys");
+        let e = Config::load(None, &["train.epochs".into()]).unwrap_err();
+        assert!(e.to_string().contains("key=value"));
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let e = Config::load(None, &["device=\"cuda:0\"".into()]).unwrap_err();
+        assert!(format!("{e:#}").contains("cpu only"), "{e:#}");
+        let e = Config::load(None, &["train.batch_size=1".into()]).unwrap_err();
+        assert!(format!("{e:#}").contains("train.batch_size"));
+    }
+}

@@ -1,0 +1,261 @@
+//! The learner: online encoder, objective (with its heads), optional EMA target encoder, and
+//! the one optimizer over all of their parameters. One call of [`Learner::step`] is one
+//! training step across the plugin boundary:
+//!
+//! ```text
+//! views v₁..v_V [B,C,H,W] ──concat──▶ encoder.forward(train) ──split──▶ h₁..h_V [B,D]
+//!                          └────────▶ target.forward (if the objective needs it, no backward)
+//! objective.compute(h, h', labels) ──▶ loss, ∂L/∂h₁..∂L/∂h_V, metrics, τ
+//! encoder.backward(concat ∂L/∂h)
+//! optimizer: every Weight / NoDecay parameter of encoder and objective (take_grads → update → write)
+//! EMA:       target ← τ·target + (1−τ)·online (encoder copy, and the objective's Target params)
+//! ```
+//! The views go through the encoder as one batch, so batch-norm statistics span all views (as
+//! SimCLR's reference implementation does) and the matrix products are larger.
+
+use crate::config::{Config, PluginConfig};
+use crate::optim::Optimizer;
+use crate::plugins::{Encoder, Objective, ParamAccess, Registry};
+use anyhow::{bail, Context as _, Result};
+use latent_sdk::abi::{Context, ParamDesc, ParamRole};
+use latent_sdk::kit::Tensor;
+use std::collections::BTreeMap;
+
+/// What one step reports.
+#[derive(Clone, Debug)]
+pub struct StepOutput {
+    /// The loss.
+    pub loss: f32,
+    /// The objective's metrics.
+    pub metrics: Vec<(String, f64)>,
+    /// τ used for the EMA after this step (1.0 without a target).
+    pub tau: f64,
+}
+
+/// Online encoder + objective + optional target encoder + optimizer.
+pub struct Learner {
+    /// The online encoder.
+    pub encoder: Encoder,
+    /// The objective.
+    pub objective: Objective,
+    /// The EMA target encoder.
+    pub target: Option<Encoder>,
+    /// The optimizer.
+    pub optim: Optimizer,
+    /// Encoder parameter descriptors.
+    pub enc_params: Vec<ParamDesc>,
+    /// Objective parameter descriptors.
+    pub obj_params: Vec<ParamDesc>,
+    /// Image shape the encoder sees.
+    pub input_shape: [usize; 3],
+    /// Encoder output dimension.
+    pub feat_dim: usize,
+}
+
+/// Fills `key` in a plugin config from the data when the plugin has that key and the user did
+/// not set it (e.g. the encoder's `in_channels`, the objective's `input_dim`).
+fn fill_default(reg: &Registry, pc: &PluginConfig, key: &str, value: usize) -> serde_json::Value {
+    let mut cfg = pc.config.clone();
+    let has_key = reg
+        .entries
+        .get(&pc.plugin)
+        .and_then(|e| serde_json::from_str::<serde_json::Value>(&e.manifest.default_config).ok())
+        .is_some_and(|d| d.get(key).is_some());
+    if has_key {
+        if let Some(obj) = cfg.as_object_mut() {
+            obj.entry(key.to_string()).or_insert(serde_json::json!(value));
+        }
+    }
+    cfg
+}
+
+/// Builds an encoder from the config, for images of `input_shape`.
+pub fn build_encoder(reg: &Registry, cfg: &Config, input_shape: [usize; 3]) -> Result<(Encoder, usize)> {
+    let ctx = Context { seed: cfg.train.seed, ..Default::default() };
+    let enc_cfg = fill_default(reg, &cfg.encoder, "in_channels", input_shape[0]);
+    let mut encoder = reg.encoder(&cfg.encoder.plugin, &enc_cfg, &ctx).context("config key `encoder`")?;
+    let dim = encoder.out_dim(input_shape).with_context(|| format!("encoder '{}' cannot take images of shape {input_shape:?}", cfg.encoder.plugin))?;
+    Ok((encoder, dim))
+}
+
+impl Learner {
+    /// Loads and wires the plugins named in `cfg` for images of `input_shape` (after augmentation).
+    pub fn build(reg: &Registry, cfg: &Config, input_shape: [usize; 3]) -> Result<Learner> {
+        let (mut encoder, feat_dim) = build_encoder(reg, cfg, input_shape)?;
+        let ctx = Context { seed: cfg.train.seed.wrapping_add(1), ..Default::default() };
+        let obj_cfg = fill_default(reg, &cfg.objective, "input_dim", feat_dim);
+        let mut objective = reg.objective(&cfg.objective.plugin, &obj_cfg, &ctx).context("config key `objective`")?;
+        let enc_params = encoder.params()?;
+        let obj_params = objective.params()?;
+        let target = if objective.manifest.needs_target {
+            let (mut t, _) = build_encoder(reg, cfg, input_shape)?;
+            t.write_params(encoder.read_params()?).context("initialising the target encoder")?;
+            Some(t)
+        } else {
+            None
+        };
+        Ok(Learner { encoder, objective, target, optim: Optimizer::new(cfg.optim.clone())?, enc_params, obj_params, input_shape, feat_dim })
+    }
+
+    /// One training step on `views` (one `[B,C,H,W]` tensor per view).
+    pub fn step(&mut self, views: &[Tensor], labels: &[i64], step: u64, total: u64, lr: f64) -> Result<StepOutput> {
+        let b = views[0].shape[0];
+        let x = concat(views)?;
+        let feats = self.encoder.forward(x.clone(), true)?;
+        let hs = split(&feats, views.len());
+        let targets = match &mut self.target {
+            Some(t) => split(&t.forward(x, true)?, views.len()),
+            None => Vec::new(),
+        };
+        let labels: &[i64] = if self.objective.manifest.needs_labels { labels } else { &[] };
+        if self.objective.manifest.needs_labels && labels.len() != b {
+            bail!("objective '{}' needs labels, but the data has none (use a labelled dataset)", self.objective.name);
+        }
+        let res = self.objective.compute(&hs, &targets, labels, step, total, true)?;
+        self.encoder.backward(concat(&res.grads)?)?;
+        let tau = res.target_momentum;
+        self.optim.begin_step();
+        update(&mut self.optim, &mut self.encoder, &self.enc_params, "encoder", lr, tau)?;
+        update(&mut self.optim, &mut self.objective, &self.obj_params, "objective", lr, tau)?;
+        if let Some(t) = &mut self.target {
+            ema_encoder(t, &mut self.encoder, &self.enc_params, tau)?;
+        }
+        Ok(StepOutput { loss: res.loss, metrics: res.metrics, tau })
+    }
+
+    /// Features of `images` with the online encoder in evaluation mode.
+    pub fn features(&mut self, images: Tensor) -> Result<Tensor> {
+        self.encoder.forward(images, false)
+    }
+
+    /// Every tensor a checkpoint holds (see [`crate::checkpoint`] for the names).
+    pub fn state_tensors(&mut self) -> Result<BTreeMap<String, Tensor>> {
+        let mut out = BTreeMap::new();
+        for (d, v) in self.enc_params.iter().zip(self.encoder.read_params()?) {
+            out.insert(format!("encoder.{}", d.name), v);
+        }
+        for (d, v) in self.obj_params.iter().zip(self.objective.read_params()?) {
+            out.insert(format!("objective.{}", d.name), v);
+        }
+        if let Some(t) = &mut self.target {
+            for (d, v) in self.enc_params.iter().zip(t.read_params()?) {
+                out.insert(format!("target_encoder.{}", d.name), v);
+            }
+        }
+        for (name, st) in &self.optim.state {
+            if !st.m.is_empty() {
+                out.insert(format!("optim.m.{name}"), Tensor::new(vec![st.m.len()], st.m.clone()));
+            }
+            if !st.v.is_empty() {
+                out.insert(format!("optim.v.{name}"), Tensor::new(vec![st.v.len()], st.v.clone()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Restores everything [`Learner::state_tensors`] saved.
+    pub fn load_state(&mut self, tensors: &BTreeMap<String, Tensor>, optim_t: u64) -> Result<()> {
+        load_module(&mut self.encoder, &self.enc_params, "encoder", tensors)?;
+        load_module(&mut self.objective, &self.obj_params, "objective", tensors)?;
+        if let Some(t) = &mut self.target {
+            load_module(t, &self.enc_params, "target_encoder", tensors)?;
+        }
+        self.optim.state.clear();
+        for (k, v) in tensors {
+            if let Some(name) = k.strip_prefix("optim.m.") {
+                self.optim.state.entry(name.to_string()).or_default().m = v.data.clone();
+            } else if let Some(name) = k.strip_prefix("optim.v.") {
+                self.optim.state.entry(name.to_string()).or_default().v = v.data.clone();
+            }
+        }
+        self.optim.t = optim_t;
+        Ok(())
+    }
+}
+
+/// Loads a module's parameters from checkpoint tensors named `<prefix>.<param>`.
+pub fn load_module(m: &mut dyn ParamAccess, descs: &[ParamDesc], prefix: &str, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+    let mut vals = Vec::with_capacity(descs.len());
+    for d in descs {
+        let key = format!("{prefix}.{}", d.name);
+        let t = tensors.get(&key).with_context(|| format!("the checkpoint has no tensor {key} (was it written with another {prefix} config?)"))?;
+        let want: Vec<usize> = d.shape.iter().map(|&s| s as usize).collect();
+        if t.shape != want {
+            bail!("checkpoint tensor {key} has shape {:?}, the {prefix} expects {want:?}", t.shape);
+        }
+        vals.push(t.clone());
+    }
+    m.write_params(vals)
+}
+
+/// Concatenates `[B, ...]` tensors along the first axis.
+pub fn concat(ts: &[Tensor]) -> Result<Tensor> {
+    let first = ts.first().context("nothing to concatenate")?;
+    let mut shape = first.shape.clone();
+    let mut data = Vec::with_capacity(first.len() * ts.len());
+    for t in ts {
+        if t.shape[1..] != first.shape[1..] {
+            bail!("views have different shapes: {:?} and {:?} (give every view the same output size)", first.shape, t.shape);
+        }
+        data.extend_from_slice(&t.data);
+    }
+    shape[0] = ts.iter().map(|t| t.shape[0]).sum();
+    Ok(Tensor::new(shape, data))
+}
+
+/// Splits `[V*B, ...]` into `v` tensors `[B, ...]`.
+pub fn split(t: &Tensor, v: usize) -> Vec<Tensor> {
+    let b = t.shape[0] / v;
+    let per = t.len() / v;
+    let mut shape = t.shape.clone();
+    shape[0] = b;
+    t.data.chunks(per.max(1)).take(v).map(|c| Tensor::new(shape.clone(), c.to_vec())).collect()
+}
+
+fn update(optim: &mut Optimizer, m: &mut dyn ParamAccess, descs: &[ParamDesc], prefix: &str, lr: f64, tau: f64) -> Result<()> {
+    if descs.is_empty() {
+        return Ok(());
+    }
+    let name = m.name().to_string();
+    let grads = m.take_grads()?;
+    let mut vals = m.read_params()?;
+    if grads.len() != descs.len() || vals.len() != descs.len() {
+        bail!("plugin '{name}' returned {} gradients and {} values for {} parameters", grads.len(), vals.len(), descs.len());
+    }
+    for ((d, v), g) in descs.iter().zip(vals.iter_mut()).zip(&grads) {
+        if matches!(d.role, ParamRole::Weight | ParamRole::NoDecay) {
+            if g.len() != v.len() {
+                bail!("plugin '{name}' returned a gradient of {} values for parameter {} of {} values", g.len(), d.name, v.len());
+            }
+            optim.update(&format!("{prefix}.{}", d.name), d.role, &mut v.data, &g.data, lr);
+        }
+    }
+    // EMA targets inside the module (e.g. BYOL's target projector).
+    for i in 0..descs.len() {
+        if descs[i].role == ParamRole::Target {
+            let Some(src) = descs[i].ema_of.as_ref().into_option() else { continue };
+            let j = descs.iter().position(|d| d.name == *src).with_context(|| format!("plugin '{name}': target {} follows unknown parameter {src}", descs[i].name))?;
+            let online = vals[j].data.clone();
+            ema(&mut vals[i].data, &online, tau);
+        }
+    }
+    m.write_params(vals)
+}
+
+fn ema(target: &mut [f32], online: &[f32], tau: f64) {
+    let (t, o) = (tau as f32, (1.0 - tau) as f32);
+    for (a, b) in target.iter_mut().zip(online) {
+        *a = t * *a + o * b;
+    }
+}
+
+fn ema_encoder(target: &mut Encoder, online: &mut Encoder, descs: &[ParamDesc], tau: f64) -> Result<()> {
+    let on = online.read_params()?;
+    let mut tv = target.read_params()?;
+    for ((d, t), o) in descs.iter().zip(tv.iter_mut()).zip(&on) {
+        if matches!(d.role, ParamRole::Weight | ParamRole::NoDecay) {
+            ema(&mut t.data, &o.data, tau);
+        }
+    }
+    target.write_params(tv)
+}
