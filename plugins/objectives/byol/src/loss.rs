@@ -1,0 +1,83 @@
+//! BYOL's regression loss and its target-momentum schedule.
+//!
+//! - \[0\] BYOL, Grill et al. 2020, <https://arxiv.org/abs/2006.07733> (equations 2 and 5, section 3.2)
+//!
+//! ```text
+//! cos(q, t)   = qᵀt / (max(‖q‖, 1e-12) · max(‖t‖, 1e-12))
+//! L(q, t)     = 1/B · Σ_i (2 − 2 cos(q_i, t_i))                    = 1/B · Σ_i ‖q̂_i − t̂_i‖²
+//! loss        = L(q(v1), z'(v2)) + L(q(v2), z'(v1))                 (the paper's symmetrised sum)
+//! τ_k         = 1 − (1 − τ_base) · (cos(π k / K) + 1) / 2            k = step (clamped to K), K = total steps
+//! ```
+//! Normalisation: each term is a batch mean and the two terms are summed, as in the paper
+//! (`L^BYOL_θ,ξ = L + L̃`), so the loss lies in [0, 8]. lightly's examples instead use
+//! `0.5 · (NegativeCosineSimilarity(p0, z1) + NegativeCosineSimilarity(p1, z0))` (in [−1, 1]);
+//! the two are related by `loss_paper = 4 + 4 · loss_lightly`, gradients by the factor 4.
+//!
+//! Only the online predictions `q` receive gradient: the targets are constants (stop-gradient).
+//! Backward: `dL/dq_i = −2/B · (t̂_i − cos_i · q̂_i) / ‖q_i‖`.
+//!
+//! The schedule equals lightly's `cosine_schedule(k, K + 1, τ_base, 1.0)`; K = 0 gives τ_base.
+//!
+//! # Shapes
+//! q, t `[B, D]` -> scalar, dq `[B, D]`.
+//!
+//! # Defaults
+//! τ_base = 0.996 (the paper's ImageNet setting).
+
+use latent_sdk::prelude::*;
+
+/// `L(q, t) = mean_i (2 − 2 cos(q_i, t_i))` and `dL/dq`; `t` gets no gradient.
+pub fn regression(q: &Tensor, t: &Tensor) -> anyhow::Result<(f64, Tensor)> {
+    let (b, d) = q.dims2("predictions")?;
+    ensure!(t.shape == q.shape, "predictions {:?} and targets {:?} must have the same shape", q.shape, t.shape);
+    ensure!(b > 0, "empty batch");
+    let mut loss = 0.0;
+    let mut dq = vec![0.0f32; b * d];
+    for i in 0..b {
+        let qi: Vec<f64> = q.data[i * d..(i + 1) * d].iter().map(|&v| v as f64).collect();
+        let ti: Vec<f64> = t.data[i * d..(i + 1) * d].iter().map(|&v| v as f64).collect();
+        let nq = qi.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
+        let nt = ti.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
+        let c = qi.iter().zip(&ti).map(|(a, b)| a * b).sum::<f64>() / (nq * nt);
+        loss += 2.0 - 2.0 * c;
+        for j in 0..d {
+            dq[i * d + j] = (-2.0 / b as f64 * (ti[j] / nt - c * qi[j] / nq) / nq) as f32;
+        }
+    }
+    Ok((loss / b as f64, Tensor::new(vec![b, d], dq)))
+}
+
+/// The symmetrised BYOL loss `L(q1, t2) + L(q2, t1)` and `(dq1, dq2)`.
+pub fn byol_loss(q1: &Tensor, q2: &Tensor, t1: &Tensor, t2: &Tensor) -> anyhow::Result<(f64, Tensor, Tensor)> {
+    let (a, dq1) = regression(q1, t2)?;
+    let (b, dq2) = regression(q2, t1)?;
+    Ok((a + b, dq1, dq2))
+}
+
+/// τ at step `k` of `total` (cosine increase from `tau_base` to 1).
+pub fn tau(tau_base: f64, k: u64, total: u64) -> f64 {
+    if total == 0 {
+        return tau_base;
+    }
+    let k = k.min(total) as f64;
+    1.0 - (1.0 - tau_base) * ((std::f64::consts::PI * k / total as f64).cos() + 1.0) / 2.0
+}
+
+/// Collapse indicator: the standard deviation over the batch (population, 1/B) of the
+/// L2-normalised rows of `z`, averaged over the D dimensions, times √D. About 1 for well-spread
+/// embeddings (uniform on the sphere: each coordinate has std ≈ 1/√D), 0 when collapsed to a point.
+pub fn collapse(z: &Tensor) -> anyhow::Result<f64> {
+    let (b, d) = z.dims2("embeddings")?;
+    let mut u: Vec<f64> = z.data.iter().map(|&v| v as f64).collect();
+    for row in u.chunks_mut(d) {
+        let n = row.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
+        row.iter_mut().for_each(|v| *v /= n);
+    }
+    let mut total = 0.0;
+    for j in 0..d {
+        let mean = (0..b).map(|i| u[i * d + j]).sum::<f64>() / b as f64;
+        let var = (0..b).map(|i| (u[i * d + j] - mean).powi(2)).sum::<f64>() / b as f64;
+        total += var.sqrt();
+    }
+    Ok(total / d as f64 * (d as f64).sqrt())
+}
