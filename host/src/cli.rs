@@ -104,7 +104,7 @@ fn cmd_check(file: &std::path::Path) -> Result<i32> {
     let lib = match plugins::load_library(file) {
         Ok(lib) => lib,
         Err(e) => {
-            println!("cannot load {}: {e:#}", file.display());
+            println!("cannot load: {e:#}");
             return Ok(2);
         }
     };

@@ -15,5 +15,7 @@ pub mod config;
 pub mod data;
 pub mod eval;
 pub mod learner;
+pub mod metrics;
 pub mod optim;
+pub mod plot;
 pub mod plugins;

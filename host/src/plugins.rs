@@ -88,11 +88,22 @@ fn explain(file: &Path, e: LibraryError) -> anyhow::Error {
             SDK_VERSION
         ),
         LibraryError::AbiInstability(err) => {
+            // abi_stable's report dumps both layouts; keep its verdict lines.
             let detail = err.to_string();
-            let short: String = detail.lines().filter(|l| !l.trim().is_empty()).take(12).collect::<Vec<_>>().join("\n    ");
+            let lines: Vec<&str> = detail.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            let mut keep = Vec::new();
+            for (i, l) in lines.iter().enumerate() {
+                if l.starts_with("Error:") {
+                    keep.extend(lines[i..(i + 5).min(lines.len())].iter().take_while(|x| !x.starts_with("Layout")).copied());
+                }
+            }
+            if keep.is_empty() {
+                keep = lines.into_iter().take(8).collect();
+            }
             anyhow!(
                 "{f}: incompatible type layout: the library was built against a latent-sdk whose ABI \
-                 differs from this host's ({SDK_VERSION}); rebuild it against this SDK.\n    {short}"
+                 differs from this host's ({SDK_VERSION}); rebuild it against this SDK.\n    {}",
+                keep.join("\n    ")
             )
         }
         LibraryError::InvalidAbiHeader(h) => anyhow!(
