@@ -1,0 +1,63 @@
+//! Views per second of the `pipeline` augmentation on one thread, 32×32 RGB.
+//!
+//! ```text
+//! cargo run --release -p latent-plugin-augment --example throughput [-- SECONDS]
+//! ```
+//! Measures three configs: the simclr preset at its defaults; the lightly-matched config
+//! (strength 0.5, no blur, ImageNet normalization, as `bench/lightly_augment.py` runs lightly's
+//! `SimCLRTransform(input_size=32, cj_strength=0.5, gaussian_blur=0.0)`); and the byol view 0
+//! preset (blur always on). Each is timed through the plugin's `apply` (the per-image call the
+//! SDK wrapper makes) on a fixed set of 256 random images, one view per call.
+
+use latent_plugin_augment::{Config, Pipeline};
+use latent_sdk::abi::Context;
+use latent_sdk::plugin::{AugmentationPlugin, Plugin};
+use std::time::Instant;
+
+fn main() -> anyhow::Result<()> {
+    let secs: f64 = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(2.0);
+    let shape = [3usize, 32, 32];
+    let n = shape.iter().product::<usize>();
+    // deterministic pseudo-random images in [0, 1]
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let images: Vec<Vec<f32>> = (0..256)
+        .map(|_| {
+            (0..n)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    (state >> 40) as f32 / (1u64 << 24) as f32
+                })
+                .collect()
+        })
+        .collect();
+    let configs = [
+        ("simclr preset (defaults: s=1, blur p=0.5)", r#"{}"#),
+        ("simclr, lightly-matched (s=0.5, no blur, normalize)", r#"{"strength": 0.5, "ops": null, "normalize": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}"#),
+        ("byol view 0 (blur p=1)", r#"{"preset": "byol"}"#),
+    ];
+    for (name, json) in configs {
+        let mut cfg: Config = serde_json::from_str(json)?;
+        if name.contains("lightly-matched") {
+            // the simclr preset with its blur removed
+            let mut ops = latent_plugin_augment::pipeline::preset("simclr", 0, 0.5)?;
+            ops.retain(|o| !matches!(o, latent_plugin_augment::Op::Blur(_)));
+            cfg.ops = Some(ops);
+        }
+        let p = Pipeline::new(cfg, &Context::default())?;
+        let start = Instant::now();
+        let mut views = 0u64;
+        let mut checksum = 0.0f32;
+        while start.elapsed().as_secs_f64() < secs {
+            for (i, img) in images.iter().enumerate() {
+                let y = p.apply(img, shape, views + i as u64)?;
+                checksum += y[0];
+            }
+            views += images.len() as u64;
+        }
+        let rate = views as f64 / start.elapsed().as_secs_f64();
+        println!("{name}: {rate:.0} views/s on one thread ({:.1} µs/view; checksum {checksum:.1})", 1e6 / rate);
+    }
+    Ok(())
+}

@@ -1,0 +1,278 @@
+//! The `pipeline` plugin: a preset (SimCLR, BYOL's two views, or nothing) or an explicit list
+//! of ops, applied to one image with randomness drawn from a ChaCha8 generator seeded with the
+//! call's seed (so a view is a pure function of the image and the seed).
+//!
+//! # Config (JSON; unknown keys refused)
+//! | key | default | meaning |
+//! |---|---|---|
+//! | `preset` | `"simclr"` | `"simclr"`, `"byol"` or `"none"` |
+//! | `view` | `0` | BYOL's asymmetric view, 0 or 1 (ignored by the other presets) |
+//! | `size` | `null` | output side (square); `null`: the input's height and width |
+//! | `strength` | `1.0` | SimCLR's colour-jitter strength s (the paper used 0.5 for CIFAR-10) |
+//! | `ops` | `null` | explicit list of ops, replacing the preset |
+//! | `normalize` | `null` | `{"mean": [..], "std": [..]}` applied last (1 value or one per channel) |
+//!
+//! Ops are objects tagged by `op`, each with its own defaults (see the op's module):
+//! `{"op": "crop", "scale": [0.08, 1], "ratio": [0.75, 1.333]}`, `{"op": "flip", "p": 0.5}`,
+//! `{"op": "jitter", "brightness": 0.8, "contrast": 0.8, "saturation": 0.8, "hue": 0.2, "p": 0.8}`,
+//! `{"op": "grayscale", "p": 0.2}`, `{"op": "blur", "sigma": [0.1, 2], "kernel_frac": 0.1, "p": 0.5}`,
+//! `{"op": "solarize", "threshold": 0.5, "p": 0.2}`, `{"op": "normalize", "mean": [..], "std": [..]}`.
+//!
+//! # Presets
+//! ```text
+//! simclr          crop(0.08–1, 3/4–4/3) → flip(0.5) → jitter(0.8s, 0.8s, 0.8s, 0.2s; p 0.8)
+//!                 → grayscale(0.2) → blur(σ 0.1–2, 10%; p 0.5)
+//! byol, view 0    crop(0.08–1) → flip(0.5) → jitter(0.4, 0.4, 0.2, 0.1; p 0.8) → grayscale(0.2)
+//!                 → blur(p 1.0) → solarize(p 0.0)
+//! byol, view 1    the same with blur(p 0.1) → solarize(p 0.2)
+//! none            nothing (only the resize to `size` and `normalize`, when given)
+//! ```
+//! The crop resamples to the output size. When the op list has no crop and `size` differs
+//! from the input, the image is first resized whole (antialiased bilinear).
+//!
+//! Images have 1 or 3 channels and any size; on grey images saturation, hue and grayscale do
+//! nothing. Values stay in [0, 1] unless `normalize` is used.
+
+use crate::blur::GaussianBlur;
+use crate::crop::RandomResizedCrop;
+use crate::flip::HorizontalFlip;
+use crate::grayscale::RandomGrayscale;
+use crate::jitter::ColorJitter;
+use crate::normalize::Normalize;
+use crate::planes::{resize_box, Planes};
+use crate::solarize::RandomSolarize;
+use latent_sdk::prelude::*;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+/// One op of an explicit list, tagged by `op`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// [`RandomResizedCrop`] to the output size.
+    Crop(RandomResizedCrop),
+    /// [`HorizontalFlip`].
+    Flip(HorizontalFlip),
+    /// [`ColorJitter`].
+    Jitter(ColorJitter),
+    /// [`RandomGrayscale`].
+    Grayscale(RandomGrayscale),
+    /// [`GaussianBlur`].
+    Blur(GaussianBlur),
+    /// [`RandomSolarize`].
+    Solarize(RandomSolarize),
+    /// [`Normalize`].
+    Normalize(Normalize),
+}
+
+impl Op {
+    fn validate(&self) -> anyhow::Result<()> {
+        match self {
+            Op::Crop(o) => o.validate(),
+            Op::Flip(o) => o.validate(),
+            Op::Jitter(o) => o.validate(),
+            Op::Grayscale(o) => o.validate(),
+            Op::Blur(o) => o.validate(),
+            Op::Solarize(o) => o.validate(),
+            Op::Normalize(o) => o.validate(),
+        }
+    }
+}
+
+/// The `pipeline` config.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `"simclr"` (default), `"byol"` or `"none"`.
+    pub preset: String,
+    /// BYOL view, 0 (default) or 1.
+    pub view: u32,
+    /// Output side; `None` (default) keeps the input's height and width.
+    pub size: Option<usize>,
+    /// SimCLR colour-jitter strength, default 1.0.
+    pub strength: f32,
+    /// Explicit ops replacing the preset.
+    pub ops: Option<Vec<Op>>,
+    /// Normalization applied last.
+    pub normalize: Option<Normalize>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { preset: "simclr".into(), view: 0, size: None, strength: 1.0, ops: None, normalize: None }
+    }
+}
+
+/// The ops of a preset.
+pub fn preset(name: &str, view: u32, strength: f32) -> anyhow::Result<Vec<Op>> {
+    Ok(match name {
+        "simclr" => vec![
+            Op::Crop(RandomResizedCrop::default()),
+            Op::Flip(HorizontalFlip { p: 0.5 }),
+            Op::Jitter(ColorJitter::simclr(strength)),
+            Op::Grayscale(RandomGrayscale { p: 0.2 }),
+            Op::Blur(GaussianBlur { p: 0.5, ..Default::default() }),
+        ],
+        "byol" => {
+            let (blur, sol) = if view == 0 { (1.0, 0.0) } else { (0.1, 0.2) };
+            vec![
+                Op::Crop(RandomResizedCrop::default()),
+                Op::Flip(HorizontalFlip { p: 0.5 }),
+                Op::Jitter(ColorJitter { brightness: 0.4, contrast: 0.4, saturation: 0.2, hue: 0.1, p: 0.8 }),
+                Op::Grayscale(RandomGrayscale { p: 0.2 }),
+                Op::Blur(GaussianBlur { p: blur, ..Default::default() }),
+                Op::Solarize(RandomSolarize { threshold: 0.5, p: sol }),
+            ]
+        }
+        "none" => vec![],
+        other => bail!("preset must be \"simclr\", \"byol\" or \"none\", got {other:?}"),
+    })
+}
+
+/// The `pipeline` augmentation.
+pub struct Pipeline {
+    ops: Vec<Op>,
+    size: Option<usize>,
+}
+
+impl Pipeline {
+    /// The ops it applies, in order (normalization included).
+    pub fn ops(&self) -> &[Op] {
+        &self.ops
+    }
+
+    fn check_channels(&self, c: usize) -> anyhow::Result<()> {
+        ensure!(c == 1 || c == 3, "pipeline works on 1- or 3-channel images, got {c} channels");
+        for op in &self.ops {
+            if let Op::Normalize(n) = op {
+                n.check_channels(c)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the ops to `img` with randomness from `seed`.
+    pub fn run(&self, img: Planes, seed: u64) -> Planes {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let (oh, ow) = self.size.map_or((img.h, img.w), |s| (s, s));
+        let mut img = img;
+        if (oh, ow) != (img.h, img.w) && !self.ops.iter().any(|o| matches!(o, Op::Crop(_))) {
+            img = resize_box(&img, 0, 0, img.h, img.w, oh, ow);
+        }
+        for op in &self.ops {
+            match op {
+                Op::Crop(o) => img = o.apply(&img, oh, ow, &mut rng),
+                Op::Flip(o) => o.apply(&mut img, &mut rng),
+                Op::Jitter(o) => o.apply(&mut img, &mut rng),
+                Op::Grayscale(o) => o.apply(&mut img, &mut rng),
+                Op::Blur(o) => o.apply(&mut img, &mut rng),
+                Op::Solarize(o) => o.apply(&mut img, &mut rng),
+                Op::Normalize(o) => o.apply(&mut img),
+            }
+        }
+        img
+    }
+}
+
+impl Plugin for Pipeline {
+    type Config = Config;
+    const NAME: &'static str = "pipeline";
+    const DESCRIPTION: &'static str = "random crop, flip, colour jitter, grayscale, blur, solarize, normalize: simclr and byol presets or an explicit list";
+
+    fn new(cfg: Config, _ctx: &Context) -> anyhow::Result<Self> {
+        ensure!(cfg.view <= 1, "view must be 0 or 1, got {}", cfg.view);
+        ensure!(cfg.strength >= 0.0 && cfg.strength.is_finite(), "strength must be >= 0, got {}", cfg.strength);
+        ensure!(cfg.size != Some(0), "size must be at least 1");
+        // the preset name is checked even when `ops` replaces it
+        let base = preset(&cfg.preset, cfg.view, cfg.strength)?;
+        let mut ops = cfg.ops.unwrap_or(base);
+        if let Some(n) = cfg.normalize {
+            ops.push(Op::Normalize(n));
+        }
+        for op in &ops {
+            op.validate()?;
+        }
+        Ok(Pipeline { ops, size: cfg.size })
+    }
+}
+
+impl AugmentationPlugin for Pipeline {
+    fn output_shape(&self, input: [usize; 3]) -> anyhow::Result<[usize; 3]> {
+        let [c, h, w] = input;
+        self.check_channels(c)?;
+        ensure!(h > 0 && w > 0, "images must not be empty, got shape {input:?}");
+        Ok(self.size.map_or([c, h, w], |s| [c, s, s]))
+    }
+
+    fn apply(&self, image: &[f32], shape: [usize; 3], seed: u64) -> anyhow::Result<Vec<f32>> {
+        let [c, h, w] = shape;
+        self.output_shape(shape)?;
+        ensure!(image.len() == c * h * w, "image of shape {shape:?} needs {} values, got {}", c * h * w, image.len());
+        Ok(self.run(Planes::new(c, h, w, image.to_vec()), seed).data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(json: &str) -> anyhow::Result<Pipeline> {
+        Pipeline::new(serde_json::from_str(json)?, &Context::default())
+    }
+
+    fn image(c: usize, h: usize, w: usize) -> Vec<f32> {
+        (0..c * h * w).map(|i| ((i * 37) % 101) as f32 / 100.0).collect()
+    }
+
+    #[test]
+    fn presets_are_deterministic_per_seed_and_stay_in_range() {
+        for cfg in [r#"{}"#, r#"{"preset": "byol"}"#, r#"{"preset": "byol", "view": 1, "size": 16}"#] {
+            let p = build(cfg).unwrap();
+            for &(c, h, w) in &[(3usize, 32usize, 32usize), (1, 28, 28), (3, 7, 40)] {
+                let x = image(c, h, w);
+                let a = p.apply(&x, [c, h, w], 11).unwrap();
+                assert_eq!(a, p.apply(&x, [c, h, w], 11).unwrap());
+                assert_ne!(a, p.apply(&x, [c, h, w], 12).unwrap());
+                assert_eq!(a.len(), p.output_shape([c, h, w]).unwrap().iter().product::<usize>());
+                assert!(a.iter().all(|v| (0.0..=1.0).contains(v)), "{cfg}");
+            }
+        }
+    }
+
+    #[test]
+    fn none_preset_is_identity_and_resizes_when_asked() {
+        let p = build(r#"{"preset": "none"}"#).unwrap();
+        let x = image(3, 5, 6);
+        assert_eq!(p.apply(&x, [3, 5, 6], 1).unwrap(), x);
+        let p = build(r#"{"preset": "none", "size": 3, "normalize": {"mean": [0.5], "std": [0.5]}}"#).unwrap();
+        assert_eq!(p.output_shape([1, 6, 6]).unwrap(), [1, 3, 3]);
+        let y = p.apply(&vec![1.0; 36], [1, 6, 6], 0).unwrap();
+        assert!(y.iter().all(|v| (v - 1.0).abs() < 1e-5));
+    }
+
+    #[test]
+    fn explicit_ops_parse_with_defaults_and_refuse_unknown_keys() {
+        let p = build(r#"{"ops": [{"op": "crop", "scale": [0.5, 1.0]}, {"op": "flip", "p": 1.0}, {"op": "solarize"}]}"#).unwrap();
+        assert_eq!(p.ops()[0], Op::Crop(RandomResizedCrop { scale: [0.5, 1.0], ..Default::default() }));
+        assert_eq!(p.ops()[2], Op::Solarize(RandomSolarize::default()));
+        assert!(build(r#"{"ops": [{"op": "flip", "q": 1.0}]}"#).is_err());
+        assert!(build(r#"{"ops": [{"op": "rotate"}]}"#).is_err());
+        assert!(build(r#"{"bogus": 1}"#).is_err());
+        assert!(build(r#"{"preset": "moco"}"#).is_err());
+        assert!(build(r#"{"view": 2}"#).is_err());
+        assert!(build(r#"{"ops": [{"op": "flip", "p": 2.0}]}"#).is_err());
+        let p = build(r#"{"normalize": {"mean": [0.1, 0.2, 0.3], "std": [1, 1, 1]}}"#).unwrap();
+        assert!(p.output_shape([1, 8, 8]).is_err());
+        assert!(p.output_shape([4, 8, 8]).is_err());
+    }
+
+    #[test]
+    fn byol_views_differ_in_blur_and_solarize() {
+        let v0 = preset("byol", 0, 1.0).unwrap();
+        let v1 = preset("byol", 1, 1.0).unwrap();
+        assert_eq!(v0[4], Op::Blur(GaussianBlur { p: 1.0, ..Default::default() }));
+        assert_eq!(v1[4], Op::Blur(GaussianBlur { p: 0.1, ..Default::default() }));
+        assert_eq!(v0[5], Op::Solarize(RandomSolarize { threshold: 0.5, p: 0.0 }));
+        assert_eq!(v1[5], Op::Solarize(RandomSolarize { threshold: 0.5, p: 0.2 }));
+    }
+}
