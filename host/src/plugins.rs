@@ -3,7 +3,7 @@
 //! Search path, in order: every `--plugin-dir`, then the entries of `LATENT_PLUGIN_PATH`
 //! (`:`-separated), then the default: the directory of the `latent` binary and its `plugins/`
 //! subdirectory (so it works right after `cargo build` and after an install that copies the
-//! libraries beside the binary). A file is a candidate when its name is a platform dynamic
+//! libraries beside the binary). `LATENT_NO_DEFAULT_PLUGIN_PATH` drops the default (tests use it). A file is a candidate when its name is a platform dynamic
 //! library (`lib*.so`, `*.dylib`, `*.dll`) that exports latent's root module.
 //!
 //! Loading goes through abi_stable's `lib_header_from_path(..)?.init_root_module::<M>()`, which
@@ -45,6 +45,9 @@ pub struct Registry {
 /// The search path: `dirs`, then `LATENT_PLUGIN_PATH`, then beside the executable.
 pub fn search_path(dirs: &[PathBuf]) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = dirs.to_vec();
+    if std::env::var_os("LATENT_NO_DEFAULT_PLUGIN_PATH").is_some() {
+        return out;
+    }
     if let Some(p) = std::env::var_os("LATENT_PLUGIN_PATH") {
         out.extend(std::env::split_paths(&p).filter(|p| !p.as_os_str().is_empty()));
     }
@@ -53,6 +56,19 @@ pub fn search_path(dirs: &[PathBuf]) -> Vec<PathBuf> {
         out.push(dir);
     }
     out
+}
+
+/// Identity of a file: hard links (cargo links `deps/libx.so` to `libx.so`) and symbolic links
+/// to one library count once.
+fn file_id(p: &Path) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(m) = std::fs::metadata(p) {
+            return format!("{}:{}", m.dev(), m.ino());
+        }
+    }
+    p.canonicalize().unwrap_or_else(|_| p.to_path_buf()).display().to_string()
 }
 
 fn is_dylib(p: &Path) -> bool {
@@ -134,8 +150,7 @@ impl Registry {
             let mut files: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_dylib(p)).collect();
             files.sort();
             for file in files {
-                let canon = file.canonicalize().unwrap_or(file.clone());
-                if !seen.insert(canon) {
+                if !seen.insert(file_id(&file)) {
                     continue;
                 }
                 match load_library(&file).and_then(|lib| Ok((lib, manifests(lib, &file)?))) {
