@@ -1,0 +1,159 @@
+//! FaceNet's triplet loss on L2-normalised embeddings, with three ways to mine triplets.
+//!
+//! - \[0\] FaceNet, Schroff et al. 2015, <https://arxiv.org/abs/1503.03832> (equations 1-3, section 3.2)
+//! - \[1\] In Defense of the Triplet Loss, Hermans et al. 2017, <https://arxiv.org/abs/1703.07737> (batch-hard)
+//!
+//! ```text
+//! u_i       = e_i / max(‖e_i‖, 1e-12)
+//! d(i, k)   = ‖u_i − u_k‖²                                   squared Euclidean, in [0, 4]
+//! ℓ(a,p,n)  = max(0, d(a,p) − d(a,n) + α)                    valid: y_p = y_a, p ≠ a, y_n ≠ y_a
+//! T         = the mined triplets (below);   T⁺ = { t ∈ T : ℓ(t) > 0 }
+//! loss      = 1/|T⁺| · Σ_{t ∈ T⁺} ℓ(t)       (0 when T⁺ is empty)
+//!
+//! mining "all":        T = every valid triplet
+//!        "batch-hard": per anchor a (with a positive and a negative): the farthest positive
+//!                      p = argmax d(a,·) and the closest negative n = argmin d(a,·)  ([1])
+//!        "semi-hard":  per anchor-positive pair (a, p): among the semi-hard negatives
+//!                      d(a,p) < d(a,n) < d(a,p) + α the closest one; if there is none,
+//!                      the closest (hardest) negative overall  ([0] section 3.2)
+//! ```
+//! The reduction is pytorch-metric-learning's default for `TripletMarginLoss`
+//! (`AvgNonZeroReducer`: the mean over triplets with a positive loss), for all three minings.
+//! With `LpDistance(power=2)` (normalised embeddings, squared distance) the values equal
+//! pytorch-metric-learning 2.9.0's `TripletMarginLoss(margin)` with no miner ("all"; also
+//! `TripletMarginMiner(type_of_triplets="all")`) and with `BatchHardMiner` ("batch-hard"). For
+//! "semi-hard", pml's `TripletMarginMiner("semihard")` keeps *every* semi-hard triplet and
+//! never falls back to hard negatives; ours keeps one negative per (a, p) as FaceNet does,
+//! so the reference selects the triplets by hand and lets pml compute the loss.
+//!
+//! Mining is a selection (no gradient); the gradient of each active triplet is
+//! `∂d(i,k)/∂u_i = 2 (u_i − u_k)`, then through the normalisation `(du − u (uᵀdu)) / ‖e‖`.
+//!
+//! # Shapes
+//! e `[M, D]`, labels `[M]` -> loss scalar, de `[M, D]`.
+//!
+//! # Defaults
+//! α = 0.2 (FaceNet), mining "semi-hard" (FaceNet's).
+
+use latent_sdk::prelude::*;
+
+/// How triplets are chosen from a batch.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mining {
+    /// Every valid triplet.
+    All,
+    /// Hardest positive and hardest negative per anchor.
+    BatchHard,
+    /// Closest semi-hard negative per anchor-positive pair, else the hardest negative.
+    #[default]
+    SemiHard,
+}
+
+/// Triplet loss value, gradient and metrics.
+pub struct TripletLoss {
+    /// The loss.
+    pub loss: f64,
+    /// d loss / d e.
+    pub de: Tensor,
+    /// `triplets` (number mined), `active_fraction` (share of mined triplets with positive
+    /// loss), `d_ap`, `d_an` (mean squared distances over the mined triplets).
+    pub metrics: Vec<(String, f64)>,
+    /// The mined triplets (anchor, positive, negative), row indices into e.
+    pub triplets: Vec<(usize, usize, usize)>,
+}
+
+/// The mined triplets of a squared-distance matrix `d` (`m x m`).
+pub fn mine(d: &[f64], labels: &[i64], margin: f64, mining: Mining) -> Vec<(usize, usize, usize)> {
+    let m = labels.len();
+    let pos = |a: usize| (0..m).filter(move |&p| p != a && labels[p] == labels[a]);
+    let neg = |a: usize| (0..m).filter(move |&n| labels[n] != labels[a]);
+    // first index of the minimum (or maximum) of d(a, ·) over `it`, as torch's argmin/argmax
+    let arg = |a: usize, it: &mut dyn Iterator<Item = usize>, max: bool| {
+        it.fold(None, |b: Option<usize>, k| match b {
+            Some(j) if (max && d[a * m + j] >= d[a * m + k]) || (!max && d[a * m + j] <= d[a * m + k]) => Some(j),
+            _ => Some(k),
+        })
+    };
+    let mut out = Vec::new();
+    for a in 0..m {
+        match mining {
+            Mining::All => {
+                for p in pos(a) {
+                    out.extend(neg(a).map(|n| (a, p, n)));
+                }
+            }
+            Mining::BatchHard => {
+                if let (Some(p), Some(n)) = (arg(a, &mut pos(a), true), arg(a, &mut neg(a), false)) {
+                    out.push((a, p, n));
+                }
+            }
+            Mining::SemiHard => {
+                for p in pos(a) {
+                    let dap = d[a * m + p];
+                    let mut semi = neg(a).filter(|&n| dap < d[a * m + n] && d[a * m + n] < dap + margin);
+                    if let Some(n) = arg(a, &mut semi, false).or_else(|| arg(a, &mut neg(a), false)) {
+                        out.push((a, p, n));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Triplet loss of embeddings `e` `[M, D]` with one label per row.
+pub fn triplet(e: &Tensor, labels: &[i64], margin: f64, mining: Mining) -> anyhow::Result<TripletLoss> {
+    ensure!(margin >= 0.0 && margin.is_finite(), "margin must be non-negative, got {margin}");
+    let (m, dim) = e.dims2("embeddings")?;
+    ensure!(labels.len() == m, "{m} embeddings but {} labels", labels.len());
+    let mut u: Vec<f64> = e.data.iter().map(|&v| v as f64).collect();
+    let mut norms = Vec::with_capacity(m);
+    for row in u.chunks_mut(dim.max(1)) {
+        let nr = row.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
+        row.iter_mut().for_each(|v| *v /= nr);
+        norms.push(nr);
+    }
+    let mut d = vec![0.0; m * m];
+    for i in 0..m {
+        for k in 0..m {
+            d[i * m + k] = (0..dim).map(|j| (u[i * dim + j] - u[k * dim + j]).powi(2)).sum();
+        }
+    }
+    let triplets = mine(&d, labels, margin, mining);
+    let losses: Vec<f64> = triplets.iter().map(|&(a, p, n)| d[a * m + p] - d[a * m + n] + margin).collect();
+    let active = losses.iter().filter(|&&l| l > 0.0).count();
+    let loss = if active == 0 { 0.0 } else { losses.iter().filter(|&&l| l > 0.0).sum::<f64>() / active as f64 };
+    // gradient: +1/|T⁺| on d(a,p), −1/|T⁺| on d(a,n) of each active triplet
+    let mut du = vec![0.0; m * dim];
+    let mut add = |i: usize, k: usize, w: f64| {
+        for j in 0..dim {
+            let g = 2.0 * w * (u[i * dim + j] - u[k * dim + j]);
+            du[i * dim + j] += g;
+            du[k * dim + j] -= g;
+        }
+    };
+    for (&(a, p, n), &l) in triplets.iter().zip(&losses) {
+        if l > 0.0 {
+            add(a, p, 1.0 / active as f64);
+            add(a, n, -1.0 / active as f64);
+        }
+    }
+    let mut de = vec![0.0f32; m * dim];
+    for r in 0..m {
+        let (ur, gr) = (&u[r * dim..(r + 1) * dim], &du[r * dim..(r + 1) * dim]);
+        let dot: f64 = ur.iter().zip(gr).map(|(a, b)| a * b).sum();
+        for j in 0..dim {
+            de[r * dim + j] = ((gr[j] - ur[j] * dot) / norms[r]) as f32;
+        }
+    }
+    let t = triplets.len().max(1) as f64;
+    let metrics = vec![
+        ("loss".into(), loss),
+        ("triplets".into(), triplets.len() as f64),
+        ("active_fraction".into(), active as f64 / t),
+        ("d_ap".into(), triplets.iter().map(|&(a, p, _)| d[a * m + p]).sum::<f64>() / t),
+        ("d_an".into(), triplets.iter().map(|&(a, _, n)| d[a * m + n]).sum::<f64>() / t),
+    ];
+    Ok(TripletLoss { loss, de: Tensor::new(vec![m, dim], de), metrics, triplets })
+}

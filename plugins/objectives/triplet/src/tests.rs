@@ -1,0 +1,259 @@
+//! Reference values (pytorch-metric-learning 2.9.0 / torch, see fixtures/gen.py) and finite differences.
+
+use super::*;
+use abi_stable::std_types::{RStr, RVec};
+use latent_sdk::abi::{ObjectiveBox, ObjectiveInput, ParamRole};
+use latent_sdk::kit::gradcheck::random;
+use serde_json::Value;
+
+const LOSS: &str = include_str!("../fixtures/loss.json");
+const HEAD: &str = include_str!("../fixtures/head.json");
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array().expect("array").iter().map(|x| x.as_f64().unwrap()).collect()
+}
+
+fn tensor(v: &Value, n: usize, d: usize) -> Tensor {
+    Tensor::new(vec![n, d], floats(v).iter().map(|&x| x as f32).collect())
+}
+
+/// max |a − b| / max(|b|) over the tensor (relative to the reference's scale).
+fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64) {
+    assert_close_floor(what, got, want, tol, 1e-12)
+}
+
+/// As [`assert_close`], relative to at least `floor` (for gradients that are zero in exact
+/// arithmetic, where f32 rounding leaves ~1e-7).
+fn assert_close_floor(what: &str, got: &[f32], want: &[f64], tol: f64, floor: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(floor, |m, v| m.max(v.abs()));
+    let err = got.iter().zip(want).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max) / scale;
+    assert!(err < tol, "{what}: relative error {err:.2e}\n got {got:?}\nwant {want:?}");
+}
+
+fn assert_scalar(what: &str, got: f64, want: f64, tol: f64) {
+    let err = (got - want).abs() / want.abs().max(1e-12);
+    assert!(err < tol, "{what}: got {got}, want {want} (relative error {err:.2e})");
+}
+
+fn labels(v: &Value) -> Vec<i64> {
+    v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect()
+}
+
+fn mining(s: &str) -> Mining {
+    serde_json::from_value(Value::String(s.into())).unwrap()
+}
+
+#[test]
+fn loss_matches_pytorch_metric_learning() {
+    let fx: Value = serde_json::from_str(LOSS).unwrap();
+    let dim = |k: &str| fx[k].as_u64().unwrap() as usize;
+    let (nv, b, d) = (dim("views"), dim("b"), dim("d"));
+    let e = tensor(&fx["e"], nv * b, d);
+    let lab: Vec<i64> = (0..nv).flat_map(|_| labels(&fx["labels"])).collect();
+    let cases = fx["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 6);
+    for c in cases {
+        let (margin, mode) = (c["margin"].as_f64().unwrap(), c["mining"].as_str().unwrap());
+        let what = format!("{mode} at margin {margin}");
+        let r = loss::triplet(&e, &lab, margin, mining(mode)).unwrap();
+        // the same triplets (pml lists them in another order)
+        let t = c["triplets"].as_array().unwrap();
+        let (a, p, n) = (labels(&t[0]), labels(&t[1]), labels(&t[2]));
+        let mut want: Vec<(usize, usize, usize)> = (0..a.len()).map(|i| (a[i] as usize, p[i] as usize, n[i] as usize)).collect();
+        let mut got = r.triplets.clone();
+        want.sort();
+        got.sort();
+        assert_eq!(got, want, "{what}: mined triplets");
+        assert_scalar(&format!("{what}: loss"), r.loss, c["loss"].as_f64().unwrap(), 1e-5);
+        assert_close(&format!("{what}: de"), &r.de.data, &floats(&c["de"]), 1e-5);
+        for (name, value) in &r.metrics {
+            let want = if name == "loss" { c["loss"].as_f64().unwrap() } else { c["metrics"][name].as_f64().unwrap() };
+            assert_scalar(&format!("{what}: metric {name}"), *value, want, 1e-6);
+        }
+    }
+}
+
+#[test]
+fn plugin_stacks_views_and_repeats_labels() {
+    // the plugin on the two views gives what the loss gives on the stacked matrix
+    let fx: Value = serde_json::from_str(LOSS).unwrap();
+    let (b, d) = (fx["b"].as_u64().unwrap() as usize, fx["d"].as_u64().unwrap() as usize);
+    let e = floats(&fx["e"]);
+    let c = &fx["cases"][1];
+    let cfg = Config { margin: c["margin"].as_f64().unwrap(), mining: mining(c["mining"].as_str().unwrap()), ..Config::default() };
+    let mut p = Triplet::new(cfg, &Context::default()).unwrap();
+    let views = vec![tensor(&Value::from(e[..b * d].to_vec()), b, d), tensor(&Value::from(e[b * d..].to_vec()), b, d)];
+    let r = p.compute(ObjectiveBatch { views, targets: vec![], labels: labels(&fx["labels"]), step: 0, total_steps: 1, train: true }).unwrap();
+    assert_scalar("loss", r.loss as f64, c["loss"].as_f64().unwrap(), 1e-5);
+    let want = floats(&c["de"]);
+    assert_close("d view 0", &r.grads[0].data, &want[..b * d], 1e-5);
+    assert_close("d view 1", &r.grads[1].data, &want[b * d..], 1e-5);
+    assert_eq!(r.target_momentum, 1.0);
+}
+
+#[test]
+fn head_plus_loss_match_pytorch() {
+    let fx: Value = serde_json::from_str(HEAD).unwrap();
+    let dim = |k: &str| fx[k].as_u64().unwrap() as usize;
+    let (nv, b, din, dout) = (dim("views"), dim("b"), dim("input_dim"), dim("head_dim"));
+    let cfg = Config { margin: 0.2, mining: Mining::BatchHard, head_dim: Some(dout), input_dim: din };
+    let mut p = Triplet::new(cfg, &Context::default()).unwrap();
+    let h = p.head.as_mut().unwrap();
+    h.weight.value = floats(&fx["weight"]).iter().map(|&v| v as f32).collect();
+    h.bias.as_mut().unwrap().value = floats(&fx["bias"]).iter().map(|&v| v as f32).collect();
+    let x = floats(&fx["x"]);
+    let views: Vec<Tensor> = (0..nv).map(|v| tensor(&Value::from(x[v * b * din..(v + 1) * b * din].to_vec()), b, din)).collect();
+    let r = p.compute(ObjectiveBatch { views, targets: vec![], labels: labels(&fx["labels"]), step: 0, total_steps: 1, train: true }).unwrap();
+    assert_scalar("loss", r.loss as f64, fx["loss"].as_f64().unwrap(), 1e-5);
+    let dx: Vec<f32> = r.grads.iter().flat_map(|g| g.data.iter().copied()).collect();
+    assert_close("dx", &dx, &floats(&fx["dx"]), 1e-5);
+    let h = p.head.as_ref().unwrap();
+    assert_eq!((h.weight.name.as_str(), h.bias.as_ref().unwrap().name.as_str()), ("head.weight", "head.bias"));
+    assert_close("d head.weight", &h.weight.grad, &floats(&fx["dweight"]), 1e-5);
+    assert_close("d head.bias", &h.bias.as_ref().unwrap().grad, &floats(&fx["dbias"]), 1e-5);
+}
+
+#[test]
+fn semi_hard_prefers_the_closest_semi_hard_negative_else_the_hardest() {
+    // one anchor-positive pair (0, 1) at d = 1; negatives 2, 3, 4 at d = 0.5, 1.3, 1.1
+    let m = 5;
+    let mut d = vec![9.0; m * m];
+    let lab = [0, 0, 1, 2, 3];
+    for (k, v) in [(1, 1.0), (2, 0.5), (3, 1.3), (4, 1.1)] {
+        d[k] = v;
+    }
+    let t: Vec<_> = loss::mine(&d, &lab, 0.2, Mining::SemiHard).into_iter().filter(|t| t.0 == 0).collect();
+    assert_eq!(t, vec![(0, 1, 4)], "1.1 is in (1, 1.2)");
+    let t: Vec<_> = loss::mine(&d, &lab, 0.05, Mining::SemiHard).into_iter().filter(|t| t.0 == 0).collect();
+    assert_eq!(t, vec![(0, 1, 2)], "none in (1, 1.05): the closest negative");
+    let t: Vec<_> = loss::mine(&d, &lab, 0.2, Mining::BatchHard).into_iter().filter(|t| t.0 == 0).collect();
+    assert_eq!(t, vec![(0, 1, 2)]);
+}
+
+#[test]
+fn no_active_triplet_gives_zero_loss_and_gradient() {
+    // two well separated classes: every triplet is easy
+    let e = Tensor::new(vec![4, 2], vec![1.0, 0.0, 1.0, 0.01, -1.0, 0.0, -1.0, 0.01]);
+    for mode in [Mining::All, Mining::BatchHard, Mining::SemiHard] {
+        let r = loss::triplet(&e, &[0, 0, 1, 1], 0.2, mode).unwrap();
+        assert_eq!(r.loss, 0.0);
+        assert!(r.de.data.iter().all(|&g| g == 0.0));
+        assert_eq!(r.metrics[2], ("active_fraction".to_string(), 0.0));
+    }
+}
+
+/// Finite-difference check of an objective through its ABI object: d loss / d views from
+/// `compute`, parameter gradients from `take_grads`, both against central differences of the
+/// f64 `loss` metric. Buffers are restored before every evaluation. Errors are measured
+/// relative to the largest gradient of each tensor, at least 1e-2 (f32 noise of the heads).
+pub fn fd_check(obj: &mut ObjectiveBox, views: Vec<Tensor>, targets: Vec<Tensor>, labels: Vec<i64>, h: f32, tol: f64) {
+    let input = |views: &[Tensor]| ObjectiveInput {
+        views: views.iter().cloned().map(Tensor::into_desc).collect(),
+        targets: targets.iter().cloned().map(Tensor::into_desc).collect(),
+        labels: labels.clone().into(),
+        step: 3,
+        total_steps: 10,
+        train: true,
+    };
+    let descs = obj.params().unwrap();
+    let start: Vec<Tensor> = obj.read_params().unwrap().into_iter().map(|d| Tensor::from_desc(d).unwrap()).collect();
+    let _ = obj.take_grads().unwrap();
+    let out = obj.compute(input(&views)).unwrap();
+    let pgrads: Vec<Tensor> = obj.take_grads().unwrap().into_iter().map(|d| Tensor::from_desc(d).unwrap()).collect();
+    let mut loss_at = |views: &[Tensor], params: &[Tensor]| -> f64 {
+        obj.write_params(params.iter().cloned().map(Tensor::into_desc).collect::<RVec<_>>()).unwrap();
+        let o = obj.compute(input(views)).unwrap();
+        o.metrics.iter().find(|m| m.name.as_str() == "loss").expect("a loss metric").value
+    };
+    let check = |what: &str, ana: &[f32], num: &[f64]| {
+        let scale = ana.iter().map(|&v| v as f64).chain(num.iter().copied()).fold(1e-2f64, |m, v| m.max(v.abs()));
+        let err = ana.iter().zip(num).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max) / scale;
+        assert!(err < tol, "{what}: finite differences off by {err:.2e}\nanalytic {ana:?}\nnumeric {num:?}");
+    };
+    assert_eq!(out.grads.len(), views.len());
+    for (v, g) in out.grads.iter().enumerate() {
+        let g = Tensor::from_desc(g.clone()).unwrap();
+        assert_eq!(g.shape, views[v].shape);
+        let mut num = Vec::new();
+        for j in 0..views[v].len() {
+            let mut vs = views.clone();
+            vs[v].data[j] += h;
+            let lp = loss_at(&vs, &start);
+            vs[v].data[j] -= 2.0 * h;
+            let lm = loss_at(&vs, &start);
+            num.push((lp - lm) / (2.0 * h as f64));
+        }
+        check(&format!("d loss / d view {v}"), &g.data, &num);
+    }
+    let mut checked = 0;
+    for (pi, d) in descs.iter().enumerate() {
+        if !matches!(d.role, ParamRole::Weight | ParamRole::NoDecay) {
+            assert!(pgrads[pi].is_empty(), "{} is not trained but has a gradient", d.name);
+            continue;
+        }
+        let mut num = Vec::new();
+        for j in 0..start[pi].len() {
+            let mut ps = start.clone();
+            ps[pi].data[j] += h;
+            let lp = loss_at(&views, &ps);
+            ps[pi].data[j] -= 2.0 * h;
+            let lm = loss_at(&views, &ps);
+            num.push((lp - lm) / (2.0 * h as f64));
+        }
+        check(&format!("d loss / d {}", d.name), &pgrads[pi].data, &num);
+        checked += 1;
+    }
+    assert!(checked > 0 || descs.is_empty());
+}
+
+fn new_box(json: &str) -> ObjectiveBox {
+    latent_sdk::plugin::new_objective::<Triplet>(RStr::from_str(json), &Context { seed: 7, ..Context::default() }).unwrap()
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    let lab = vec![0, 1, 0, 2, 1, 3];
+    for json in [
+        r#"{"mining": "all"}"#,
+        r#"{"mining": "batch-hard", "margin": 0.5}"#,
+        r#"{"mining": "semi-hard", "margin": 1.0}"#,
+        r#"{"mining": "batch-hard", "head_dim": 3, "input_dim": 4}"#,
+        r#"{"mining": "semi-hard", "head_dim": 3, "input_dim": 4, "margin": 1.0}"#,
+    ] {
+        let mut obj = new_box(json);
+        let v = vec![random(&[6, 4], 1), random(&[6, 4], 2)];
+        fd_check(&mut obj, v, vec![], lab.clone(), 1e-4, 1e-2);
+    }
+}
+
+#[test]
+fn unknown_config_key_is_refused_by_name() {
+    let e = latent_sdk::plugin::new_objective::<Triplet>(RStr::from_str(r#"{"miner": "all"}"#), &Context::default()).err().expect("refused");
+    assert!(e.to_string().contains("unknown field `miner`"), "{e}");
+    let e = latent_sdk::plugin::new_objective::<Triplet>(RStr::from_str(r#"{"mining": "hard"}"#), &Context::default()).err().expect("refused");
+    assert!(e.to_string().contains("hard") && e.to_string().contains("semi-hard"), "{e}");
+}
+
+#[test]
+fn bad_values_are_refused() {
+    for (json, msg) in [(r#"{"margin": -0.1}"#, "margin"), (r#"{"head_dim": 0}"#, "head_dim")] {
+        let e = latent_sdk::plugin::new_objective::<Triplet>(RStr::from_str(json), &Context::default()).err().expect("refused");
+        assert!(e.to_string().contains(msg), "{json}: {e}");
+    }
+    let mut p = Triplet::new(Config::default(), &Context::default()).unwrap();
+    let e = p
+        .compute(ObjectiveBatch { views: vec![random(&[4, 3], 1)], targets: vec![], labels: vec![0, 1], step: 0, total_steps: 1, train: true })
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("4 samples per view but 2 labels"), "{e}");
+}
+
+#[test]
+fn default_config_round_trips() {
+    let c: Config = serde_json::from_str("{}").unwrap();
+    assert_eq!(c, Config::default());
+    assert_eq!((c.margin, c.mining, c.head_dim, c.input_dim), (0.2, Mining::SemiHard, None, 128));
+    let c: Config = serde_json::from_str(r#"{"mining": "batch-hard"}"#).unwrap();
+    assert_eq!(c.mining, Mining::BatchHard);
+}
