@@ -282,7 +282,21 @@ fn is_identity(g: &Geom, nb: usize) -> bool {
 struct Scratch {
     cols: Vec<f32>,
     tmp: Vec<f32>,
-    dw: Vec<f32>,
+}
+
+thread_local! {
+    /// Scratch kept per thread across calls: a fresh multi-megabyte buffer per chunk would cost
+    /// an mmap and a page fault per 4 KiB every time.
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// Runs `f` with this thread's scratch (or a fresh one if a nested call holds it: a thread
+/// waiting in a parallel gemm may pick up another chunk).
+fn with_scratch<T>(f: impl FnOnce(&mut Scratch) -> T) -> T {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut s) => f(&mut s),
+        Err(_) => f(&mut Scratch::default()),
+    })
 }
 
 fn resize(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
@@ -342,9 +356,9 @@ impl Layer for Conv2d {
         if n > nb {
             y.par_chunks_mut(nb * g.out_len())
                 .zip(x.data.par_chunks(nb * g.in_len()))
-                .for_each_init(Scratch::default, |s, (yc, xc)| body(s, yc, xc));
+                .for_each(|(yc, xc)| with_scratch(|s| body(s, yc, xc)));
         } else {
-            body(&mut Scratch::default(), &mut y, &x.data);
+            with_scratch(|s| body(s, &mut y, &x.data));
         }
         if train {
             self.input = Some(x.clone());
@@ -362,10 +376,10 @@ impl Layer for Conv2d {
         let w = &self.weight.value;
         let wlen = w.len();
         let mut dx = vec![0.0f32; x.len()];
-        let body = |mut s: Scratch, dxc: &mut [f32], xc: &[f32], dyc: &[f32]| -> Scratch {
+        let body_in = |s: &mut Scratch, dw: &mut Vec<f32>, dxc: &mut [f32], xc: &[f32], dyc: &[f32]| {
             let nbl = xc.len() / g.in_len();
-            if s.dw.len() != wlen {
-                s.dw = vec![0.0; wlen];
+            if dw.len() != wlen {
+                *dw = vec![0.0; wlen];
             }
             for grp in 0..g.groups {
                 let wg = Mat::new(&w[grp * og * k..(grp + 1) * og * k], og, k);
@@ -383,7 +397,7 @@ impl Layer for Conv2d {
                     t
                 };
                 let dyg = Mat::new(dyg, og, nbl * p);
-                let dwg = &mut s.dw[grp * og * k..(grp + 1) * og * k];
+                let dwg = &mut dw[grp * og * k..(grp + 1) * og * k];
                 if is_identity(&g, nbl) {
                     gemm_into(dyg, Mat::new(xc, k, p).t(), dwg, true, par);
                     gemm_into(wg.t(), dyg, dxc, true, par);
@@ -396,14 +410,16 @@ impl Layer for Conv2d {
                 gemm_into(wg.t(), dyg, cols, false, par);
                 col2im(cols, nbl, grp, &g, dxc);
             }
-            s
+        };
+        let body = |mut dw: Vec<f32>, dxc: &mut [f32], xc: &[f32], dyc: &[f32]| -> Vec<f32> {
+            with_scratch(|s| body_in(s, &mut dw, dxc, xc, dyc));
+            dw
         };
         let dw = if n > nb {
             dx.par_chunks_mut(nb * g.in_len())
                 .zip(x.data.par_chunks(nb * g.in_len()))
                 .zip(dy.data.par_chunks(nb * g.out_len()))
-                .fold(Scratch::default, |s, ((dxc, xc), dyc)| body(s, dxc, xc, dyc))
-                .map(|s| s.dw)
+                .fold(Vec::new, |dw, ((dxc, xc), dyc)| body(dw, dxc, xc, dyc))
                 .reduce(Vec::new, |mut a, b| {
                     if a.is_empty() {
                         return b;
@@ -412,7 +428,7 @@ impl Layer for Conv2d {
                     a
                 })
         } else {
-            body(Scratch::default(), &mut dx, &x.data, &dy.data).dw
+            body(Vec::new(), &mut dx, &x.data, &dy.data)
         };
         self.weight.grad.iter_mut().zip(&dw).for_each(|(a, b)| *a += b);
         if let Some(bias) = &mut self.bias {
