@@ -312,3 +312,15 @@ fn default_config_round_trips() {
     assert_eq!(c, Config::default());
     assert_eq!((c.input_dim, c.hidden_dim, c.output_dim, c.predictor, c.tau_base), (128, 512, 128, true, 0.996));
 }
+
+#[test]
+fn default_sized_batch_runs() {
+    let mut p = Byol::new(Config::default(), &Context::default()).unwrap();
+    let v = || vec![random(&[256, 128], 1), random(&[256, 128], 2)];
+    let t = std::time::Instant::now();
+    let r = p.compute(ObjectiveBatch { views: v(), targets: v(), labels: vec![], step: 0, total_steps: 1, train: true }).unwrap();
+    eprintln!("byol, batch 256: {:?}", t.elapsed());
+    assert!(r.loss.is_finite() && r.grads.iter().all(|g| g.shape == [256, 128] && g.data.iter().all(|v| v.is_finite())));
+    let collapse = r.metrics.iter().find(|m| m.0 == "collapse").unwrap().1;
+    assert!(collapse > 0.1 && collapse < 1.5, "collapse {collapse}");
+}

@@ -236,3 +236,15 @@ fn default_config_round_trips() {
     assert_eq!(c, Config::default());
     assert_eq!((c.input_dim, c.hidden_dim, c.output_dim, c.temperature, c.positive_in_denominator), (128, 512, 128, 0.5, true));
 }
+
+#[test]
+fn default_sized_batch_runs() {
+    // 256 samples x 2 views at the default sizes: all finite, one gradient per view
+    let mut p = SimClr::new(Config::default(), &Context::default()).unwrap();
+    let t = std::time::Instant::now();
+    let r = p
+        .compute(ObjectiveBatch { views: vec![random(&[256, 128], 1), random(&[256, 128], 2)], targets: vec![], labels: vec![], step: 0, total_steps: 1, train: true })
+        .unwrap();
+    eprintln!("simclr, batch 256: {:?}", t.elapsed());
+    assert!(r.loss.is_finite() && r.grads.iter().all(|g| g.shape == [256, 128] && g.data.iter().all(|v| v.is_finite())));
+}

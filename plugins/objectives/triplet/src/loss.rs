@@ -59,12 +59,11 @@ pub struct TripletLoss {
     /// `triplets` (number mined), `active_fraction` (share of mined triplets with positive
     /// loss), `d_ap`, `d_an` (mean squared distances over the mined triplets).
     pub metrics: Vec<(String, f64)>,
-    /// The mined triplets (anchor, positive, negative), row indices into e.
-    pub triplets: Vec<(usize, usize, usize)>,
 }
 
-/// The mined triplets of a squared-distance matrix `d` (`m x m`).
-pub fn mine(d: &[f64], labels: &[i64], margin: f64, mining: Mining) -> Vec<(usize, usize, usize)> {
+/// Calls `f(a, p, n)` for each mined triplet of a squared-distance matrix `d` (`m x m`), in
+/// anchor order. ("all" is not materialised: a P x K batch of 512 rows has millions.)
+pub fn for_each_triplet(d: &[f64], labels: &[i64], margin: f64, mining: Mining, mut f: impl FnMut(usize, usize, usize)) {
     let m = labels.len();
     let pos = |a: usize| (0..m).filter(move |&p| p != a && labels[p] == labels[a]);
     let neg = |a: usize| (0..m).filter(move |&n| labels[n] != labels[a]);
@@ -75,39 +74,43 @@ pub fn mine(d: &[f64], labels: &[i64], margin: f64, mining: Mining) -> Vec<(usiz
             _ => Some(k),
         })
     };
-    let mut out = Vec::new();
     for a in 0..m {
         match mining {
             Mining::All => {
                 for p in pos(a) {
-                    out.extend(neg(a).map(|n| (a, p, n)));
+                    neg(a).for_each(|n| f(a, p, n));
                 }
             }
             Mining::BatchHard => {
                 if let (Some(p), Some(n)) = (arg(a, &mut pos(a), true), arg(a, &mut neg(a), false)) {
-                    out.push((a, p, n));
+                    f(a, p, n);
                 }
             }
             Mining::SemiHard => {
+                let hardest = arg(a, &mut neg(a), false);
                 for p in pos(a) {
                     let dap = d[a * m + p];
                     let mut semi = neg(a).filter(|&n| dap < d[a * m + n] && d[a * m + n] < dap + margin);
-                    if let Some(n) = arg(a, &mut semi, false).or_else(|| arg(a, &mut neg(a), false)) {
-                        out.push((a, p, n));
+                    if let Some(n) = arg(a, &mut semi, false).or(hardest) {
+                        f(a, p, n);
                     }
                 }
             }
         }
     }
+}
+
+/// The mined triplets as a list (for tests and inspection).
+pub fn mine(d: &[f64], labels: &[i64], margin: f64, mining: Mining) -> Vec<(usize, usize, usize)> {
+    let mut out = Vec::new();
+    for_each_triplet(d, labels, margin, mining, |a, p, n| out.push((a, p, n)));
     out
 }
 
-/// Triplet loss of embeddings `e` `[M, D]` with one label per row.
-pub fn triplet(e: &Tensor, labels: &[i64], margin: f64, mining: Mining) -> anyhow::Result<TripletLoss> {
-    ensure!(margin >= 0.0 && margin.is_finite(), "margin must be non-negative, got {margin}");
-    let (m, dim) = e.dims2("embeddings")?;
-    ensure!(labels.len() == m, "{m} embeddings but {} labels", labels.len());
-    let mut u: Vec<f64> = e.data.iter().map(|&v| v as f64).collect();
+/// Squared distances of the L2-normalised rows of `e` (`[m, dim]`), with the normalised rows
+/// and their norms.
+pub fn sq_distances(e: &[f32], m: usize, dim: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let mut u: Vec<f64> = e.iter().map(|&v| v as f64).collect();
     let mut norms = Vec::with_capacity(m);
     for row in u.chunks_mut(dim.max(1)) {
         let nr = row.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
@@ -120,23 +123,52 @@ pub fn triplet(e: &Tensor, labels: &[i64], margin: f64, mining: Mining) -> anyho
             d[i * m + k] = (0..dim).map(|j| (u[i * dim + j] - u[k * dim + j]).powi(2)).sum();
         }
     }
-    let triplets = mine(&d, labels, margin, mining);
-    let losses: Vec<f64> = triplets.iter().map(|&(a, p, n)| d[a * m + p] - d[a * m + n] + margin).collect();
-    let active = losses.iter().filter(|&&l| l > 0.0).count();
-    let loss = if active == 0 { 0.0 } else { losses.iter().filter(|&&l| l > 0.0).sum::<f64>() / active as f64 };
-    // gradient: +1/|T⁺| on d(a,p), −1/|T⁺| on d(a,n) of each active triplet
-    let mut du = vec![0.0; m * dim];
-    let mut add = |i: usize, k: usize, w: f64| {
-        for j in 0..dim {
-            let g = 2.0 * w * (u[i * dim + j] - u[k * dim + j]);
-            du[i * dim + j] += g;
-            du[k * dim + j] -= g;
-        }
-    };
-    for (&(a, p, n), &l) in triplets.iter().zip(&losses) {
+    (d, u, norms)
+}
+
+/// Triplet loss of embeddings `e` `[M, D]` with one label per row.
+pub fn triplet(e: &Tensor, labels: &[i64], margin: f64, mining: Mining) -> anyhow::Result<TripletLoss> {
+    ensure!(margin >= 0.0 && margin.is_finite(), "margin must be non-negative, got {margin}");
+    let (m, dim) = e.dims2("embeddings")?;
+    ensure!(labels.len() == m, "{m} embeddings but {} labels", labels.len());
+    let (d, u, norms) = sq_distances(&e.data, m, dim);
+    // pass 1: count, active count, sums
+    let (mut count, mut active, mut sum, mut sum_ap, mut sum_an) = (0usize, 0usize, 0.0, 0.0, 0.0);
+    for_each_triplet(&d, labels, margin, mining, |a, p, n| {
+        let (dap, dan) = (d[a * m + p], d[a * m + n]);
+        let l = dap - dan + margin;
+        count += 1;
+        sum_ap += dap;
+        sum_an += dan;
         if l > 0.0 {
-            add(a, p, 1.0 / active as f64);
-            add(a, n, -1.0 / active as f64);
+            active += 1;
+            sum += l;
+        }
+    });
+    let loss = if active == 0 { 0.0 } else { sum / active as f64 };
+    // pass 2: dL/d d(i,k) of the active triplets (+1/|T⁺| on d(a,p), −1/|T⁺| on d(a,n)), then
+    // ∂d(i,k)/∂u_i = 2 (u_i − u_k) = −∂d(i,k)/∂u_k
+    let mut w = vec![0.0; m * m];
+    if active > 0 {
+        let inv = 1.0 / active as f64;
+        for_each_triplet(&d, labels, margin, mining, |a, p, n| {
+            if d[a * m + p] - d[a * m + n] + margin > 0.0 {
+                w[a * m + p] += inv;
+                w[a * m + n] -= inv;
+            }
+        });
+    }
+    let mut du = vec![0.0; m * dim];
+    for i in 0..m {
+        for k in 0..m {
+            let wik = w[i * m + k];
+            if wik != 0.0 {
+                for j in 0..dim {
+                    let g = 2.0 * wik * (u[i * dim + j] - u[k * dim + j]);
+                    du[i * dim + j] += g;
+                    du[k * dim + j] -= g;
+                }
+            }
         }
     }
     let mut de = vec![0.0f32; m * dim];
@@ -147,13 +179,13 @@ pub fn triplet(e: &Tensor, labels: &[i64], margin: f64, mining: Mining) -> anyho
             de[r * dim + j] = ((gr[j] - ur[j] * dot) / norms[r]) as f32;
         }
     }
-    let t = triplets.len().max(1) as f64;
+    let t = count.max(1) as f64;
     let metrics = vec![
         ("loss".into(), loss),
-        ("triplets".into(), triplets.len() as f64),
+        ("triplets".into(), count as f64),
         ("active_fraction".into(), active as f64 / t),
-        ("d_ap".into(), triplets.iter().map(|&(a, p, _)| d[a * m + p]).sum::<f64>() / t),
-        ("d_an".into(), triplets.iter().map(|&(a, _, n)| d[a * m + n]).sum::<f64>() / t),
+        ("d_ap".into(), sum_ap / t),
+        ("d_an".into(), sum_an / t),
     ];
-    Ok(TripletLoss { loss, de: Tensor::new(vec![m, dim], de), metrics, triplets })
+    Ok(TripletLoss { loss, de: Tensor::new(vec![m, dim], de), metrics })
 }
