@@ -31,6 +31,48 @@ pub enum Command {
         /// The library file
         file: PathBuf,
     },
+    /// Train an encoder (no CONFIG: SimCLR + resnet-mini on the embedded MNIST subset)
+    Train {
+        /// TOML config file (see examples/configs/)
+        config: Option<PathBuf>,
+        /// Override a config key, e.g. --set train.epochs=2 --set objective.config.temperature=0.1
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Run directory (default: runs/<objective>-<encoder>-<time>)
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Continue the run in --out from its latest checkpoint
+        #[arg(long)]
+        resume: bool,
+        /// Stop with a checkpoint once this many steps are done (as Ctrl-C would)
+        #[arg(long, value_name = "STEPS")]
+        stop_after: Option<u64>,
+    },
+    /// Evaluate a trained encoder: kNN, linear probe, and two baselines
+    Eval {
+        /// A run directory, checkpoint directory or model.safetensors
+        run: PathBuf,
+        /// Evaluate on another dataset (same sources as data.source)
+        #[arg(long)]
+        data: Option<String>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a trained encoder's features of a dataset as .npy (labels beside as FILE.labels.npy)
+    Embed {
+        /// A run directory, checkpoint directory or model.safetensors
+        checkpoint: PathBuf,
+        /// Dataset (default: the run's)
+        #[arg(long)]
+        data: Option<String>,
+        /// train, test or all
+        #[arg(long, default_value = "test")]
+        split: String,
+        /// Output .npy file
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -48,13 +90,32 @@ pub fn main() -> i32 {
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LATENT_LOG").unwrap_or_else(|_| "info".into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none())
+        .try_init();
 }
 
 fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Plugins { json } => cmd_plugins(&cli.plugin_dirs, json),
         Command::CheckPlugin { file } => cmd_check(&file),
+        Command::Train { config, sets, out, resume, stop_after } => {
+            crate::train::run(crate::train::TrainArgs { config, sets, out, resume, stop_after, plugin_dirs: cli.plugin_dirs })
+        }
+        Command::Eval { run, data, json } => {
+            let reg = Registry::discover(&cli.plugin_dirs)?;
+            crate::evaluate::eval(&reg, &run, data.as_deref(), json)?;
+            Ok(0)
+        }
+        Command::Embed { checkpoint, data, split, out } => {
+            let reg = Registry::discover(&cli.plugin_dirs)?;
+            let (n, d) = crate::evaluate::embed(&reg, &checkpoint, data.as_deref(), &split, &out)?;
+            println!("wrote {n} x {d} features to {}", out.display());
+            Ok(0)
+        }
     }
 }
 

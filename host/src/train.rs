@@ -1,0 +1,358 @@
+//! `latent train`: the training run end to end.
+//!
+//! A run directory holds `config.toml` (the resolved config), `metrics.jsonl`, `checkpoints/`,
+//! `eval.json`, and the plots `loss.png` and `eval.png`. The run is a pure function of the
+//! config's seed and the step: data order, augmentation seeds and the schedule derive from
+//! (seed, epoch, batch), so `--resume` continues with exactly the batches, learning rates and
+//! optimizer state an uninterrupted run would have used.
+//!
+//! Faults: a plugin error, a non-finite loss or gradient stops the run with an error naming the
+//! step and the plugin; the last checkpoint written stays the latest. Ctrl-C finishes the
+//! current step, writes a checkpoint and exits with code 130 and the command to resume.
+
+use crate::checkpoint::{self, Checkpoint, Store, TrainState};
+use crate::config::Config;
+use crate::data::{self, Dataset};
+use crate::learner::Learner;
+use crate::metrics::MetricsLog;
+use crate::optim::Schedule;
+use crate::plot::{self, Series};
+use crate::plugins::{Augment, Registry};
+use crate::report;
+use anyhow::{bail, Context as _, Result};
+use latent_sdk::abi::Context;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Options of `latent train`.
+#[derive(Debug, Clone, Default)]
+pub struct TrainArgs {
+    /// The config file (none: the default experiment).
+    pub config: Option<PathBuf>,
+    /// `--set key=value` overrides.
+    pub sets: Vec<String>,
+    /// Run directory.
+    pub out: Option<PathBuf>,
+    /// Continue the run in `out` from its latest checkpoint.
+    pub resume: bool,
+    /// Stop (with a checkpoint, as Ctrl-C would) once this many steps are done.
+    pub stop_after: Option<u64>,
+    /// Extra plugin directories.
+    pub plugin_dirs: Vec<PathBuf>,
+}
+
+/// Set by Ctrl-C.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+fn install_sigint() {
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            eprintln!("\ninterrupted twice: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: finishing the current step and writing a checkpoint (Ctrl-C again to quit at once)");
+    });
+}
+
+/// SHA-256 of the config's TOML text.
+pub fn config_hash(cfg: &Config) -> Result<String> {
+    let text = cfg.to_toml()?;
+    Ok(Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn default_out(cfg: &Config) -> PathBuf {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    PathBuf::from("runs").join(format!("{}-{}-{secs}", cfg.objective.plugin, cfg.encoder.plugin))
+}
+
+/// Creates the run directory and proves it writable, before any training.
+fn prepare_out(out: &Path, resume: bool) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create the run directory {}", out.display()))?;
+    let probe = out.join(".write-test");
+    std::fs::write(&probe, b"ok").with_context(|| format!("the run directory {} is not writable", out.display()))?;
+    let _ = std::fs::remove_file(probe);
+    if !resume && Store::new(out, 1).latest().is_some() {
+        bail!(
+            "{} already holds a run with checkpoints; continue it with `latent train --resume --out {}` or choose another --out",
+            out.display(),
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+/// Loads the augmentation pipeline of every view.
+pub fn build_views(reg: &Registry, cfg: &Config) -> Result<Vec<Augment>> {
+    let ctx = Context { seed: cfg.train.seed, ..Default::default() };
+    cfg.augment.iter().enumerate().map(|(i, a)| reg.augmentation(&a.plugin, &a.config, &ctx).with_context(|| format!("config key `augment[{i}]`"))).collect()
+}
+
+/// The image shape after augmentation (every view must agree).
+pub fn view_shape(views: &[Augment], shape: [usize; 3]) -> Result<[usize; 3]> {
+    let mut out = None;
+    for (i, v) in views.iter().enumerate() {
+        let s = v.output_shape(shape)?;
+        match out {
+            None => out = Some(s),
+            Some(o) if o != s => bail!("augment[{i}] gives images of shape {s:?} but augment[0] gives {o:?}: give every view the same size"),
+            _ => {}
+        }
+    }
+    out.context("no views")
+}
+
+/// Runs `latent train`; returns the exit code (0, or 130 when interrupted).
+pub fn run(args: TrainArgs) -> Result<i32> {
+    let (cfg, out) = if args.resume {
+        let out = args.out.clone().context("--resume needs --out RUN_DIR (the run to continue)")?;
+        let cfg = Config::load(Some(&out.join("config.toml")), &[]).context("reading the run's config.toml")?;
+        if args.config.is_some() || !args.sets.is_empty() {
+            let asked = Config::load(args.config.as_deref(), &args.sets)?;
+            if asked != cfg {
+                bail!("--resume continues {} with its own config.toml; the config given differs (remove CONFIG and --set, or start a new run)", out.display());
+            }
+        }
+        (cfg, out)
+    } else {
+        let cfg = Config::load(args.config.as_deref(), &args.sets)?;
+        let out = args.out.clone().unwrap_or_else(|| default_out(&cfg));
+        (cfg, out)
+    };
+    prepare_out(&out, args.resume)?;
+    if !args.resume {
+        checkpoint::write_atomic(&out.join("config.toml"), cfg.to_toml()?.as_bytes())?;
+    }
+    let hash = config_hash(&cfg)?;
+    install_sigint();
+
+    let reg = Registry::discover(&args.plugin_dirs)?;
+    let splits = data::open_with(&cfg.data.source, &data::OpenOptions { skip_bad: cfg.data.skip_bad_images }).with_context(|| format!("config key `data.source` ({})", cfg.data.source))?;
+    let train = Arc::new(splits.train);
+    let views = build_views(&reg, &cfg)?;
+    let shape = view_shape(&views, train.shape)?;
+    let mut learner = Learner::build(&reg, &cfg, shape)?;
+
+    let needs_labels = learner.objective.manifest.needs_labels;
+    if needs_labels && train.labels.is_empty() {
+        bail!("objective '{}' needs labels, but {} has none", cfg.objective.plugin, cfg.data.source);
+    }
+    let bs = cfg.train.batch_size;
+    let sampler = if needs_labels {
+        // P classes x K images: P from the config, else every class (at most bs / 2).
+        let classes = train.classes.len().max(1);
+        let p = if cfg.train.classes_per_batch > 0 { cfg.train.classes_per_batch } else { classes.min(bs / 2).max(1) };
+        if p > classes {
+            bail!("train.classes_per_batch is {p} but {} has {classes} classes", train.name);
+        }
+        data::loader::Sampler::ClassBalanced { classes: p, per_class: (bs / p).max(1) }
+    } else {
+        data::loader::Sampler::Shuffle
+    };
+    let loader_cfg = |epoch: u64| data::loader::LoaderConfig {
+        batch_size: bs,
+        seed: cfg.train.seed,
+        epoch,
+        threads: cfg.data.threads,
+        prefetch: cfg.data.prefetch.max(1),
+        drop_last: true,
+        sampler: sampler.clone(),
+    };
+    let steps_per_epoch = data::loader::epoch_batches(&train, &loader_cfg(0)).with_context(|| format!("config key `train.batch_size` ({bs})"))?.len() as u64;
+    let mut total = steps_per_epoch * cfg.train.epochs;
+    if cfg.train.max_steps > 0 {
+        total = if total == 0 { cfg.train.max_steps } else { total.min(cfg.train.max_steps) };
+    }
+    let sched = Schedule::new(&cfg.optim, bs, total, steps_per_epoch);
+    let store = Store::new(&out, cfg.train.keep_checkpoints);
+
+    let (mut step, mut epoch, mut batch0) = (0u64, 0u64, 0u64);
+    if args.resume {
+        let ck = checkpoint::load(&out)?;
+        if ck.state.config_hash != hash {
+            bail!("the checkpoint in {} was written with another config (hash {} vs {hash})", out.display(), ck.state.config_hash);
+        }
+        learner.load_state(&ck.tensors, ck.state.optim_t)?;
+        (step, epoch, batch0) = (ck.state.step, ck.state.epoch, ck.state.batch_in_epoch);
+        tracing::info!("resuming {} at step {step} (epoch {epoch}, batch {batch0})", out.display());
+    }
+    tracing::info!(
+        "training {} + {} on {} ({} images, {:?}) for {total} steps of {bs}; run directory {}",
+        cfg.objective.plugin,
+        cfg.encoder.plugin,
+        train.name,
+        train.len(),
+        train.shape,
+        out.display()
+    );
+
+    let mut log = MetricsLog::open(&out)?;
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  ETA {eta}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_position(step);
+    let mut last_loss = None;
+    let save = |learner: &mut Learner, step: u64, epoch: u64, b: u64, last_loss: Option<f32>| -> Result<PathBuf> {
+        let state = TrainState {
+            step,
+            epoch,
+            batch_in_epoch: b,
+            total_steps: total,
+            seed: cfg.train.seed,
+            optim_t: learner.optim.t,
+            config_hash: hash.clone(),
+            sdk_version: latent_sdk::abi::SDK_VERSION.into(),
+            last_loss,
+        };
+        store.save(&Checkpoint { tensors: learner.state_tensors()?, state })
+    };
+    let test = splits.test.as_ref();
+    while step < total {
+        let mut epoch_loss = (0.0f64, 0u64);
+        let t_epoch = Instant::now();
+        let mut t_last = Instant::now();
+        let mut b = batch0;
+        // Resuming mid-epoch rebuilds the epoch's plan and skips the batches already done.
+        let loader = data::Loader::new(train.clone(), views.clone(), &loader_cfg(epoch))?;
+        for batch in loader.skip(batch0 as usize) {
+            if step >= total {
+                break;
+            }
+            let batch = batch.with_context(|| format!("loading batch {b} of epoch {epoch}"))?;
+            let lr = sched.lr(step);
+            let res = learner.step(&batch.views, &batch.labels, step, total, lr).with_context(|| {
+                let keep = store.latest().map(|p| p.display().to_string()).unwrap_or_else(|| "none yet".into());
+                format!("training stopped at step {step} (epoch {epoch}); the last good checkpoint is {keep}")
+            })?;
+            step += 1;
+            b += 1;
+            let dt = t_last.elapsed().as_secs_f64();
+            t_last = Instant::now();
+            let n_img = batch.views[0].shape[0];
+            epoch_loss.0 += res.loss as f64;
+            epoch_loss.1 += 1;
+            last_loss = Some(res.loss);
+            let mut f = Map::new();
+            f.insert("step".into(), json!(step));
+            f.insert("epoch".into(), json!(epoch));
+            f.insert("loss".into(), json!(res.loss));
+            f.insert("lr".into(), json!(lr));
+            f.insert("tau".into(), json!(res.tau));
+            f.insert("images_per_s".into(), json!(n_img as f64 / dt));
+            f.insert("views_per_s".into(), json!((n_img * batch.views.len()) as f64 / dt));
+            for (k, v) in &res.metrics {
+                f.insert(k.clone(), json!(v));
+            }
+            log.write("step", f)?;
+            bar.set_position(step);
+            bar.set_message(format!("loss {:.4}  {:.0} img/s", res.loss, n_img as f64 / dt));
+            if cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0 {
+                save(&mut learner, step, epoch, b, last_loss)?;
+            }
+            let stop = args.stop_after.is_some_and(|s| step >= s);
+            if INTERRUPTED.load(Ordering::SeqCst) || stop {
+                log.flush()?;
+                bar.abandon();
+                let p = save(&mut learner, step, epoch, b, last_loss)?;
+                eprintln!("stopped at step {step}; checkpoint {}", p.display());
+                eprintln!("resume with: latent train --resume --out {}", out.display());
+                return Ok(if stop && !INTERRUPTED.load(Ordering::SeqCst) { 0 } else { 130 });
+            }
+        }
+        // epoch finished (or the step budget ran out inside it)
+        let finished_epoch = step % steps_per_epoch.max(1) == 0 || step >= total;
+        let mut f = Map::new();
+        f.insert("epoch".into(), json!(epoch));
+        f.insert("step".into(), json!(step));
+        f.insert("loss".into(), json!(epoch_loss.0 / epoch_loss.1.max(1) as f64));
+        f.insert("seconds".into(), json!(t_epoch.elapsed().as_secs_f64()));
+        log.write("epoch", f)?;
+        tracing::info!("epoch {epoch}: mean loss {:.4} ({:.1} s)", epoch_loss.0 / epoch_loss.1.max(1) as f64, t_epoch.elapsed().as_secs_f64());
+        let next_epoch = if finished_epoch && step < total { epoch + 1 } else { epoch };
+        if cfg.eval.every_epochs > 0 && (epoch + 1) % cfg.eval.every_epochs == 0 && step < total {
+            if let Some(test) = test {
+                online_eval(&mut learner, &cfg, &train, test, epoch, step, &mut log)?;
+            }
+        }
+        save(&mut learner, step, next_epoch, 0, last_loss)?;
+        epoch = next_epoch;
+        batch0 = 0;
+        log.flush()?;
+    }
+    bar.finish_and_clear();
+
+    // final evaluation
+    let mut summary = String::new();
+    if let Some(test) = test {
+        if !train.labels.is_empty() {
+            online_eval(&mut learner, &cfg, &train, test, epoch, step, &mut log)?;
+            let method = format!("{} ({})", cfg.objective.plugin, cfg.encoder.plugin);
+            let rep = report::full(&reg, &cfg, &mut learner.encoder, &method, &train, test)?;
+            checkpoint::write_atomic(&out.join("eval.json"), serde_json::to_string_pretty(&rep)?.as_bytes())?;
+            summary = rep.table();
+        }
+    }
+    log.flush()?;
+    plots(&out)?;
+    println!("run directory: {}", out.display());
+    if !summary.is_empty() {
+        println!("{summary}");
+    }
+    Ok(0)
+}
+
+/// kNN and collapse metrics on the test split, logged as an `eval` record.
+fn online_eval(learner: &mut Learner, cfg: &Config, train: &Dataset, test: &Dataset, epoch: u64, step: u64, log: &mut MetricsLog) -> Result<()> {
+    if train.labels.is_empty() || test.labels.is_empty() {
+        return Ok(());
+    }
+    let (tr, d) = report::features(&mut learner.encoder, train)?;
+    let (te, _) = report::features(&mut learner.encoder, test)?;
+    let classes = report::num_classes(train, test);
+    let mut f = Map::new();
+    f.insert("epoch".into(), json!(epoch));
+    f.insert("step".into(), json!(step));
+    let mut line = format!("eval after epoch {epoch}:");
+    for &(k, t) in &cfg.eval.knn {
+        let acc = crate::eval::knn_accuracy(&tr, &train.labels, &te, &test.labels, d, k, t, classes);
+        f.insert(format!("knn_{k}"), json!(acc));
+        line += &format!(" kNN@{k} {:.2}%", acc * 100.0);
+    }
+    let std = crate::eval::collapse_std(&te, d);
+    let rank = crate::eval::effective_rank(&te, d);
+    f.insert("collapse_std".into(), json!(std));
+    f.insert("effective_rank".into(), json!(rank));
+    tracing::info!("{line}; embedding std·√d {std:.3}, effective rank {rank:.1}");
+    log.write("eval", f)
+}
+
+/// Writes `loss.png` and `eval.png` from `metrics.jsonl`.
+pub fn plots(out: &Path) -> Result<()> {
+    let records = crate::metrics::read(&out.join("metrics.jsonl"))?;
+    let get = |r: &Value, k: &str| r.get(k).and_then(Value::as_f64);
+    let loss: Vec<(f64, f64)> =
+        records.iter().filter(|r| r["kind"] == "step").filter_map(|r| Some((get(r, "step")?, get(r, "loss")?))).collect();
+    let w = (loss.len() / 50).max(1);
+    plot::line_chart(&out.join("loss.png"), "training loss", "step", "loss", &[
+        Series { name: "loss".into(), points: loss.clone() },
+        Series { name: format!("moving average ({w})"), points: plot::smooth(&loss, w) },
+    ])?;
+    let evals: Vec<&Value> = records.iter().filter(|r| r["kind"] == "eval").collect();
+    let mut series = Vec::new();
+    if let Some(first) = evals.first() {
+        let mut keys: Vec<String> = first.as_object().map(|o| o.keys().filter(|k| k.starts_with("knn_")).cloned().collect()).unwrap_or_default();
+        keys.sort();
+        for k in keys {
+            series.push(Series { name: format!("kNN@{} top-1", &k[4..]), points: evals.iter().filter_map(|r| Some((get(r, "step")?, get(r, &k)?))).collect() });
+        }
+        series.push(Series { name: "embedding std·√d".into(), points: evals.iter().filter_map(|r| Some((get(r, "step")?, get(r, "collapse_std")?))).collect() });
+    }
+    if !series.is_empty() {
+        plot::line_chart(&out.join("eval.png"), "evaluation on the test split", "step", "accuracy / std", &series)?;
+    }
+    Ok(())
+}
