@@ -159,7 +159,15 @@ impl Pipeline {
         if (oh, ow) != (img.h, img.w) && !self.ops.iter().any(|o| matches!(o, Op::Crop(_))) {
             img = resize_box(&img, 0, 0, img.h, img.w, oh, ow);
         }
+        // Filters are convex combinations but their f32 weights may sum to 1 ± 1 ulp: clamp
+        // once, before the first normalization (or at the end), to keep values in [0, 1].
+        let clamp = |img: &mut Planes| img.data.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
+        let mut normalized = false;
         for op in &self.ops {
+            if matches!(op, Op::Normalize(_)) && !normalized {
+                clamp(&mut img);
+                normalized = true;
+            }
             match op {
                 Op::Crop(o) => img = o.apply(&img, oh, ow, &mut rng),
                 Op::Flip(o) => o.apply(&mut img, &mut rng),
@@ -169,6 +177,9 @@ impl Pipeline {
                 Op::Solarize(o) => o.apply(&mut img, &mut rng),
                 Op::Normalize(o) => o.apply(&mut img),
             }
+        }
+        if !normalized {
+            clamp(&mut img);
         }
         img
     }
