@@ -3,7 +3,7 @@
 //! Search path, in order: every `--plugin-dir`, then the entries of `LATENT_PLUGIN_PATH`
 //! (`:`-separated), then the default: the directory of the `latent` binary and its `plugins/`
 //! subdirectory (so it works right after `cargo build` and after an install that copies the
-//! libraries beside the binary). `LATENT_NO_DEFAULT_PLUGIN_PATH` drops the default (tests use it). A file is a candidate when its name is a platform dynamic
+//! libraries beside the binary). A file is a candidate when its name is a platform dynamic
 //! library (`lib*.so`, `*.dylib`, `*.dll`) that exports latent's root module.
 //!
 //! Loading goes through abi_stable's `lib_header_from_path(..)?.init_root_module::<M>()`, which
@@ -45,9 +45,6 @@ pub struct Registry {
 /// The search path: `dirs`, then `LATENT_PLUGIN_PATH`, then beside the executable.
 pub fn search_path(dirs: &[PathBuf]) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = dirs.to_vec();
-    if std::env::var_os("LATENT_NO_DEFAULT_PLUGIN_PATH").is_some() {
-        return out;
-    }
     if let Some(p) = std::env::var_os("LATENT_PLUGIN_PATH") {
         out.extend(std::env::split_paths(&p).filter(|p| !p.as_os_str().is_empty()));
     }
@@ -143,7 +140,12 @@ impl Registry {
     /// Scans the search path. Libraries that fail to load are recorded in `failures`; two
     /// plugins with the same name are an error naming both files.
     pub fn discover(dirs: &[PathBuf]) -> Result<Registry> {
-        let mut reg = Registry { search_path: search_path(dirs), ..Default::default() };
+        Self::discover_in(search_path(dirs))
+    }
+
+    /// Scans exactly `dirs` (no environment, no default), as [`Registry::discover`] does.
+    pub fn discover_in(dirs: Vec<PathBuf>) -> Result<Registry> {
+        let mut reg = Registry { search_path: dirs, ..Default::default() };
         let mut seen = std::collections::HashSet::new();
         for dir in reg.search_path.clone() {
             let Ok(rd) = std::fs::read_dir(&dir) else { continue };

@@ -5,8 +5,7 @@ use latent_tests::{latent, plugin_dir, text};
 use serde_json::{json, Value};
 
 fn registry() -> Registry {
-    std::env::set_var("LATENT_NO_DEFAULT_PLUGIN_PATH", "1");
-    Registry::discover(&[plugin_dir()]).expect("discover plugins")
+    Registry::discover_in(vec![plugin_dir()]).expect("discover plugins")
 }
 
 fn lib(name: &str) -> String {
@@ -127,8 +126,7 @@ fn two_plugins_with_one_name_are_an_error_naming_both_files() {
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join(format!("{}faulty_copy.{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_EXTENSION));
     std::fs::copy(lib("latent_test_faulty"), &copy).unwrap();
-    std::env::set_var("LATENT_NO_DEFAULT_PLUGIN_PATH", "1");
-    let err = Registry::discover(&[plugin_dir(), dir.path().to_path_buf()]).err().expect("duplicate names refused");
+    let err = Registry::discover_in(vec![plugin_dir(), dir.path().to_path_buf()]).err().expect("duplicate names refused");
     let msg = format!("{err:#}");
     assert!(msg.contains("two plugins are named 'faulty'") && msg.contains("latent_test_faulty") && msg.contains("faulty_copy"), "{msg}");
 }
