@@ -75,8 +75,9 @@ pub fn blur(img: &mut Planes, g: &[f32]) {
             let row = &plane[y * w..][..w];
             padded.iter_mut().zip(&xs).for_each(|(p, &x)| *p = row[x]);
             let dst = &mut tmp[y * w..][..w];
-            for (x, d) in dst.iter_mut().enumerate() {
-                *d = padded[x..x + g.len()].iter().zip(g).map(|(a, b)| a * b).sum();
+            dst.fill(0.0);
+            for (k, gk) in g.iter().enumerate() {
+                dst.iter_mut().zip(&padded[k..k + w]).for_each(|(d, p)| *d += gk * p);
             }
         }
         // columns: tmp -> plane

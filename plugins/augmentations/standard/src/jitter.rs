@@ -113,52 +113,37 @@ pub fn saturation(img: &mut Planes, f: f32) {
 
 /// Rotates the hue by `delta` turns (RGB only), via HSV as torchvision's tensor path.
 ///
-/// Written in hexcone sectors to avoid divisions and `fmod` per pixel: with `v = max`,
-/// `m = min`, `c = v - m`, the hue in sixths is `H6 = (g-b)/c`, `2 + (b-r)/c` or `4 + (r-g)/c`
-/// (by which channel is the max), shifted by `6 δ` and wrapped into [0, 6); then with sector
-/// `i = ⌊H6⌋`, `f = H6 - i`: `p = m`, `q = v - c f`, `t = m + c f` give (r, g, b) =
-/// (v,t,p) (q,v,p) (p,v,t) (p,q,v) (t,p,v) (v,p,q) for i = 0..5. Grey pixels (`c = 0`) are unchanged.
+/// Branch-free so that it vectorises: with `v = max`, `m = min`, `c = v - m`, the hue in
+/// sixths is `H6 = (g-b)/c`, `2 + (b-r)/c` or `4 + (r-g)/c` (by which channel is the max),
+/// shifted by `6 δ` and wrapped into [0, 6); back to RGB with the closed form
+/// ```text
+/// out_n = v - c · clamp(min(k, 4 - k), 0, 1),   k = (n + H6) mod 6,   n = 5, 3, 1 for r, g, b
+/// ```
+/// Grey pixels (`c = 0`) come back unchanged.
 pub fn hue(img: &mut Planes, delta: f32) {
     let n = img.h * img.w;
     let (r, rest) = img.data.split_at_mut(n);
     let (g, b) = rest.split_at_mut(n);
     let d6 = 6.0 * delta;
+    let wrap = |k: f32| {
+        let k = if k < 0.0 { k + 6.0 } else { k };
+        if k >= 6.0 { k - 6.0 } else { k }
+    };
+    let chan = |k: f32, v: f32, c: f32| v - c * (k.min(4.0 - k)).clamp(0.0, 1.0);
     for ((r, g), b) in r.iter_mut().zip(g.iter_mut()).zip(b.iter_mut()) {
         let (rr, gg, bb) = (*r, *g, *b);
         let v = rr.max(gg).max(bb);
         let m = rr.min(gg).min(bb);
         let c = v - m;
-        if c <= 0.0 {
-            continue;
-        }
-        let inv = 1.0 / c;
-        let mut h = if v == rr {
-            (gg - bb) * inv
-        } else if v == gg {
-            2.0 + (bb - rr) * inv
-        } else {
-            4.0 + (rr - gg) * inv
-        } + d6;
-        while h < 0.0 {
-            h += 6.0;
-        }
-        while h >= 6.0 {
-            h -= 6.0;
-        }
-        let i = h as u32; // h ≥ 0: truncation is floor
-        let cf = c * (h - i as f32);
-        let (p, q, t) = (m, v - cf, m + cf);
-        let (nr, ng, nb) = match i {
-            0 => (v, t, p),
-            1 => (q, v, p),
-            2 => (p, v, t),
-            3 => (p, q, v),
-            4 => (t, p, v),
-            _ => (v, p, q),
-        };
-        *r = nr;
-        *g = ng;
-        *b = nb;
+        let inv = if c > 0.0 { 1.0 / c } else { 0.0 };
+        let hr = (gg - bb) * inv;
+        let hg = 2.0 + (bb - rr) * inv;
+        let hb = 4.0 + (rr - gg) * inv;
+        let h = if v == rr { hr } else if v == gg { hg } else { hb };
+        let h = wrap(h + d6); // h + d6 ∈ [-4, 8): one step each way suffices
+        *r = chan(wrap(h + 5.0), v, c);
+        *g = chan(wrap(h + 3.0), v, c);
+        *b = chan(wrap(h + 1.0), v, c);
     }
 }
 

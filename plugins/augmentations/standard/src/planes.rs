@@ -102,15 +102,28 @@ pub fn resize_box(src: &Planes, top: usize, left: usize, bh: usize, bw: usize, o
     let ty = taps(top, bh, oh);
     // Horizontal pass over the box's rows: tmp is [c, bh, ow].
     let mut tmp = vec![0.0f32; c * bh * ow];
+    // Upscaling has at most 4 taps: a fixed-width path over a zero-padded copy of the row
+    // (unused weights are 0), which the compiler unrolls.
+    let mut padded = vec![0.0f32; bw + 4];
     for ch in 0..c {
         let plane = src.plane(ch);
         for y in 0..bh {
             let row = &plane[(top + y) * src.w..][..src.w];
             let dst = &mut tmp[(ch * bh + y) * ow..][..ow];
-            for (o, d) in dst.iter_mut().enumerate() {
-                let (s, n) = (tx.start[o], tx.len[o]);
-                let w = &tx.weights[o * tx.stride..][..n];
-                *d = row[s..s + n].iter().zip(w).map(|(a, b)| a * b).sum();
+            if tx.stride == 4 {
+                padded[..bw].copy_from_slice(&row[left..left + bw]);
+                for (o, d) in dst.iter_mut().enumerate() {
+                    let s = tx.start[o] - left;
+                    let w: &[f32; 4] = tx.weights[o * 4..o * 4 + 4].try_into().unwrap();
+                    let x: &[f32; 4] = padded[s..s + 4].try_into().unwrap();
+                    *d = w[0] * x[0] + w[1] * x[1] + w[2] * x[2] + w[3] * x[3];
+                }
+            } else {
+                for (o, d) in dst.iter_mut().enumerate() {
+                    let (s, n) = (tx.start[o], tx.len[o]);
+                    let w = &tx.weights[o * tx.stride..][..n];
+                    *d = row[s..s + n].iter().zip(w).map(|(a, b)| a * b).sum();
+                }
             }
         }
     }
@@ -149,5 +162,28 @@ mod tests {
         let img = Planes::new(2, 3, 3, (0..18).map(|v| v as f32 / 18.0).collect());
         let r = resize_box(&img, 1, 1, 2, 2, 2, 2);
         assert_eq!(r.data, vec![4.0 / 18.0, 5.0 / 18.0, 7.0 / 18.0, 8.0 / 18.0, 13.0 / 18.0, 14.0 / 18.0, 16.0 / 18.0, 17.0 / 18.0]);
+    }
+
+    /// Reference values from PIL (mode "F", so no u8 rounding):
+    /// ```text
+    /// a = (np.arange(24, dtype=np.float32).reshape(4, 6) * 7 % 23) / 23; im = Image.fromarray(a, mode="F")
+    /// im.resize((3, 2), Image.BILINEAR); im.resize((7, 5), Image.BILINEAR)
+    /// im.resize((4, 3), Image.BILINEAR, box=(1, 1, 5, 4))
+    /// ```
+    #[test]
+    fn resize_matches_pil_bilinear() {
+        let img = Planes::new(1, 4, 6, (0..24).map(|i| ((i * 7) % 23) as f32 / 23.0).collect());
+        let down = [0.39929, 0.54736, 0.384206, 0.615794, 0.45264, 0.417036];
+        let up = [
+            0.0, 0.23913, 0.5, 0.76087, 0.664596, 0.282609, 0.521739, 0.578261, 0.267391, 0.378261, 0.63913, 0.542857, 0.16087, 0.4,
+            0.73913, 0.585404, 0.417702, 0.5, 0.582298, 0.414596, 0.26087, 0.6, 0.83913, 0.457143, 0.36087, 0.621739, 0.668323,
+            0.121739, 0.478261, 0.717391, 0.335404, 0.23913, 0.5, 0.546584, 0.0,
+        ];
+        let boxed = [0.130435, 0.434783, 0.73913, 0.043478, 0.956522, 0.26087, 0.565217, 0.869565, 0.782609, 0.086957, 0.391304, 0.695652];
+        for (got, want) in [(resize_box(&img, 0, 0, 4, 6, 2, 3), &down[..]), (resize_box(&img, 0, 0, 4, 6, 5, 7), &up[..]), (resize_box(&img, 1, 1, 3, 4, 3, 4), &boxed[..])] {
+            for (a, b) in got.data.iter().zip(want) {
+                assert!((a - b).abs() < 1e-5, "{:?} vs {want:?}", got.data);
+            }
+        }
     }
 }
