@@ -25,6 +25,7 @@
 use super::ops::Mat;
 use super::{Init, Layer, Module, Param, Tensor};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// Stride, padding, groups and bias of a [`Conv2d`]; the default is PyTorch's (1, 0, 1, bias).
 #[derive(Clone, Copy, Debug)]
@@ -53,7 +54,7 @@ pub struct Conv2d {
     pub bias: Option<Param>,
     /// Stride, padding, groups.
     pub cfg: Conv2dConfig,
-    input: Option<Tensor>,
+    input: Option<Arc<Tensor>>,
 }
 
 /// Sizes of one convolution call.
@@ -184,11 +185,11 @@ fn gemm_into(a: Mat, b: Mat, c: &mut [f32], accumulate: bool, par: gemm::Paralle
     }
 }
 
-/// The valid output range `lo..hi` along one axis for kernel offset `k` (stride 1):
-/// `0 <= o + k - pad < size`.
-fn valid_range(k: usize, pad: usize, size: usize, out: usize) -> (usize, usize) {
-    let lo = pad.saturating_sub(k).min(out);
-    let hi = (size + pad).saturating_sub(k).min(out).max(lo);
+/// The valid output range `lo..hi` along one axis for kernel offset `k`:
+/// `0 <= o·s + k − pad < size`.
+fn valid_range(k: usize, pad: usize, s: usize, size: usize, out: usize) -> (usize, usize) {
+    let lo = pad.saturating_sub(k).div_ceil(s).min(out);
+    let hi = (size + pad).saturating_sub(k).div_ceil(s).min(out).max(lo);
     (lo, hi)
 }
 
@@ -202,7 +203,7 @@ fn im2col(x: &[f32], nb: usize, grp: usize, g: &Geom, cols: &mut [f32]) {
             for kj in 0..g.kw {
                 let row = (ci * g.kh + ki) * g.kw + kj;
                 let dst = &mut cols[row * width..(row + 1) * width];
-                let (xlo, xhi) = valid_range(kj, g.pad, g.w, g.ow);
+                let (xlo, xhi) = valid_range(kj, g.pad, g.s, g.w, g.ow);
                 for i in 0..nb {
                     let src = &x[(i * g.c + cin) * plane..][..plane];
                     let d = &mut dst[i * p..(i + 1) * p];
@@ -214,14 +215,17 @@ fn im2col(x: &[f32], nb: usize, grp: usize, g: &Geom, cols: &mut [f32]) {
                             continue;
                         }
                         let srow = &src[iy as usize * g.w..][..g.w];
+                        drow[..xlo].fill(0.0);
+                        drow[xhi..].fill(0.0);
+                        if xhi == xlo {
+                            continue;
+                        }
+                        let x0 = xlo * g.s + kj - g.pad;
                         if g.s == 1 {
-                            drow[..xlo].fill(0.0);
-                            drow[xlo..xhi].copy_from_slice(&srow[xlo + kj - g.pad..xhi + kj - g.pad]);
-                            drow[xhi..].fill(0.0);
+                            drow[xlo..xhi].copy_from_slice(&srow[x0..x0 + xhi - xlo]);
                         } else {
-                            for (ox, v) in drow.iter_mut().enumerate() {
-                                let ix = (ox * g.s + kj) as isize - g.pad as isize;
-                                *v = if ix >= 0 && ix < g.w as isize { srow[ix as usize] } else { 0.0 };
+                            for (d, v) in drow[xlo..xhi].iter_mut().zip(srow[x0..].iter().step_by(g.s)) {
+                                *d = *v;
                             }
                         }
                     }
@@ -241,7 +245,7 @@ fn col2im(cols: &[f32], nb: usize, grp: usize, g: &Geom, dx: &mut [f32]) {
             for kj in 0..g.kw {
                 let row = (ci * g.kh + ki) * g.kw + kj;
                 let src = &cols[row * width..(row + 1) * width];
-                let (xlo, xhi) = valid_range(kj, g.pad, g.w, g.ow);
+                let (xlo, xhi) = valid_range(kj, g.pad, g.s, g.w, g.ow);
                 for i in 0..nb {
                     let dst = &mut dx[(i * g.c + cin) * plane..][..plane];
                     let s = &src[i * p..(i + 1) * p];
@@ -252,17 +256,17 @@ fn col2im(cols: &[f32], nb: usize, grp: usize, g: &Geom, dx: &mut [f32]) {
                         }
                         let srow = &s[oy * g.ow..(oy + 1) * g.ow];
                         let drow = &mut dst[iy as usize * g.w..][..g.w];
+                        if xhi == xlo {
+                            continue;
+                        }
+                        let x0 = xlo * g.s + kj - g.pad;
                         if g.s == 1 {
-                            let d = &mut drow[xlo + kj - g.pad..xhi + kj - g.pad];
-                            for (a, b) in d.iter_mut().zip(&srow[xlo..xhi]) {
+                            for (a, b) in drow[x0..x0 + xhi - xlo].iter_mut().zip(&srow[xlo..xhi]) {
                                 *a += b;
                             }
                         } else {
-                            for (ox, v) in srow.iter().enumerate() {
-                                let ix = (ox * g.s + kj) as isize - g.pad as isize;
-                                if ix >= 0 && ix < g.w as isize {
-                                    drow[ix as usize] += v;
-                                }
+                            for (a, b) in drow[x0..].iter_mut().step_by(g.s).zip(&srow[xlo..xhi]) {
+                                *a += b;
                             }
                         }
                     }
@@ -315,6 +319,22 @@ impl Module for Conv2d {
 
 impl Layer for Conv2d {
     fn forward(&mut self, x: &Tensor, train: bool) -> Tensor {
+        self.forward_shared(if train { Arc::new(x.clone()) } else { Arc::new(Tensor::default()) }, x, train)
+    }
+
+    fn backward(&mut self, dy: &Tensor) -> Tensor {
+        self.backward_inner(dy)
+    }
+}
+
+impl Conv2d {
+    /// As [`Layer::forward`], keeping a shared handle on the input instead of a copy (a network
+    /// that owns its activations saves one copy of each conv input per step).
+    pub fn forward_arc(&mut self, x: Arc<Tensor>, train: bool) -> Tensor {
+        self.forward_shared(x.clone(), &x, train)
+    }
+
+    fn forward_shared(&mut self, keep: Arc<Tensor>, x: &Tensor, train: bool) -> Tensor {
         let g = self.geom(&x.shape);
         let n = x.shape[0];
         let (nb, par) = chunking(n, &g);
@@ -360,13 +380,11 @@ impl Layer for Conv2d {
         } else {
             with_scratch(|s| body(s, &mut y, &x.data));
         }
-        if train {
-            self.input = Some(x.clone());
-        }
+        self.input = train.then_some(keep);
         Tensor::new(vec![n, g.o, g.oh, g.ow], y)
     }
 
-    fn backward(&mut self, dy: &Tensor) -> Tensor {
+    fn backward_inner(&mut self, dy: &Tensor) -> Tensor {
         let x = self.input.take().expect("conv2d: backward without a training forward");
         let g = self.geom(&x.shape);
         let n = x.shape[0];
@@ -492,6 +510,8 @@ mod tests {
             (vec![2, 3, 7, 5], 2, 1, 1, cfg(2, 0, 1, false)),
             (vec![1, 2, 4, 4], 5, 1, 1, cfg(1, 0, 1, true)),
             (vec![2, 4, 6, 5], 4, 3, 3, cfg(2, 2, 4, false)),
+            (vec![1, 2, 2, 1], 3, 3, 3, cfg(1, 2, 1, true)),
+            (vec![2, 1, 7, 8], 2, 2, 3, cfg(3, 1, 1, false)),
         ]
     }
 

@@ -21,8 +21,12 @@
 //! Parameters are named as PyTorch would (`stem.conv.weight`, `stage1.0.bn1.running_mean`,
 //! `stage2.0.shortcut.conv.weight`) and counted as trainable weights plus batch-norm affine.
 
-use latent_sdk::kit::{BatchNorm, Conv2d, Conv2dConfig, GlobalAvgPool, MaxPool2d};
+use latent_sdk::kit::{Conv2d, Conv2dConfig, GlobalAvgPool, MaxPool2d};
 use latent_sdk::prelude::*;
+
+pub mod bn;
+use bn::BnRelu;
+use std::sync::Arc;
 
 /// The `resnet` config.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -90,22 +94,23 @@ impl Config {
     }
 }
 
-/// Convolution followed by batch norm (no bias: the norm's β plays its part).
+/// Convolution followed by batch norm (no bias: the norm's β plays its part), then a ReLU if `relu`.
 struct ConvBn {
     conv: Conv2d,
-    bn: BatchNorm,
+    bn: BnRelu,
 }
 
 impl ConvBn {
-    fn new(init: &Init, conv: &str, bn: &str, cin: usize, cout: usize, kernel: usize, stride: usize) -> ConvBn {
+    #[allow(clippy::too_many_arguments)]
+    fn new(init: &Init, conv: &str, bn: &str, cin: usize, cout: usize, kernel: usize, stride: usize, relu: bool) -> ConvBn {
         let cfg = Conv2dConfig { stride, padding: kernel / 2, groups: 1, bias: false };
-        ConvBn { conv: Conv2d::new(&init.pp(conv), cin, cout, kernel, cfg), bn: BatchNorm::new(&init.pp(bn), cout) }
+        ConvBn { conv: Conv2d::new(&init.pp(conv), cin, cout, kernel, cfg), bn: BnRelu::new(&init.pp(bn), cout, relu) }
     }
-    fn forward(&mut self, x: &Tensor, train: bool) -> Tensor {
-        let h = self.conv.forward(x, train);
-        self.bn.forward(&h, train)
+    fn forward(&mut self, x: &Arc<Tensor>, train: bool) -> Tensor {
+        let h = self.conv.forward_arc(x.clone(), train);
+        self.bn.forward(h, train)
     }
-    fn backward(&mut self, dy: &Tensor) -> Tensor {
+    fn backward(&mut self, dy: Tensor) -> Tensor {
         let g = self.bn.backward(dy);
         self.conv.backward(&g)
     }
@@ -115,67 +120,54 @@ impl ConvBn {
     }
 }
 
-/// In-place ReLU that keeps its output's sign mask for backward.
-fn relu_inplace(x: &mut Tensor, mask: &mut Vec<bool>, train: bool) {
-    if train {
-        mask.clear();
-        mask.extend(x.data.iter().map(|&v| v > 0.0));
-    }
-    x.data.iter_mut().for_each(|v| *v = v.max(0.0));
-}
-
-fn relu_back(dy: &mut Tensor, mask: &[bool]) {
-    assert_eq!(dy.len(), mask.len(), "relu backward: gradient length");
-    dy.data.iter_mut().zip(mask).for_each(|(d, &m)| if !m { *d = 0.0 });
-}
-
 /// conv-BN-ReLU-conv-BN plus shortcut, then ReLU.
 struct BasicBlock {
     a: ConvBn,
     b: ConvBn,
     shortcut: Option<ConvBn>,
-    mask_a: Vec<bool>,
-    mask_out: Vec<bool>,
+    mask: Vec<bool>,
 }
 
 impl BasicBlock {
     fn new(init: &Init, cin: usize, cout: usize, stride: usize) -> BasicBlock {
-        let a = ConvBn::new(init, "conv1", "bn1", cin, cout, 3, stride);
-        let b = ConvBn::new(init, "conv2", "bn2", cout, cout, 3, 1);
-        let shortcut = (stride != 1 || cin != cout).then(|| ConvBn::new(&init.pp("shortcut"), "conv", "bn", cin, cout, 1, stride));
-        BasicBlock { a, b, shortcut, mask_a: Vec::new(), mask_out: Vec::new() }
+        let a = ConvBn::new(init, "conv1", "bn1", cin, cout, 3, stride, true);
+        let b = ConvBn::new(init, "conv2", "bn2", cout, cout, 3, 1, false);
+        let shortcut = (stride != 1 || cin != cout).then(|| ConvBn::new(&init.pp("shortcut"), "conv", "bn", cin, cout, 1, stride, false));
+        BasicBlock { a, b, shortcut, mask: Vec::new() }
     }
 
-    fn forward(&mut self, x: &Tensor, train: bool) -> Tensor {
-        let mut h = self.a.forward(x, train);
-        relu_inplace(&mut h, &mut self.mask_a, train);
+    fn forward(&mut self, x: &Arc<Tensor>, train: bool) -> Tensor {
+        let h = Arc::new(self.a.forward(x, train));
         let mut y = self.b.forward(&h, train);
         drop(h);
-        match &mut self.shortcut {
-            Some(s) => {
-                let sc = s.forward(x, train);
-                y.data.iter_mut().zip(&sc.data).for_each(|(a, b)| *a += b);
-            }
-            None => y.data.iter_mut().zip(&x.data).for_each(|(a, b)| *a += b),
+        let sc = self.shortcut.as_mut().map(|s| s.forward(x, train));
+        let add = sc.as_ref().unwrap_or(x);
+        // y = ReLU(y + shortcut), keeping the mask
+        self.mask.clear();
+        if train {
+            self.mask.reserve(y.len());
         }
-        relu_inplace(&mut y, &mut self.mask_out, train);
+        for (v, &r) in y.data.iter_mut().zip(&add.data) {
+            let z = *v + r;
+            if train {
+                self.mask.push(z > 0.0);
+            }
+            *v = z.max(0.0);
+        }
         y
     }
 
     /// The residual by hand: d/dx of `main(x) + shortcut(x)` is the sum of both paths' gradients.
-    fn backward(&mut self, dy: &Tensor) -> Tensor {
-        let mut g = dy.clone();
-        relu_back(&mut g, &self.mask_out);
-        let mut dh = self.b.backward(&g);
-        relu_back(&mut dh, &self.mask_a);
-        let mut dx = self.a.backward(&dh);
-        match &mut self.shortcut {
-            Some(s) => {
-                let ds = s.backward(&g);
-                dx.data.iter_mut().zip(&ds.data).for_each(|(a, b)| *a += b);
-            }
-            None => dx.data.iter_mut().zip(&g.data).for_each(|(a, b)| *a += b),
-        }
+    fn backward(&mut self, mut g: Tensor) -> Tensor {
+        assert_eq!(g.len(), self.mask.len(), "basic block backward: gradient length");
+        g.data.iter_mut().zip(&self.mask).for_each(|(d, &m)| if !m { *d = 0.0 });
+        let dh = self.b.backward(g.clone());
+        let mut dx = self.a.backward(dh);
+        let ds = match &mut self.shortcut {
+            Some(s) => s.backward(g),
+            None => g,
+        };
+        dx.data.iter_mut().zip(&ds.data).for_each(|(a, b)| *a += b);
         dx
     }
 
@@ -193,7 +185,6 @@ pub struct ResNet {
     cfg: Config,
     arch: Arch,
     stem: ConvBn,
-    stem_mask: Vec<bool>,
     pool: Option<MaxPool2d>,
     blocks: Vec<BasicBlock>,
     gap: GlobalAvgPool,
@@ -228,14 +219,13 @@ impl ResNet {
         }
     }
 
-    fn forward_inner(&mut self, x: &Tensor, train: bool) -> Tensor {
-        let mut h = self.stem.forward(x, train);
-        relu_inplace(&mut h, &mut self.stem_mask, train);
+    fn forward_inner(&mut self, x: Tensor, train: bool) -> Tensor {
+        let mut h = self.stem.forward(&Arc::new(x), train);
         if let Some(p) = &mut self.pool {
             h = p.forward(&h, train);
         }
         for b in &mut self.blocks {
-            h = b.forward(&h, train);
+            h = b.forward(&Arc::new(h), train);
         }
         self.gap.forward(&h, train)
     }
@@ -243,13 +233,12 @@ impl ResNet {
     fn backward_inner(&mut self, dy: &Tensor) -> Tensor {
         let mut g = self.gap.backward(dy);
         for b in self.blocks.iter_mut().rev() {
-            g = b.backward(&g);
+            g = b.backward(g);
         }
         if let Some(p) = &mut self.pool {
             g = p.backward(&g);
         }
-        relu_back(&mut g, &self.stem_mask);
-        self.stem.backward(&g)
+        self.stem.backward(g)
     }
 }
 
@@ -261,7 +250,7 @@ impl Plugin for ResNet {
     fn new(cfg: Config, ctx: &Context) -> anyhow::Result<Self> {
         let arch = cfg.arch()?;
         let init = Init::new(ctx.seed);
-        let stem = ConvBn::new(&init.pp("stem"), "conv", "bn", cfg.in_channels, arch.stem_width, 3, 1);
+        let stem = ConvBn::new(&init.pp("stem"), "conv", "bn", cfg.in_channels, arch.stem_width, 3, 1, true);
         let pool = cfg.stem_pool.then(|| MaxPool2d::new(3, 2, 1));
         let mut blocks = Vec::new();
         let mut cin = arch.stem_width;
@@ -276,7 +265,7 @@ impl Plugin for ResNet {
             0 => None,
             t => Some(rayon::ThreadPoolBuilder::new().num_threads(t as usize).build().context("starting the resnet's worker threads")?),
         };
-        Ok(ResNet { cfg, arch, stem, stem_mask: Vec::new(), pool, blocks, gap: GlobalAvgPool::new(), threads, pending: None })
+        Ok(ResNet { cfg, arch, stem, pool, blocks, gap: GlobalAvgPool::new(), threads, pending: None })
     }
 }
 
@@ -301,7 +290,7 @@ impl EncoderPlugin for ResNet {
         self.check_channels(c)?;
         ensure!(h >= 1 && w >= 1, "images must be at least 1x1, got {h}x{w}");
         ensure!(!train || n >= 2, "training a batch-norm network needs at least 2 images per batch, got {n}");
-        let y = self.run(|s| s.forward_inner(&images, train));
+        let y = self.run(|s| s.forward_inner(images, train));
         self.pending = train.then_some(n);
         Ok(y)
     }

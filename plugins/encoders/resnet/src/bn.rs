@@ -1,0 +1,278 @@
+//! Batch norm with an optional fused ReLU on owned buffers: the maths, defaults and parameter
+//! names of [`latent_sdk::kit::BatchNorm`] (`[N, C, H, W]`), in two passes over memory each way.
+//!
+//! ```text
+//! forward (train):  μ_c, σ²_c over N·H·W;  z = γ_c·(x − μ_c)/sqrt(σ²_c + ε) + β_c;  y = ReLU(z) or z
+//! backward:         g = dy ⊙ [z > 0] (or dy);  x̂ = (x − μ)/σ
+//!                   dγ += Σ g·x̂,  dβ += Σ g,  dx = γ/σ · (g − mean(g) − x̂·mean(g·x̂))
+//! ```
+//! Only the input `x` is kept for backward (moved, not copied); `x̂` and the ReLU mask are
+//! recomputed from it. Sums run over 8 lanes per plane in f32 and across planes in f64.
+
+use latent_sdk::kit::{Init, Module, Param, Tensor};
+use latent_sdk::prelude::ParamRole;
+use rayon::prelude::*;
+
+const PAR_MIN: usize = 1 << 15;
+
+/// Batch norm over axis 1 of `[N, C, ...]`, with a ReLU after it when `relu`.
+pub struct BnRelu {
+    /// γ `[C]`.
+    pub weight: Param,
+    /// β `[C]`.
+    pub bias: Param,
+    /// Running mean `[C]` (buffer).
+    pub running_mean: Param,
+    /// Running unbiased variance `[C]` (buffer).
+    pub running_var: Param,
+    /// ε = 1e-5.
+    pub eps: f32,
+    /// Running-average momentum 0.1.
+    pub momentum: f32,
+    /// ReLU after the norm.
+    pub relu: bool,
+    cache: Option<Cache>,
+}
+
+struct Cache {
+    x: Tensor,
+    mean: Vec<f32>,
+    inv: Vec<f32>,
+    train: bool,
+}
+
+/// (Σ x, Σ x·(y − μ)) of two equal-length slices, 8 lanes at a time.
+#[inline]
+fn dot_sums(x: &[f32], y: &[f32], mu: f32) -> (f32, f32) {
+    let (mut a, mut b) = ([0f32; 8], [0f32; 8]);
+    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    let (xr, yr) = (xc.remainder(), yc.remainder());
+    for (u, v) in xc.zip(yc) {
+        for i in 0..8 {
+            a[i] += u[i];
+            b[i] += u[i] * (v[i] - mu);
+        }
+    }
+    let (mut s, mut t) = (a.iter().sum::<f32>(), b.iter().sum::<f32>());
+    for (u, v) in xr.iter().zip(yr) {
+        s += u;
+        t += u * (v - mu);
+    }
+    (s, t)
+}
+
+/// Runs `f(plane)` over the `[S]` planes of `data`, in parallel when large.
+fn planes<T: Send>(data: &[f32], s: usize, f: impl Fn(&[f32]) -> T + Sync + Send) -> Vec<T> {
+    if data.len() >= PAR_MIN {
+        data.par_chunks(s).map(f).collect()
+    } else {
+        data.chunks(s).map(f).collect()
+    }
+}
+
+fn planes_mut(data: &mut [f32], s: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    if data.len() >= PAR_MIN {
+        data.par_chunks_mut(s).enumerate().for_each(|(i, p)| f(i, p));
+    } else {
+        data.chunks_mut(s).enumerate().for_each(|(i, p)| f(i, p));
+    }
+}
+
+/// Per-channel f64 totals of per-plane pairs.
+fn per_channel(pairs: &[(f32, f32)], c: usize) -> Vec<(f64, f64)> {
+    let mut out = vec![(0f64, 0f64); c];
+    for (i, &(a, b)) in pairs.iter().enumerate() {
+        out[i % c].0 += a as f64;
+        out[i % c].1 += b as f64;
+    }
+    out
+}
+
+impl BnRelu {
+    /// `channels` channels, PyTorch defaults, parameters `<prefix>.weight` etc.
+    pub fn new(init: &Init, channels: usize, relu: bool) -> BnRelu {
+        BnRelu {
+            weight: init.constant("weight", vec![channels], 1.0, ParamRole::NoDecay),
+            bias: init.constant("bias", vec![channels], 0.0, ParamRole::NoDecay),
+            running_mean: init.constant("running_mean", vec![channels], 0.0, ParamRole::Buffer),
+            running_var: init.constant("running_var", vec![channels], 1.0, ParamRole::Buffer),
+            eps: 1e-5,
+            momentum: 0.1,
+            relu,
+            cache: None,
+        }
+    }
+
+    fn layout(&self, shape: &[usize]) -> (usize, usize, usize) {
+        let c = self.weight.value.len();
+        assert!(shape.len() >= 2 && shape[1] == c, "batch-norm of {c} channels got shape {shape:?}");
+        (shape[0], c, shape[2..].iter().product::<usize>().max(1))
+    }
+
+    /// Normalises `x` (consumed; kept for backward when `train`).
+    pub fn forward(&mut self, x: Tensor, train: bool) -> Tensor {
+        let (n, c, s) = self.layout(&x.shape);
+        let m = n * s;
+        let (mean, inv) = if train {
+            assert!(m > 1, "batch-norm in training needs more than one value per channel, got shape {:?}", x.shape);
+            let sums = per_channel(&planes(&x.data, s, |p| dot_sums(p, p, 0.0)), c);
+            let mo = self.momentum;
+            let mut mean = Vec::with_capacity(c);
+            let mut inv = Vec::with_capacity(c);
+            for (ch, &(a, b)) in sums.iter().enumerate() {
+                let mu = a / m as f64;
+                let var = (b / m as f64 - mu * mu).max(0.0);
+                self.running_mean.value[ch] = (1.0 - mo) * self.running_mean.value[ch] + mo * mu as f32;
+                self.running_var.value[ch] = (1.0 - mo) * self.running_var.value[ch] + mo * (var * m as f64 / (m - 1) as f64) as f32;
+                mean.push(mu as f32);
+                inv.push(1.0 / (var as f32 + self.eps).sqrt());
+            }
+            (mean, inv)
+        } else {
+            (self.running_mean.value.clone(), self.running_var.value.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect())
+        };
+        // z = a_c·x + b_c
+        let a: Vec<f32> = (0..c).map(|ch| self.weight.value[ch] * inv[ch]).collect();
+        let b: Vec<f32> = (0..c).map(|ch| self.bias.value[ch] - mean[ch] * a[ch]).collect();
+        let relu = self.relu;
+        let apply = |i: usize, dst: &mut [f32], src: &[f32]| {
+            let (a, b) = (a[i % c], b[i % c]);
+            if relu {
+                dst.iter_mut().zip(src).for_each(|(d, &v)| *d = (a * v + b).max(0.0));
+            } else {
+                dst.iter_mut().zip(src).for_each(|(d, &v)| *d = a * v + b);
+            }
+        };
+        let mut y = vec![0.0f32; x.len()];
+        if y.len() >= PAR_MIN {
+            y.par_chunks_mut(s).zip(x.data.par_chunks(s)).enumerate().for_each(|(i, (d, v))| apply(i, d, v));
+        } else {
+            y.chunks_mut(s).zip(x.data.chunks(s)).enumerate().for_each(|(i, (d, v))| apply(i, d, v));
+        }
+        let y = Tensor::new(x.shape.clone(), y);
+        self.cache = Some(Cache { x, mean, inv, train });
+        y
+    }
+
+    /// d loss / d input for d loss / d output `dy` (consumed, reused for the result).
+    pub fn backward(&mut self, mut dy: Tensor) -> Tensor {
+        let Cache { x, mean, inv, train } = self.cache.take().expect("batch-norm: backward without a forward");
+        assert_eq!(dy.shape, x.shape, "batch-norm backward: gradient shape");
+        let (n, c, s) = self.layout(&x.shape);
+        let (g, beta) = (&self.weight.value, &self.bias.value);
+        // one pass: g = dy ⊙ [z > 0] (z = a·x + b) written back, with Σ g and Σ g·(x − μ) = Σ g·x̂ / inv
+        let relu = self.relu;
+        let xd = &x.data;
+        let pass = |i: usize, p: &mut [f32]| -> (f32, f32) {
+            let ch = i % c;
+            let xs = &xd[i * s..(i + 1) * s];
+            if relu {
+                let (a, b) = (g[ch] * inv[ch], beta[ch] - mean[ch] * g[ch] * inv[ch]);
+                for (d, &v) in p.iter_mut().zip(xs) {
+                    *d = if a * v + b > 0.0 { *d } else { 0.0 };
+                }
+            }
+            dot_sums(p, xs, mean[ch])
+        };
+        let pairs: Vec<(f32, f32)> = if dy.len() >= PAR_MIN {
+            dy.data.par_chunks_mut(s).enumerate().map(|(i, p)| pass(i, p)).collect()
+        } else {
+            dy.data.chunks_mut(s).enumerate().map(|(i, p)| pass(i, p)).collect()
+        };
+        let raw = per_channel(&pairs, c);
+        let m = (n * s) as f64;
+        let mut mg = vec![0f32; c];
+        let mut mgx = vec![0f32; c];
+        for ch in 0..c {
+            let (sg, sgx) = raw[ch];
+            let sgxhat = inv[ch] as f64 * sgx;
+            self.bias.grad[ch] += sg as f32;
+            self.weight.grad[ch] += sgxhat as f32;
+            mg[ch] = (sg / m) as f32;
+            mgx[ch] = (sgxhat / m) as f32;
+        }
+        if train {
+            planes_mut(&mut dy.data, s, |i, p| {
+                let ch = i % c;
+                let (k, mu, is) = (g[ch] * inv[ch], mean[ch], inv[ch]);
+                let (m0, m1) = (mg[ch], mgx[ch]);
+                for (d, &v) in p.iter_mut().zip(&xd[i * s..(i + 1) * s]) {
+                    *d = k * (*d - m0 - (v - mu) * is * m1);
+                }
+            });
+        } else {
+            planes_mut(&mut dy.data, s, |i, p| {
+                let k = g[i % c] * inv[i % c];
+                p.iter_mut().for_each(|d| *d *= k);
+            });
+        }
+        dy
+    }
+}
+
+impl Module for BnRelu {
+    fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        f(&mut self.weight);
+        f(&mut self.bias);
+        f(&mut self.running_mean);
+        f(&mut self.running_var);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use latent_sdk::kit::gradcheck::random;
+    use latent_sdk::kit::{BatchNorm, Layer, Relu};
+
+    /// Same outputs, input gradients, parameter gradients and running statistics as the kit's
+    /// BatchNorm (followed by the kit's ReLU), in both modes.
+    #[test]
+    fn agrees_with_kit_batchnorm_and_relu() {
+        for (shape, relu, train) in [
+            (vec![4, 3, 5, 6], true, true),
+            (vec![3, 2, 4, 4], false, true),
+            (vec![2, 5, 3, 1], true, false),
+            (vec![64, 4, 16, 16], true, true), // large enough for the parallel paths
+        ] {
+            let c = shape[1];
+            let init = Init::new(1);
+            let mut kit = BatchNorm::new(&init, c);
+            let mut ours = BnRelu::new(&init, c, relu);
+            let gamma: Vec<f32> = (0..c).map(|i| 0.5 + 0.3 * i as f32 - 0.4 * (i % 2) as f32).collect();
+            let beta: Vec<f32> = (0..c).map(|i| 0.2 * i as f32 - 0.3).collect();
+            kit.weight.value = gamma.clone();
+            ours.weight.value = gamma;
+            kit.bias.value = beta.clone();
+            ours.bias.value = beta;
+            if !train {
+                kit.running_mean.value = vec![0.1; c];
+                ours.running_mean.value = vec![0.1; c];
+                kit.running_var.value = vec![2.0; c];
+                ours.running_var.value = vec![2.0; c];
+            }
+            let x = random(&shape, 2);
+            let dy = random(&shape, 3);
+            let mut r = Relu::new();
+            let mut want = kit.forward(&x, train);
+            if relu {
+                want = r.forward(&want, true);
+            }
+            let got = ours.forward(x.clone(), train);
+            let close = |a: &[f32], b: &[f32], what: &str| {
+                for (u, v) in a.iter().zip(b) {
+                    assert!((u - v).abs() <= 1e-4 * (1.0 + v.abs()), "{what} {shape:?}: {u} vs {v}");
+                }
+            };
+            close(&got.data, &want.data, "output");
+            close(&ours.running_mean.value, &kit.running_mean.value, "running mean");
+            close(&ours.running_var.value, &kit.running_var.value, "running var");
+            let g = if relu { r.backward(&dy) } else { dy.clone() };
+            let want_dx = kit.backward(&g);
+            let got_dx = ours.backward(dy);
+            close(&got_dx.data, &want_dx.data, "dx");
+            close(&ours.weight.grad, &kit.weight.grad, "dγ");
+            close(&ours.bias.grad, &kit.bias.grad, "dβ");
+        }
+    }
+}
