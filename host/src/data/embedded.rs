@@ -3,8 +3,9 @@
 //! provenance and attribution).
 //!
 //! Split, fixed: within each class, the first 400 images in file order are training images
-//! and the last 100 test images (4,000 / 1,000, balanced). Within a split images keep the
-//! file order (sorted by class).
+//! and the last 100 test images (4,000 / 1,000, balanced). Within a split the classes take
+//! turns (image j of class 0, of class 1, ..., of class 9, then image j+1), so any prefix,
+//! e.g. after [`Dataset::truncate`], stays balanced.
 
 use super::{Dataset, Splits};
 use anyhow::{bail, ensure, Context, Result};
@@ -30,8 +31,8 @@ pub fn mnist_5k() -> Result<Splits> {
     flate2::read::GzDecoder::new(MNIST_5K_CSV_GZ).read_to_string(&mut text).context("embedded mnist_5k.csv.gz is corrupt")?;
     let classes: Vec<String> = (0..10).map(|d| d.to_string()).collect();
     let empty = |split: &str| Dataset { name: format!("mnist-5k/{split}"), shape: [1, 28, 28], classes: classes.clone(), ..Default::default() };
-    let (mut train, mut test) = (empty("train"), empty("test"));
-    let mut seen = [0usize; 10];
+    // rows[label] = the class's images in file order
+    let mut rows: Vec<Vec<Vec<u8>>> = vec![Vec::with_capacity(500); 10];
     for (line_no, line) in text.lines().enumerate() {
         let mut pixels = Vec::with_capacity(785);
         for v in line.split(',') {
@@ -41,10 +42,18 @@ pub fn mnist_5k() -> Result<Splits> {
         ensure!(pixels.len() == 785, "embedded mnist_5k.csv.gz line {}: {} values, expected 785", line_no + 1, pixels.len());
         let label = pixels.pop().unwrap() as usize;
         ensure!(label < 10, "embedded mnist_5k.csv.gz line {}: label {label}", line_no + 1);
-        let d = if seen[label] < TRAIN_PER_CLASS { &mut train } else { &mut test };
-        seen[label] += 1;
-        d.images.extend_from_slice(&pixels);
-        d.labels.push(label as i64);
+        rows[label].push(pixels);
+    }
+    ensure!(rows.iter().all(|r| r.len() > TRAIN_PER_CLASS), "embedded mnist_5k.csv.gz: a class has {TRAIN_PER_CLASS} images or fewer");
+    let (mut train, mut test) = (empty("train"), empty("test"));
+    let most = rows.iter().map(Vec::len).max().unwrap_or(0);
+    for j in 0..most {
+        for (label, class_rows) in rows.iter().enumerate() {
+            let Some(px) = class_rows.get(j) else { continue };
+            let d = if j < TRAIN_PER_CLASS { &mut train } else { &mut test };
+            d.images.extend_from_slice(px);
+            d.labels.push(label as i64);
+        }
     }
     Ok(Splits { train, test: Some(test) })
 }
@@ -61,6 +70,7 @@ mod tests {
         assert_eq!(s.train.classes.len(), 10);
         assert_eq!(s.train.class_counts(), vec![400; 10]);
         assert_eq!(test.class_counts(), vec![100; 10]);
+        assert_eq!(s.train.labels[..12], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1], "classes take turns");
         // real digits: mostly black background, some bright strokes
         let img = s.train.image(0);
         let ink = img.iter().filter(|&&p| p > 128).count();

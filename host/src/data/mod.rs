@@ -50,6 +50,17 @@ impl Dataset {
         self.shape.iter().product()
     }
 
+    /// Keeps only the first `n` images (no-op when `n` is 0 or not smaller than the length).
+    pub fn truncate(&mut self, n: usize) {
+        if n > 0 && n < self.len() {
+            let per = self.image_len();
+            self.images.truncate(n * per);
+            if !self.labels.is_empty() {
+                self.labels.truncate(n);
+            }
+        }
+    }
+
     /// Number of images.
     pub fn len(&self) -> usize {
         match self.image_len() {
