@@ -153,7 +153,8 @@ fn chunking(n: usize, g: &Geom) -> (usize, gemm::Parallelism) {
 }
 
 /// `c = a · b` or `c += a · b`, `c` row-major; as `ops::matmul` with the parallelism chosen by
-/// the caller (chunks already run in parallel).
+/// the caller (chunks already run in parallel). Single-threaded products with a row-major `b`
+/// go to the AVX-512 kernel of [`super::simd_gemm`] where the CPU has it.
 fn gemm_into(a: Mat, b: Mat, c: &mut [f32], accumulate: bool, par: gemm::Parallelism) {
     let shape = |m: &Mat| if m.t { (m.cols, m.rows) } else { (m.rows, m.cols) };
     let strides = |m: &Mat| if m.t { (1isize, m.cols as isize) } else { (m.cols as isize, 1isize) };
@@ -170,6 +171,11 @@ fn gemm_into(a: Mat, b: Mat, c: &mut [f32], accumulate: bool, par: gemm::Paralle
         return;
     }
     let ((a_rs, a_cs), (b_rs, b_cs)) = (strides(&a), strides(&b));
+    if !b.t && matches!(par, gemm::Parallelism::None) && super::simd_gemm::available() {
+        let view = super::simd_gemm::StridedA { data: a.data, rs: a_rs as usize, cs: a_cs as usize };
+        super::simd_gemm::gemm(m, n, k, view, b.data, n, c, n, accumulate);
+        return;
+    }
     // SAFETY: the asserts above and Mat::new bound every index gemm touches by the slices' lengths.
     unsafe {
         gemm::gemm(
@@ -276,6 +282,25 @@ fn col2im(cols: &[f32], nb: usize, grp: usize, g: &Geom, dx: &mut [f32]) {
     }
 }
 
+/// Accumulates one chunk's weight gradient `dY_g · colsᵀ` into `dwg`: as `[og, k]` with the
+/// caller's gemm, or (`transposed`, AVX-512) as `dW_gᵀ [k, og] += cols · dY_gᵀ`, which needs only
+/// a transposed copy of the (small) `dY_g` and no packing of the (large) `cols`.
+fn acc_dw(transposed: bool, cols: &[f32], k: usize, dyg: Mat, dyt: &mut Vec<f32>, dwg: &mut [f32], par: gemm::Parallelism) {
+    let (og, width) = (dyg.rows, dyg.cols);
+    if !transposed {
+        gemm_into(dyg, Mat::new(cols, k, width).t(), dwg, true, par);
+        return;
+    }
+    let t = resize(dyt, width * og);
+    for (oc, row) in dyg.data.chunks_exact(width).enumerate() {
+        for (col, &v) in row.iter().enumerate() {
+            t[col * og + oc] = v;
+        }
+    }
+    let a = super::simd_gemm::StridedA { data: cols, rs: width, cs: 1 };
+    super::simd_gemm::gemm(k, og, width, a, t, og, dwg, og, true);
+}
+
 /// Is `cols` just the input itself (1x1 kernel, stride 1, no padding, one image, one group)?
 fn is_identity(g: &Geom, nb: usize) -> bool {
     g.kh == 1 && g.kw == 1 && g.s == 1 && g.pad == 0 && nb == 1 && g.groups == 1
@@ -286,6 +311,7 @@ fn is_identity(g: &Geom, nb: usize) -> bool {
 struct Scratch {
     cols: Vec<f32>,
     tmp: Vec<f32>,
+    dyt: Vec<f32>,
 }
 
 thread_local! {
@@ -394,6 +420,7 @@ impl Conv2d {
         let w = &self.weight.value;
         let wlen = w.len();
         let mut dx = vec![0.0f32; x.len()];
+        let dw_t = matches!(par, gemm::Parallelism::None) && super::simd_gemm::available();
         let body_in = |s: &mut Scratch, dw: &mut Vec<f32>, dxc: &mut [f32], xc: &[f32], dyc: &[f32]| {
             let nbl = xc.len() / g.in_len();
             if dw.len() != wlen {
@@ -417,13 +444,13 @@ impl Conv2d {
                 let dyg = Mat::new(dyg, og, nbl * p);
                 let dwg = &mut dw[grp * og * k..(grp + 1) * og * k];
                 if is_identity(&g, nbl) {
-                    gemm_into(dyg, Mat::new(xc, k, p).t(), dwg, true, par);
+                    acc_dw(dw_t, xc, k, dyg, &mut s.dyt, dwg, par);
                     gemm_into(wg.t(), dyg, dxc, true, par);
                     continue;
                 }
                 let cols = resize(&mut s.cols, k * nbl * p);
                 im2col(xc, nbl, grp, &g, cols);
-                gemm_into(dyg, Mat::new(cols, k, nbl * p).t(), dwg, true, par);
+                acc_dw(dw_t, cols, k, dyg, &mut s.dyt, dwg, par);
                 // dcols overwrites cols
                 gemm_into(wg.t(), dyg, cols, false, par);
                 col2im(cols, nbl, grp, &g, dxc);
@@ -448,7 +475,20 @@ impl Conv2d {
         } else {
             body(Vec::new(), &mut dx, &x.data, &dy.data)
         };
-        self.weight.grad.iter_mut().zip(&dw).for_each(|(a, b)| *a += b);
+        if dw_t {
+            // the accumulators hold dWᵀ per group, [groups][k][og]
+            for grp in 0..g.groups {
+                let src = &dw[grp * og * k..(grp + 1) * og * k];
+                let dst = &mut self.weight.grad[grp * og * k..(grp + 1) * og * k];
+                for oc in 0..og {
+                    for kk in 0..k {
+                        dst[oc * k + kk] += src[kk * og + oc];
+                    }
+                }
+            }
+        } else {
+            self.weight.grad.iter_mut().zip(&dw).for_each(|(a, b)| *a += b);
+        }
         if let Some(bias) = &mut self.bias {
             for (blk, o) in dy.data.chunks(p).zip((0..g.o).cycle()) {
                 bias.grad[o] += blk.iter().sum::<f32>();
@@ -567,6 +607,23 @@ mod tests {
             let mut conv = Conv2d::rect(&Init::new(seed as u64).pp("conv"), shape[1], o, kh, kw, c);
             check_layer(&mut conv, &shape, 20 + seed as u64, 1e-2);
         }
+    }
+
+    #[test]
+    fn portable_gemm_path_agrees_too() {
+        // with the AVX-512 kernel off (other tests may run either path meanwhile: both are right)
+        crate::kit::simd_gemm::DISABLED.store(true, std::sync::atomic::Ordering::SeqCst);
+        for (seed, (shape, o, kh, kw, c)) in cases().into_iter().enumerate().take(4) {
+            let mut conv = Conv2d::rect(&Init::new(seed as u64), shape[1], o, kh, kw, c);
+            let x = random(&shape, 100 + seed as u64);
+            let y = conv.forward(&x, false);
+            let want = direct(&conv, &x);
+            for (a, b) in y.data.iter().zip(&want.data) {
+                assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "case {seed}: {a} vs {b}");
+            }
+            check_layer(&mut conv, &shape, 40 + seed as u64, 1e-2);
+        }
+        crate::kit::simd_gemm::DISABLED.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod ops;
 pub mod param;
 pub mod pool;
 pub mod relu;
+pub mod simd_gemm;
 pub mod tensor;
 
 pub use batchnorm::BatchNorm;

@@ -1,0 +1,189 @@
+//! A single-threaded AVX-512 matrix multiply for the convolution's products, used when the
+//! CPU has AVX-512 (the `gemm` crate uses it only on nightly Rust).
+//!
+//! ```text
+//! C[m, n] (+)= A[m, k] · B[k, n]
+//! A: any strides (element (i, p) at a[i·a_rs + p·a_cs]);  B, C: row-major, row strides ldb, ldc
+//! ```
+//! Tiles of 8 rows x 32 columns: per step of k, two 16-lane loads of B's row and eight
+//! broadcasts of A's column feed 16 fused multiply-adds into 16 accumulator registers. B needs
+//! no packing: a tile's 32 columns of B are contiguous in each row (conv's `cols` and `dY`).
+//! Column tails use masked loads and stores.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// Tests turn the kernel off to check the portable path on AVX-512 machines too.
+#[cfg(test)]
+pub(crate) static DISABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// True when [`gemm`] can run here.
+pub fn available() -> bool {
+    #[cfg(test)]
+    if DISABLED.load(std::sync::atomic::Ordering::SeqCst) {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVX512.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Strided view of `A`.
+#[derive(Clone, Copy)]
+pub struct StridedA<'a> {
+    /// Values.
+    pub data: &'a [f32],
+    /// Step between rows.
+    pub rs: usize,
+    /// Step between columns.
+    pub cs: usize,
+}
+
+/// `C = A · B` (or `C += A · B`) for `A [m, k]`, `B [k, n]` (row stride `ldb`), `C [m, n]` (row
+/// stride `ldc`). Panics if a view is out of bounds or AVX-512 is missing.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(m: usize, n: usize, k: usize, a: StridedA, b: &[f32], ldb: usize, c: &mut [f32], ldc: usize, accumulate: bool) {
+    #[cfg(target_arch = "x86_64")]
+    assert!(std::arch::is_x86_feature_detected!("avx512f"), "simd gemm without AVX-512");
+    #[cfg(not(target_arch = "x86_64"))]
+    panic!("simd gemm without AVX-512");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = |rows: usize, rs: usize, cols: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
+    assert!(ldb >= n && ldc >= n, "simd gemm: row strides {ldb}, {ldc} shorter than {n} columns");
+    assert!(c.len() > last(m, ldc, n, 1), "simd gemm: C too short");
+    if k == 0 {
+        if !accumulate {
+            (0..m).for_each(|i| c[i * ldc..i * ldc + n].fill(0.0));
+        }
+        return;
+    }
+    assert!(a.data.len() > last(m, a.rs, k, a.cs), "simd gemm: A too short");
+    assert!(b.len() > last(k, ldb, n, 1), "simd gemm: B too short");
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512 is present (asserted); the asserts above bound every element read or
+    // written; masked loads and stores touch only the columns below n.
+    unsafe {
+        gemm_avx512(m, n, k, a.data.as_ptr(), a.rs, a.cs, b.as_ptr(), ldb, c.as_mut_ptr(), ldc, accumulate)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_avx512(
+    m: usize, n: usize, k: usize,
+    a: *const f32, a_rs: usize, a_cs: usize,
+    b: *const f32, ldb: usize,
+    c: *mut f32, ldc: usize,
+    accumulate: bool,
+) {
+    const MR: usize = 8;
+    const NR: usize = 32;
+    let mut j = 0;
+    while j < n {
+        let w = (n - j).min(NR);
+        let m0: __mmask16 = if w >= 16 { 0xffff } else { (1u32 << w) as u16 - 1 };
+        let m1: __mmask16 = if w >= 32 { 0xffff } else if w > 16 { (1u32 << (w - 16)) as u16 - 1 } else { 0 };
+        let bj = b.add(j);
+        let mut i = 0;
+        while i < m {
+            let ai = a.add(i * a_rs);
+            let ci = c.add(i * ldc + j);
+            match (m - i).min(MR) {
+                8 => tile::<8>(k, ai, a_rs, a_cs, bj, ldb, ci, ldc, m0, m1, accumulate),
+                7 => tile::<7>(k, ai, a_rs, a_cs, bj, ldb, ci, ldc, m0, m1, accumulate),
+                6 => tile::<6>(k, ai, a_rs, a_cs, bj, ldb, ci, ldc, m0, m1, accumulate),
+                5 => tile::<5>(k, ai, a_rs, a_cs, bj, ldb, ci, ldc, m0, m1, accumulate),
+                4 => tile::<4>(k, ai, a_rs, a_cs, bj, ldb, ci, ldc, m0, m1, accumulate),
+                3 => tile::<3>(k, ai, a_rs, a_cs, bj, ldb, ci, ldc, m0, m1, accumulate),
+                2 => tile::<2>(k, ai, a_rs, a_cs, bj, ldb, ci, ldc, m0, m1, accumulate),
+                _ => tile::<1>(k, ai, a_rs, a_cs, bj, ldb, ci, ldc, m0, m1, accumulate),
+            }
+            i += MR;
+        }
+        j += NR;
+    }
+}
+
+/// One `R x 32` tile of C over the whole of k.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const R: usize>(
+    k: usize,
+    a: *const f32, a_rs: usize, a_cs: usize,
+    b: *const f32, ldb: usize,
+    c: *mut f32, ldc: usize,
+    m0: __mmask16, m1: __mmask16,
+    accumulate: bool,
+) {
+    let mut acc0 = [_mm512_setzero_ps(); R];
+    let mut acc1 = [_mm512_setzero_ps(); R];
+    for p in 0..k {
+        let bp = b.add(p * ldb);
+        let b0 = _mm512_maskz_loadu_ps(m0, bp);
+        let b1 = _mm512_maskz_loadu_ps(m1, bp.add(16));
+        let ap = a.add(p * a_cs);
+        for r in 0..R {
+            let av = _mm512_set1_ps(*ap.add(r * a_rs));
+            acc0[r] = _mm512_fmadd_ps(av, b0, acc0[r]);
+            acc1[r] = _mm512_fmadd_ps(av, b1, acc1[r]);
+        }
+    }
+    for r in 0..R {
+        let cp = c.add(r * ldc);
+        let (mut u, mut v) = (acc0[r], acc1[r]);
+        if accumulate {
+            u = _mm512_add_ps(u, _mm512_maskz_loadu_ps(m0, cp));
+            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m1, cp.add(16)));
+        }
+        _mm512_mask_storeu_ps(cp, m0, u);
+        _mm512_mask_storeu_ps(cp.add(16), m1, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kit::gradcheck::random;
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn matches_naive_product_with_tails_strides_and_accumulate() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            eprintln!("no AVX-512 here: nothing to test");
+            return;
+        }
+        for (m, n, k) in [(8, 32, 5), (13, 47, 9), (1, 1, 1), (32, 784, 288), (3, 17, 64), (9, 33, 0)] {
+            let a = random(&[m * k], 1).data;
+            let at: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect(); // [k, m]
+            let ldb = n + 3;
+            let b = random(&[k.max(1) * ldb], 2).data;
+            let ldc = n + 1;
+            let mut want = vec![0.0f64; m * n];
+            for i in 0..m {
+                for j in 0..n {
+                    want[i * n + j] = (0..k).map(|p| a[i * k + p] as f64 * b[p * ldb + j] as f64).sum();
+                }
+            }
+            for (view, acc) in [(StridedA { data: &a, rs: k, cs: 1 }, false), (StridedA { data: &at, rs: 1, cs: m }, true)] {
+                let mut c = vec![0.5f32; m * ldc];
+                gemm(m, n, k, view, &b, ldb, &mut c, ldc, acc);
+                for i in 0..m {
+                    for j in 0..ldc {
+                        let got = c[i * ldc + j] as f64;
+                        let exp = if j < n { want[i * n + j] + if acc { 0.5 } else { 0.0 } } else { 0.5 };
+                        assert!((got - exp).abs() < 1e-4 * (1.0 + exp.abs()), "{m}x{n}x{k} acc {acc} at ({i}, {j}): {got} vs {exp}");
+                    }
+                }
+            }
+        }
+    }
+}
