@@ -395,9 +395,18 @@ pub fn not_found(kind: PluginKind, name: RStr<'_>) -> PluginError {
 /// latent_sdk::export_plugins!(objectives: [SimClr], encoders: [], augmentations: []);
 /// ```
 /// The crate needs `abi_stable` as a dependency too (its root-module attribute names it).
+///
+/// The root module is a `#[no_mangle]` symbol, so two plugin crates linked as rlibs into one
+/// binary would clash. A binary that links several (a benchmark comparing in-process and
+/// loaded plugins) builds with `RUSTFLAGS="--cfg latent_in_process"`, which leaves the export
+/// out; the plugin types stay usable through [`new_objective`] and friends.
 #[macro_export]
 macro_rules! export_plugins {
     (objectives: [$($o:ty),* $(,)?], encoders: [$($e:ty),* $(,)?], augmentations: [$($a:ty),* $(,)?] $(,)?) => {
+        #[allow(unexpected_cfgs, dead_code, unused_imports)]
+        mod __latent_export {
+        use super::*;
+        #[cfg(not(latent_in_process))]
         #[::abi_stable::export_root_module]
         pub fn __latent_root_module() -> $crate::abi::PluginLibRef {
             use ::abi_stable::prefix_type::PrefixTypeTrait;
@@ -446,6 +455,7 @@ macro_rules! export_plugins {
             $( if name.as_str() == <$a as $crate::plugin::Plugin>::NAME { return $crate::plugin::new_augmentation::<$a>(config, ctx); } )*
             let _ = (config, ctx);
             ::abi_stable::std_types::RErr($crate::plugin::not_found($crate::abi::PluginKind::Augmentation, name))
+        }
         }
     };
 }
