@@ -210,9 +210,22 @@ fn im2col(x: &[f32], nb: usize, grp: usize, g: &Geom, cols: &mut [f32]) {
                 let row = (ci * g.kh + ki) * g.kw + kj;
                 let dst = &mut cols[row * width..(row + 1) * width];
                 let (xlo, xhi) = valid_range(kj, g.pad, g.s, g.w, g.ow);
+                let (ylo, yhi) = valid_range(ki, g.pad, g.s, g.h, g.oh);
                 for i in 0..nb {
                     let src = &x[(i * g.c + cin) * plane..][..plane];
                     let d = &mut dst[i * p..(i + 1) * p];
+                    if same_size(g) {
+                        // one flat copy of the shifted plane, then zero the wrapped edge columns
+                        d[..ylo * g.ow].fill(0.0);
+                        d[yhi * g.ow..].fill(0.0);
+                        if let Some((t0, t1, s0)) = flat_span(g, ki, kj, (xlo, xhi), (ylo, yhi)) {
+                            d[t0..t1].copy_from_slice(&src[s0..s0 + t1 - t0]);
+                            zero_edges(d, g.ow, (xlo, xhi), (ylo, yhi));
+                        } else {
+                            d[ylo * g.ow..yhi * g.ow].fill(0.0);
+                        }
+                        continue;
+                    }
                     for oy in 0..g.oh {
                         let drow = &mut d[oy * g.ow..(oy + 1) * g.ow];
                         let iy = (oy * g.s + ki) as isize - g.pad as isize;
@@ -241,8 +254,34 @@ fn im2col(x: &[f32], nb: usize, grp: usize, g: &Geom, cols: &mut [f32]) {
     }
 }
 
-/// Adds `cols [K, nb·P]` back onto the images of `dx` (the adjoint of [`im2col`]).
-fn col2im(cols: &[f32], nb: usize, grp: usize, g: &Geom, dx: &mut [f32]) {
+/// Stride 1 with "same" padding: output and input planes have one shape, so a kernel offset
+/// is one flat shift of the plane.
+fn same_size(g: &Geom) -> bool {
+    g.s == 1 && g.oh == g.h && g.ow == g.w
+}
+
+/// For [`same_size`]: the output span `t0..t1` covering the valid rows and columns, and the
+/// input index `s0` of `t0`; None when nothing is valid.
+fn flat_span(g: &Geom, ki: usize, kj: usize, (xlo, xhi): (usize, usize), (ylo, yhi): (usize, usize)) -> Option<(usize, usize, usize)> {
+    if xhi == xlo || yhi == ylo {
+        return None;
+    }
+    let (t0, t1) = (ylo * g.ow + xlo, (yhi - 1) * g.ow + xhi);
+    let s0 = ((ylo + ki) * g.w + xlo + kj) - (g.pad * g.w + g.pad);
+    Some((t0, t1, s0))
+}
+
+/// Zeroes the columns outside `xlo..xhi` of rows `ylo..yhi` of a `[.., ow]` plane.
+fn zero_edges(d: &mut [f32], ow: usize, (xlo, xhi): (usize, usize), (ylo, yhi): (usize, usize)) {
+    for oy in ylo..yhi {
+        d[oy * ow..oy * ow + xlo].fill(0.0);
+        d[oy * ow + xhi..(oy + 1) * ow].fill(0.0);
+    }
+}
+
+/// Adds `cols [K, nb·P]` back onto the images of `dx` (the adjoint of [`im2col`]); `cols` is
+/// scratch and may be changed.
+fn col2im(cols: &mut [f32], nb: usize, grp: usize, g: &Geom, dx: &mut [f32]) {
     let (p, width) = (g.p(), nb * g.p());
     let plane = g.h * g.w;
     for ci in 0..g.cg() {
@@ -250,11 +289,22 @@ fn col2im(cols: &[f32], nb: usize, grp: usize, g: &Geom, dx: &mut [f32]) {
         for ki in 0..g.kh {
             for kj in 0..g.kw {
                 let row = (ci * g.kh + ki) * g.kw + kj;
-                let src = &cols[row * width..(row + 1) * width];
+                let src = &mut cols[row * width..(row + 1) * width];
                 let (xlo, xhi) = valid_range(kj, g.pad, g.s, g.w, g.ow);
+                let (ylo, yhi) = valid_range(ki, g.pad, g.s, g.h, g.oh);
                 for i in 0..nb {
                     let dst = &mut dx[(i * g.c + cin) * plane..][..plane];
-                    let s = &src[i * p..(i + 1) * p];
+                    let s = &mut src[i * p..(i + 1) * p];
+                    if same_size(g) {
+                        // zero the wrapped edge columns, then one flat add of the shifted plane
+                        if let Some((t0, t1, s0)) = flat_span(g, ki, kj, (xlo, xhi), (ylo, yhi)) {
+                            zero_edges(s, g.ow, (xlo, xhi), (ylo, yhi));
+                            for (a, b) in dst[s0..s0 + t1 - t0].iter_mut().zip(&s[t0..t1]) {
+                                *a += b;
+                            }
+                        }
+                        continue;
+                    }
                     for oy in 0..g.oh {
                         let iy = (oy * g.s + ki) as isize - g.pad as isize;
                         if iy < 0 || iy >= g.h as isize {
@@ -292,9 +342,16 @@ fn acc_dw(transposed: bool, cols: &[f32], k: usize, dyg: Mat, dyt: &mut Vec<f32>
         return;
     }
     let t = resize(dyt, width * og);
-    for (oc, row) in dyg.data.chunks_exact(width).enumerate() {
-        for (col, &v) in row.iter().enumerate() {
-            t[col * og + oc] = v;
+    // transposed in 16x16 blocks
+    const B: usize = 16;
+    for o0 in (0..og).step_by(B) {
+        for c0 in (0..width).step_by(B) {
+            for oc in o0..(o0 + B).min(og) {
+                let row = &dyg.data[oc * width..(oc + 1) * width];
+                for col in c0..(c0 + B).min(width) {
+                    t[col * og + oc] = row[col];
+                }
+            }
         }
     }
     let a = super::simd_gemm::StridedA { data: cols, rs: width, cs: 1 };
