@@ -32,7 +32,7 @@ pub fn mnist_5k() -> Result<Splits> {
     let classes: Vec<String> = (0..10).map(|d| d.to_string()).collect();
     let empty = |split: &str| Dataset { name: format!("mnist-5k/{split}"), shape: [1, 28, 28], classes: classes.clone(), ..Default::default() };
     // rows[label] = the class's images in file order
-    let mut rows: Vec<Vec<Vec<u8>>> = vec![Vec::with_capacity(500); 10];
+    let mut rows: Vec<Vec<Vec<u8>>> = (0..10).map(|_| Vec::with_capacity(500)).collect();
     for (line_no, line) in text.lines().enumerate() {
         let mut pixels = Vec::with_capacity(785);
         for v in line.split(',') {

@@ -83,7 +83,7 @@ pub fn read_folder(dir: &Path, classes: Option<&[String]>, name: &str, skip_bad:
         let mut found = Vec::new();
         images_under(folder, &mut found)?;
         ensure!(!found.is_empty(), "class folder {} holds no images (.png, .jpg, .jpeg)", folder.display());
-        labels.extend(std::iter::repeat(label as i64).take(found.len()));
+        labels.extend(vec![label as i64; found.len()]);
         files.extend(found);
     }
     let (mut d, _) = decode_all(&files, &labels, name, skip_bad)?;

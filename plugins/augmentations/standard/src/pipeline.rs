@@ -257,7 +257,7 @@ mod tests {
         assert_eq!(p.apply(&x, [3, 5, 6], 1).unwrap(), x);
         let p = build(r#"{"preset": "none", "size": 3, "normalize": {"mean": [0.5], "std": [0.5]}}"#).unwrap();
         assert_eq!(p.output_shape([1, 6, 6]).unwrap(), [1, 3, 3]);
-        let y = p.apply(&vec![1.0; 36], [1, 6, 6], 0).unwrap();
+        let y = p.apply(&[1.0; 36], [1, 6, 6], 0).unwrap();
         assert!(y.iter().all(|v| (v - 1.0).abs() < 1e-5));
     }
 
