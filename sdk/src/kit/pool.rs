@@ -70,8 +70,8 @@ impl Layer for MaxPool2d {
                                 continue;
                             }
                             let idx = iy as usize * w + ix as usize;
-                            // `!(v <= best)` also takes a NaN, which then propagates as in PyTorch
-                            if at == u32::MAX || !(src[idx] <= best) {
+                            // a NaN is taken, and then propagates as in PyTorch
+                            if at == u32::MAX || src[idx] > best || src[idx].is_nan() {
                                 best = src[idx];
                                 at = idx as u32;
                             }
@@ -150,7 +150,7 @@ impl Layer for GlobalAvgPool {
         let inv = 1.0 / s as f32;
         let mut dx = Vec::with_capacity(dy.len() * s);
         for &g in &dy.data {
-            dx.extend(std::iter::repeat(g * inv).take(s));
+            dx.resize(dx.len() + s, g * inv);
         }
         Tensor::new(shape, dx)
     }

@@ -26,6 +26,7 @@ use latent_sdk::prelude::*;
 
 pub mod bn;
 use bn::BnRelu;
+use rayon::prelude::*;
 use std::sync::Arc;
 
 /// The `resnet` config.
@@ -120,6 +121,9 @@ impl ConvBn {
     }
 }
 
+/// Elements per parallel task of the element-wise passes.
+const CHUNK: usize = 1 << 14;
+
 /// conv-BN-ReLU-conv-BN plus shortcut, then ReLU.
 struct BasicBlock {
     a: ConvBn,
@@ -144,15 +148,18 @@ impl BasicBlock {
         let add = sc.as_ref().unwrap_or(x);
         // y = ReLU(y + shortcut), keeping the mask
         self.mask.clear();
+        self.mask.resize(if train { y.len() } else { 0 }, false);
+        let pairs = y.data.par_chunks_mut(CHUNK).zip(add.data.par_chunks(CHUNK));
         if train {
-            self.mask.reserve(y.len());
-        }
-        for (v, &r) in y.data.iter_mut().zip(&add.data) {
-            let z = *v + r;
-            if train {
-                self.mask.push(z > 0.0);
-            }
-            *v = z.max(0.0);
+            pairs.zip(self.mask.par_chunks_mut(CHUNK)).for_each(|((v, r), m)| {
+                for ((v, &r), m) in v.iter_mut().zip(r).zip(m) {
+                    let z = *v + r;
+                    *m = z > 0.0;
+                    *v = z.max(0.0);
+                }
+            });
+        } else {
+            pairs.for_each(|(v, r)| v.iter_mut().zip(r).for_each(|(v, &r)| *v = (*v + r).max(0.0)));
         }
         y
     }
@@ -160,14 +167,18 @@ impl BasicBlock {
     /// The residual by hand: d/dx of `main(x) + shortcut(x)` is the sum of both paths' gradients.
     fn backward(&mut self, mut g: Tensor) -> Tensor {
         assert_eq!(g.len(), self.mask.len(), "basic block backward: gradient length");
-        g.data.iter_mut().zip(&self.mask).for_each(|(d, &m)| if !m { *d = 0.0 });
-        let dh = self.b.backward(g.clone());
+        g.data.par_chunks_mut(CHUNK).zip(self.mask.par_chunks(CHUNK)).for_each(|(d, m)| {
+            d.iter_mut().zip(m).for_each(|(d, &m)| if !m { *d = 0.0 });
+        });
+        let mut g2 = Tensor::new(g.shape.clone(), vec![0.0; g.len()]);
+        g2.data.par_chunks_mut(CHUNK).zip(g.data.par_chunks(CHUNK)).for_each(|(a, b)| a.copy_from_slice(b));
+        let dh = self.b.backward(g2);
         let mut dx = self.a.backward(dh);
         let ds = match &mut self.shortcut {
             Some(s) => s.backward(g),
             None => g,
         };
-        dx.data.iter_mut().zip(&ds.data).for_each(|(a, b)| *a += b);
+        dx.data.par_chunks_mut(CHUNK).zip(ds.data.par_chunks(CHUNK)).for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
         dx
     }
 
