@@ -62,11 +62,15 @@ pub struct DataConfig {
     pub prefetch: usize,
     /// Skip undecodable images in folders (counted, with a warning) instead of failing.
     pub skip_bad_images: bool,
+    /// Use only the first N training images (0: all), for quick experiments and tests.
+    pub max_train_images: usize,
+    /// Use only the first N test images (0: all).
+    pub max_test_images: usize,
 }
 
 impl Default for DataConfig {
     fn default() -> Self {
-        DataConfig { source: "embedded:mnist-5k".into(), threads: 0, prefetch: 4, skip_bad_images: false }
+        DataConfig { source: "embedded:mnist-5k".into(), threads: 0, prefetch: 4, skip_bad_images: false, max_train_images: 0, max_test_images: 0 }
     }
 }
 
@@ -88,11 +92,14 @@ pub struct TrainConfig {
     pub keep_checkpoints: usize,
     /// Classes per batch for objectives that need labels (P of P x K; 0: batch_size / 4... see docs).
     pub classes_per_batch: usize,
+    /// A plugin call of the training step that has not returned after this many seconds ends
+    /// the run with an error naming it and the last checkpoint (0: no limit). See `watchdog`.
+    pub call_timeout_s: u64,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        TrainConfig { epochs: 10, batch_size: 256, max_steps: 0, seed: 0, checkpoint_every: 0, keep_checkpoints: 3, classes_per_batch: 0 }
+        TrainConfig { epochs: 10, batch_size: 256, max_steps: 0, seed: 0, checkpoint_every: 0, keep_checkpoints: 3, classes_per_batch: 0, call_timeout_s: 600 }
     }
 }
 

@@ -35,7 +35,7 @@ pub fn eval(reg: &Registry, path: &Path, source: Option<&str>, json: bool) -> Re
     if let Some(s) = source {
         cfg.data.source = s.to_string();
     }
-    let splits = data::open_with(&cfg.data.source, &data::OpenOptions { skip_bad: cfg.data.skip_bad_images })?;
+    let splits = crate::train::open_data(&cfg)?;
     let test = splits.test.as_ref().with_context(|| format!("{} has no test split to evaluate on", cfg.data.source))?;
     let mut enc = load_encoder(reg, &cfg, path, splits.train.shape)?;
     let method = format!("{} ({})", cfg.objective.plugin, cfg.encoder.plugin);
@@ -76,7 +76,7 @@ pub fn embed(reg: &Registry, path: &Path, source: Option<&str>, split: &str, out
     if let Some(s) = source {
         cfg.data.source = s.to_string();
     }
-    let splits = data::open_with(&cfg.data.source, &data::OpenOptions { skip_bad: cfg.data.skip_bad_images })?;
+    let splits = crate::train::open_data(&cfg)?;
     let mut parts: Vec<&data::Dataset> = Vec::new();
     match split {
         "train" => parts.push(&splits.train),

@@ -85,6 +85,17 @@ fn prepare_out(out: &Path, resume: bool) -> Result<()> {
     Ok(())
 }
 
+/// Opens the dataset of `cfg.data`, applying its size limits.
+pub fn open_data(cfg: &Config) -> Result<data::Splits> {
+    let mut splits = data::open_with(&cfg.data.source, &data::OpenOptions { skip_bad: cfg.data.skip_bad_images })
+        .with_context(|| format!("config key `data.source` ({})", cfg.data.source))?;
+    splits.train.truncate(cfg.data.max_train_images);
+    if let Some(t) = &mut splits.test {
+        t.truncate(cfg.data.max_test_images);
+    }
+    Ok(splits)
+}
+
 /// Loads the augmentation pipeline of every view.
 pub fn build_views(reg: &Registry, cfg: &Config) -> Result<Vec<Augment>> {
     let ctx = Context { seed: cfg.train.seed, ..Default::default() };
@@ -128,9 +139,11 @@ pub fn run(args: TrainArgs) -> Result<i32> {
     }
     let hash = config_hash(&cfg)?;
     install_sigint();
+    // Plugin calls of this thread that never return end the run (train.call_timeout_s).
+    let _watchdog = crate::watchdog::arm(cfg.train.call_timeout_s, &out);
 
     let reg = Registry::discover(&args.plugin_dirs)?;
-    let splits = data::open_with(&cfg.data.source, &data::OpenOptions { skip_bad: cfg.data.skip_bad_images }).with_context(|| format!("config key `data.source` ({})", cfg.data.source))?;
+    let splits = open_data(&cfg)?;
     let train = Arc::new(splits.train);
     let views = build_views(&reg, &cfg)?;
     let shape = view_shape(&views, train.shape)?;
@@ -224,6 +237,7 @@ pub fn run(args: TrainArgs) -> Result<i32> {
             }
             let batch = batch.with_context(|| format!("loading batch {b} of epoch {epoch}"))?;
             let lr = sched.lr(step);
+            crate::watchdog::set_step(step);
             let res = learner.step(&batch.views, &batch.labels, step, total, lr).with_context(|| {
                 let keep = store.latest().map(|p| p.display().to_string()).unwrap_or_else(|| "none yet".into());
                 format!("training stopped at step {step} (epoch {epoch}); the last good checkpoint is {keep}")
@@ -251,6 +265,8 @@ pub fn run(args: TrainArgs) -> Result<i32> {
             bar.set_position(step);
             bar.set_message(format!("loss {:.4}  {:.0} img/s", res.loss, n_img as f64 / dt));
             if cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0 {
+                // metrics.jsonl holds every step up to the checkpoint, whatever ends the process later
+                log.flush()?;
                 save(&mut learner, step, epoch, b, last_loss)?;
             }
             let stop = args.stop_after.is_some_and(|s| step >= s);

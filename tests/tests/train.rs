@@ -1,0 +1,206 @@
+//! Issues #4 and #6: short training runs through the host with each built-in objective, the
+//! BYOL EMA rule and collapse behaviour, and exact resume.
+
+use latent_host::config::Config;
+use latent_host::learner::Learner;
+use latent_host::plugins::{ParamAccess, Registry};
+use latent_sdk::abi::ParamRole;
+use latent_sdk::kit::Tensor;
+use latent_tests::{latent, plugin_dir, text};
+use serde_json::Value;
+use std::path::Path;
+
+fn config() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/small-mnist.toml").display().to_string()
+}
+
+/// Runs `latent train` on the small config with extra `--set`s; returns the run directory.
+fn train(dir: &Path, sets: &[&str]) -> std::path::PathBuf {
+    let out = dir.join("run");
+    let mut args = vec!["train".to_string(), config(), "--out".into(), out.display().to_string()];
+    for s in sets {
+        args.push("--set".into());
+        args.push(s.to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = latent(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    out
+}
+
+fn records(run: &Path, kind: &str) -> Vec<Value> {
+    latent_host::metrics::read(&run.join("metrics.jsonl")).unwrap().into_iter().filter(|r| r["kind"] == kind).collect()
+}
+
+fn losses(run: &Path) -> Vec<f64> {
+    records(run, "step").iter().map(|r| r["loss"].as_f64().unwrap()).collect()
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+/// (trained, random init) kNN accuracy from eval.json.
+fn knn(run: &Path) -> (f64, f64) {
+    let rep: Value = serde_json::from_str(&std::fs::read_to_string(run.join("eval.json")).unwrap()).unwrap();
+    let acc = |i: usize| rep["rows"][i]["knn"][0][2].as_f64().unwrap();
+    assert_eq!(rep["rows"][1]["method"], "random init");
+    (acc(0), acc(1))
+}
+
+fn assert_loss_falls(run: &Path) {
+    let l = losses(run);
+    let k = (l.len() / 4).max(1);
+    let (first, last) = (mean(&l[..k]), mean(&l[l.len() - k..]));
+    assert!(last < first, "loss did not fall: first {first:.4}, last {last:.4}: {l:?}");
+}
+
+#[test]
+fn simclr_short_run_loss_falls_and_knn_beats_random_init() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = train(dir.path(), &[]);
+    assert_loss_falls(&run);
+    let (trained, random) = knn(&run);
+    assert!(trained > random + 0.03, "SimCLR kNN {trained:.3} vs random init {random:.3}");
+    for f in ["config.toml", "loss.png", "eval.json", "checkpoints/latest"] {
+        assert!(run.join(f).exists(), "{f} missing in the run directory");
+    }
+}
+
+#[test]
+fn byol_short_run_loss_falls_and_knn_beats_random_init() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = train(dir.path(), &["objective.plugin=byol", "optim.lr=0.1"]);
+    assert_loss_falls(&run);
+    let (trained, random) = knn(&run);
+    assert!(trained > random + 0.03, "BYOL kNN {trained:.3} vs random init {random:.3}");
+    let taus: Vec<f64> = records(&run, "step").iter().map(|r| r["tau"].as_f64().unwrap()).collect();
+    assert!(taus[0] >= 0.996 && taus.windows(2).all(|w| w[1] >= w[0]), "τ rises from τ_base: {taus:?}");
+}
+
+#[test]
+fn triplet_short_run_loss_falls_with_class_balanced_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = train(dir.path(), &["objective.plugin=triplet", "objective.config.mining=\"batch-hard\"", "train.classes_per_batch=8", "optim.lr=0.05"]);
+    assert_loss_falls(&run);
+    let (trained, random) = knn(&run);
+    assert!(trained > random, "triplet kNN {trained:.3} vs random init {random:.3}");
+}
+
+fn small_learner(objective: &str, extra: &[&str]) -> Learner {
+    let reg = Registry::discover_in(vec![plugin_dir()]).unwrap();
+    let mut sets = vec![
+        format!("objective.plugin={objective}"),
+        "encoder.plugin=mlp".to_string(),
+        "encoder.config={hidden=[32], out_dim=16}".to_string(),
+    ];
+    sets.extend(extra.iter().map(|s| s.to_string()));
+    let cfg = Config::load(None, &sets).unwrap();
+    Learner::build(&reg, &cfg, [1, 8, 8]).unwrap()
+}
+
+fn images(n: usize, seed: u64) -> Tensor {
+    latent_sdk::kit::gradcheck::random(&[n, 1, 8, 8], seed)
+}
+
+#[test]
+fn byol_target_parameters_move_exactly_by_the_ema_rule() {
+    let mut l = small_learner("byol", &["objective.config.tau_base=0.9"]);
+    let views = [images(16, 1), images(16, 2)];
+    for step in 0..3u64 {
+        let t_before = l.target.as_mut().unwrap().read_params().unwrap();
+        let o_before = l.objective.read_params().unwrap();
+        let out = l.step(&views, &[], step, 10, 0.05).unwrap();
+        // the host's rule in f32: t ← τ·t + (1 − τ)·o, with τ and 1 − τ rounded from f64
+        let (tau, one_minus) = (out.tau as f32, (1.0 - out.tau) as f32);
+        let want_tau = 1.0 - (1.0 - 0.9) * ((std::f64::consts::PI * step as f64 / 10.0).cos() + 1.0) / 2.0;
+        assert!((out.tau - want_tau).abs() < 1e-12, "τ at step {step}: {} vs {want_tau}", out.tau);
+        let online = l.encoder.read_params().unwrap();
+        let target = l.target.as_mut().unwrap().read_params().unwrap();
+        for ((d, (t0, t1)), o) in l.enc_params.iter().zip(t_before.iter().zip(&target)).zip(&online) {
+            if matches!(d.role, ParamRole::Weight | ParamRole::NoDecay) {
+                for i in 0..t1.len() {
+                    assert_eq!(t1.data[i], tau * t0.data[i] + one_minus * o.data[i], "target encoder {} [{i}] at step {step}", d.name);
+                }
+            }
+        }
+        // the objective's target projector follows its online projector the same way
+        let o_after = l.objective.read_params().unwrap();
+        let mut checked = 0;
+        for (i, d) in l.obj_params.iter().enumerate() {
+            if d.role == ParamRole::Target {
+                let src = l.obj_params.iter().position(|p| Some(&p.name) == d.ema_of.as_ref().into_option()).unwrap();
+                for k in 0..o_after[i].len() {
+                    assert_eq!(o_after[i].data[k], tau * o_before[i].data[k] + one_minus * o_after[src].data[k], "{} [{k}]", d.name);
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 2, "BYOL exposes its target projector as Target parameters");
+    }
+}
+
+/// (first, mean of the last three) values of BYOL's collapse metric, and the final loss.
+fn collapse_run(extra: &[&str]) -> (f64, f64, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sets = vec!["objective.plugin=byol", "optim.lr=0.1", "train.epochs=3"];
+    sets.extend_from_slice(extra);
+    let run = train(dir.path(), &sets);
+    let c: Vec<f64> = records(&run, "step").iter().map(|r| r["collapse"].as_f64().unwrap()).collect();
+    let l = losses(&run);
+    (c[0], mean(&c[c.len() - 3..]), l[l.len() - 1])
+}
+
+#[test]
+fn byol_without_predictor_and_with_tau_zero_collapses_and_with_defaults_does_not() {
+    // Measured (small-mnist, 24 steps): no predictor and τ = 0 goes 0.72 → 0.10 with the loss
+    // at 0.015; the defaults go 0.72 → 0.80.
+    let (start, end, loss) = collapse_run(&["objective.config.predictor=false", "objective.config.tau_base=0.0"]);
+    assert!(end < 0.2 && end < start / 4.0, "no predictor, τ = 0: collapse metric {start:.3} → {end:.3} should fall toward 0");
+    assert!(loss < 0.05, "a collapsed BYOL has a near-zero loss, got {loss:.4}");
+    let (start, end, _) = collapse_run(&[]);
+    assert!(end > 0.6 && end > start * 0.9, "defaults: collapse metric {start:.3} → {end:.3} should stay high");
+}
+
+#[test]
+fn resume_gives_the_losses_of_an_uninterrupted_run_bitwise() {
+    let a = tempfile::tempdir().unwrap();
+    let full = train(a.path(), &["train.epochs=2", "objective.plugin=byol"]);
+    let b = tempfile::tempdir().unwrap();
+    let out = b.path().join("run");
+    let o = latent(&["train", &config(), "--out", out.to_str().unwrap(), "--set", "train.epochs=2", "--set", "objective.plugin=byol", "--stop-after", "5"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("resume with: latent train --resume --out"), "{}", text(&o));
+    let o = latent(&["train", "--resume", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let (l_full, l_resumed) = (losses(&full), losses(&out));
+    assert_eq!(l_full.len(), l_resumed.len());
+    assert_eq!(l_full, l_resumed, "resumed losses differ from the uninterrupted run");
+}
+
+#[test]
+fn every_example_config_loads_and_runs_a_step() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/configs");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let f = entry.unwrap().path();
+        if f.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&f).unwrap();
+        if text.contains("/usr/share/datasets/fashion-mnist") && !Path::new("/usr/share/datasets/fashion-mnist").exists() {
+            eprintln!("skipping {}: Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)", f.display());
+            continue;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("run");
+        let o = latent(&[
+            "train", f.to_str().unwrap(), "--out", out.to_str().unwrap(),
+            "--set", "train.batch_size=16", "--set", "data.max_train_images=64", "--set", "data.max_test_images=32",
+            "--stop-after", "1",
+        ]);
+        assert!(o.status.success(), "{}: {}", f.display(), text(&o));
+        n += 1;
+    }
+    assert!(n >= 4, "expected the example configs in {}", dir.display());
+}
