@@ -224,6 +224,9 @@ pub fn run(args: TrainArgs) -> Result<i32> {
         store.save(&Checkpoint { tensors: learner.state_tensors()?, state })
     };
     let test = splits.test.as_ref();
+    if test.is_none() {
+        tracing::info!("{} has no test split: the collapse monitor uses training images and there is no kNN evaluation", cfg.data.source);
+    }
     while step < total {
         let mut epoch_loss = (0.0f64, 0u64);
         let t_epoch = Instant::now();
@@ -289,10 +292,9 @@ pub fn run(args: TrainArgs) -> Result<i32> {
         log.write("epoch", f)?;
         tracing::info!("epoch {epoch}: mean loss {:.4} ({:.1} s)", epoch_loss.0 / epoch_loss.1.max(1) as f64, t_epoch.elapsed().as_secs_f64());
         let next_epoch = if finished_epoch && step < total { epoch + 1 } else { epoch };
-        if cfg.eval.every_epochs > 0 && (epoch + 1) % cfg.eval.every_epochs == 0 && step < total {
-            if let Some(test) = test {
-                online_eval(&mut learner, &cfg, &train, test, epoch, step, &mut log)?;
-            }
+        if step < total {
+            let knn = cfg.eval.every_epochs > 0 && (epoch + 1) % cfg.eval.every_epochs == 0;
+            online_eval(&mut learner, &cfg, &train, test, epoch, step, knn, &mut log)?;
         }
         save(&mut learner, step, next_epoch, 0, last_loss)?;
         epoch = next_epoch;
@@ -305,7 +307,7 @@ pub fn run(args: TrainArgs) -> Result<i32> {
     let mut summary = String::new();
     if let Some(test) = test {
         if !train.labels.is_empty() {
-            online_eval(&mut learner, &cfg, &train, test, epoch, step, &mut log)?;
+            online_eval(&mut learner, &cfg, &train, Some(test), epoch, step, true, &mut log)?;
             let method = format!("{} ({})", cfg.objective.plugin, cfg.encoder.plugin);
             let rep = report::full(&reg, &cfg, &mut learner.encoder, &method, &train, test)?;
             checkpoint::write_atomic(&out.join("eval.json"), serde_json::to_string_pretty(&rep)?.as_bytes())?;
@@ -321,28 +323,40 @@ pub fn run(args: TrainArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// kNN and collapse metrics on the test split, logged as an `eval` record.
-fn online_eval(learner: &mut Learner, cfg: &Config, train: &Dataset, test: &Dataset, epoch: u64, step: u64, log: &mut MetricsLog) -> Result<()> {
-    if train.labels.is_empty() || test.labels.is_empty() {
-        return Ok(());
-    }
-    let (tr, d) = report::features(&mut learner.encoder, train)?;
-    let (te, _) = report::features(&mut learner.encoder, test)?;
-    let classes = report::num_classes(train, test);
+/// The collapse monitor (every epoch: embedding std·√d and effective rank on the test split,
+/// or on up to 1,000 training images without one) and, when `knn`, kNN accuracy on the test
+/// split with the training split as memory bank; logged as an `eval` record.
+#[allow(clippy::too_many_arguments)]
+fn online_eval(learner: &mut Learner, cfg: &Config, train: &Dataset, test: Option<&Dataset>, epoch: u64, step: u64, knn: bool, log: &mut MetricsLog) -> Result<()> {
+    let probe_set = match test {
+        Some(t) => t.clone(),
+        None => {
+            let mut t = train.clone();
+            t.truncate(1000);
+            t
+        }
+    };
+    let (te, d) = report::features(&mut learner.encoder, &probe_set)?;
     let mut f = Map::new();
     f.insert("epoch".into(), json!(epoch));
     f.insert("step".into(), json!(step));
-    let mut line = format!("eval after epoch {epoch}:");
-    for &(k, t) in &cfg.eval.knn {
-        let acc = crate::eval::knn_accuracy(&tr, &train.labels, &te, &test.labels, d, k, t, classes);
-        f.insert(format!("knn_{k}"), json!(acc));
-        line += &format!(" kNN@{k} {:.2}%", acc * 100.0);
-    }
     let std = crate::eval::collapse_std(&te, d);
     let rank = crate::eval::effective_rank(&te, d);
     f.insert("collapse_std".into(), json!(std));
     f.insert("effective_rank".into(), json!(rank));
-    tracing::info!("{line}; embedding std·√d {std:.3}, effective rank {rank:.1}");
+    let mut line = format!("after epoch {epoch}: embedding std·√d {std:.3}, effective rank {rank:.1} (of {d})");
+    if let (true, Some(test)) = (knn, test) {
+        if !train.labels.is_empty() && !test.labels.is_empty() {
+            let (tr, _) = report::features(&mut learner.encoder, train)?;
+            let classes = report::num_classes(train, test);
+            for &(k, t) in &cfg.eval.knn {
+                let acc = crate::eval::knn_accuracy(&tr, &train.labels, &te, &test.labels, d, k, t, classes);
+                f.insert(format!("knn_{k}"), json!(acc));
+                line += &format!("; kNN@{k} {:.2}%", acc * 100.0);
+            }
+        }
+    }
+    tracing::info!("{line}");
     log.write("eval", f)
 }
 
