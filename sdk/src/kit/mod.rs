@@ -7,6 +7,7 @@
 
 pub mod batchnorm;
 pub mod conv;
+pub mod dfdx_conv;
 pub mod gradcheck;
 pub mod linear;
 pub mod ops;
