@@ -1,0 +1,133 @@
+"""Combines the figures bench/run wrote in bench/out/ into bench/out/results.json and prints
+the table (standard library only).
+
+    python3 bench/report.py [OUT_DIR]
+"""
+import json
+import os
+import sys
+
+OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
+
+
+def load(name):
+    path = os.path.join(OUT, name)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def latent_run(run_dir):
+    """Per-epoch training seconds and kNN from a `latent train` run's metrics.jsonl."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return None
+    epochs, evals = {}, {}
+    with open(path) as f:
+        for line in f:
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            if r.get("kind") == "epoch":
+                epochs[r["epoch"]] = r
+            elif r.get("kind") == "eval":
+                evals[r["epoch"]] = r  # the final eval repeats the last epoch's: keep the last
+    per_epoch, cum = [], 0.0
+    for e in sorted(epochs):
+        cum += epochs[e]["seconds"]
+        ev = evals.get(e, {})
+        per_epoch.append({"epoch": e, "seconds": epochs[e]["seconds"], "train_seconds_cum": cum, "loss": epochs[e]["loss"],
+                          "knn_200": ev.get("knn_200"), "knn_20": ev.get("knn_20")})
+    return {"epochs": len(per_epoch), "train_seconds": cum, "knn_200": per_epoch[-1]["knn_200"] if per_epoch else None,
+            "per_epoch": per_epoch}
+
+
+def time_to(per_epoch, target):
+    for e in per_epoch:
+        if e.get("knn_200") is not None and e["knn_200"] >= target - 1e-12:
+            return e["train_seconds_cum"], e["epoch"] + 1
+    return None, None
+
+
+def ratio(a, b):
+    return a / b if a is not None and b not in (None, 0) else None
+
+
+def main():
+    res = {"machine": {"cpus": os.cpu_count(), "load_avg_at_report": os.getloadavg()}, "pairs": {}}
+    meta = load("meta.json")
+    if meta:
+        res["machine"].update(meta)
+    rows = []  # (pair, metric, latent, reference, ratio text, goal text, met)
+
+    sl, st = load("step_latent.json"), load("step_torch.json")
+    if sl and st:
+        r = ratio(sl["views_per_s"], st["views_per_s"])
+        res["pairs"]["1_training_step"] = {"latent": sl, "pytorch": st, "speed_ratio": r, "goal": ">= 1.0", "met": r >= 1.0}
+        rows.append(("1 training step", "views/s", f"{sl['views_per_s']:.0f}", f"{st['views_per_s']:.0f}",
+                     f"{r:.2f}x speed", ">= 1.0x", r >= 1.0))
+    al, ll = load("augment_latent.json"), load("augment_lightly.json")
+    if al and ll:
+        r = ratio(al["views_per_s"], ll["views_per_s"])
+        res["pairs"]["2_augmentation"] = {"latent": al, "lightly": ll, "speed_ratio": r, "goal": ">= 10", "met": r >= 10}
+        rows.append(("2 augmentation (1 core)", "views/s", f"{al['views_per_s']:.0f}", f"{ll['views_per_s']:.0f}",
+                     f"{r:.1f}x speed", ">= 10x", r >= 10))
+    ab = load("abi.json")
+    if ab:
+        p = ab["abi_overhead_pct"]
+        res["pairs"]["3_abi_overhead"] = {**ab, "goal": "<= 2 %", "met": p <= 2.0}
+        rows.append(("3 ABI overhead", "% of a step", f"{ab['median_plugin_s'] * 1e3:.0f} ms",
+                     f"{ab['median_direct_s'] * 1e3:.0f} ms in-process", f"{p:+.2f} %", "<= 2 %", p <= 2.0))
+    mem = {}
+    if sl and st:
+        r = ratio(sl["peak_rss_mib"], st["peak_rss_mib"])
+        mem["step"] = {"latent_mib": sl["peak_rss_mib"], "pytorch_mib": st["peak_rss_mib"], "ratio": r, "met": r <= 1.0}
+        rows.append(("4 peak RSS, step", "MiB", f"{sl['peak_rss_mib']:.0f}", f"{st['peak_rss_mib']:.0f}", f"{r:.2f}x", "<= 1.0x", r <= 1.0))
+    if al and ll:
+        r = ratio(al["peak_rss_mib"], ll["peak_rss_mib"])
+        mem["augmentation"] = {"latent_mib": al["peak_rss_mib"], "lightly_mib": ll["peak_rss_mib"], "ratio": r, "met": r <= 1.0}
+        rows.append(("4 peak RSS, augmentation", "MiB", f"{al['peak_rss_mib']:.0f}", f"{ll['peak_rss_mib']:.0f}", f"{r:.2f}x", "<= 1.0x", r <= 1.0))
+    tl, tp, tproc = latent_run(os.path.join(OUT, "latent-run")), load("train_torch.json"), load("train_latent_process.json")
+    if tl and tp and tl["per_epoch"] and tp["per_epoch"]:
+        tl.update({"process": tproc})
+        r = ratio(tl["train_seconds"], tp["train_seconds"])
+        rows.append((f"5 train {tl['epochs']} epochs", "s (training)", f"{tl['train_seconds']:.1f}", f"{tp['train_seconds']:.1f}",
+                     f"{r:.2f}x time", "-", None))
+        rows.append(("5 final kNN-200 accuracy", "top-1", f"{tl['knn_200']:.4f}", f"{tp['knn_200']:.4f}",
+                     f"{(tl['knn_200'] - tp['knn_200']) * 100:+.1f} pts", "-", None))
+        target = min(tl["knn_200"], tp["knn_200"])
+        (sl_t, el), (sp_t, ep) = time_to(tl["per_epoch"], target), time_to(tp["per_epoch"], target)
+        rt = ratio(sl_t, sp_t)
+        rows.append((f"5 time to kNN {target:.4f}", "s (training)", f"{sl_t:.1f} (ep {el})", f"{sp_t:.1f} (ep {ep})",
+                     f"{rt:.2f}x time", "<= 1.0x", rt <= 1.0))
+        if tproc:
+            mem["train"] = {"latent_mib": tproc["peak_rss_mib"], "pytorch_main_mib": tp["peak_rss_mib"],
+                            "pytorch_workers_max_mib": tp.get("workers_peak_rss_mib")}
+            rows.append(("4 peak RSS, training (info)", "MiB", f"{tproc['peak_rss_mib']:.0f}",
+                         f"{tp['peak_rss_mib']:.0f} + workers", f"{ratio(tproc['peak_rss_mib'], tp['peak_rss_mib']):.2f}x", "-", None))
+        res["pairs"]["5_train_mnist5k"] = {"latent": tl, "pytorch": tp, "train_time_ratio": r, "knn_target": target,
+                                           "latent_seconds_to_target": sl_t, "pytorch_seconds_to_target": sp_t,
+                                           "time_to_target_ratio": rt, "goal": "time to the same kNN <= PyTorch's",
+                                           "met": rt is not None and rt <= 1.0}
+    if mem:
+        res["pairs"]["4_peak_memory"] = {**mem, "goal": "<= PyTorch's / lightly's",
+                                         "met": all(m.get("met", True) for m in mem.values())}
+    res["table"] = [dict(zip(["pair", "unit", "latent", "reference", "ratio", "goal", "met"], r)) for r in rows]
+    with open(os.path.join(OUT, "results.json"), "w") as f:
+        json.dump(res, f, indent=2)
+
+    heads = ("pair", "unit", "latent", "reference", "ratio", "goal", "met")
+    cells = [[str(c) for c in r[:6]] + ["yes" if r[6] else ("no" if r[6] is not None else "")] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(heads)]
+    line = lambda cs: "| " + " | ".join(c.ljust(w) for c, w in zip(cs, widths)) + " |"
+    print(line(heads))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for c in cells:
+        print(line(c))
+    print(f"\nfigures: {os.path.join(OUT, 'results.json')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+//! One SimCLR training step of the benchmark spec (/work/shared/bench-spec.md), timed.
+//!
+//! ```text
+//! step --mode plugin [--steps 5] [--batch 256] [--json FILE] [--plugin-dir DIR]
+//!     pairs 1 and 4: the real host `Learner` over plugins loaded from the built libraries;
+//!     one warm-up step, then the median of --steps; views/s = 2·batch / median; peak RSS
+//! step --mode abi [--steps 5] ...
+//!     pair 3: three learners with identical weights, stepped in turn (A B C A B C ...) so that
+//!     machine noise hits all three alike:
+//!       A  plugin     Learner::step, encoder and objective loaded from the cdylibs
+//!       B  handles    Learner::step, the same ABI objects built in-process
+//!                     (latent_sdk::plugin::new_encoder::<ResNet>, ...) - no dynamic loading
+//!       C  direct     the same step written against the author-side structs through their
+//!                     EncoderPlugin / ObjectivePlugin traits: no ABI objects, no descriptor
+//!                     conversions, no host-side checks, parameters updated in place by the
+//!                     host's own Optimizer (no read/write/take of parameter copies)
+//!     ABI overhead = (A − C) / A per round, median over rounds; A − B isolates dynamic loading.
+//! ```
+//! Inputs are fixed tensors (2 views of `batch` random 1x28x28 images), the learning rate is
+//! constant 0.06, so every step does the same work.
+
+use anyhow::{ensure, Result};
+use latent_bench::*;
+use latent_host::learner::{concat, split, Learner};
+use latent_host::optim::Optimizer;
+use latent_host::plugins::{Encoder, Objective};
+use latent_plugin_resnet::ResNet;
+use latent_plugin_simclr::SimClr;
+use latent_sdk::abi::{Context, PluginKind};
+use latent_sdk::kit::{Module, Tensor};
+use latent_sdk::plugin::{EncoderPlugin, ObjectiveBatch, ObjectivePlugin, Plugin};
+use serde_json::json;
+use std::time::Instant;
+
+const SHAPE: [usize; 3] = [1, 28, 28];
+
+fn time<T>(f: impl FnOnce() -> Result<T>) -> Result<(f64, T)> {
+    let t = Instant::now();
+    let v = f()?;
+    Ok((t.elapsed().as_secs_f64(), v))
+}
+
+/// B: the Learner over ABI objects built in-process from the linked plugin crates.
+fn in_process_learner(cfg: &latent_host::config::Config) -> Result<Learner> {
+    let enc_json = json!({"preset": "resnet-mini", "in_channels": SHAPE[0]}).to_string();
+    let obj_json = json!({"input_dim": 128, "hidden_dim": 256, "output_dim": 128, "temperature": 0.5}).to_string();
+    // the seeds Learner::build uses: train.seed for the encoder, train.seed + 1 for the objective
+    let ctx_e = Context { seed: cfg.train.seed, ..Default::default() };
+    let ctx_o = Context { seed: cfg.train.seed.wrapping_add(1), ..Default::default() };
+    let enc_box = latent_sdk::plugin::new_encoder::<ResNet>(enc_json.as_str().into(), &ctx_e).into_result()?;
+    let obj_box = latent_sdk::plugin::new_objective::<SimClr>(obj_json.as_str().into(), &ctx_o).into_result()?;
+    let mut encoder = Encoder::new("resnet", enc_box);
+    let feat_dim = encoder.out_dim(SHAPE)?;
+    let manifest = latent_sdk::plugin::manifest::<SimClr>(PluginKind::Objective, env!("CARGO_PKG_VERSION"), false, false);
+    let mut objective = Objective::new(manifest, obj_box);
+    let enc_params = latent_host::plugins::ParamAccess::params(&mut encoder)?;
+    let obj_params = latent_host::plugins::ParamAccess::params(&mut objective)?;
+    Ok(Learner { encoder, objective, target: None, optim: Optimizer::new(cfg.optim.clone())?, enc_params, obj_params, input_shape: SHAPE, feat_dim })
+}
+
+/// C: the author-side structs, called through their traits, updated in place.
+struct Direct {
+    enc: ResNet,
+    obj: SimClr,
+    optim: Optimizer,
+}
+
+impl Direct {
+    fn new(cfg: &latent_host::config::Config) -> Result<Direct> {
+        let ctx_e = Context { seed: cfg.train.seed, ..Default::default() };
+        let ctx_o = Context { seed: cfg.train.seed.wrapping_add(1), ..Default::default() };
+        let mut enc = ResNet::new(latent_plugin_resnet::Config { preset: "resnet-mini".into(), in_channels: SHAPE[0], ..Default::default() }, &ctx_e)?;
+        enc.out_dim(SHAPE)?;
+        let obj = SimClr::new(
+            latent_plugin_simclr::Config { input_dim: 128, hidden_dim: 256, output_dim: 128, temperature: 0.5, ..Default::default() },
+            &ctx_o,
+        )?;
+        Ok(Direct { enc, obj, optim: Optimizer::new(cfg.optim.clone())? })
+    }
+
+    fn step(&mut self, views: &[Tensor], step: u64, total: u64, lr: f64) -> Result<f32> {
+        let x = concat(views)?;
+        let feats = self.enc.forward(x, true)?;
+        let hs = split(&feats, views.len());
+        let res = self.obj.compute(ObjectiveBatch { views: hs, targets: vec![], labels: vec![], step, total_steps: total, train: true })?;
+        self.enc.backward(concat(&res.grads)?)?;
+        self.optim.begin_step();
+        let optim = &mut self.optim;
+        let mut upd = |prefix: &str, m: &mut dyn Module| {
+            m.visit_params(&mut |p| {
+                if p.trainable() {
+                    optim.update(&format!("{prefix}.{}", p.name), p.role, &mut p.value, &p.grad, lr);
+                    p.grad.iter_mut().for_each(|g| *g = 0.0);
+                }
+            })
+        };
+        upd("encoder", &mut self.enc);
+        upd("objective", &mut self.obj);
+        Ok(res.loss)
+    }
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let mode: String = arg(&args, "--mode", "plugin".to_string())?;
+    let steps: usize = arg(&args, "--steps", 5)?;
+    let batch: usize = arg(&args, "--batch", 256)?;
+    ensure!(steps >= 1, "--steps must be at least 1");
+    let cfg = spec_config();
+    let views = fixed_views(batch, SHAPE);
+    let lr = cfg.optim.lr;
+    let total = (steps + 1) as u64;
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into());
+
+    match mode.as_str() {
+        "plugin" => {
+            let reg = registry(plugin_dir(&args)?)?;
+            let mut l = Learner::build(&reg, &cfg, SHAPE)?;
+            let (warm, first) = time(|| l.step(&views, &[], 0, total, lr))?;
+            let mut times = Vec::new();
+            let mut losses = vec![first.loss];
+            for s in 0..steps {
+                let (t, o) = time(|| l.step(&views, &[], s as u64 + 1, total, lr))?;
+                times.push(t);
+                losses.push(o.loss);
+            }
+            let med = median(&times);
+            emit(
+                &args,
+                &json!({
+                    "side": "latent", "what": "SimCLR training step, plugins loaded from the built libraries (host Learner)",
+                    "batch": batch, "views_per_step": 2 * batch, "input": SHAPE, "rayon_threads": threads,
+                    "warmup_s": warm, "step_s": times, "median_step_s": med, "views_per_s": (2 * batch) as f64 / med,
+                    "losses": losses, "peak_rss_mib": peak_rss_mib(),
+                }),
+            )
+        }
+        "abi" => {
+            let reg = registry(plugin_dir(&args)?)?;
+            let mut a = Learner::build(&reg, &cfg, SHAPE)?;
+            let mut b = in_process_learner(&cfg)?;
+            let mut c = Direct::new(&cfg)?;
+            // warm-up, and a check that the three do the same work: same initial weights, same loss
+            let la = a.step(&views, &[], 0, total, lr)?.loss;
+            let lb = b.step(&views, &[], 0, total, lr)?.loss;
+            let lc = c.step(&views, 0, total, lr)?;
+            ensure!(la == lb && (la - lc).abs() <= 1e-5 * la.abs().max(1.0), "the three variants disagree on the first loss: {la} {lb} {lc}");
+            let (mut ta, mut tb, mut tc) = (Vec::new(), Vec::new(), Vec::new());
+            let mut last = (0.0, 0.0, 0.0);
+            for s in 0..steps {
+                let s1 = s as u64 + 1;
+                let (t, oa) = time(|| a.step(&views, &[], s1, total, lr))?;
+                ta.push(t);
+                let (t, ob) = time(|| b.step(&views, &[], s1, total, lr))?;
+                tb.push(t);
+                let (t, oc) = time(|| c.step(&views, s1, total, lr))?;
+                tc.push(t);
+                last = (oa.loss, ob.loss, oc);
+            }
+            let paired = |x: &[f64], y: &[f64]| median(&x.iter().zip(y).map(|(x, y)| (x - y) / x * 100.0).collect::<Vec<_>>());
+            let (ma, mb, mc) = (median(&ta), median(&tb), median(&tc));
+            emit(
+                &args,
+                &json!({
+                    "what": "ABI overhead: the same SimCLR step through loaded plugins (A), in-process ABI handles (B), direct trait calls (C), interleaved",
+                    "batch": batch, "rounds": steps, "rayon_threads": threads,
+                    "first_loss": [la, lb, lc], "last_loss": [last.0, last.1, last.2],
+                    "plugin_step_s": ta, "handles_step_s": tb, "direct_step_s": tc,
+                    "median_plugin_s": ma, "median_handles_s": mb, "median_direct_s": mc,
+                    "abi_overhead_pct": paired(&ta, &tc),
+                    "abi_overhead_ms": (ma - mc) * 1e3,
+                    "dynamic_loading_pct": paired(&ta, &tb),
+                    "boundary_protocol_pct": paired(&tb, &tc),
+                }),
+            )
+        }
+        other => anyhow::bail!("--mode must be plugin or abi, got {other:?}"),
+    }
+}
