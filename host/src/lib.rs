@@ -22,3 +22,4 @@ pub mod plot;
 pub mod report;
 pub mod plugins;
 pub mod train;
+pub mod watchdog;

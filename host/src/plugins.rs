@@ -265,16 +265,20 @@ macro_rules! param_access {
                 &self.name
             }
             fn params(&mut self) -> Result<Vec<ParamDesc>> {
+                let _w = crate::watchdog::enter(&self.name, "params");
                 pres(self.obj.params()).map(RVec::into_vec)
             }
             fn read_params(&mut self) -> Result<Vec<Tensor>> {
+                let _w = crate::watchdog::enter(&self.name, "read_params");
                 let v = pres(self.obj.read_params())?;
                 v.into_iter().map(|d| to_tensor(&self.name, "read_params", d)).collect()
             }
             fn write_params(&mut self, values: Vec<Tensor>) -> Result<()> {
+                let _w = crate::watchdog::enter(&self.name, "write_params");
                 pres(self.obj.write_params(values.into_iter().map(Tensor::into_desc).collect()))
             }
             fn take_grads(&mut self) -> Result<Vec<Tensor>> {
+                let _w = crate::watchdog::enter(&self.name, "take_grads");
                 let v = pres(self.obj.take_grads())?;
                 let g: Vec<Tensor> = v.into_iter().map(|d| to_tensor(&self.name, "take_grads", d)).collect::<Result<_>>()?;
                 for t in &g {
@@ -308,7 +312,10 @@ impl Encoder {
     /// Forward; checks that `[N, D]` comes back with finite values.
     pub fn forward(&mut self, images: Tensor, train: bool) -> Result<Tensor> {
         let n = images.shape[0];
-        let y = to_tensor(&self.name, "forward", pres(self.obj.forward(images.into_desc(), train))?)?;
+        let w = crate::watchdog::enter(&self.name, "forward");
+        let y = pres(self.obj.forward(images.into_desc(), train));
+        drop(w);
+        let y = to_tensor(&self.name, "forward", y?)?;
         if y.shape.len() != 2 || y.shape[0] != n {
             bail!("plugin '{}' returned features of shape {:?} from `forward`, expected [{n}, D]", self.name, y.shape);
         }
@@ -318,6 +325,7 @@ impl Encoder {
 
     /// Backward.
     pub fn backward(&mut self, grad: Tensor) -> Result<()> {
+        let _w = crate::watchdog::enter(&self.name, "backward");
         pres(self.obj.backward(grad.into_desc()))
     }
 }
@@ -360,7 +368,10 @@ impl Objective {
             total_steps: total,
             train,
         };
-        let out = pres(self.obj.compute(input))?;
+        let w = crate::watchdog::enter(&self.name, "compute");
+        let out = pres(self.obj.compute(input));
+        drop(w);
+        let out = out?;
         if !out.loss.is_finite() {
             bail!("plugin '{}' returned a non-finite loss ({}) from `compute` at step {step}", self.name, out.loss);
         }
