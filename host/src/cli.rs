@@ -73,6 +73,20 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Write a plugin crate skeleton (Cargo.toml, src/lib.rs, README.md) that builds, loads and trains as it is
+    NewPlugin {
+        /// objective, encoder or augmentation
+        #[arg(long, value_enum)]
+        kind: crate::new_plugin::Kind,
+        /// Plugin name (lowercase, digits, dashes), e.g. my-first-loss
+        name: String,
+        /// Parent directory: the crate is written to DIR/NAME (default: the current directory)
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The sdk/ directory of a latent checkout (default: the one this binary was built from)
+        #[arg(long)]
+        sdk_path: Option<PathBuf>,
+    },
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -115,6 +129,9 @@ fn run(cli: Cli) -> Result<i32> {
             let (n, d) = crate::evaluate::embed(&reg, &checkpoint, data.as_deref(), &split, &out)?;
             println!("wrote {n} x {d} features to {}", out.display());
             Ok(0)
+        }
+        Command::NewPlugin { kind, name, dir, sdk_path } => {
+            crate::new_plugin::run(crate::new_plugin::NewPluginArgs { kind, name, dir, sdk_path })
         }
     }
 }

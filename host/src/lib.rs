@@ -17,6 +17,7 @@ pub mod eval;
 pub mod evaluate;
 pub mod learner;
 pub mod metrics;
+pub mod new_plugin;
 pub mod optim;
 pub mod plot;
 pub mod report;
