@@ -226,26 +226,23 @@ fn im2col(x: &[f32], nb: usize, grp: usize, g: &Geom, cols: &mut [f32]) {
                         }
                         continue;
                     }
-                    for oy in 0..g.oh {
-                        let drow = &mut d[oy * g.ow..(oy + 1) * g.ow];
-                        let iy = (oy * g.s + ki) as isize - g.pad as isize;
-                        if iy < 0 || iy >= g.h as isize {
-                            drow.fill(0.0);
-                            continue;
-                        }
-                        let srow = &src[iy as usize * g.w..][..g.w];
+                    // rows outside ylo..yhi read only padding
+                    d[..ylo * g.ow].fill(0.0);
+                    d[yhi * g.ow..].fill(0.0);
+                    let n = xhi - xlo;
+                    for (oy, drow) in d.chunks_exact_mut(g.ow).enumerate().take(yhi).skip(ylo) {
                         drow[..xlo].fill(0.0);
                         drow[xhi..].fill(0.0);
-                        if xhi == xlo {
+                        if n == 0 {
                             continue;
                         }
-                        let x0 = xlo * g.s + kj - g.pad;
-                        if g.s == 1 {
-                            drow[xlo..xhi].copy_from_slice(&srow[x0..x0 + xhi - xlo]);
-                        } else {
-                            for (d, v) in drow[xlo..xhi].iter_mut().zip(srow[x0..].iter().step_by(g.s)) {
-                                *d = *v;
-                            }
+                        let iy = oy * g.s + ki - g.pad;
+                        let x0 = iy * g.w + xlo * g.s + kj - g.pad;
+                        let srow = &src[x0..x0 + (n - 1) * g.s + 1];
+                        match g.s {
+                            1 => drow[xlo..xhi].copy_from_slice(srow),
+                            2 => drow[xlo..xhi].iter_mut().zip(srow.chunks(2)).for_each(|(d, v)| *d = v[0]),
+                            s => drow[xlo..xhi].iter_mut().enumerate().for_each(|(t, d)| *d = srow[t * s]),
                         }
                     }
                 }
