@@ -145,8 +145,22 @@ impl Default for Config {
 fn parse_value(s: &str) -> toml::Value {
     let doc = format!("v = {s}");
     match doc.parse::<toml::Table>() {
-        Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(s.into())),
+        // `nan` / `inf` stay words (`fault=nan`): a plugin config is JSON, which has no such number.
+        Ok(mut t) => match t.remove("v") {
+            Some(toml::Value::Float(f)) if !f.is_finite() => toml::Value::String(s.to_string()),
+            v => v.unwrap_or(toml::Value::String(s.into())),
+        },
         Err(_) => toml::Value::String(s.to_string()),
+    }
+}
+
+/// The path (`.a[2].b`) of the first null inside `v`.
+fn find_null(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::Null => Some(String::new()),
+        serde_json::Value::Array(a) => a.iter().enumerate().find_map(|(i, x)| find_null(x).map(|p| format!("[{i}]{p}"))),
+        serde_json::Value::Object(o) => o.iter().find_map(|(k, x)| find_null(x).map(|p| format!(".{k}{p}"))),
+        _ => None,
     }
 }
 
@@ -223,6 +237,13 @@ impl Config {
 
     /// Checks values that serde cannot.
     pub fn validate(&self) -> Result<()> {
+        // TOML has no null: a null in a plugin config was a nan or inf, which JSON cannot carry.
+        let plugins = [("encoder".to_string(), &self.encoder), ("objective".to_string(), &self.objective)];
+        for (key, pc) in plugins.into_iter().chain(self.augment.iter().enumerate().map(|(i, a)| (format!("augment[{i}]"), a))) {
+            if let Some(at) = find_null(&pc.config) {
+                bail!("key `{key}.config{at}`: nan and inf cannot be passed to a plugin (its config crosses as JSON)");
+            }
+        }
         if self.device != "cpu" {
             bail!("device {:?} is not available: this build runs on the cpu only (device = \"cpu\")", self.device);
         }
