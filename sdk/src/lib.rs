@@ -10,33 +10,22 @@
 //! - [`plugin`] and [`kit`]: compiled into each plugin, never crossing. [`plugin`] holds the
 //!   traits an author implements ([`plugin::ObjectivePlugin`], [`plugin::EncoderPlugin`],
 //!   [`plugin::AugmentationPlugin`]) and the wrappers that catch panics at the boundary;
-//!   [`kit`] holds runtime-shaped layers (Linear, BatchNorm, ReLU, ...) with hand-written
-//!   backward and finite-difference checks.
+//!   [`kit`] holds runtime-shaped layers ([`kit::Linear`], [`kit::BatchNorm`], [`kit::Relu`],
+//!   [`kit::Conv2d`], pooling, [`kit::Sequential`]) with hand-written backward, named parameters
+//!   ([`kit::Param`], [`kit::Init`]) and finite-difference checks ([`kit::gradcheck`]).
 //!
-//! ## The contract, Caffe-style
-//! - An **encoder** does `forward(images [N,C,H,W], train) -> features [N,D]` and
-//!   `backward(d loss / d features)`, accumulating parameter gradients.
-//! - An **objective** receives the online embeddings of each view (plus target-network
-//!   embeddings and labels when its manifest asks), runs its heads, and returns the loss,
-//!   d loss / d embeddings, named metrics, and the EMA rate τ for the target network.
-//! - Both expose their parameters as named buffers with roles ([`abi::ParamRole`]): trained
-//!   with or without weight decay, buffers (batch-norm statistics), or EMA targets of a named
-//!   online parameter. One optimizer, one EMA rule and one checkpoint writer in the host
-//!   serve every plugin.
-//! - An **augmentation** is a pure function of (image, seed), shared by loader threads.
+//! An author writes plain Rust against [`plugin`] and [`kit`] and never touches [`abi`]: one
+//! line, [`export_plugins!`], turns the plugin types into the library's root module.
+//! `latent new-plugin --kind objective|encoder|augmentation NAME` writes a crate that builds,
+//! loads and trains as it is; `docs/TUTORIAL.md` walks through it, and `examples/` holds one
+//! complete plugin of each kind (Barlow Twins, a small CNN, cutout).
 //!
-//! ## Ownership, threads, errors
-//! Tensors cross by value: the receiver owns the buffer. The host calls an encoder or
-//! objective from one thread at a time (`Send`); augmentations are `Send + Sync` and are called
-//! from many loader threads at once. Every call runs under `catch_unwind` in the SDK wrapper; a
-//! panic becomes [`abi::PluginError`] (`plugin 'x' panicked: ...`) and poisons the instance.
-//!
-//! ## A plugin in one file
+//! # A plugin in one file
 //! ```ignore
 //! use latent_sdk::prelude::*;
 //!
 //! #[derive(Default, Serialize, Deserialize)]
-//! #[serde(default, deny_unknown_fields)]
+//! #[serde(default, deny_unknown_fields)]       // omitted keys: defaults; unknown keys: refused
 //! pub struct Config { pub scale: f32 }
 //!
 //! pub struct MyLoss { cfg: Config }
@@ -52,11 +41,131 @@
 //! }
 //! latent_sdk::export_plugins!(objectives: [MyLoss], encoders: [], augmentations: []);
 //! ```
+//! The crate is a `cdylib` (the library the host loads; add `rlib` for unit tests) depending
+//! on `latent-sdk`, `abi_stable` (the export macro names it), `serde` and `anyhow`. One
+//! library may export any number of plugins of each kind; plugin names are unique across
+//! everything the host loads.
 //!
-//! ## Versioning
-//! The library's SDK version is checked at load (abi_stable: same major, and for 0.x the same
-//! minor). Adding a field below the root module's last prefix field, or a method below a
-//! trait's, is a minor change; changing or removing anything that crosses is a major one.
+//! # The contract of each kind
+//!
+//! Every plugin implements [`plugin::Plugin`]: a unique `NAME` (what configs say), a one-line
+//! `DESCRIPTION`, a serde `Config` with a `Default` (the manifest publishes the default as
+//! JSON; `latent plugins --json` shows it), and `new(config, ctx)`, which validates the config
+//! and returns an error a user can act on. [`abi::Context`] carries the device (the CPU
+//! today), the seed for initialisation and a thread hint.
+//!
+//! ## Encoder ([`plugin::EncoderPlugin`])
+//! Caffe-style, images `[N, C, H, W]` to features `[N, D]`:
+//! 1. `out_dim([C, H, W])` is called once, before any forward, with the shape of the views.
+//!    Build shape-dependent layers here; refuse shapes that cannot work. The answer `D` must
+//!    not change afterwards.
+//! 2. `forward(images, train)` returns `[N, D]` with finite values (the host checks both).
+//!    With `train = true` keep what backward needs (kit layers do); with `train = false`
+//!    (evaluation, feature extraction) change no state: batch-norm uses its running statistics.
+//!    The host sends all views of a step as one batch, so batch statistics span the views.
+//! 3. `backward(d loss / d features)` follows the last training forward and **accumulates**
+//!    parameter gradients (`+=`). It returns nothing: there is nothing upstream of an encoder.
+//!
+//! ## Objective ([`plugin::ObjectivePlugin`])
+//! `compute(ObjectiveBatch)` gets the online encoder output of each view (`views[v]`, `[B, D]`,
+//! row `i` of every view is sample `i`), plus `targets` (the EMA encoder's output, only with
+//! `NEEDS_TARGET = true`) and `labels` (one per sample, only with `NEEDS_LABELS = true`; the
+//! host then samples class-balanced batches), `step`, `total_steps` and `train`. It runs its
+//! heads, the loss and their backward in that one call, and returns
+//! [`plugin::ObjectiveResult`]: a finite `loss`; `grads`, one `d loss / d views[v]` per view
+//! with the view's shape (empty when `train` is false); named `metrics` (logged in
+//! `metrics.jsonl`); and `target_momentum`, the EMA rate τ the host applies to the target
+//! network after this step (1.0 when there is none). Head parameters accumulate their
+//! gradients like an encoder's.
+//!
+//! ## Augmentation ([`plugin::AugmentationPlugin`])
+//! `output_shape([C, H, W])` gives a view's shape; `apply(image, [C, H, W], seed)` transforms
+//! one image (values in [0, 1]) and returns `C'·H'·W'` values. **A view is a pure function of
+//! (image, seed)**: the same inputs give the same output on any thread, in any order, so runs
+//! are reproducible whatever the number of loader threads. Draw all randomness from a
+//! generator seeded with `seed`; keep no state between calls. Each `[[augment]]` entry of an
+//! experiment is one view.
+//!
+//! ## Parameters (encoders and objectives, through [`kit::Module`])
+//! `visit_params` visits every [`kit::Param`] in the same order every time; that order is the
+//! order of `params`, `read_params`, `write_params` and `take_grads` at the boundary. Names are
+//! dotted and unique within the plugin (build them with [`kit::Init::pp`]); checkpoints are
+//! keyed by them. Roles ([`abi::ParamRole`]) tell the host what to do: `Weight` (trained, weight
+//! decay, LARS adaptation), `NoDecay` (trained, neither: biases, batch-norm affine), `Buffer`
+//! (not trained, checkpointed: running statistics), `Target` (the EMA of the online parameter
+//! named in `ema_of`; see [`kit::Param::target_copy`]). The host reads the gradients with
+//! `take_grads` (which zeroes them), runs its one optimizer, and writes the values back: a
+//! plugin never updates its own trained parameters.
+//!
+//! # Ownership and lifetime of buffers
+//! - **Tensors cross by value; the receiver owns them.** The host gives a plugin its inputs
+//!   ([`abi::TensorDesc`]: shape, `RVec<f32>`, device) and never looks at them again; what the
+//!   plugin returns belongs to the host. No reference into the other side's memory survives a
+//!   call, so there is nothing to keep alive and nothing to free by hand. An `RVec` carries its
+//!   own deallocator, so a buffer allocated in the plugin is freed correctly by the host (and
+//!   back); converting one to a `Vec` on the other side may copy it. The wrappers do these
+//!   conversions: an author sees owned [`kit::Tensor`]s.
+//! - Borrowed arguments (the config string, the [`abi::Context`]) live for the call only: copy
+//!   what you need (the seed, the thread hint) into the plugin.
+//! - A plugin owns everything it keeps between calls (layers, caches, running statistics) in
+//!   its own struct. The host owns the instance and drops it (running the plugin's `Drop`
+//!   inside the plugin's library); libraries stay loaded until the process exits.
+//!
+//! # Threads
+//! - **Encoders and objectives** take `&mut self` and are `Send`, not `Sync`: the host calls an
+//!   instance from one thread at a time, though not always the same thread, so do not rely on
+//!   thread-local state between calls. Inside a call a plugin may use as many threads as it
+//!   likes (the kit's kernels use rayon); [`abi::Context::threads`] is a hint.
+//! - **Augmentations** are `Send + Sync` and take `&self`: one instance is shared by all
+//!   loader threads and `apply` runs concurrently. Interior mutability needs synchronisation,
+//!   and would break purity anyway.
+//!
+//! # Errors and panics
+//! - Author methods return `anyhow::Result`. The wrappers turn an error into an
+//!   [`abi::PluginError`] naming the plugin and the call, with the whole context chain
+//!   (`{e:#}`): [`abi::ErrorKind::Config`] from `new` (and for unparsable or unknown config
+//!   keys), [`abi::ErrorKind::Input`] for inputs the wrapper refuses (bad shapes, another
+//!   device), [`abi::ErrorKind::Failed`] for errors from the plugin's own code. The host prints
+//!   them as `plugin 'x' failed in `compute`: ...` and, during training, names the step and the
+//!   last good checkpoint. Write messages a user can act on: lower case, with the offending
+//!   value.
+//! - **Panics** never cross the boundary (unwinding through `extern "C"` would abort the
+//!   process): every call runs under `catch_unwind` in the wrapper ([`plugin::guard`]), and a
+//!   panic becomes [`abi::ErrorKind::Panicked`], `plugin 'x' panicked: <message>`. The instance
+//!   is then **poisoned**: its state may be half-updated, so every later call answers
+//!   [`abi::ErrorKind::Poisoned`] without running plugin code. A new instance works normally.
+//!   Plugins must be built with `panic = "unwind"` (the default); with `panic = "abort"` a
+//!   panic kills the host.
+//! - Non-finite losses, features or gradients are refused by the host with the plugin's name.
+//!
+//! # Versioning
+//! Each library records the `latent-sdk` version it was built with ([`abi::SDK_VERSION`]).
+//! At load the host checks it with abi_stable's rules (the same major version; for 0.x the
+//! same major and minor), then the layout of every type reachable from the root module; a
+//! refused library is reported by `latent plugins` with the reason and never called.
+//!
+//! Two kinds of compatibility are kept apart:
+//! - **Binary (ABI)**: does a compiled plugin keep loading?
+//!   - *Compatible* (a minor release; a patch release while 0.x): new kit layers and helpers;
+//!     fixes inside the kit or the wrappers (each plugin carries its own copy, so it changes
+//!     only when rebuilt); a field added *below* the last prefix field of [`abi::PluginLib`], or
+//!     a method added below the last prefix method of a plugin-object trait (an older plugin
+//!     then lacks it, and the host must cope with its absence).
+//!   - *Breaking* (a new major version; a new minor while 0.x): adding, removing, reordering
+//!     or retyping a field of any type that crosses ([`abi::TensorDesc`], [`abi::Manifest`],
+//!     [`abi::ParamDesc`], [`abi::Metric`], [`abi::ObjectiveInput`], [`abi::ObjectiveOutput`],
+//!     [`abi::Context`], [`abi::PluginError`]); adding a variant to a crossing enum
+//!     ([`abi::ErrorKind`], [`abi::ParamRole`], [`abi::PluginKind`], [`abi::DeviceKind`]);
+//!     changing a method's signature or the prefix fields of the root module; and changing
+//!     the *meaning* of anything that crosses even with the same layout (shape conventions,
+//!     the sign or scaling of gradients, what `target_momentum` means, accumulate-versus-
+//!     overwrite of gradients).
+//! - **Source (API)**: does a plugin's code keep compiling? The author traits, the prelude
+//!   and the kit follow Cargo's semver: removing or changing a public item, or adding a
+//!   required trait item, is breaking and waits for the next breaking version.
+//!
+//! After a breaking release, plugins must be rebuilt against the new SDK; the host says so by
+//! name instead of loading them.
 
 #![warn(missing_docs)]
 
