@@ -214,8 +214,9 @@ fn knn_pair(ev: &Value) -> (f64, f64) {
 
 /// Trains with examples/configs/barlow-twins.toml, shrunk to seconds: an MLP encoder with 8
 /// features (a random 8-d projection of the pixels is a weak baseline, about 45% kNN, where
-/// 60 steps reach about 65%), light crops, AdamW. Margins over 3 seeds were 15 to 22 points;
-/// the test asks for 5.
+/// 60 steps reach about 66%), light crops, AdamW. With train.seed 0, 1, 2 these settings gave
+/// 67.5 vs 46.5, 66.9 vs 50.3 and 65.9 vs 43.4 (margins 17 to 22 points, about 2 s each); the
+/// test (seed 0) asks for 5.
 #[test]
 fn barlow_twins_trains_and_beats_the_random_init_encoder() {
     let dir = tempfile::tempdir().unwrap();
