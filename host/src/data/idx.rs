@@ -87,7 +87,8 @@ pub fn read_idx(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
     let nd = bytes[3] as usize;
     ensure!(bytes.len() >= 4 + 4 * nd, "{} is truncated: {} bytes, too short for its {nd} dimensions", path.display(), bytes.len());
     let dims: Vec<usize> = (0..nd).map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize).collect();
-    let want: usize = dims.iter().product();
+    // checked: a header of 2³²−1 × 2³²−1 × 2³²−1 overflowed usize (found by fuzzing)
+    let want = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).with_context(|| format!("{}: its header announces {dims:?}, more bytes than can be addressed", path.display()))?;
     let have = bytes.len() - 4 - 4 * nd;
     ensure!(have >= want, "{} is truncated: its header says {dims:?} ({want} bytes of data) but it holds {have}", path.display());
     ensure!(have == want, "{} has {} bytes after the {dims:?} its header announces", path.display(), have - want);
