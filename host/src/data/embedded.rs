@@ -29,6 +29,12 @@ pub fn open(name: &str) -> Result<Splits> {
 pub fn mnist_5k() -> Result<Splits> {
     let mut text = String::new();
     flate2::read::GzDecoder::new(MNIST_5K_CSV_GZ).read_to_string(&mut text).context("embedded mnist_5k.csv.gz is corrupt")?;
+    parse_mnist_csv(&text)
+}
+
+/// Parses MNIST-5k CSV text (784 pixel values then the label, per line) and splits it as
+/// described above (public so that the fuzz tests can feed it any text).
+pub fn parse_mnist_csv(text: &str) -> Result<Splits> {
     let classes: Vec<String> = (0..10).map(|d| d.to_string()).collect();
     let empty = |split: &str| Dataset { name: format!("mnist-5k/{split}"), shape: [1, 28, 28], classes: classes.clone(), ..Default::default() };
     // rows[label] = the class's images in file order
