@@ -225,6 +225,13 @@ impl Config {
     /// unknown or bad key.
     pub fn from_table(table: toml::Table) -> Result<Config> {
         let mut base: toml::Table = toml::from_str(&Config::default().to_toml()?)?;
+        // serde would read `objective = ["simclr"]` as a section, which config.toml then writes
+        // back as a table that merges differently (another config on --resume): sections are tables.
+        for (k, v) in &table {
+            if base.get(k).is_some_and(toml::Value::is_table) && !v.is_table() {
+                bail!("key `{k}`: expected a table ([{k}] ...), got {} {v}", v.type_str());
+            }
+        }
         merge(&mut base, table);
         let de = toml::Value::Table(base);
         let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
