@@ -201,3 +201,11 @@ fn non_finite_numbers_in_plugin_configs_are_refused_naming_the_key() {
     let c = Config::load(None, &["objective.config.fault=nan".into()]).unwrap();
     assert_eq!(c.objective.config["fault"], "nan");
 }
+
+#[test]
+fn a_section_given_as_an_array_is_refused() {
+    // found by the fuzzer: serde read it as the section, config.toml wrote it back as a table that
+    // merged with the defaults differently, so --resume saw another config hash
+    let e = Config::load(None, &["objective=[\"simclr\"]".into()]).unwrap_err();
+    assert!(format!("{e:#}").contains("key `objective`: expected a table"), "{e:#}");
+}
