@@ -234,6 +234,10 @@ fn config_json(v: &serde_json::Value) -> String {
 // Handles
 
 fn to_tensor(plugin: &str, call: &str, d: TensorDesc) -> Result<Tensor> {
+    // A shape whose product overflows would panic the host in Tensor::from_desc.
+    if d.shape.iter().try_fold(1u64, |a, &s| a.checked_mul(s)).and_then(|n| usize::try_from(n).ok()).is_none() {
+        bail!("plugin '{plugin}' returned a bad tensor from `{call}`: shape {:?} has more values than can be addressed", d.shape);
+    }
     Tensor::from_desc(d).with_context(|| format!("plugin '{plugin}' returned a bad tensor from `{call}`"))
 }
 
