@@ -1,8 +1,9 @@
 //! Test-only plugins that misbehave on purpose, one fault per config value.
 //!
 //! `faulty` (objective): a mean-squared loss pulling the views' embeddings together, with
-//! `fault` = `none` | `panic` | `error` | `wrong-shape` | `nan` | `sleep`, triggered at step
-//! `at_step` and later. `faulty-encoder`: a linear map of the flattened image, with the same
+//! `fault` = `none` | `panic` | `error` | `wrong-shape` | `wrong-length` (a tensor whose data
+//! does not fill its shape) | `huge-shape` (dimensions whose product overflows) | `nan` |
+//! `sleep`, triggered at step `at_step` and later. `faulty-encoder`: a linear map of the flattened image, with the same
 //! faults in `forward`.
 
 use latent_sdk::prelude::*;
@@ -11,7 +12,7 @@ use latent_sdk::prelude::*;
 #[derive(Serialize, Deserialize, Clone, Debug)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// `none`, `panic`, `error`, `wrong-shape`, `nan`, `sleep`.
+    /// `none`, `panic`, `error`, `wrong-shape`, `wrong-length`, `huge-shape`, `nan`, `sleep`.
     pub fault: String,
     /// First step (objective) or forward call (encoder) that misbehaves.
     pub at_step: u64,
@@ -28,7 +29,7 @@ impl Default for Config {
 }
 
 fn check(cfg: &Config) -> anyhow::Result<()> {
-    let ok = ["none", "panic", "error", "wrong-shape", "nan", "sleep"];
+    let ok = ["none", "panic", "error", "wrong-shape", "wrong-length", "huge-shape", "nan", "sleep"];
     ensure!(ok.contains(&cfg.fault.as_str()), "fault must be one of {ok:?}, got {:?}", cfg.fault);
     Ok(())
 }
@@ -79,6 +80,12 @@ impl ObjectivePlugin for Faulty {
         if fire && self.cfg.fault == "wrong-shape" {
             grads[0] = Tensor::zeros(vec![1, 1]);
         }
+        if fire && self.cfg.fault == "wrong-length" {
+            grads[0].data.pop(); // the fields are public: the shape now promises one value more
+        }
+        if fire && self.cfg.fault == "huge-shape" {
+            grads[0].shape = vec![usize::MAX, 2];
+        }
         Ok(ObjectiveResult { loss, grads, metrics: vec![("diff".into(), loss as f64)], target_momentum: 1.0 })
     }
 }
@@ -127,6 +134,8 @@ impl EncoderPlugin for FaultyEncoder {
             "error" if fire => bail!("deliberate error in forward call {}", self.calls - 1),
             "nan" if fire => y.data[0] = f32::NAN,
             "wrong-shape" if fire => y = Tensor::zeros(vec![n + 1, 3]),
+            "wrong-length" if fire => y.data.truncate(y.data.len() / 2),
+            "huge-shape" if fire => y.shape = vec![usize::MAX, usize::MAX],
             "sleep" if fire => std::thread::sleep(std::time::Duration::from_millis(self.cfg.sleep_ms)),
             _ => {}
         }
