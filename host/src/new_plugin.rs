@@ -395,7 +395,7 @@ const ENCODER: &str = r#"//! `{{name}}`: an encoder plugin.
 //! | key | default | meaning |
 //! |---|---|---|
 //! | `hidden` | 256 | hidden width |
-//! | `out_dim` | 64 | feature size |
+//! | `out_dim` | 128 | feature size (the default objective, simclr, expects 128) |
 
 use latent_sdk::kit::{Flatten, Sequential};
 use latent_sdk::prelude::*;
@@ -412,7 +412,7 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { hidden: 256, out_dim: 64 }
+        Config { hidden: 256, out_dim: 128 }
     }
 }
 

@@ -231,7 +231,7 @@ fn barlow_twins_trains_and_beats_the_random_init_encoder() {
         "--set", "objective.config.input_dim=8", "--set", "objective.config.hidden_dim=128", "--set", "objective.config.output_dim=128",
         "--set", &augment,
         "--set", "train.max_steps=60", "--set", "train.batch_size=128",
-        "--set", "optim.name=adamw", "--set", "optim.lr=0.002", "--set", "optim.weight_decay=0.0", "--set", "optim.warmup_epochs=0.0",
+        "--set", "optim.name=adamw", "--set", "optim.lr=0.001", "--set", "optim.weight_decay=0.0", "--set", "optim.warmup_epochs=0.0",
         "--set", "eval.linear_probe=false", "--set", "eval.knn=[[20, 0.07]]", "--set", "eval.every_epochs=0",
     ]);
     assert!(out.status.success(), "{}", text(&out));
