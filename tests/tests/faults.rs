@@ -1,0 +1,332 @@
+//! Issue #8: faults and bad input never crash the host, and no run is lost.
+//!
+//! Each plugin fault (panic, error, wrong shape, wrong length, overflowing shape, NaN loss,
+//! NaN features, a call that never returns) runs the `latent` binary with the `faulty` test
+//! plugins: the run must end with exit code 1 and an error naming the plugin, the call and the
+//! step, the checkpoint written before the fault (step 2) must stay the latest and load, and
+//! `latent train --resume` must start from it (it hits the same fault again, which shows that
+//! the checkpoint was loaded: see [`plugin_fault`]). Then the run directory and checkpoint
+//! faults: an unusable `--out`, a checkpoint write that fails, a process killed in the middle
+//! of a checkpoint write, and Ctrl-C. Each run is a handful of 8-image steps on 256 images.
+
+use latent_host::checkpoint;
+use latent_tests::{latent_bin, text};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// `latent train` with the faulty plugins, 6 steps of 8 images, a checkpoint every 2 steps.
+fn train_args(out: &Path, sets: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = vec!["train".into(), "--out".into(), out.display().to_string()];
+    let base = [
+        "encoder.plugin=faulty-encoder",
+        "objective.plugin=faulty",
+        "train.max_steps=6",
+        "train.batch_size=8",
+        "train.checkpoint_every=2",
+        "data.threads=1",
+        "data.max_train_images=256",
+        "data.max_test_images=64",
+        "eval.linear_probe=false",
+        "eval.every_epochs=0",
+    ];
+    for s in base.iter().chain(sets) {
+        a.push("--set".into());
+        a.push(s.to_string());
+    }
+    a
+}
+
+fn command(args: &[String], env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(latent_bin());
+    c.args(args).env_remove("LATENT_PLUGIN_PATH").env_remove("LATENT_FAULT_CHECKPOINT").env("NO_COLOR", "1").env("RUST_BACKTRACE", "0");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
+
+fn run(args: &[String], env: &[(&str, &str)]) -> Output {
+    command(args, env).output().expect("run latent")
+}
+
+fn resume(out: &Path, env: &[(&str, &str)]) -> Output {
+    run(&["train".into(), "--resume".into(), "--out".into(), out.display().to_string()], env)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn latest_name(run: &Path) -> String {
+    std::fs::read_to_string(run.join("checkpoints/latest")).expect("checkpoints/latest").trim().to_string()
+}
+
+/// `latest` names a complete checkpoint of `step` that loads.
+fn assert_checkpoint(run: &Path, step: u64) {
+    assert_eq!(latest_name(run), format!("step-{step:08}"), "latest in {}", run.display());
+    let ck = checkpoint::load(run).unwrap_or_else(|e| panic!("the latest checkpoint of {} does not load: {e:#}", run.display()));
+    assert_eq!(ck.state.step, step);
+    assert!(ck.tensors.keys().any(|k| k.starts_with("encoder.")), "encoder tensors in {:?}", ck.tensors.keys());
+}
+
+/// Step numbers of the `step` records of metrics.jsonl.
+fn logged_steps(run: &Path) -> Vec<u64> {
+    latent_host::metrics::read(&run.join("metrics.jsonl")).unwrap().iter().filter(|r| r["kind"] == "step").map(|r| r["step"].as_u64().unwrap()).collect()
+}
+
+/// A fault of `who` (`objective` or `encoder`) from step 3: exit 1, an error holding every one
+/// of `expect` and the step, checkpoint step 2 intact; then `--resume` loads it and meets the
+/// fault again. The objective sees the global step, so its fault repeats at step 3; the encoder
+/// counts its own forward calls from 0 in each process, so after resuming at step 2 its fourth
+/// call is step 5 (a fresh start would fail at step 3).
+fn plugin_fault(who: &str, fault: &str, extra: &[&str], expect: &[&str]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (f, at) = (format!("{who}.config.fault={fault}"), format!("{who}.config.at_step=3"));
+    let mut sets = vec![f.as_str(), at.as_str()];
+    sets.extend_from_slice(extra);
+    let o = run(&train_args(&out, &sets), &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = stderr(&o);
+    for e in expect {
+        assert!(err.contains(e), "expected {e:?} in the error:\n{}", text(&o));
+    }
+    assert!(err.contains("at step 3"), "the error names the step:\n{}", text(&o));
+    let ck = out.join("checkpoints/step-00000002");
+    assert!(err.contains(&ck.display().to_string()), "the error names the last checkpoint {}:\n{}", ck.display(), text(&o));
+    assert!(!err.contains("panicked at host/"), "the host itself did not panic:\n{}", text(&o));
+    assert_checkpoint(&out, 2);
+
+    let r = resume(&out, &[]);
+    assert_eq!(r.status.code(), Some(1), "{}", text(&r));
+    let rerr = stderr(&r);
+    assert!(rerr.contains("at step 2"), "resumed from the checkpoint:\n{}", text(&r));
+    let again = if who == "encoder" { "at step 5" } else { "at step 3" };
+    let same = expect[0].split(" at step").next().unwrap();
+    assert!(rerr.contains(again) && rerr.contains(same), "the same fault, {again}:\n{}", text(&r));
+    assert_checkpoint(&out, if who == "encoder" { 4 } else { 2 });
+    (dir, out)
+}
+
+#[test]
+fn objective_panic_names_plugin_call_and_step_and_the_checkpoint_evaluates() {
+    let (_d, out) = plugin_fault("objective", "panic", &[], &["plugin 'faulty' panicked: deliberate panic at step 3 (in `compute`)"]);
+    // the checkpoint before the fault serves `latent eval` (the encoder is sound)
+    let o = run(&["eval".into(), out.display().to_string(), "--json".into()], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("eval JSON");
+    assert!(v["rows"].as_array().is_some_and(|r| !r.is_empty()), "{v}");
+}
+
+#[test]
+fn encoder_panic_names_plugin_call_and_step() {
+    plugin_fault("encoder", "panic", &[], &["plugin 'faulty-encoder' panicked: deliberate panic in forward call 3 (in `forward`)"]);
+}
+
+#[test]
+fn objective_error_names_plugin_call_and_step() {
+    plugin_fault("objective", "error", &[], &["plugin 'faulty' failed in `compute`: deliberate error at step 3"]);
+}
+
+#[test]
+fn encoder_error_names_plugin_call_and_step() {
+    plugin_fault("encoder", "error", &[], &["plugin 'faulty-encoder' failed in `forward`: deliberate error in forward call 3"]);
+}
+
+#[test]
+fn objective_wrong_shape_gradient_is_refused() {
+    plugin_fault("objective", "wrong-shape", &[], &["plugin 'faulty' returned a gradient of shape [1, 1] from `compute` for a view of shape [8, 8]"]);
+}
+
+#[test]
+fn encoder_wrong_shape_features_are_refused() {
+    plugin_fault("encoder", "wrong-shape", &[], &["plugin 'faulty-encoder' returned features of shape [17, 3] from `forward`, expected [16, D]"]);
+}
+
+#[test]
+fn objective_tensor_of_wrong_length_is_refused() {
+    plugin_fault("objective", "wrong-length", &[], &["plugin 'faulty' returned a bad tensor from `compute`: tensor of shape [8, 8] needs 64 values but carries 63"]);
+}
+
+#[test]
+fn encoder_tensor_of_wrong_length_is_refused() {
+    plugin_fault("encoder", "wrong-length", &[], &["plugin 'faulty-encoder' returned a bad tensor from `forward`: tensor of shape [16, 8] needs 128 values but carries 64"]);
+}
+
+#[test]
+fn objective_tensor_with_overflowing_shape_is_refused() {
+    plugin_fault("objective", "huge-shape", &[], &["plugin 'faulty' returned a bad tensor from `compute`: shape [18446744073709551615, 2]"]);
+}
+
+#[test]
+fn encoder_tensor_with_overflowing_shape_is_refused() {
+    plugin_fault("encoder", "huge-shape", &[], &["plugin 'faulty-encoder' returned a bad tensor from `forward`: shape [18446744073709551615, 18446744073709551615]"]);
+}
+
+#[test]
+fn objective_nan_loss_is_refused() {
+    plugin_fault("objective", "nan", &[], &["plugin 'faulty' returned a non-finite loss (NaN) from `compute` at step 3"]);
+}
+
+#[test]
+fn encoder_nan_features_are_refused() {
+    plugin_fault("encoder", "nan", &[], &["plugin 'faulty-encoder' returned a non-finite value (NaN) in the features from `forward`"]);
+}
+
+#[test]
+fn objective_that_never_returns_is_stopped_by_the_watchdog() {
+    let t = Instant::now();
+    let (_d, out) = plugin_fault(
+        "objective",
+        "sleep",
+        &["objective.config.sleep_ms=60000", "train.call_timeout_s=1"],
+        &["error: plugin 'faulty' did not return from `compute` within 1 s at step 3; the last checkpoint ("],
+    );
+    let o = resume(&out, &[]);
+    let want = format!(
+        "the last checkpoint ({}) is intact; resume with: latent train --resume --out {}",
+        out.join("checkpoints/step-00000002").display(),
+        out.display()
+    );
+    assert!(stderr(&o).contains(&want), "{}", text(&o));
+    assert!(t.elapsed() < Duration::from_secs(40), "the watchdog fired after about a second each time: {:?}", t.elapsed());
+}
+
+#[test]
+fn encoder_that_never_returns_is_stopped_by_the_watchdog() {
+    plugin_fault(
+        "encoder",
+        "sleep",
+        &["encoder.config.sleep_ms=60000", "train.call_timeout_s=1"],
+        &["error: plugin 'faulty-encoder' did not return from `forward` within 1 s at step 3; the last checkpoint ("],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// the run directory and checkpoints
+
+#[test]
+fn an_out_under_a_regular_file_is_refused_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    for out in [file.join("run"), file.clone()] {
+        let o = run(&train_args(&out, &[]), &[]);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        let err = stderr(&o);
+        assert!(err.contains("cannot create the run directory") && err.contains(&out.display().to_string()), "{}", text(&o));
+        assert!(!err.contains("training faulty"), "refused before training:\n{}", text(&o));
+    }
+}
+
+#[test]
+fn an_out_that_cannot_be_written_is_refused_before_training() {
+    // /proc refuses new directories even to root
+    if Path::new("/proc/self").is_dir() {
+        let out = PathBuf::from("/proc/latent-fault-test/run");
+        let o = run(&train_args(&out, &[]), &[]);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(stderr(&o).contains("cannot create the run directory /proc/latent-fault-test/run"), "{}", text(&o));
+    }
+    // a read-only directory (root ignores the mode bits: then this half proves nothing)
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let ro = dir.path().join("ro");
+        std::fs::create_dir(&ro).unwrap();
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
+        if std::fs::write(ro.join("probe"), "x").is_ok() {
+            println!("skipping the read-only half: this user (root?) can write to a 0555 directory");
+        } else {
+            for out in [ro.join("run"), ro.clone()] {
+                let o = run(&train_args(&out, &[]), &[]);
+                assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+                let err = stderr(&o);
+                assert!(err.contains("run directory") && err.contains(&out.display().to_string()), "{}", text(&o));
+                assert!(!err.contains("training faulty"), "refused before training:\n{}", text(&o));
+            }
+        }
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+/// A run stopped with a checkpoint at step 2 (as `--stop-after 2` does).
+fn run_to_step_2() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let mut args = train_args(&out, &[]);
+    args.extend(["--stop-after".into(), "2".into()]);
+    let o = run(&args, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_checkpoint(&out, 2);
+    (dir, out)
+}
+
+#[test]
+fn a_failed_checkpoint_write_keeps_the_previous_checkpoint_and_says_so() {
+    let (_d, out) = run_to_step_2();
+    let o = resume(&out, &[("LATENT_FAULT_CHECKPOINT", "fail-after-tensors")]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = stderr(&o);
+    let want = format!(
+        "writing checkpoint {} failed; the previous checkpoint ({}) is intact",
+        out.join("checkpoints/step-00000004").display(),
+        out.join("checkpoints/step-00000002").display()
+    );
+    assert!(err.contains(&want) && err.contains("No space left on device"), "{}", text(&o));
+    assert_checkpoint(&out, 2);
+    assert!(!out.join("checkpoints/step-00000004").exists() && !out.join("checkpoints/.tmp-step-00000004").exists(), "no partial checkpoint left");
+    // and the run goes on from it
+    let o = resume(&out, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_checkpoint(&out, 6);
+}
+
+#[test]
+fn a_process_killed_during_a_checkpoint_write_leaves_a_complete_latest_checkpoint() {
+    let (_d, out) = run_to_step_2();
+    let o = resume(&out, &[("LATENT_FAULT_CHECKPOINT", "abort-after-tensors")]);
+    assert!(!o.status.success() && o.status.code().is_none(), "the process was killed (SIGABRT): {}", text(&o));
+    // the tensors of step 4 were written, but latest still names the complete step 2
+    assert!(out.join("checkpoints/.tmp-step-00000004/model.safetensors").exists(), "the write was cut in the middle");
+    assert_checkpoint(&out, 2);
+    let o = resume(&out, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(stderr(&o).contains("at step 2"), "{}", text(&o));
+    assert_checkpoint(&out, 6);
+    assert!(!out.join("checkpoints/.tmp-step-00000004").exists(), "the leftover is replaced by the real step 4");
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_finishes_the_step_writes_a_checkpoint_exits_130_and_resume_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    // every step sleeps 300 ms in the objective: slow enough to interrupt
+    let args = train_args(&out, &["train.max_steps=8", "train.checkpoint_every=0", "objective.config.fault=sleep", "objective.config.sleep_ms=300"]);
+    let child = command(&args, &[]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // wait until the loop runs (metrics.jsonl is opened just before it), then into a step
+    let t = Instant::now();
+    while !out.join("metrics.jsonl").exists() && t.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", text(&o));
+    let err = stderr(&o);
+    assert!(err.contains(&format!("resume with: latent train --resume --out {}", out.display())), "{}", text(&o));
+    let ck = checkpoint::load(&out).unwrap();
+    let stopped = ck.state.step;
+    assert!((1..8).contains(&stopped), "stopped mid-run after a whole step: {stopped}\n{}", text(&o));
+    assert!(err.contains(&format!("stopped at step {stopped}")), "{}", text(&o));
+    assert_eq!(logged_steps(&out), (1..=stopped).collect::<Vec<_>>(), "every finished step logged once");
+
+    let o = resume(&out, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_checkpoint(&out, 8);
+    assert_eq!(logged_steps(&out), (1..=8).collect::<Vec<_>>(), "the resumed run continued where it stopped");
+}
