@@ -66,5 +66,6 @@ if a.json:
             "what": f"lightly {lightly.__version__} SimCLRTransform(input_size=32, cj_strength=0.5, gaussian_blur=0.0), "
                     "PIL 32x32 RGB input, one thread",
             "views": views, "seconds": elapsed, "views_per_s": rate, "us_per_view": 1e6 / rate,
+            "cpu_seconds": cpu, "views_per_cpu_s": views / cpu,
             "peak_rss_mib": peak_rss_mib(),
         }, f, indent=2)

@@ -5,6 +5,7 @@ the table (standard library only).
 """
 import json
 import os
+import statistics
 import sys
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
@@ -68,18 +69,33 @@ def main():
         res["pairs"]["1_training_step"] = {"latent": sl, "pytorch": st, "speed_ratio": r, "goal": ">= 1.0", "met": r >= 1.0}
         rows.append(("1 training step", "views/s", f"{sl['views_per_s']:.0f}", f"{st['views_per_s']:.0f}",
                      f"{r:.2f}x speed", ">= 1.0x", r >= 1.0))
+        if sl.get("cpu_s_per_step") and st.get("cpu_s_per_step"):
+            rows.append(("1 CPU time per step (info)", "CPU-s", f"{sl['cpu_s_per_step']:.2f}", f"{st['cpu_s_per_step']:.2f}",
+                         f"{ratio(st['cpu_s_per_step'], sl['cpu_s_per_step']):.2f}x less", "-", None))
     al, ll = load("augment_latent.json"), load("augment_lightly.json")
     if al and ll:
         r = ratio(al["views_per_s"], ll["views_per_s"])
         res["pairs"]["2_augmentation"] = {"latent": al, "lightly": ll, "speed_ratio": r, "goal": ">= 10", "met": r >= 10}
         rows.append(("2 augmentation (1 core)", "views/s", f"{al['views_per_s']:.0f}", f"{ll['views_per_s']:.0f}",
                      f"{r:.1f}x speed", ">= 10x", r >= 10))
+        if al.get("views_per_cpu_s") and ll.get("views_per_cpu_s"):
+            rc = ratio(al["views_per_cpu_s"], ll["views_per_cpu_s"])
+            res["pairs"]["2_augmentation"]["cpu_speed_ratio"] = rc
+            rows.append(("2 augmentation per CPU-second", "views/CPU-s", f"{al['views_per_cpu_s']:.0f}",
+                         f"{ll['views_per_cpu_s']:.0f}", f"{rc:.1f}x speed", ">= 10x", rc >= 10))
     ab = load("abi.json")
     if ab:
         p = ab["abi_overhead_pct"]
         res["pairs"]["3_abi_overhead"] = {**ab, "goal": "<= 2 %", "met": p <= 2.0}
+        if not ab.get("same_build", True):
+            print("warning: pair 3 compared plugin libraries and linked crates from different builds", file=sys.stderr)
         rows.append(("3 ABI overhead", "% of a step", f"{ab['median_plugin_s'] * 1e3:.0f} ms",
                      f"{ab['median_direct_s'] * 1e3:.0f} ms in-process", f"{p:+.2f} %", "<= 2 %", p <= 2.0))
+        if "abi_overhead_cpu_pct" in ab:
+            rows.append(("3 ABI overhead, CPU time", "% of a step", f"{statistics.median(ab['plugin_cpu_s']):.2f} CPU-s",
+                         f"{statistics.median(ab['direct_cpu_s']):.2f} CPU-s", f"{ab['abi_overhead_cpu_pct']:+.2f} %", "<= 2 %", None))
+        rows.append(("3 of which dynamic loading", "% of a step", "", "", f"{ab['dynamic_loading_pct']:+.2f} %", "-", None))
+        rows.append(("3 of which call protocol", "% of a step", "", "", f"{ab['boundary_protocol_pct']:+.2f} %", "-", None))
     mem = {}
     if sl and st:
         r = ratio(sl["peak_rss_mib"], st["peak_rss_mib"])

@@ -89,17 +89,19 @@ def main():
 
     warm, first = step()
     times, losses = [], [first]
+    cpu0 = time.process_time()
     for _ in range(a.steps):
         t, l = step()
         times.append(t)
         losses.append(l)
+    cpu_per_step = (time.process_time() - cpu0) / a.steps
     med = statistics.median(times)
     out = {
         "side": "pytorch",
         "what": f"SimCLR training step, PyTorch {torch.__version__} CPU, {a.threads} threads",
         "torch": torch.__version__, "threads": a.threads, "batch": a.batch, "views_per_step": 2 * a.batch,
         "warmup_s": warm, "step_s": times, "median_step_s": med, "views_per_s": 2 * a.batch / med,
-        "losses": losses, "peak_rss_mib": peak_rss_mib(),
+        "losses": losses, "cpu_s_per_step": cpu_per_step, "peak_rss_mib": peak_rss_mib(),
     }
     text = json.dumps(out, indent=2)
     if a.json:

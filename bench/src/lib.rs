@@ -101,6 +101,20 @@ pub fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// CPU seconds this process has used so far, all threads (utime + stime of /proc/self/stat, in
+/// clock ticks of 1/100 s): a rate per CPU-second is robust to other load on a shared machine.
+pub fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // fields after the parenthesised command name; utime and stime are fields 14 and 15
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+        })
+        .unwrap_or(f64::NAN)
+}
+
 /// Writes `value` as one JSON document to `--json FILE` when given, and prints it.
 pub fn emit(args: &[String], value: &serde_json::Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value)?;

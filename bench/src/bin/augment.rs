@@ -53,12 +53,14 @@ fn main() -> Result<()> {
         Ok(made)
     };
     run(u64::MAX / 2)?; // warm-up
+    let cpu0 = cpu_seconds();
     let start = Instant::now();
     while start.elapsed().as_secs_f64() < secs {
         views += run(round)?;
         round += 1;
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
     let rate = views as f64 / elapsed;
     emit(
         &args,
@@ -66,6 +68,7 @@ fn main() -> Result<()> {
             "side": "latent",
             "what": "pipeline plugin (loaded), simclr preset lightly-matched (strength 0.5, no blur, ImageNet normalize), 32x32 RGB, one thread, u8 decode included",
             "config": cfg, "views": views, "seconds": elapsed, "views_per_s": rate, "us_per_view": 1e6 / rate,
+            "cpu_seconds": cpu, "views_per_cpu_s": views as f64 / cpu,
             "checksum": checksum, "peak_rss_mib": peak_rss_mib(),
         }),
     )

@@ -5,8 +5,8 @@
 //!     pairs 1 and 4: the real host `Learner` over plugins loaded from the built libraries;
 //!     one warm-up step, then the median of --steps; views/s = 2·batch / median; peak RSS
 //! step --mode abi [--steps 5] ...
-//!     pair 3: three learners with identical weights, stepped in turn (A B C A B C ...) so that
-//!     machine noise hits all three alike:
+//!     pair 3: three learners with identical weights, stepped in turn (A B C, then C B A, ...)
+//!     so that machine noise hits all three alike:
 //!       A  plugin     Learner::step, encoder and objective loaded from the cdylibs
 //!       B  handles    Learner::step, the same ABI objects built in-process
 //!                     (latent_sdk::plugin::new_encoder::<ResNet>, ...) - no dynamic loading
@@ -38,6 +38,14 @@ fn time<T>(f: impl FnOnce() -> Result<T>) -> Result<(f64, T)> {
     let t = Instant::now();
     let v = f()?;
     Ok((t.elapsed().as_secs_f64(), v))
+}
+
+/// Wall and CPU seconds (all threads of the process) of `f`.
+fn time_cpu<T>(cpu: &mut Vec<f64>, f: impl FnOnce() -> Result<T>) -> Result<(f64, T)> {
+    let c = cpu_seconds();
+    let r = time(f)?;
+    cpu.push(cpu_seconds() - c);
+    Ok(r)
 }
 
 /// B: the Learner over ABI objects built in-process from the linked plugin crates.
@@ -119,11 +127,13 @@ fn main() -> Result<()> {
             let (warm, first) = time(|| l.step(&views, &[], 0, total, lr))?;
             let mut times = Vec::new();
             let mut losses = vec![first.loss];
+            let cpu0 = cpu_seconds();
             for s in 0..steps {
                 let (t, o) = time(|| l.step(&views, &[], s as u64 + 1, total, lr))?;
                 times.push(t);
                 losses.push(o.loss);
             }
+            let cpu_per_step = (cpu_seconds() - cpu0) / steps as f64;
             let med = median(&times);
             emit(
                 &args,
@@ -131,7 +141,7 @@ fn main() -> Result<()> {
                     "side": "latent", "what": "SimCLR training step, plugins loaded from the built libraries (host Learner)",
                     "batch": batch, "views_per_step": 2 * batch, "input": SHAPE, "rayon_threads": threads,
                     "warmup_s": warm, "step_s": times, "median_step_s": med, "views_per_s": (2 * batch) as f64 / med,
-                    "losses": losses, "peak_rss_mib": peak_rss_mib(),
+                    "losses": losses, "cpu_s_per_step": cpu_per_step, "peak_rss_mib": peak_rss_mib(),
                 }),
             )
         }
@@ -146,16 +156,41 @@ fn main() -> Result<()> {
             let lc = c.step(&views, 0, total, lr)?;
             ensure!(la == lb && (la - lc).abs() <= 1e-5 * la.abs().max(1.0), "the three variants disagree on the first loss: {la} {lb} {lc}");
             let (mut ta, mut tb, mut tc) = (Vec::new(), Vec::new(), Vec::new());
-            let mut last = (0.0, 0.0, 0.0);
+            let (mut ca, mut cb, mut cc) = (Vec::new(), Vec::new(), Vec::new());
+            let mut last = (0.0f32, 0.0f32, 0.0f32);
             for s in 0..steps {
                 let s1 = s as u64 + 1;
-                let (t, oa) = time(|| a.step(&views, &[], s1, total, lr))?;
-                ta.push(t);
-                let (t, ob) = time(|| b.step(&views, &[], s1, total, lr))?;
-                tb.push(t);
-                let (t, oc) = time(|| c.step(&views, s1, total, lr))?;
-                tc.push(t);
-                last = (oa.loss, ob.loss, oc);
+                // A B C in even rounds, C B A in odd ones: no variant always follows the same one
+                let order: [u8; 3] = if s % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
+                for v in order {
+                    match v {
+                        0 => {
+                            let (t, o) = time_cpu(&mut ca, || a.step(&views, &[], s1, total, lr))?;
+                            ta.push(t);
+                            last.0 = o.loss;
+                        }
+                        1 => {
+                            let (t, o) = time_cpu(&mut cb, || b.step(&views, &[], s1, total, lr))?;
+                            tb.push(t);
+                            last.1 = o.loss;
+                        }
+                        _ => {
+                            let (t, o) = time_cpu(&mut cc, || c.step(&views, s1, total, lr))?;
+                            tc.push(t);
+                            last.2 = o;
+                        }
+                    }
+                }
+            }
+            // Same code on both sides gives bitwise the same losses step after step; a
+            // difference means the loaded libraries are not the build the binary links.
+            let same_build = last.0 == last.1;
+            if !same_build {
+                eprintln!(
+                    "warning: after {} steps the loaded plugins give loss {} and the linked ones {}: the libraries in the plugin \
+                     directory are not from this binary's build (build both in one cargo invocation, as bench/run does)",
+                    steps + 1, last.0, last.1
+                );
             }
             let paired = |x: &[f64], y: &[f64]| median(&x.iter().zip(y).map(|(x, y)| (x - y) / x * 100.0).collect::<Vec<_>>());
             let (ma, mb, mc) = (median(&ta), median(&tb), median(&tc));
@@ -164,13 +199,17 @@ fn main() -> Result<()> {
                 &json!({
                     "what": "ABI overhead: the same SimCLR step through loaded plugins (A), in-process ABI handles (B), direct trait calls (C), interleaved",
                     "batch": batch, "rounds": steps, "rayon_threads": threads,
-                    "first_loss": [la, lb, lc], "last_loss": [last.0, last.1, last.2],
+                    "first_loss": [la, lb, lc], "last_loss": [last.0, last.1, last.2], "same_build": same_build,
                     "plugin_step_s": ta, "handles_step_s": tb, "direct_step_s": tc,
                     "median_plugin_s": ma, "median_handles_s": mb, "median_direct_s": mc,
                     "abi_overhead_pct": paired(&ta, &tc),
                     "abi_overhead_ms": (ma - mc) * 1e3,
                     "dynamic_loading_pct": paired(&ta, &tb),
                     "boundary_protocol_pct": paired(&tb, &tc),
+                    "plugin_cpu_s": ca, "handles_cpu_s": cb, "direct_cpu_s": cc,
+                    "abi_overhead_cpu_pct": paired(&ca, &cc),
+                    "dynamic_loading_cpu_pct": paired(&ca, &cb),
+                    "boundary_protocol_cpu_pct": paired(&cb, &cc),
                 }),
             )
         }
