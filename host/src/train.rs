@@ -96,6 +96,22 @@ pub fn open_data(cfg: &Config) -> Result<data::Splits> {
     Ok(splits)
 }
 
+/// Drops the `metrics.jsonl` records of steps after `step` (logged before a fault or a kill,
+/// and done again on resume) and any torn line, so that each step is logged once.
+fn drop_metrics_after(out: &Path, step: u64) -> Result<()> {
+    let path = out.join("metrics.jsonl");
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+    let keep: String = text
+        .lines()
+        .filter(|l| serde_json::from_str::<Value>(l).is_ok_and(|r| r.get("step").and_then(Value::as_u64).map_or(true, |s| s <= step)))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if keep != text {
+        checkpoint::write_atomic(&path, keep.as_bytes()).with_context(|| format!("cannot rewrite {}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// Loads the augmentation pipeline of every view.
 pub fn build_views(reg: &Registry, cfg: &Config) -> Result<Vec<Augment>> {
     let ctx = Context { seed: cfg.train.seed, ..Default::default() };
@@ -190,6 +206,7 @@ pub fn run(args: TrainArgs) -> Result<i32> {
         }
         learner.load_state(&ck.tensors, ck.state.optim_t)?;
         (step, epoch, batch0) = (ck.state.step, ck.state.epoch, ck.state.batch_in_epoch);
+        drop_metrics_after(&out, step)?;
         tracing::info!("resuming {} at step {step} (epoch {epoch}, batch {batch0})", out.display());
     }
     tracing::info!(
