@@ -282,6 +282,7 @@ fn a_failed_checkpoint_write_keeps_the_previous_checkpoint_and_says_so() {
     let o = resume(&out, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_checkpoint(&out, 6);
+    assert_eq!(logged_steps(&out), (1..=6).collect::<Vec<_>>(), "steps 3-4 logged before the failure are not logged twice");
 }
 
 #[test]
@@ -297,6 +298,7 @@ fn a_process_killed_during_a_checkpoint_write_leaves_a_complete_latest_checkpoin
     assert!(stderr(&o).contains("at step 2"), "{}", text(&o));
     assert_checkpoint(&out, 6);
     assert!(!out.join("checkpoints/.tmp-step-00000004").exists(), "the leftover is replaced by the real step 4");
+    assert_eq!(logged_steps(&out), (1..=6).collect::<Vec<_>>(), "steps 3-4 logged before the kill are not logged twice");
 }
 
 #[cfg(unix)]
