@@ -313,10 +313,10 @@ pub fn run(args: TrainArgs) -> Result<i32> {
             let knn = cfg.eval.every_epochs > 0 && (epoch + 1) % cfg.eval.every_epochs == 0;
             online_eval(&mut learner, &cfg, &train, test, epoch, step, knn, &mut log)?;
         }
+        log.flush()?; // before the checkpoint, as above
         save(&mut learner, step, next_epoch, 0, last_loss)?;
         epoch = next_epoch;
         batch0 = 0;
-        log.flush()?;
     }
     bar.finish_and_clear();
 
