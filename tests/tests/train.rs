@@ -70,12 +70,17 @@ fn simclr_short_run_loss_falls_and_knn_beats_random_init() {
 #[test]
 fn byol_short_run_loss_falls_and_knn_beats_random_init() {
     let dir = tempfile::tempdir().unwrap();
-    let run = train(dir.path(), &["objective.plugin=byol", "optim.lr=0.1"]);
+    // Measured here: 48.0% vs 43.6% for random init after 48 steps (SGD at lr 0.1 for 32
+    // steps barely moves: 46.0%); BYOL needs a faster target and Adam to learn in seconds.
+    let run = train(dir.path(), &[
+        "objective.plugin=byol", "objective.config.tau_base=0.99", "train.epochs=6",
+        "optim.name=\"adamw\"", "optim.lr=0.003", "optim.weight_decay=1e-4",
+    ]);
     assert_loss_falls(&run);
     let (trained, random) = knn(&run);
     assert!(trained > random + 0.03, "BYOL kNN {trained:.3} vs random init {random:.3}");
     let taus: Vec<f64> = records(&run, "step").iter().map(|r| r["tau"].as_f64().unwrap()).collect();
-    assert!(taus[0] >= 0.996 && taus.windows(2).all(|w| w[1] >= w[0]), "τ rises from τ_base: {taus:?}");
+    assert!(taus[0] >= 0.99 && taus.windows(2).all(|w| w[1] >= w[0]), "τ rises from τ_base: {taus:?}");
 }
 
 #[test]
@@ -187,8 +192,8 @@ fn every_example_config_loads_and_runs_a_step() {
         if f.extension().and_then(|e| e.to_str()) != Some("toml") {
             continue;
         }
-        let text = std::fs::read_to_string(&f).unwrap();
-        if text.contains("/usr/share/datasets/fashion-mnist") && !Path::new("/usr/share/datasets/fashion-mnist").exists() {
+        let body = std::fs::read_to_string(&f).unwrap();
+        if body.contains("/usr/share/datasets/fashion-mnist") && !Path::new("/usr/share/datasets/fashion-mnist").exists() {
             eprintln!("skipping {}: Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)", f.display());
             continue;
         }

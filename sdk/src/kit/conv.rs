@@ -518,14 +518,16 @@ impl Conv2d {
             dx.par_chunks_mut(nb * g.in_len())
                 .zip(x.data.par_chunks(nb * g.in_len()))
                 .zip(dy.data.par_chunks(nb * g.out_len()))
-                .fold(Vec::new, |dw, ((dxc, xc), dyc)| body(dw, dxc, xc, dyc))
-                .reduce(Vec::new, |mut a, b| {
-                    if a.is_empty() {
-                        return b;
-                    }
+                .map(|((dxc, xc), dyc)| body(Vec::new(), dxc, xc, dyc))
+                .collect::<Vec<_>>()
+                // Sum the chunks' weight gradients in chunk order, whatever thread made them,
+                // so that training is bitwise reproducible (and `--resume` exact).
+                .into_iter()
+                .reduce(|mut a, b| {
                     a.iter_mut().zip(&b).for_each(|(u, v)| *u += v);
                     a
                 })
+                .unwrap_or_default()
         } else {
             body(Vec::new(), &mut dx, &x.data, &dy.data)
         };

@@ -1,4 +1,4 @@
-//! Finite-difference gradient checks for any [`Layer`](super::Layer).
+//! Finite-difference gradient checks for any [`Layer`].
 //!
 //! The loss is `L = Σ y ⊙ r` for a fixed random `r`, so `dL/dy = r`; the analytic `dx` and
 //! parameter gradients from `backward` are compared with central differences of `L` in f64.
@@ -14,7 +14,7 @@ pub fn random(shape: &[usize], seed: u64) -> Tensor {
     Tensor::new(shape.to_vec(), (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect())
 }
 
-/// Relative error measure used by the checks: `|a − b| / max(1, |a|, |b|)`... scaled per tensor.
+/// Largest absolute difference, relative to the largest magnitude in either (at least 1e-3).
 fn rel_err(a: &[f64], b: &[f64]) -> f64 {
     let scale = a.iter().chain(b).fold(1e-3f64, |m, v| m.max(v.abs()));
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max) / scale
@@ -36,12 +36,8 @@ pub fn check_layer_mode<L: Layer + ?Sized>(layer: &mut L, shape: &[usize], seed:
     restore(layer, &snapshot);
     layer.zero_grad();
     let _ = layer.forward(&x, train);
-    let dx = if train {
-        layer.backward(&r)
-    } else {
-        // eval-mode backward: run the forward in eval mode and backprop through it
-        layer.backward(&r)
-    };
+    // backward of the forward just run (in evaluation mode, through the running statistics)
+    let dx = layer.backward(&r);
     let loss = |layer: &mut L, x: &Tensor| -> f64 {
         let y = layer.forward(x, train);
         restore(layer, &snapshot);

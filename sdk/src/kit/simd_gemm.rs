@@ -17,7 +17,7 @@ use std::arch::x86_64::*;
 #[cfg(test)]
 pub(crate) static DISABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// True when [`gemm`] can run here.
+/// True when [`gemm()`] can run here.
 pub fn available() -> bool {
     #[cfg(test)]
     if DISABLED.load(std::sync::atomic::Ordering::SeqCst) {
