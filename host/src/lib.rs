@@ -5,9 +5,18 @@
 //! evaluation and the CLI. Plugins (objectives, encoders, augmentations) are loaded from
 //! dynamic libraries through `latent-sdk`'s ABI ([`plugins`]).
 //!
-//! Modules:
-//! - [`plugins`]: search path, loading with abi_stable, checked handles around plugin objects.
-//! - [`cli`]: the `latent` commands.
+//! Modules, in the order a training step meets them:
+//! - [`cli`]: the `latent` commands; [`config`]: the TOML experiment config and `--set`.
+//! - [`plugins`]: search path, loading with abi_stable, checked handles around plugin objects;
+//!   [`watchdog`]: a plugin call that never returns ends the run with a clear error.
+//! - [`data`]: dataset readers and the threaded, reproducible loader.
+//! - [`learner`]: one training step across the boundary, the EMA target;
+//!   [`optim`]: SGD / AdamW / LARS and the learning-rate schedule.
+//! - [`train`]: the run loop, [`checkpoint`]: atomic safetensors checkpoints,
+//!   [`metrics`] and [`plot`]: `metrics.jsonl` and PNG curves.
+//! - [`eval`]: kNN, linear probe, collapse metrics; [`report`]: the table with baselines;
+//!   [`evaluate`]: `latent eval` and `latent embed`.
+//! - [`new_plugin`]: `latent new-plugin`, a crate skeleton that builds and trains as it is.
 
 pub mod checkpoint;
 pub mod cli;
