@@ -95,6 +95,10 @@ def main():
             rows.append(("3 ABI overhead, CPU time", "% of a step", f"{statistics.median(ab['plugin_cpu_s']):.2f} CPU-s",
                          f"{statistics.median(ab['direct_cpu_s']):.2f} CPU-s", f"{ab['abi_overhead_cpu_pct']:+.2f} %", "<= 2 %", None))
         rows.append(("3 of which dynamic loading", "% of a step", "", "", f"{ab['dynamic_loading_pct']:+.2f} %", "-", None))
+        if "param_sync_through_abi_ms" in ab:
+            rows.append(("3 parameter round trip alone", "ms per step", f"{ab['param_sync_through_abi_ms']:.1f} through ABI",
+                         f"{ab['param_update_in_place_ms']:.1f} in place", f"{ab['param_sync_overhead_pct_of_step']:+.3f} %",
+                         "<= 2 %", ab['param_sync_overhead_pct_of_step'] <= 2.0))
         rows.append(("3 of which call protocol", "% of a step", "", "", f"{ab['boundary_protocol_pct']:+.2f} %", "-", None))
     mem = {}
     if sl and st:

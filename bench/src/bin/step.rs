@@ -23,10 +23,10 @@ use anyhow::{ensure, Result};
 use latent_bench::*;
 use latent_host::learner::{concat, split, Learner};
 use latent_host::optim::Optimizer;
-use latent_host::plugins::{Encoder, Objective};
+use latent_host::plugins::{Encoder, Objective, ParamAccess};
 use latent_plugin_resnet::ResNet;
 use latent_plugin_simclr::SimClr;
-use latent_sdk::abi::{Context, PluginKind};
+use latent_sdk::abi::{Context, ParamDesc, ParamRole, PluginKind};
 use latent_sdk::kit::{Module, Tensor};
 use latent_sdk::plugin::{EncoderPlugin, ObjectiveBatch, ObjectivePlugin, Plugin};
 use serde_json::json;
@@ -61,9 +61,23 @@ fn in_process_learner(cfg: &latent_host::config::Config) -> Result<Learner> {
     let feat_dim = encoder.out_dim(SHAPE)?;
     let manifest = latent_sdk::plugin::manifest::<SimClr>(PluginKind::Objective, env!("CARGO_PKG_VERSION"), false, false);
     let mut objective = Objective::new(manifest, obj_box);
-    let enc_params = latent_host::plugins::ParamAccess::params(&mut encoder)?;
-    let obj_params = latent_host::plugins::ParamAccess::params(&mut objective)?;
+    let enc_params = encoder.params()?;
+    let obj_params = objective.params()?;
     Ok(Learner { encoder, objective, target: None, optim: Optimizer::new(cfg.optim.clone())?, enc_params, obj_params, input_shape: SHAPE, feat_dim })
+}
+
+/// The optimizer phase of `Learner::step` for one module, as host/src/learner.rs does it: the
+/// gradients and values cross the ABI (take_grads, read_params), are updated, and are written
+/// back (write_params). SimCLR has no EMA targets, so that part of the host's `update` is left out.
+fn update_through_abi(optim: &mut Optimizer, m: &mut dyn ParamAccess, descs: &[ParamDesc], prefix: &str, lr: f64) -> Result<()> {
+    let grads = m.take_grads()?;
+    let mut vals = m.read_params()?;
+    for ((d, v), g) in descs.iter().zip(vals.iter_mut()).zip(&grads) {
+        if matches!(d.role, ParamRole::Weight | ParamRole::NoDecay) {
+            optim.update(&format!("{prefix}.{}", d.name), d.role, &mut v.data, &g.data, lr);
+        }
+    }
+    m.write_params(vals)
 }
 
 /// C: the author-side structs, called through their traits, updated in place.
@@ -86,13 +100,8 @@ impl Direct {
         Ok(Direct { enc, obj, optim: Optimizer::new(cfg.optim.clone())? })
     }
 
-    fn step(&mut self, views: &[Tensor], step: u64, total: u64, lr: f64) -> Result<f32> {
-        let x = concat(views)?;
-        let feats = self.enc.forward(x, true)?;
-        let hs = split(&feats, views.len());
-        let res = self.obj.compute(ObjectiveBatch { views: hs, targets: vec![], labels: vec![], step, total_steps: total, train: true })?;
-        self.enc.backward(concat(&res.grads)?)?;
-        self.optim.begin_step();
+    /// The optimizer phase of [`Direct::step`]: every trainable parameter updated in place.
+    fn update_in_place(&mut self, lr: f64) {
         let optim = &mut self.optim;
         let mut upd = |prefix: &str, m: &mut dyn Module| {
             m.visit_params(&mut |p| {
@@ -104,6 +113,16 @@ impl Direct {
         };
         upd("encoder", &mut self.enc);
         upd("objective", &mut self.obj);
+    }
+
+    fn step(&mut self, views: &[Tensor], step: u64, total: u64, lr: f64) -> Result<f32> {
+        let x = concat(views)?;
+        let feats = self.enc.forward(x, true)?;
+        let hs = split(&feats, views.len());
+        let res = self.obj.compute(ObjectiveBatch { views: hs, targets: vec![], labels: vec![], step, total_steps: total, train: true })?;
+        self.enc.backward(concat(&res.grads)?)?;
+        self.optim.begin_step();
+        self.update_in_place(lr);
         Ok(res.loss)
     }
 }
@@ -192,6 +211,24 @@ fn main() -> Result<()> {
                     steps + 1, last.0, last.1
                 );
             }
+            // The largest boundary-only cost of a step, measured alone (small, so many repetitions
+            // give a figure far below the step's noise): the parameter round trip through the ABI
+            // (A's optimizer phase) against C's in-place update; the optimizer maths is the same.
+            let reps = 20;
+            let (mut sync_a, mut sync_c) = (Vec::new(), Vec::new());
+            for _ in 0..reps {
+                let (t, _) = time(|| {
+                    update_through_abi(&mut a.optim, &mut a.encoder, &a.enc_params, "encoder", lr)?;
+                    update_through_abi(&mut a.optim, &mut a.objective, &a.obj_params, "objective", lr)
+                })?;
+                sync_a.push(t);
+                let (t, _) = time(|| {
+                    c.update_in_place(lr);
+                    Ok(())
+                })?;
+                sync_c.push(t);
+            }
+            let (msa, msc) = (median(&sync_a), median(&sync_c));
             let paired = |x: &[f64], y: &[f64]| median(&x.iter().zip(y).map(|(x, y)| (x - y) / x * 100.0).collect::<Vec<_>>());
             let (ma, mb, mc) = (median(&ta), median(&tb), median(&tc));
             emit(
@@ -206,6 +243,8 @@ fn main() -> Result<()> {
                     "abi_overhead_ms": (ma - mc) * 1e3,
                     "dynamic_loading_pct": paired(&ta, &tb),
                     "boundary_protocol_pct": paired(&tb, &tc),
+                    "param_sync_through_abi_ms": msa * 1e3, "param_update_in_place_ms": msc * 1e3,
+                    "param_sync_overhead_pct_of_step": (msa - msc) / median(&ta) * 100.0,
                     "plugin_cpu_s": ca, "handles_cpu_s": cb, "direct_cpu_s": cc,
                     "abi_overhead_cpu_pct": paired(&ca, &cc),
                     "dynamic_loading_cpu_pct": paired(&ca, &cb),
