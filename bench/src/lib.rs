@@ -1,5 +1,5 @@
 //! Shared pieces of the `latent` side of the benchmarks (`bench/run`): the benchmark config of
-//! /work/shared/bench-spec.md, the plugin directory, deterministic inputs, medians and the
+//! ../shared/bench-spec.md, the plugin directory, deterministic inputs, medians and the
 //! process's peak resident memory.
 
 use anyhow::{Context as _, Result};

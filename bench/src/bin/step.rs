@@ -1,4 +1,4 @@
-//! One SimCLR training step of the benchmark spec (/work/shared/bench-spec.md), timed.
+//! One SimCLR training step of the benchmark spec (../shared/bench-spec.md), timed.
 //!
 //! ```text
 //! step --mode plugin [--steps 5] [--batch 256] [--json FILE] [--plugin-dir DIR]
