@@ -170,6 +170,7 @@
 #![warn(missing_docs)]
 
 pub mod abi;
+pub mod autodiff;
 pub mod kit;
 pub mod plugin;
 
@@ -177,8 +178,12 @@ pub mod plugin;
 pub mod prelude {
     pub use crate::abi::{Context, ParamRole};
     pub use crate::kit::{BatchNorm, Init, Layer, Linear, Module, Param, Relu, Sequential, Tensor};
+    pub use crate::autodiff::nn::{Activation, Block, Head};
+    pub use crate::autodiff::ops::{cat_rows, cross_entropy};
+    pub use crate::autodiff::{Graph, Var};
     pub use crate::plugin::{
-        AugmentationPlugin, EncoderPlugin, ObjectiveBatch, ObjectivePlugin, ObjectiveResult, Plugin,
+        AugmentationPlugin, Encoder, EncoderPlugin, Loss, Objective, ObjectiveBatch, ObjectivePlugin, ObjectiveResult,
+        Plugin, Taped, Views,
     };
     pub use anyhow::{bail, ensure, Context as _};
     pub use serde::{Deserialize, Serialize};

@@ -9,6 +9,7 @@
 //! *poisoned*: later calls return [`ErrorKind::Poisoned`] instead of touching broken state.
 
 use crate::abi::*;
+use crate::autodiff::{Graph, Var};
 use crate::kit::{Module, Param, Tensor};
 use abi_stable::std_types::{RErr, ROk, RResult, RStr, RString, RVec};
 use serde::{de::DeserializeOwned, Serialize};
@@ -85,11 +86,159 @@ pub trait AugmentationPlugin: Plugin + Sync {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Forward-only authoring: the SDK's autodiff does the backward
+
+/// Inputs of one objective step, on the tape ([`Objective::forward`]).
+pub struct Views {
+    /// Online embeddings of each view, `[B, D]`, traced: the SDK returns their gradients.
+    pub views: Vec<Var>,
+    /// Target-network embeddings of each view (if `NEEDS_TARGET`): constants.
+    pub targets: Vec<Var>,
+    /// Labels (if `NEEDS_LABELS`).
+    pub labels: Vec<i64>,
+    /// Current step from 0.
+    pub step: u64,
+    /// Total steps of the run.
+    pub total_steps: u64,
+    /// Training or evaluation.
+    pub train: bool,
+}
+
+/// What an objective's forward returns: the scalar loss on the tape, metrics computed on
+/// values, and the EMA rate of the target network.
+pub struct Loss {
+    /// The `[1, 1]` loss.
+    pub loss: Var,
+    /// Named metrics (the SDK adds `loss` if absent).
+    pub metrics: Vec<(String, f64)>,
+    /// EMA rate for the target network after this step (1.0: none).
+    pub target_momentum: f64,
+}
+
+impl Loss {
+    /// A loss with no metrics and no target network.
+    pub fn new(loss: Var) -> Loss {
+        Loss { loss, metrics: Vec::new(), target_momentum: 1.0 }
+    }
+    /// Adds a metric.
+    pub fn metric(mut self, name: &str, value: f64) -> Loss {
+        self.metrics.push((name.to_string(), value));
+        self
+    }
+    /// Sets the target network's EMA rate.
+    pub fn target_momentum(mut self, tau: f64) -> Loss {
+        self.target_momentum = tau;
+        self
+    }
+}
+
+/// An objective written as its forward maths: views in, scalar loss out. The SDK traces the
+/// views, runs backward, returns d loss / d views to the host and adds each parameter's
+/// gradient to the [`Param`] of the same name (take parameters onto the tape with
+/// [`Graph::param`] or the layers of [`crate::autodiff::nn`]). Every such type is an
+/// [`ObjectivePlugin`].
+pub trait Objective: Plugin + Module {
+    /// Needs class labels (the host samples P x K class-balanced batches).
+    const NEEDS_LABELS: bool = false;
+    /// Needs target-network embeddings (the host keeps an EMA copy of the encoder).
+    const NEEDS_TARGET: bool = false;
+    /// The loss of one batch.
+    fn forward(&mut self, g: &Graph, batch: &Views) -> anyhow::Result<Loss>;
+}
+
+impl<T: Objective> ObjectivePlugin for T {
+    const NEEDS_LABELS: bool = <T as Objective>::NEEDS_LABELS;
+    const NEEDS_TARGET: bool = <T as Objective>::NEEDS_TARGET;
+
+    fn compute(&mut self, b: ObjectiveBatch) -> anyhow::Result<ObjectiveResult> {
+        let g = Graph::new(b.train);
+        let shapes: Vec<Vec<usize>> = b.views.iter().map(|v| v.shape.clone()).collect();
+        let views = b.views.iter().map(|v| g.input(v)).collect::<anyhow::Result<Vec<_>>>()?;
+        let targets = b.targets.iter().map(|v| g.constant(v)).collect::<anyhow::Result<Vec<_>>>()?;
+        let batch = Views { views, targets, labels: b.labels, step: b.step, total_steps: b.total_steps, train: b.train };
+        let out = crate::autodiff::catch_op_errors(|| self.forward(&g, &batch))?;
+        let loss = out.loss.values();
+        anyhow::ensure!(loss.len() == 1, "the loss must be a scalar [1, 1], got {:?}", out.loss.dims());
+        let mut metrics = out.metrics;
+        if !metrics.iter().any(|(n, _)| n == "loss") {
+            metrics.insert(0, ("loss".to_string(), loss[0] as f64));
+        }
+        let grads = if b.train {
+            let mut gr = crate::autodiff::catch_op_errors(|| g.backward(&out.loss))?;
+            gr.add_to_params(self);
+            batch.views.iter().zip(&shapes).map(|(v, s)| gr.tensor(v, s)).collect()
+        } else {
+            Vec::new()
+        };
+        Ok(ObjectiveResult { loss: loss[0], grads, metrics, target_momentum: out.target_momentum })
+    }
+}
+
+/// An encoder written as its forward maths on the tape; wrap it in [`Taped`] to export it.
+pub trait Encoder: Plugin + Module {
+    /// Output dimension for an input of shape `[C, H, W]`; an error if the shape cannot work.
+    fn out_dim(&mut self, input: [usize; 3]) -> anyhow::Result<usize>;
+    /// Images `[N, C·H·W]` (with `chw = [C, H, W]`) to features `[N, D]`.
+    fn forward(&mut self, g: &Graph, images: &Var, chw: [usize; 3]) -> anyhow::Result<Var>;
+}
+
+/// An [`Encoder`] as an [`EncoderPlugin`]: keeps the tape of the last training forward and runs
+/// it backward from the host's d loss / d features. `export_plugins!(encoders: [Taped<MyNet>])`.
+pub struct Taped<E> {
+    /// The encoder.
+    pub inner: E,
+    last: Option<(Graph, Var)>,
+}
+
+// SAFETY: `Graph` is an `Rc`, and every clone of the one in `last` (the graph and the Vars on
+// it) lives inside `last`: none escapes a call. Moving the whole `Taped` to another thread
+// moves all of them together, so no reference count is ever touched from two threads.
+unsafe impl<E: Send> Send for Taped<E> {}
+
+impl<E: Encoder> Plugin for Taped<E> {
+    type Config = E::Config;
+    const NAME: &'static str = E::NAME;
+    const DESCRIPTION: &'static str = E::DESCRIPTION;
+    fn new(config: Self::Config, ctx: &Context) -> anyhow::Result<Self> {
+        Ok(Taped { inner: E::new(config, ctx)?, last: None })
+    }
+}
+
+impl<E: Encoder> Module for Taped<E> {
+    fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        self.inner.visit_params(f)
+    }
+}
+
+impl<E: Encoder> EncoderPlugin for Taped<E> {
+    fn out_dim(&mut self, input: [usize; 3]) -> anyhow::Result<usize> {
+        self.inner.out_dim(input)
+    }
+    fn forward(&mut self, images: Tensor, train: bool) -> anyhow::Result<Tensor> {
+        let (_, c, h, w) = images.dims4("images")?;
+        let g = if train { Graph::new(true) } else { Graph::no_grad(false) };
+        let x = g.input(&images)?;
+        let y = crate::autodiff::catch_op_errors(|| self.inner.forward(&g, &x, [c, h, w]))?;
+        let out = y.value();
+        self.last = train.then_some((g, y));
+        Ok(out)
+    }
+    fn backward(&mut self, grad: Tensor) -> anyhow::Result<()> {
+        let (g, y) = self.last.take().ok_or_else(|| anyhow::anyhow!("backward without a training forward before it"))?;
+        let mut gr = crate::autodiff::catch_op_errors(|| g.backward_from(&y, &grad))?;
+        gr.add_to_params(&mut self.inner);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Boundary guards
 
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         s.to_string()
+    } else if let Some(e) = p.downcast_ref::<crate::autodiff::OpError>() {
+        e.0.clone()
     } else if let Some(s) = p.downcast_ref::<String>() {
         s.clone()
     } else {

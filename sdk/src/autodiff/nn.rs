@@ -1,0 +1,288 @@
+//! Layers on the tape, with named parameters: [`Linear`], [`BatchNorm1d`], [`Activation`], and
+//! [`Head`], the one projection/prediction head every objective builds from a list of
+//! [`Block`]s (lightly's `ProjectionHead`, `models/modules/heads.py`).
+//!
+//! Parameter names follow PyTorch's `nn.Sequential` indices, so a state dict maps one to one:
+//! each block contributes a Linear, then its batch-norm and activation if any, each taking the
+//! next index (SimCLR's head: `projector.0.weight`, `projector.1.{weight,bias,running_mean,
+//! running_var}`, `projector.3.{weight,bias}`). Initialisation is PyTorch's default.
+
+use super::{Graph, Var};
+use crate::abi::ParamRole;
+use crate::kit::{Init, Module, Param};
+use serde::{Deserialize, Serialize};
+
+/// `y = x · Wᵀ + b`, W `[out, in]` (PyTorch's layout and initialisation).
+#[derive(Clone, Debug)]
+pub struct Linear {
+    /// `[out, in]`.
+    pub weight: Param,
+    /// `[out]`.
+    pub bias: Option<Param>,
+}
+
+impl Linear {
+    /// `in_dim → out_dim`, parameters `<prefix>.weight` and `<prefix>.bias`.
+    pub fn new(init: &Init, in_dim: usize, out_dim: usize, bias: bool) -> Linear {
+        let weight = init.kaiming_uniform("weight", vec![out_dim, in_dim], in_dim);
+        let bias = bias.then(|| {
+            let mut b = init.kaiming_uniform("bias", vec![out_dim], in_dim);
+            b.role = ParamRole::NoDecay;
+            b
+        });
+        Linear { weight, bias }
+    }
+
+    /// `(in, out)`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.weight.shape[1], self.weight.shape[0])
+    }
+
+    /// `x [N, in] → [N, out]`.
+    pub fn forward(&self, g: &Graph, x: &Var) -> Var {
+        let y = x.matmul_t(&g.param(&self.weight));
+        match &self.bias {
+            Some(b) => y + g.param(b),
+            None => y,
+        }
+    }
+}
+
+impl Module for Linear {
+    fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        f(&mut self.weight);
+        if let Some(b) = &mut self.bias {
+            f(b);
+        }
+    }
+}
+
+/// Batch normalisation over the rows of `[N, C]`, as PyTorch's `BatchNorm1d`.
+///
+/// ```text
+/// train: y = γ · (x − μ) / sqrt(σ² + ε) + β        μ, σ² = batch mean, biased variance
+///        running_mean ← (1 − m)·running_mean + m·μ,  running_var ← (1 − m)·running_var + m·σ²·N/(N−1)
+/// eval:  the same with the running statistics
+/// ```
+/// Defaults ε = 1e-5, m = 0.1, γ = 1, β = 0.
+#[derive(Clone, Debug)]
+pub struct BatchNorm1d {
+    /// γ `[C]`.
+    pub weight: Param,
+    /// β `[C]`.
+    pub bias: Param,
+    /// Running mean `[C]` (buffer).
+    pub running_mean: Param,
+    /// Running unbiased variance `[C]` (buffer).
+    pub running_var: Param,
+    /// ε.
+    pub eps: f32,
+    /// Running-average momentum.
+    pub momentum: f32,
+}
+
+impl BatchNorm1d {
+    /// `channels` features, PyTorch's defaults.
+    pub fn new(init: &Init, channels: usize) -> BatchNorm1d {
+        BatchNorm1d {
+            weight: init.constant("weight", vec![channels], 1.0, ParamRole::NoDecay),
+            bias: init.constant("bias", vec![channels], 0.0, ParamRole::NoDecay),
+            running_mean: init.constant("running_mean", vec![channels], 0.0, ParamRole::Buffer),
+            running_var: init.constant("running_var", vec![channels], 1.0, ParamRole::Buffer),
+            eps: 1e-5,
+            momentum: 0.1,
+        }
+    }
+
+    /// Normalises `x [N, C]`; in training (the graph's mode) updates the running statistics.
+    pub fn forward(&mut self, g: &Graph, x: &Var) -> Var {
+        let c = self.weight.value.len();
+        if x.cols() != c {
+            super::fail(format!("batch-norm of {c} features got a {:?} input", x.dims()));
+        }
+        let (gamma, beta) = (g.param(&self.weight), g.param(&self.bias));
+        if g.train() {
+            let n = x.rows();
+            if n < 2 {
+                super::fail(format!("batch-norm in training needs at least 2 rows, got {:?}", x.dims()));
+            }
+            let mean = x.mean_cols();
+            let xc = x - &mean;
+            let var = xc.square().mean_cols();
+            let (m, vals, vars) = (self.momentum, mean.values(), var.values());
+            let unbias = n as f32 / (n - 1) as f32;
+            for k in 0..c {
+                self.running_mean.value[k] = (1.0 - m) * self.running_mean.value[k] + m * vals[k];
+                self.running_var.value[k] = (1.0 - m) * self.running_var.value[k] + m * vars[k] * unbias;
+            }
+            xc / (var + self.eps).sqrt() * gamma + beta
+        } else {
+            let rm = g.param(&self.running_mean);
+            let rv = g.param(&self.running_var);
+            (x - rm) / (rv + self.eps).sqrt() * gamma + beta
+        }
+    }
+}
+
+impl Module for BatchNorm1d {
+    fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        f(&mut self.weight);
+        f(&mut self.bias);
+        f(&mut self.running_mean);
+        f(&mut self.running_var);
+    }
+}
+
+/// A non-linearity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// None (identity).
+    #[default]
+    None,
+    /// `max(x, 0)`.
+    Relu,
+    /// GELU (erf form).
+    Gelu,
+}
+
+impl Activation {
+    /// Applies it.
+    pub fn apply(self, x: &Var) -> Var {
+        match self {
+            Activation::None => x.clone(),
+            Activation::Relu => x.relu(),
+            Activation::Gelu => x.gelu(),
+        }
+    }
+}
+
+/// One block of a [`Head`]: `in → out`, then batch-norm and an activation if asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Block {
+    /// Input features.
+    pub input: usize,
+    /// Output features.
+    pub output: usize,
+    /// BatchNorm1d after the Linear.
+    pub batch_norm: bool,
+    /// Activation last.
+    pub activation: Activation,
+    /// A bias on the Linear (usually off when batch-norm follows).
+    pub bias: bool,
+}
+
+impl Block {
+    /// A block.
+    pub fn new(input: usize, output: usize, batch_norm: bool, activation: Activation, bias: bool) -> Block {
+        Block { input, output, batch_norm, activation, bias }
+    }
+}
+
+struct Layer {
+    linear: Linear,
+    bn: Option<BatchNorm1d>,
+    act: Activation,
+}
+
+/// A projection or prediction head: blocks of Linear → BatchNorm1d? → activation?.
+pub struct Head {
+    layers: Vec<Layer>,
+}
+
+impl Head {
+    /// A head from blocks, parameters named under `init`'s prefix by `nn.Sequential` index.
+    pub fn new(init: &Init, blocks: &[Block]) -> Head {
+        let mut i = 0;
+        let mut layers = Vec::new();
+        for b in blocks {
+            let linear = Linear::new(&init.pp(i.to_string()), b.input, b.output, b.bias);
+            i += 1;
+            let bn = b.batch_norm.then(|| {
+                i += 1;
+                BatchNorm1d::new(&init.pp((i - 1).to_string()), b.output)
+            });
+            if b.activation != Activation::None {
+                i += 1;
+            }
+            layers.push(Layer { linear, bn, act: b.activation });
+        }
+        Head { layers }
+    }
+
+    /// SimCLR's `g` (v1, section 2.1): `in → hidden` (BN, ReLU, no bias), `hidden → out` (bias).
+    pub fn simclr(init: &Init, input: usize, hidden: usize, output: usize) -> Head {
+        Head::new(init, &[Block::new(input, hidden, true, Activation::Relu, false), Block::new(hidden, output, false, Activation::None, true)])
+    }
+
+    /// BYOL's projector and predictor (section 3.3): the same two blocks as [`Head::simclr`].
+    pub fn byol(init: &Init, input: usize, hidden: usize, output: usize) -> Head {
+        Head::simclr(init, input, hidden, output)
+    }
+
+    /// Barlow Twins' projector (section 4): two `→ hidden` blocks with BN and ReLU, then
+    /// `→ out`; no biases (as lightly's `BarlowTwinsProjectionHead`).
+    pub fn barlow_twins(init: &Init, input: usize, hidden: usize, output: usize) -> Head {
+        Head::new(init, &[
+            Block::new(input, hidden, true, Activation::Relu, false),
+            Block::new(hidden, hidden, true, Activation::Relu, false),
+            Block::new(hidden, output, false, Activation::None, false),
+        ])
+    }
+
+    /// `(input, output)` features.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.layers.first().map_or(0, |l| l.linear.dims().0), self.layers.last().map_or(0, |l| l.linear.dims().1))
+    }
+
+    /// The head on `x [N, input]`.
+    pub fn forward(&mut self, g: &Graph, x: &Var) -> Var {
+        let mut h = x.clone();
+        for l in &mut self.layers {
+            h = l.linear.forward(g, &h);
+            if let Some(bn) = &mut l.bn {
+                h = bn.forward(g, &h);
+            }
+            h = l.act.apply(&h);
+        }
+        h
+    }
+
+    /// The EMA target of this head: each trained parameter becomes a role-`Target` copy named
+    /// `<prefix>.<index>.<leaf>` following the online name (`ema_of`); batch-norm running
+    /// statistics become the target's own buffers, moved by the target's own forward.
+    pub fn target_copy(&self, prefix: &str) -> Head {
+        let rename = |p: &Param| {
+            let leaf = p.name.split_once('.').map(|(_, rest)| rest).unwrap_or(&p.name);
+            p.target_copy(format!("{prefix}.{leaf}"))
+        };
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| Layer {
+                linear: Linear { weight: rename(&l.linear.weight), bias: l.linear.bias.as_ref().map(rename) },
+                bn: l.bn.as_ref().map(|b| BatchNorm1d {
+                    weight: rename(&b.weight),
+                    bias: rename(&b.bias),
+                    running_mean: rename(&b.running_mean),
+                    running_var: rename(&b.running_var),
+                    eps: b.eps,
+                    momentum: b.momentum,
+                }),
+                act: l.act,
+            })
+            .collect();
+        Head { layers }
+    }
+}
+
+impl Module for Head {
+    fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        for l in &mut self.layers {
+            l.linear.visit_params(f);
+            if let Some(bn) = &mut l.bn {
+                bn.visit_params(f);
+            }
+        }
+    }
+}

@@ -1,0 +1,378 @@
+//! The operations on [`Var`]: element-wise maths with broadcasting, reductions, matrix
+//! products, the rows-and-columns helpers losses need, and the kit's convolution as a custom
+//! op. Each checks shapes before dfdx sees them (see the [module docs](super)).
+
+use super::{fail, pick_graph, Graph, Var, T2t};
+use crate::kit::{Conv2d, Conv2dConfig, Init, Layer, Tensor};
+use dfdx::prelude::{Axes2, Axis, BroadcastTo, LogSumExpTo, ReshapeTo, SumTo, TryMatMul};
+use std::ops::{Add, Div, Mul, Neg, Sub};
+
+fn expand(t: T2t, from: (usize, usize), to: (usize, usize)) -> T2t {
+    match from {
+        f if f == to => t,
+        (1, 1) => t.reshape_like(&()).broadcast_like::<_, Axes2<0, 1>>(&to),
+        (1, c) => t.reshape_like(&(c,)).broadcast_like::<_, Axis<0>>(&to),
+        (r, 1) => t.reshape_like(&(r,)).broadcast_like::<_, Axis<1>>(&to),
+        _ => unreachable!(),
+    }
+}
+
+fn broadcast_dims(op: &str, a: (usize, usize), b: (usize, usize)) -> (usize, usize) {
+    let dim = |x: usize, y: usize| match (x, y) {
+        _ if x == y => Some(x),
+        (1, y) => Some(y),
+        (x, 1) => Some(x),
+        _ => None,
+    };
+    match (dim(a.0, b.0), dim(a.1, b.1)) {
+        (Some(r), Some(c)) => (r, c),
+        _ => fail(format!("{op}: shapes [{}, {}] and [{}, {}] do not broadcast (each dimension must match or be 1)", a.0, a.1, b.0, b.1)),
+    }
+}
+
+impl Var {
+    fn unary(&self, f: impl FnOnce(T2t) -> T2t) -> Var {
+        self.g.record(f(self.traced()))
+    }
+
+    fn binary(&self, other: &Var, op: &str, f: impl FnOnce(T2t, T2t) -> T2t) -> Var {
+        let g = pick_graph(&[self, other]).expect("two operands");
+        // Same tensor on both sides: dfdx's backward would borrow one gradient slot twice.
+        let other = if self.id == other.id { other.scale(1.0) } else { other.clone() };
+        let to = broadcast_dims(op, self.dims(), other.dims());
+        let a = expand(self.traced(), self.dims(), to);
+        let b = expand(other.traced(), other.dims(), to);
+        g.record(f(a, b))
+    }
+
+    /// `self + other` (broadcasting).
+    pub fn add(&self, other: &Var) -> Var {
+        self.binary(other, "add", |a, b| a + b)
+    }
+    /// `self − other` (broadcasting).
+    pub fn sub(&self, other: &Var) -> Var {
+        self.binary(other, "sub", |a, b| a - b)
+    }
+    /// `self ⊙ other` (broadcasting).
+    pub fn mul(&self, other: &Var) -> Var {
+        self.binary(other, "mul", |a, b| a * b)
+    }
+    /// `self / other` (broadcasting).
+    pub fn div(&self, other: &Var) -> Var {
+        self.binary(other, "div", |a, b| a / b)
+    }
+    /// `max(self, other)` element-wise (broadcasting).
+    pub fn maximum(&self, other: &Var) -> Var {
+        self.binary(other, "maximum", |a, b| a.maximum(b))
+    }
+
+    /// `s · self`.
+    pub fn scale(&self, s: f32) -> Var {
+        self.unary(|t| t * s)
+    }
+    /// `self + s`.
+    pub fn shift(&self, s: f32) -> Var {
+        self.unary(|t| t + s)
+    }
+    /// `eˣ`.
+    pub fn exp(&self) -> Var {
+        self.unary(|t| t.exp())
+    }
+    /// `ln x`.
+    pub fn ln(&self) -> Var {
+        self.unary(|t| t.ln())
+    }
+    /// `√x`.
+    pub fn sqrt(&self) -> Var {
+        self.unary(|t| t.sqrt())
+    }
+    /// `x²`.
+    pub fn square(&self) -> Var {
+        self.unary(|t| t.square())
+    }
+    /// `|x|`.
+    pub fn abs(&self) -> Var {
+        self.unary(|t| t.abs())
+    }
+    /// `xᵖ`.
+    pub fn powf(&self, p: f32) -> Var {
+        self.unary(|t| t.powf(p))
+    }
+    /// `max(x, 0)`.
+    pub fn relu(&self) -> Var {
+        self.unary(|t| t.relu())
+    }
+    /// GELU with the exact erf form (PyTorch's `nn.GELU()` default):
+    /// `x·Φ(x)`, derivative `Φ(x) + x·φ(x)`. dfdx 0.13's `accurate_gelu` leaves the `1/√2` of
+    /// the chain rule out of its derivative (8.5 % off at |x| ≈ 1), so this is a custom op.
+    pub fn gelu(&self) -> Var {
+        use std::f32::consts::{FRAC_1_SQRT_2, PI};
+        let x = self.values();
+        let y: Vec<f32> = x.iter().map(|&v| 0.5 * v * (1.0 + libm::erff(v * FRAC_1_SQRT_2))).collect();
+        let (r, c) = self.dims();
+        self.g.custom(&[self], r, c, y, move |dy, dx| {
+            let inv_sqrt_2pi = 1.0 / (2.0 * PI).sqrt();
+            for (k, &v) in x.iter().enumerate() {
+                let cdf = 0.5 * (1.0 + libm::erff(v * FRAC_1_SQRT_2));
+                let pdf = inv_sqrt_2pi * (-0.5 * v * v).exp();
+                dx[0][k] += dy[k] * (cdf + v * pdf);
+            }
+        })
+    }
+    /// `max(x, lo)`.
+    pub fn clamp_min(&self, lo: f32) -> Var {
+        self.unary(|t| t.clamp(lo, f32::INFINITY))
+    }
+
+    /// Σ of every value, `[1, 1]`.
+    pub fn sum(&self) -> Var {
+        self.unary(|t| t.sum::<(), _>().reshape_like(&(1, 1)))
+    }
+    /// Mean of every value, `[1, 1]`.
+    pub fn mean(&self) -> Var {
+        let n = self.len().max(1) as f32;
+        self.sum().scale(1.0 / n)
+    }
+    /// Σ over each row's columns, `[N, 1]`.
+    pub fn sum_rows(&self) -> Var {
+        let r = self.rows();
+        self.unary(|t| t.sum::<(usize,), Axis<1>>().reshape_like(&(r, 1)))
+    }
+    /// Mean over each row's columns, `[N, 1]`.
+    pub fn mean_rows(&self) -> Var {
+        let c = self.cols().max(1) as f32;
+        self.sum_rows().scale(1.0 / c)
+    }
+    /// Σ over each column's rows, `[1, C]`.
+    pub fn sum_cols(&self) -> Var {
+        let c = self.cols();
+        self.unary(|t| t.sum::<(usize,), Axis<0>>().reshape_like(&(1, c)))
+    }
+    /// Mean over each column's rows (a batch mean), `[1, C]`.
+    pub fn mean_cols(&self) -> Var {
+        let r = self.rows().max(1) as f32;
+        self.sum_cols().scale(1.0 / r)
+    }
+    /// Biased (1/N) variance of each column, `[1, C]`.
+    pub fn var_cols(&self) -> Var {
+        self.sub(&self.mean_cols()).square().mean_cols()
+    }
+    /// `log Σⱼ exp xᵢⱼ` of each row, `[N, 1]` (stable).
+    pub fn logsumexp_rows(&self) -> Var {
+        let r = self.rows();
+        self.unary(|t| t.logsumexp::<(usize,), Axis<1>>().reshape_like(&(r, 1)))
+    }
+    /// `xᵢⱼ − log Σₖ exp xᵢₖ` (log-softmax over each row).
+    pub fn log_softmax_rows(&self) -> Var {
+        self.sub(&self.logsumexp_rows())
+    }
+    /// Log-softmax over each row, with the entries where `mask` is true left out of the sum
+    /// (their outputs are meaningless and get no gradient). `mask` is row-major, one per value.
+    pub fn log_softmax_rows_masked(&self, mask: &[bool]) -> Var {
+        self.masked_fill(mask, -1e30).log_softmax_rows()
+    }
+
+    /// `self · other` (`[N, K] · [K, M]`).
+    pub fn matmul(&self, other: &Var) -> Var {
+        let ((n, k), (k2, m)) = (self.dims(), other.dims());
+        if k != k2 {
+            fail(format!("matmul: [{n}, {k}] · [{k2}, {m}]: the inner dimensions differ"));
+        }
+        let other = if self.id == other.id { other.scale(1.0) } else { other.clone() };
+        let g = pick_graph(&[self, &other]).expect("two operands");
+        g.record(self.traced().try_matmul(other.traced()).unwrap_or_else(|e| fail(format!("matmul: {e:?}"))))
+    }
+    /// `self · otherᵀ` (`[N, K] · [M, K]ᵀ`): a similarity matrix of two sets of rows, or a
+    /// linear layer with PyTorch's `[out, in]` weight.
+    pub fn matmul_t(&self, other: &Var) -> Var {
+        let ((n, k), (m, k2)) = (self.dims(), other.dims());
+        if k != k2 {
+            fail(format!("matmul_t: [{n}, {k}] · [{m}, {k2}]ᵀ: the rows have different lengths"));
+        }
+        self.matmul(&other.t())
+    }
+    /// The transpose, as a new contiguous tensor.
+    pub fn t(&self) -> Var {
+        let (r, c) = self.dims();
+        let x = self.values();
+        let mut y = vec![0.0; r * c];
+        for i in 0..r {
+            for j in 0..c {
+                y[j * r + i] = x[i * c + j];
+            }
+        }
+        self.g.custom(&[self], c, r, y, move |dy, dx| {
+            for i in 0..r {
+                for j in 0..c {
+                    dx[0][i * c + j] += dy[j * r + i];
+                }
+            }
+        })
+    }
+
+    /// Each row scaled to unit length: `x / max(‖x‖, 1e-12)` (`F.normalize`). The squared norm
+    /// is clamped before the square root, so a zero row gets a zero gradient, not NaN.
+    pub fn l2_normalize(&self) -> Var {
+        let norm = self.square().sum_rows().clamp_min(1e-24).sqrt();
+        self.div(&norm)
+    }
+    /// Cosine similarity of matching rows, `[N, 1]`.
+    pub fn cosine_rows(&self, other: &Var) -> Var {
+        self.l2_normalize().mul(&other.l2_normalize()).sum_rows()
+    }
+    /// Cosine similarity of every row of `self` with every row of `other`, `[N, M]`.
+    pub fn cosine_matrix(&self, other: &Var) -> Var {
+        self.l2_normalize().matmul_t(&other.l2_normalize())
+    }
+
+    /// Rows `start..end`.
+    pub fn rows_range(&self, start: usize, end: usize) -> Var {
+        let (r, c) = self.dims();
+        if start > end || end > r {
+            fail(format!("rows_range {start}..{end} of a [{r}, {c}] tensor"));
+        }
+        let y = self.values()[start * c..end * c].to_vec();
+        self.g.custom(&[self], end - start, c, y, move |dy, dx| {
+            dx[0][start * c..end * c].iter_mut().zip(dy).for_each(|(a, b)| *a += b);
+        })
+    }
+    /// Diagonal of a square matrix, `[N, 1]`.
+    pub fn diag(&self) -> Var {
+        let (r, c) = self.dims();
+        if r != c {
+            fail(format!("diag of a non-square [{r}, {c}] tensor"));
+        }
+        self.pick(&(0..r).collect::<Vec<_>>())
+    }
+    /// Entry `idx[i]` of each row `i`, `[N, 1]` (`gather` along the columns).
+    pub fn pick(&self, idx: &[usize]) -> Var {
+        let (r, c) = self.dims();
+        if idx.len() != r {
+            fail(format!("pick: {} indices for {r} rows", idx.len()));
+        }
+        if let Some((i, &j)) = idx.iter().enumerate().find(|(_, &j)| j >= c) {
+            fail(format!("pick: index {j} in row {i} of a [{r}, {c}] tensor"));
+        }
+        let x = self.values();
+        let y: Vec<f32> = idx.iter().enumerate().map(|(i, &j)| x[i * c + j]).collect();
+        let idx = idx.to_vec();
+        self.g.custom(&[self], r, 1, y, move |dy, dx| {
+            for (i, &j) in idx.iter().enumerate() {
+                dx[0][i * c + j] += dy[i];
+            }
+        })
+    }
+    /// `value` where `mask` is true (no gradient there), `self` elsewhere.
+    pub fn masked_fill(&self, mask: &[bool], value: f32) -> Var {
+        if mask.len() != self.len() {
+            fail(format!("masked_fill: {} mask entries for a {:?} tensor", mask.len(), self.dims()));
+        }
+        let (r, c) = self.dims();
+        let y: Vec<f32> = self.values().iter().zip(mask).map(|(&v, &m)| if m { value } else { v }).collect();
+        let mask = mask.to_vec();
+        self.g.custom(&[self], r, c, y, move |dy, dx| {
+            for (k, &m) in mask.iter().enumerate() {
+                if !m {
+                    dx[0][k] += dy[k];
+                }
+            }
+        })
+    }
+    /// The same values as `[rows, cols]` (row-major order kept).
+    pub fn reshape(&self, rows: usize, cols: usize) -> Var {
+        if rows * cols != self.len() {
+            fail(format!("reshape of a {:?} tensor to [{rows}, {cols}]", self.dims()));
+        }
+        // dfdx keeps the tensor id of a contiguous reshape: so does the Var.
+        let mut v = self.unary(|t| t.reshape_like(&(rows, cols)));
+        v.id = self.id;
+        v
+    }
+}
+
+/// Rows of every part stacked, `[Σ Nₖ, C]` (`torch.cat(dim=0)`).
+pub fn cat_rows(parts: &[&Var]) -> Var {
+    let Some(first) = parts.first() else { fail("cat_rows of no tensors".into()) };
+    let c = first.cols();
+    if let Some(p) = parts.iter().find(|p| p.cols() != c) {
+        fail(format!("cat_rows: a [{}, {}] part among parts of {c} columns", p.rows(), p.cols()));
+    }
+    let g: Graph = pick_graph(parts).expect("parts");
+    let lens: Vec<usize> = parts.iter().map(|p| p.len()).collect();
+    let y: Vec<f32> = parts.iter().flat_map(|p| p.values()).collect();
+    let rows = y.len() / c.max(1);
+    g.custom(parts, rows, c, y, move |dy, dx| {
+        let mut o = 0;
+        for (k, &n) in lens.iter().enumerate() {
+            dx[k].iter_mut().zip(&dy[o..o + n]).for_each(|(a, b)| *a += b);
+            o += n;
+        }
+    })
+}
+
+/// Mean cross-entropy of `logits` `[N, C]` against class indices `target` (`F.cross_entropy`).
+pub fn cross_entropy(logits: &Var, target: &[usize]) -> Var {
+    logits.log_softmax_rows().pick(target).mean().scale(-1.0)
+}
+
+/// 2-d convolution with the kit's fast kernels as one custom op: `x` is `[N, C·H·W]` with
+/// `chw = [C, H, W]`, `weight` the `[O, C/groups·kh·kw]` view of a `[O, C/groups, kh, kw]`
+/// parameter (what [`Graph::param`] gives). Returns `[N, O·H'·W']` and `[O, H', W']`. No bias.
+pub fn conv2d(x: &Var, chw: [usize; 3], weight: &Var, kernel: [usize; 2], stride: usize, padding: usize, groups: usize) -> (Var, [usize; 3]) {
+    let [c, h, w] = chw;
+    let (n, len) = x.dims();
+    let [kh, kw] = kernel;
+    let o = weight.rows();
+    if len != c * h * w {
+        fail(format!("conv2d: input rows of {len} values are not [C, H, W] = {chw:?}"));
+    }
+    if groups == 0 || c % groups != 0 || o % groups != 0 || weight.cols() != c / groups * kh * kw {
+        fail(format!("conv2d: weight {:?} does not fit {c} input channels, kernel {kh}x{kw}, {groups} groups", weight.dims()));
+    }
+    if h + 2 * padding < kh || w + 2 * padding < kw || stride == 0 {
+        fail(format!("conv2d: kernel {kh}x{kw} (stride {stride}, padding {padding}) does not fit a {h}x{w} input"));
+    }
+    let cfg = Conv2dConfig { stride, padding, groups, bias: false };
+    let mut conv = Conv2d::rect(&Init::new(0), c, o, kh, kw, cfg);
+    conv.weight.value = weight.values();
+    let train = pick_graph(&[x, weight]).is_some_and(|g| g.records());
+    let y = conv.forward(&Tensor::new(vec![n, c, h, w], x.values()), train);
+    let (oh, ow) = (y.shape[2], y.shape[3]);
+    let g = pick_graph(&[x, weight]).expect("operands");
+    let out = g.custom(&[x, weight], n, o * oh * ow, y.data, move |dy, dx| {
+        let d = conv.backward(&Tensor::new(vec![n, o, oh, ow], dy.to_vec()));
+        dx[0].iter_mut().zip(&d.data).for_each(|(a, b)| *a += b);
+        dx[1].iter_mut().zip(&conv.weight.grad).for_each(|(a, b)| *a += b);
+    });
+    (out, [o, oh, ow])
+}
+
+/// Mean over each image's positions: `[N, C·S]` with `S` positions per channel to `[N, C]`.
+pub fn global_avg_pool(x: &Var, channels: usize) -> Var {
+    let (n, len) = x.dims();
+    if channels == 0 || len % channels != 0 {
+        fail(format!("global_avg_pool: rows of {len} values do not split into {channels} channels"));
+    }
+    x.reshape(n * channels, len / channels).mean_rows().reshape(n, channels)
+}
+
+macro_rules! bin_ops {
+    ($($Tr:ident $m:ident $f:ident),*) => {$(
+        impl $Tr<&Var> for &Var { type Output = Var; fn $m(self, o: &Var) -> Var { Var::$f(self, o) } }
+        impl $Tr<Var> for Var { type Output = Var; fn $m(self, o: Var) -> Var { Var::$f(&self, &o) } }
+        impl $Tr<&Var> for Var { type Output = Var; fn $m(self, o: &Var) -> Var { Var::$f(&self, o) } }
+        impl $Tr<Var> for &Var { type Output = Var; fn $m(self, o: Var) -> Var { Var::$f(self, &o) } }
+    )*};
+}
+bin_ops!(Add add add, Sub sub sub, Mul mul mul, Div div div);
+
+macro_rules! scalar_ops {
+    ($($T:ty),*) => {$(
+        impl Mul<f32> for $T { type Output = Var; fn mul(self, s: f32) -> Var { self.scale(s) } }
+        impl Div<f32> for $T { type Output = Var; fn div(self, s: f32) -> Var { self.scale(1.0 / s) } }
+        impl Add<f32> for $T { type Output = Var; fn add(self, s: f32) -> Var { self.shift(s) } }
+        impl Sub<f32> for $T { type Output = Var; fn sub(self, s: f32) -> Var { self.shift(-s) } }
+        impl Neg for $T { type Output = Var; fn neg(self) -> Var { self.scale(-1.0) } }
+    )*};
+}
+scalar_ops!(Var, &Var);

@@ -1,0 +1,276 @@
+//! Every operation and layer against finite differences, and the dfdx traps the SDK absorbs.
+
+use super::gradcheck::{assert_within, check, check_fn};
+use super::nn::{BatchNorm1d, Head, Linear};
+use super::ops::{cat_rows, conv2d, cross_entropy, global_avg_pool};
+use super::{catch_op_errors, Graph, Var};
+use crate::kit::gradcheck::random;
+use crate::kit::{Init, Layer, Module, ProjectionHead, Tensor};
+
+/// `Σ y ⊙ r` for a fixed random `r` of `y`'s shape: every entry of `y` gets a distinct weight.
+fn weigh(y: &Var, seed: u64) -> Var {
+    let (r, c) = y.dims();
+    let w = y.graph().from_vec(r, c, random(&[r, c], seed).data);
+    (y * &w).sum()
+}
+
+fn positive(shape: &[usize], seed: u64) -> Tensor {
+    let mut t = random(shape, seed);
+    t.data.iter_mut().for_each(|v| *v = 0.5 + v.abs());
+    t
+}
+
+#[test]
+fn elementwise_ops_and_broadcasts_match_finite_differences() {
+    let x = random(&[3, 4], 1);
+    for (name, other) in [("full", random(&[3, 4], 2)), ("row", random(&[1, 4], 3)), ("column", random(&[3, 1], 4)), ("scalar", random(&[1, 1], 5))] {
+        let other_pos = positive(&other.shape, 6);
+        assert_within(&format!("add {name}"), &check_fn(&[x.clone(), other.clone()], 1e-2, |_, v| weigh(&(&v[0] + &v[1]), 9)), 1e-2);
+        assert_within(&format!("sub {name}"), &check_fn(&[x.clone(), other.clone()], 1e-2, |_, v| weigh(&(&v[0] - &v[1]), 9)), 1e-2);
+        assert_within(&format!("mul {name}"), &check_fn(&[x.clone(), other.clone()], 1e-2, |_, v| weigh(&(&v[0] * &v[1]), 9)), 1e-2);
+        assert_within(&format!("div {name}"), &check_fn(&[x.clone(), other_pos], 1e-3, |_, v| weigh(&(&v[0] / &v[1]), 9)), 1e-2);
+        // the broadcast operand on the left
+        assert_within(&format!("sub {name} left"), &check_fn(&[other.clone(), x.clone()], 1e-2, |_, v| weigh(&(&v[0] - &v[1]), 9)), 1e-2);
+    }
+    let p = positive(&[3, 4], 7);
+    let unary: [(&str, &Tensor, fn(&Var) -> Var); 9] = [
+        ("exp", &x, |v| v.exp()),
+        ("ln", &p, |v| v.ln()),
+        ("sqrt", &p, |v| v.sqrt()),
+        ("square", &x, |v| v.square()),
+        ("gelu", &x, |v| v.gelu()),
+        ("relu", &p, |v| v.relu()),
+        ("powf", &p, |v| v.powf(1.5)),
+        ("scalar ops", &x, |v| -((v * 3.0 + 1.0) / 2.0 - 0.5)),
+        ("clamp_min", &p, |v| v.clamp_min(0.1)),
+    ];
+    for (name, input, f) in unary {
+        assert_within(name, &check_fn(&[input.clone()], 1e-3, |_, v| weigh(&f(&v[0]), 9)), 1e-2);
+    }
+}
+
+#[test]
+fn reductions_and_softmax_match_finite_differences() {
+    let x = random(&[4, 5], 1);
+    let red: [(&str, fn(&Var) -> Var); 8] = [
+        ("sum", |v| v.sum()),
+        ("mean", |v| v.mean().scale(7.0)),
+        ("sum_rows", |v| weigh(&v.sum_rows(), 3)),
+        ("mean_rows", |v| weigh(&v.mean_rows(), 3)),
+        ("sum_cols", |v| weigh(&v.sum_cols(), 3)),
+        ("var_cols", |v| weigh(&v.var_cols(), 3)),
+        ("logsumexp_rows", |v| weigh(&v.logsumexp_rows(), 3)),
+        ("log_softmax_rows", |v| weigh(&v.log_softmax_rows(), 3)),
+    ];
+    for (name, f) in red {
+        assert_within(name, &check_fn(&[x.clone()], 1e-2, |_, v| f(&v[0])), 1e-2);
+    }
+    let mask: Vec<bool> = (0..20).map(|k| k % 6 == 0).collect();
+    let m2 = mask.clone();
+    assert_within("masked log-softmax", &check_fn(&[x.clone()], 1e-2, move |_, v| {
+        let y = v[0].log_softmax_rows_masked(&m2);
+        weigh(&y.masked_fill(&m2, 0.0), 3)
+    }), 1e-2);
+    // the masked entries are out of the sum: each row's softmax over the others sums to 1
+    let g = Graph::new(false);
+    let y = g.input(&x).unwrap().log_softmax_rows_masked(&mask).values();
+    for i in 0..4 {
+        let s: f32 = (0..5).filter(|&j| !mask[i * 5 + j]).map(|j| y[i * 5 + j].exp()).sum();
+        assert!((s - 1.0).abs() < 1e-5, "row {i} sums to {s}");
+    }
+    let targets = [1usize, 0, 4, 2];
+    assert_within("cross_entropy", &check_fn(&[x.clone()], 1e-2, move |_, v| cross_entropy(&v[0], &targets)), 1e-2);
+}
+
+#[test]
+fn gelu_matches_its_erf_formula() {
+    // x·Φ(x) and Φ(x) + x·φ(x) in f64 (Python's math.erf) at x = -2, -1, -0.3, 0, 0.5, 1.7
+    let x = [-2.0f32, -1.0, -0.3, 0.0, 0.5, 1.7];
+    let y = [-0.04550026f32, -0.15865525, -0.11462657, 0.0, 0.34573123, 1.62423871];
+    let g = Graph::new(true);
+    let v = g.from_vec(1, 6, x.to_vec());
+    let out = v.gelu();
+    for (a, b) in out.values().iter().zip(&y) {
+        assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+    }
+    let d = g.backward(&out.sum()).unwrap().of(&v);
+    let want = [-0.08523180f32, -0.08331547, 0.26767223, 0.5, 0.86749512, 1.11531797];
+    for (a, b) in d.iter().zip(&want) {
+        assert!((a - b).abs() < 1e-5, "gelu' {a} vs {b}");
+    }
+}
+
+#[test]
+fn cross_entropy_matches_its_formula() {
+    let x = random(&[3, 4], 2);
+    let g = Graph::new(false);
+    let l = cross_entropy(&g.input(&x).unwrap(), &[3, 0, 1]).item();
+    let mut want = 0.0f64;
+    for (i, &t) in [3usize, 0, 1].iter().enumerate() {
+        let row: Vec<f64> = x.data[i * 4..i * 4 + 4].iter().map(|&v| v as f64).collect();
+        let lse = row.iter().map(|v| v.exp()).sum::<f64>().ln();
+        want += lse - row[t];
+    }
+    assert!((l - want / 3.0).abs() < 1e-6, "{l} vs {}", want / 3.0);
+}
+
+#[test]
+fn matrix_ops_and_row_helpers_match_finite_differences() {
+    let a = random(&[3, 4], 1);
+    let b = random(&[4, 2], 2);
+    let c = random(&[5, 4], 3);
+    assert_within("matmul", &check_fn(&[a.clone(), b.clone()], 1e-2, |_, v| weigh(&v[0].matmul(&v[1]), 9)), 1e-2);
+    assert_within("matmul_t", &check_fn(&[a.clone(), c.clone()], 1e-2, |_, v| weigh(&v[0].matmul_t(&v[1]), 9)), 1e-2);
+    assert_within("t", &check_fn(&[a.clone()], 1e-2, |_, v| weigh(&v[0].t(), 9)), 1e-2);
+    assert_within("l2_normalize", &check_fn(&[a.clone()], 1e-3, |_, v| weigh(&v[0].l2_normalize(), 9)), 1e-2);
+    assert_within("cosine_rows", &check_fn(&[a.clone(), random(&[3, 4], 5)], 1e-3, |_, v| weigh(&v[0].cosine_rows(&v[1]), 9)), 1e-2);
+    assert_within("cosine_matrix", &check_fn(&[a.clone(), c.clone()], 1e-3, |_, v| weigh(&v[0].cosine_matrix(&v[1]), 9)), 1e-2);
+    assert_within("rows_range", &check_fn(&[c.clone()], 1e-2, |_, v| weigh(&v[0].rows_range(1, 4), 9)), 1e-2);
+    assert_within("cat_rows", &check_fn(&[a.clone(), c.clone()], 1e-2, |_, v| weigh(&cat_rows(&[&v[1], &v[0], &v[1]]), 9)), 1e-2);
+    assert_within("pick", &check_fn(&[a.clone()], 1e-2, |_, v| weigh(&v[0].pick(&[3, 0, 3]), 9)), 1e-2);
+    assert_within("diag", &check_fn(&[random(&[4, 4], 8)], 1e-2, |_, v| weigh(&v[0].diag(), 9)), 1e-2);
+    assert_within("reshape", &check_fn(&[a.clone()], 1e-2, |_, v| weigh(&v[0].reshape(2, 6), 9)), 1e-2);
+}
+
+#[test]
+fn a_tensor_times_its_own_transpose_and_itself_has_the_right_gradient() {
+    // dfdx alone panics in backward here: both operands share one gradient slot.
+    let a = random(&[3, 4], 1);
+    assert_within("u uᵀ", &check_fn(&[a.clone()], 1e-2, |_, v| weigh(&v[0].matmul_t(&v[0]), 9)), 1e-2);
+    assert_within("u · uᵀ", &check_fn(&[a.clone()], 1e-2, |_, v| weigh(&v[0].matmul(&v[0].t()), 9)), 1e-2);
+    assert_within("x * x", &check_fn(&[a.clone()], 1e-2, |_, v| weigh(&(&v[0] * &v[0]), 9)), 1e-2);
+    assert_within("x * x / x", &check_fn(&[positive(&[3, 4], 2)], 1e-3, |_, v| weigh(&(&v[0] * &v[0] / &v[0]), 9)), 1e-2);
+}
+
+#[test]
+fn l2_normalize_of_a_zero_row_has_a_zero_gradient_not_nan() {
+    let mut x = random(&[3, 4], 1);
+    x.data[4..8].iter_mut().for_each(|v| *v = 0.0);
+    let g = Graph::new(true);
+    let v = g.input(&x).unwrap();
+    let u = v.l2_normalize();
+    assert!(u.values()[4..8].iter().all(|&y| y == 0.0));
+    let loss = weigh(&u, 2);
+    let d = g.backward(&loss).unwrap().of(&v);
+    assert!(d.iter().all(|v| v.is_finite()), "{d:?}");
+}
+
+#[test]
+fn convolution_and_pooling_on_the_tape_match_finite_differences() {
+    for (xs, ws, stride, padding, groups) in [([2, 3, 5, 4], [4, 3, 3, 3], 1, 1, 1), ([1, 4, 6, 5], [2, 2, 3, 2], 2, 1, 2)] {
+        let x = random(&[xs[0], xs[1] * xs[2] * xs[3]], 1);
+        let w = random(&[ws[0], ws[1] * ws[2] * ws[3]], 2);
+        let chw = [xs[1], xs[2], xs[3]];
+        assert_within("conv2d", &check_fn(&[x, w], 1e-2, move |_, v| {
+            let (y, [o, _, _]) = conv2d(&v[0], chw, &v[1], [ws[2], ws[3]], stride, padding, groups);
+            weigh(&global_avg_pool(&y, o).square(), 9) + weigh(&y, 8)
+        }), 1e-2);
+    }
+}
+
+#[test]
+fn layers_match_finite_differences_and_keep_pytorch_names() {
+    let init = Init::new(3);
+    let mut lin = Linear::new(&init.pp("fc"), 4, 3, true);
+    assert_within("linear", &check(&mut lin, &[random(&[5, 4], 1)], 1e-2, |m, g, v| weigh(&m.forward(g, &v[0]), 9)), 1e-2);
+    let mut bn = BatchNorm1d::new(&init.pp("bn"), 4);
+    bn.weight.value = random(&[4], 4).data;
+    bn.bias.value = random(&[4], 5).data;
+    assert_within("batch-norm (train)", &check(&mut bn, &[random(&[6, 4], 1)], 1e-2, |m, g, v| weigh(&m.forward(g, &v[0]), 9)), 2e-2);
+    let mut head = Head::barlow_twins(&init.pp("projector"), 4, 6, 3);
+    let mut names = Vec::new();
+    head.visit_params(&mut |p| names.push(p.name.clone()));
+    assert_eq!(names[..3], ["projector.0.weight", "projector.1.weight", "projector.1.bias"]);
+    assert!(names.contains(&"projector.4.running_var".to_string()) && names.last().unwrap() == "projector.6.weight", "{names:?}");
+    // seed 22 keeps every ReLU input at least one step from its kink
+    assert_within("head", &check(&mut head, &[random(&[5, 4], 22)], 1e-3, |m, g, v| weigh(&m.forward(g, &v[0]), 9)), 2e-2);
+}
+
+#[test]
+fn batch_norm_eval_uses_running_statistics_and_training_updates_them_as_pytorch() {
+    let init = Init::new(1);
+    let mut ours = BatchNorm1d::new(&init.pp("bn"), 3);
+    let mut kit = crate::kit::BatchNorm::new(&init.pp("bn"), 3);
+    let x = random(&[5, 3], 2);
+    let g = Graph::new(true);
+    let y = ours.forward(&g, &g.input(&x).unwrap()).values();
+    let yk = kit.forward(&x, true);
+    for (a, b) in y.iter().zip(&yk.data) {
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    }
+    for (a, b) in ours.running_var.value.iter().zip(&kit.running_var.value).chain(ours.running_mean.value.iter().zip(&kit.running_mean.value)) {
+        assert!((a - b).abs() < 1e-6, "running statistics {a} vs {b}");
+    }
+    let g = Graph::no_grad(false);
+    let y = ours.forward(&g, &g.input(&x).unwrap()).values();
+    let yk = kit.forward(&x, false);
+    for (a, b) in y.iter().zip(&yk.data) {
+        assert!((a - b).abs() < 1e-5, "eval {a} vs {b}");
+    }
+    assert_within("batch-norm (eval)", &check(&mut ours, &[x], 1e-2, |m, _, v| {
+        let g = v[0].graph().clone();
+        let eval = Graph::new(false);
+        let _ = g;
+        weigh(&m.forward(&eval, &eval.input(&v[0].value()).unwrap()), 9).item();
+        weigh(&m.forward(v[0].graph(), &v[0]), 9)
+    }), 2e-2);
+}
+
+#[test]
+fn the_simclr_head_is_the_kit_head_value_for_value() {
+    let mut kit = ProjectionHead::new(&Init::new(5).pp("projector"), 6, 8, 4);
+    let mut ours = Head::simclr(&Init::new(5).pp("projector"), 6, 8, 4);
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    kit.visit_params(&mut |p| a.push((p.name.clone(), p.value.clone(), p.role)));
+    ours.visit_params(&mut |p| b.push((p.name.clone(), p.value.clone(), p.role)));
+    assert_eq!(a, b);
+    let x = random(&[5, 6], 1);
+    let g = Graph::new(true);
+    let y = ours.forward(&g, &g.input(&x).unwrap()).values();
+    for (p, q) in y.iter().zip(&kit.forward(&x, true).data) {
+        assert!((p - q).abs() < 1e-5, "{p} vs {q}");
+    }
+    let t = ours.target_copy("target_projector");
+    let mut t = t;
+    let mut seen = Vec::new();
+    t.visit_params(&mut |p| seen.push((p.name.clone(), p.role, p.ema_of.clone())));
+    assert_eq!(seen[0], ("target_projector.0.weight".into(), crate::abi::ParamRole::Target, Some("projector.0.weight".into())));
+}
+
+#[test]
+fn shape_mismatches_are_errors_naming_the_operation_and_both_shapes() {
+    let g = Graph::new(true);
+    let a = g.input(&random(&[4, 8], 1)).unwrap();
+    let b = g.input(&random(&[5, 3], 2)).unwrap();
+    let e = catch_op_errors(|| Ok(a.matmul(&b))).unwrap_err().to_string();
+    assert!(e.contains("matmul") && e.contains("[4, 8]") && e.contains("[5, 3]"), "{e}");
+    let e = catch_op_errors(|| Ok(&a + &b)).unwrap_err().to_string();
+    assert!(e.contains("add") && e.contains("[4, 8]") && e.contains("[5, 3]"), "{e}");
+    let e = catch_op_errors(|| Ok(a.pick(&[0, 1]))).unwrap_err().to_string();
+    assert!(e.contains("2 indices for 4 rows"), "{e}");
+    // a graph runs backward once
+    let l = a.sum();
+    g.backward(&l).unwrap();
+    assert!(g.backward(&l).is_err());
+}
+
+#[test]
+fn a_tensor_outside_the_loss_has_a_zero_gradient() {
+    let g = Graph::new(true);
+    let a = g.input(&random(&[2, 3], 1)).unwrap();
+    let unused = g.input(&random(&[2, 3], 2)).unwrap();
+    let mut grads = g.backward(&a.sum()).unwrap();
+    assert_eq!(grads.of(&unused), vec![0.0; 6]);
+    assert_eq!(grads.of(&a), vec![1.0; 6]);
+}
+
+#[test]
+fn no_grad_vars_are_constants_in_a_recording_graph() {
+    let g = Graph::new(true);
+    let ng = Graph::no_grad(true);
+    let a = g.input(&random(&[2, 3], 1)).unwrap();
+    let c = ng.input(&random(&[2, 3], 2)).unwrap();
+    let l = (&c * &a).sum() + a.detach().square().sum();
+    let d = g.backward(&l).unwrap().of(&a);
+    assert_eq!(d, c.values());
+}
