@@ -171,6 +171,7 @@
 
 pub mod abi;
 pub mod autodiff;
+pub mod check;
 pub mod kit;
 pub mod plugin;
 

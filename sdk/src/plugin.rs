@@ -92,7 +92,9 @@ pub trait AugmentationPlugin: Plugin + Sync {
 pub struct Views {
     /// Online embeddings of each view, `[B, D]`, traced: the SDK returns their gradients.
     pub views: Vec<Var>,
-    /// Target-network embeddings of each view (if `NEEDS_TARGET`): constants.
+    /// Target-network embeddings of each view (if `NEEDS_TARGET`): constants on a graph that
+    /// records nothing (`targets[k].graph()`), so a target head run on that graph costs no
+    /// backward.
     pub targets: Vec<Var>,
     /// Labels (if `NEEDS_LABELS`).
     pub labels: Vec<i64>,
@@ -151,10 +153,11 @@ impl<T: Objective> ObjectivePlugin for T {
     const NEEDS_TARGET: bool = <T as Objective>::NEEDS_TARGET;
 
     fn compute(&mut self, b: ObjectiveBatch) -> anyhow::Result<ObjectiveResult> {
-        let g = Graph::new(b.train);
+        let g = if b.train { Graph::new(true) } else { Graph::no_grad(false) };
         let shapes: Vec<Vec<usize>> = b.views.iter().map(|v| v.shape.clone()).collect();
         let views = b.views.iter().map(|v| g.input(v)).collect::<anyhow::Result<Vec<_>>>()?;
-        let targets = b.targets.iter().map(|v| g.constant(v)).collect::<anyhow::Result<Vec<_>>>()?;
+        let tg = Graph::no_grad(b.train);
+        let targets = b.targets.iter().map(|v| tg.constant(v)).collect::<anyhow::Result<Vec<_>>>()?;
         let batch = Views { views, targets, labels: b.labels, step: b.step, total_steps: b.total_steps, train: b.train };
         let out = crate::autodiff::catch_op_errors(|| self.forward(&g, &batch))?;
         let loss = out.loss.values();

@@ -14,7 +14,7 @@
 //! let g = Graph::new(true);
 //! let x = g.input(&Tensor::new([2, 3], vec![1., 2., 3., 4., 5., 6.])).unwrap();
 //! let loss = x.square().mean();           // (1/6) Σ x²
-//! let grads = g.backward(&loss).unwrap();
+//! let mut grads = g.backward(&loss).unwrap();
 //! let dx = grads.of(&x);                  // x / 3
 //! assert!((dx[5] - 2.0).abs() < 1e-6);
 //! ```

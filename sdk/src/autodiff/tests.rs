@@ -5,7 +5,7 @@ use super::nn::{BatchNorm1d, Head, Linear};
 use super::ops::{cat_rows, conv2d, cross_entropy, global_avg_pool};
 use super::{catch_op_errors, Graph, Var};
 use crate::kit::gradcheck::random;
-use crate::kit::{Init, Layer, Module, ProjectionHead, Tensor};
+use crate::kit::{BatchNorm, Init, Layer, Linear as KitLinear, Module, Relu, Sequential, Tensor};
 
 /// `Σ y ⊙ r` for a fixed random `r` of `y`'s shape: every entry of `y` gets a distinct weight.
 fn weigh(y: &Var, seed: u64) -> Var {
@@ -217,8 +217,14 @@ fn batch_norm_eval_uses_running_statistics_and_training_updates_them_as_pytorch(
 }
 
 #[test]
-fn the_simclr_head_is_the_kit_head_value_for_value() {
-    let mut kit = ProjectionHead::new(&Init::new(5).pp("projector"), 6, 8, 4);
+fn the_simclr_head_is_the_hand_written_head_value_for_value() {
+    // the hand-written layers it replaced, built from the same initialiser in the same order
+    let init = Init::new(5).pp("projector");
+    let mut kit = Sequential::new()
+        .push(KitLinear::new(&init.pp("0"), 6, 8, false))
+        .push(BatchNorm::new(&init.pp("1"), 8))
+        .push(Relu::new())
+        .push(KitLinear::new(&init.pp("3"), 8, 4, true));
     let mut ours = Head::simclr(&Init::new(5).pp("projector"), 6, 8, 4);
     let (mut a, mut b) = (Vec::new(), Vec::new());
     kit.visit_params(&mut |p| a.push((p.name.clone(), p.value.clone(), p.role)));

@@ -7,9 +7,7 @@
 
 pub mod batchnorm;
 pub mod conv;
-pub mod dfdx_conv;
 pub mod gradcheck;
-pub mod head;
 pub mod linear;
 pub mod ops;
 pub mod param;
@@ -19,7 +17,6 @@ pub mod simd_gemm;
 pub mod tensor;
 
 pub use batchnorm::BatchNorm;
-pub use head::ProjectionHead;
 pub use conv::{Conv2d, Conv2dConfig};
 pub use linear::Linear;
 pub use param::{Init, Module, Param};

@@ -33,10 +33,8 @@
 //! Metrics: `loss`, `tau`, `collapse` (see [`loss::collapse`], on the online projections `z`,
 //! mean over the two views).
 
-pub mod head;
 pub mod loss;
 
-use head::{backward_views, forward_views, ProjectionHead};
 use latent_sdk::prelude::*;
 
 /// BYOL settings; see the crate documentation.
@@ -65,11 +63,11 @@ impl Default for Config {
 pub struct Byol {
     cfg: Config,
     /// Online projector `g_θ`.
-    pub projector: ProjectionHead,
+    pub projector: Head,
     /// Online predictor `q_θ` (`None` with `predictor: false`).
-    pub predictor: Option<ProjectionHead>,
+    pub predictor: Option<Head>,
     /// Target projector `g_ξ`.
-    pub target_projector: ProjectionHead,
+    pub target_projector: Head,
 }
 
 impl Plugin for Byol {
@@ -82,8 +80,8 @@ impl Plugin for Byol {
         ensure!(cfg.input_dim > 0 && cfg.hidden_dim > 0 && cfg.output_dim > 0,
             "input_dim, hidden_dim and output_dim must be positive, got {}, {}, {}", cfg.input_dim, cfg.hidden_dim, cfg.output_dim);
         let init = Init::new(ctx.seed);
-        let projector = ProjectionHead::new(&init.pp("projector"), cfg.input_dim, cfg.hidden_dim, cfg.output_dim);
-        let predictor = cfg.predictor.then(|| ProjectionHead::new(&init.pp("predictor"), cfg.output_dim, cfg.hidden_dim, cfg.output_dim));
+        let projector = Head::byol(&init.pp("projector"), cfg.input_dim, cfg.hidden_dim, cfg.output_dim);
+        let predictor = cfg.predictor.then(|| Head::byol(&init.pp("predictor"), cfg.output_dim, cfg.hidden_dim, cfg.output_dim));
         let target_projector = projector.target_copy("target_projector");
         Ok(Byol { cfg, projector, predictor, target_projector })
     }
@@ -99,42 +97,29 @@ impl Module for Byol {
     }
 }
 
-impl ObjectivePlugin for Byol {
+impl Objective for Byol {
     const NEEDS_TARGET: bool = true;
 
-    fn compute(&mut self, b: ObjectiveBatch) -> anyhow::Result<ObjectiveResult> {
+    fn forward(&mut self, g: &Graph, b: &Views) -> anyhow::Result<Loss> {
         ensure!(b.views.len() == 2, "byol needs exactly 2 views, got {}", b.views.len());
         ensure!(b.targets.len() == 2, "byol needs the target-encoder output of both views, got {} target tensors", b.targets.len());
         for (what, t) in [("view 0", &b.views[0]), ("view 1", &b.views[1]), ("target 0", &b.targets[0]), ("target 1", &b.targets[1])] {
-            let (n, d) = t.dims2(what)?;
+            let (n, d) = t.dims();
             ensure!(d == self.cfg.input_dim, "{what} has {d} features but input_dim is {}", self.cfg.input_dim);
-            ensure!(n == b.views[0].shape[0], "{what} has {n} rows, view 0 has {}", b.views[0].shape[0]);
+            ensure!(n == b.views[0].rows(), "{what} has {n} rows, view 0 has {}", b.views[0].rows());
             ensure!(n >= 2 || !b.train, "byol needs at least 2 samples per batch in training (batch-norm), got {n}");
         }
-        let z = forward_views(&mut self.projector, &b.views, b.train);
-        let q = match &mut self.predictor {
-            Some(p) => forward_views(p, &z, b.train),
+        let z: Vec<Var> = b.views.iter().map(|v| self.projector.forward(g, v)).collect();
+        let q: Vec<Var> = match &mut self.predictor {
+            Some(p) => z.iter().map(|z| p.forward(g, z)).collect(),
             None => z.clone(),
         };
-        let zt = forward_views(&mut self.target_projector, &b.targets, b.train);
-        let (loss, dq1, dq2) = loss::byol_loss(&q[0], &q[1], &zt[0], &zt[1])?;
-        let grads = if b.train {
-            let dz = match &mut self.predictor {
-                Some(p) => backward_views(p, &z, &[dq1, dq2]),
-                None => vec![dq1, dq2],
-            };
-            backward_views(&mut self.projector, &b.views, &dz)
-        } else {
-            Vec::new()
-        };
+        // The target projector runs on the targets' graph, which records nothing (stop-gradient).
+        let zt: Vec<Var> = b.targets.iter().map(|t| self.target_projector.forward(t.graph(), t)).collect();
+        let loss = loss::byol_loss(&q[0], &q[1], &zt[0], &zt[1]);
         let tau = loss::tau(self.cfg.tau_base, b.step, b.total_steps);
-        let collapse = (loss::collapse(&z[0])? + loss::collapse(&z[1])?) / 2.0;
-        Ok(ObjectiveResult {
-            loss: loss as f32,
-            grads,
-            metrics: vec![("loss".into(), loss), ("tau".into(), tau), ("collapse".into(), collapse)],
-            target_momentum: tau,
-        })
+        let collapse = (loss::collapse(&z[0].value())? + loss::collapse(&z[1].value())?) / 2.0;
+        Ok(Loss::new(loss).metric("tau", tau).metric("collapse", collapse).target_momentum(tau))
     }
 }
 

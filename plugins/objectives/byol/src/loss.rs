@@ -14,44 +14,26 @@
 //! the two are related by `loss_paper = 4 + 4 · loss_lightly`, gradients by the factor 4.
 //!
 //! Only the online predictions `q` receive gradient: the targets are constants (stop-gradient).
-//! Backward: `dL/dq_i = −2/B · (t̂_i − cos_i · q̂_i) / ‖q_i‖`.
+//! The gradient is the SDK's autodiff.
 //!
 //! The schedule equals lightly's `cosine_schedule(k, K + 1, τ_base, 1.0)`; K = 0 gives τ_base.
 //!
 //! # Shapes
-//! q, t `[B, D]` -> scalar, dq `[B, D]`.
+//! q, t `[B, D]` -> `[1, 1]`.
 //!
 //! # Defaults
 //! τ_base = 0.996 (the paper's ImageNet setting).
 
 use latent_sdk::prelude::*;
 
-/// `L(q, t) = mean_i (2 − 2 cos(q_i, t_i))` and `dL/dq`; `t` gets no gradient.
-pub fn regression(q: &Tensor, t: &Tensor) -> anyhow::Result<(f64, Tensor)> {
-    let (b, d) = q.dims2("predictions")?;
-    ensure!(t.shape == q.shape, "predictions {:?} and targets {:?} must have the same shape", q.shape, t.shape);
-    ensure!(b > 0, "empty batch");
-    let mut loss = 0.0;
-    let mut dq = vec![0.0f32; b * d];
-    for i in 0..b {
-        let qi: Vec<f64> = q.data[i * d..(i + 1) * d].iter().map(|&v| v as f64).collect();
-        let ti: Vec<f64> = t.data[i * d..(i + 1) * d].iter().map(|&v| v as f64).collect();
-        let nq = qi.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
-        let nt = ti.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
-        let c = qi.iter().zip(&ti).map(|(a, b)| a * b).sum::<f64>() / (nq * nt);
-        loss += 2.0 - 2.0 * c;
-        for j in 0..d {
-            dq[i * d + j] = (-2.0 / b as f64 * (ti[j] / nt - c * qi[j] / nq) / nq) as f32;
-        }
-    }
-    Ok((loss / b as f64, Tensor::new(vec![b, d], dq)))
+/// `L(q, t) = mean_i (2 − 2 cos(q_i, t_i))`; `t` is a constant.
+pub fn regression(q: &Var, t: &Var) -> Var {
+    (q.cosine_rows(t) * -2.0 + 2.0).mean()
 }
 
-/// The symmetrised BYOL loss `L(q1, t2) + L(q2, t1)` and `(dq1, dq2)`.
-pub fn byol_loss(q1: &Tensor, q2: &Tensor, t1: &Tensor, t2: &Tensor) -> anyhow::Result<(f64, Tensor, Tensor)> {
-    let (a, dq1) = regression(q1, t2)?;
-    let (b, dq2) = regression(q2, t1)?;
-    Ok((a + b, dq1, dq2))
+/// The symmetrised BYOL loss `L(q1, t2) + L(q2, t1)`.
+pub fn byol_loss(q1: &Var, q2: &Var, t1: &Var, t2: &Var) -> Var {
+    regression(q1, t2) + regression(q2, t1)
 }
 
 /// τ at step `k` of `total` (cosine increase from `tau_base` to 1).

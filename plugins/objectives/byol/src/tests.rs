@@ -1,8 +1,8 @@
 //! Reference values (lightly 1.6.0 / torch, see fixtures/gen.py) and finite differences.
 
 use super::*;
-use abi_stable::std_types::{RStr, RVec};
-use latent_sdk::abi::{ObjectiveBox, ObjectiveInput, ParamRole};
+use abi_stable::std_types::RStr;
+use latent_sdk::abi::{ObjectiveBox, ParamRole};
 use latent_sdk::kit::gradcheck::random;
 use serde_json::Value;
 
@@ -42,7 +42,13 @@ fn loss_matches_the_paper_formula_and_lightly() {
     let fx: Value = serde_json::from_str(LOSS).unwrap();
     let (b, d) = (fx["b"].as_u64().unwrap() as usize, fx["d"].as_u64().unwrap() as usize);
     let t = |k: &str| tensor(&fx[k], b, d);
-    let (l, dq1, dq2) = loss::byol_loss(&t("q1"), &t("q2"), &t("t1"), &t("t2")).unwrap();
+    let g = Graph::new(true);
+    let (q1, q2) = (g.input(&t("q1")).unwrap(), g.input(&t("q2")).unwrap());
+    let tg = Graph::no_grad(true);
+    let lv = loss::byol_loss(&q1, &q2, &tg.input(&t("t1")).unwrap(), &tg.input(&t("t2")).unwrap());
+    let l = lv.item();
+    let mut gr = g.backward(&lv).unwrap();
+    let (dq1, dq2) = (gr.tensor(&q1, &[b, d]), gr.tensor(&q2, &[b, d]));
     assert_scalar("loss", l, fx["loss"].as_f64().unwrap(), 1e-5);
     assert_close("dq1", &dq1.data, &floats(&fx["dq1"]), 1e-5);
     assert_close("dq2", &dq2.data, &floats(&fx["dq2"]), 1e-5);
@@ -196,74 +202,17 @@ fn targets_get_no_gradient_and_target_buffers_move_in_training() {
         })
         .unwrap();
     assert_eq!(r.grads.len(), 2, "one gradient per online view, none for targets");
-    assert!(p.target_projector.bn.running_mean.value.iter().any(|&v| v != 0.0));
+    let mut moved = false;
+    p.target_projector.visit_params(&mut |q| moved |= q.name == "target_projector.1.running_mean" && q.value.iter().any(|&v| v != 0.0));
+    assert!(moved, "the target's batch-norm running mean moved");
     let mut tgrad = 0.0f32;
     p.target_projector.visit_params(&mut |q| tgrad += q.grad.iter().map(|g| g.abs()).sum::<f32>());
     assert_eq!(tgrad, 0.0);
 }
 
-/// Finite-difference check of an objective through its ABI object: d loss / d views from
-/// `compute`, parameter gradients from `take_grads`, both against central differences of the
-/// f64 `loss` metric. Buffers are restored before every evaluation. Errors are measured
-/// relative to the largest gradient of each tensor, at least 1e-2 (f32 noise of the heads).
+/// Finite differences through the ABI object (`latent_sdk::check`, as `check-plugin --deep`).
 pub fn fd_check(obj: &mut ObjectiveBox, views: Vec<Tensor>, targets: Vec<Tensor>, labels: Vec<i64>, h: f32, tol: f64) {
-    let input = |views: &[Tensor]| ObjectiveInput {
-        views: views.iter().cloned().map(Tensor::into_desc).collect(),
-        targets: targets.iter().cloned().map(Tensor::into_desc).collect(),
-        labels: labels.clone().into(),
-        step: 3,
-        total_steps: 10,
-        train: true,
-    };
-    let descs = obj.params().unwrap();
-    let start: Vec<Tensor> = obj.read_params().unwrap().into_iter().map(|d| Tensor::from_desc(d).unwrap()).collect();
-    let _ = obj.take_grads().unwrap();
-    let out = obj.compute(input(&views)).unwrap();
-    let pgrads: Vec<Tensor> = obj.take_grads().unwrap().into_iter().map(|d| Tensor::from_desc(d).unwrap()).collect();
-    let mut loss_at = |views: &[Tensor], params: &[Tensor]| -> f64 {
-        obj.write_params(params.iter().cloned().map(Tensor::into_desc).collect::<RVec<_>>()).unwrap();
-        let o = obj.compute(input(views)).unwrap();
-        o.metrics.iter().find(|m| m.name.as_str() == "loss").expect("a loss metric").value
-    };
-    let check = |what: &str, ana: &[f32], num: &[f64]| {
-        let scale = ana.iter().map(|&v| v as f64).chain(num.iter().copied()).fold(1e-2f64, |m, v| m.max(v.abs()));
-        let err = ana.iter().zip(num).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max) / scale;
-        assert!(err < tol, "{what}: finite differences off by {err:.2e}\nanalytic {ana:?}\nnumeric {num:?}");
-    };
-    assert_eq!(out.grads.len(), views.len());
-    for (v, g) in out.grads.iter().enumerate() {
-        let g = Tensor::from_desc(g.clone()).unwrap();
-        assert_eq!(g.shape, views[v].shape);
-        let mut num = Vec::new();
-        for j in 0..views[v].len() {
-            let mut vs = views.clone();
-            vs[v].data[j] += h;
-            let lp = loss_at(&vs, &start);
-            vs[v].data[j] -= 2.0 * h;
-            let lm = loss_at(&vs, &start);
-            num.push((lp - lm) / (2.0 * h as f64));
-        }
-        check(&format!("d loss / d view {v}"), &g.data, &num);
-    }
-    let mut checked = 0;
-    for (pi, d) in descs.iter().enumerate() {
-        if !matches!(d.role, ParamRole::Weight | ParamRole::NoDecay) {
-            assert!(pgrads[pi].is_empty(), "{} is not trained but has a gradient", d.name);
-            continue;
-        }
-        let mut num = Vec::new();
-        for j in 0..start[pi].len() {
-            let mut ps = start.clone();
-            ps[pi].data[j] += h;
-            let lp = loss_at(&views, &ps);
-            ps[pi].data[j] -= 2.0 * h;
-            let lm = loss_at(&views, &ps);
-            num.push((lp - lm) / (2.0 * h as f64));
-        }
-        check(&format!("d loss / d {}", d.name), &pgrads[pi].data, &num);
-        checked += 1;
-    }
-    assert!(checked > 0 || descs.is_empty());
+    latent_sdk::check::assert_objective_gradients(obj, views, targets, labels, h, tol)
 }
 
 fn new_box(json: &str) -> ObjectiveBox {
@@ -279,7 +228,11 @@ fn gradients_through_projector_and_predictor_match_finite_differences() {
         let mut obj = new_box(json);
         let v = vec![random(&[6, 5], 1), random(&[6, 5], 2)];
         let t = vec![random(&[6, 5], 3), random(&[6, 5], 4)];
-        fd_check(&mut obj, v, t, vec![], 1e-3, 1e-2);
+        // The loss is f32 now (the hand-written version summed in f64): a step of 1e-3 leaves
+        // ~1e-4 of rounding noise in each difference, 1.2 % of the 1e-2 floor on
+        // projector.3.bias, whose exact gradient is 0 (the predictor's batch-norm removes any
+        // constant shift). A step of 4e-3 keeps the noise at a quarter of that.
+        fd_check(&mut obj, v, t, vec![], 4e-3, 1e-2);
     }
 }
 

@@ -3,8 +3,8 @@
 //! - \[0\] SimCLR, Chen et al. 2020, <https://arxiv.org/abs/2002.05709>
 //!
 //! The host passes the encoder output `h` of the two augmented views (`[B, input_dim]` each);
-//! this plugin runs the projection head `g` ([`head::ProjectionHead`]) on each view, the
-//! NT-Xent loss ([`loss::nt_xent`]) on `z = g(h)`, and both backwards. The head exists only for
+//! this plugin runs the projection head `g` ([`Head::simclr`]) on each view, the
+//! NT-Xent loss ([`loss::nt_xent`]) on `z = g(h)`; the SDK's autodiff does the backward. The head exists only for
 //! training: downstream tasks use the encoder output `h`, and the head is discarded after
 //! training (SimCLR section 4.2: `h` is a better representation than `z`).
 //!
@@ -21,10 +21,8 @@
 //! Metrics: `loss`, `pos_cosine`, `neg_cosine`, `top1`. Exactly two views; no target network
 //! (`target_momentum` is 1).
 
-pub mod head;
 pub mod loss;
 
-use head::{backward_views, forward_views, ProjectionHead};
 use latent_sdk::prelude::*;
 
 /// SimCLR settings; see the crate documentation.
@@ -54,8 +52,8 @@ impl Default for Config {
 /// The SimCLR objective.
 pub struct SimClr {
     cfg: Config,
-    /// The projection head (`None` with `head: false`).
-    pub head: Option<ProjectionHead>,
+    /// The projection head `g` ([`Head::simclr`]; `None` with `head: false`).
+    pub head: Option<Head>,
 }
 
 impl Plugin for SimClr {
@@ -69,7 +67,7 @@ impl Plugin for SimClr {
             ensure!(cfg.input_dim > 0 && cfg.hidden_dim > 0 && cfg.output_dim > 0,
                 "input_dim, hidden_dim and output_dim must be positive, got {}, {}, {}", cfg.input_dim, cfg.hidden_dim, cfg.output_dim);
         }
-        let head = cfg.head.then(|| ProjectionHead::new(&Init::new(ctx.seed).pp("projector"), cfg.input_dim, cfg.hidden_dim, cfg.output_dim));
+        let head = cfg.head.then(|| Head::simclr(&Init::new(ctx.seed).pp("projector"), cfg.input_dim, cfg.hidden_dim, cfg.output_dim));
         Ok(SimClr { cfg, head })
     }
 }
@@ -82,30 +80,23 @@ impl Module for SimClr {
     }
 }
 
-impl ObjectivePlugin for SimClr {
-    fn compute(&mut self, b: ObjectiveBatch) -> anyhow::Result<ObjectiveResult> {
+impl Objective for SimClr {
+    fn forward(&mut self, g: &Graph, b: &Views) -> anyhow::Result<Loss> {
         ensure!(b.views.len() == 2, "simclr needs exactly 2 views, got {}", b.views.len());
         for (i, v) in b.views.iter().enumerate() {
-            let (n, d) = v.dims2(&format!("view {i}"))?;
+            let (n, d) = v.dims();
             if self.head.is_some() {
                 ensure!(d == self.cfg.input_dim, "view {i} has {d} features but input_dim is {}", self.cfg.input_dim);
             }
             ensure!(n >= 2, "simclr needs at least 2 samples per batch, got {n}");
         }
-        let z = match &mut self.head {
-            Some(h) => forward_views(h, &b.views, b.train),
+        // The head runs on each view separately: batch-norm statistics per view, as lightly.
+        let z: Vec<Var> = match &mut self.head {
+            Some(h) => b.views.iter().map(|v| h.forward(g, v)).collect(),
             None => b.views.clone(),
         };
-        let r = loss::nt_xent(&z[0], &z[1], self.cfg.temperature, self.cfg.positive_in_denominator)?;
-        let grads = if !b.train {
-            Vec::new()
-        } else {
-            match &mut self.head {
-                Some(h) => backward_views(h, &b.views, &[r.dz1, r.dz2]),
-                None => vec![r.dz1, r.dz2],
-            }
-        };
-        Ok(ObjectiveResult { loss: r.loss as f32, grads, metrics: r.metrics, target_momentum: 1.0 })
+        let loss = loss::nt_xent(&z[0], &z[1], self.cfg.temperature as f32, self.cfg.positive_in_denominator);
+        Ok(Loss { metrics: loss::metrics(&z[0], &z[1]), ..Loss::new(loss) })
     }
 }
 

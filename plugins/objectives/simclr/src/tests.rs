@@ -1,8 +1,8 @@
 //! Reference values (lightly 1.6.0 / torch, see fixtures/gen.py) and finite differences.
 
 use super::*;
-use abi_stable::std_types::{RStr, RVec};
-use latent_sdk::abi::{ObjectiveBox, ObjectiveInput, ParamRole};
+use abi_stable::std_types::RStr;
+use latent_sdk::abi::ObjectiveBox;
 use latent_sdk::kit::gradcheck::random;
 use serde_json::Value;
 
@@ -30,6 +30,16 @@ fn assert_scalar(what: &str, got: f64, want: f64, tol: f64) {
     assert!(err < tol, "{what}: got {got}, want {want} (relative error {err:.2e})");
 }
 
+/// Loss, d loss / d z1, d loss / d z2 and the metrics, through the autodiff path.
+fn nt_xent(z1: &Tensor, z2: &Tensor, t: f64, pid: bool) -> (f64, Vec<f32>, Vec<f32>, Vec<(String, f64)>) {
+    let g = Graph::new(true);
+    let (a, b) = (g.input(z1).unwrap(), g.input(z2).unwrap());
+    let l = loss::nt_xent(&a, &b, t as f32, pid);
+    let m = loss::metrics(&a, &b);
+    let mut gr = g.backward(&l).unwrap();
+    (l.item(), gr.of(&a), gr.of(&b), m)
+}
+
 #[test]
 fn nt_xent_and_dcl_match_lightly() {
     let fx: Value = serde_json::from_str(NT_XENT).unwrap();
@@ -40,13 +50,13 @@ fn nt_xent_and_dcl_match_lightly() {
         let t = c["temperature"].as_f64().unwrap();
         let pid = c["positive_in_denominator"].as_bool().unwrap();
         let what = format!("{} at temperature {t}", c["loss_fn"]);
-        let r = loss::nt_xent(&tensor(&c["z1"], n, d), &tensor(&c["z2"], n, d), t, pid).unwrap();
-        assert_scalar(&format!("{what}: loss"), r.loss, c["loss"].as_f64().unwrap(), 1e-5);
-        assert_close(&format!("{what}: dz1"), &r.dz1.data, &floats(&c["dz1"]), 1e-5);
-        assert_close(&format!("{what}: dz2"), &r.dz2.data, &floats(&c["dz2"]), 1e-5);
-        for (name, value) in &r.metrics {
-            let want = if name == "loss" { c["loss"].as_f64().unwrap() } else { c["metrics"][name].as_f64().unwrap() };
-            assert_scalar(&format!("{what}: metric {name}"), *value, want, 1e-6);
+        let (l, dz1, dz2, metrics) = nt_xent(&tensor(&c["z1"], n, d), &tensor(&c["z2"], n, d), t, pid);
+        assert_scalar(&format!("{what}: loss"), l, c["loss"].as_f64().unwrap(), 1e-5);
+        assert_close(&format!("{what}: dz1"), &dz1, &floats(&c["dz1"]), 1e-5);
+        assert_close(&format!("{what}: dz2"), &dz2, &floats(&c["dz2"]), 1e-5);
+        assert_eq!(metrics.len(), 3);
+        for (name, value) in &metrics {
+            assert_scalar(&format!("{what}: metric {name}"), *value, c["metrics"][name].as_f64().unwrap(), 1e-6);
         }
     }
 }
@@ -55,8 +65,8 @@ fn nt_xent_and_dcl_match_lightly() {
 fn dcl_drops_the_positive_from_the_denominator() {
     // with identical views, NT-Xent's l(i) = log(e^{1/τ} + Σ_neg) − 1/τ > DCL's log Σ_neg − 1/τ
     let z = random(&[4, 3], 5);
-    let a = loss::nt_xent(&z, &z, 0.5, true).unwrap().loss;
-    let b = loss::nt_xent(&z, &z, 0.5, false).unwrap().loss;
+    let a = nt_xent(&z, &z, 0.5, true).0;
+    let b = nt_xent(&z, &z, 0.5, false).0;
     assert!(a > b, "{a} <= {b}");
 }
 
@@ -106,68 +116,9 @@ fn head_plus_loss_match_pytorch() {
     });
 }
 
-/// Finite-difference check of an objective through its ABI object: d loss / d views from
-/// `compute`, parameter gradients from `take_grads`, both against central differences of the
-/// f64 `loss` metric. Buffers are restored before every evaluation. Errors are measured
-/// relative to the largest gradient of each tensor, at least 1e-2 (f32 noise of the heads).
+/// Finite differences through the ABI object (`latent_sdk::check`, as `check-plugin --deep`).
 pub fn fd_check(obj: &mut ObjectiveBox, views: Vec<Tensor>, targets: Vec<Tensor>, labels: Vec<i64>, h: f32, tol: f64) {
-    let input = |views: &[Tensor]| ObjectiveInput {
-        views: views.iter().cloned().map(Tensor::into_desc).collect(),
-        targets: targets.iter().cloned().map(Tensor::into_desc).collect(),
-        labels: labels.clone().into(),
-        step: 3,
-        total_steps: 10,
-        train: true,
-    };
-    let descs = obj.params().unwrap();
-    let start: Vec<Tensor> = obj.read_params().unwrap().into_iter().map(|d| Tensor::from_desc(d).unwrap()).collect();
-    let _ = obj.take_grads().unwrap();
-    let out = obj.compute(input(&views)).unwrap();
-    let pgrads: Vec<Tensor> = obj.take_grads().unwrap().into_iter().map(|d| Tensor::from_desc(d).unwrap()).collect();
-    let mut loss_at = |views: &[Tensor], params: &[Tensor]| -> f64 {
-        obj.write_params(params.iter().cloned().map(Tensor::into_desc).collect::<RVec<_>>()).unwrap();
-        let o = obj.compute(input(views)).unwrap();
-        o.metrics.iter().find(|m| m.name.as_str() == "loss").expect("a loss metric").value
-    };
-    let check = |what: &str, ana: &[f32], num: &[f64]| {
-        let scale = ana.iter().map(|&v| v as f64).chain(num.iter().copied()).fold(1e-2f64, |m, v| m.max(v.abs()));
-        let err = ana.iter().zip(num).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max) / scale;
-        assert!(err < tol, "{what}: finite differences off by {err:.2e}\nanalytic {ana:?}\nnumeric {num:?}");
-    };
-    assert_eq!(out.grads.len(), views.len());
-    for (v, g) in out.grads.iter().enumerate() {
-        let g = Tensor::from_desc(g.clone()).unwrap();
-        assert_eq!(g.shape, views[v].shape);
-        let mut num = Vec::new();
-        for j in 0..views[v].len() {
-            let mut vs = views.clone();
-            vs[v].data[j] += h;
-            let lp = loss_at(&vs, &start);
-            vs[v].data[j] -= 2.0 * h;
-            let lm = loss_at(&vs, &start);
-            num.push((lp - lm) / (2.0 * h as f64));
-        }
-        check(&format!("d loss / d view {v}"), &g.data, &num);
-    }
-    let mut checked = 0;
-    for (pi, d) in descs.iter().enumerate() {
-        if !matches!(d.role, ParamRole::Weight | ParamRole::NoDecay) {
-            assert!(pgrads[pi].is_empty(), "{} is not trained but has a gradient", d.name);
-            continue;
-        }
-        let mut num = Vec::new();
-        for j in 0..start[pi].len() {
-            let mut ps = start.clone();
-            ps[pi].data[j] += h;
-            let lp = loss_at(&views, &ps);
-            ps[pi].data[j] -= 2.0 * h;
-            let lm = loss_at(&views, &ps);
-            num.push((lp - lm) / (2.0 * h as f64));
-        }
-        check(&format!("d loss / d {}", d.name), &pgrads[pi].data, &num);
-        checked += 1;
-    }
-    assert!(checked > 0 || descs.is_empty());
+    latent_sdk::check::assert_objective_gradients(obj, views, targets, labels, h, tol)
 }
 
 fn new_box(json: &str) -> ObjectiveBox {

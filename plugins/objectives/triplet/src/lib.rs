@@ -47,7 +47,7 @@ impl Default for Config {
 pub struct Triplet {
     cfg: Config,
     /// `head.weight` `[head_dim, input_dim]`, `head.bias` `[head_dim]`.
-    pub head: Option<Linear>,
+    pub head: Option<latent_sdk::autodiff::nn::Linear>,
 }
 
 impl Plugin for Triplet {
@@ -60,7 +60,7 @@ impl Plugin for Triplet {
         if let Some(h) = cfg.head_dim {
             ensure!(h > 0 && cfg.input_dim > 0, "head_dim and input_dim must be positive, got {h} and {}", cfg.input_dim);
         }
-        let head = cfg.head_dim.map(|h| Linear::new(&Init::new(ctx.seed).pp("head"), cfg.input_dim, h, true));
+        let head = cfg.head_dim.map(|h| latent_sdk::autodiff::nn::Linear::new(&Init::new(ctx.seed).pp("head"), cfg.input_dim, h, true));
         Ok(Triplet { cfg, head })
     }
 }
@@ -73,40 +73,29 @@ impl Module for Triplet {
     }
 }
 
-impl ObjectivePlugin for Triplet {
+impl Objective for Triplet {
     const NEEDS_LABELS: bool = true;
 
-    fn compute(&mut self, b: ObjectiveBatch) -> anyhow::Result<ObjectiveResult> {
+    fn forward(&mut self, g: &Graph, b: &Views) -> anyhow::Result<Loss> {
         ensure!(!b.views.is_empty(), "triplet needs at least one view");
-        let (n, d) = b.views[0].dims2("view 0")?;
+        let (n, d) = b.views[0].dims();
         for (i, v) in b.views.iter().enumerate() {
-            ensure!(v.shape == [n, d], "view {i} has shape {:?}, view 0 has {:?}", v.shape, b.views[0].shape);
+            ensure!(v.dims() == (n, d), "view {i} has shape {:?}, view 0 has {:?}", v.dims(), (n, d));
         }
-        ensure!(n > 0 && d > 0, "views must be non-empty, got shape {:?}", b.views[0].shape);
+        ensure!(n > 0 && d > 0, "views must be non-empty, got shape {:?}", (n, d));
         ensure!(b.labels.len() == n, "{n} samples per view but {} labels", b.labels.len());
         if self.head.is_some() {
             ensure!(d == self.cfg.input_dim, "views have {d} features but input_dim is {}", self.cfg.input_dim);
         }
-        let nv = b.views.len();
-        let mut data = Vec::with_capacity(nv * n * d);
-        b.views.iter().for_each(|v| data.extend_from_slice(&v.data));
-        let x = Tensor::new(vec![nv * n, d], data);
-        let labels: Vec<i64> = (0..nv).flat_map(|_| b.labels.iter().copied()).collect();
-        let e = match &mut self.head {
-            Some(h) => h.forward(&x, b.train),
+        // every view of every sample is an anchor, with the sample's label
+        let x = cat_rows(&b.views.iter().collect::<Vec<_>>());
+        let labels: Vec<i64> = (0..b.views.len()).flat_map(|_| b.labels.iter().copied()).collect();
+        let e = match &self.head {
+            Some(h) => h.forward(g, &x),
             None => x,
         };
-        let r = loss::triplet(&e, &labels, self.cfg.margin, self.cfg.mining)?;
-        let grads = if b.train {
-            let dx = match &mut self.head {
-                Some(h) => h.backward(&r.de),
-                None => r.de,
-            };
-            dx.data.chunks(n * d).map(|c| Tensor::new(vec![n, d], c.to_vec())).collect()
-        } else {
-            Vec::new()
-        };
-        Ok(ObjectiveResult { loss: r.loss as f32, grads, metrics: r.metrics, target_momentum: 1.0 })
+        let (loss, metrics) = loss::triplet(&e, &labels, self.cfg.margin, self.cfg.mining)?;
+        Ok(Loss { metrics, ..Loss::new(loss) })
     }
 }
 

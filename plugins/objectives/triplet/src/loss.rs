@@ -26,11 +26,13 @@
 //! never falls back to hard negatives; ours keeps one negative per (a, p) as FaceNet does,
 //! so the reference selects the triplets by hand and lets pml compute the loss.
 //!
-//! Mining is a selection (no gradient); the gradient of each active triplet is
-//! `∂d(i,k)/∂u_i = 2 (u_i − u_k)`, then through the normalisation `(du − u (uᵀdu)) / ‖e‖`.
+//! Mining is a selection on values (no gradient). With `W(i,k)` = (number of active triplets
+//! using `d(i,k)` as `d(a,p)`) − (as `d(a,n)`), the loss is `Σ W ⊙ d / |T⁺| + α`: the same
+//! value and gradient as the mean hinge over `T⁺`, without materialising the triplets ("all"
+//! mining of a 512-row P×K batch has millions). The gradient is the SDK's autodiff.
 //!
 //! # Shapes
-//! e `[M, D]`, labels `[M]` -> loss scalar, de `[M, D]`.
+//! e `[M, D]`, labels `[M]` -> loss `[1, 1]`.
 //!
 //! # Defaults
 //! α = 0.2 (FaceNet), mining "semi-hard" (FaceNet's).
@@ -48,17 +50,6 @@ pub enum Mining {
     /// Closest semi-hard negative per anchor-positive pair, else the hardest negative.
     #[default]
     SemiHard,
-}
-
-/// Triplet loss value, gradient and metrics.
-pub struct TripletLoss {
-    /// The loss.
-    pub loss: f64,
-    /// d loss / d e.
-    pub de: Tensor,
-    /// `triplets` (number mined), `active_fraction` (share of mined triplets with positive
-    /// loss), `d_ap`, `d_an` (mean squared distances over the mined triplets).
-    pub metrics: Vec<(String, f64)>,
 }
 
 /// Calls `f(a, p, n)` for each mined triplet of a squared-distance matrix `d` (`m x m`), in
@@ -126,66 +117,40 @@ pub fn sq_distances(e: &[f32], m: usize, dim: usize) -> (Vec<f64>, Vec<f64>, Vec
     (d, u, norms)
 }
 
-/// Triplet loss of embeddings `e` `[M, D]` with one label per row.
-pub fn triplet(e: &Tensor, labels: &[i64], margin: f64, mining: Mining) -> anyhow::Result<TripletLoss> {
+/// Triplet loss of embeddings `e` `[M, D]` with one label per row, and the metrics
+/// `triplets` (number mined), `active_fraction` (share with positive loss), `d_ap`, `d_an`
+/// (mean squared distances over the mined triplets).
+pub fn triplet(e: &Var, labels: &[i64], margin: f64, mining: Mining) -> anyhow::Result<(Var, Vec<(String, f64)>)> {
     ensure!(margin >= 0.0 && margin.is_finite(), "margin must be non-negative, got {margin}");
-    let (m, dim) = e.dims2("embeddings")?;
+    let (m, dim) = e.dims();
     ensure!(labels.len() == m, "{m} embeddings but {} labels", labels.len());
-    let (d, u, norms) = sq_distances(&e.data, m, dim);
-    // pass 1: count, active count, sums
-    let (mut count, mut active, mut sum, mut sum_ap, mut sum_an) = (0usize, 0usize, 0.0, 0.0, 0.0);
-    for_each_triplet(&d, labels, margin, mining, |a, p, n| {
-        let (dap, dan) = (d[a * m + p], d[a * m + n]);
-        let l = dap - dan + margin;
-        count += 1;
-        sum_ap += dap;
-        sum_an += dan;
-        if l > 0.0 {
+    // mining, on values
+    let (dv, _, _) = sq_distances(&e.values(), m, dim);
+    let (mut count, mut active, mut sum_ap, mut sum_an) = (0usize, 0usize, 0.0, 0.0);
+    let mut w = vec![0.0f32; m * m];
+    for_each_triplet(&dv, labels, margin, mining, |a, p, n| {
+        let (dap, dan) = (dv[a * m + p], dv[a * m + n]);
+        (count, sum_ap, sum_an) = (count + 1, sum_ap + dap, sum_an + dan);
+        if dap - dan + margin > 0.0 {
             active += 1;
-            sum += l;
+            w[a * m + p] += 1.0;
+            w[a * m + n] -= 1.0;
         }
     });
-    let loss = if active == 0 { 0.0 } else { sum / active as f64 };
-    // pass 2: dL/d d(i,k) of the active triplets (+1/|T⁺| on d(a,p), −1/|T⁺| on d(a,n)), then
-    // ∂d(i,k)/∂u_i = 2 (u_i − u_k) = −∂d(i,k)/∂u_k
-    let mut w = vec![0.0; m * m];
-    if active > 0 {
-        let inv = 1.0 / active as f64;
-        for_each_triplet(&d, labels, margin, mining, |a, p, n| {
-            if d[a * m + p] - d[a * m + n] + margin > 0.0 {
-                w[a * m + p] += inv;
-                w[a * m + n] -= inv;
-            }
-        });
-    }
-    let mut du = vec![0.0; m * dim];
-    for i in 0..m {
-        for k in 0..m {
-            let wik = w[i * m + k];
-            if wik != 0.0 {
-                for j in 0..dim {
-                    let g = 2.0 * wik * (u[i * dim + j] - u[k * dim + j]);
-                    du[i * dim + j] += g;
-                    du[k * dim + j] -= g;
-                }
-            }
-        }
-    }
-    let mut de = vec![0.0f32; m * dim];
-    for r in 0..m {
-        let (ur, gr) = (&u[r * dim..(r + 1) * dim], &du[r * dim..(r + 1) * dim]);
-        let dot: f64 = ur.iter().zip(gr).map(|(a, b)| a * b).sum();
-        for j in 0..dim {
-            de[r * dim + j] = ((gr[j] - ur[j] * dot) / norms[r]) as f32;
-        }
-    }
+    // the loss, on the tape: d(i,k) = ‖u_i‖² + ‖u_k‖² − 2 u_iᵀu_k
+    let u = e.l2_normalize();
+    let sq = u.square().sum_rows();
+    let d = (&sq + &sq.t()) - u.matmul_t(&u) * 2.0;
+    let loss = match active {
+        0 => d.sum() * 0.0,
+        _ => (&d * &e.graph().from_vec(m, m, w)).sum() / active as f32 + margin as f32,
+    };
     let t = count.max(1) as f64;
     let metrics = vec![
-        ("loss".into(), loss),
         ("triplets".into(), count as f64),
         ("active_fraction".into(), active as f64 / t),
         ("d_ap".into(), sum_ap / t),
         ("d_an".into(), sum_an / t),
     ];
-    Ok(TripletLoss { loss, de: Tensor::new(vec![m, dim], de), metrics })
+    Ok((loss, metrics))
 }

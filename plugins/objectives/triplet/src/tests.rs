@@ -1,8 +1,8 @@
 //! Reference values (pytorch-metric-learning 2.9.0 / torch, see fixtures/gen.py) and finite differences.
 
 use super::*;
-use abi_stable::std_types::{RStr, RVec};
-use latent_sdk::abi::{ObjectiveBox, ObjectiveInput, ParamRole};
+use abi_stable::std_types::RStr;
+use latent_sdk::abi::ObjectiveBox;
 use latent_sdk::kit::gradcheck::random;
 use serde_json::Value;
 
@@ -44,6 +44,15 @@ fn mining(s: &str) -> Mining {
     serde_json::from_value(Value::String(s.into())).unwrap()
 }
 
+/// Loss, d loss / d e and the metrics through the autodiff path.
+fn triplet(e: &Tensor, labels: &[i64], margin: f64, mining: Mining) -> (f64, Vec<f32>, Vec<(String, f64)>) {
+    let g = Graph::new(true);
+    let v = g.input(e).unwrap();
+    let (l, metrics) = loss::triplet(&v, labels, margin, mining).unwrap();
+    let de = g.backward(&l).unwrap().of(&v);
+    (l.item(), de, metrics)
+}
+
 #[test]
 fn loss_matches_pytorch_metric_learning() {
     let fx: Value = serde_json::from_str(LOSS).unwrap();
@@ -56,7 +65,7 @@ fn loss_matches_pytorch_metric_learning() {
     for c in cases {
         let (margin, mode) = (c["margin"].as_f64().unwrap(), c["mining"].as_str().unwrap());
         let what = format!("{mode} at margin {margin}");
-        let r = loss::triplet(&e, &lab, margin, mining(mode)).unwrap();
+        let (l, de, metrics) = triplet(&e, &lab, margin, mining(mode));
         // the same triplets (pml lists them in another order)
         let t = c["triplets"].as_array().unwrap();
         let (a, p, n) = (labels(&t[0]), labels(&t[1]), labels(&t[2]));
@@ -66,11 +75,11 @@ fn loss_matches_pytorch_metric_learning() {
         want.sort();
         got.sort();
         assert_eq!(got, want, "{what}: mined triplets");
-        assert_scalar(&format!("{what}: loss"), r.loss, c["loss"].as_f64().unwrap(), 1e-5);
-        assert_close(&format!("{what}: de"), &r.de.data, &floats(&c["de"]), 1e-5);
-        for (name, value) in &r.metrics {
-            let want = if name == "loss" { c["loss"].as_f64().unwrap() } else { c["metrics"][name].as_f64().unwrap() };
-            assert_scalar(&format!("{what}: metric {name}"), *value, want, 1e-6);
+        assert_scalar(&format!("{what}: loss"), l, c["loss"].as_f64().unwrap(), 1e-5);
+        assert_close(&format!("{what}: de"), &de, &floats(&c["de"]), 1e-5);
+        assert_eq!(metrics.len(), 4);
+        for (name, value) in &metrics {
+            assert_scalar(&format!("{what}: metric {name}"), *value, c["metrics"][name].as_f64().unwrap(), 1e-6);
         }
     }
 }
@@ -137,75 +146,16 @@ fn no_active_triplet_gives_zero_loss_and_gradient() {
     // two well separated classes: every triplet is easy
     let e = Tensor::new(vec![4, 2], vec![1.0, 0.0, 1.0, 0.01, -1.0, 0.0, -1.0, 0.01]);
     for mode in [Mining::All, Mining::BatchHard, Mining::SemiHard] {
-        let r = loss::triplet(&e, &[0, 0, 1, 1], 0.2, mode).unwrap();
-        assert_eq!(r.loss, 0.0);
-        assert!(r.de.data.iter().all(|&g| g == 0.0));
-        assert_eq!(r.metrics[2], ("active_fraction".to_string(), 0.0));
+        let (l, de, metrics) = triplet(&e, &[0, 0, 1, 1], 0.2, mode);
+        assert_eq!(l, 0.0);
+        assert!(de.iter().all(|&g| g == 0.0));
+        assert_eq!(metrics[1], ("active_fraction".to_string(), 0.0));
     }
 }
 
-/// Finite-difference check of an objective through its ABI object: d loss / d views from
-/// `compute`, parameter gradients from `take_grads`, both against central differences of the
-/// f64 `loss` metric. Buffers are restored before every evaluation. Errors are measured
-/// relative to the largest gradient of each tensor, at least 1e-2 (f32 noise of the heads).
+/// Finite differences through the ABI object (`latent_sdk::check`, as `check-plugin --deep`).
 pub fn fd_check(obj: &mut ObjectiveBox, views: Vec<Tensor>, targets: Vec<Tensor>, labels: Vec<i64>, h: f32, tol: f64) {
-    let input = |views: &[Tensor]| ObjectiveInput {
-        views: views.iter().cloned().map(Tensor::into_desc).collect(),
-        targets: targets.iter().cloned().map(Tensor::into_desc).collect(),
-        labels: labels.clone().into(),
-        step: 3,
-        total_steps: 10,
-        train: true,
-    };
-    let descs = obj.params().unwrap();
-    let start: Vec<Tensor> = obj.read_params().unwrap().into_iter().map(|d| Tensor::from_desc(d).unwrap()).collect();
-    let _ = obj.take_grads().unwrap();
-    let out = obj.compute(input(&views)).unwrap();
-    let pgrads: Vec<Tensor> = obj.take_grads().unwrap().into_iter().map(|d| Tensor::from_desc(d).unwrap()).collect();
-    let mut loss_at = |views: &[Tensor], params: &[Tensor]| -> f64 {
-        obj.write_params(params.iter().cloned().map(Tensor::into_desc).collect::<RVec<_>>()).unwrap();
-        let o = obj.compute(input(views)).unwrap();
-        o.metrics.iter().find(|m| m.name.as_str() == "loss").expect("a loss metric").value
-    };
-    let check = |what: &str, ana: &[f32], num: &[f64]| {
-        let scale = ana.iter().map(|&v| v as f64).chain(num.iter().copied()).fold(1e-2f64, |m, v| m.max(v.abs()));
-        let err = ana.iter().zip(num).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max) / scale;
-        assert!(err < tol, "{what}: finite differences off by {err:.2e}\nanalytic {ana:?}\nnumeric {num:?}");
-    };
-    assert_eq!(out.grads.len(), views.len());
-    for (v, g) in out.grads.iter().enumerate() {
-        let g = Tensor::from_desc(g.clone()).unwrap();
-        assert_eq!(g.shape, views[v].shape);
-        let mut num = Vec::new();
-        for j in 0..views[v].len() {
-            let mut vs = views.clone();
-            vs[v].data[j] += h;
-            let lp = loss_at(&vs, &start);
-            vs[v].data[j] -= 2.0 * h;
-            let lm = loss_at(&vs, &start);
-            num.push((lp - lm) / (2.0 * h as f64));
-        }
-        check(&format!("d loss / d view {v}"), &g.data, &num);
-    }
-    let mut checked = 0;
-    for (pi, d) in descs.iter().enumerate() {
-        if !matches!(d.role, ParamRole::Weight | ParamRole::NoDecay) {
-            assert!(pgrads[pi].is_empty(), "{} is not trained but has a gradient", d.name);
-            continue;
-        }
-        let mut num = Vec::new();
-        for j in 0..start[pi].len() {
-            let mut ps = start.clone();
-            ps[pi].data[j] += h;
-            let lp = loss_at(&views, &ps);
-            ps[pi].data[j] -= 2.0 * h;
-            let lm = loss_at(&views, &ps);
-            num.push((lp - lm) / (2.0 * h as f64));
-        }
-        check(&format!("d loss / d {}", d.name), &pgrads[pi].data, &num);
-        checked += 1;
-    }
-    assert!(checked > 0 || descs.is_empty());
+    latent_sdk::check::assert_objective_gradients(obj, views, targets, labels, h, tol)
 }
 
 fn new_box(json: &str) -> ObjectiveBox {
