@@ -101,19 +101,20 @@ fn barlow_twins_loss_equals_the_papers_formula() {
         let r = obj.compute(&[za.clone(), zb.clone()], &[], &[], 0, 10, true).unwrap();
         let want = paper_loss(&rows(&za), &rows(&zb), lambda);
         let got = loss_metric(&r);
-        assert!((got - want).abs() < 1e-9 * want.max(1.0), "lambda {lambda}: plugin {got}, paper {want}");
+        // the plugin runs in f32 on the autodiff tape (the hand-written version summed in f64)
+        assert!((got - want).abs() < 2e-6 * want.max(1.0), "lambda {lambda}: plugin {got}, paper {want}");
         assert!((r.loss as f64 - want).abs() < 1e-5 * want.max(1.0));
     }
     // λ = 1/D
     let mut obj = reg.objective("barlow-twins", &json!({"head": false, "input_dim": 5, "lambda_inv_dim": true, "eps": 0.0}), &ctx).unwrap();
     let got = loss_metric(&obj.compute(&[za.clone(), zb.clone()], &[], &[], 0, 10, true).unwrap());
     let want = paper_loss(&rows(&za), &rows(&zb), 0.2);
-    assert!((got - want).abs() < 1e-9 * want, "lambda_inv_dim: plugin {got}, paper {want}");
+    assert!((got - want).abs() < 2e-6 * want, "lambda_inv_dim: plugin {got}, paper {want}");
     // identical views: the diagonal is 1, only the redundancy term is left
     let mut obj = reg.objective("barlow-twins", &json!({"head": false, "input_dim": 5, "eps": 0.0}), &ctx).unwrap();
     let r = obj.compute(&[za.clone(), za.clone()], &[], &[], 0, 10, false).unwrap();
     let on = r.metrics.iter().find(|(k, _)| k == "on_diag").unwrap().1;
-    assert!(on < 1e-12, "on_diag {on} with identical views");
+    assert!(on < 1e-10, "on_diag {on} with identical views");
     assert!(r.grads.is_empty(), "no gradients in evaluation");
     // with the projector: the same formula on the projections, recomputed from its parameters
     let cfg = json!({"input_dim": 5, "hidden_dim": 7, "output_dim": 4, "eps": 0.0});
@@ -135,7 +136,7 @@ fn fd_check(obj: &mut Objective, views: Vec<Tensor>, h: f32, tol: f64) {
     let _ = obj.take_grads().unwrap();
     let r = obj.compute(&views, &[], &[], 0, 10, true).unwrap();
     let pgrads = obj.take_grads().unwrap();
-    let mut loss_at = |obj: &mut Objective, views: &[Tensor], params: &[Tensor]| -> f64 {
+    let loss_at = |obj: &mut Objective, views: &[Tensor], params: &[Tensor]| -> f64 {
         obj.write_params(params.to_vec()).unwrap();
         loss_metric(&obj.compute(views, &[], &[], 0, 10, true).unwrap())
     };
@@ -181,10 +182,12 @@ fn barlow_twins_gradient_matches_finite_differences() {
     // (phases chosen so that no hidden unit of the projector sits at its ReLU kink, where central
     // differences straddle two slopes: phase 0.0 for view A puts one within 1e-4 of it)
     let views = vec![fixed(6, 5, 0.3), fixed(6, 5, 0.9)];
-    // the loss alone (large λ so the off-diagonal term matters), in f64 throughout
+    // the loss alone (large λ so the off-diagonal term matters). In f32, 1 − C_ii cancels:
+    // rounding leaves ~5e-7 in the loss, 2.5e-4 in a difference of step 1e-3; a step of 1e-2
+    // keeps that under 3e-5 while the truncation error (O(h²)) stays below 1e-4.
     let mut obj = reg.objective("barlow-twins", &json!({"head": false, "input_dim": 5, "lambda": 0.3}), &ctx).unwrap();
-    fd_check(&mut obj, views.clone(), 1e-3, 1e-4);
-    // with the projector (f32 kit layers)
+    fd_check(&mut obj, views.clone(), 1e-2, 1e-3);
+    // with the projector
     let mut obj = reg.objective("barlow-twins", &json!({"input_dim": 5, "hidden_dim": 6, "output_dim": 4, "lambda": 0.3}), &ctx).unwrap();
     fd_check(&mut obj, views, 1e-3, 2e-2);
 }
