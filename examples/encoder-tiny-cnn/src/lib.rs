@@ -1,5 +1,6 @@
-//! `tiny-cnn`, an example encoder plugin in one file: a small convolutional network from kit
-//! layers.
+//! `tiny-cnn`, an example encoder plugin in one file: a small convolutional network written as
+//! its forward pass on the SDK's autodiff tape (no backward anywhere in this file; the
+//! convolution, batch-norm and pooling kernels are the kit's, as custom ops on the tape).
 //!
 //! ```text
 //! x                                                   [N, C, H, W]
@@ -23,7 +24,8 @@
 //! | `channels` | `[16, 32, 64]` | width of each conv stage (at least one) |
 //! | `out_dim` | 0 | 0: the features are the pooled channels; else a final Linear to this size |
 
-use latent_sdk::kit::{Conv2d, Conv2dConfig, GlobalAvgPool, MaxPool2d, Sequential};
+use latent_sdk::autodiff::nn::{BatchNorm2d, Conv2d, Linear};
+use latent_sdk::autodiff::ops::{global_avg_pool, max_pool2d};
 use latent_sdk::prelude::*;
 
 /// The `tiny-cnn` config; see the crate documentation.
@@ -42,14 +44,20 @@ impl Default for Config {
     }
 }
 
+/// One stage: Conv3x3 (pad 1, no bias) → BatchNorm2d → ReLU.
+pub struct Stage {
+    /// `stage<i>.conv`.
+    pub conv: Conv2d,
+    /// `stage<i>.bn`.
+    pub bn: BatchNorm2d,
+}
+
 /// The `tiny-cnn` encoder.
 pub struct TinyCnn {
     cfg: Config,
     seed: u64,
-    /// The input shape it was built for, and the layers.
-    net: Option<([usize; 3], Sequential)>,
-    /// Batch size of the training forward waiting for its backward.
-    pending: Option<usize>,
+    /// The input shape it was built for, the stages and the optional final Linear.
+    net: Option<([usize; 3], Vec<Stage>, Option<Linear>)>,
 }
 
 impl TinyCnn {
@@ -59,34 +67,26 @@ impl TinyCnn {
     }
 
     /// The layers for images of `shape`, built on first use.
-    fn build(&mut self, shape: [usize; 3]) -> anyhow::Result<&mut Sequential> {
-        if let Some((built, _)) = &self.net {
+    fn build(&mut self, shape: [usize; 3]) -> anyhow::Result<()> {
+        if let Some((built, ..)) = &self.net {
             ensure!(*built == shape, "tiny-cnn was built for images of shape {built:?}, got {shape:?}");
-        } else {
-            let [mut c, mut h, mut w] = shape;
-            let init = Init::new(self.seed);
-            let mut net = Sequential::new();
-            let last = self.cfg.channels.len() - 1;
-            for (i, &o) in self.cfg.channels.iter().enumerate() {
-                let at = init.pp(format!("stage{i}"));
-                net = net
-                    .push(Conv2d::new(&at.pp("conv"), c, o, 3, Conv2dConfig { padding: 1, bias: false, ..Default::default() }))
-                    .push(BatchNorm::new(&at.pp("bn"), o))
-                    .push(Relu::new());
-                if i < last {
-                    ensure!(h >= 2 && w >= 2, "tiny-cnn: images of shape {shape:?} are too small for {} stages", self.cfg.channels.len());
-                    net = net.push(MaxPool2d::new(2, 2, 0));
-                    (h, w) = (h / 2, w / 2);
-                }
-                c = o;
-            }
-            net = net.push(GlobalAvgPool::new());
-            if self.cfg.out_dim > 0 {
-                net = net.push(Linear::new(&init.pp("fc"), c, self.cfg.out_dim, true));
-            }
-            self.net = Some((shape, net));
+            return Ok(());
         }
-        Ok(&mut self.net.as_mut().expect("built above").1)
+        let [mut c, mut h, mut w] = shape;
+        let init = Init::new(self.seed);
+        let mut stages = Vec::new();
+        for (i, &o) in self.cfg.channels.iter().enumerate() {
+            let at = init.pp(format!("stage{i}"));
+            stages.push(Stage { conv: Conv2d::new(&at.pp("conv"), c, o, 3, 1, 1), bn: BatchNorm2d::new(&at.pp("bn"), o) });
+            if i + 1 < self.cfg.channels.len() {
+                ensure!(h >= 2 && w >= 2, "tiny-cnn: images of shape {shape:?} are too small for {} stages", self.cfg.channels.len());
+                (h, w) = (h / 2, w / 2);
+            }
+            c = o;
+        }
+        let fc = (self.cfg.out_dim > 0).then(|| Linear::new(&init.pp("fc"), c, self.cfg.out_dim, true));
+        self.net = Some((shape, stages, fc));
+        Ok(())
     }
 }
 
@@ -98,41 +98,50 @@ impl Plugin for TinyCnn {
     fn new(cfg: Config, ctx: &Context) -> anyhow::Result<Self> {
         ensure!(!cfg.channels.is_empty(), "channels must list at least one stage width");
         ensure!(cfg.channels.iter().all(|&c| c >= 1), "every stage width must be at least 1, got {:?}", cfg.channels);
-        Ok(TinyCnn { cfg, seed: ctx.seed, net: None, pending: None })
+        Ok(TinyCnn { cfg, seed: ctx.seed, net: None })
     }
 }
 
 impl Module for TinyCnn {
     fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param)) {
-        if let Some((_, net)) = &mut self.net {
-            net.visit_params(f);
+        if let Some((_, stages, fc)) = &mut self.net {
+            for s in stages {
+                s.conv.visit_params(f);
+                s.bn.visit_params(f);
+            }
+            if let Some(fc) = fc {
+                fc.visit_params(f);
+            }
         }
     }
 }
 
-impl EncoderPlugin for TinyCnn {
+impl Encoder for TinyCnn {
     fn out_dim(&mut self, input: [usize; 3]) -> anyhow::Result<usize> {
         self.build(input)?;
         Ok(self.dim())
     }
 
-    fn forward(&mut self, images: Tensor, train: bool) -> anyhow::Result<Tensor> {
-        let (n, c, h, w) = images.dims4("images")?;
-        ensure!(!train || n >= 2, "training with batch norm needs at least 2 images per batch, got {n}");
-        let y = self.build([c, h, w])?.forward(&images, train);
-        self.pending = train.then_some(n);
-        Ok(y)
-    }
-
-    fn backward(&mut self, grad: Tensor) -> anyhow::Result<()> {
-        let n = self.pending.take().context("backward without a training forward before it")?;
-        let d = self.dim();
-        let (gn, gd) = grad.dims2("feature gradient")?;
-        ensure!((gn, gd) == (n, d), "feature gradient has shape [{gn}, {gd}], the last training forward gave [{n}, {d}]");
-        let (_, net) = self.net.as_mut().context("backward before any forward")?;
-        net.backward(&grad);
-        Ok(())
+    fn forward(&mut self, g: &Graph, images: &Var, chw: [usize; 3]) -> anyhow::Result<Var> {
+        ensure!(!g.train() || images.rows() >= 2, "training with batch norm needs at least 2 images per batch, got {}", images.rows());
+        self.build(chw)?;
+        let (_, stages, fc) = self.net.as_mut().expect("built above");
+        let (mut x, mut shape) = (images.clone(), chw);
+        let last = stages.len() - 1;
+        for (i, s) in stages.iter_mut().enumerate() {
+            let (y, sh) = s.conv.forward(g, &x, shape);
+            x = s.bn.forward(g, &y, sh).relu();
+            shape = sh;
+            if i < last {
+                (x, shape) = max_pool2d(&x, shape, 2, 2, 0);
+            }
+        }
+        let pooled = global_avg_pool(&x, shape[0]);
+        Ok(match fc {
+            Some(fc) => fc.forward(g, &pooled),
+            None => pooled,
+        })
     }
 }
 
-latent_sdk::export_plugins!(objectives: [], encoders: [TinyCnn], augmentations: []);
+latent_sdk::export_plugins!(objectives: [], encoders: [Taped<TinyCnn>], augmentations: []);

@@ -133,6 +133,66 @@ impl Module for BatchNorm1d {
     }
 }
 
+/// A 2-d convolution without bias on images `[N, C·H·W]`, with the kit's im2col + gemm
+/// kernels as one custom op ([`super::ops::conv2d`]). Weight `<prefix>.weight`
+/// `[O, C/groups, kh, kw]`, initialised as PyTorch's `nn.Conv2d`.
+#[derive(Clone, Debug)]
+pub struct Conv2d {
+    /// `[O, C/groups, kh, kw]`.
+    pub weight: Param,
+    /// Step between output positions.
+    pub stride: usize,
+    /// Zero padding on each side.
+    pub padding: usize,
+    /// Channel groups.
+    pub groups: usize,
+}
+
+impl Conv2d {
+    /// `in_ch → out_ch` with a `kernel`×`kernel` window.
+    pub fn new(init: &Init, in_ch: usize, out_ch: usize, kernel: usize, stride: usize, padding: usize) -> Conv2d {
+        let weight = init.kaiming_uniform("weight", vec![out_ch, in_ch, kernel, kernel], in_ch * kernel * kernel);
+        Conv2d { weight, stride, padding, groups: 1 }
+    }
+
+    /// `x` `[N, C·H·W]` with `chw` to `[N, O·H'·W']` and `[O, H', W']`.
+    pub fn forward(&self, g: &Graph, x: &Var, chw: [usize; 3]) -> (Var, [usize; 3]) {
+        let k = [self.weight.shape[2], self.weight.shape[3]];
+        super::ops::conv2d(x, chw, &g.param(&self.weight), k, self.stride, self.padding, self.groups)
+    }
+}
+
+impl Module for Conv2d {
+    fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        f(&mut self.weight);
+    }
+}
+
+/// BatchNorm2d on images `[N, C·H·W]` with the kit's kernel as one custom op
+/// ([`super::ops::batch_norm2d`]); parameters and defaults as [`BatchNorm1d`].
+#[derive(Clone, Debug)]
+pub struct BatchNorm2d(pub BatchNorm1d);
+
+impl BatchNorm2d {
+    /// `channels` channels, PyTorch's defaults.
+    pub fn new(init: &Init, channels: usize) -> BatchNorm2d {
+        BatchNorm2d(BatchNorm1d::new(init, channels))
+    }
+
+    /// Normalises each channel of `x` (shape `chw`); updates the running statistics in training.
+    pub fn forward(&mut self, g: &Graph, x: &Var, chw: [usize; 3]) -> Var {
+        let b = &mut self.0;
+        let (gamma, beta) = (g.param(&b.weight), g.param(&b.bias));
+        super::ops::batch_norm2d(x, chw, &gamma, &beta, [&mut b.running_mean, &mut b.running_var], b.eps, b.momentum)
+    }
+}
+
+impl Module for BatchNorm2d {
+    fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        self.0.visit_params(f)
+    }
+}
+
 /// A non-linearity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]

@@ -3,7 +3,7 @@
 //! op. Each checks shapes before dfdx sees them (see the [module docs](super)).
 
 use super::{fail, pick_graph, Graph, Var, T2t};
-use crate::kit::{Conv2d, Conv2dConfig, Init, Layer, Tensor};
+use crate::kit::{BatchNorm, Conv2d, Conv2dConfig, Init, Layer, MaxPool2d, Param, Tensor};
 use dfdx::prelude::{Axes2, Axis, BroadcastTo, LogSumExpTo, ReshapeTo, SumTo, TryMatMul};
 use std::ops::{Add, Div, Mul, Neg, Sub};
 
@@ -345,6 +345,58 @@ pub fn conv2d(x: &Var, chw: [usize; 3], weight: &Var, kernel: [usize; 2], stride
         dx[1].iter_mut().zip(&conv.weight.grad).for_each(|(a, b)| *a += b);
     });
     (out, [o, oh, ow])
+}
+
+/// Max pooling with the kit's kernel as a custom op: `x` `[N, C·H·W]` with `chw`, a
+/// `kernel`×`kernel` window. Returns `[N, C·H'·W']` and `[C, H', W']`.
+pub fn max_pool2d(x: &Var, chw: [usize; 3], kernel: usize, stride: usize, padding: usize) -> (Var, [usize; 3]) {
+    let [c, h, w] = chw;
+    let (n, len) = x.dims();
+    if len != c * h * w {
+        fail(format!("max_pool2d: input rows of {len} values are not [C, H, W] = {chw:?}"));
+    }
+    if kernel == 0 || stride == 0 || h + 2 * padding < kernel || w + 2 * padding < kernel {
+        fail(format!("max_pool2d: window {kernel} (stride {stride}, padding {padding}) does not fit a {h}x{w} input"));
+    }
+    let mut pool = MaxPool2d::new(kernel, stride, padding);
+    let y = pool.forward(&Tensor::new(vec![n, c, h, w], x.values()), true);
+    let (oh, ow) = (y.shape[2], y.shape[3]);
+    let out = x.g.custom(&[x], n, c * oh * ow, y.data, move |dy, dx| {
+        let d = pool.backward(&Tensor::new(vec![n, c, oh, ow], dy.to_vec()));
+        dx[0].iter_mut().zip(&d.data).for_each(|(a, b)| *a += b);
+    });
+    (out, [c, oh, ow])
+}
+
+/// Batch normalisation over the channels of `x` `[N, C·H·W]` (BatchNorm2d) with the kit's
+/// kernel as a custom op. `gamma`, `beta` are the `[1, C]` affine parameters on the tape; the
+/// running statistics are updated in place in training (the graph's mode).
+pub fn batch_norm2d(x: &Var, chw: [usize; 3], gamma: &Var, beta: &Var, running: [&mut Param; 2], eps: f32, momentum: f32) -> Var {
+    let [c, h, w] = chw;
+    let (n, len) = x.dims();
+    if len != c * h * w || gamma.dims() != (1, c) || beta.dims() != (1, c) {
+        fail(format!("batch_norm2d: input {:?} as {chw:?} with affine {:?} and {:?}", x.dims(), gamma.dims(), beta.dims()));
+    }
+    let train = x.g.train();
+    if train && n * h * w < 2 {
+        fail(format!("batch-norm in training needs more than one value per channel, got [{n}, {c}, {h}, {w}]"));
+    }
+    let [rm, rv] = running;
+    let mut bn = BatchNorm::new(&Init::new(0), c);
+    bn.weight.value = gamma.values();
+    bn.bias.value = beta.values();
+    bn.running_mean.value.clone_from(&rm.value);
+    bn.running_var.value.clone_from(&rv.value);
+    (bn.eps, bn.momentum) = (eps, momentum);
+    let y = bn.forward(&Tensor::new(vec![n, c, h, w], x.values()), train);
+    rm.value.clone_from(&bn.running_mean.value);
+    rv.value.clone_from(&bn.running_var.value);
+    x.g.custom(&[x, gamma, beta], n, len, y.data, move |dy, dx| {
+        let d = bn.backward(&Tensor::new(vec![n, c, h, w], dy.to_vec()));
+        dx[0].iter_mut().zip(&d.data).for_each(|(a, b)| *a += b);
+        dx[1].iter_mut().zip(&bn.weight.grad).for_each(|(a, b)| *a += b);
+        dx[2].iter_mut().zip(&bn.bias.grad).for_each(|(a, b)| *a += b);
+    })
 }
 
 /// Mean over each image's positions: `[N, C·S]` with `S` positions per channel to `[N, C]`.

@@ -1,8 +1,8 @@
 //! Every operation and layer against finite differences, and the dfdx traps the SDK absorbs.
 
 use super::gradcheck::{assert_within, check, check_fn};
-use super::nn::{BatchNorm1d, Head, Linear};
-use super::ops::{cat_rows, conv2d, cross_entropy, global_avg_pool};
+use super::nn::{BatchNorm1d, BatchNorm2d, Conv2d, Head, Linear};
+use super::ops::{cat_rows, conv2d, cross_entropy, global_avg_pool, max_pool2d};
 use super::{catch_op_errors, Graph, Var};
 use crate::kit::gradcheck::random;
 use crate::kit::{BatchNorm, Init, Layer, Linear as KitLinear, Module, Relu, Sequential, Tensor};
@@ -166,6 +166,44 @@ fn convolution_and_pooling_on_the_tape_match_finite_differences() {
             weigh(&global_avg_pool(&y, o).square(), 9) + weigh(&y, 8)
         }), 1e-2);
     }
+}
+
+#[test]
+fn a_conv_net_on_the_tape_matches_finite_differences() {
+    // Conv → BatchNorm2d → GELU → Conv → global average pool: the kit's kernels as custom ops,
+    // composed with tape ops, no backward written for the network itself. (GELU, not ReLU:
+    // central differences across a ReLU or max-pool kink measure neither slope; max pooling is
+    // checked alone below.)
+    struct Net {
+        c1: Conv2d,
+        bn: BatchNorm2d,
+        c2: Conv2d,
+    }
+    impl Module for Net {
+        fn visit_params(&mut self, f: &mut dyn FnMut(&mut crate::kit::Param)) {
+            self.c1.visit_params(f);
+            self.bn.visit_params(f);
+            self.c2.visit_params(f);
+        }
+    }
+    let init = Init::new(4);
+    let mut net = Net { c1: Conv2d::new(&init.pp("c1"), 2, 3, 3, 1, 1), bn: BatchNorm2d::new(&init.pp("bn"), 3), c2: Conv2d::new(&init.pp("c2"), 3, 4, 3, 1, 1) };
+    net.bn.0.weight.value = vec![0.7, 1.3, -0.9];
+    let x = random(&[3, 2 * 6 * 6], 5);
+    let checked = check(&mut net, &[x], 1e-3, |m, g, v| {
+        let (h, s) = m.c1.forward(g, &v[0], [2, 6, 6]);
+        let h = m.bn.forward(g, &h, s).gelu();
+        let (h, s) = m.c2.forward(g, &h, s);
+        weigh(&global_avg_pool(&h, s[0]), 9)
+    });
+    assert_eq!(checked.len(), 5, "{checked:?}");
+    assert_within("conv net", &checked, 1e-2);
+    let x = random(&[2, 3 * 6 * 5], 6);
+    assert_within("max_pool2d", &check_fn(&[x], 1e-3, |_, v| {
+        let (y, s) = max_pool2d(&v[0], [3, 6, 5], 2, 2, 0);
+        assert_eq!(s, [3, 3, 2]);
+        weigh(&y, 9)
+    }), 1e-2);
 }
 
 #[test]
