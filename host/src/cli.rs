@@ -30,6 +30,10 @@ pub enum Command {
     CheckPlugin {
         /// The library file
         file: PathBuf,
+        /// Also run each objective and encoder: gradients against finite differences,
+        /// determinism, finite losses on degenerate input
+        #[arg(long)]
+        deep: bool,
     },
     /// Train an encoder (no CONFIG: SimCLR + resnet-mini on the embedded MNIST subset)
     Train {
@@ -115,7 +119,7 @@ fn init_tracing() {
 fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Plugins { json } => cmd_plugins(&cli.plugin_dirs, json),
-        Command::CheckPlugin { file } => cmd_check(&file),
+        Command::CheckPlugin { file, deep } => cmd_check(&file, deep),
         Command::Train { config, sets, out, resume, stop_after } => {
             crate::train::run(crate::train::TrainArgs { config, sets, out, resume, stop_after, plugin_dirs: cli.plugin_dirs })
         }
@@ -178,7 +182,7 @@ fn cmd_plugins(dirs: &[PathBuf], json: bool) -> Result<i32> {
     Ok(0)
 }
 
-fn cmd_check(file: &std::path::Path) -> Result<i32> {
+fn cmd_check(file: &std::path::Path, deep: bool) -> Result<i32> {
     let lib = match plugins::load_library(file) {
         Ok(lib) => lib,
         Err(e) => {
@@ -188,8 +192,11 @@ fn cmd_check(file: &std::path::Path) -> Result<i32> {
     };
     let ms = plugins::manifests(lib, file)?;
     println!("{}: ok, latent plugin library (SDK {})", file.display(), lib.sdk_version());
-    for m in ms {
+    for m in &ms {
         println!("  {} ({}, version {}): {}", m.name, m.kind.as_str(), m.version, m.description);
+    }
+    if deep && !crate::deep_check::run(lib, &ms)? {
+        return Ok(1);
     }
     Ok(0)
 }

@@ -6,7 +6,8 @@
 //! dynamic libraries through `latent-sdk`'s ABI ([`plugins`]).
 //!
 //! Modules, in the order a training step meets them:
-//! - [`cli`]: the `latent` commands; [`config`]: the TOML experiment config and `--set`.
+//! - [`cli`]: the `latent` commands; [`config`]: the TOML experiment config and `--set`;
+//!   [`deep_check`]: `check-plugin --deep`, finite differences and determinism through the ABI.
 //! - [`plugins`]: search path, loading with abi_stable, checked handles around plugin objects;
 //!   [`watchdog`]: a plugin call that never returns ends the run with a clear error.
 //! - [`data`]: dataset readers and the threaded, reproducible loader.
@@ -21,6 +22,7 @@
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod deep_check;
 pub mod data;
 pub mod eval;
 pub mod evaluate;

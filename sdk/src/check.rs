@@ -6,8 +6,8 @@
 //! central differences of the loss with every parameter and buffer restored before each
 //! evaluation (so batch-norm statistics and objective state do not drift). An encoder's loss is
 //! `Σ features ⊙ r` for a fixed random `r`. The error of a tensor is the largest
-//! |analytic − numeric| over its checked entries, divided by the largest magnitude of either
-//! (at least `floor`): f32 forward passes make finite differences noisy below that.
+//! |analytic − numeric| over its checked entries, divided by the tensor's largest gradient
+//! (all entries, analytic or numeric; at least `floor`): f32 forward passes make finite differences noisy below that.
 
 use crate::abi::{EncoderBox, ObjectiveBox, ObjectiveInput, ParamRole};
 use crate::kit::gradcheck::random;
@@ -64,8 +64,10 @@ fn entries(n: usize, max: usize) -> Vec<usize> {
     v
 }
 
-fn rel_err(ana: &[f64], num: &[f64], floor: f64) -> f64 {
-    let scale = ana.iter().chain(num).fold(floor, |m, v| m.max(v.abs()));
+/// `full` is the whole analytic gradient: the scale is the tensor's largest gradient, not only
+/// that of the sampled entries.
+fn rel_err(full: &[f32], ana: &[f64], num: &[f64], floor: f64) -> f64 {
+    let scale = full.iter().map(|&v| v as f64).chain(num.iter().copied()).fold(floor, |m, v| m.max(v.abs()));
     ana.iter().zip(num).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max) / scale
 }
 
@@ -121,7 +123,7 @@ pub fn objective_gradients(obj: &mut ObjectiveBox, case: &ObjectiveCase, o: FdOp
             num.push((lp - lm) / (2.0 * h as f64));
         }
         let ana: Vec<f64> = idx.iter().map(|&j| g.data[j] as f64).collect();
-        out.push(TensorError { name: format!("view {v}"), error: rel_err(&ana, &num, o.floor), entries: idx.len() });
+        out.push(TensorError { name: format!("view {v}"), error: rel_err(&g.data, &ana, &num, o.floor), entries: idx.len() });
     }
     out.extend(param_errors(&params, &start, &pgrads, o, |ps| loss_at(&case.views, ps))?);
     obj.write_params(descs(&start)).into_result().map_err(pe)?;
@@ -156,7 +158,7 @@ fn param_errors(
             num.push((lp - lm) / (2.0 * o.h as f64));
         }
         let ana: Vec<f64> = idx.iter().map(|&j| grads[pi].data[j] as f64).collect();
-        out.push(TensorError { name: d.name.to_string(), error: rel_err(&ana, &num, o.floor), entries: idx.len() });
+        out.push(TensorError { name: d.name.to_string(), error: rel_err(&grads[pi].data, &ana, &num, o.floor), entries: idx.len() });
     }
     Ok(out)
 }
@@ -223,4 +225,16 @@ pub fn assert_objective_gradients(obj: &mut ObjectiveBox, views: Vec<Tensor>, ta
     let bad: Vec<_> = errs.iter().filter(|e| !(e.error < tol)).collect();
     assert!(bad.is_empty(), "gradients off (tolerance {tol:.1e}): {bad:?}");
     assert!(!errs.is_empty());
+}
+
+/// Features and gradients of one training step are finite; an error says which is not.
+pub fn encoder_finite(enc: &mut EncoderBox, images: &Tensor) -> Result<()> {
+    let y = Tensor::from_desc(enc.forward(images.clone().into_desc(), true).into_result().map_err(pe)?)?;
+    ensure!(y.data.iter().all(|x| x.is_finite()), "the features are not finite");
+    enc.backward(random(&y.shape, 77).into_desc()).into_result().map_err(pe)?;
+    let names = enc.params().into_result().map_err(pe)?;
+    for (d, g) in names.iter().zip(tensors(enc.take_grads().into_result().map_err(pe)?)?) {
+        ensure!(g.data.iter().all(|x| x.is_finite()), "the gradient of {} is not finite", d.name);
+    }
+    Ok(())
 }

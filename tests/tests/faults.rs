@@ -332,3 +332,23 @@ fn ctrl_c_finishes_the_step_writes_a_checkpoint_exits_130_and_resume_completes()
     assert_checkpoint(&out, 8);
     assert_eq!(logged_steps(&out), (1..=8).collect::<Vec<_>>(), "the resumed run continued where it stopped");
 }
+
+#[test]
+fn a_forward_that_multiplies_mismatched_shapes_names_plugin_call_and_shapes_and_keeps_the_run() {
+    // an objective written on the SDK's autodiff: dfdx would panic with no shapes in the
+    // message; the SDK checks first, and the error reaches the user as any plugin error does
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let sets = ["objective.plugin=mismatched-shapes", "objective.config.input_dim=8", "objective.config.at_step=3"];
+    let o = run(&train_args(&out, &sets), &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = stderr(&o);
+    let want = "plugin 'mismatched-shapes' failed in `compute`: matmul: [8, 8] · [9, 3]: the inner dimensions differ";
+    assert!(err.contains(want) && err.contains("at step 3"), "expected {want:?} at step 3:\n{}", text(&o));
+    assert!(!err.contains("panicked"), "no panic reaches the user:\n{}", text(&o));
+    assert_checkpoint(&out, 2);
+    let r = resume(&out, &[]);
+    assert_eq!(r.status.code(), Some(1), "{}", text(&r));
+    assert!(stderr(&r).contains("at step 2") && stderr(&r).contains(want), "resumed, then the same error:\n{}", text(&r));
+    assert_checkpoint(&out, 2);
+}

@@ -5,6 +5,11 @@
 //! does not fill its shape) | `huge-shape` (dimensions whose product overflows) | `nan` |
 //! `sleep`, triggered at step `at_step` and later. `faulty-encoder`: a linear map of the flattened image, with the same
 //! faults in `forward`.
+//!
+//! Written on the SDK's autodiff: `mismatched-shapes` (a forward that multiplies `[B, D]` by
+//! a `[D + 1, 3]` parameter from step `at_step` on, a plain projection before) and
+//! `wrong-gradient` (a hand-written objective whose gradient for `scale.weight` is off by a
+//! factor of 2: `latent check-plugin --deep` must name it).
 
 use latent_sdk::prelude::*;
 
@@ -147,4 +152,102 @@ impl EncoderPlugin for FaultyEncoder {
     }
 }
 
-latent_sdk::export_plugins!(objectives: [Faulty], encoders: [FaultyEncoder], augmentations: []);
+/// An objective on the autodiff tape whose forward goes wrong at step `at_step`.
+pub struct MismatchedShapes {
+    at_step: u64,
+    /// `proj.weight` `[D, 3]` (a correct product); `bad.weight` `[D + 1, 3]`.
+    proj: Param,
+    bad: Param,
+}
+
+/// `mismatched-shapes` settings.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShapesConfig {
+    /// Feature size of the views.
+    pub input_dim: usize,
+    /// First step with the mismatched product.
+    pub at_step: u64,
+}
+
+impl Default for ShapesConfig {
+    fn default() -> Self {
+        ShapesConfig { input_dim: 8, at_step: u64::MAX }
+    }
+}
+
+impl Plugin for MismatchedShapes {
+    type Config = ShapesConfig;
+    const NAME: &'static str = "mismatched-shapes";
+    const DESCRIPTION: &'static str = "test-only objective whose forward multiplies mismatched shapes from a step on";
+    fn new(cfg: ShapesConfig, ctx: &Context) -> anyhow::Result<Self> {
+        let init = Init::new(ctx.seed);
+        let d = cfg.input_dim;
+        Ok(MismatchedShapes { at_step: cfg.at_step, proj: init.kaiming_uniform("proj.weight", vec![d, 3], d), bad: init.kaiming_uniform("bad.weight", vec![d + 1, 3], d) })
+    }
+}
+
+impl Module for MismatchedShapes {
+    fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        f(&mut self.proj);
+        f(&mut self.bad);
+    }
+}
+
+impl Objective for MismatchedShapes {
+    fn forward(&mut self, g: &Graph, b: &Views) -> anyhow::Result<Loss> {
+        let w = if b.step >= self.at_step { &self.bad } else { &self.proj };
+        let z: Vec<Var> = b.views.iter().map(|v| v.matmul(&g.param(w))).collect();
+        let loss = match z.len() {
+            1 => z[0].square().mean(),
+            _ => (&z[0] - &z[1]).square().mean(),
+        };
+        Ok(Loss::new(loss))
+    }
+}
+
+/// A hand-written objective with a deliberately wrong parameter gradient:
+/// `loss = mean((w ⊙ v0 − v1)²)`, and d loss / d w reported twice too large.
+pub struct WrongGradient {
+    scale: Param,
+}
+
+impl Plugin for WrongGradient {
+    type Config = ShapesConfig;
+    const NAME: &'static str = "wrong-gradient";
+    const DESCRIPTION: &'static str = "test-only objective whose scale.weight gradient is twice the true one";
+    fn new(cfg: ShapesConfig, ctx: &Context) -> anyhow::Result<Self> {
+        let mut scale = Init::new(ctx.seed).kaiming_uniform("scale.weight", vec![cfg.input_dim], 1);
+        scale.value.iter_mut().for_each(|v| *v += 1.0);
+        Ok(WrongGradient { scale })
+    }
+}
+
+impl Module for WrongGradient {
+    fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        f(&mut self.scale);
+    }
+}
+
+impl ObjectivePlugin for WrongGradient {
+    fn compute(&mut self, b: ObjectiveBatch) -> anyhow::Result<ObjectiveResult> {
+        ensure!(b.views.len() == 2, "wrong-gradient needs 2 views");
+        let (n, d) = b.views[0].dims2("view 0")?;
+        ensure!(d == self.scale.value.len(), "views have {d} features, the plugin {}", self.scale.value.len());
+        let m = (n * d) as f32;
+        let (v0, v1, w) = (&b.views[0].data, &b.views[1].data, &self.scale.value);
+        let r: Vec<f32> = (0..n * d).map(|k| w[k % d] * v0[k] - v1[k]).collect();
+        let loss = r.iter().map(|x| x * x).sum::<f32>() / m;
+        let g0: Vec<f32> = (0..n * d).map(|k| 2.0 * r[k] * w[k % d] / m).collect();
+        let g1: Vec<f32> = r.iter().map(|x| -2.0 * x / m).collect();
+        if b.train {
+            for k in 0..n * d {
+                self.scale.grad[k % d] += 2.0 * (2.0 * r[k] * v0[k] / m); // the deliberate factor 2
+            }
+        }
+        let grads = if b.train { vec![Tensor::new(vec![n, d], g0), Tensor::new(vec![n, d], g1)] } else { vec![] };
+        Ok(ObjectiveResult { loss, grads, metrics: vec![], target_momentum: 1.0 })
+    }
+}
+
+latent_sdk::export_plugins!(objectives: [Faulty, MismatchedShapes, WrongGradient], encoders: [FaultyEncoder], augmentations: []);
