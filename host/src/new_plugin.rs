@@ -7,8 +7,8 @@
 //!   DIR/my-first-loss/README.md      how to build, list, train and test it
 //!   DIR/my-first-loss/Cargo.lock     copied from the latent checkout (same dependency versions)
 //! ```
-//! The skeletons: an objective (alignment + uniformity on the unit sphere, with its gradient
-//! and a finite-difference test), an encoder (a two-layer MLP from kit layers) and an
+//! The skeletons: an objective (alignment + uniformity on the unit sphere, forward maths only
+//! and a finite-difference test), an encoder (a two-layer MLP, forward only) and an
 //! augmentation (a random horizontal flip, a pure function of (image, seed)).
 //!
 //! `latent-sdk` is found at `../sdk` beside the `latent-host` crate this binary was built from
@@ -215,9 +215,9 @@ const OBJECTIVE: &str = r#"//! `{{name}}`: an objective plugin.
 //! unif  = log( 1/(N(N−1)) Σ_{i≠j} exp(−t ‖u_i − u_j‖²) )       per view, averaged over the two
 //! L     = align + weight · (unif(uᴬ) + unif(uᴮ)) / 2
 //! ```
-//! Gradient: `∂align/∂uᴬ_i = 2 (uᴬ_i − uᴮ_i) / N` (and the negative for uᴮ);
-//! `∂unif/∂u_i = −4t Σ_{j≠i} w_ij (u_i − u_j)` with `w_ij = exp(−t‖u_i − u_j‖²) / Σ_{k≠l} exp(−t‖u_k − u_l‖²)`;
-//! through the normalisation `∂L/∂z_i = (∂L/∂u_i − u_i (u_iᵀ ∂L/∂u_i)) / ‖z_i‖`.
+//! This file is the forward maths only: the views arrive as traced tensors (`Var`), and the
+//! SDK's autodiff returns d L / d views to the host (and fills the gradients of any parameters
+//! taken onto the tape with `g.param`).
 //!
 //! # Config (JSON, every key optional)
 //! | key | default | meaning |
@@ -243,8 +243,8 @@ impl Default for Config {
     }
 }
 
-/// The objective. Heads (a projector, a predictor) would be fields here, built in `new` from
-/// kit layers and exposed in `visit_params`.
+/// The objective. Heads would be fields here (`Head::simclr(&Init::new(ctx.seed).pp("projector"),
+/// ...)`), built in `new` and exposed in `visit_params`.
 pub struct {{Type}} {
     cfg: Config,
 }
@@ -266,84 +266,28 @@ impl Module for {{Type}} {
     fn visit_params(&mut self, _f: &mut dyn FnMut(&mut Param)) {}
 }
 
-/// Rows of `z` `[n, d]` scaled to unit length, in f64, with their norms.
-fn normalize(z: &Tensor, d: usize) -> (Vec<f64>, Vec<f64>) {
-    let mut u: Vec<f64> = z.data.iter().map(|&v| v as f64).collect();
-    let mut norms = Vec::new();
-    for row in u.chunks_mut(d) {
-        let n = row.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
-        row.iter_mut().for_each(|v| *v /= n);
-        norms.push(n);
-    }
-    (u, norms)
+/// `log( 1/(N(N−1)) Σ_{i≠j} exp(−t ‖u_i − u_j‖²) )` of unit rows `u` `[N, D]`.
+fn uniformity(u: &Var, t: f32) -> Var {
+    let n = u.rows();
+    let sq = u.matmul_t(u) * -2.0 + 2.0; // ‖u_i − u_j‖² = 2 − 2 u_iᵀu_j for unit rows
+    let diagonal: Vec<bool> = (0..n * n).map(|k| k / n == k % n).collect();
+    let all = (sq * -t).masked_fill(&diagonal, f32::NEG_INFINITY).reshape(1, n * n);
+    all.logsumexp_rows() - ((n * (n - 1)) as f32).ln()
 }
 
-/// `unif(u)` and adds `weight · ∂unif/∂u` to `du`.
-fn uniformity(u: &[f64], n: usize, d: usize, t: f64, weight: f64, du: &mut [f64]) -> f64 {
-    let sq = |i: usize, j: usize| (0..d).map(|k| (u[i * d + k] - u[j * d + k]).powi(2)).sum::<f64>();
-    let mut e = vec![0.0; n * n];
-    let mut s = 0.0;
-    for i in 0..n {
-        for j in 0..n {
-            if i != j {
-                e[i * n + j] = (-t * sq(i, j)).exp();
-                s += e[i * n + j];
-            }
-        }
-    }
-    for i in 0..n {
-        for j in 0..n {
-            if i != j {
-                let w = -4.0 * t * e[i * n + j] / s * weight;
-                for k in 0..d {
-                    du[i * d + k] += w * (u[i * d + k] - u[j * d + k]);
-                }
-            }
-        }
-    }
-    (s / (n * (n - 1)) as f64).ln()
-}
-
-impl ObjectivePlugin for {{Type}} {
-    fn compute(&mut self, b: ObjectiveBatch) -> anyhow::Result<ObjectiveResult> {
+impl Objective for {{Type}} {
+    fn forward(&mut self, _g: &Graph, b: &Views) -> anyhow::Result<Loss> {
         ensure!(b.views.len() == 2, "{{name}} needs exactly 2 views, got {}", b.views.len());
-        let (n, d) = b.views[0].dims2("view 0")?;
-        ensure!(b.views[1].shape == b.views[0].shape, "the two views differ in shape: {:?} and {:?}", b.views[0].shape, b.views[1].shape);
+        let (n, _) = b.views[0].dims();
+        ensure!(b.views[1].dims() == b.views[0].dims(), "the two views differ in shape: {:?} and {:?}", b.views[0].dims(), b.views[1].dims());
         ensure!(n >= 2, "{{name}} needs at least 2 samples per batch, got {n}");
-        let (ua, na) = normalize(&b.views[0], d);
-        let (ub, nb) = normalize(&b.views[1], d);
-        let (mut dua, mut dub) = (vec![0.0; n * d], vec![0.0; n * d]);
-        let mut align = 0.0;
-        for k in 0..n * d {
-            let diff = ua[k] - ub[k];
-            align += diff * diff / n as f64;
-            dua[k] = 2.0 * diff / n as f64;
-            dub[k] = -2.0 * diff / n as f64;
-        }
-        let half = self.cfg.weight / 2.0;
-        let unif_a = uniformity(&ua, n, d, self.cfg.t, half, &mut dua);
-        let unif_b = uniformity(&ub, n, d, self.cfg.t, half, &mut dub);
-        let loss = align + half * (unif_a + unif_b);
-        // back through the normalisation: dz = (du − u (uᵀ du)) / ‖z‖
-        let back = |u: &[f64], norms: &[f64], du: &[f64]| {
-            let mut dz = vec![0f32; n * d];
-            for i in 0..n {
-                let r = i * d..(i + 1) * d;
-                let dot: f64 = u[r.clone()].iter().zip(&du[r.clone()]).map(|(a, b)| a * b).sum();
-                for k in r {
-                    dz[k] = ((du[k] - u[k] * dot) / norms[i]) as f32;
-                }
-            }
-            Tensor::new(vec![n, d], dz)
-        };
-        let grads = if b.train { vec![back(&ua, &na, &dua), back(&ub, &nb, &dub)] } else { vec![] };
-        Ok(ObjectiveResult {
-            loss: loss as f32,
-            grads,
-            metrics: vec![("loss".into(), loss), ("align".into(), align), ("uniformity".into(), (unif_a + unif_b) / 2.0)],
-            // 1: no target network (set NEEDS_TARGET and return an EMA rate to have one)
-            target_momentum: 1.0,
-        })
+        let (ua, ub) = (b.views[0].l2_normalize(), b.views[1].l2_normalize());
+        let align = (&ua - &ub).square().sum_rows().mean();
+        let unif = (uniformity(&ua, self.cfg.t as f32) + uniformity(&ub, self.cfg.t as f32)) * 0.5;
+        let loss = &align + &unif * self.cfg.weight as f32;
+        // Metrics are values, off the tape. No target network: set NEEDS_TARGET and
+        // `.target_momentum(tau)` to have one.
+        Ok(Loss::new(loss).metric("align", align.item()).metric("uniformity", unif.item()))
     }
 }
 
@@ -354,30 +298,13 @@ mod tests {
     use super::*;
     use latent_sdk::kit::gradcheck::random;
 
-    fn loss(p: &mut {{Type}}, views: &[Tensor]) -> (f64, Vec<Tensor>) {
-        let b = ObjectiveBatch { views: views.to_vec(), targets: vec![], labels: vec![], step: 0, total_steps: 1, train: true };
-        let r = p.compute(b).unwrap();
-        (r.metrics[0].1, r.grads)
-    }
-
     #[test]
     fn gradient_matches_finite_differences() {
-        let mut p = {{Type}}::new(Config::default(), &Context::default()).unwrap();
+        // through the ABI object, as the host calls it (and `latent check-plugin --deep`)
+        let ctx = Context::default();
+        let mut obj = latent_sdk::plugin::new_objective::<{{Type}}>(abi_stable::std_types::RStr::from_str(""), &ctx).unwrap();
         let views = vec![random(&[5, 4], 1), random(&[5, 4], 2)];
-        let (_, grads) = loss(&mut p, &views);
-        let h = 1e-3;
-        for v in 0..2 {
-            for k in 0..views[v].len() {
-                let mut vs = views.clone();
-                vs[v].data[k] += h;
-                let lp = loss(&mut p, &vs).0;
-                vs[v].data[k] -= 2.0 * h;
-                let lm = loss(&mut p, &vs).0;
-                let num = (lp - lm) / (2.0 * h as f64);
-                let ana = grads[v].data[k] as f64;
-                assert!((num - ana).abs() < 1e-3 * num.abs().max(1.0), "view {v} index {k}: analytic {ana}, numeric {num}");
-            }
-        }
+        latent_sdk::check::assert_objective_gradients(&mut obj, views, vec![], vec![], 1e-2, 1e-2);
     }
 }
 "#;
@@ -385,11 +312,13 @@ mod tests {
 const ENCODER: &str = r#"//! `{{name}}`: an encoder plugin.
 //!
 //! ```text
-//! x [N, C, H, W] → flatten [N, C·H·W] → Linear → BatchNorm1d → ReLU → Linear → [N, out_dim]
+//! x [N, C·H·W] → Linear → BatchNorm1d → ReLU → Linear → [N, out_dim]
 //! ```
-//! The image size is known only when the host calls `out_dim([C, H, W])`, so the layers are
-//! built there (from `ctx.seed`). Every kit layer has a hand-written backward; `Sequential`
-//! runs them in order and back.
+//! The forward pass only: `Taped<{{Type}}>` (in `export_plugins!`) records it on the SDK's
+//! autodiff tape and runs it backward from the host's d loss / d features. Images arrive
+//! flattened, with their `[C, H, W]` beside them; the layers are built in `out_dim` (the image
+//! size is known only then), from `ctx.seed`. Convolutions, 2-d batch-norm and pooling are in
+//! `latent_sdk::autodiff::{nn, ops}` (the `tiny-cnn` example uses them).
 //!
 //! # Config (JSON, every key optional)
 //! | key | default | meaning |
@@ -397,7 +326,7 @@ const ENCODER: &str = r#"//! `{{name}}`: an encoder plugin.
 //! | `hidden` | 256 | hidden width |
 //! | `out_dim` | 128 | feature size (the default objective, simclr, expects 128) |
 
-use latent_sdk::kit::{Flatten, Sequential};
+use latent_sdk::autodiff::nn::{BatchNorm1d, Linear};
 use latent_sdk::prelude::*;
 
 /// The config. Omitted keys take the defaults; unknown keys are refused by name.
@@ -416,26 +345,32 @@ impl Default for Config {
     }
 }
 
+/// The layers, named `fc1.*`, `bn1.*`, `fc2.*`.
+pub struct Net {
+    fc1: Linear,
+    bn1: BatchNorm1d,
+    fc2: Linear,
+}
+
 /// The encoder.
 pub struct {{Type}} {
     cfg: Config,
     seed: u64,
     /// The input shape it was built for, and the layers.
-    net: Option<([usize; 3], Sequential)>,
+    net: Option<([usize; 3], Net)>,
 }
 
 impl {{Type}} {
-    fn build(&mut self, shape: [usize; 3]) -> anyhow::Result<&mut Sequential> {
+    fn build(&mut self, shape: [usize; 3]) -> anyhow::Result<&mut Net> {
         if let Some((built, _)) = &self.net {
             ensure!(*built == shape, "{{name}} was built for images of shape {built:?}, got {shape:?}");
         } else {
             let init = Init::new(self.seed);
-            let net = Sequential::new()
-                .push(Flatten::new())
-                .push(Linear::new(&init.pp("fc1"), shape.iter().product(), self.cfg.hidden, false))
-                .push(BatchNorm::new(&init.pp("bn1"), self.cfg.hidden))
-                .push(Relu::new())
-                .push(Linear::new(&init.pp("fc2"), self.cfg.hidden, self.cfg.out_dim, true));
+            let net = Net {
+                fc1: Linear::new(&init.pp("fc1"), shape.iter().product(), self.cfg.hidden, false),
+                bn1: BatchNorm1d::new(&init.pp("bn1"), self.cfg.hidden),
+                fc2: Linear::new(&init.pp("fc2"), self.cfg.hidden, self.cfg.out_dim, true),
+            };
             self.net = Some((shape, net));
         }
         Ok(&mut self.net.as_mut().expect("built above").1)
@@ -456,42 +391,45 @@ impl Plugin for {{Type}} {
 impl Module for {{Type}} {
     fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param)) {
         if let Some((_, net)) = &mut self.net {
-            net.visit_params(f);
+            net.fc1.visit_params(f);
+            net.bn1.visit_params(f);
+            net.fc2.visit_params(f);
         }
     }
 }
 
-impl EncoderPlugin for {{Type}} {
+impl Encoder for {{Type}} {
     fn out_dim(&mut self, input: [usize; 3]) -> anyhow::Result<usize> {
         self.build(input)?;
         Ok(self.cfg.out_dim)
     }
 
-    fn forward(&mut self, images: Tensor, train: bool) -> anyhow::Result<Tensor> {
-        let (n, c, h, w) = images.dims4("images")?;
-        ensure!(!train || n >= 2, "training with batch norm needs at least 2 images, got {n}");
-        Ok(self.build([c, h, w])?.forward(&images, train))
-    }
-
-    fn backward(&mut self, grad: Tensor) -> anyhow::Result<()> {
-        let (_, net) = self.net.as_mut().context("backward before any forward")?;
-        net.backward(&grad);
-        Ok(())
+    fn forward(&mut self, g: &Graph, images: &Var, chw: [usize; 3]) -> anyhow::Result<Var> {
+        ensure!(!g.train() || images.rows() >= 2, "training with batch norm needs at least 2 images, got {}", images.rows());
+        let net = self.build(chw)?;
+        let h = net.fc1.forward(g, images);
+        let h = net.bn1.forward(g, &h).relu();
+        Ok(net.fc2.forward(g, &h))
     }
 }
 
-latent_sdk::export_plugins!(objectives: [], encoders: [{{Type}}], augmentations: []);
+latent_sdk::export_plugins!(objectives: [], encoders: [Taped<{{Type}}>], augmentations: []);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use latent_sdk::kit::gradcheck::check_layer;
+    use latent_sdk::kit::gradcheck::random;
 
     #[test]
     fn gradients_match_finite_differences() {
-        let mut e = {{Type}}::new(Config { hidden: 6, out_dim: 3 }, &Context::default()).unwrap();
-        let net = e.build([1, 2, 3]).unwrap();
-        check_layer(net, &[4, 1, 2, 3], 7, 2e-2);
+        // through the ABI object, as the host calls it (and `latent check-plugin --deep`)
+        let ctx = Context::default();
+        let cfg = abi_stable::std_types::RStr::from_str("{\"hidden\": 6, \"out_dim\": 3}");
+        let mut enc = latent_sdk::plugin::new_encoder::<Taped<{{Type}}>>(cfg, &ctx).unwrap();
+        enc.out_dim(vec![1u64, 2, 3].into()).unwrap();
+        let opts = latent_sdk::check::FdOptions { h: 1e-2, ..Default::default() };
+        let errs = latent_sdk::check::encoder_gradients(&mut enc, &random(&[4, 1, 2, 3], 7), opts).unwrap();
+        assert!(errs.len() == 5 && errs.iter().all(|e| e.error < 2e-2), "{errs:?}");
     }
 }
 "#;

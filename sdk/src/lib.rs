@@ -7,39 +7,61 @@
 //!   tensors as plain descriptors ([`abi::TensorDesc`]), manifests, parameter descriptors,
 //!   errors, the three plugin-object traits and the prefix-type root module
 //!   ([`abi::PluginLib`]). Nothing Rust-specific (no dfdx type) crosses.
-//! - [`plugin`] and [`kit`]: compiled into each plugin, never crossing. [`plugin`] holds the
-//!   traits an author implements ([`plugin::ObjectivePlugin`], [`plugin::EncoderPlugin`],
-//!   [`plugin::AugmentationPlugin`]) and the wrappers that catch panics at the boundary;
-//!   [`kit`] holds runtime-shaped layers ([`kit::Linear`], [`kit::BatchNorm`], [`kit::Relu`],
-//!   [`kit::Conv2d`], pooling, [`kit::Sequential`]) with hand-written backward, named parameters
-//!   ([`kit::Param`], [`kit::Init`]) and finite-difference checks ([`kit::gradcheck`]).
+//! - [`plugin`], [`autodiff`], [`check`] and [`kit`]: compiled into each plugin, never
+//!   crossing. [`plugin`] holds the traits an author implements — forward-only
+//!   [`plugin::Objective`] and [`plugin::Encoder`] (exported as [`plugin::Taped`]), and the
+//!   low-level [`plugin::ObjectivePlugin`], [`plugin::EncoderPlugin`],
+//!   [`plugin::AugmentationPlugin`] — and the wrappers that catch panics at the boundary;
+//!   [`autodiff`] is the tape on dfdx ([`autodiff::Graph`], [`autodiff::Var`], operations,
+//!   [`autodiff::nn::Head`] and layers); [`check`] runs finite-difference and determinism
+//!   checks through a plugin's ABI object (`latent check-plugin --deep`); [`kit`] holds the
+//!   fast runtime-shaped kernels with hand-written backward ([`kit::Conv2d`],
+//!   [`kit::BatchNorm`], pooling: custom ops on the tape, and the `resnet` plugin's layers),
+//!   named parameters ([`kit::Param`], [`kit::Init`]) and their finite-difference checks.
 //!
-//! An author writes plain Rust against [`plugin`] and [`kit`] and never touches [`abi`]: one
-//! line, [`export_plugins!`], turns the plugin types into the library's root module.
+//! An author writes plain Rust against [`plugin`] and [`autodiff`] and never touches [`abi`]:
+//! one line, [`export_plugins!`], turns the plugin types into the library's root module.
 //! `latent new-plugin --kind objective|encoder|augmentation NAME` writes a crate that builds,
 //! loads and trains as it is; `docs/TUTORIAL.md` walks through it, and `examples/` holds one
 //! complete plugin of each kind (Barlow Twins, a small CNN, cutout).
 //!
 //! # A plugin in one file
-//! ```ignore
+//! An objective is its forward maths: the SDK traces the views, runs backward, returns
+//! d loss / d views to the host and fills the gradients of the parameters on the tape.
+//! ```
 //! use latent_sdk::prelude::*;
 //!
 //! #[derive(Default, Serialize, Deserialize)]
 //! #[serde(default, deny_unknown_fields)]       // omitted keys: defaults; unknown keys: refused
-//! pub struct Config { pub scale: f32 }
+//! pub struct Config { pub temperature: f32 }
 //!
+//! /// InfoNCE between the two views, no head.
 //! pub struct MyLoss { cfg: Config }
 //! impl Plugin for MyLoss {
 //!     type Config = Config;
 //!     const NAME: &'static str = "my-loss";
 //!     const DESCRIPTION: &'static str = "what it does, in one line";
-//!     fn new(cfg: Config, _ctx: &Context) -> anyhow::Result<Self> { Ok(MyLoss { cfg }) }
+//!     fn new(cfg: Config, _ctx: &Context) -> anyhow::Result<Self> {
+//!         ensure!(cfg.temperature > 0.0, "temperature must be positive, got {}", cfg.temperature);
+//!         Ok(MyLoss { cfg })
+//!     }
 //! }
 //! impl Module for MyLoss { fn visit_params(&mut self, _f: &mut dyn FnMut(&mut Param)) {} }
-//! impl ObjectivePlugin for MyLoss {
-//!     fn compute(&mut self, batch: ObjectiveBatch) -> anyhow::Result<ObjectiveResult> { todo!() }
+//! impl Objective for MyLoss {
+//!     fn forward(&mut self, _g: &Graph, b: &Views) -> anyhow::Result<Loss> {
+//!         ensure!(b.views.len() == 2, "my-loss needs 2 views, got {}", b.views.len());
+//!         let logits = b.views[0].cosine_matrix(&b.views[1]) / self.cfg.temperature;
+//!         let diagonal: Vec<usize> = (0..logits.rows()).collect();
+//!         let loss = cross_entropy(&logits, &diagonal);
+//!         Ok(Loss::new(loss))
+//!     }
 //! }
 //! latent_sdk::export_plugins!(objectives: [MyLoss], encoders: [], augmentations: []);
+//! # fn main() {
+//! # use latent_sdk::kit::gradcheck::random;
+//! # let mut obj = latent_sdk::plugin::new_objective::<MyLoss>(abi_stable::std_types::RStr::from_str(r#"{"temperature": 0.5}"#), &Context::default()).unwrap();
+//! # latent_sdk::check::assert_objective_gradients(&mut obj, vec![random(&[4, 3], 1), random(&[4, 3], 2)], vec![], vec![], 1e-2, 1e-2);
+//! # }
 //! ```
 //! The crate is a `cdylib` (the library the host loads; add `rlib` for unit tests) depending
 //! on `latent-sdk`, `abi_stable` (the export macro names it), `serde` and `anyhow`. One
@@ -66,8 +88,10 @@
 //! 3. `backward(d loss / d features)` follows the last training forward and **accumulates**
 //!    parameter gradients (`+=`). It returns nothing: there is nothing upstream of an encoder.
 //!
-//! ## Objective ([`plugin::ObjectivePlugin`])
-//! `compute(ObjectiveBatch)` gets the online encoder output of each view (`views[v]`, `[B, D]`,
+//! ## Objective ([`plugin::Objective`], or the low-level [`plugin::ObjectivePlugin`])
+//! With [`plugin::Objective`], `forward(g, Views)` sees the same inputs as traced
+//! [`autodiff::Var`]s and returns a [`plugin::Loss`]; the SDK does the rest of what follows.
+//! The low-level `compute(ObjectiveBatch)` gets the online encoder output of each view (`views[v]`, `[B, D]`,
 //! row `i` of every view is sample `i`), plus `targets` (the EMA encoder's output, only with
 //! `NEEDS_TARGET = true`) and `labels` (one per sample, only with `NEEDS_LABELS = true`; the
 //! host then samples class-balanced batches), `step`, `total_steps` and `train`. It runs its
