@@ -5,6 +5,7 @@
 //! the largest absolute difference over the largest magnitude in either (at least 1e-3).
 
 use super::{Graph, Var};
+use crate::kit::gradcheck::{perturb, restore, snapshot};
 use crate::kit::{Module, Param, Tensor};
 
 /// One checked tensor: its name (`input 0`, a parameter name) and its worst relative error.
@@ -99,30 +100,4 @@ pub fn assert_within(what: &str, checked: &[Checked], tol: f64) {
 struct NoParams;
 impl Module for NoParams {
     fn visit_params(&mut self, _: &mut dyn FnMut(&mut Param)) {}
-}
-
-fn snapshot<M: Module + ?Sized>(m: &mut M) -> Vec<Vec<f32>> {
-    let mut v = Vec::new();
-    m.visit_params(&mut |p| v.push(p.value.clone()));
-    v
-}
-
-fn restore<M: Module + ?Sized>(m: &mut M, snap: &[Vec<f32>]) {
-    let mut i = 0;
-    m.visit_params(&mut |p| {
-        if !p.trainable() {
-            p.value.copy_from_slice(&snap[i]);
-        }
-        i += 1;
-    });
-}
-
-fn perturb<M: Module + ?Sized>(m: &mut M, param: usize, j: usize, h: f32) {
-    let mut i = 0;
-    m.visit_params(&mut |p| {
-        if i == param {
-            p.value[j] += h;
-        }
-        i += 1;
-    });
 }

@@ -84,14 +84,9 @@ pub struct BatchNorm1d {
 impl BatchNorm1d {
     /// `channels` features, PyTorch's defaults.
     pub fn new(init: &Init, channels: usize) -> BatchNorm1d {
-        BatchNorm1d {
-            weight: init.constant("weight", vec![channels], 1.0, ParamRole::NoDecay),
-            bias: init.constant("bias", vec![channels], 0.0, ParamRole::NoDecay),
-            running_mean: init.constant("running_mean", vec![channels], 0.0, ParamRole::Buffer),
-            running_var: init.constant("running_var", vec![channels], 1.0, ParamRole::Buffer),
-            eps: 1e-5,
-            momentum: 0.1,
-        }
+        // the kit's parameters (names, roles, defaults), on the tape here
+        let k = crate::kit::BatchNorm::new(init, channels);
+        BatchNorm1d { weight: k.weight, bias: k.bias, running_mean: k.running_mean, running_var: k.running_var, eps: k.eps, momentum: k.momentum }
     }
 
     /// Normalises `x [N, C]`; in training (the graph's mode) updates the running statistics.

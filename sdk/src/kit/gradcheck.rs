@@ -3,7 +3,7 @@
 //! The loss is `L = Σ y ⊙ r` for a fixed random `r`, so `dL/dy = r`; the analytic `dx` and
 //! parameter gradients from `backward` are compared with central differences of `L` in f64.
 
-use super::{Layer, Tensor};
+use super::{Layer, Module, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -76,13 +76,15 @@ pub fn check_layer_mode<L: Layer + ?Sized>(layer: &mut L, shape: &[usize], seed:
     }
 }
 
-fn snapshot<L: Layer + ?Sized>(layer: &mut L) -> Vec<Vec<f32>> {
+/// Every parameter's values, in visit order.
+pub(crate) fn snapshot<L: Module + ?Sized>(layer: &mut L) -> Vec<Vec<f32>> {
     let mut v = Vec::new();
     layer.visit_params(&mut |p| v.push(p.value.clone()));
     v
 }
 
-fn restore<L: Layer + ?Sized>(layer: &mut L, snap: &[Vec<f32>]) {
+/// Puts back the values of every non-trained parameter (buffers) from a [`snapshot`].
+pub(crate) fn restore<L: Module + ?Sized>(layer: &mut L, snap: &[Vec<f32>]) {
     let mut i = 0;
     layer.visit_params(&mut |p| {
         if !p.trainable() {
@@ -92,7 +94,8 @@ fn restore<L: Layer + ?Sized>(layer: &mut L, snap: &[Vec<f32>]) {
     });
 }
 
-fn perturb<L: Layer + ?Sized>(layer: &mut L, param: usize, j: usize, h: f32) {
+/// Adds `h` to entry `j` of parameter number `param`.
+pub(crate) fn perturb<L: Module + ?Sized>(layer: &mut L, param: usize, j: usize, h: f32) {
     let mut i = 0;
     layer.visit_params(&mut |p| {
         if i == param {
