@@ -117,7 +117,8 @@ pub struct Store {
 }
 
 /// Test hook: `LATENT_FAULT_CHECKPOINT=abort-after-tensors` kills the process in the middle
-/// of a checkpoint write; `fail-after-tensors` makes the write fail as a full disk would.
+/// of a checkpoint write; `fail-after-tensors` makes the write fail as a full disk would;
+/// `fail-resave-after-tensors` fails only the second save of a step that has a checkpoint.
 fn fault_hook(point: &str) -> Result<()> {
     match std::env::var("LATENT_FAULT_CHECKPOINT").ok().as_deref() {
         Some(v) if v == format!("abort-{point}") => std::process::abort(),
@@ -148,26 +149,53 @@ impl Store {
             ]);
             write_synced(&tmp.join("model.safetensors"), &to_safetensors(&ck.tensors, meta)?)?;
             fault_hook("after-tensors")?;
+            if dst.exists() {
+                fault_hook("resave-after-tensors")?;
+            }
             write_synced(&tmp.join("state.json"), serde_json::to_string_pretty(&ck.state)?.as_bytes())?;
             fsync_dir(&tmp);
             if dst.exists() {
-                fs::remove_dir_all(&dst)?;
+                // never delete what `latest` may name: swap the new directory in, then remove
+                // the old one (now at `tmp`)
+                exchange(&tmp, &dst)?;
+                fsync_dir(&self.dir);
+                let _ = fs::remove_dir_all(&tmp);
+            } else {
+                fs::rename(&tmp, &dst)?;
             }
-            fs::rename(&tmp, &dst)?;
             fsync_dir(&self.dir);
             write_atomic(&self.dir.join("latest"), name.as_bytes())
         })();
         if let Err(e) = result {
             let _ = fs::remove_dir_all(&tmp);
-            let prev = self.latest_name().map(|n| self.dir.join(n).display().to_string()).unwrap_or_else(|| "none".into());
+            if complete(&dst) && read_state(&dst).is_ok_and(|s| s.step == ck.state.step) {
+                tracing::warn!("could not rewrite checkpoint {} ({e:#}); the one written earlier at the same step is kept", dst.display());
+                if self.latest_name().as_deref() != Some(name.as_str()) {
+                    write_atomic(&self.dir.join("latest"), name.as_bytes())?;
+                }
+                return Ok(dst);
+            }
+            let prev = self.latest().map(|p| p.display().to_string()).unwrap_or_else(|| "none".into());
             return Err(e.context(format!("writing checkpoint {} failed; the previous checkpoint ({prev}) is intact", dst.display())));
         }
         self.prune(&name);
         Ok(dst)
     }
 
+    /// What `latest` says, if it is a bare `step-<digits>` name.
     fn latest_name(&self) -> Option<String> {
-        fs::read_to_string(self.dir.join("latest")).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+        let s = fs::read_to_string(self.dir.join("latest")).ok()?;
+        let s = s.trim();
+        is_step_name(s).then(|| s.to_string())
+    }
+
+    /// Complete `step-N/` directories, oldest first.
+    fn complete_steps(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_dir(&self.dir)
+            .map(|rd| rd.filter_map(|e| Some(e.ok()?.path())).filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(is_step_name) && complete(p)).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
     }
 
     fn prune(&self, newest: &str) {
@@ -183,10 +211,60 @@ impl Store {
         }
     }
 
-    /// The directory of the newest complete checkpoint, if any.
+    /// The directory of the newest complete checkpoint, if any: the one `latest` names, or,
+    /// when `latest` is missing, corrupt or names an incomplete directory, the newest complete
+    /// `step-N/` (with a warning).
     pub fn latest(&self) -> Option<PathBuf> {
-        self.latest_name().map(|n| self.dir.join(n)).filter(|p| p.join("state.json").exists())
+        if let Some(p) = self.latest_name().map(|n| self.dir.join(n)).filter(|p| complete(p)) {
+            return Some(p);
+        }
+        let newest = self.complete_steps().pop()?;
+        let why = match fs::read_to_string(self.dir.join("latest")) {
+            Err(_) => "is missing".to_string(),
+            Ok(s) if !is_step_name(s.trim()) => format!("does not name a checkpoint of this run ({:?})", s.trim().chars().take(80).collect::<String>()),
+            Ok(s) => format!("names {}, which is incomplete or missing", s.trim()),
+        };
+        tracing::warn!("{}/latest {why}; using the newest complete checkpoint, {}", self.dir.display(), newest.display());
+        Some(newest)
     }
+}
+
+/// `step-` followed by digits only: a name inside the run, never a path.
+fn is_step_name(s: &str) -> bool {
+    s.strip_prefix("step-").is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Both files of a checkpoint are there (written before the directory got its name).
+fn complete(dir: &Path) -> bool {
+    dir.join("state.json").is_file() && dir.join("model.safetensors").is_file()
+}
+
+fn read_state(dir: &Path) -> Result<TrainState> {
+    let f = dir.join("state.json");
+    let text = fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a valid training state", f.display()))
+}
+
+/// Swaps two directory entries in one step (Linux: `renameat2(RENAME_EXCHANGE)`); elsewhere, or
+/// on a file system without it, moves `b` aside, renames `a` to `b` and moves the old `b` to `a`.
+fn exchange(a: &Path, b: &Path) -> Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let ca = std::ffi::CString::new(a.as_os_str().as_bytes())?;
+        let cb = std::ffi::CString::new(b.as_os_str().as_bytes())?;
+        // SAFETY: two valid NUL-terminated paths; the call only reads them.
+        let r = unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) };
+        if r == 0 {
+            return Ok(());
+        }
+    }
+    let aside = b.with_extension("old");
+    let _ = fs::remove_dir_all(&aside);
+    fs::rename(b, &aside).with_context(|| format!("cannot move {} aside", b.display()))?;
+    fs::rename(a, b).with_context(|| format!("cannot rename {} to {}", a.display(), b.display()))?;
+    fs::rename(&aside, a).with_context(|| format!("cannot move {} back", aside.display()))?;
+    Ok(())
 }
 
 /// Loads a checkpoint directory (`step-N/`), a run directory (its latest checkpoint), or a
@@ -196,9 +274,7 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     let model = dir.join("model.safetensors");
     let bytes = fs::read(&model).with_context(|| format!("cannot read {}", model.display()))?;
     let tensors = from_safetensors(&bytes, &model)?;
-    let state_file = dir.join("state.json");
-    let text = fs::read_to_string(&state_file).with_context(|| format!("cannot read {}", state_file.display()))?;
-    let state = serde_json::from_str(&text).with_context(|| format!("{}: not a valid training state", state_file.display()))?;
+    let state = read_state(&dir)?;
     Ok(Checkpoint { tensors, state })
 }
 
@@ -255,6 +331,53 @@ mod tests {
         let mut names: Vec<_> = fs::read_dir(&store.dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         names.sort();
         assert_eq!(names, vec!["latest", "step-00000020", "step-00000030"]);
+    }
+
+    #[test]
+    fn saving_a_step_twice_swaps_the_directory_and_leaves_nothing_behind() {
+        // issue 14.2: the second save deleted step-N/ (which `latest` named) before renaming
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path(), 3);
+        store.save(&ck(6)).unwrap();
+        let mut second = ck(6);
+        second.state.epoch = 2;
+        second.state.batch_in_epoch = 0;
+        store.save(&second).unwrap();
+        assert_eq!(load(dir.path()).unwrap().state, second.state);
+        let mut names: Vec<_> = fs::read_dir(&store.dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        assert_eq!(names, vec!["latest", "step-00000006"]);
+        // the fallback path of `exchange` (another OS, or no RENAME_EXCHANGE) gives the same
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        fs::create_dir(&a).unwrap();
+        fs::write(a.join("x"), b"new").unwrap();
+        fs::create_dir(&b).unwrap();
+        fs::write(b.join("x"), b"old").unwrap();
+        exchange(&a, &b).unwrap();
+        assert_eq!((fs::read(b.join("x")).unwrap(), fs::read(a.join("x")).unwrap()), (b"new".to_vec(), b"old".to_vec()));
+    }
+
+    #[test]
+    fn a_missing_corrupt_or_escaping_latest_falls_back_to_the_newest_complete_checkpoint() {
+        // issue 14.4: `echo x > latest` said "no checkpoint found" and the next run overwrote it
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path(), 5);
+        for s in [2, 4, 6] {
+            store.save(&ck(s)).unwrap();
+        }
+        let other = tempfile::tempdir().unwrap();
+        Store::new(other.path(), 1).save(&ck(99)).unwrap();
+        let escape = format!("../../{}/checkpoints/step-00000099", other.path().file_name().unwrap().to_str().unwrap());
+        for latest in ["x\n", "", "step-00000009", "step-00000004/../step-00000006", escape.as_str(), "/etc"] {
+            fs::write(store.dir.join("latest"), latest).unwrap();
+            assert_eq!(store.latest(), Some(store.dir.join("step-00000006")), "latest = {latest:?}");
+            assert_eq!(load(dir.path()).unwrap().state.step, 6, "latest = {latest:?}");
+        }
+        fs::remove_file(store.dir.join("latest")).unwrap();
+        assert_eq!(load(dir.path()).unwrap().state.step, 6, "no latest at all");
+        // an incomplete newest directory is passed over
+        fs::remove_file(store.dir.join("step-00000006/state.json")).unwrap();
+        assert_eq!(store.latest(), Some(store.dir.join("step-00000004")));
     }
 
     #[test]

@@ -352,3 +352,34 @@ fn a_forward_that_multiplies_mismatched_shapes_names_plugin_call_and_shapes_and_
     assert!(stderr(&r).contains("at step 2") && stderr(&r).contains(want), "resumed, then the same error:\n{}", text(&r));
     assert_checkpoint(&out, 2);
 }
+
+#[test]
+fn a_failed_second_save_of_a_step_keeps_the_first_and_the_run_finishes() {
+    // issue 14.2: with checkpoint_every dividing the run, step 6 is saved twice (periodic, then
+    // at the end); on a nearly full disk the second write failed a run whose checkpoint was
+    // already written
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = run(&train_args(&out, &[]), &[("LATENT_FAULT_CHECKPOINT", "fail-resave-after-tensors")]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(stderr(&o).contains("could not rewrite checkpoint") && stderr(&o).contains("step-00000006"), "{}", text(&o));
+    assert_checkpoint(&out, 6);
+    let names: Vec<String> = std::fs::read_dir(out.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert!(names.iter().all(|n| !n.starts_with(".tmp") && !n.ends_with(".old")), "nothing left behind: {names:?}");
+}
+
+#[test]
+fn a_corrupt_latest_resumes_from_the_newest_complete_checkpoint() {
+    // issue 14.4: `echo x > checkpoints/latest` made --resume say "no checkpoint found"
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = run(&train_args(&out, &["train.keep_checkpoints=5"]), &[("LATENT_FAULT_CHECKPOINT", "")]);
+    assert!(o.status.success(), "{}", text(&o));
+    let _ = std::fs::remove_dir_all(out.join("checkpoints/step-00000006"));
+    std::fs::write(out.join("checkpoints/latest"), "x\n").unwrap();
+    let r = resume(&out, &[]);
+    assert!(r.status.success(), "{}", text(&r));
+    let e = stderr(&r);
+    assert!(e.contains("latest does not name a checkpoint") && e.contains("step-00000004") && e.contains("resuming"), "{}", text(&r));
+    assert_checkpoint(&out, 6);
+}

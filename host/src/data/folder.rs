@@ -34,12 +34,43 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
+/// Every image under `dir`, recursively, in sorted path order. Directory links are followed,
+/// but each directory and each image file is taken once, by its canonical path: a link cycle
+/// (`ln -s .. d/a/up`) or a second link to the same folder or file adds nothing. How many
+/// entries were left out that way is logged once.
 fn images_under(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let mut seen_dirs = std::collections::HashSet::new();
+    let mut seen_files = std::collections::HashSet::new();
+    let mut repeats = 0usize;
+    walk(dir, out, &mut seen_dirs, &mut seen_files, &mut repeats)?;
+    if repeats > 0 {
+        tracing::warn!("{}: {repeats} directory or file links lead to places already read (a link cycle or a second link to the same place); each is read once", dir.display());
+    }
+    Ok(())
+}
+
+fn walk(
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    seen_dirs: &mut std::collections::HashSet<PathBuf>,
+    seen_files: &mut std::collections::HashSet<PathBuf>,
+    repeats: &mut usize,
+) -> Result<()> {
+    let canon = std::fs::canonicalize(dir).with_context(|| format!("cannot resolve {}", dir.display()))?;
+    if !seen_dirs.insert(canon) {
+        *repeats += 1;
+        return Ok(());
+    }
     for p in sorted_entries(dir)? {
         if p.is_dir() {
-            images_under(&p, out)?;
+            walk(&p, out, seen_dirs, seen_files, repeats)?;
         } else if is_image(&p) {
-            out.push(p);
+            let first = std::fs::canonicalize(&p).map_or(true, |c| seen_files.insert(c));
+            if first {
+                out.push(p);
+            } else {
+                *repeats += 1;
+            }
         }
     }
     Ok(())
@@ -113,7 +144,7 @@ pub fn decode_all(files: &[PathBuf], labels: &[i64], name: &str, skip_bad: bool)
                 first_skip.get_or_insert_with(|| format!("{e:#}"));
                 continue;
             }
-            Err(e) => return Err(e.context("pass skip_bad to skip undecodable images")),
+            Err(e) => return Err(e.context("set data.skip_bad_images = true to skip undecodable images")),
         };
         let s = *shape.get_or_insert_with(|| {
             let grey = matches!(img.color(), image::ColorType::L8 | image::ColorType::La8 | image::ColorType::L16 | image::ColorType::La16);
@@ -197,6 +228,31 @@ mod tests {
     }
 
     #[test]
+    fn symlink_cycles_neither_hang_nor_duplicate_the_data() {
+        // issue 14.1: two links to the parent made the walk exponential (a hang); one link to
+        // the folder itself turned 80 images into 1,680
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("d/a");
+        copy_dir(&fixture().join("cat"), &a);
+        let n = std::fs::read_dir(&a).unwrap().count();
+        std::os::unix::fs::symlink("..", a.join("u1")).unwrap();
+        std::os::unix::fs::symlink("..", a.join("u2")).unwrap();
+        std::os::unix::fs::symlink(".", a.join("loop")).unwrap();
+        std::os::unix::fs::symlink(a.join("cifar10_00.png"), a.join("again.png")).unwrap();
+        let t = std::time::Instant::now();
+        let s = crate::data::open(&format!("images:{}", dir.path().join("d").display())).unwrap();
+        assert_eq!(s.train.len(), n, "each image once");
+        assert!(t.elapsed().as_secs() < 10);
+        // a link to a folder outside is followed once
+        let b = dir.path().join("b");
+        copy_dir(&fixture().join("dog"), &b);
+        std::os::unix::fs::symlink(&b, a.join("dogs")).unwrap();
+        std::os::unix::fs::symlink(&b, a.join("dogs2")).unwrap();
+        let s = crate::data::open(&format!("images:{}", dir.path().join("d").display())).unwrap();
+        assert_eq!(s.train.len(), n + std::fs::read_dir(&b).unwrap().count());
+    }
+
+    #[test]
     fn empty_class_folder_and_undecodable_image_name_the_file() {
         let dir = tempfile::tempdir().unwrap();
         copy_dir(&fixture(), dir.path());
@@ -206,7 +262,7 @@ mod tests {
         std::fs::remove_dir(dir.path().join("zebra")).unwrap();
         std::fs::write(dir.path().join("cat/broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
         let e = format!("{:#}", open_folder(dir.path(), false).unwrap_err());
-        assert!(e.contains("broken.png"), "{e}");
+        assert!(e.contains("broken.png") && e.contains("data.skip_bad_images"), "the file and the key: {e}");
         // with skip_bad: skipped and counted
         let files: Vec<PathBuf> = vec![dir.path().join("cat/broken.png"), dir.path().join("cat/cifar10_00.png")];
         let (d, skipped) = decode_all(&files, &[2, 2], "t", true).unwrap();
