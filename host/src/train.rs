@@ -24,7 +24,7 @@ use latent_sdk::abi::Context;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -46,15 +46,35 @@ pub struct TrainArgs {
 }
 
 /// Set by Ctrl-C.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// The first of SIGINT, SIGTERM or SIGHUP received (0: none yet).
+static SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
-fn install_sigint() {
-    let _ = ctrlc::set_handler(|| {
-        if INTERRUPTED.swap(true, Ordering::SeqCst) {
-            eprintln!("\ninterrupted twice: exiting without a checkpoint");
-            std::process::exit(130);
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        signal_hook::consts::SIGINT => "interrupt (SIGINT)",
+        signal_hook::consts::SIGTERM => "SIGTERM",
+        signal_hook::consts::SIGHUP => "SIGHUP",
+        _ => "signal",
+    }
+}
+
+/// One path for Ctrl-C and what schedulers send (Slurm and Kubernetes: SIGTERM; a closed
+/// terminal: SIGHUP): the current step finishes, a checkpoint is written and the process exits
+/// with 128 + the signal's number. The same signal again exits at once, without a checkpoint.
+fn install_signals() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        tracing::warn!("cannot install the signal handlers: Ctrl-C and SIGTERM will stop the run without a checkpoint");
+        return;
+    };
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            if SIGNAL.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+                eprintln!("\n{} again: exiting without a checkpoint", signal_name(sig));
+                std::process::exit(128 + sig);
+            }
+            eprintln!("\n{}: finishing the current step and writing a checkpoint (send it again to quit at once)", signal_name(sig));
         }
-        eprintln!("\ninterrupt: finishing the current step and writing a checkpoint (Ctrl-C again to quit at once)");
     });
 }
 
@@ -154,7 +174,7 @@ pub fn run(args: TrainArgs) -> Result<i32> {
         checkpoint::write_atomic(&out.join("config.toml"), cfg.to_toml()?.as_bytes())?;
     }
     let hash = config_hash(&cfg)?;
-    install_sigint();
+    install_signals();
     // Plugin calls of this thread that never return end the run (train.call_timeout_s).
     let _watchdog = crate::watchdog::arm(cfg.train.call_timeout_s, &out);
 
@@ -290,13 +310,14 @@ pub fn run(args: TrainArgs) -> Result<i32> {
                 save(&mut learner, step, epoch, b, last_loss)?;
             }
             let stop = args.stop_after.is_some_and(|s| step >= s);
-            if INTERRUPTED.load(Ordering::SeqCst) || stop {
+            let signal = SIGNAL.load(Ordering::SeqCst);
+            if signal != 0 || stop {
                 log.flush()?;
                 bar.abandon();
                 let p = save(&mut learner, step, epoch, b, last_loss)?;
                 eprintln!("stopped at step {step}; checkpoint {}", p.display());
                 eprintln!("resume with: latent train --resume --out {}", out.display());
-                return Ok(if stop && !INTERRUPTED.load(Ordering::SeqCst) { 0 } else { 130 });
+                return Ok(if signal == 0 { 0 } else { 128 + signal });
             }
         }
         // epoch finished (or the step budget ran out inside it)

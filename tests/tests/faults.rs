@@ -304,6 +304,18 @@ fn a_process_killed_during_a_checkpoint_write_leaves_a_complete_latest_checkpoin
 #[cfg(unix)]
 #[test]
 fn ctrl_c_finishes_the_step_writes_a_checkpoint_exits_130_and_resume_completes() {
+    signal_finishes_the_step_and_resume_completes("INT", 130);
+}
+
+#[test]
+fn sigterm_and_sighup_are_handled_as_ctrl_c() {
+    // issue 14.7: what Slurm and Kubernetes send (TERM) and a closed terminal (HUP) killed the
+    // run with no message and no checkpoint
+    signal_finishes_the_step_and_resume_completes("TERM", 143);
+    signal_finishes_the_step_and_resume_completes("HUP", 129);
+}
+
+fn signal_finishes_the_step_and_resume_completes(signal: &str, code: i32) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     // every step sleeps 300 ms in the objective: slow enough to interrupt
@@ -315,10 +327,10 @@ fn ctrl_c_finishes_the_step_writes_a_checkpoint_exits_130_and_resume_completes()
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(500));
-    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let kill = Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap();
     assert!(kill.success());
     let o = child.wait_with_output().unwrap();
-    assert_eq!(o.status.code(), Some(130), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(code), "SIG{signal}: {}", text(&o));
     let err = stderr(&o);
     assert!(err.contains(&format!("resume with: latent train --resume --out {}", out.display())), "{}", text(&o));
     let ck = checkpoint::load(&out).unwrap();
