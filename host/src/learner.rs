@@ -161,12 +161,26 @@ impl Learner {
             load_module(t, &self.enc_params, "target_encoder", tensors)?;
         }
         self.optim.state.clear();
+        // every optimizer moment must belong to a trained parameter and have its size
+        let sizes: BTreeMap<String, usize> = [("encoder", &self.enc_params), ("objective", &self.obj_params)]
+            .into_iter()
+            .flat_map(|(g, ds)| ds.iter().map(move |d| (format!("{g}.{}", d.name), d.shape.iter().product::<u64>() as usize)))
+            .collect();
         for (k, v) in tensors {
-            if let Some(name) = k.strip_prefix("optim.m.") {
-                self.optim.state.entry(name.to_string()).or_default().m = v.data.clone();
-            } else if let Some(name) = k.strip_prefix("optim.v.") {
-                self.optim.state.entry(name.to_string()).or_default().v = v.data.clone();
+            let (name, first) = match (k.strip_prefix("optim.m."), k.strip_prefix("optim.v.")) {
+                (Some(n), _) => (n, true),
+                (_, Some(n)) => (n, false),
+                _ => continue,
+            };
+            let Some(&n) = sizes.get(name) else {
+                bail!("checkpoint tensor {k} is optimizer state for {name}, which is not a parameter of this encoder or objective");
+            };
+            if v.len() != n {
+                bail!("checkpoint tensor {k} has {} values (shape {:?}), but {name} has {n}", v.len(), v.shape);
             }
+            check_finite(k, v)?;
+            let st = self.optim.state.entry(name.to_string()).or_default();
+            if first { st.m = v.data.clone() } else { st.v = v.data.clone() }
         }
         self.optim.t = optim_t;
         Ok(())
@@ -183,9 +197,18 @@ pub fn load_module(m: &mut dyn ParamAccess, descs: &[ParamDesc], prefix: &str, t
         if t.shape != want {
             bail!("checkpoint tensor {key} has shape {:?}, the {prefix} expects {want:?}", t.shape);
         }
+        check_finite(&key, t)?;
         vals.push(t.clone());
     }
     m.write_params(vals)
+}
+
+/// A checkpoint tensor with NaN or infinity would train and evaluate silently wrong.
+fn check_finite(key: &str, t: &Tensor) -> Result<()> {
+    if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
+        bail!("checkpoint tensor {key} holds a non-finite value ({}) at index {i}", t.data[i]);
+    }
+    Ok(())
 }
 
 /// Concatenates `[B, ...]` tensors along the first axis.

@@ -395,3 +395,39 @@ fn a_corrupt_latest_resumes_from_the_newest_complete_checkpoint() {
     assert!(e.contains("latest does not name a checkpoint") && e.contains("step-00000004") && e.contains("resuming"), "{}", text(&r));
     assert_checkpoint(&out, 6);
 }
+
+/// Rewrites the latest checkpoint's model.safetensors with `edit` applied to its tensors.
+fn edit_checkpoint(run: &Path, edit: impl FnOnce(&mut std::collections::BTreeMap<String, latent_sdk::kit::Tensor>)) {
+    let dir = run.join("checkpoints").join(latest_name(run));
+    let file = dir.join("model.safetensors");
+    let mut t = checkpoint::from_safetensors(&std::fs::read(&file).unwrap(), &file).unwrap();
+    edit(&mut t);
+    std::fs::write(&file, checkpoint::to_safetensors(&t, Default::default()).unwrap()).unwrap();
+}
+
+#[test]
+fn a_corrupt_checkpoint_is_refused_naming_the_tensor_not_a_panic() {
+    // issue 14.6: optimizer state cut to shape [1] panicked the host (rc 101) on --resume;
+    // issue 14.9: NaN parameters were accepted, trained and evaluated
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = run(&train_args(&out, &[]), &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let m = checkpoint::load(&out).unwrap().tensors.keys().find(|k| k.starts_with("optim.m.encoder.")).cloned().expect("momentum of an encoder parameter");
+    edit_checkpoint(&out, |t| {
+        t.insert(m.clone(), latent_sdk::kit::Tensor::new(vec![1], vec![0.0]));
+    });
+    let r = resume(&out, &[]);
+    assert_eq!(r.status.code(), Some(1), "{}", text(&r));
+    assert!(stderr(&r).contains(&m) && stderr(&r).contains("has 1 values"), "{}", text(&r));
+    edit_checkpoint(&out, |t| {
+        t.remove(&m);
+        let w = t.keys().find(|k| k.starts_with("encoder.") && k.ends_with("weight")).cloned().unwrap();
+        t.get_mut(&w).unwrap().data[0] = f32::NAN;
+    });
+    let r = resume(&out, &[]);
+    assert_eq!(r.status.code(), Some(1), "{}", text(&r));
+    assert!(stderr(&r).contains("non-finite value (NaN)"), "{}", text(&r));
+    let e = run(&["eval".into(), out.display().to_string()], &[]);
+    assert_eq!(e.status.code(), Some(1), "eval refuses it too: {}", text(&e));
+}
