@@ -431,3 +431,54 @@ fn a_corrupt_checkpoint_is_refused_naming_the_tensor_not_a_panic() {
     let e = run(&["eval".into(), out.display().to_string()], &[]);
     assert_eq!(e.status.code(), Some(1), "eval refuses it too: {}", text(&e));
 }
+
+#[test]
+fn an_out_that_is_not_a_run_directory_is_refused_untouched() {
+    // issue 14.8: `latent train --out .` overwrote config.toml, eval.json and the plots there
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+    let o = run(&train_args(dir.path(), &[]), &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(stderr(&o).contains("is not empty and is not a latent run directory"), "{}", text(&o));
+    let names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(names, ["notes.txt"], "nothing written");
+    let r = resume(dir.path(), &[]);
+    assert!(r.status.code() == Some(1) && stderr(&r).contains("not a latent run directory"), "{}", text(&r));
+}
+
+#[test]
+fn an_attempt_that_failed_before_its_first_checkpoint_is_started_afresh() {
+    // issue 14.8: a new run in such a directory mixed the old records into its metrics
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = run(&train_args(&out, &["objective.config.fault=error", "objective.config.at_step=1"]), &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(logged_steps(&out), vec![1], "the failed attempt logged step 1");
+    let o = run(&train_args(&out, &[]), &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(logged_steps(&out), (1..=6).collect::<Vec<_>>(), "each step once, from the new run");
+}
+
+#[test]
+fn a_second_process_on_a_running_run_directory_is_refused_naming_the_first() {
+    // issue 14.3: two `latent train --out R` at once logged every step twice
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let args = train_args(&out, &["train.max_steps=30", "objective.config.fault=sleep", "objective.config.sleep_ms=200"]);
+    let mut first = command(&args, &[]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let t = Instant::now();
+    while !out.join("metrics.jsonl").exists() && t.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for second in [train_args(&out, &[]), vec!["train".into(), "--resume".into(), "--out".into(), out.display().to_string()]] {
+        let o = run(&second, &[]);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(stderr(&o).contains(&format!("is in use by another latent process (pid {})", first.id())), "{}", text(&o));
+    }
+    let _ = first.kill();
+    let _ = first.wait();
+    let steps = logged_steps(&out);
+    let mut dedup = steps.clone();
+    dedup.dedup();
+    assert_eq!(steps, dedup, "no step logged twice");
+}
