@@ -266,6 +266,12 @@ impl Config {
         if self.train.keep_checkpoints == 0 {
             bail!("train.keep_checkpoints must be at least 1");
         }
+        // sizes that allocate up front: bounded, so a typo is an error and not an abort
+        for (key, v, max) in [("data.prefetch", self.data.prefetch, 1024), ("data.threads", self.data.threads, 1024), ("train.batch_size", self.train.batch_size, 1 << 20)] {
+            if v > max {
+                bail!("{key} is {v}; at most {max} is allowed");
+            }
+        }
         for (k, t) in &self.eval.knn {
             if *k == 0 || *t <= 0.0 {
                 bail!("eval.knn: k must be > 0 and the temperature > 0, got ({k}, {t})");

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! kNN (Wu et al. 2018, as solo-learn):  f ← f / ‖f‖;  s_j = ⟨q, f_j⟩ for the k most similar
-//!        training features;  score_c = Σ_{j: y_j = c} exp(s_j / T);  prediction = argmax_c score_c
+//!        training features;  score_c = Σ_{j: y_j = c} exp((s_j − max s) / T);  prediction = argmax_c score_c
 //! linear probe: multinomial logistic regression on standardised features, full-batch Adam
 //! collapse:     std over samples of f/‖f‖, averaged over dimensions, times sqrt(d)
 //!               (≈ 1 for well-spread embeddings, 0 when collapsed to a point)
@@ -38,11 +38,14 @@ pub fn knn_predict(train: &[f32], train_y: &[i64], test: &[f32], d: usize, k: us
                 idx.select_nth_unstable_by(k - 1, |&a, &b| row[b].total_cmp(&row[a]));
                 idx.truncate(k);
             }
+            // exp((s_j − s_max) / T): the same votes as exp(s_j / T) up to one factor, finite for
+            // any T > 0 (exp(s/T) overflowed to inf below T ≈ 1e-3 and every class tied)
+            let top = idx.iter().map(|&j| row[j] as f64).fold(f64::NEG_INFINITY, f64::max);
             let mut score = vec![0.0f64; classes];
             for &j in &idx {
                 let c = train_y[j] as usize;
                 if c < classes {
-                    score[c] += ((row[j] / t) as f64).exp();
+                    score[c] += ((row[j] as f64 - top) / t as f64).exp();
                 }
             }
             score.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(c, _)| c as i64).unwrap_or(0)
@@ -186,6 +189,15 @@ pub fn effective_rank(x: &[f32], d: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn knn_with_a_tiny_temperature_is_the_nearest_neighbour_not_chance() {
+        // issue 14.9: eval.knn = [[20, 1e-30]] overflowed every score to inf (near-chance)
+        let train = [1.0, 0.0, 0.9, 0.1, 0.0, 1.0, 0.1, 0.9];
+        let y = [0, 0, 1, 1];
+        let test = [0.05, 1.0, 1.0, 0.05];
+        assert_eq!(knn_predict(&train, &y, &test, 2, 4, 1e-30, 2), vec![1, 0]);
+    }
 
     #[test]
     fn knn_on_a_hand_made_set_gives_the_known_answer() {

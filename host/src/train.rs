@@ -195,19 +195,36 @@ pub fn open_data(cfg: &Config) -> Result<data::Splits> {
 }
 
 /// Drops the `metrics.jsonl` records of steps after `step` (logged before a fault or a kill,
-/// and done again on resume) and any torn line, so that each step is logged once.
-fn drop_metrics_after(out: &Path, step: u64) -> Result<()> {
+/// and done again on resume) and any torn line, so that each step is logged once. With
+/// `mid_epoch` (the checkpoint was taken inside an epoch, whose end will run again), the
+/// epoch and eval records of `step` itself go too.
+fn drop_metrics_after(out: &Path, step: u64, mid_epoch: bool) -> Result<()> {
     let path = out.join("metrics.jsonl");
     let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
     let keep: String = text
         .lines()
-        .filter(|l| serde_json::from_str::<Value>(l).is_ok_and(|r| r.get("step").and_then(Value::as_u64).map_or(true, |s| s <= step)))
+        .filter(|l| {
+            serde_json::from_str::<Value>(l).is_ok_and(|r| {
+                let s = r.get("step").and_then(Value::as_u64);
+                let is_step = r.get("kind").and_then(Value::as_str) == Some("step");
+                s.map_or(true, |s| s < step || (s == step && (is_step || !mid_epoch)))
+            })
+        })
         .map(|l| format!("{l}\n"))
         .collect();
     if keep != text {
         checkpoint::write_atomic(&path, keep.as_bytes()).with_context(|| format!("cannot rewrite {}", path.display()))?;
     }
     Ok(())
+}
+
+/// Σ and count of the `loss` of the step records of `epoch` up to `step` in metrics.jsonl.
+fn epoch_losses(out: &Path, epoch: u64, step: u64) -> (f64, u64) {
+    let recs = crate::metrics::read(&out.join("metrics.jsonl")).unwrap_or_default();
+    recs.iter()
+        .filter(|r| r["kind"] == "step" && r["epoch"].as_u64() == Some(epoch) && r["step"].as_u64().is_some_and(|s| s <= step))
+        .filter_map(|r| r["loss"].as_f64())
+        .fold((0.0, 0), |(s, n), l| (s + l, n + 1))
 }
 
 /// Loads the augmentation pipeline of every view.
@@ -307,7 +324,7 @@ pub fn run(args: TrainArgs) -> Result<i32> {
         }
         learner.load_state(&ck.tensors, ck.state.optim_t)?;
         (step, epoch, batch0) = (ck.state.step, ck.state.epoch, ck.state.batch_in_epoch);
-        drop_metrics_after(&out, step)?;
+        drop_metrics_after(&out, step, batch0 > 0)?;
         tracing::info!("resuming {} at step {step} (epoch {epoch}, batch {batch0})", out.display());
     }
     tracing::info!(
@@ -345,8 +362,10 @@ pub fn run(args: TrainArgs) -> Result<i32> {
     if test.is_none() {
         tracing::info!("{} has no test split: the collapse monitor uses training images and there is no kNN evaluation", cfg.data.source);
     }
+    // resumed inside an epoch: its mean loss counts the steps logged before the stop too
+    let mut resumed_loss = if batch0 > 0 { epoch_losses(&out, epoch, step) } else { (0.0, 0) };
     while step < total {
-        let mut epoch_loss = (0.0f64, 0u64);
+        let mut epoch_loss = std::mem::take(&mut resumed_loss);
         let t_epoch = Instant::now();
         let mut t_last = Instant::now();
         let mut b = batch0;

@@ -482,3 +482,38 @@ fn a_second_process_on_a_running_run_directory_is_refused_naming_the_first() {
     dedup.dedup();
     assert_eq!(steps, dedup, "no step logged twice");
 }
+
+/// The `epoch` records of metrics.jsonl: (epoch, loss).
+fn epoch_records(run: &Path) -> Vec<(u64, f64)> {
+    latent_host::metrics::read(&run.join("metrics.jsonl")).unwrap().iter().filter(|r| r["kind"] == "epoch").map(|r| (r["epoch"].as_u64().unwrap(), r["loss"].as_f64().unwrap())).collect()
+}
+
+fn step_mean(run: &Path, epoch: u64) -> f64 {
+    let recs = latent_host::metrics::read(&run.join("metrics.jsonl")).unwrap();
+    let l: Vec<f64> = recs.iter().filter(|r| r["kind"] == "step" && r["epoch"].as_u64() == Some(epoch)).map(|r| r["loss"].as_f64().unwrap()).collect();
+    l.iter().sum::<f64>() / l.len() as f64
+}
+
+#[test]
+fn the_epoch_mean_loss_after_a_resume_counts_every_step_of_the_epoch_once() {
+    // issue 14.9: after a resume the epoch's mean loss was that of the resumed steps only
+    // (mid-epoch) or 0.0 (a stop on the epoch's last step)
+    for (stop, images) in [(3u64, 256), (6, 48)] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("run");
+        let imgs = format!("data.max_train_images={images}");
+        let mut args = train_args(&out, &[imgs.as_str(), "train.max_steps=12", "train.checkpoint_every=0"]);
+        args.extend(["--stop-after".to_string(), stop.to_string()]);
+        let o = run(&args, &[]);
+        assert!(o.status.success(), "{}", text(&o));
+        let r = resume(&out, &[]);
+        assert!(r.status.success(), "{}", text(&r));
+        let epochs = epoch_records(&out);
+        let want: Vec<u64> = if images == 48 { vec![0, 1] } else { vec![0] };
+        assert_eq!(epochs.iter().map(|e| e.0).collect::<Vec<_>>(), want, "one record per epoch (stop at {stop}): {epochs:?}");
+        for (e, loss) in epochs {
+            let m = step_mean(&out, e);
+            assert!((loss - m).abs() < 1e-9 * m.abs().max(1.0), "stop at {stop}, epoch {e}: recorded {loss}, mean of its steps {m}");
+        }
+    }
+}

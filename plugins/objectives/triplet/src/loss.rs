@@ -137,6 +137,12 @@ pub fn triplet(e: &Var, labels: &[i64], margin: f64, mining: Mining) -> anyhow::
             w[a * m + n] -= 1.0;
         }
     });
+    if count == 0 {
+        let classes = labels.iter().collect::<std::collections::BTreeSet<_>>().len();
+        bail!(
+            "no valid triplet in a batch of {m} rows with {classes} class(es): mining needs at least two classes, one with two or more samples; raise train.batch_size or train.classes_per_batch, or use labelled data with several classes"
+        );
+    }
     // the loss, on the tape: d(i,k) = ‖u_i‖² + ‖u_k‖² − 2 u_iᵀu_k
     let u = e.l2_normalize();
     let sq = u.square().sum_rows();

@@ -223,3 +223,17 @@ fn default_sized_batch_runs() {
         assert!(r.loss.is_finite() && r.loss > 0.0 && r.grads.iter().all(|g| g.data.iter().all(|v| v.is_finite())));
     }
 }
+
+#[test]
+fn a_batch_without_any_triplet_is_an_error_not_a_zero_loss() {
+    // issue 14.9: batch_size = 2 (one class per batch) or one-class data "trained" with loss 0
+    let mut p = Triplet::new(Config::default(), &Context::default()).unwrap();
+    for labels in [vec![3, 3], vec![1, 1, 1, 1], vec![0, 1, 2, 3]] {
+        let n = labels.len();
+        let e = p
+            .compute(ObjectiveBatch { views: vec![random(&[n, 4], 1)], targets: vec![], labels, step: 0, total_steps: 1, train: true })
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("no valid triplet") && e.to_string().contains("train.batch_size"), "{e}");
+    }
+}
