@@ -299,6 +299,15 @@ mod tests {
     }
 
     #[test]
+    fn sizes_that_allocate_up_front_are_bounded() {
+        // issue 14.5: data.prefetch = 1000000000 aborted in the loader's queue allocation
+        let mut c = Config::default();
+        c.data.prefetch = 1_000_000_000;
+        let e = format!("{:#}", c.validate().unwrap_err());
+        assert!(e.contains("data.prefetch is 1000000000"), "{e}");
+    }
+
+    #[test]
     fn unknown_keys_are_refused_with_their_path() {
         let e = Config::from_table("[train]\nepochz = 3".parse().unwrap()).unwrap_err();
         let msg = format!("{e:#}");

@@ -66,6 +66,37 @@ pub trait Module {
     }
 }
 
+/// The most values one parameter may hold (4 GiB of f32): beyond it a config typo
+/// (`hidden_dim = 100000000000`) is refused by name instead of aborting the process when the
+/// allocation fails.
+pub const MAX_PARAM_VALUES: usize = 1 << 30;
+
+fn count(name: &str, shape: &[usize]) -> usize {
+    match shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) {
+        Some(n) if n <= MAX_PARAM_VALUES => n,
+        n => refuse(format!(
+            "parameter {name} of shape {shape:?} would hold {} values, more than the {MAX_PARAM_VALUES} a parameter may have: check the size keys of the config",
+            n.map_or("too many".to_string(), |n| n.to_string())
+        )),
+    }
+}
+
+/// Unwinds with `msg` to the plugin wrapper, which reports it as an error of the call (without
+/// the panic hook's backtrace: this is a config error, not a bug).
+fn refuse(msg: String) -> ! {
+    std::panic::resume_unwind(Box::new(msg))
+}
+
+/// An empty vector with room for `n` values; a failed allocation is a panic naming `what`
+/// (which the plugin wrapper reports as an error) instead of an abort.
+fn alloc(what: &str, n: usize) -> Vec<f32> {
+    let mut v = Vec::new();
+    if v.try_reserve_exact(n).is_err() {
+        refuse(format!("cannot allocate {n} values ({} MiB) for {what}: not enough memory; check the size keys of the config", n / (1 << 18)));
+    }
+    v
+}
+
 /// A seeded initialiser that hands out parameter names under a prefix.
 ///
 /// `Init::new(seed).pp("stem").pp("conv")` names parameters `stem.conv.<leaf>`; all clones share
@@ -98,21 +129,42 @@ impl Init {
 
     /// `n` values uniform in `[-bound, bound)`.
     pub fn uniform(&self, n: usize, bound: f32) -> Vec<f32> {
+        let mut v = alloc(&self.prefix, n);
         let mut rng = self.rng.borrow_mut();
-        (0..n).map(|_| rng.gen_range(-bound..bound.max(f32::MIN_POSITIVE))).collect()
+        v.extend((0..n).map(|_| rng.gen_range(-bound..bound.max(f32::MIN_POSITIVE))));
+        v
     }
 
     /// PyTorch's default for Linear and Conv layers: weight kaiming-uniform with a = sqrt(5),
     /// that is uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)); the same bound for the bias.
     pub fn kaiming_uniform(&self, leaf: &str, shape: Vec<usize>, fan_in: usize) -> Param {
-        let n = shape.iter().product();
+        let n = count(&self.name(leaf), &shape);
         let bound = 1.0 / (fan_in as f32).sqrt();
         Param::new(self.name(leaf), shape, self.uniform(n, bound), ParamRole::Weight)
     }
 
     /// A parameter of constant value.
     pub fn constant(&self, leaf: &str, shape: Vec<usize>, value: f32, role: ParamRole) -> Param {
-        let n = shape.iter().product();
-        Param::new(self.name(leaf), shape, vec![value; n], role)
+        let n = count(&self.name(leaf), &shape);
+        let mut v = alloc(&self.name(leaf), n);
+        v.resize(n, value);
+        Param::new(self.name(leaf), shape, v, role)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_parameter_beyond_the_bound_is_refused_naming_it_not_an_abort() {
+        // issue 14.5: hidden_dim = 100000000000 aborted with "memory allocation failed"
+        let init = Init::new(0).pp("projector");
+        for shape in [vec![100_000_000_000, 128], vec![usize::MAX, 2]] {
+            let p = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| init.kaiming_uniform("weight", shape.clone(), 128))).unwrap_err();
+            let msg = p.downcast_ref::<String>().cloned().unwrap_or_default();
+            assert!(msg.contains("projector.weight") && msg.contains("size keys"), "{msg}");
+        }
+        assert_eq!(init.kaiming_uniform("ok", vec![3, 4], 4).value.len(), 12);
     }
 }

@@ -35,6 +35,9 @@
 
 use crate::blur::GaussianBlur;
 use crate::crop::RandomResizedCrop;
+
+/// The largest output side `size` may ask for.
+pub const MAX_SIZE: usize = 8192;
 use crate::flip::HorizontalFlip;
 use crate::grayscale::RandomGrayscale;
 use crate::jitter::ColorJitter;
@@ -194,6 +197,8 @@ impl Plugin for Pipeline {
         ensure!(cfg.view <= 1, "view must be 0 or 1, got {}", cfg.view);
         ensure!(cfg.strength >= 0.0 && cfg.strength.is_finite(), "strength must be >= 0, got {}", cfg.strength);
         ensure!(cfg.size != Some(0), "size must be at least 1");
+        // a view of side s holds 3·s² values per image in every loader batch
+        ensure!(cfg.size.map_or(true, |s| s <= MAX_SIZE), "size is {}; at most {MAX_SIZE} pixels is allowed", cfg.size.unwrap_or(0));
         // the preset name is checked even when `ops` replaces it
         let base = preset(&cfg.preset, cfg.view, cfg.strength)?;
         let mut ops = cfg.ops.unwrap_or(base);
@@ -233,6 +238,14 @@ mod tests {
 
     fn image(c: usize, h: usize, w: usize) -> Vec<f32> {
         (0..c * h * w).map(|i| ((i * 37) % 101) as f32 / 100.0).collect()
+    }
+
+    #[test]
+    fn an_output_size_beyond_the_bound_is_refused_by_name() {
+        // issue 14.5: size = 100000 aborted the process in the first batch's allocation
+        let e = build(r#"{"size": 100000}"#).err().unwrap().to_string();
+        assert!(e.contains("size is 100000") && e.contains("8192"), "{e}");
+        assert!(build(r#"{"size": 8192}"#).is_ok());
     }
 
     #[test]
