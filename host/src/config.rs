@@ -141,6 +141,18 @@ impl Default for Config {
     }
 }
 
+/// A TOML error as "line L, column C: message" with at most 120 characters of the line (the
+/// parser's own message quotes the whole line, 400 KB of it for a pathological file).
+fn toml_error(e: &toml::de::Error, text: &str, origin: &str) -> anyhow::Error {
+    let Some(span) = e.span() else { return anyhow::anyhow!("config {origin} is not valid TOML: {}", e.message()) };
+    let at = span.start.min(text.len());
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let (line, col) = (text[..at].matches('\n').count() + 1, text[line_start..at].chars().count() + 1);
+    let excerpt: String = text[line_start..].lines().next().unwrap_or("").chars().take(120).collect();
+    let more = if text[line_start..].lines().next().is_some_and(|l| l.chars().count() > 120) { " …" } else { "" };
+    anyhow::anyhow!("config {origin} is not valid TOML at line {line}, column {col}: {}\n  {excerpt}{more}", e.message())
+}
+
 /// Parses `--set` values: TOML literals (`0.1`, `true`, `[1, 2]`, `"x"`), else a plain string.
 fn parse_value(s: &str) -> toml::Value {
     let doc = format!("v = {s}");
@@ -167,6 +179,10 @@ fn find_null(v: &serde_json::Value) -> Option<String> {
 /// Applies `a.b.c=value` to a TOML table, creating tables on the way.
 pub fn apply_override(root: &mut toml::Table, spec: &str) -> Result<()> {
     let (path, value) = spec.split_once('=').with_context(|| format!("--set {spec:?}: expected key=value"))?;
+    let digits = value.trim().strip_prefix(['-', '+']).unwrap_or(value.trim()).replace('_', "");
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && value.trim().replace('_', "").parse::<i64>().is_err() {
+        bail!("--set {spec:?}: {} is outside the integers a config holds (TOML's, -2^63 to 2^63 - 1)", value.trim());
+    }
     let keys: Vec<&str> = path.trim().split('.').collect();
     if keys.iter().any(|k| k.is_empty()) {
         bail!("--set {spec:?}: empty key in {path:?}");
@@ -210,7 +226,7 @@ impl Config {
         let (mut table, origin) = match file {
             Some(f) => {
                 let text = std::fs::read_to_string(f).with_context(|| format!("cannot read config {}", f.display()))?;
-                let t: toml::Table = text.parse().with_context(|| format!("config {} is not valid TOML", f.display()))?;
+                let t: toml::Table = toml::from_str(&text).map_err(|e| toml_error(&e, &text, &f.display().to_string()))?;
                 (t, f.display().to_string())
             }
             None => (toml::Table::new(), "the default config".to_string()),
@@ -296,6 +312,24 @@ mod tests {
         let text = c.to_toml().unwrap();
         let back = Config::from_table(text.parse().unwrap()).unwrap();
         assert_eq!(c, back);
+    }
+
+    #[test]
+    fn an_integer_beyond_toml_is_named_as_such_not_as_a_string() {
+        // issue 14.10: train.seed=18446744073709551615 was reported as a "string"
+        let e = format!("{:#}", Config::load(None, &["train.seed=18446744073709551615".into()]).unwrap_err());
+        assert!(e.contains("outside the integers"), "{e}");
+        assert_eq!(Config::load(None, &["train.seed=9223372036854775807".into()]).unwrap().train.seed, i64::MAX as u64);
+    }
+
+    #[test]
+    fn a_toml_error_quotes_at_most_a_short_excerpt() {
+        // issue 14.10: a 400 KB line was echoed whole
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, format!("[train]\nepochs = [{}", "1, ".repeat(100_000))).unwrap();
+        let e = format!("{:#}", Config::load(Some(&f), &[]).unwrap_err());
+        assert!(e.len() < 600 && e.contains("line 2"), "{} chars: {}", e.len(), &e[..e.len().min(600)]);
     }
 
     #[test]

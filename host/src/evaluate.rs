@@ -13,10 +13,14 @@ use std::path::{Path, PathBuf};
 
 /// The run's config for a run directory, a checkpoint directory or a `model.safetensors`.
 pub fn run_config(path: &Path) -> Result<Config> {
+    if path.is_file() && path.file_name().and_then(|n| n.to_str()) != Some("model.safetensors") {
+        bail!("{} is not a checkpoint: give a run directory, a checkpoint directory (RUN/checkpoints/step-N) or its model.safetensors", path.display());
+    }
     let ck = checkpoint::resolve(path)?;
     // RUN/checkpoints/step-N  →  RUN/config.toml
     let candidates = [ck.join("config.toml"), ck.parent().and_then(Path::parent).map(|r| r.join("config.toml")).unwrap_or_default(), path.join("config.toml")];
-    let file = candidates.iter().find(|p| p.is_file()).with_context(|| format!("no config.toml found for {} (looked in {})", path.display(), candidates[1].display()))?;
+    let looked: Vec<String> = candidates.iter().filter(|p| !p.as_os_str().is_empty()).map(|p| p.display().to_string()).collect();
+    let file = candidates.iter().find(|p| p.is_file()).with_context(|| format!("no config.toml found for {} (looked for {})", path.display(), looked.join(", ")))?;
     Config::load(Some(file), &[])
 }
 
@@ -51,17 +55,23 @@ pub fn eval(reg: &Registry, path: &Path, source: Option<&str>, json: bool) -> Re
 /// Writes an `[n, d]` f32 array as `.npy`.
 pub fn write_npy_f32(path: &Path, data: &[f32], shape: &[u64]) -> Result<()> {
     let f = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    let mut w = npyz::WriteOptions::new().default_dtype().shape(shape).writer(BufWriter::new(f)).begin_nd()?;
-    w.extend(data.iter().copied())?;
-    w.finish().with_context(|| format!("cannot write {}", path.display()))
+    let write = || -> Result<()> {
+        let mut w = npyz::WriteOptions::new().default_dtype().shape(shape).writer(BufWriter::new(f)).begin_nd()?;
+        w.extend(data.iter().copied())?;
+        Ok(w.finish()?)
+    };
+    write().with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Writes an i64 vector as `.npy`.
 pub fn write_npy_i64(path: &Path, data: &[i64]) -> Result<()> {
     let f = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    let mut w = npyz::WriteOptions::new().default_dtype().shape(&[data.len() as u64]).writer(BufWriter::new(f)).begin_nd()?;
-    w.extend(data.iter().copied())?;
-    w.finish().with_context(|| format!("cannot write {}", path.display()))
+    let write = || -> Result<()> {
+        let mut w = npyz::WriteOptions::new().default_dtype().shape(&[data.len() as u64]).writer(BufWriter::new(f)).begin_nd()?;
+        w.extend(data.iter().copied())?;
+        Ok(w.finish()?)
+    };
+    write().with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// The labels file written beside `FILE.npy`: `FILE.labels.npy`.
@@ -72,6 +82,9 @@ pub fn labels_path(out: &Path) -> PathBuf {
 
 /// `latent embed`: features of a split as `.npy`, labels beside them.
 pub fn embed(reg: &Registry, path: &Path, source: Option<&str>, split: &str, out: &Path) -> Result<(usize, usize)> {
+    if out.extension().and_then(|e| e.to_str()) != Some("npy") {
+        bail!("--out {} must be a .npy file (it would overwrite whatever is there)", out.display());
+    }
     let mut cfg = run_config(path)?;
     if let Some(s) = source {
         cfg.data.source = s.to_string();
