@@ -72,27 +72,41 @@ fn split(dir: &Path, prefix: &str, name: &str, fashion: bool) -> Result<Option<D
 }
 
 /// Reads one IDX file of unsigned bytes: its dimensions and data.
+///
+/// The header is read first and the data after it is read only up to the size it announces
+/// (plus one byte, to notice trailing data): a gzip bomb, or a header announcing more than
+/// memory holds, is an error naming the file, not an out-of-memory abort.
 pub fn read_idx(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
-    let raw = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let bytes = if path.extension().is_some_and(|e| e == "gz") {
-        let mut out = Vec::with_capacity(raw.len() * 4);
-        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).with_context(|| format!("{} is not a complete gzip file (truncated?)", path.display()))?;
-        out
-    } else {
-        raw
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let gz = path.extension().is_some_and(|e| e == "gz");
+    let mut r: Box<dyn Read> = if gz { Box::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file))) } else { Box::new(std::io::BufReader::new(file)) };
+    let what = if gz { "is not a complete gzip file (truncated?)" } else { "cannot be read" };
+    let mut read_up_to = |n: usize, buf: &mut Vec<u8>| -> Result<()> {
+        (&mut r).take(n as u64).read_to_end(buf).map(|_| ()).with_context(|| format!("{} {what}", path.display()))
     };
-    ensure!(bytes.len() >= 4, "{} is truncated: {} bytes, too short for an IDX header", path.display(), bytes.len());
-    ensure!(bytes[0] == 0 && bytes[1] == 0, "{} is not an IDX file (magic {:02x?})", path.display(), &bytes[..4]);
-    ensure!(bytes[2] == 0x08, "{}: IDX data type 0x{:02x} is not unsigned bytes (0x08)", path.display(), bytes[2]);
-    let nd = bytes[3] as usize;
-    ensure!(bytes.len() >= 4 + 4 * nd, "{} is truncated: {} bytes, too short for its {nd} dimensions", path.display(), bytes.len());
-    let dims: Vec<usize> = (0..nd).map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize).collect();
+    let mut head = Vec::new();
+    read_up_to(4, &mut head)?;
+    ensure!(head.len() >= 4, "{} is truncated: {} bytes, too short for an IDX header", path.display(), head.len());
+    ensure!(head[0] == 0 && head[1] == 0, "{} is not an IDX file (magic {:02x?})", path.display(), &head[..4]);
+    ensure!(head[2] == 0x08, "{}: IDX data type 0x{:02x} is not unsigned bytes (0x08)", path.display(), head[2]);
+    let nd = head[3] as usize;
+    read_up_to(4 * nd, &mut head)?;
+    ensure!(head.len() >= 4 + 4 * nd, "{} is truncated: {} bytes, too short for its {nd} dimensions", path.display(), head.len());
+    let dims: Vec<usize> = (0..nd).map(|i| u32::from_be_bytes(head[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize).collect();
     // checked: a header of 2³²−1 × 2³²−1 × 2³²−1 overflowed usize (found by fuzzing)
     let want = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).with_context(|| format!("{}: its header announces {dims:?}, more bytes than can be addressed", path.display()))?;
-    let have = bytes.len() - 4 - 4 * nd;
+    let mut data = Vec::new();
+    data.try_reserve_exact(want.saturating_add(1))
+        .map_err(|_| anyhow::anyhow!("{}: its header announces {dims:?}, {want} bytes of data, more than memory holds", path.display()))?;
+    read_up_to(want.saturating_add(1), &mut data)?;
+    let have = data.len();
     ensure!(have >= want, "{} is truncated: its header says {dims:?} ({want} bytes of data) but it holds {have}", path.display());
-    ensure!(have == want, "{} has {} bytes after the {dims:?} its header announces", path.display(), have - want);
-    Ok((dims, bytes[4 + 4 * nd..].to_vec()))
+    if have > want {
+        let mut rest = Vec::new();
+        let _ = (&mut r).take(1 << 20).read_to_end(&mut rest);
+        bail!("{} has {}{} bytes after the {dims:?} its header announces", path.display(), 1 + rest.len(), if rest.len() == 1 << 20 { " or more" } else { "" });
+    }
+    Ok((dims, data))
 }
 
 #[cfg(test)]
@@ -118,6 +132,25 @@ mod tests {
         std::fs::write(dir.path().join("train-images-idx3-ubyte"), &idx(&[2, 2, 3], &[1; 12])[..20]).unwrap();
         let e = format!("{:#}", open(dir.path()).unwrap_err());
         assert!(e.contains("train-images-idx3-ubyte") && e.contains("truncated"), "{e}");
+    }
+
+    #[test]
+    fn a_gzip_bomb_is_read_only_as_far_as_its_header_announces() {
+        // issue 14.10: the whole stream was inflated before the header was checked ("truncated?"
+        // when memory ran out); now 200 MB of zeros behind a 2x2 header stop at the header's size
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bomb-idx3-ubyte.gz");
+        let mut gz = flate2::write::GzEncoder::new(std::fs::File::create(&p).unwrap(), flate2::Compression::best());
+        gz.write_all(&idx(&[2, 2], &[1, 2, 3, 4])).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..200 {
+            gz.write_all(&zeros).unwrap();
+        }
+        gz.finish().unwrap();
+        assert!(std::fs::metadata(&p).unwrap().len() < 1 << 20, "a real bomb: small on disk");
+        let e = format!("{:#}", read_idx(&p).unwrap_err());
+        assert!(e.contains("bomb-idx3-ubyte.gz") && e.contains("or more bytes after the [2, 2]"), "{e}");
     }
 
     #[test]
