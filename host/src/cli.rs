@@ -163,7 +163,12 @@ fn cmd_plugins(dirs: &[PathBuf], json: bool) -> Result<i32> {
         let failures: Vec<serde_json::Value> =
             reg.failures.iter().map(|(f, e)| serde_json::json!({"file": f.display().to_string(), "error": e})).collect();
         let search: Vec<String> = reg.search_path.iter().map(|p| p.display().to_string()).collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"search_path": search, "plugins": plugins, "failures": failures}))?);
+        let shadowed: Vec<serde_json::Value> = reg
+            .shadowed
+            .iter()
+            .map(|(n, used, hidden)| serde_json::json!({"name": n, "used": used.display().to_string(), "shadowed": hidden.display().to_string()}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"search_path": search, "plugins": plugins, "failures": failures, "shadowed": shadowed}))?);
         return Ok(0);
     }
     println!("search path:");
@@ -178,6 +183,9 @@ fn cmd_plugins(dirs: &[PathBuf], json: bool) -> Result<i32> {
     }
     for (f, err) in &reg.failures {
         println!("\nnot loaded: {}\n  {err}", f.display());
+    }
+    for (name, used, hidden) in &reg.shadowed {
+        println!("\nshadowed: {name} in {}\n  a plugin of the same name earlier on the search path is used: {}", hidden.display(), used.display());
     }
     Ok(0)
 }

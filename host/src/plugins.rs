@@ -40,6 +40,9 @@ pub struct Registry {
     pub entries: BTreeMap<String, Entry>,
     /// Libraries that failed to load, with the reason (reported by `latent plugins`).
     pub failures: Vec<(PathBuf, String)>,
+    /// Plugins hidden by one of the same name earlier on the search path: (name, the file
+    /// used, the file hidden).
+    pub shadowed: Vec<(String, PathBuf, PathBuf)>,
 }
 
 /// The search path: `dirs`, then `LATENT_PLUGIN_PATH`, then beside the executable.
@@ -137,8 +140,9 @@ pub fn manifests(lib: PluginLibRef, file: &Path) -> Result<Vec<Manifest>> {
 }
 
 impl Registry {
-    /// Scans the search path. Libraries that fail to load are recorded in `failures`; two
-    /// plugins with the same name are an error naming both files.
+    /// Scans the search path. Libraries that fail to load are recorded in `failures`; of two
+    /// plugins with the same name the first on the search path is used (as `PATH` does) and
+    /// the other is recorded in `shadowed`, with a warning naming both files.
     pub fn discover(dirs: &[PathBuf]) -> Result<Registry> {
         Self::discover_in(search_path(dirs))
     }
@@ -160,11 +164,13 @@ impl Registry {
                         for m in ms {
                             let name = m.name.to_string();
                             if let Some(prev) = reg.entries.get(&name) {
-                                bail!(
-                                    "two plugins are named '{name}': {} and {}; remove one from the search path",
+                                tracing::warn!(
+                                    "two plugins are named '{name}': using {}, not {} (later on the search path)",
                                     prev.file.display(),
                                     file.display()
                                 );
+                                reg.shadowed.push((name, prev.file.clone(), file.clone()));
+                                continue;
                             }
                             reg.entries.insert(name, Entry { manifest: m, file: file.clone(), lib });
                         }

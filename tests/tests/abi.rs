@@ -122,13 +122,19 @@ fn a_plugin_config_with_an_unknown_key_is_refused_naming_key_and_plugin() {
 }
 
 #[test]
-fn two_plugins_with_one_name_are_an_error_naming_both_files() {
+fn of_two_plugins_with_one_name_the_first_on_the_path_is_used_and_both_are_listed() {
+    // issue 14.10: one duplicate name blocked every command, `latent plugins` included
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join(format!("{}faulty_copy.{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_EXTENSION));
     std::fs::copy(lib("latent_test_faulty"), &copy).unwrap();
-    let err = Registry::discover_in(vec![plugin_dir(), dir.path().to_path_buf()]).err().expect("duplicate names refused");
-    let msg = format!("{err:#}");
-    assert!(msg.contains("two plugins are named 'faulty'") && msg.contains("latent_test_faulty") && msg.contains("faulty_copy"), "{msg}");
+    let reg = Registry::discover_in(vec![plugin_dir(), dir.path().to_path_buf()]).unwrap();
+    assert!(reg.entries["faulty"].file.to_string_lossy().contains("latent_test_faulty"));
+    assert!(reg.shadowed.iter().any(|(n, used, hidden)| n == "faulty" && used.to_string_lossy().contains("latent_test_faulty") && hidden == &copy), "{:?}", reg.shadowed);
+    let out = latent(&["--plugin-dir", dir.path().to_str().unwrap(), "plugins"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains("shadowed: faulty in") && s.contains("latent_test_faulty"), "{s}");
+    assert!(s.lines().any(|l| l.starts_with("faulty ") && l.contains("faulty_copy")), "--plugin-dir comes first, so the copy wins:\n{s}");
 }
 
 #[test]
