@@ -46,6 +46,10 @@ pub struct TrainState {
     pub sdk_version: String,
     /// Last training loss.
     pub last_loss: Option<f32>,
+    /// The resolved config as TOML (so that a changed config.toml can be diffed key by key;
+    /// absent in checkpoints written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
 }
 
 /// Tensors and state of one checkpoint.
@@ -314,6 +318,7 @@ mod tests {
             config_hash: "abc".into(),
             sdk_version: "0.1.0".into(),
             last_loss: Some(1.5),
+            config: None,
         };
         Checkpoint { tensors, state }
     }

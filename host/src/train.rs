@@ -218,6 +218,24 @@ fn drop_metrics_after(out: &Path, step: u64, mid_epoch: bool) -> Result<()> {
     Ok(())
 }
 
+/// The dotted keys whose values differ between two config TOML texts (at most 10).
+fn config_diff(a: &str, b: &str) -> Vec<String> {
+    fn flat(prefix: &str, v: &toml::Value, out: &mut std::collections::BTreeMap<String, String>) {
+        match v {
+            toml::Value::Table(t) => t.iter().for_each(|(k, v)| flat(&if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") }, v, out)),
+            v => {
+                out.insert(prefix.to_string(), v.to_string());
+            }
+        }
+    }
+    let (mut fa, mut fb) = (Default::default(), Default::default());
+    let (Ok(ta), Ok(tb)) = (a.parse::<toml::Table>(), b.parse::<toml::Table>()) else { return vec![] };
+    flat("", &toml::Value::Table(ta), &mut fa);
+    flat("", &toml::Value::Table(tb), &mut fb);
+    let keys: std::collections::BTreeSet<&String> = fa.keys().chain(fb.keys()).collect();
+    keys.into_iter().filter(|k| fa.get(*k) != fb.get(*k)).take(10).map(|k| format!("`{k}`")).collect()
+}
+
 /// Σ and count of the `loss` of the step records of `epoch` up to `step` in metrics.jsonl.
 fn epoch_losses(out: &Path, epoch: u64, step: u64) -> (f64, u64) {
     let recs = crate::metrics::read(&out.join("metrics.jsonl")).unwrap_or_default();
@@ -272,6 +290,7 @@ pub fn run(args: TrainArgs) -> Result<i32> {
         checkpoint::write_atomic(&out.join("config.toml"), cfg.to_toml()?.as_bytes())?;
     }
     let hash = config_hash(&cfg)?;
+    let config_text = cfg.to_toml()?;
     install_signals();
     // Plugin calls of this thread that never return end the run (train.call_timeout_s).
     let _watchdog = crate::watchdog::arm(cfg.train.call_timeout_s, &out);
@@ -320,7 +339,14 @@ pub fn run(args: TrainArgs) -> Result<i32> {
     if args.resume {
         let ck = checkpoint::load(&out)?;
         if ck.state.config_hash != hash {
-            bail!("the checkpoint in {} was written with another config (hash {} vs {hash})", out.display(), ck.state.config_hash);
+            let keys = ck.state.config.as_deref().map(|old| config_diff(old, &config_text)).unwrap_or_default();
+            let which = if keys.is_empty() { String::new() } else { format!(": {} differ{}", keys.join(", "), if keys.len() == 1 { "s" } else { "" }) };
+            bail!(
+                "the checkpoint in {} was written with another config than {}/config.toml{which} (hash {} vs {hash}); undo the change, or start a new run",
+                out.display(),
+                out.display(),
+                ck.state.config_hash
+            );
         }
         learner.load_state(&ck.tensors, ck.state.optim_t)?;
         (step, epoch, batch0) = (ck.state.step, ck.state.epoch, ck.state.batch_in_epoch);
@@ -355,6 +381,7 @@ pub fn run(args: TrainArgs) -> Result<i32> {
             config_hash: hash.clone(),
             sdk_version: latent_sdk::abi::SDK_VERSION.into(),
             last_loss,
+            config: Some(config_text.clone()),
         };
         store.save(&Checkpoint { tensors: learner.state_tensors()?, state })
     };

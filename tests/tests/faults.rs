@@ -517,3 +517,22 @@ fn the_epoch_mean_loss_after_a_resume_counts_every_step_of_the_epoch_once() {
         }
     }
 }
+
+#[test]
+fn resume_with_a_changed_config_names_the_keys_that_differ() {
+    // issue 14.10: the refusal gave two hashes and no key
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let mut args = train_args(&out, &[]);
+    args.extend(["--stop-after".to_string(), "2".to_string()]);
+    let o = run(&args, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let cfg = out.join("config.toml");
+    let text0 = std::fs::read_to_string(&cfg).unwrap();
+    let edited = text0.replacen("seed = 0", "seed = 5", 1);
+    assert_ne!(edited, text0, "the config has `seed = 0`:\n{text0}");
+    std::fs::write(&cfg, edited).unwrap();
+    let r = resume(&out, &[]);
+    assert_eq!(r.status.code(), Some(1), "{}", text(&r));
+    assert!(stderr(&r).contains("`train.seed` differs"), "{}", text(&r));
+}
