@@ -550,7 +550,7 @@ fn kill_nine_at_random_times_never_leaves_a_run_that_cannot_resume() {
     let out = dir.path().join("run");
     let total = 100_000u64;
     let max = format!("train.max_steps={total}");
-    let first = train_args(&out, &[max.as_str(), "train.checkpoint_every=1", "train.keep_checkpoints=3"]);
+    let first = train_args(&out, &[max.as_str(), "train.epochs=100000", "train.checkpoint_every=1", "train.keep_checkpoints=3"]);
     let again = vec!["train".to_string(), "--resume".into(), "--out".into(), out.display().to_string()];
     let mut rng: u64 = 0x9E3779B97F4A7C15;
     let (mut last_step, mut in_write, mut killed) = (0u64, 0usize, 0usize);
@@ -584,6 +584,6 @@ fn kill_nine_at_random_times_never_leaves_a_run_that_cannot_resume() {
     let o = run(&fin, &[]);
     assert!(o.status.success(), "{}", text(&o));
     let steps = logged_steps(&out);
-    assert_eq!(steps, (1..=last_step + 3).collect::<Vec<_>>(), "each step logged once up to the end");
+    assert_eq!(steps, (1..=last_step + 3).collect::<Vec<_>>(), "each step logged once up to the end\n{}", text(&o));
     eprintln!("{killed} kills in {:.0} s ({in_write} inside a checkpoint write), last checkpoint step {last_step}; resumed to step {stop}", t0.elapsed().as_secs_f64());
 }
