@@ -62,6 +62,23 @@ fn eval_prints_the_table_with_both_baselines_and_json_and_embed_writes_npy() {
     let o = latent(&["embed", run.to_str().unwrap(), "--split", "test", "--out", npy2.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(std::fs::read(&npy).unwrap(), std::fs::read(&npy2).unwrap());
+    // issue 14.10: `--out RUN/config.toml` silently replaced the run's config; a failed write
+    // did not name the file
+    let cfg = run.join("config.toml");
+    let before = std::fs::read(&cfg).unwrap();
+    let o = latent(&["embed", run.to_str().unwrap(), "--out", cfg.to_str().unwrap()]);
+    assert!(o.status.code() == Some(1) && String::from_utf8_lossy(&o.stderr).contains("must be a .npy file"), "{}", text(&o));
+    assert_eq!(std::fs::read(&cfg).unwrap(), before, "the run's config is untouched");
+    if std::path::Path::new("/dev/full").exists() {
+        let _ = std::fs::remove_file("/tmp/latent-full.npy");
+        std::os::unix::fs::symlink("/dev/full", "/tmp/latent-full.npy").ok();
+        let o = latent(&["embed", run.to_str().unwrap(), "--out", "/tmp/latent-full.npy"]);
+        let _ = std::fs::remove_file("/tmp/latent-full.npy");
+        assert!(o.status.code() == Some(1) && String::from_utf8_lossy(&o.stderr).contains("cannot write /tmp/latent-full.npy"), "{}", text(&o));
+    }
+    // a file that is not a checkpoint
+    let o = latent(&["eval", "/bin/ls"]);
+    assert!(o.status.code() == Some(1) && String::from_utf8_lossy(&o.stderr).contains("is not a checkpoint"), "{}", text(&o));
 }
 
 #[test]

@@ -550,7 +550,7 @@ fn kill_nine_at_random_times_never_leaves_a_run_that_cannot_resume() {
     let out = dir.path().join("run");
     let total = 100_000u64;
     let max = format!("train.max_steps={total}");
-    let first = train_args(&out, &[max.as_str(), "train.epochs=100000", "train.checkpoint_every=1", "train.keep_checkpoints=3"]);
+    let first = train_args(&out, &[max.as_str(), "train.epochs=100000", "optim.lr=0.0001", "train.checkpoint_every=1", "train.keep_checkpoints=3"]);
     let again = vec!["train".to_string(), "--resume".into(), "--out".into(), out.display().to_string()];
     let mut rng: u64 = 0x9E3779B97F4A7C15;
     let (mut last_step, mut in_write, mut killed) = (0u64, 0usize, 0usize);
