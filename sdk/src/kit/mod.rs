@@ -1,4 +1,6 @@
-//! The plugin kit: runtime-shaped layers with hand-written backward, Caffe-style.
+//! The plugin kit: fast runtime-shaped kernels with hand-written backward, Caffe-style. Plugin
+//! authors reach them through [`crate::autodiff`] (custom ops on the tape); the `resnet`
+//! plugin calls them directly.
 //!
 //! Nothing here crosses the ABI; each plugin library compiles its own copy. Every layer follows
 //! one contract ([`Layer`]): `forward(x, train)` keeps what its backward needs, `backward(dy)`
