@@ -44,7 +44,10 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
         .y_label_area_size(64)
         .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
         .map_err(|e| err(&e))?;
-    chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw().map_err(|e| err(&e))?;
+    // steps and epochs are whole numbers: no "20.0" on the axis
+    let integral = pts.iter().all(|p| p.0.fract() == 0.0);
+    let fmt = move |x: &f64| if integral { format!("{x:.0}") } else { format!("{x}") };
+    chart.configure_mesh().x_desc(x_label).y_desc(y_label).x_label_formatter(&fmt).draw().map_err(|e| err(&e))?;
     let colors = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
     for (i, s) in series.iter().enumerate() {
         let c = colors[i % colors.len()];

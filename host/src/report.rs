@@ -27,8 +27,10 @@ pub struct Row {
 /// The whole report.
 #[derive(Serialize, Clone, Debug)]
 pub struct Report {
-    /// Dataset name.
+    /// The memory bank's (and probe's training) split, e.g. `mnist-5k/train`.
     pub dataset: String,
+    /// The query split, e.g. `mnist-5k/test`.
+    pub queries: String,
     /// Memory-bank (train) and query (test) sizes.
     pub train_size: usize,
     /// Test size.
@@ -89,13 +91,16 @@ pub fn full(reg: &Registry, cfg: &Config, trained: &mut Encoder, method: &str, t
     rows.push(row("random init", &tr, &train.labels, &te, &test.labels, d, classes, &cfg.eval, probe));
     let d = train.shape.iter().product();
     rows.push(row("raw pixels", &pixels(train), &train.labels, &pixels(test), &test.labels, d, classes, &cfg.eval, probe));
-    Ok(Report { dataset: train.name.clone(), train_size: train.len(), test_size: test.len(), rows })
+    Ok(Report { dataset: train.name.clone(), queries: test.name.clone(), train_size: train.len(), test_size: test.len(), rows })
 }
 
 impl Report {
     /// A plain-text table.
     pub fn table(&self) -> String {
-        let mut s = format!("evaluation on {} (memory bank / probe train: {} images, queries: {} images)\n", self.dataset, self.train_size, self.test_size);
+        let mut s = format!(
+            "evaluation: queries {} ({} images) against the memory bank / probe training set {} ({} images)\n",
+            self.queries, self.test_size, self.dataset, self.train_size
+        );
         let Some(first) = self.rows.first() else { return s };
         let mut header = format!("{:<24}", "method");
         for (k, t, _) in &first.knn {

@@ -1,7 +1,7 @@
 //! `latent train`: the training run end to end.
 //!
 //! A run directory holds `config.toml` (the resolved config), `metrics.jsonl`, `checkpoints/`,
-//! `eval.json`, and the plots `loss.png` and `eval.png`. The run is a pure function of the
+//! `eval.json`, and the plots `loss.png`, `eval.png` and `collapse.png`. The run is a pure function of the
 //! config's seed and the step: data order, augmentation seeds and the schedule derive from
 //! (seed, epoch, batch), so `--resume` continues with exactly the batches, learning rates and
 //! optimizer state an uninterrupted run would have used.
@@ -174,7 +174,7 @@ fn prepare_out(out: &Path, resume: bool) -> Result<RunLock> {
     }
     if !resume && is_run {
         // an earlier attempt that failed before its first checkpoint: start clean
-        for f in ["metrics.jsonl", "eval.json", "loss.png", "eval.png", "config.toml"] {
+        for f in ["metrics.jsonl", "eval.json", "loss.png", "eval.png", "collapse.png", "config.toml"] {
             let _ = std::fs::remove_file(out.join(f));
         }
         tracing::warn!("{}: the earlier attempt there left no checkpoint; starting the run afresh", out.display());
@@ -525,7 +525,27 @@ fn online_eval(learner: &mut Learner, cfg: &Config, train: &Dataset, test: Optio
     log.write("eval", f)
 }
 
-/// Writes `loss.png` and `eval.png` from `metrics.jsonl`.
+/// The curves of `eval.png`: kNN@k at every evaluation that has it (kNN runs every
+/// `eval.every_epochs`, so the first records may lack it), and the final report's baselines
+/// (random init, raw pixels) as flat lines over the run.
+pub fn eval_series(records: &[Value], report: Option<&Value>, last_step: f64) -> Vec<Series> {
+    let get = |r: &Value, k: &str| r.get(k).and_then(Value::as_f64);
+    let evals: Vec<&Value> = records.iter().filter(|r| r["kind"] == "eval").collect();
+    let keys: std::collections::BTreeSet<String> =
+        evals.iter().filter_map(|r| r.as_object()).flat_map(|o| o.keys().filter(|k| k.starts_with("knn_")).cloned()).collect();
+    let mut series: Vec<Series> = keys
+        .iter()
+        .map(|k| Series { name: format!("kNN@{} top-1", &k[4..]), points: evals.iter().filter_map(|r| Some((get(r, "step")?, get(r, k)?))).collect() })
+        .collect();
+    for row in report.and_then(|r| r["rows"].as_array()).into_iter().flatten().skip(1) {
+        let (Some(name), Some(acc)) = (row["method"].as_str(), row["knn"][0][2].as_f64()) else { continue };
+        let k = row["knn"][0][0].as_u64().unwrap_or(0);
+        series.push(Series { name: format!("{name}, kNN@{k} (final)"), points: vec![(0.0, acc), (last_step, acc)] });
+    }
+    series
+}
+
+/// Writes `loss.png`, `eval.png` and `collapse.png` from `metrics.jsonl` (and `eval.json`).
 pub fn plots(out: &Path) -> Result<()> {
     let records = crate::metrics::read(&out.join("metrics.jsonl"))?;
     let get = |r: &Value, k: &str| r.get(k).and_then(Value::as_f64);
@@ -536,18 +556,42 @@ pub fn plots(out: &Path) -> Result<()> {
         Series { name: "loss".into(), points: loss.clone() },
         Series { name: format!("moving average ({w})"), points: plot::smooth(&loss, w) },
     ])?;
+    let last_step = loss.last().map_or(0.0, |p| p.0);
+    let report = std::fs::read_to_string(out.join("eval.json")).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok());
+    let series = eval_series(&records, report.as_ref(), last_step);
     let evals: Vec<&Value> = records.iter().filter(|r| r["kind"] == "eval").collect();
-    let mut series = Vec::new();
-    if let Some(first) = evals.first() {
-        let mut keys: Vec<String> = first.as_object().map(|o| o.keys().filter(|k| k.starts_with("knn_")).cloned().collect()).unwrap_or_default();
-        keys.sort();
-        for k in keys {
-            series.push(Series { name: format!("kNN@{} top-1", &k[4..]), points: evals.iter().filter_map(|r| Some((get(r, "step")?, get(r, &k)?))).collect() });
-        }
-        series.push(Series { name: "embedding std·√d".into(), points: evals.iter().filter_map(|r| Some((get(r, "step")?, get(r, "collapse_std")?))).collect() });
-    }
     if !series.is_empty() {
-        plot::line_chart(&out.join("eval.png"), "evaluation on the test split", "step", "accuracy / std", &series)?;
+        plot::line_chart(&out.join("eval.png"), "kNN accuracy on the test split", "step", "top-1 accuracy", &series)?;
+    }
+    let collapse: Vec<(f64, f64)> = evals.iter().filter_map(|r| Some((get(r, "step")?, get(r, "collapse_std")?))).collect();
+    if !collapse.is_empty() {
+        plot::line_chart(&out.join("collapse.png"), "collapse monitor: embedding std·√d (1: spread, 0: collapsed)", "step", "std·√d", &[Series { name: "embedding std·√d".into(), points: collapse }])?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eval_png_has_the_knn_of_every_evaluation_and_the_baselines() {
+        // issue 15: kNN came only from the keys of the first eval record, which has none when
+        // kNN runs every 5 epochs, so eval.png drew the embedding std alone
+        let records: Vec<Value> = vec![
+            json!({"kind": "eval", "step": 15, "collapse_std": 0.2}),
+            json!({"kind": "eval", "step": 75, "collapse_std": 0.3, "knn_200": 0.6, "knn_20": 0.7}),
+            json!({"kind": "eval", "step": 150, "collapse_std": 0.3, "knn_200": 0.65, "knn_20": 0.75}),
+        ];
+        let report = json!({"rows": [
+            {"method": "simclr (resnet)", "knn": [[200, 0.1, 0.65]]},
+            {"method": "random init", "knn": [[200, 0.1, 0.53]]},
+            {"method": "raw pixels", "knn": [[200, 0.1, 0.907]]},
+        ]});
+        let s = eval_series(&records, Some(&report), 150.0);
+        let names: Vec<&str> = s.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["kNN@20 top-1", "kNN@200 top-1", "random init, kNN@200 (final)", "raw pixels, kNN@200 (final)"]);
+        assert_eq!(s[1].points, vec![(75.0, 0.6), (150.0, 0.65)]);
+        assert_eq!(s[3].points, vec![(0.0, 0.907), (150.0, 0.907)]);
+    }
 }
