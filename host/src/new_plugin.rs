@@ -54,9 +54,24 @@ pub fn check_name(name: &str) -> Result<()> {
         && !name.ends_with('-')
         && !name.contains("--");
     if !ok {
-        bail!("plugin name {name:?} is not valid: use lowercase letters, digits and single dashes, starting with a letter (e.g. my-first-loss)");
+        let hint = suggest(name).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default();
+        bail!("plugin name {name:?} is not valid: use lowercase letters, digits and single dashes, starting with a letter (e.g. my-first-loss){hint}");
     }
     Ok(())
+}
+
+/// The nearest valid name (`My_Objective` → `my-objective`), if there is one.
+fn suggest(name: &str) -> Option<String> {
+    let mut out = String::new();
+    for c in name.trim().chars() {
+        match c {
+            c if c.is_ascii_alphanumeric() => out.push(c.to_ascii_lowercase()),
+            '-' | '_' | ' ' | '.' if !out.is_empty() && !out.ends_with('-') => out.push('-'),
+            _ => {}
+        }
+    }
+    let out = out.trim_start_matches(|c: char| !c.is_ascii_lowercase()).trim_end_matches('-').to_string();
+    (!out.is_empty() && out != name).then_some(out)
 }
 
 /// `my-first-loss` → `MyFirstLoss`.
@@ -525,6 +540,12 @@ mod tests {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
         assert_eq!(type_name("my-first-loss"), "MyFirstLoss");
+        // issue 15: a near miss gets the valid spelling
+        let e = check_name("my_objective").unwrap_err().to_string();
+        assert!(e.contains("did you mean `my-objective`?"), "{e}");
+        assert_eq!(suggest("My__Objective "), Some("my-objective".into()));
+        assert_eq!(suggest("1x"), Some("x".into()));
+        assert_eq!(suggest("---"), None);
         assert_eq!(type_name("vicreg2"), "Vicreg2");
     }
 
