@@ -46,6 +46,9 @@ pub struct TrainArgs {
 }
 
 /// Set by Ctrl-C.
+/// The config keys `--resume --set` may change: the run's length.
+pub const LENGTH_KEYS: [&str; 2] = ["train.epochs", "train.max_steps"];
+
 /// The first of SIGINT, SIGTERM or SIGHUP received (0: none yet).
 static SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
@@ -273,13 +276,28 @@ pub fn run(args: TrainArgs) -> Result<i32> {
             bail!("{}: no run to resume: not a latent run directory (no {RUN_MARKER} or config.toml)", out.display());
         }
         let cfg = Config::load(Some(&out.join("config.toml")), &[]).context("reading the run's config.toml")?;
-        if args.config.is_some() || !args.sets.is_empty() {
+        if args.config.is_some() {
             let asked = Config::load(args.config.as_deref(), &args.sets)?;
             if asked != cfg {
                 bail!("--resume continues {} with its own config.toml; the config given differs (remove CONFIG and --set, or start a new run)", out.display());
             }
+            (cfg, out)
+        } else if !args.sets.is_empty() {
+            // Extending a run: only its length may change (train.epochs, train.max_steps).
+            let asked = Config::load(Some(&out.join("config.toml")), &args.sets)?;
+            let changed = config_diff(&cfg.to_toml()?, &asked.to_toml()?);
+            let other: Vec<&String> = changed.iter().filter(|k| !LENGTH_KEYS.iter().any(|l| **k == format!("`{l}`"))).collect();
+            if !other.is_empty() {
+                bail!(
+                    "--resume can change only the run's length ({}); {} would change too: start a new run for that",
+                    LENGTH_KEYS.join(", "),
+                    other.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+                );
+            }
+            (asked, out)
+        } else {
+            (cfg, out)
         }
-        (cfg, out)
     } else {
         let cfg = Config::load(args.config.as_deref(), &args.sets)?;
         let out = args.out.clone().unwrap_or_else(|| default_out(&cfg));
@@ -338,7 +356,21 @@ pub fn run(args: TrainArgs) -> Result<i32> {
     let (mut step, mut epoch, mut batch0) = (0u64, 0u64, 0u64);
     if args.resume {
         let ck = checkpoint::load(&out)?;
-        if ck.state.config_hash != hash {
+        // an extension (`--resume --set train.epochs=N`): the checkpoint's config is the run's
+        // config.toml before the change; the new one is written once the checkpoint matches it
+        let on_disk = Config::load(Some(&out.join("config.toml")), &[])?;
+        let extended = on_disk != cfg;
+        let check_hash = if extended { config_hash(&on_disk)? } else { hash.clone() };
+        if extended && ck.state.config_hash == check_hash {
+            checkpoint::write_atomic(&out.join("config.toml"), config_text.as_bytes())?;
+            let (a, b) = (sched.lr(ck.state.step), ck.state.total_steps);
+            eprintln!(
+                "extending {}: {b} steps planned, now {total}. The learning-rate schedule (and any schedule of the objective, such as BYOL's τ) is recomputed over {total} steps: at step {} the rate is {a:.4} (warm-up and cosine decay stretched to the new length).",
+                out.display(),
+                ck.state.step
+            );
+        }
+        if ck.state.config_hash != check_hash {
             let keys = ck.state.config.as_deref().map(|old| config_diff(old, &config_text)).unwrap_or_default();
             let which = if keys.is_empty() { String::new() } else { format!(": {} differ{}", keys.join(", "), if keys.len() == 1 { "s" } else { "" }) };
             bail!(
@@ -350,6 +382,11 @@ pub fn run(args: TrainArgs) -> Result<i32> {
         }
         learner.load_state(&ck.tensors, ck.state.optim_t)?;
         (step, epoch, batch0) = (ck.state.step, ck.state.epoch, ck.state.batch_in_epoch);
+        // the checkpoint at the end of a run keeps the last epoch's number; a run extended from
+        // there goes on with the next epoch's data order
+        if batch0 == 0 && steps_per_epoch > 0 && step >= (epoch + 1) * steps_per_epoch {
+            epoch = step / steps_per_epoch;
+        }
         drop_metrics_after(&out, step, batch0 > 0)?;
         tracing::info!("resuming {} at step {step} (epoch {epoch}, batch {batch0})", out.display());
     }
@@ -462,7 +499,10 @@ pub fn run(args: TrainArgs) -> Result<i32> {
             online_eval(&mut learner, &cfg, &train, test, epoch, step, knn, &mut log)?;
         }
         log.flush()?; // before the checkpoint, as above
-        save(&mut learner, step, next_epoch, 0, last_loss)?;
+        // the step budget ran out inside an epoch: record how far into it, so that a run
+        // extended from here (`--resume --set train.max_steps=N`) continues that epoch's plan
+        let (save_epoch, save_batch) = if step % steps_per_epoch.max(1) == 0 { (next_epoch, 0) } else { (epoch, b) };
+        save(&mut learner, step, save_epoch, save_batch, last_loss)?;
         epoch = next_epoch;
         batch0 = 0;
     }

@@ -587,3 +587,35 @@ fn kill_nine_at_random_times_never_leaves_a_run_that_cannot_resume() {
     assert_eq!(steps, (1..=last_step + 3).collect::<Vec<_>>(), "each step logged once up to the end\n{}", text(&o));
     eprintln!("{killed} kills in {:.0} s ({in_write} inside a checkpoint write), last checkpoint step {last_step}; resumed to step {stop}", t0.elapsed().as_secs_f64());
 }
+
+fn step_losses(run: &Path) -> Vec<f64> {
+    latent_host::metrics::read(&run.join("metrics.jsonl")).unwrap().iter().filter(|r| r["kind"] == "step").map(|r| r["loss"].as_f64().unwrap()).collect()
+}
+
+#[test]
+fn a_finished_run_extended_with_resume_continues_as_one_longer_run() {
+    // issue 15: `latent train --resume --out R --set train.epochs=N`; only length keys change.
+    // With a constant learning rate the extension is bitwise the longer run, mid-epoch (256
+    // images: 32 steps an epoch) and across an epoch boundary (48 images: 6 steps an epoch).
+    for images in ["data.max_train_images=256", "data.max_train_images=48"] {
+        let base = [images, "optim.schedule=constant", "optim.warmup_epochs=0", "optim.warmup_steps=0", "train.epochs=1000"];
+        let dir = tempfile::tempdir().unwrap();
+        let (short, long) = (dir.path().join("short"), dir.path().join("long"));
+        let with = |extra: &'static str| base.iter().copied().chain([extra]).collect::<Vec<&str>>();
+        assert!(run(&train_args(&long, &with("train.max_steps=12")), &[]).status.success());
+        assert!(run(&train_args(&short, &with("train.max_steps=6")), &[]).status.success());
+        let ext = vec!["train".to_string(), "--resume".into(), "--out".into(), short.display().to_string(), "--set".into(), "train.max_steps=12".into()];
+        let o = run(&ext, &[]);
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(stderr(&o).contains("6 steps planned, now 12"), "the note says what happens: {}", text(&o));
+        assert_eq!(logged_steps(&short), (1..=12).collect::<Vec<_>>());
+        assert_eq!(step_losses(&short), step_losses(&long), "{images}: the extension is the longer run, bitwise");
+        assert_checkpoint(&short, 12);
+        assert!(std::fs::read_to_string(short.join("config.toml")).unwrap().contains("max_steps = 12"));
+        // anything but the length is refused, naming the key
+        let bad = vec!["train".to_string(), "--resume".into(), "--out".into(), short.display().to_string(), "--set".into(), "train.seed=3".into()];
+        let o = run(&bad, &[]);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(stderr(&o).contains("`train.seed`") && stderr(&o).contains("only the run's length"), "{}", text(&o));
+    }
+}
