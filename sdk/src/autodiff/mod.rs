@@ -218,13 +218,18 @@ impl Graph {
     pub(crate) fn record(&self, y: T2t) -> Var {
         let (t, tape) = y.split_tape();
         if self.0.grad {
-            let mut slot = self.0.tape.borrow_mut();
-            match slot.take() {
-                Some(old) => *slot = Some(old.merge(tape)),
-                None => fail("an operation after backward on the same graph".into()),
-            }
+            self.merge_tape(tape);
         }
         Var { t, g: self.clone(), id: next_id() }
+    }
+
+    /// Adds `tape`'s backward operations to this graph's tape.
+    fn merge_tape(&self, tape: Tp) {
+        let mut slot = self.0.tape.borrow_mut();
+        match slot.take() {
+            Some(old) => *slot = Some(old.merge(tape)),
+            None => fail("an operation after backward on the same graph".into()),
+        }
     }
 
     /// Adds a hand-written operation: `out` is computed from `inputs`' values by the caller,
@@ -253,12 +258,7 @@ impl Graph {
             }
             Ok(())
         });
-        let mut slot = g.0.tape.borrow_mut();
-        match slot.take() {
-            Some(old) => *slot = Some(old.merge(tape)),
-            None => fail("an operation after backward on the same graph".into()),
-        }
-        drop(slot);
+        g.merge_tape(tape);
         y
     }
 }

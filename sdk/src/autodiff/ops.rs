@@ -31,14 +31,19 @@ fn broadcast_dims(op: &str, a: (usize, usize), b: (usize, usize)) -> (usize, usi
 }
 
 impl Var {
+    /// `other`, copied when it is the same tensor as `self`: with both operands of one dfdx
+    /// operation in one gradient slot, its backward would borrow that slot twice and panic.
+    fn distinct(&self, other: &Var) -> Var {
+        if self.id == other.id { other.scale(1.0) } else { other.clone() }
+    }
+
     fn unary(&self, f: impl FnOnce(T2t) -> T2t) -> Var {
         self.g.record(f(self.traced()))
     }
 
     fn binary(&self, other: &Var, op: &str, f: impl FnOnce(T2t, T2t) -> T2t) -> Var {
         let g = pick_graph(&[self, other]).expect("two operands");
-        // Same tensor on both sides: dfdx's backward would borrow one gradient slot twice.
-        let other = if self.id == other.id { other.scale(1.0) } else { other.clone() };
+        let other = self.distinct(other);
         let to = broadcast_dims(op, self.dims(), other.dims());
         let a = expand(self.traced(), self.dims(), to);
         let b = expand(other.traced(), other.dims(), to);
@@ -178,7 +183,7 @@ impl Var {
         if k != k2 {
             fail(format!("matmul: [{n}, {k}] · [{k2}, {m}]: the inner dimensions differ"));
         }
-        let other = if self.id == other.id { other.scale(1.0) } else { other.clone() };
+        let other = self.distinct(other);
         let g = pick_graph(&[self, &other]).expect("two operands");
         g.record(self.traced().try_matmul(other.traced()).unwrap_or_else(|e| fail(format!("matmul: {e:?}"))))
     }
