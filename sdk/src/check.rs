@@ -108,22 +108,11 @@ pub fn objective_gradients(obj: &mut ObjectiveBox, case: &ObjectiveCase, o: FdOp
         obj.write_params(descs(ps)).into_result().map_err(pe)?;
         Ok(obj.compute(case.input(views, true)).into_result().map_err(pe)?.loss as f64)
     };
-    let h = o.h;
     let mut out = Vec::new();
+    let mut views = case.views.clone();
     for (v, g) in vgrads.iter().enumerate() {
         ensure!(g.shape == case.views[v].shape, "the gradient of view {v} has shape {:?}, the view {:?}", g.shape, case.views[v].shape);
-        let idx = entries(g.len(), o.max_entries);
-        let mut num = Vec::new();
-        for &j in &idx {
-            let mut vs = case.views.clone();
-            vs[v].data[j] += h;
-            let lp = loss_at(&vs, &start)?;
-            vs[v].data[j] -= 2.0 * h;
-            let lm = loss_at(&vs, &start)?;
-            num.push((lp - lm) / (2.0 * h as f64));
-        }
-        let ana: Vec<f64> = idx.iter().map(|&j| g.data[j] as f64).collect();
-        out.push(TensorError { name: format!("view {v}"), error: rel_err(&g.data, &ana, &num, o.floor), entries: idx.len() });
+        out.push(tensor_error(format!("view {v}"), &mut views, v, &g.data, o, &mut |vs| loss_at(vs, &start))?);
     }
     out.extend(param_errors(&params, &start, &pgrads, o, |ps| loss_at(&case.views, ps))?);
     obj.write_params(descs(&start)).into_result().map_err(pe)?;
@@ -138,6 +127,7 @@ fn param_errors(
     mut loss_at: impl FnMut(&[Tensor]) -> Result<f64>,
 ) -> Result<Vec<TensorError>> {
     ensure!(grads.len() == params.len(), "take_grads returned {} tensors for {} parameters", grads.len(), params.len());
+    let mut at = start.to_vec();
     let mut out = Vec::new();
     for (pi, d) in params.iter().enumerate() {
         if !matches!(d.role, ParamRole::Weight | ParamRole::NoDecay) {
@@ -147,20 +137,34 @@ fn param_errors(
             continue;
         }
         ensure!(grads[pi].len() == start[pi].len(), "the gradient of {} has {} values, the parameter {}", d.name, grads[pi].len(), start[pi].len());
-        let idx = entries(start[pi].len(), o.max_entries);
-        let mut num = Vec::new();
-        for &j in &idx {
-            let mut ps = start.to_vec();
-            ps[pi].data[j] += o.h;
-            let lp = loss_at(&ps)?;
-            ps[pi].data[j] -= 2.0 * o.h;
-            let lm = loss_at(&ps)?;
-            num.push((lp - lm) / (2.0 * o.h as f64));
-        }
-        let ana: Vec<f64> = idx.iter().map(|&j| grads[pi].data[j] as f64).collect();
-        out.push(TensorError { name: d.name.to_string(), error: rel_err(&grads[pi].data, &ana, &num, o.floor), entries: idx.len() });
+        out.push(tensor_error(d.name.to_string(), &mut at, pi, &grads[pi].data, o, &mut loss_at)?);
     }
     Ok(out)
+}
+
+/// The error of `grad`, the analytic gradient of tensor `k` of `at`, against central
+/// differences of `loss_at(at)` over the sampled entries; `at` is moved and put back in place.
+fn tensor_error(
+    name: String,
+    at: &mut [Tensor],
+    k: usize,
+    grad: &[f32],
+    o: FdOptions,
+    loss_at: &mut impl FnMut(&[Tensor]) -> Result<f64>,
+) -> Result<TensorError> {
+    let idx = entries(at[k].len(), o.max_entries);
+    let mut num = Vec::with_capacity(idx.len());
+    for &j in &idx {
+        let x = at[k].data[j];
+        at[k].data[j] = x + o.h;
+        let lp = loss_at(at);
+        at[k].data[j] = x - o.h;
+        let lm = loss_at(at);
+        at[k].data[j] = x;
+        num.push((lp? - lm?) / (2.0 * o.h as f64));
+    }
+    let ana: Vec<f64> = idx.iter().map(|&j| grad[j] as f64).collect();
+    Ok(TensorError { name, error: rel_err(grad, &ana, &num, o.floor), entries: idx.len() })
 }
 
 /// Gradient errors of an encoder's trained parameters for `images` `[N, C, H, W]`, with the
