@@ -45,7 +45,6 @@ pub struct TrainArgs {
     pub plugin_dirs: Vec<PathBuf>,
 }
 
-/// Set by Ctrl-C.
 /// The config keys `--resume --set` may change: the run's length.
 pub const LENGTH_KEYS: [&str; 2] = ["train.epochs", "train.max_steps"];
 
@@ -83,8 +82,11 @@ fn install_signals() {
 
 /// SHA-256 of the config's TOML text.
 pub fn config_hash(cfg: &Config) -> Result<String> {
-    let text = cfg.to_toml()?;
-    Ok(Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect())
+    Ok(text_hash(&cfg.to_toml()?))
+}
+
+fn text_hash(text: &str) -> String {
+    Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn default_out(cfg: &Config) -> PathBuf {
@@ -236,7 +238,7 @@ fn config_diff(a: &str, b: &str) -> Vec<String> {
     flat("", &toml::Value::Table(ta), &mut fa);
     flat("", &toml::Value::Table(tb), &mut fb);
     let keys: std::collections::BTreeSet<&String> = fa.keys().chain(fb.keys()).collect();
-    keys.into_iter().filter(|k| fa.get(*k) != fb.get(*k)).take(10).map(|k| format!("`{k}`")).collect()
+    keys.into_iter().filter(|k| fa.get(*k) != fb.get(*k)).take(10).cloned().collect()
 }
 
 /// Σ and count of the `loss` of the step records of `epoch` up to `step` in metrics.jsonl.
@@ -270,7 +272,8 @@ pub fn view_shape(views: &[Augment], shape: [usize; 3]) -> Result<[usize; 3]> {
 
 /// Runs `latent train`; returns the exit code (0, or 128 + the signal when stopped by one).
 pub fn run(args: TrainArgs) -> Result<i32> {
-    let (cfg, out) = if args.resume {
+    // `previous`: the run's config before `--resume --set train.epochs=N` lengthened it
+    let (cfg, out, previous) = if args.resume {
         let out = args.out.clone().context("--resume needs --out RUN_DIR (the run to continue)")?;
         if !out.join(RUN_MARKER).exists() && !out.join("config.toml").exists() {
             bail!("{}: no run to resume: not a latent run directory (no {RUN_MARKER} or config.toml)", out.display());
@@ -281,34 +284,35 @@ pub fn run(args: TrainArgs) -> Result<i32> {
             if asked != cfg {
                 bail!("--resume continues {} with its own config.toml; the config given differs (remove CONFIG and --set, or start a new run)", out.display());
             }
-            (cfg, out)
+            (cfg, out, None)
         } else if !args.sets.is_empty() {
             // Extending a run: only its length may change (train.epochs, train.max_steps).
             let asked = Config::load(Some(&out.join("config.toml")), &args.sets)?;
             let changed = config_diff(&cfg.to_toml()?, &asked.to_toml()?);
-            let other: Vec<&String> = changed.iter().filter(|k| !LENGTH_KEYS.iter().any(|l| **k == format!("`{l}`"))).collect();
+            let other: Vec<String> = changed.into_iter().filter(|k| !LENGTH_KEYS.contains(&k.as_str())).map(|k| format!("`{k}`")).collect();
             if !other.is_empty() {
                 bail!(
                     "--resume can change only the run's length ({}); {} would change too: start a new run for that",
                     LENGTH_KEYS.join(", "),
-                    other.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+                    other.join(", ")
                 );
             }
-            (asked, out)
+            let previous = (asked != cfg).then_some(cfg);
+            (asked, out, previous)
         } else {
-            (cfg, out)
+            (cfg, out, None)
         }
     } else {
         let cfg = Config::load(args.config.as_deref(), &args.sets)?;
         let out = args.out.clone().unwrap_or_else(|| default_out(&cfg));
-        (cfg, out)
+        (cfg, out, None)
     };
     let _lock = prepare_out(&out, args.resume)?;
-    if !args.resume {
-        checkpoint::write_atomic(&out.join("config.toml"), cfg.to_toml()?.as_bytes())?;
-    }
-    let hash = config_hash(&cfg)?;
     let config_text = cfg.to_toml()?;
+    if !args.resume {
+        checkpoint::write_atomic(&out.join("config.toml"), config_text.as_bytes())?;
+    }
+    let hash = text_hash(&config_text);
     install_signals();
     // Plugin calls of this thread that never return end the run (train.call_timeout_s).
     let _watchdog = crate::watchdog::arm(cfg.train.call_timeout_s, &out);
@@ -358,10 +362,11 @@ pub fn run(args: TrainArgs) -> Result<i32> {
         let ck = checkpoint::load(&out)?;
         // an extension (`--resume --set train.epochs=N`): the checkpoint's config is the run's
         // config.toml before the change; the new one is written once the checkpoint matches it
-        let on_disk = Config::load(Some(&out.join("config.toml")), &[])?;
-        let extended = on_disk != cfg;
-        let check_hash = if extended { config_hash(&on_disk)? } else { hash.clone() };
-        if extended && ck.state.config_hash == check_hash {
+        let check_hash = match &previous {
+            Some(p) => config_hash(p)?,
+            None => hash.clone(),
+        };
+        if previous.is_some() && ck.state.config_hash == check_hash {
             checkpoint::write_atomic(&out.join("config.toml"), config_text.as_bytes())?;
             let (a, b) = (sched.lr(ck.state.step), ck.state.total_steps);
             eprintln!(
@@ -371,7 +376,7 @@ pub fn run(args: TrainArgs) -> Result<i32> {
             );
         }
         if ck.state.config_hash != check_hash {
-            let keys = ck.state.config.as_deref().map(|old| config_diff(old, &config_text)).unwrap_or_default();
+            let keys: Vec<String> = ck.state.config.as_deref().map(|old| config_diff(old, &config_text)).unwrap_or_default().iter().map(|k| format!("`{k}`")).collect();
             let which = if keys.is_empty() { String::new() } else { format!(": {} differ{}", keys.join(", "), if keys.len() == 1 { "s" } else { "" }) };
             bail!(
                 "the checkpoint in {} was written with another config than {}/config.toml{which} (hash {} vs {hash}); undo the change, or start a new run",
