@@ -62,7 +62,8 @@ fn signal_name(sig: i32) -> &'static str {
 
 /// One path for Ctrl-C and what schedulers send (Slurm and Kubernetes: SIGTERM; a closed
 /// terminal: SIGHUP): the current step finishes, a checkpoint is written and the process exits
-/// with 128 + the signal's number. The same signal again exits at once, without a checkpoint.
+/// with 128 + the signal's number. A second signal (of any of the three) exits at once, without a
+/// checkpoint.
 fn install_signals() {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
