@@ -77,6 +77,55 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Draw source images beside their augmented views, exactly as the loader makes them
+    Views {
+        /// TOML config file (none: the default experiment)
+        config: Option<PathBuf>,
+        /// Override a config key, as for `latent train`
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// The PNG to write (the tiles' images and seeds go to the .json beside it)
+        #[arg(long, default_value = "views.png")]
+        out: PathBuf,
+        /// Source images (rows): the first of the first batch
+        #[arg(long, default_value_t = 8)]
+        images: usize,
+        /// Epochs whose views are drawn (columns: views x epochs)
+        #[arg(long, default_value_t = 3)]
+        epochs: u64,
+        /// Pixel enlargement
+        #[arg(long, default_value_t = 3)]
+        scale: u32,
+    },
+    /// Draw test images beside their nearest neighbours in the memory bank under a trained encoder
+    Neighbours {
+        /// A run directory, checkpoint directory or model.safetensors
+        run: PathBuf,
+        /// Another dataset (same sources as data.source)
+        #[arg(long)]
+        data: Option<String>,
+        /// The PNG to write (queries, neighbours, labels and similarities go to the .json beside it)
+        #[arg(long, default_value = "neighbours.png")]
+        out: PathBuf,
+        /// Query images, spread evenly over the test split
+        #[arg(long, default_value_t = 10)]
+        queries: usize,
+        /// Neighbours per query
+        #[arg(long, default_value_t = 8)]
+        k: usize,
+        /// Pixel enlargement
+        #[arg(long, default_value_t = 3)]
+        scale: u32,
+    },
+    /// List the runs under a directory: method, encoder, data, steps, kNN, probe, time, status
+    Runs {
+        /// The directory (default: runs)
+        #[arg(default_value = "runs")]
+        dir: PathBuf,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a plugin crate skeleton (Cargo.toml, src/lib.rs, README.md) that builds, loads and trains as it is
     NewPlugin {
         /// objective, encoder or augmentation
@@ -132,6 +181,35 @@ fn run(cli: Cli) -> Result<i32> {
             let reg = Registry::discover(&cli.plugin_dirs)?;
             let (n, d) = crate::evaluate::embed(&reg, &checkpoint, data.as_deref(), &split, &out)?;
             println!("wrote {n} x {d} features to {}", out.display());
+            Ok(0)
+        }
+        Command::Views { config, sets, out, images, epochs, scale } => {
+            let reg = Registry::discover(&cli.plugin_dirs)?;
+            let args = crate::inspect::views::ViewsArgs { config, sets, out: out.clone(), images, epochs, scale };
+            let s = crate::inspect::views::run(&reg, &args)?;
+            println!(
+                "wrote {} ({} × {}): {} images of {} and their views in epochs 0 to {}; tiles and seeds in {}",
+                out.display(), s.png.0, s.png.1, s.images.len(), s.dataset, epochs - 1, crate::inspect::views::json_path(&out).display()
+            );
+            Ok(0)
+        }
+        Command::Neighbours { run, data, out, queries, k, scale } => {
+            let reg = Registry::discover(&cli.plugin_dirs)?;
+            let args = crate::inspect::neighbours::NeighboursArgs { run, data, out: out.clone(), queries, k, scale };
+            let s = crate::inspect::neighbours::run(&reg, &args)?;
+            let p = s.precision.map_or(String::new(), |p| format!("; {:.1}% of the neighbours have the query's class", p * 100.0));
+            println!("wrote {} ({} × {}): {} queries from {}, neighbours from {}{p}", out.display(), s.png.0, s.png.1, s.queries.len(), s.queries_from, s.memory_bank);
+            Ok(0)
+        }
+        Command::Runs { dir, json } => {
+            let rows = crate::inspect::runs::run(&dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else if rows.is_empty() {
+                println!("no runs under {}", dir.display());
+            } else {
+                print!("{}", crate::inspect::runs::table(&rows, &dir));
+            }
             Ok(0)
         }
         Command::NewPlugin { kind, name, dir, sdk_path } => {

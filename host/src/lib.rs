@@ -14,7 +14,9 @@
 //! - [`learner`]: one training step across the boundary, the EMA target;
 //!   [`optim`]: SGD / AdamW / LARS and the learning-rate schedule.
 //! - [`train`]: the run loop, [`checkpoint`]: atomic safetensors checkpoints,
-//!   [`metrics`] and [`plot`]: `metrics.jsonl` and PNG curves.
+//!   [`metrics`] and [`plot`]: `metrics.jsonl` and PNG charts.
+//! - [`inspect`]: what a researcher looks at: the run's plots, `latent views`, `neighbours`,
+//!   `map` and `runs`.
 //! - [`eval`]: kNN, linear probe, collapse metrics; [`report`]: the table with baselines;
 //!   [`evaluate`]: `latent eval` and `latent embed`.
 //! - [`new_plugin`]: `latent new-plugin`, a crate skeleton that builds and trains as it is.
@@ -26,6 +28,7 @@ pub mod deep_check;
 pub mod data;
 pub mod eval;
 pub mod evaluate;
+pub mod inspect;
 pub mod learner;
 pub mod metrics;
 pub mod new_plugin;

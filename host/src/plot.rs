@@ -1,5 +1,7 @@
-//! PNG plots of a run (plotters, with an embedded DejaVu Sans font so that no system font is
-//! needed): the training loss per step and the evaluation curves per epoch.
+//! PNG charts (plotters, with an embedded DejaVu Sans font so that no system font is needed):
+//! a [`Figure`] is panels stacked over one shared x axis (steps), with an optional epoch axis
+//! along the top. The run's own plots (`loss.png`, `eval.png`) are made from it in
+//! [`crate::inspect::plots`].
 
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
@@ -8,7 +10,8 @@ use std::sync::Once;
 
 static FONT: Once = Once::new();
 
-fn register_font() {
+/// Registers the embedded font as "sans-serif" (once per process).
+pub fn register_font() {
     FONT.call_once(|| {
         let bytes: &'static [u8] = include_bytes!("../assets/DejaVuSans.ttf");
         let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, bytes);
@@ -16,52 +19,137 @@ fn register_font() {
 }
 
 /// One named curve of (x, y) points.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Series {
     /// Legend label.
     pub name: String,
     /// Points.
     pub points: Vec<(f64, f64)>,
+    /// Drawn dashed (baselines and other reference lines).
+    pub dashed: bool,
 }
 
-/// Draws `series` as lines into a PNG at `path`.
-pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<()> {
+impl Series {
+    /// A solid curve.
+    pub fn line(name: impl Into<String>, points: Vec<(f64, f64)>) -> Series {
+        Series { name: name.into(), points, dashed: false }
+    }
+
+    /// A dashed horizontal line at `y` from `x0` to `x1`.
+    pub fn level(name: impl Into<String>, y: f64, x0: f64, x1: f64) -> Series {
+        Series { name: name.into(), points: vec![(x0, y), (x1, y)], dashed: true }
+    }
+}
+
+/// One chart of a figure.
+#[derive(Clone, Debug, Default)]
+pub struct Panel {
+    /// Caption above the chart.
+    pub title: String,
+    /// Label of the y axis.
+    pub y_label: String,
+    /// Curves.
+    pub series: Vec<Series>,
+}
+
+/// Panels stacked over one x axis.
+#[derive(Clone, Debug, Default)]
+pub struct Figure {
+    /// Label of the shared x axis (of the bottom panel).
+    pub x_label: String,
+    /// Training steps per epoch: when given, every panel gets an epoch axis along its top.
+    pub steps_per_epoch: Option<f64>,
+    /// The panels, top to bottom (empty ones are left out).
+    pub panels: Vec<Panel>,
+}
+
+const COLORS: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(23, 190, 207),
+    RGBColor(140, 86, 75),
+    RGBColor(0, 0, 0),
+];
+
+fn finite(p: &(f64, f64)) -> bool {
+    p.0.is_finite() && p.1.is_finite()
+}
+
+/// Draws `fig` into a PNG at `path`, 900 pixels wide and 360 high per panel. Writes nothing
+/// (and returns `Ok(false)`) when no panel has a finite point.
+pub fn figure(path: &Path, fig: &Figure) -> Result<bool> {
     register_font();
-    let pts: Vec<&(f64, f64)> = series.iter().flat_map(|s| s.points.iter()).filter(|p| p.0.is_finite() && p.1.is_finite()).collect();
-    if pts.is_empty() {
-        return Ok(());
+    let panels: Vec<&Panel> = fig.panels.iter().filter(|p| p.series.iter().any(|s| s.points.iter().any(finite))).collect();
+    if panels.is_empty() {
+        return Ok(false);
     }
-    let (x0, x1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
-    let (y0, y1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
-    let pad = ((y1 - y0) * 0.05).max(1e-6);
+    let all = || panels.iter().flat_map(|p| p.series.iter()).flat_map(|s| s.points.iter()).filter(|p| finite(p));
+    let (x0, x1) = all().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
     let x1 = if x1 > x0 { x1 } else { x0 + 1.0 };
-    let root = BitMapBackend::new(path, (900, 540)).into_drawing_area();
-    let err = |e: &dyn std::fmt::Display| anyhow!("plotting {}: {e}", path.display());
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 24))
-        .margin(16)
-        .x_label_area_size(40)
-        .y_label_area_size(64)
-        .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
-        .map_err(|e| err(&e))?;
     // steps and epochs are whole numbers: no "20.0" on the axis
-    let integral = pts.iter().all(|p| p.0.fract() == 0.0);
-    let fmt = move |x: &f64| if integral { format!("{x:.0}") } else { format!("{x}") };
-    chart.configure_mesh().x_desc(x_label).y_desc(y_label).x_label_formatter(&fmt).draw().map_err(|e| err(&e))?;
-    let colors = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
-    for (i, s) in series.iter().enumerate() {
-        let c = colors[i % colors.len()];
-        chart
-            .draw_series(LineSeries::new(s.points.iter().copied(), c.stroke_width(2)))
+    let integral = all().all(|p| p.0.fract() == 0.0);
+    let err = |e: &dyn std::fmt::Display| anyhow!("plotting {}: {e}", path.display());
+    let root = BitMapBackend::new(path, (900, 360 * panels.len() as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    for (area, panel) in root.split_evenly((panels.len(), 1)).iter().zip(&panels) {
+        let pts: Vec<&(f64, f64)> = panel.series.iter().flat_map(|s| s.points.iter()).filter(|p| finite(p)).collect();
+        let (y0, y1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+        let pad = ((y1 - y0) * 0.08).max(1e-3 * y1.abs().max(1.0));
+        let mut builder = ChartBuilder::on(area);
+        builder.caption(&panel.title, ("sans-serif", 20)).margin(12).x_label_area_size(36).y_label_area_size(64);
+        if fig.steps_per_epoch.is_some() {
+            builder.top_x_label_area_size(30);
+        }
+        let mut chart = builder
+            .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
             .map_err(|e| err(&e))?
-            .label(s.name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-    }
-    if series.len() > 1 {
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| err(&e))?;
+            .set_secondary_coord(x0..x1, (y0 - pad)..(y1 + pad));
+        let fmt = move |x: &f64| if integral { format!("{x:.0}") } else { format!("{x}") };
+        chart.configure_mesh().x_desc(&fig.x_label).y_desc(&panel.y_label).x_label_formatter(&fmt).draw().map_err(|e| err(&e))?;
+        if let Some(spe) = fig.steps_per_epoch.filter(|s| *s > 0.0) {
+            // the top axis is the same step range labelled in epochs, ticks at whole epochs
+            let epochs = ((x1 / spe).floor() - (x0 / spe).ceil()).max(1.0) as usize;
+            let epoch_fmt = move |x: &f64| {
+                let e = x / spe;
+                if (e - e.round()).abs() < 1e-6 { format!("{:.0}", e.round()) } else { String::new() }
+            };
+            chart
+                .configure_secondary_axes()
+                .x_desc("epoch")
+                .x_labels((epochs + 1).min(12) * 8)
+                .x_label_formatter(&epoch_fmt)
+                .draw()
+                .map_err(|e| err(&e))?;
+        }
+        for (i, s) in panel.series.iter().enumerate() {
+            let c = COLORS[i % COLORS.len()];
+            let points: Vec<(f64, f64)> = s.points.iter().copied().filter(finite).collect();
+            let style = c.stroke_width(2);
+            let anno = if s.dashed {
+                chart.draw_series(DashedLineSeries::new(points, 8, 6, style)).map_err(|e| err(&e))?
+            } else if points.len() == 1 {
+                chart.draw_series(std::iter::once(Circle::new(points[0], 4, c.filled()))).map_err(|e| err(&e))?
+            } else {
+                chart.draw_series(LineSeries::new(points, style)).map_err(|e| err(&e))?
+            };
+            anno.label(s.name.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        }
+        if panel.series.len() > 1 {
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::LowerRight)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .label_font(("sans-serif", 14))
+                .draw()
+                .map_err(|e| err(&e))?;
+        }
     }
     root.present().map_err(|e| err(&e))?;
-    Ok(())
+    Ok(true)
 }
 
 /// Moving average over `w` points (for a readable loss curve).
@@ -76,18 +164,38 @@ pub fn smooth(points: &[(f64, f64)], w: usize) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// Width and height of the PNG at `path`, read from its header; an error when it is not a PNG.
+pub fn png_size(path: &Path) -> Result<(u32, u32)> {
+    let bytes = std::fs::read(path).map_err(|e| anyhow!("reading {}: {e}", path.display()))?;
+    anyhow::ensure!(bytes.len() > 24 && &bytes[..8] == b"\x89PNG\r\n\x1a\n" && &bytes[12..16] == b"IHDR", "{} is not a PNG file", path.display());
+    let be = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    Ok((be(16), be(20)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn writes_a_png() {
+    fn a_figure_has_one_band_of_height_per_non_empty_panel() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("loss.png");
-        let s = Series { name: "loss".into(), points: (0..50).map(|i| (i as f64, 1.0 / (1.0 + i as f64))).collect() };
-        line_chart(&p, "loss", "step", "loss", &[s]).unwrap();
-        let bytes = std::fs::read(&p).unwrap();
-        assert_eq!(&bytes[1..4], b"PNG");
+        let p = dir.path().join("fig.png");
+        let curve = Series::line("loss", (0..50).map(|i| (i as f64, 1.0 / (1.0 + i as f64))).collect());
+        let fig = Figure {
+            x_label: "step".into(),
+            steps_per_epoch: Some(10.0),
+            panels: vec![
+                Panel { title: "a".into(), y_label: "loss".into(), series: vec![curve.clone(), Series::level("base", 0.5, 0.0, 49.0)] },
+                Panel { title: "empty".into(), y_label: "x".into(), series: vec![Series::line("none", vec![(1.0, f64::NAN)])] },
+                Panel { title: "b".into(), y_label: "lr".into(), series: vec![curve] },
+            ],
+        };
+        assert!(figure(&p, &fig).unwrap());
+        assert_eq!(png_size(&p).unwrap(), (900, 720));
+        assert!(!figure(&dir.path().join("none.png"), &Figure::default()).unwrap());
+        assert!(!dir.path().join("none.png").exists());
         assert_eq!(smooth(&[(0.0, 1.0), (1.0, 3.0)], 2), vec![(0.0, 1.0), (1.0, 2.0)]);
+        std::fs::write(dir.path().join("x.png"), b"GIF89a not a png at all").unwrap();
+        assert!(png_size(&dir.path().join("x.png")).unwrap_err().to_string().contains("not a PNG"));
     }
 }

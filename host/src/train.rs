@@ -1,7 +1,7 @@
 //! `latent train`: the training run end to end.
 //!
 //! A run directory holds `config.toml` (the resolved config), `metrics.jsonl`, `checkpoints/`,
-//! `eval.json`, and the plots `loss.png`, `eval.png` and `collapse.png`. The run is a pure function of the
+//! `eval.json`, and the plots `loss.png` and `eval.png`. The run is a pure function of the
 //! config's seed and the step: data order, augmentation seeds and the schedule derive from
 //! (seed, epoch, batch), so `--resume` continues with exactly the batches, learning rates and
 //! optimizer state an uninterrupted run would have used.
@@ -16,7 +16,6 @@ use crate::data::{self, Dataset};
 use crate::learner::Learner;
 use crate::metrics::MetricsLog;
 use crate::optim::Schedule;
-use crate::plot::{self, Series};
 use crate::plugins::{Augment, Registry};
 use crate::report;
 use anyhow::{bail, Context as _, Result};
@@ -271,6 +270,32 @@ pub fn view_shape(views: &[Augment], shape: [usize; 3]) -> Result<[usize; 3]> {
     out.context("no views")
 }
 
+/// The loader settings of a run (epoch 0): batch size, seed, threads, and the sampler (P
+/// classes × K images for an objective that needs labels, else a seeded shuffle).
+pub fn loader_config(cfg: &Config, train: &data::Dataset, needs_labels: bool) -> Result<data::loader::LoaderConfig> {
+    let bs = cfg.train.batch_size;
+    let sampler = if needs_labels {
+        // P classes x K images: P from the config, else every class (at most bs / 2).
+        let classes = train.classes.len().max(1);
+        let p = if cfg.train.classes_per_batch > 0 { cfg.train.classes_per_batch } else { classes.min(bs / 2).max(1) };
+        if p > classes {
+            bail!("train.classes_per_batch is {p} but {} has {classes} classes", train.name);
+        }
+        data::loader::Sampler::ClassBalanced { classes: p, per_class: (bs / p).max(1) }
+    } else {
+        data::loader::Sampler::Shuffle
+    };
+    Ok(data::loader::LoaderConfig {
+        batch_size: bs,
+        seed: cfg.train.seed,
+        epoch: 0,
+        threads: cfg.data.threads,
+        prefetch: cfg.data.prefetch.max(1),
+        drop_last: true,
+        sampler,
+    })
+}
+
 /// Runs `latent train`; returns the exit code (0, or 128 + the signal when stopped by one).
 pub fn run(args: TrainArgs) -> Result<i32> {
     // `previous`: the run's config before `--resume --set train.epochs=N` lengthened it
@@ -330,26 +355,8 @@ pub fn run(args: TrainArgs) -> Result<i32> {
         bail!("objective '{}' needs labels, but {} has none", cfg.objective.plugin, cfg.data.source);
     }
     let bs = cfg.train.batch_size;
-    let sampler = if needs_labels {
-        // P classes x K images: P from the config, else every class (at most bs / 2).
-        let classes = train.classes.len().max(1);
-        let p = if cfg.train.classes_per_batch > 0 { cfg.train.classes_per_batch } else { classes.min(bs / 2).max(1) };
-        if p > classes {
-            bail!("train.classes_per_batch is {p} but {} has {classes} classes", train.name);
-        }
-        data::loader::Sampler::ClassBalanced { classes: p, per_class: (bs / p).max(1) }
-    } else {
-        data::loader::Sampler::Shuffle
-    };
-    let loader_cfg = |epoch: u64| data::loader::LoaderConfig {
-        batch_size: bs,
-        seed: cfg.train.seed,
-        epoch,
-        threads: cfg.data.threads,
-        prefetch: cfg.data.prefetch.max(1),
-        drop_last: true,
-        sampler: sampler.clone(),
-    };
+    let base_loader = loader_config(&cfg, &train, needs_labels)?;
+    let loader_cfg = |epoch: u64| data::loader::LoaderConfig { epoch, ..base_loader.clone() };
     let steps_per_epoch = data::loader::epoch_batches(&train, &loader_cfg(0)).with_context(|| format!("config key `train.batch_size` ({bs})"))?.len() as u64;
     let mut total = steps_per_epoch * cfg.train.epochs;
     if cfg.train.max_steps > 0 {
@@ -505,6 +512,9 @@ pub fn run(args: TrainArgs) -> Result<i32> {
             online_eval(&mut learner, &cfg, &train, test, epoch, step, knn, &mut log)?;
         }
         log.flush()?; // before the checkpoint, as above
+        if let Err(e) = crate::inspect::plots::write(&out) {
+            tracing::warn!("the plots were not redrawn: {e:#}");
+        }
         // the step budget ran out inside an epoch: record how far into it, so that a run
         // extended from here (`--resume --set train.max_steps=N`) continues that epoch's plan
         let (save_epoch, save_batch) = if step % steps_per_epoch.max(1) == 0 { (next_epoch, 0) } else { (epoch, b) };
@@ -526,7 +536,7 @@ pub fn run(args: TrainArgs) -> Result<i32> {
         }
     }
     log.flush()?;
-    plots(&out)?;
+    crate::inspect::plots::write(&out)?;
     println!("run directory: {}", out.display());
     if !summary.is_empty() {
         println!("{summary}");
@@ -555,6 +565,7 @@ fn online_eval(learner: &mut Learner, cfg: &Config, train: &Dataset, test: Optio
     let rank = crate::eval::effective_rank(&te, d);
     f.insert("collapse_std".into(), json!(std));
     f.insert("effective_rank".into(), json!(rank));
+    f.insert("dim".into(), json!(d));
     let mut line = format!("after epoch {epoch}: embedding std·√d {std:.3}, effective rank {rank:.1} (of {d})");
     if let (true, Some(test)) = (knn, test) {
         if !train.labels.is_empty() && !test.labels.is_empty() {
@@ -565,79 +576,14 @@ fn online_eval(learner: &mut Learner, cfg: &Config, train: &Dataset, test: Optio
                 f.insert(format!("knn_{k}"), json!(acc));
                 line += &format!("; kNN@{k} {:.2}%", acc * 100.0);
             }
+            if cfg.eval.linear_probe {
+                let acc = crate::eval::linear_probe(&tr, &train.labels, &te, &test.labels, d, classes, cfg.eval.probe_steps);
+                f.insert("probe".into(), json!(acc));
+                line += &format!("; linear probe {:.2}%", acc * 100.0);
+            }
         }
     }
     tracing::info!("{line}");
     log.write("eval", f)
 }
 
-/// The curves of `eval.png`: kNN@k at every evaluation that has it (kNN runs every
-/// `eval.every_epochs`, so the first records may lack it), and the final report's baselines
-/// (random init, raw pixels) as flat lines over the run.
-pub fn eval_series(records: &[Value], report: Option<&Value>, last_step: f64) -> Vec<Series> {
-    let get = |r: &Value, k: &str| r.get(k).and_then(Value::as_f64);
-    let evals: Vec<&Value> = records.iter().filter(|r| r["kind"] == "eval").collect();
-    let keys: std::collections::BTreeSet<String> =
-        evals.iter().filter_map(|r| r.as_object()).flat_map(|o| o.keys().filter(|k| k.starts_with("knn_")).cloned()).collect();
-    let mut series: Vec<Series> = keys
-        .iter()
-        .map(|k| Series { name: format!("kNN@{} top-1", &k[4..]), points: evals.iter().filter_map(|r| Some((get(r, "step")?, get(r, k)?))).collect() })
-        .collect();
-    for row in report.and_then(|r| r["rows"].as_array()).into_iter().flatten().skip(1) {
-        let (Some(name), Some(acc)) = (row["method"].as_str(), row["knn"][0][2].as_f64()) else { continue };
-        let k = row["knn"][0][0].as_u64().unwrap_or(0);
-        series.push(Series { name: format!("{name}, kNN@{k} (final)"), points: vec![(0.0, acc), (last_step, acc)] });
-    }
-    series
-}
-
-/// Writes `loss.png`, `eval.png` and `collapse.png` from `metrics.jsonl` (and `eval.json`).
-pub fn plots(out: &Path) -> Result<()> {
-    let records = crate::metrics::read(&out.join("metrics.jsonl"))?;
-    let get = |r: &Value, k: &str| r.get(k).and_then(Value::as_f64);
-    let loss: Vec<(f64, f64)> =
-        records.iter().filter(|r| r["kind"] == "step").filter_map(|r| Some((get(r, "step")?, get(r, "loss")?))).collect();
-    let w = (loss.len() / 50).max(1);
-    plot::line_chart(&out.join("loss.png"), "training loss", "step", "loss", &[
-        Series { name: "loss".into(), points: loss.clone() },
-        Series { name: format!("moving average ({w})"), points: plot::smooth(&loss, w) },
-    ])?;
-    let last_step = loss.last().map_or(0.0, |p| p.0);
-    let report = std::fs::read_to_string(out.join("eval.json")).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok());
-    let series = eval_series(&records, report.as_ref(), last_step);
-    let evals: Vec<&Value> = records.iter().filter(|r| r["kind"] == "eval").collect();
-    if !series.is_empty() {
-        plot::line_chart(&out.join("eval.png"), "kNN accuracy on the test split", "step", "top-1 accuracy", &series)?;
-    }
-    let collapse: Vec<(f64, f64)> = evals.iter().filter_map(|r| Some((get(r, "step")?, get(r, "collapse_std")?))).collect();
-    if !collapse.is_empty() {
-        plot::line_chart(&out.join("collapse.png"), "collapse monitor: embedding std·√d (1: spread, 0: collapsed)", "step", "std·√d", &[Series { name: "embedding std·√d".into(), points: collapse }])?;
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn eval_png_has_the_knn_of_every_evaluation_and_the_baselines() {
-        // issue 15: kNN came only from the keys of the first eval record, which has none when
-        // kNN runs every 5 epochs, so eval.png drew the embedding std alone
-        let records: Vec<Value> = vec![
-            json!({"kind": "eval", "step": 15, "collapse_std": 0.2}),
-            json!({"kind": "eval", "step": 75, "collapse_std": 0.3, "knn_200": 0.6, "knn_20": 0.7}),
-            json!({"kind": "eval", "step": 150, "collapse_std": 0.3, "knn_200": 0.65, "knn_20": 0.75}),
-        ];
-        let report = json!({"rows": [
-            {"method": "simclr (resnet)", "knn": [[200, 0.1, 0.65]]},
-            {"method": "random init", "knn": [[200, 0.1, 0.53]]},
-            {"method": "raw pixels", "knn": [[200, 0.1, 0.907]]},
-        ]});
-        let s = eval_series(&records, Some(&report), 150.0);
-        let names: Vec<&str> = s.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["kNN@20 top-1", "kNN@200 top-1", "random init, kNN@200 (final)", "raw pixels, kNN@200 (final)"]);
-        assert_eq!(s[1].points, vec![(75.0, 0.6), (150.0, 0.65)]);
-        assert_eq!(s[3].points, vec![(0.0, 0.907), (150.0, 0.907)]);
-    }
-}

@@ -24,7 +24,7 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let secs: f64 = arg(&args, "--seconds", 3.0)?;
     let reg = registry(plugin_dir(&args)?)?;
-    let mut ops = latent_plugin_augment::pipeline::preset("simclr", 0, 0.5)?;
+    let mut ops = latent_plugin_augment::pipeline::preset(latent_plugin_augment::pipeline::Preset::Simclr, 0, 0.5);
     ops.retain(|o| !matches!(o, Op::Blur(_)));
     let cfg = json!({
         "preset": "simclr",

@@ -174,7 +174,9 @@ fn labels_of(data: &Dataset, indices: &[usize]) -> Vec<i64> {
     if data.is_labeled() { indices.iter().map(|&i| data.labels[i]).collect() } else { vec![] }
 }
 
-fn build_batch(data: &Dataset, views: &[Augment], cfg: &LoaderConfig, indices: Vec<usize>) -> Result<Batch> {
+/// The batch of `indices` as the loader makes it for `cfg.epoch`: every view of every image
+/// augmented with its [`sample_seed`].
+pub fn build_batch(data: &Dataset, views: &[Augment], cfg: &LoaderConfig, indices: Vec<usize>) -> Result<Batch> {
     let x = decode(data, &indices);
     let mut out = Vec::with_capacity(views.len().max(1));
     if views.is_empty() {

@@ -64,7 +64,7 @@ fn main() -> anyhow::Result<()> {
         let mut cfg: Config = serde_json::from_str(json)?;
         if name.contains("lightly-matched") {
             // the simclr preset with its blur removed
-            let mut ops = latent_plugin_augment::pipeline::preset("simclr", 0, 0.5)?;
+            let mut ops = latent_plugin_augment::pipeline::preset(latent_plugin_augment::pipeline::Preset::Simclr, 0, 0.5);
             ops.retain(|o| !matches!(o, latent_plugin_augment::Op::Blur(_)));
             cfg.ops = Some(ops);
         }

@@ -1,11 +1,11 @@
-//! The `pipeline` plugin: a preset (SimCLR, BYOL's two views, or nothing) or an explicit list
+//! The `pipeline` plugin: a preset (SimCLR, BYOL's two views, small grey images, or nothing) or an explicit list
 //! of ops, applied to one image with randomness drawn from a ChaCha8 generator seeded with the
 //! call's seed (so a view is a pure function of the image and the seed).
 //!
 //! # Config (JSON; unknown keys refused)
 //! | key | default | meaning |
 //! |---|---|---|
-//! | `preset` | `"simclr"` | `"simclr"`, `"byol"` or `"none"` |
+//! | `preset` | `"simclr"` | `"simclr"`, `"byol"`, `"grey"` or `"none"` |
 //! | `view` | `0` | BYOL's asymmetric view, 0 or 1 (ignored by the other presets) |
 //! | `size` | `null` | output side (square); `null`: the input's height and width |
 //! | `strength` | `1.0` | SimCLR's colour-jitter strength s (the paper used 0.5 for CIFAR-10) |
@@ -25,6 +25,7 @@
 //! byol, view 0    crop(0.08–1) → flip(0.5) → jitter(0.4, 0.4, 0.2, 0.1; p 0.8) → grayscale(0.2)
 //!                 → blur(p 1.0) → solarize(p 0.0)
 //! byol, view 1    the same with blur(p 0.1) → solarize(p 0.2)
+//! grey            crop(GREY_SCALE–1, 3/4–4/3) → jitter(brightness GREY_JITTER, contrast GREY_JITTER; p 0.8)
 //! none            nothing (only the resize to `size` and `normalize`, when given)
 //! ```
 //! The crop resamples to the output size. When the op list has no crop and `size` differs
@@ -86,8 +87,8 @@ impl Op {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// `"simclr"` (default), `"byol"` or `"none"`.
-    pub preset: String,
+    /// `"simclr"` (default), `"byol"`, `"grey"` or `"none"`.
+    pub preset: Preset,
     /// BYOL view, 0 (default) or 1.
     pub view: u32,
     /// Output side; `None` (default) keeps the input's height and width.
@@ -102,21 +103,42 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { preset: "simclr".into(), view: 0, size: None, strength: 1.0, ops: None, normalize: None }
+        Config { preset: Preset::Simclr, view: 0, size: None, strength: 1.0, ops: None, normalize: None }
     }
 }
 
+/// A named recipe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Preset {
+    /// SimCLR's ImageNet recipe (Chen et al. 2020), jitter scaled by `strength`.
+    Simclr,
+    /// BYOL's two asymmetric views (Grill et al. 2020).
+    Byol,
+    /// Small grey images such as MNIST digits: a milder crop, brightness and contrast only, no
+    /// flip (a flipped digit is another symbol or none) and no blur (at 28 pixels a blur of
+    /// σ up to 2 erases strokes). Chosen by measurement: bench/README.md, "The grey preset".
+    Grey,
+    /// Nothing but the resize to `size` and `normalize`.
+    None,
+}
+
+/// Smallest crop area of the `grey` preset (a share of the image).
+pub const GREY_SCALE: f32 = 0.3;
+/// Brightness and contrast strength of the `grey` preset.
+pub const GREY_JITTER: f32 = 0.4;
+
 /// The ops of a preset.
-pub fn preset(name: &str, view: u32, strength: f32) -> anyhow::Result<Vec<Op>> {
-    Ok(match name {
-        "simclr" => vec![
+pub fn preset(name: Preset, view: u32, strength: f32) -> Vec<Op> {
+    match name {
+        Preset::Simclr => vec![
             Op::Crop(RandomResizedCrop::default()),
             Op::Flip(HorizontalFlip { p: 0.5 }),
             Op::Jitter(ColorJitter::simclr(strength)),
             Op::Grayscale(RandomGrayscale { p: 0.2 }),
             Op::Blur(GaussianBlur { p: 0.5, ..Default::default() }),
         ],
-        "byol" => {
+        Preset::Byol => {
             let (blur, sol) = if view == 0 { (1.0, 0.0) } else { (0.1, 0.2) };
             vec![
                 Op::Crop(RandomResizedCrop::default()),
@@ -127,9 +149,12 @@ pub fn preset(name: &str, view: u32, strength: f32) -> anyhow::Result<Vec<Op>> {
                 Op::Solarize(RandomSolarize { threshold: 0.5, p: sol }),
             ]
         }
-        "none" => vec![],
-        other => bail!("preset must be \"simclr\", \"byol\" or \"none\", got {other:?}"),
-    })
+        Preset::Grey => vec![
+            Op::Crop(RandomResizedCrop { scale: [GREY_SCALE, 1.0], ..Default::default() }),
+            Op::Jitter(ColorJitter { brightness: GREY_JITTER, contrast: GREY_JITTER, saturation: 0.0, hue: 0.0, p: 0.8 }),
+        ],
+        Preset::None => vec![],
+    }
 }
 
 /// The `pipeline` augmentation.
@@ -199,8 +224,7 @@ impl Plugin for Pipeline {
         ensure!(cfg.size != Some(0), "size must be at least 1");
         // a view of side s holds 3·s² values per image in every loader batch
         ensure!(cfg.size.map_or(true, |s| s <= MAX_SIZE), "size is {}; at most {MAX_SIZE} pixels is allowed", cfg.size.unwrap_or(0));
-        // the preset name is checked even when `ops` replaces it
-        let base = preset(&cfg.preset, cfg.view, cfg.strength)?;
+        let base = preset(cfg.preset, cfg.view, cfg.strength);
         let mut ops = cfg.ops.unwrap_or(base);
         if let Some(n) = cfg.normalize {
             ops.push(Op::Normalize(n));
@@ -250,7 +274,7 @@ mod tests {
 
     #[test]
     fn presets_are_deterministic_per_seed_and_stay_in_range() {
-        for cfg in [r#"{}"#, r#"{"preset": "byol"}"#, r#"{"preset": "byol", "view": 1, "size": 16}"#] {
+        for cfg in [r#"{}"#, r#"{"preset": "byol"}"#, r#"{"preset": "byol", "view": 1, "size": 16}"#, r#"{"preset": "grey"}"#] {
             let p = build(cfg).unwrap();
             for &(c, h, w) in &[(3usize, 32usize, 32usize), (1, 28, 28), (3, 7, 40)] {
                 let x = image(c, h, w);
@@ -282,7 +306,8 @@ mod tests {
         assert!(build(r#"{"ops": [{"op": "flip", "q": 1.0}]}"#).is_err());
         assert!(build(r#"{"ops": [{"op": "rotate"}]}"#).is_err());
         assert!(build(r#"{"bogus": 1}"#).is_err());
-        assert!(build(r#"{"preset": "moco"}"#).is_err());
+        let e = build(r#"{"preset": "moco"}"#).err().unwrap().to_string();
+        assert!(e.contains("moco") && e.contains("grey"), "the error names the presets there are: {e}");
         assert!(build(r#"{"view": 2}"#).is_err());
         assert!(build(r#"{"ops": [{"op": "flip", "p": 2.0}]}"#).is_err());
         let p = build(r#"{"normalize": {"mean": [0.1, 0.2, 0.3], "std": [1, 1, 1]}}"#).unwrap();
@@ -291,9 +316,18 @@ mod tests {
     }
 
     #[test]
+    fn grey_preset_neither_flips_nor_blurs() {
+        let ops = build(r#"{"preset": "grey"}"#).unwrap().ops().to_vec();
+        assert_eq!(ops.len(), 2);
+        assert_eq!(ops[0], Op::Crop(RandomResizedCrop { scale: [GREY_SCALE, 1.0], ..Default::default() }));
+        assert!(matches!(ops[1], Op::Jitter(ColorJitter { saturation: 0.0, hue: 0.0, .. })));
+        assert!(!ops.iter().any(|o| matches!(o, Op::Flip(_) | Op::Blur(_) | Op::Grayscale(_))));
+    }
+
+    #[test]
     fn byol_views_differ_in_blur_and_solarize() {
-        let v0 = preset("byol", 0, 1.0).unwrap();
-        let v1 = preset("byol", 1, 1.0).unwrap();
+        let v0 = preset(Preset::Byol, 0, 1.0);
+        let v1 = preset(Preset::Byol, 1, 1.0);
         assert_eq!(v0[4], Op::Blur(GaussianBlur { p: 1.0, ..Default::default() }));
         assert_eq!(v1[4], Op::Blur(GaussianBlur { p: 0.1, ..Default::default() }));
         assert_eq!(v0[5], Op::Solarize(RandomSolarize { threshold: 0.5, p: 0.0 }));
