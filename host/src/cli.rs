@@ -117,6 +117,26 @@ pub enum Command {
         #[arg(long, default_value_t = 3)]
         scale: u32,
     },
+    /// Draw a 2-D t-SNE map of the test embeddings by class, beside the random-init encoder's
+    Map {
+        /// A run directory, checkpoint directory or model.safetensors
+        run: PathBuf,
+        /// Another dataset (same sources as data.source)
+        #[arg(long)]
+        data: Option<String>,
+        /// The PNG to write (every point's index, label and position go to the .json beside it)
+        #[arg(long, default_value = "map.png")]
+        out: PathBuf,
+        /// Largest number of test images mapped (evenly spaced over the split)
+        #[arg(long, default_value_t = 2000)]
+        max_points: usize,
+        /// t-SNE perplexity
+        #[arg(long, default_value_t = 30.0)]
+        perplexity: f32,
+        /// t-SNE iterations
+        #[arg(long, default_value_t = 1000)]
+        epochs: usize,
+    },
     /// List the runs under a directory: method, encoder, data, steps, kNN, probe, time, status
     Runs {
         /// The directory (default: runs)
@@ -199,6 +219,14 @@ fn run(cli: Cli) -> Result<i32> {
             let s = crate::inspect::neighbours::run(&reg, &args)?;
             let p = s.precision.map_or(String::new(), |p| format!("; {:.1}% of the neighbours have the query's class", p * 100.0));
             println!("wrote {} ({} × {}): {} queries from {}, neighbours from {}{p}", out.display(), s.png.0, s.png.1, s.queries.len(), s.queries_from, s.memory_bank);
+            Ok(0)
+        }
+        Command::Map { run, data, out, max_points, perplexity, epochs } => {
+            let reg = Registry::discover(&cli.plugin_dirs)?;
+            let args = crate::inspect::map::MapArgs { run, data, out: out.clone(), max_points, perplexity, epochs };
+            let s = crate::inspect::map::run(&reg, &args)?;
+            let k = s.map_knn.map_or(String::new(), |(a, b)| format!("; 10-NN in the map {:.1}% trained, {:.1}% random init", a * 100.0, b * 100.0));
+            println!("wrote {} ({} × {}): {} images of {}, t-SNE {:.1} s{k}", out.display(), s.png.0, s.png.1, s.indices.len(), s.split, s.tsne_seconds);
             Ok(0)
         }
         Command::Runs { dir, json } => {

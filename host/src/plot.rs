@@ -78,8 +78,15 @@ fn finite(p: &(f64, f64)) -> bool {
     p.0.is_finite() && p.1.is_finite()
 }
 
-/// Draws `fig` into a PNG at `path`, 900 pixels wide and 360 high per panel. Writes nothing
-/// (and returns `Ok(false)`) when no panel has a finite point.
+/// Width of a figure: the chart and, right of it, the legend.
+pub const WIDTH: u32 = 1100;
+/// Height of one panel.
+pub const PANEL_HEIGHT: u32 = 360;
+const LEGEND_WIDTH: u32 = 230;
+
+/// Draws `fig` into a PNG at `path`, [`WIDTH`] pixels wide and [`PANEL_HEIGHT`] high per
+/// panel, each panel's legend right of its chart. Writes nothing (and returns `Ok(false)`) when
+/// no panel has a finite point.
 pub fn figure(path: &Path, fig: &Figure) -> Result<bool> {
     register_font();
     let panels: Vec<&Panel> = fig.panels.iter().filter(|p| p.series.iter().any(|s| s.points.iter().any(finite))).collect();
@@ -92,60 +99,53 @@ pub fn figure(path: &Path, fig: &Figure) -> Result<bool> {
     // steps and epochs are whole numbers: no "20.0" on the axis
     let integral = all().all(|p| p.0.fract() == 0.0);
     let err = |e: &dyn std::fmt::Display| anyhow!("plotting {}: {e}", path.display());
-    let root = BitMapBackend::new(path, (900, 360 * panels.len() as u32)).into_drawing_area();
+    let root = BitMapBackend::new(path, (WIDTH, PANEL_HEIGHT * panels.len() as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     for (area, panel) in root.split_evenly((panels.len(), 1)).iter().zip(&panels) {
+        let (area, legend) = area.split_horizontally(WIDTH - LEGEND_WIDTH);
         let pts: Vec<&(f64, f64)> = panel.series.iter().flat_map(|s| s.points.iter()).filter(|p| finite(p)).collect();
         let (y0, y1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
         let pad = ((y1 - y0) * 0.08).max(1e-3 * y1.abs().max(1.0));
-        let mut builder = ChartBuilder::on(area);
+        let spe = fig.steps_per_epoch.filter(|s| *s > 0.0).unwrap_or(1.0);
+        let mut builder = ChartBuilder::on(&area);
         builder.caption(&panel.title, ("sans-serif", 20)).margin(12).x_label_area_size(36).y_label_area_size(64);
         if fig.steps_per_epoch.is_some() {
-            builder.top_x_label_area_size(30);
+            builder.top_x_label_area_size(36);
         }
+        // the secondary x axis is the same range in epochs (ticks chosen in epoch units)
         let mut chart = builder
             .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
             .map_err(|e| err(&e))?
-            .set_secondary_coord(x0..x1, (y0 - pad)..(y1 + pad));
+            .set_secondary_coord(x0 / spe..x1 / spe, (y0 - pad)..(y1 + pad));
         let fmt = move |x: &f64| if integral { format!("{x:.0}") } else { format!("{x}") };
         chart.configure_mesh().x_desc(&fig.x_label).y_desc(&panel.y_label).x_label_formatter(&fmt).draw().map_err(|e| err(&e))?;
-        if let Some(spe) = fig.steps_per_epoch.filter(|s| *s > 0.0) {
-            // the top axis is the same step range labelled in epochs, ticks at whole epochs
-            let epochs = ((x1 / spe).floor() - (x0 / spe).ceil()).max(1.0) as usize;
-            let epoch_fmt = move |x: &f64| {
-                let e = x / spe;
-                if (e - e.round()).abs() < 1e-6 { format!("{:.0}", e.round()) } else { String::new() }
-            };
-            chart
-                .configure_secondary_axes()
-                .x_desc("epoch")
-                .x_labels((epochs + 1).min(12) * 8)
-                .x_label_formatter(&epoch_fmt)
-                .draw()
-                .map_err(|e| err(&e))?;
+        if fig.steps_per_epoch.is_some() {
+            let epoch_fmt = |e: &f64| if e.fract() == 0.0 { format!("{e:.0}") } else { format!("{e:.1}") };
+            chart.configure_secondary_axes().x_desc("epoch").x_labels(10).x_label_formatter(&epoch_fmt).draw().map_err(|e| err(&e))?;
         }
         for (i, s) in panel.series.iter().enumerate() {
             let c = COLORS[i % COLORS.len()];
             let points: Vec<(f64, f64)> = s.points.iter().copied().filter(finite).collect();
             let style = c.stroke_width(2);
-            let anno = if s.dashed {
-                chart.draw_series(DashedLineSeries::new(points, 8, 6, style)).map_err(|e| err(&e))?
+            if s.dashed {
+                chart.draw_series(DashedLineSeries::new(points, 8, 6, style)).map_err(|e| err(&e))?;
             } else if points.len() == 1 {
-                chart.draw_series(std::iter::once(Circle::new(points[0], 4, c.filled()))).map_err(|e| err(&e))?
+                chart.draw_series(std::iter::once(Circle::new(points[0], 4, c.filled()))).map_err(|e| err(&e))?;
             } else {
-                chart.draw_series(LineSeries::new(points, style)).map_err(|e| err(&e))?
-            };
-            anno.label(s.name.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+                chart.draw_series(LineSeries::new(points, style)).map_err(|e| err(&e))?;
+            }
         }
-        if panel.series.len() > 1 {
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::LowerRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .label_font(("sans-serif", 14))
-                .draw()
-                .map_err(|e| err(&e))?;
+        // the legend, right of the chart: a sample of each line and its name
+        for (i, s) in panel.series.iter().enumerate() {
+            let c = COLORS[i % COLORS.len()];
+            let y = 56 + 22 * i as i32;
+            let sample: Vec<(i32, i32)> = if s.dashed { vec![(4, y), (12, y)] } else { vec![(4, y), (28, y)] };
+            legend.draw(&PathElement::new(sample, c.stroke_width(3))).map_err(|e| err(&e))?;
+            if s.dashed {
+                legend.draw(&PathElement::new(vec![(18, y), (28, y)], c.stroke_width(3))).map_err(|e| err(&e))?;
+            }
+            let name = if s.name.chars().count() > 27 { s.name.chars().take(26).collect::<String>() + "…" } else { s.name.clone() };
+            legend.draw(&Text::new(name, (36, y - 8), ("sans-serif", 14).into_font().color(&BLACK))).map_err(|e| err(&e))?;
         }
     }
     root.present().map_err(|e| err(&e))?;
@@ -191,7 +191,7 @@ mod tests {
             ],
         };
         assert!(figure(&p, &fig).unwrap());
-        assert_eq!(png_size(&p).unwrap(), (900, 720));
+        assert_eq!(png_size(&p).unwrap(), (WIDTH, 2 * PANEL_HEIGHT));
         assert!(!figure(&dir.path().join("none.png"), &Figure::default()).unwrap());
         assert!(!dir.path().join("none.png").exists());
         assert_eq!(smooth(&[(0.0, 1.0), (1.0, 3.0)], 2), vec![(0.0, 1.0), (1.0, 2.0)]);

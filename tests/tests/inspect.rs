@@ -47,8 +47,9 @@ fn plots_views_neighbours_and_runs_draw_what_the_run_holds() {
     let run = short_run(dir.path());
 
     // --- loss.png and eval.png: two panels each, the curves are the run's records
-    assert_eq!(png_size(&run.join("loss.png")).unwrap(), (900, 720));
-    assert_eq!(png_size(&run.join("eval.png")).unwrap(), (900, 720));
+    use latent_host::plot::{PANEL_HEIGHT, WIDTH};
+    assert_eq!(png_size(&run.join("loss.png")).unwrap(), (WIDTH, 2 * PANEL_HEIGHT));
+    assert_eq!(png_size(&run.join("eval.png")).unwrap(), (WIDTH, 2 * PANEL_HEIGHT));
     let records = latent_host::metrics::read(&run.join("metrics.jsonl")).unwrap();
     let report = json(&run.join("eval.json"));
     let fig = latent_host::inspect::plots::eval_figure(&records, Some(&report));
@@ -128,6 +129,24 @@ fn plots_views_neighbours_and_runs_draw_what_the_run_holds() {
         }
     }
     assert!((nb["precision"].as_f64().unwrap() - right as f64 / all as f64).abs() < 1e-12);
+
+    // --- latent map: t-SNE of the trained features of the test images, beside random init
+    let map_png = dir.path().join("map.png");
+    let out = run_latent(&["map", run.to_str().unwrap(), "--out", map_png.to_str().unwrap(), "--max-points", "300", "--epochs", "300"]);
+    assert!(out.contains("300 images of mnist-5k/test"), "{out}");
+    assert_eq!(png_size(&map_png).unwrap(), latent_host::inspect::map::SIZE);
+    let m = json(&dir.path().join("map.json"));
+    let idx: Vec<usize> = m["indices"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+    assert_eq!(idx.len(), 300);
+    let mut rows = Vec::new();
+    idx.iter().for_each(|&i| rows.extend_from_slice(&te[i * d..(i + 1) * d]));
+    let want = latent_host::inspect::map::tsne(&rows, d, 30.0, 300).unwrap();
+    let got: Vec<(f32, f32)> = serde_json::from_value(m["trained"].clone()).unwrap();
+    assert_eq!(got, want, "the map is t-SNE of the trained features of those images");
+    let labels: Vec<i64> = serde_json::from_value(m["labels"].clone()).unwrap();
+    let k = latent_host::inspect::map::map_knn(&got, &labels);
+    assert_eq!(m["map_knn"][0].as_f64().unwrap(), k);
+    assert!(k > m["map_knn"][1].as_f64().unwrap(), "the trained map separates classes better than random init: {}", m["map_knn"]);
 
     // --- latent runs: one finished run, one stopped by --stop-after
     let stopped = dir.path().join("stopped");

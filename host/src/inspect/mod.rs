@@ -1,7 +1,16 @@
 //! What a researcher looks at, beside the numbers:
 //! - [`plots`]: the run's `loss.png` and `eval.png`, redrawn after every evaluation;
-pub mod plots;
+//! - [`views`]: `latent views`, the recipe's views as the loader makes them;
+//! - [`neighbours`]: `latent neighbours`, test images beside their nearest training images;
+//! - [`map`]: `latent map`, t-SNE of the test embeddings, trained beside random init;
+//! - [`runs`]: `latent runs`, a table of the runs under a directory;
+//! - [`grid`]: the image grid that `views` and `neighbours` draw.
+//!
+//! Each picture command writes a `.json` beside its PNG with what it drew.
+
 pub mod grid;
-pub mod views;
+pub mod map;
 pub mod neighbours;
+pub mod plots;
 pub mod runs;
+pub mod views;

@@ -39,10 +39,14 @@ fn series(records: &[&Value], name: &str, key: &str) -> Series {
 pub fn loss_figure(records: &[Value]) -> Figure {
     let steps = of_kind(records, "step");
     let loss = series(&steps, "loss", "loss");
-    let w = (loss.points.len() / 50).max(1);
-    let avg = Series::line(format!("moving average ({w} steps)"), plot::smooth(&loss.points, w));
+    let w = loss.points.len() / 50;
+    let mut curves = vec![];
+    if w >= 2 {
+        curves.push(Series::line(format!("moving average ({w} steps)"), plot::smooth(&loss.points, w)));
+    }
+    curves.insert(0, loss);
     let mut panels = vec![
-        Panel { title: "training loss".into(), y_label: "loss".into(), series: vec![loss, avg] },
+        Panel { title: "training loss".into(), y_label: "loss".into(), series: curves },
         Panel { title: "learning rate".into(), y_label: "lr".into(), series: vec![series(&steps, "learning rate", "lr")] },
     ];
     let tau = series(&steps, "target momentum τ", "tau");
