@@ -1,12 +1,14 @@
 """SimCLR on the embedded MNIST-5k with PyTorch + lightly: the reference for pair 5 of
-bench/run, the same recipe as `latent train` with its defaults and
-`--set objective.config.hidden_dim=256`:
+bench/run, the same recipe as `latent train` with its defaults:
 
 - data: host/data/mnist_5k.csv.gz read directly, split as host/src/data/embedded.rs splits it
   (within each class the first 400 images in file order train, the last 100 test; 4,000 / 1,000)
-- views: lightly's SimCLRTransform(input_size=28, cj_strength=1.0, gaussian_blur=0.5,
-  normalize=None): crop 0.08-1, flip 0.5, jitter 0.8/0.8/0.8/0.2 p 0.8, grey 0.2, blur
-  sigma 0.1-2 p 0.5, values in [0, 1] (latent's simclr preset at its defaults, no normalization)
+- views (`--recipe grey`, the default, latent's `grey` preset): lightly's MultiViewTransform of
+  two torchvision pipelines RandomResizedCrop(28, scale=(0.3, 1)), RandomApply(ColorJitter(0.4,
+  0.4, 0, 0), p=0.8), ToTensor(): values in [0, 1], no flip, no blur.
+  `--recipe simclr` (latent's `simclr` preset): lightly's SimCLRTransform(input_size=28,
+  cj_strength=1.0, gaussian_blur=0.5, normalize=None): crop 0.08-1, flip 0.5, jitter
+  0.8/0.8/0.8/0.2 p 0.8, grey 0.2, blur sigma 0.1-2 p 0.5, values in [0, 1]
 - model: resnet-mini (bench/torch_resnet_mini.py) on both views as one batch, lightly's
   SimCLRProjectionHead(128, 256, 128) on each view, lightly's NTXentLoss(temperature=0.5)
 - SGD lr 0.06 momentum 0.9 weight decay 5e-4 on weights only, cosine decay per step to 0
@@ -15,7 +17,7 @@ bench/run, the same recipe as `latent train` with its defaults and
 - after every epoch: kNN (k=200, T=0.1, and k=20, T=0.07) on the encoder output of the plain
   train and test images in [0, 1], the weighted kNN of host/src/eval.rs
 
-    python bench/torch_train_mnist5k.py [--epochs 10] [--workers 2] [--threads 2] [--json FILE]
+    python bench/torch_train_mnist5k.py [--epochs 10] [--recipe grey|simclr] [--workers 2] [--threads 2] [--json FILE]
 
 Epoch times count training only (loading, augmenting and stepping), not the evaluation.
 """
@@ -33,7 +35,9 @@ import torch.nn.functional as F
 from PIL import Image
 from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
+import torchvision.transforms as T
 from lightly.transforms import SimCLRTransform
+from lightly.transforms.multi_view_transform import MultiViewTransform
 
 from torch_resnet_mini import ResNetMini
 from torch_step import param_groups, peak_rss_mib
@@ -100,6 +104,7 @@ def main():
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--recipe", choices=["grey", "simclr"], default="grey")
     ap.add_argument("--json")
     a = ap.parse_args()
     t_start = time.perf_counter()
@@ -107,7 +112,15 @@ def main():
     torch.manual_seed(a.seed)
     tr_x, tr_y, te_x, te_y = mnist_5k()
     tr_yt, te_yt = torch.from_numpy(tr_y), torch.from_numpy(te_y)
-    transform = SimCLRTransform(input_size=28, cj_strength=1.0, gaussian_blur=0.5, normalize=None)
+    if a.recipe == "grey":
+        view = T.Compose([
+            T.RandomResizedCrop(28, scale=(0.3, 1.0)),
+            T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.0, hue=0.0)], p=0.8),
+            T.ToTensor(),
+        ])
+        transform = MultiViewTransform([view, view])
+    else:
+        transform = SimCLRTransform(input_size=28, cj_strength=1.0, gaussian_blur=0.5, normalize=None)
     loader = torch.utils.data.DataLoader(
         Views(tr_x, transform), batch_size=a.batch, shuffle=True, drop_last=True, num_workers=a.workers,
         persistent_workers=a.workers > 0, generator=torch.Generator().manual_seed(a.seed))
@@ -145,7 +158,8 @@ def main():
     del loader
     out = {
         "side": "pytorch",
-        "what": f"PyTorch {torch.__version__} + lightly SimCLR on embedded MNIST-5k (4,000 / 1,000), {a.threads} threads, {a.workers} loader workers",
+        "what": f"PyTorch {torch.__version__} + lightly SimCLR on embedded MNIST-5k (4,000 / 1,000), recipe {a.recipe}, {a.threads} threads, {a.workers} loader workers",
+        "recipe": a.recipe,
         "epochs": a.epochs, "steps": step, "train_seconds": train_s, "wall_seconds": time.perf_counter() - t_start,
         "knn_200": epochs[-1]["knn_200"] if epochs else None, "per_epoch": epochs,
         "peak_rss_mib": peak_rss_mib(),

@@ -63,15 +63,18 @@ pub struct Figure {
     pub panels: Vec<Panel>,
 }
 
-const COLORS: [RGBColor; 8] = [
+/// The colours of curves and classes, in order (matplotlib's tab10).
+pub const PALETTE: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
-    RGBColor(214, 39, 40),
-    RGBColor(44, 160, 44),
-    RGBColor(148, 103, 189),
     RGBColor(255, 127, 14),
-    RGBColor(23, 190, 207),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
     RGBColor(140, 86, 75),
-    RGBColor(0, 0, 0),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
 ];
 
 fn finite(p: &(f64, f64)) -> bool {
@@ -124,7 +127,7 @@ pub fn figure(path: &Path, fig: &Figure) -> Result<bool> {
             chart.configure_secondary_axes().x_desc("epoch").x_labels(10).x_label_formatter(&epoch_fmt).draw().map_err(|e| err(&e))?;
         }
         for (i, s) in panel.series.iter().enumerate() {
-            let c = COLORS[i % COLORS.len()];
+            let c = PALETTE[i % PALETTE.len()];
             let points: Vec<(f64, f64)> = s.points.iter().copied().filter(finite).collect();
             let style = c.stroke_width(2);
             if s.dashed {
@@ -137,7 +140,7 @@ pub fn figure(path: &Path, fig: &Figure) -> Result<bool> {
         }
         // the legend, right of the chart: a sample of each line and its name
         for (i, s) in panel.series.iter().enumerate() {
-            let c = COLORS[i % COLORS.len()];
+            let c = PALETTE[i % PALETTE.len()];
             let y = 56 + 22 * i as i32;
             let sample: Vec<(i32, i32)> = if s.dashed { vec![(4, y), (12, y)] } else { vec![(4, y), (28, y)] };
             legend.draw(&PathElement::new(sample, c.stroke_width(3))).map_err(|e| err(&e))?;

@@ -256,6 +256,26 @@ pub fn build_views(reg: &Registry, cfg: &Config) -> Result<Vec<Augment>> {
     cfg.augment.iter().enumerate().map(|(i, a)| reg.augmentation(&a.plugin, &a.config, &ctx).with_context(|| format!("config key `augment[{i}]`"))).collect()
 }
 
+/// A warning when a view's recipe does not fit the data: the `grey` preset (made for small grey
+/// images, no hue, saturation or grayscale) on colour images.
+pub fn recipe_warning(cfg: &Config, shape: [usize; 3]) -> Option<String> {
+    let grey: Vec<String> = cfg
+        .augment
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.plugin == "pipeline" && a.config.get("ops").is_none() && a.config.get("preset").and_then(Value::as_str) == Some("grey"))
+        .map(|(i, _)| format!("augment[{i}]"))
+        .collect();
+    (shape[0] == 3 && !grey.is_empty()).then(|| {
+        format!(
+            "{} use the `grey` preset, made for small grey images, but {} has colour images ({shape:?}); \
+             for natural images use preset = \"simclr\" (examples/configs/simclr-cifar10.toml)",
+            grey.join(", "),
+            cfg.data.source
+        )
+    })
+}
+
 /// The image shape after augmentation (every view must agree).
 pub fn view_shape(views: &[Augment], shape: [usize; 3]) -> Result<[usize; 3]> {
     let mut out = None;
@@ -348,6 +368,9 @@ pub fn run(args: TrainArgs) -> Result<i32> {
     let train = Arc::new(splits.train);
     let views = build_views(&reg, &cfg)?;
     let shape = view_shape(&views, train.shape)?;
+    if let Some(w) = recipe_warning(&cfg, train.shape) {
+        tracing::warn!("{w}");
+    }
     let mut learner = Learner::build(&reg, &cfg, shape)?;
 
     let needs_labels = learner.objective.manifest.needs_labels;
@@ -587,3 +610,20 @@ fn online_eval(learner: &mut Learner, cfg: &Config, train: &Dataset, test: Optio
     log.write("eval", f)
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grey_preset_on_colour_images_is_named_in_a_warning() {
+        let mut cfg = Config::default();
+        assert_eq!(recipe_warning(&cfg, [1, 28, 28]), None, "the default: grey preset, grey digits");
+        cfg.data.source = "cifar10:data/cifar".into();
+        let w = recipe_warning(&cfg, [3, 32, 32]).expect("a warning");
+        assert!(w.starts_with("augment[0], augment[1] use the `grey` preset") && w.contains("cifar10:data/cifar") && w.contains("simclr"), "{w}");
+        cfg.augment[0].config = serde_json::json!({"preset": "simclr"});
+        cfg.augment[1].config = serde_json::json!({"preset": "grey", "ops": [{"op": "flip"}]});
+        assert_eq!(recipe_warning(&cfg, [3, 32, 32]), None, "explicit ops replace the preset");
+    }
+}

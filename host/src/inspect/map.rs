@@ -12,6 +12,7 @@ use crate::inspect::views::{check_png_path, json_path};
 use crate::plugins::Registry;
 use crate::{eval, evaluate, learner, report};
 use anyhow::{anyhow, ensure, Context as _, Result};
+use crate::plot::PALETTE;
 use plotters::prelude::*;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -91,18 +92,6 @@ pub fn map_knn(points: &[(f32, f32)], labels: &[i64]) -> f64 {
     right as f64 / points.len().max(1) as f64
 }
 
-const CLASS_COLORS: [RGBColor; 10] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-    RGBColor(227, 119, 194),
-    RGBColor(127, 127, 127),
-    RGBColor(188, 189, 34),
-    RGBColor(23, 190, 207),
-];
 
 /// Size of map.png: two square panels and the class legend.
 pub const SIZE: (u32, u32) = (1420, 700);
@@ -123,7 +112,7 @@ fn draw(path: &Path, panels: [(&str, &[(f32, f32)]); 2], labels: &[i64], classes
             .build_cartesian_2d((x0 - px)..(x1 + px), (y0 - py)..(y1 + py))
             .map_err(|e| err(&e))?;
         chart.configure_mesh().disable_mesh().disable_axes().draw().map_err(|e| err(&e))?;
-        let color = |i: usize| labels.get(i).map_or(BLACK, |&l| CLASS_COLORS[l.rem_euclid(10) as usize]);
+        let color = |i: usize| labels.get(i).map_or(BLACK, |&l| PALETTE[l.rem_euclid(10) as usize]);
         chart.draw_series(pts.iter().enumerate().map(|(i, &p)| Circle::new(p, 2, color(i).mix(0.8).filled()))).map_err(|e| err(&e))?;
         area.draw(&Rectangle::new([(10, 40), (area.dim_in_pixel().0 as i32 - 10, area.dim_in_pixel().1 as i32 - 10)], BLACK.mix(0.3).stroke_width(1)))
             .map_err(|e| err(&e))?;
@@ -134,7 +123,7 @@ fn draw(path: &Path, panels: [(&str, &[(f32, f32)]); 2], labels: &[i64], classes
     for (row, &l) in seen.iter().enumerate().take(30) {
         let y = 60 + 22 * row as i32;
         let name = classes.get(l as usize).cloned().unwrap_or_else(|| l.to_string());
-        legend.draw(&Circle::new((14, y), 5, CLASS_COLORS[l.rem_euclid(10) as usize].filled())).map_err(|e| err(&e))?;
+        legend.draw(&Circle::new((14, y), 5, PALETTE[l.rem_euclid(10) as usize].filled())).map_err(|e| err(&e))?;
         legend.draw(&Text::new(crate::inspect::views::shorten(&name, 12), (26, y - 8), ("sans-serif", 14).into_font().color(&BLACK))).map_err(|e| err(&e))?;
     }
     root.present().map_err(|e| err(&e))?;
