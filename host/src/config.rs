@@ -119,7 +119,7 @@ pub struct EvalConfig {
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        EvalConfig { every_epochs: 5, knn: vec![(200, 0.1), (20, 0.07)], linear_probe: true, probe_steps: 300 }
+        EvalConfig { every_epochs: 2, knn: vec![(200, 0.1), (20, 0.07)], linear_probe: true, probe_steps: 300 }
     }
 }
 

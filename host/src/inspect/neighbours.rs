@@ -136,8 +136,8 @@ pub fn run(reg: &Registry, args: &NeighboursArgs) -> Result<Summary> {
                 _ => None,
             };
             let caption = match name(train, bl) {
-                Some(c) => format!("{c} ({s:.2})"),
-                None => format!("{s:.2}"),
+                Some(c) => format!("{c} ({s:.3})"),
+                None => format!("{s:.3}"),
             };
             tiles.push(Tile { shape: train.shape, pixels: img(train, bi), caption: caption.trim_start().to_string(), frame });
             ns.push(Neighbour { index: bi, label: bl, similarity: s });
