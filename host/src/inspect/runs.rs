@@ -128,16 +128,16 @@ pub fn row(dir: &Path) -> RunRow {
 /// The table.
 pub fn table(rows: &[RunRow], root: &Path) -> String {
     let mut s = format!(
-        "{:<36} {:<10} {:<20} {:<22} {:>6} {:>8} {:>7} {:>8}  {}\n",
+        "{:<36} {:<10} {:<20} {:<22} {:>6} {:>11} {:>7} {:>8}  {}\n",
         "run", "method", "encoder", "data", "steps", "kNN", "probe", "time", "status"
     );
     for r in rows {
         let name = r.dir.strip_prefix(root).ok().filter(|p| !p.as_os_str().is_empty()).unwrap_or(&r.dir).display().to_string();
-        let knn = r.knn.map_or("-".into(), |(k, a)| format!("{:.1}%@{k}", a * 100.0));
+        let knn = r.knn.map_or("-".into(), |(k, a)| format!("@{k} {:.1}%", a * 100.0));
         let probe = r.probe.map_or("-".into(), |p| format!("{:.1}%", p * 100.0));
         let time = if r.train_seconds >= 60.0 { format!("{}m{:02}s", (r.train_seconds / 60.0) as u64, r.train_seconds as u64 % 60) } else { format!("{:.0}s", r.train_seconds) };
         s += &format!(
-            "{:<36} {:<10} {:<20} {:<22} {:>6} {:>8} {:>7} {:>8}  {}{}\n",
+            "{:<36} {:<10} {:<20} {:<22} {:>6} {:>11} {:>7} {:>8}  {}{}\n",
             crate::inspect::views::shorten(&name, 36),
             crate::inspect::views::shorten(&r.method, 10),
             crate::inspect::views::shorten(&r.encoder, 20),
