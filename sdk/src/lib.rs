@@ -197,7 +197,9 @@ pub mod abi;
 pub mod autodiff;
 pub mod check;
 pub mod kit;
+pub mod metrics;
 pub mod plugin;
+pub mod testing;
 
 /// Everything a plugin file usually needs.
 pub mod prelude {

@@ -64,7 +64,8 @@ impl Module for Linear {
 ///        running_mean ← (1 − m)·running_mean + m·μ,  running_var ← (1 − m)·running_var + m·σ²·N/(N−1)
 /// eval:  the same with the running statistics
 /// ```
-/// Defaults ε = 1e-5, m = 0.1, γ = 1, β = 0.
+/// Defaults ε = 1e-5, m = 0.1, γ = 1, β = 0. Without `affine` (PyTorch's `affine=False`) there
+/// is no γ or β: `y` is the normalised `x`, and only the running statistics are parameters.
 #[derive(Clone, Debug)]
 pub struct BatchNorm1d {
     /// γ `[C]`.
@@ -79,6 +80,8 @@ pub struct BatchNorm1d {
     pub eps: f32,
     /// Running-average momentum.
     pub momentum: f32,
+    /// Learnable γ and β (true: PyTorch's default).
+    pub affine: bool,
 }
 
 impl BatchNorm1d {
@@ -86,7 +89,13 @@ impl BatchNorm1d {
     pub fn new(init: &Init, channels: usize) -> BatchNorm1d {
         // the kit's parameters (names, roles, defaults), on the tape here
         let k = crate::kit::BatchNorm::new(init, channels);
-        BatchNorm1d { weight: k.weight, bias: k.bias, running_mean: k.running_mean, running_var: k.running_var, eps: k.eps, momentum: k.momentum }
+        BatchNorm1d { weight: k.weight, bias: k.bias, running_mean: k.running_mean, running_var: k.running_var, eps: k.eps, momentum: k.momentum, affine: true }
+    }
+
+    /// Without γ and β (PyTorch's `BatchNorm1d(C, affine=False)`).
+    pub fn without_affine(mut self) -> BatchNorm1d {
+        self.affine = false;
+        self
     }
 
     /// Normalises `x [N, C]`; in training (the graph's mode) updates the running statistics.
@@ -95,8 +104,7 @@ impl BatchNorm1d {
         if x.cols() != c {
             super::fail(format!("batch-norm of {c} features got a {:?} input", x.dims()));
         }
-        let (gamma, beta) = (g.param(&self.weight), g.param(&self.bias));
-        if g.train() {
+        let y = if g.train() {
             let n = x.rows();
             if n < 2 {
                 super::fail(format!("batch-norm in training needs at least 2 rows, got {:?}", x.dims()));
@@ -110,19 +118,22 @@ impl BatchNorm1d {
                 self.running_mean.value[k] = (1.0 - m) * self.running_mean.value[k] + m * vals[k];
                 self.running_var.value[k] = (1.0 - m) * self.running_var.value[k] + m * vars[k] * unbias;
             }
-            xc / (var + self.eps).sqrt() * gamma + beta
+            xc / (var + self.eps).sqrt()
         } else {
             let rm = g.param(&self.running_mean);
             let rv = g.param(&self.running_var);
-            (x - rm) / (rv + self.eps).sqrt() * gamma + beta
-        }
+            (x - rm) / (rv + self.eps).sqrt()
+        };
+        if self.affine { y * g.param(&self.weight) + g.param(&self.bias) } else { y }
     }
 }
 
 impl Module for BatchNorm1d {
     fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param)) {
-        f(&mut self.weight);
-        f(&mut self.bias);
+        if self.affine {
+            f(&mut self.weight);
+            f(&mut self.bias);
+        }
         f(&mut self.running_mean);
         f(&mut self.running_var);
     }
@@ -225,12 +236,20 @@ pub struct Block {
     pub activation: Activation,
     /// A bias on the Linear (usually off when batch-norm follows).
     pub bias: bool,
+    /// The batch-norm has γ and β (true unless [`Block::without_affine`]).
+    pub affine: bool,
 }
 
 impl Block {
     /// A block.
     pub fn new(input: usize, output: usize, batch_norm: bool, activation: Activation, bias: bool) -> Block {
-        Block { input, output, batch_norm, activation, bias }
+        Block { input, output, batch_norm, activation, bias, affine: true }
+    }
+
+    /// Its batch-norm without γ and β (SimSiam's last projector layer).
+    pub fn without_affine(mut self) -> Block {
+        self.affine = false;
+        self
     }
 }
 
@@ -255,7 +274,8 @@ impl Head {
             i += 1;
             let bn = b.batch_norm.then(|| {
                 i += 1;
-                BatchNorm1d::new(&init.pp((i - 1).to_string()), b.output)
+                let bn = BatchNorm1d::new(&init.pp((i - 1).to_string()), b.output);
+                if b.affine { bn } else { bn.without_affine() }
             });
             if b.activation != Activation::None {
                 i += 1;
@@ -282,6 +302,32 @@ impl Head {
             Block::new(input, hidden, true, Activation::Relu, false),
             Block::new(hidden, hidden, true, Activation::Relu, false),
             Block::new(hidden, output, false, Activation::None, false),
+        ])
+    }
+
+    /// SimSiam's projector (section 3, lightly's `SimSiamProjectionHead`): two `→ hidden`
+    /// blocks with BN and ReLU, then `→ out` with a batch-norm without γ and β; no biases.
+    pub fn simsiam_projector(init: &Init, input: usize, hidden: usize, output: usize) -> Head {
+        Head::new(init, &[
+            Block::new(input, hidden, true, Activation::Relu, false),
+            Block::new(hidden, hidden, true, Activation::Relu, false),
+            Block::new(hidden, output, true, Activation::None, false).without_affine(),
+        ])
+    }
+
+    /// SimSiam's predictor (lightly's `SimSiamPredictionHead`): `in → hidden` (BN, ReLU, no
+    /// bias), `hidden → out` (bias). The same blocks as [`Head::simclr`].
+    pub fn simsiam_predictor(init: &Init, input: usize, hidden: usize, output: usize) -> Head {
+        Head::simclr(init, input, hidden, output)
+    }
+
+    /// VICReg's expander (section 4.2, lightly's `VICRegProjectionHead` with 3 layers): two
+    /// `→ hidden` blocks with BN and ReLU, then `→ out` with a bias.
+    pub fn vicreg(init: &Init, input: usize, hidden: usize, output: usize) -> Head {
+        Head::new(init, &[
+            Block::new(input, hidden, true, Activation::Relu, false),
+            Block::new(hidden, hidden, true, Activation::Relu, false),
+            Block::new(hidden, output, false, Activation::None, true),
         ])
     }
 
@@ -323,6 +369,7 @@ impl Head {
                     running_var: rename(&b.running_var),
                     eps: b.eps,
                     momentum: b.momentum,
+                    affine: b.affine,
                 }),
                 act: l.act,
             })
