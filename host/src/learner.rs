@@ -12,6 +12,11 @@
 //! ```
 //! The views go through the encoder as one batch, so batch-norm statistics span all views (as
 //! SimCLR's reference implementation does) and the matrix products are larger.
+//!
+//! While the target's trained parameters equal the online ones (at the start, and after every
+//! step that returned τ = 0, as SimSiam's does: its target is the online network, detached),
+//! the target's features are the online features, so the second encoder pass is skipped: in
+//! training mode it would give the same values bit for bit.
 
 use crate::config::{Config, PluginConfig};
 use crate::optim::Optimizer;
@@ -50,6 +55,9 @@ pub struct Learner {
     pub input_shape: [usize; 3],
     /// Encoder output dimension.
     pub feat_dim: usize,
+    /// The target's trained parameters equal the online encoder's, so its features would too
+    /// and [`Learner::step`] skips its pass (false makes it run; without a target, unused).
+    pub target_is_online: bool,
 }
 
 /// Fills `key` in a plugin config from the data when the plugin has that key and the user did
@@ -94,7 +102,7 @@ impl Learner {
         } else {
             None
         };
-        Ok(Learner { encoder, objective, target, optim: Optimizer::new(cfg.optim.clone())?, enc_params, obj_params, input_shape, feat_dim })
+        Ok(Learner { encoder, objective, target, optim: Optimizer::new(cfg.optim.clone())?, enc_params, obj_params, input_shape, feat_dim, target_is_online: true })
     }
 
     /// One training step on `views` (one `[B,C,H,W]` tensor per view).
@@ -104,6 +112,7 @@ impl Learner {
         let feats = self.encoder.forward(x.clone(), true)?;
         let hs = split(&feats, views.len());
         let targets = match &mut self.target {
+            Some(_) if self.target_is_online => hs.clone(),
             Some(t) => split(&t.forward(x, true)?, views.len()),
             None => Vec::new(),
         };
@@ -119,6 +128,8 @@ impl Learner {
         update(&mut self.optim, &mut self.objective, &self.obj_params, "objective", lr, tau)?;
         if let Some(t) = &mut self.target {
             ema_encoder(t, &mut self.encoder, &self.enc_params, tau)?;
+            // τ = 0 copies the online parameters exactly (0·ξ + 1·θ = θ)
+            self.target_is_online = tau == 0.0;
         }
         Ok(StepOutput { loss: res.loss, metrics: res.metrics, tau })
     }
@@ -159,6 +170,9 @@ impl Learner {
         load_module(&mut self.objective, &self.obj_params, "objective", tensors)?;
         if let Some(t) = &mut self.target {
             load_module(t, &self.enc_params, "target_encoder", tensors)?;
+            let trained = |d: &&ParamDesc| matches!(d.role, ParamRole::Weight | ParamRole::NoDecay);
+            let (on, tv) = (self.encoder.read_params()?, t.read_params()?);
+            self.target_is_online = self.enc_params.iter().zip(on.iter().zip(&tv)).filter(|(d, _)| trained(d)).all(|(_, (a, b))| a.data == b.data);
         }
         self.optim.state.clear();
         // every optimizer moment must belong to a trained parameter and have its size

@@ -63,7 +63,7 @@ fn in_process_learner(cfg: &latent_host::config::Config) -> Result<Learner> {
     let mut objective = Objective::new(manifest, obj_box);
     let enc_params = encoder.params()?;
     let obj_params = objective.params()?;
-    Ok(Learner { encoder, objective, target: None, optim: Optimizer::new(cfg.optim.clone())?, enc_params, obj_params, input_shape: SHAPE, feat_dim })
+    Ok(Learner { encoder, objective, target: None, target_is_online: false, optim: Optimizer::new(cfg.optim.clone())?, enc_params, obj_params, input_shape: SHAPE, feat_dim })
 }
 
 /// The optimizer phase of `Learner::step` for one module, as host/src/learner.rs does it: the
