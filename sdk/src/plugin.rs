@@ -106,6 +106,29 @@ pub struct Views {
     pub train: bool,
 }
 
+impl Views {
+    /// Checks the usual shape of a two-view objective's inputs, each error naming `plugin`:
+    /// exactly `count` views (and as many targets when `targets`), every view and target with
+    /// `dim` features and the rows of view 0, and at least `min_rows` rows in training (2 for a
+    /// batch-norm or a variance over the batch).
+    pub fn expect(&self, plugin: &str, count: usize, targets: bool, dim: usize, min_rows: usize) -> anyhow::Result<()> {
+        anyhow::ensure!(self.views.len() == count, "{plugin} needs exactly {count} views, got {}", self.views.len());
+        if targets {
+            anyhow::ensure!(self.targets.len() == count, "{plugin} needs the target-encoder output of all {count} views, got {} target tensors", self.targets.len());
+        }
+        let rows = self.views[0].rows();
+        let named = self.views.iter().enumerate().map(|(i, v)| (format!("view {i}"), v));
+        let named = named.chain(self.targets.iter().enumerate().filter(|_| targets).map(|(i, v)| (format!("target {i}"), v)));
+        for (what, v) in named {
+            let (n, d) = v.dims();
+            anyhow::ensure!(d == dim, "{what} has {d} features but input_dim is {dim}");
+            anyhow::ensure!(n == rows, "{what} has {n} rows, view 0 has {rows}");
+        }
+        anyhow::ensure!(rows >= min_rows || !self.train, "{plugin} needs at least {min_rows} samples per batch in training, got {rows}");
+        Ok(())
+    }
+}
+
 /// What an objective's forward returns: the scalar loss on the tape, metrics computed on
 /// values, and the EMA rate of the target network.
 pub struct Loss {

@@ -101,14 +101,7 @@ impl Objective for Byol {
     const NEEDS_TARGET: bool = true;
 
     fn forward(&mut self, g: &Graph, b: &Views) -> anyhow::Result<Loss> {
-        ensure!(b.views.len() == 2, "byol needs exactly 2 views, got {}", b.views.len());
-        ensure!(b.targets.len() == 2, "byol needs the target-encoder output of both views, got {} target tensors", b.targets.len());
-        for (what, t) in [("view 0", &b.views[0]), ("view 1", &b.views[1]), ("target 0", &b.targets[0]), ("target 1", &b.targets[1])] {
-            let (n, d) = t.dims();
-            ensure!(d == self.cfg.input_dim, "{what} has {d} features but input_dim is {}", self.cfg.input_dim);
-            ensure!(n == b.views[0].rows(), "{what} has {n} rows, view 0 has {}", b.views[0].rows());
-            ensure!(n >= 2 || !b.train, "byol needs at least 2 samples per batch in training (batch-norm), got {n}");
-        }
+        b.expect("byol", 2, true, self.cfg.input_dim, 2)?;
         let z: Vec<Var> = b.views.iter().map(|v| self.projector.forward(g, v)).collect();
         let q: Vec<Var> = match &mut self.predictor {
             Some(p) => z.iter().map(|z| p.forward(g, z)).collect(),

@@ -129,13 +129,8 @@ impl Objective for Moco {
     const NEEDS_TARGET: bool = true;
 
     fn forward(&mut self, g: &Graph, b: &Views) -> anyhow::Result<Loss> {
-        ensure!(b.views.len() == 2, "moco needs exactly 2 views (queries from view 0, keys from view 1), got {}", b.views.len());
-        ensure!(b.targets.len() == 2, "moco needs the momentum encoder's output of both views, got {} target tensors", b.targets.len());
-        for (what, v) in [("view 0", &b.views[0]), ("view 1", &b.views[1]), ("target 0", &b.targets[0]), ("target 1", &b.targets[1])] {
-            let (n, d) = v.dims();
-            ensure!(d == self.cfg.input_dim, "{what} has {d} features but input_dim is {}", self.cfg.input_dim);
-            ensure!(n == b.views[0].rows(), "{what} has {n} rows, view 0 has {}", b.views[0].rows());
-        }
+        // queries come from view 0, keys from view 1
+        b.expect("moco", 2, true, self.cfg.input_dim, 1)?;
         let d = self.cfg.output_dim;
         let ptr = self.queue_ptr.value[0];
         ensure!(ptr >= 0.0 && ptr.fract() == 0.0 && (ptr as usize) < self.cfg.queue_size, "queue_ptr is {ptr}, not a row of the queue of {}", self.cfg.queue_size);

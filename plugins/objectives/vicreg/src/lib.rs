@@ -88,12 +88,7 @@ impl Module for VicReg {
 
 impl Objective for VicReg {
     fn forward(&mut self, g: &Graph, b: &Views) -> anyhow::Result<Loss> {
-        ensure!(b.views.len() == 2, "vicreg needs exactly 2 views, got {}", b.views.len());
-        for (i, v) in b.views.iter().enumerate() {
-            let (n, d) = v.dims();
-            ensure!(d == self.cfg.input_dim, "view {i} has {d} features but input_dim is {}", self.cfg.input_dim);
-            ensure!(n >= 2, "vicreg needs at least 2 samples per batch, got {n}");
-        }
+        b.expect("vicreg", 2, false, self.cfg.input_dim, 2)?;
         let z: Vec<Var> = b.views.iter().map(|v| self.expander.forward(g, v)).collect();
         let w = loss::Weights { invariance: self.cfg.invariance, variance: self.cfg.variance, covariance: self.cfg.covariance, eps: self.cfg.eps };
         let (loss, metrics) = loss::vicreg(&z[0], &z[1], w)?;
