@@ -532,7 +532,7 @@ pub fn run(args: TrainArgs) -> Result<i32> {
         let next_epoch = if finished_epoch && step < total { epoch + 1 } else { epoch };
         if step < total {
             let knn = cfg.eval.every_epochs > 0 && (epoch + 1) % cfg.eval.every_epochs == 0;
-            online_eval(&mut learner, &cfg, &train, test, epoch, step, knn, &mut log)?;
+            online_eval(&mut learner, &cfg, &train, test, epoch, step, knn, None, &mut log)?;
         }
         log.flush()?; // before the checkpoint, as above
         if let Err(e) = crate::inspect::plots::write(&out) {
@@ -551,9 +551,10 @@ pub fn run(args: TrainArgs) -> Result<i32> {
     let mut summary = String::new();
     if let Some(test) = test {
         if !train.labels.is_empty() {
-            online_eval(&mut learner, &cfg, &train, Some(test), epoch, step, true, &mut log)?;
             let method = format!("{} ({})", cfg.objective.plugin, cfg.encoder.plugin);
             let rep = report::full(&reg, &cfg, &mut learner.encoder, &method, &train, test)?;
+            // the last point of eval.png is the report's own row, not computed a second time
+            online_eval(&mut learner, &cfg, &train, Some(test), epoch, step, false, rep.rows.first(), &mut log)?;
             checkpoint::write_atomic(&out.join("eval.json"), serde_json::to_string_pretty(&rep)?.as_bytes())?;
             summary = rep.table();
         }
@@ -568,10 +569,21 @@ pub fn run(args: TrainArgs) -> Result<i32> {
 }
 
 /// The collapse monitor (every epoch: embedding std·√d and effective rank on the test split,
-/// or on up to 1,000 training images without one) and, when `knn`, kNN accuracy on the test
-/// split with the training split as memory bank; logged as an `eval` record.
+/// or on up to 1,000 training images without one) and, when `knn`, kNN accuracy (and the
+/// probe) on the test split with the training split as memory bank, or the figures of `known`
+/// (the final report's row); logged as an `eval` record.
 #[allow(clippy::too_many_arguments)]
-fn online_eval(learner: &mut Learner, cfg: &Config, train: &Dataset, test: Option<&Dataset>, epoch: u64, step: u64, knn: bool, log: &mut MetricsLog) -> Result<()> {
+fn online_eval(
+    learner: &mut Learner,
+    cfg: &Config,
+    train: &Dataset,
+    test: Option<&Dataset>,
+    epoch: u64,
+    step: u64,
+    knn: bool,
+    known: Option<&report::Row>,
+    log: &mut MetricsLog,
+) -> Result<()> {
     let probe_set = match test {
         Some(t) => t.clone(),
         None => {
@@ -590,7 +602,16 @@ fn online_eval(learner: &mut Learner, cfg: &Config, train: &Dataset, test: Optio
     f.insert("effective_rank".into(), json!(rank));
     f.insert("dim".into(), json!(d));
     let mut line = format!("after epoch {epoch}: embedding std·√d {std:.3}, effective rank {rank:.1} (of {d})");
-    if let (true, Some(test)) = (knn, test) {
+    if let Some(row) = known {
+        for &(k, _, acc) in &row.knn {
+            f.insert(format!("knn_{k}"), json!(acc));
+            line += &format!("; kNN@{k} {:.2}%", acc * 100.0);
+        }
+        if let Some(acc) = row.linear_probe {
+            f.insert("probe".into(), json!(acc));
+            line += &format!("; linear probe {:.2}%", acc * 100.0);
+        }
+    } else if let (true, Some(test)) = (knn, test) {
         if !train.labels.is_empty() && !test.labels.is_empty() {
             let (tr, _) = report::features(&mut learner.encoder, train)?;
             let classes = report::num_classes(train, test);
