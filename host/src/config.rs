@@ -90,7 +90,8 @@ pub struct TrainConfig {
     pub checkpoint_every: u64,
     /// Checkpoints to keep.
     pub keep_checkpoints: usize,
-    /// Classes per batch for objectives that need labels (P of P x K; 0: batch_size / 4... see docs).
+    /// Classes per batch for objectives that need labels (P of P x K batches; 0: every class of
+    /// the dataset, at most batch_size / 2; K = batch_size / P).
     pub classes_per_batch: usize,
     /// A plugin call of the training step that has not returned after this many seconds ends
     /// the run with an error naming it and the last checkpoint (0: no limit). See `watchdog`.
