@@ -4,38 +4,12 @@ use super::*;
 use abi_stable::std_types::RStr;
 use latent_sdk::abi::{ObjectiveBox, ParamRole};
 use latent_sdk::kit::gradcheck::random;
+use latent_sdk::testing::{assert_close, assert_close_floor, assert_scalar, floats, tensor};
 use serde_json::Value;
 
 const LOSS: &str = include_str!("../fixtures/loss.json");
 const TAU: &str = include_str!("../fixtures/tau.json");
 const HEADS: &str = include_str!("../fixtures/heads.json");
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array().expect("array").iter().map(|x| x.as_f64().unwrap()).collect()
-}
-
-fn tensor(v: &Value, n: usize, d: usize) -> Tensor {
-    Tensor::new(vec![n, d], floats(v).iter().map(|&x| x as f32).collect())
-}
-
-/// max |a − b| / max(|b|) over the tensor (relative to the reference's scale).
-fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64) {
-    assert_close_floor(what, got, want, tol, 1e-12)
-}
-
-/// As [`assert_close`], relative to at least `floor` (for gradients that are zero in exact
-/// arithmetic, where f32 rounding leaves ~1e-7).
-fn assert_close_floor(what: &str, got: &[f32], want: &[f64], tol: f64, floor: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(floor, |m, v| m.max(v.abs()));
-    let err = got.iter().zip(want).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max) / scale;
-    assert!(err < tol, "{what}: relative error {err:.2e}\n got {got:?}\nwant {want:?}");
-}
-
-fn assert_scalar(what: &str, got: f64, want: f64, tol: f64) {
-    let err = (got - want).abs() / want.abs().max(1e-12);
-    assert!(err < tol, "{what}: got {got}, want {want} (relative error {err:.2e})");
-}
 
 #[test]
 fn loss_matches_the_paper_formula_and_lightly() {

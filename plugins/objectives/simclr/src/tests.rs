@@ -4,31 +4,11 @@ use super::*;
 use abi_stable::std_types::RStr;
 use latent_sdk::abi::ObjectiveBox;
 use latent_sdk::kit::gradcheck::random;
+use latent_sdk::testing::{assert_close, assert_scalar, floats, tensor};
 use serde_json::Value;
 
 const NT_XENT: &str = include_str!("../fixtures/nt_xent.json");
 const HEAD: &str = include_str!("../fixtures/head.json");
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array().expect("array").iter().map(|x| x.as_f64().unwrap()).collect()
-}
-
-fn tensor(v: &Value, n: usize, d: usize) -> Tensor {
-    Tensor::new(vec![n, d], floats(v).iter().map(|&x| x as f32).collect())
-}
-
-/// max |a − b| / max(|b|) over the tensor (relative to the reference's scale).
-fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
-    let err = got.iter().zip(want).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max) / scale;
-    assert!(err < tol, "{what}: relative error {err:.2e}\n got {got:?}\nwant {want:?}");
-}
-
-fn assert_scalar(what: &str, got: f64, want: f64, tol: f64) {
-    let err = (got - want).abs() / want.abs().max(1e-12);
-    assert!(err < tol, "{what}: got {got}, want {want} (relative error {err:.2e})");
-}
 
 /// Loss, d loss / d z1, d loss / d z2 and the metrics, through the autodiff path.
 fn nt_xent(z1: &Tensor, z2: &Tensor, t: f64, pid: bool) -> (f64, Vec<f32>, Vec<f32>, Vec<(String, f64)>) {
