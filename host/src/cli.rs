@@ -209,7 +209,7 @@ fn run(cli: Cli) -> Result<i32> {
             let s = crate::inspect::views::run(&reg, &args)?;
             println!(
                 "wrote {} ({} × {}): {} images of {} and their views in epochs 0 to {}; tiles and seeds in {}",
-                out.display(), s.png.0, s.png.1, s.images.len(), s.dataset, epochs - 1, crate::inspect::views::json_path(&out).display()
+                out.display(), s.png.0, s.png.1, s.images.len(), s.dataset, epochs - 1, crate::inspect::json_path(&out).display()
             );
             Ok(0)
         }

@@ -147,12 +147,16 @@ pub fn figure(path: &Path, fig: &Figure) -> Result<bool> {
             if s.dashed {
                 legend.draw(&PathElement::new(vec![(18, y), (28, y)], c.stroke_width(3))).map_err(|e| err(&e))?;
             }
-            let name = if s.name.chars().count() > 27 { s.name.chars().take(26).collect::<String>() + "…" } else { s.name.clone() };
-            legend.draw(&Text::new(name, (36, y - 8), ("sans-serif", 14).into_font().color(&BLACK))).map_err(|e| err(&e))?;
+            legend.draw(&Text::new(shorten(&s.name, 27), (36, y - 8), ("sans-serif", 14).into_font().color(&BLACK))).map_err(|e| err(&e))?;
         }
     }
     root.present().map_err(|e| err(&e))?;
     Ok(true)
+}
+
+/// `s` cut to `n` characters, the last one an ellipsis when it is cut.
+pub fn shorten(s: &str, n: usize) -> String {
+    if s.chars().count() <= n { s.to_string() } else { s.chars().take(n - 1).collect::<String>() + "…" }
 }
 
 /// Moving average over `w` points (for a readable loss curve).

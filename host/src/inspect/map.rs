@@ -8,7 +8,7 @@
 //! gives the same map every time. Chosen by a measured comparison on 10,000 points
 //! (docs/ARCHITECTURE.md, "latent map").
 
-use crate::inspect::views::{check_png_path, json_path};
+use crate::inspect::{check_png_path, json_path, shorten};
 use crate::plugins::Registry;
 use crate::{eval, evaluate, learner, report};
 use anyhow::{anyhow, ensure, Context as _, Result};
@@ -124,7 +124,7 @@ fn draw(path: &Path, panels: [(&str, &[(f32, f32)]); 2], labels: &[i64], classes
         let y = 60 + 22 * row as i32;
         let name = classes.get(l as usize).cloned().unwrap_or_else(|| l.to_string());
         legend.draw(&Circle::new((14, y), 5, PALETTE[l.rem_euclid(10) as usize].filled())).map_err(|e| err(&e))?;
-        legend.draw(&Text::new(crate::inspect::views::shorten(&name, 12), (26, y - 8), ("sans-serif", 14).into_font().color(&BLACK))).map_err(|e| err(&e))?;
+        legend.draw(&Text::new(shorten(&name, 12), (26, y - 8), ("sans-serif", 14).into_font().color(&BLACK))).map_err(|e| err(&e))?;
     }
     root.present().map_err(|e| err(&e))?;
     Ok(())

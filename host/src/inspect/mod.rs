@@ -14,3 +14,19 @@ pub mod neighbours;
 pub mod plots;
 pub mod runs;
 pub mod views;
+
+use anyhow::{ensure, Result};
+use std::path::{Path, PathBuf};
+
+/// The JSON file written beside a PNG: `X.png` → `X.json`.
+pub fn json_path(png: &Path) -> PathBuf {
+    png.with_extension("json")
+}
+
+/// Checks that `out` names a PNG file.
+pub fn check_png_path(out: &Path) -> Result<()> {
+    ensure!(out.extension().and_then(|e| e.to_str()) == Some("png"), "--out {} must be a .png file", out.display());
+    Ok(())
+}
+
+pub use crate::plot::shorten;

@@ -5,7 +5,7 @@
 //! query and neighbour with its label and similarity.
 
 use crate::inspect::grid::{self, Row, Tile, RIGHT, WRONG};
-use crate::inspect::views::{check_png_path, json_path};
+use crate::inspect::{check_png_path, json_path};
 use crate::plugins::Registry;
 use crate::{data, eval, evaluate, report};
 use anyhow::{ensure, Context as _, Result};

@@ -138,10 +138,10 @@ pub fn table(rows: &[RunRow], root: &Path) -> String {
         let time = if r.train_seconds >= 60.0 { format!("{}m{:02}s", (r.train_seconds / 60.0) as u64, r.train_seconds as u64 % 60) } else { format!("{:.0}s", r.train_seconds) };
         s += &format!(
             "{:<36} {:<10} {:<20} {:<22} {:>6} {:>11} {:>7} {:>8}  {}{}\n",
-            crate::inspect::views::shorten(&name, 36),
-            crate::inspect::views::shorten(&r.method, 10),
-            crate::inspect::views::shorten(&r.encoder, 20),
-            crate::inspect::views::shorten(&r.data, 22),
+            crate::inspect::shorten(&name, 36),
+            crate::inspect::shorten(&r.method, 10),
+            crate::inspect::shorten(&r.encoder, 20),
+            crate::inspect::shorten(&r.data, 22),
             r.steps,
             knn,
             probe,

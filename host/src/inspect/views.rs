@@ -7,11 +7,12 @@
 use crate::config::Config;
 use crate::data::{self, loader};
 use crate::inspect::grid::{self, Row, Tile};
+use crate::inspect::{check_png_path, json_path, shorten};
 use crate::plugins::Registry;
 use latent_sdk::abi::PluginKind;
 use anyhow::{ensure, Context as _, Result};
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// What `latent views` is asked.
 #[derive(Clone, Debug)]
@@ -56,17 +57,6 @@ pub struct Summary {
     pub images: Vec<Source>,
     /// Top-left pixel of each tile in the PNG, per row: the image, then its views.
     pub tiles: grid::Layout,
-}
-
-/// The JSON file written beside a PNG: `X.png` → `X.json`.
-pub fn json_path(png: &Path) -> PathBuf {
-    png.with_extension("json")
-}
-
-/// Checks that `out` names a PNG file.
-pub fn check_png_path(out: &Path) -> Result<()> {
-    ensure!(out.extension().and_then(|e| e.to_str()) == Some("png"), "--out {} must be a .png file", out.display());
-    Ok(())
 }
 
 /// Runs `latent views`.
@@ -116,9 +106,4 @@ pub fn run(reg: &Registry, args: &ViewsArgs) -> Result<Summary> {
     let json = json_path(&args.out);
     std::fs::write(&json, serde_json::to_string_pretty(&summary)?).with_context(|| format!("writing {}", json.display()))?;
     Ok(summary)
-}
-
-/// `s` cut to `n` characters with an ellipsis.
-pub fn shorten(s: &str, n: usize) -> String {
-    if s.chars().count() <= n { s.to_string() } else { s.chars().take(n - 1).collect::<String>() + "…" }
 }
