@@ -45,3 +45,27 @@ pub fn enqueue(queue: &mut [f32], ptr: &mut usize, keys: &[f32], d: usize) {
         *ptr += n;
     }
 }
+
+/// MoCo v3's contrastive loss (Chen, Xie, He 2021, algorithm 1, `ctr`) of queries `q` `[N, D]`
+/// against the keys `k` `[N, D]` (detached) of the other view in the same batch: query n's
+/// positive is key n, the other N − 1 keys are its negatives. Scaled by 2τ as in the paper.
+/// Also `top1`, the share of queries whose own key is the most similar.
+///
+/// ```text
+/// logits = q̂ k̂ᵀ / τ                                                          [N, N]
+/// ctr(q, k) = CrossEntropy(logits, labels = 0..N) · 2τ
+/// ```
+pub fn ctr(q: &Var, k: &Var, t: f32) -> (Var, f64) {
+    let logits = q.l2_normalize().matmul_t(&k.l2_normalize()) / t;
+    let n = logits.rows();
+    let l = logits.values();
+    let top1 = (0..n).filter(|&i| (0..n).all(|j| j == i || l[i * n + i] > l[i * n + j])).count() as f64 / n.max(1) as f64;
+    (cross_entropy(&logits, &(0..n).collect::<Vec<_>>()).scale(2.0 * t), top1)
+}
+
+/// MoCo v3's symmetric loss: `ctr(q₀, k₁) + ctr(q₁, k₀)`, and the mean `top1` of the two.
+pub fn symmetric_ctr(q: [&Var; 2], k: [&Var; 2], t: f32) -> (Var, f64) {
+    let (a, ta) = ctr(q[0], k[1], t);
+    let (b, tb) = ctr(q[1], k[0], t);
+    (a.add(&b), (ta + tb) / 2.0)
+}

@@ -8,6 +8,7 @@ use latent_sdk::testing::{assert_close, assert_scalar, floats, tensor};
 use serde_json::Value;
 
 const LOSS: &str = include_str!("../fixtures/loss.json");
+const CTR: &str = include_str!("../fixtures/ctr.json");
 
 #[test]
 fn info_nce_and_the_queue_update_match_lightly_memory_bank() {
@@ -51,8 +52,10 @@ fn the_queue_is_state_in_buffers_and_moves_only_in_training() {
     let mut obj = new_box(r#"{"input_dim": 5, "hidden_dim": 8, "output_dim": 4, "queue_size": 10}"#);
     let roles: Vec<(String, ParamRole)> = obj.params().unwrap().iter().map(|d| (d.name.to_string(), d.role)).collect();
     assert_eq!(&roles[roles.len() - 2..], &[("queue".to_string(), ParamRole::Buffer), ("queue_ptr".to_string(), ParamRole::Buffer)]);
-    let mut p = Moco::new(Config { input_dim: 5, hidden_dim: 8, output_dim: 4, queue_size: 10, ..Config::default() }, &Context::default()).unwrap();
-    for row in p.queue.value.chunks(4) {
+    let mut p = Moco::new(Config { input_dim: 5, hidden_dim: 8, output_dim: 4, queue_size: Some(10), ..Config::default() }, &Context::default()).unwrap();
+    let keys = |p: &Moco| p.queue.as_ref().unwrap().keys.value.clone();
+    let ptr = |p: &Moco| p.queue.as_ref().unwrap().ptr.value[0];
+    for row in keys(&p).chunks(4) {
         assert!((row.iter().map(|v| v * v).sum::<f32>() - 1.0).abs() < 1e-5, "queued keys start as unit vectors");
     }
     let batch = |train: bool| ObjectiveBatch {
@@ -63,14 +66,14 @@ fn the_queue_is_state_in_buffers_and_moves_only_in_training() {
         total_steps: 10,
         train,
     };
-    let before = p.queue.value.clone();
+    let before = keys(&p);
     let r = p.compute(batch(false)).unwrap();
-    assert_eq!((p.queue.value.clone(), p.queue_ptr.value[0]), (before.clone(), 0.0), "evaluation leaves the queue alone");
+    assert_eq!((keys(&p), ptr(&p)), (before.clone(), 0.0), "evaluation leaves the queue alone");
     assert_eq!(r.target_momentum, 0.99);
     let r = p.compute(batch(true)).unwrap();
-    assert_eq!(p.queue_ptr.value[0], 4.0);
-    assert_eq!(&p.queue.value[16..], &before[16..], "only the first 4 rows were written");
-    assert_ne!(&p.queue.value[..16], &before[..16]);
+    assert_eq!(ptr(&p), 4.0);
+    assert_eq!(&keys(&p)[16..], &before[16..], "only the first 4 rows were written");
+    assert_ne!(&keys(&p)[..16], &before[..16]);
     assert!(r.grads[1].data.iter().all(|&g| g == 0.0), "view 1 only gives keys: no gradient");
     assert!(r.grads[0].data.iter().any(|&g| g != 0.0));
     assert!((momentum(0.99, 5, 10) - 0.995).abs() < 1e-12 && momentum(0.99, 10, 10) == 1.0);
@@ -84,8 +87,63 @@ fn bad_config_is_refused_by_name() {
         (r#"{"momentum_base": 1.5}"#, "momentum_base"),
         (r#"{"output_dim": 0}"#, "output_dim"),
         (r#"{"queue": 8}"#, "unknown field `queue`"),
+        (r#"{"version": "v3", "queue_size": 4096}"#, "queue_size is a v2 key"),
+        (r#"{"version": "v4"}"#, "unknown variant `v4`"),
     ] {
         let e = latent_sdk::plugin::new_objective::<Moco>(RStr::from_str(json), &Context::default()).err().expect("refused");
         assert!(e.to_string().contains(msg), "{json}: {e}");
     }
 }
+
+#[test]
+fn v3_symmetric_loss_matches_the_papers_pseudocode() {
+    let fx: Value = serde_json::from_str(CTR).unwrap();
+    let (n, d, t) = (fx["n"].as_u64().unwrap() as usize, fx["d"].as_u64().unwrap() as usize, fx["temperature"].as_f64().unwrap() as f32);
+    for (i, c) in fx["cases"].as_array().unwrap().iter().enumerate() {
+        let g = Graph::new(true);
+        let q1 = g.input(&tensor(&c["q1"], n, d)).unwrap();
+        let q2 = g.input(&tensor(&c["q2"], n, d)).unwrap();
+        let k1 = g.constant(&tensor(&c["k1"], n, d)).unwrap();
+        let k2 = g.constant(&tensor(&c["k2"], n, d)).unwrap();
+        let (l, top1) = loss::symmetric_ctr([&q1, &q2], [&k1, &k2], t);
+        assert!((0.0..=1.0).contains(&top1));
+        assert_scalar(&format!("v3 loss of case {i}"), l.item(), c["loss"].as_f64().unwrap(), 1e-5);
+        let mut gr = g.backward(&l).unwrap();
+        assert_close(&format!("dq1 of case {i}"), &gr.tensor(&q1, &[n, d]).data, &floats(&c["dq1"]), 1e-5);
+        assert_close(&format!("dq2 of case {i}"), &gr.tensor(&q2, &[n, d]).data, &floats(&c["dq2"]), 1e-5);
+    }
+}
+
+#[test]
+fn v3_gradients_through_projector_and_predictor_match_finite_differences() {
+    let mut obj = new_box(r#"{"version": "v3", "input_dim": 5, "hidden_dim": 8, "output_dim": 4}"#);
+    let names: Vec<String> = obj.params().unwrap().iter().map(|d| d.name.to_string()).collect();
+    assert!(names.iter().any(|n| n == "predictor.0.weight") && names.iter().any(|n| n == "projector.4.running_mean"), "{names:?}");
+    assert!(!names.iter().any(|n| n.starts_with("queue")), "v3 keeps no queue: {names:?}");
+    let v = vec![random(&[6, 5], 1), random(&[6, 5], 2)];
+    let t = vec![random(&[6, 5], 3), random(&[6, 5], 4)];
+    // two batch-norms over 6 rows and logits scaled by 1/τ = 5 curve the loss: a step of 4e-3
+    // leaves a truncation error of 4e-2 here, 1e-3 one of 1.2e-3
+    latent_sdk::check::assert_objective_gradients(&mut obj, v, t, vec![], 1e-3, 1e-2);
+}
+
+#[test]
+fn v3_trains_both_views_and_only_the_online_heads() {
+    let mut p = Moco::new(Config { version: Version::V3, input_dim: 5, hidden_dim: 8, output_dim: 4, ..Config::default() }, &Context::default()).unwrap();
+    let r = p
+        .compute(ObjectiveBatch {
+            views: vec![random(&[4, 5], 1), random(&[4, 5], 2)],
+            targets: vec![random(&[4, 5], 3), random(&[4, 5], 4)],
+            labels: vec![],
+            step: 0,
+            total_steps: 10,
+            train: true,
+        })
+        .unwrap();
+    assert!(r.grads.iter().all(|g| g.data.iter().any(|&x| x != 0.0)), "both views give queries, so both get a gradient");
+    assert_eq!(r.target_momentum, 0.99);
+    let mut roles = Vec::new();
+    p.visit_params(&mut |q| roles.push((q.name.clone(), q.role)));
+    assert!(roles.iter().filter(|(n, _)| n.starts_with("target_projector")).all(|(_, r)| *r != ParamRole::Weight), "{roles:?}");
+}
+
