@@ -31,11 +31,12 @@ groups={
  'simclr':['plugins/objectives/simclr/src/lib.rs','plugins/objectives/simclr/src/loss.rs','plugins/objectives/simclr/src/head.rs'],
  'byol':['plugins/objectives/byol/src/lib.rs','plugins/objectives/byol/src/loss.rs','plugins/objectives/byol/src/head.rs'],
  'triplet':['plugins/objectives/triplet/src/lib.rs','plugins/objectives/triplet/src/loss.rs'],
- 'barlow-twins (example)':['examples/objective-barlow-twins/src/lib.rs'],
+ 'barlow-twins':['examples/objective-barlow-twins/src/lib.rs','plugins/objectives/barlow-twins/src/lib.rs','plugins/objectives/barlow-twins/src/loss.rs'],
  'tiny-cnn (example encoder)':['examples/encoder-tiny-cnn/src/lib.rs'],
  'kit::head (shared head + backward_views)':['sdk/src/kit/head.rs'],
 }
-loss_fns={'simclr':('plugins/objectives/simclr/src/loss.rs','nt_xent'),'byol':('plugins/objectives/byol/src/loss.rs','byol_loss'),'triplet':('plugins/objectives/triplet/src/loss.rs','triplet'),'barlow-twins (example)':('examples/objective-barlow-twins/src/lib.rs','barlow_twins')}
+loss_fns={'simclr':('plugins/objectives/simclr/src/loss.rs','nt_xent'),'byol':('plugins/objectives/byol/src/loss.rs','byol_loss'),'triplet':('plugins/objectives/triplet/src/loss.rs','triplet'),'barlow-twins':(['examples/objective-barlow-twins/src/lib.rs','plugins/objectives/barlow-twins/src/loss.rs'],'barlow_twins')}
+# (the example moved to plugins/objectives/barlow-twins; a list of paths is tried in order)
 print("| plugin | code lines before | after | loss function before | after |")
 print("|---|---|---|---|---|")
 for g,paths in groups.items():
@@ -44,5 +45,7 @@ for g,paths in groups.items():
     lf=loss_fns.get(g)
     lb=la=''
     if lf:
-        lb=fn_lines(show(BEFORE,lf[0]),lf[1]); la=fn_lines(show(AFTER,lf[0]),lf[1])
+        paths=lf[0] if isinstance(lf[0],list) else [lf[0]]
+        src=lambda rev: next((t for t in (show(rev,q) for q in paths) if t), '')
+        lb=fn_lines(src(BEFORE),lf[1]); la=fn_lines(src(AFTER),lf[1])
     print(f"| {g} | {b} | {a} | {lb} | {la} |")

@@ -18,9 +18,14 @@ fn plugins_json_lists_the_builtin_plugins() {
     assert!(out.status.success(), "{}", text(&out));
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let kind_of = |name: &str| v["plugins"].as_array().unwrap().iter().find(|p| p["name"] == name).map(|p| p["kind"].as_str().unwrap().to_string());
-    for obj in ["simclr", "byol", "triplet"] {
+    for obj in ["simclr", "byol", "triplet", "moco", "simsiam", "vicreg", "barlow-twins"] {
         assert_eq!(kind_of(obj).as_deref(), Some("objective"), "{obj} missing:\n{}", text(&out));
     }
+    // the plugins' own file names: built-ins are latent_plugin_*, not examples
+    let file = |name: &str| v["plugins"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap()["file"].as_str().unwrap().to_string();
+    assert!(file("barlow-twins").contains("latent_plugin_barlow_twins"), "{}", file("barlow-twins"));
+    let moco = v["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "moco").unwrap();
+    assert_eq!(moco["default_config"]["version"], json!("v2"), "{moco}");
     assert_eq!(kind_of("resnet").as_deref(), Some("encoder"));
     assert_eq!(kind_of("mlp").as_deref(), Some("encoder"));
     assert_eq!(kind_of("pipeline").as_deref(), Some("augmentation"));

@@ -17,7 +17,11 @@ fn every_built_in_and_example_plugin_passes() {
         "latent_plugin_triplet",
         "latent_plugin_resnet",
         "latent_plugin_mlp",
-        "latent_example_barlow_twins",
+        "latent_plugin_simsiam",
+        "latent_plugin_vicreg",
+        "latent_plugin_moco",
+        "latent_plugin_barlow_twins",
+        "latent_example_spectral_contrastive",
         "latent_example_tiny_cnn",
     ] {
         let o = latent(&["check-plugin", &lib(stem), "--deep"]);

@@ -1,4 +1,4 @@
-//! Issues #4 and #6: short training runs through the host with each built-in objective, the
+//! Issues #4, #6 and #17: short training runs through the host with each built-in objective, the
 //! BYOL EMA rule and collapse behaviour, and exact resume.
 
 use latent_host::config::Config;
@@ -244,6 +244,26 @@ fn moco_short_run_loss_falls_and_knn_beats_random_init() {
     let (trained, random) = knn(&run);
     eprintln!("moco: kNN {trained:.3} vs random init {random:.3}");
     assert!(trained > random + 0.03, "MoCo kNN {trained:.3} vs random init {random:.3}");
+}
+
+#[test]
+fn moco_v3_short_run_loss_falls_and_knn_beats_random_init() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = train(dir.path(), &["objective.plugin=moco", "objective.config.version=\"v3\"", "optim.name=\"adamw\"", "optim.lr=0.003", "optim.weight_decay=1e-4"]);
+    assert_loss_falls(&run);
+    let (trained, random) = knn(&run);
+    eprintln!("moco v3: kNN {trained:.3} vs random init {random:.3}");
+    assert!(trained > random + 0.03, "MoCo v3 kNN {trained:.3} vs random init {random:.3}");
+}
+
+#[test]
+fn barlow_twins_short_run_loss_falls_and_knn_beats_random_init() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = train(dir.path(), &["objective.plugin=barlow-twins", "optim.name=\"adamw\"", "optim.lr=0.003", "optim.weight_decay=1e-4"]);
+    assert_loss_falls(&run);
+    let (trained, random) = knn(&run);
+    eprintln!("barlow-twins: kNN {trained:.3} vs random init {random:.3}");
+    assert!(trained > random + 0.03, "Barlow Twins kNN {trained:.3} vs random init {random:.3}");
 }
 
 #[test]
