@@ -11,6 +11,7 @@
 //!   q = g_θ(h₀)                 query: the online encoder and projector on view 0
 //!   k = g_ξ(h'₁)                key: the momentum encoder and projector on view 1 (no gradient)
 //!   L = InfoNCE(q, k; queue, τ)                       (loss::info_nce)
+//!   (symmetric = true: L = ½ InfoNCE(q₀, k₁) + ½ InfoNCE(q₁, k₀))
 //!   queue ← the normalised keys, first in, first out (training steps only)
 //! v3 (version = "v3")
 //!   qᵢ = p_θ(g_θ(hᵢ))           queries: projector then predictor on both views
@@ -22,7 +23,8 @@
 //! state: the parameters `queue` `[K, D]` and `queue_ptr` `[1]` have role `Buffer`, so the
 //! host saves them in every checkpoint and `--resume` restores them bit for bit. The queue
 //! starts as random unit vectors (seeded). As in the paper and lightly's MoCo example the v2
-//! loss is asymmetric: view 0 gives the queries, view 1 the keys.
+//! loss is asymmetric by default: view 0 gives the queries, view 1 the keys (`symmetric`
+//! adds the other direction).
 //!
 //! Heads. v2: the projector is MoCo v2's MLP (lightly's `MoCoProjectionHead`): Linear → ReLU →
 //! Linear, with biases (`projector.0.*`, `projector.2.*`). v3: the paper's ResNet heads
@@ -39,6 +41,7 @@
 //! | `output_dim` | 128 | key and query size D (the papers: 128 for v2, 256 for v3) |
 //! | `temperature` | 0.2 | τ of InfoNCE (0.2 in v2 and in the v3 recipe; the v3 code's default is 1.0) |
 //! | `queue_size` | 65536 (v2 only) | K, the number of queued keys (the paper's); for small data keep it below one epoch of keys, e.g. 2048 for 4,000 images, or the queue holds keys of the query's own image. Refused in v3, which has no queue |
+//! | `symmetric` | false | v2: also contrast view 1's queries with view 0's keys and average the two losses; both views' keys enter the queue (solo-learn's MoCo v2+, which keeps a queue per view; here one queue takes both). Refused in v3, which is symmetric |
 //! | `momentum_base` | 0.99 | m at step 0, rising to 1 on a cosine (lightly's MoCo example and MoCo v3's ResNet recipe) |
 //!
 //! Metrics: `loss`, `momentum`, `top1` (v2: share of queries whose key beats every queued key;
@@ -67,11 +70,13 @@ pub struct Config {
     pub queue_size: Option<usize>,
     /// Momentum at step 0.
     pub momentum_base: f64,
+    /// v2: also the queries of view 1 against the keys of view 0.
+    pub symmetric: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { version: Version::V2, input_dim: 128, hidden_dim: 512, output_dim: 128, temperature: 0.2, queue_size: None, momentum_base: 0.99 }
+        Config { version: Version::V2, input_dim: 128, hidden_dim: 512, output_dim: 128, temperature: 0.2, queue_size: None, momentum_base: 0.99, symmetric: false }
     }
 }
 
@@ -152,6 +157,7 @@ impl Plugin for Moco {
             }
             Version::V3 => {
                 ensure!(cfg.queue_size.is_none(), "queue_size is a v2 key: MoCo v3 contrasts with the other view's keys in the batch and keeps no queue");
+                ensure!(!cfg.symmetric, "symmetric is a v2 key: MoCo v3's loss is symmetric already");
                 let projector = Head::new(&init.pp("projector"), &[
                     Block::new(cfg.input_dim, h, true, Activation::Relu, false),
                     Block::new(h, d, true, Activation::None, false).without_affine(),
@@ -203,17 +209,28 @@ impl Moco {
         let ptr = queue.ptr.value[0];
         ensure!(ptr >= 0.0 && ptr.fract() == 0.0 && (ptr as usize) < k_rows, "queue_ptr is {ptr}, not a row of the queue of {k_rows}");
         ensure!(queue.keys.value.len() == k_rows * d, "the queue holds {} values, not {k_rows} x {d}", queue.keys.value.len());
-        let q = self.projector.forward(g, &b.views[0]);
-        // the key runs on the targets' graph, which records nothing
-        let k = self.target_projector.forward(b.targets[1].graph(), &b.targets[1]);
+        // (query view, key view) pairs: the paper's one, or both ways (`symmetric`)
+        let pairs: &[(usize, usize)] = if self.cfg.symmetric { &[(0, 1), (1, 0)] } else { &[(0, 1)] };
         let bank = g.constant(&Tensor::new(vec![k_rows, d], queue.keys.value.clone()))?;
-        let key = g.constant(&k.value())?;
-        let (loss, top1) = loss::info_nce(&q, &key, &bank, self.cfg.temperature);
-        let pos = q.cosine_rows(&key).mean().item();
+        let (mut losses, mut top1, mut pos, mut keys) = (Vec::new(), 0.0, 0.0, Vec::new());
+        for &(qv, kv) in pairs {
+            let q = self.projector.forward(g, &b.views[qv]);
+            // the key runs on the targets' graph, which records nothing
+            let k = self.target_projector.forward(b.targets[kv].graph(), &b.targets[kv]);
+            let key = g.constant(&k.value())?;
+            let (l, t1) = loss::info_nce(&q, &key, &bank, self.cfg.temperature);
+            losses.push(l);
+            top1 += t1 / pairs.len() as f64;
+            pos += q.cosine_rows(&key).mean().item() / pairs.len() as f64;
+            keys.push(k.l2_normalize().values());
+        }
+        let loss = if losses.len() == 2 { losses[0].add(&losses[1]).scale(0.5) } else { losses.remove(0) };
         if b.train {
-            let keys = k.l2_normalize().values();
+            // every pair saw the queue as it was; then the keys go in, view 1's first
             let mut p = ptr as usize;
-            loss::enqueue(&mut queue.keys.value, &mut p, &keys, d);
+            for k in &keys {
+                loss::enqueue(&mut queue.keys.value, &mut p, k, d);
+            }
             queue.ptr.value[0] = p as f32;
         }
         Ok((loss, top1, pos))

@@ -44,7 +44,10 @@ fn gradients_through_the_projector_match_finite_differences() {
     let mut obj = new_box(r#"{"input_dim": 5, "hidden_dim": 8, "output_dim": 4, "queue_size": 12}"#);
     let v = vec![random(&[6, 5], 1), random(&[6, 5], 2)];
     let t = vec![random(&[6, 5], 3), random(&[6, 5], 4)];
-    latent_sdk::check::assert_objective_gradients(&mut obj, v, t, vec![], 4e-3, 1e-2);
+    latent_sdk::check::assert_objective_gradients(&mut obj, v.clone(), t.clone(), vec![], 4e-3, 1e-2);
+    let mut obj = new_box(r#"{"input_dim": 5, "hidden_dim": 8, "output_dim": 4, "queue_size": 12, "symmetric": true}"#);
+    // a hidden unit of view 1 lies within 4e-3 of its ReLU kink here: the smaller step
+    latent_sdk::check::assert_objective_gradients(&mut obj, v, t, vec![], 1e-3, 1e-2);
 }
 
 #[test]
@@ -147,3 +150,34 @@ fn v3_trains_both_views_and_only_the_online_heads() {
     assert!(roles.iter().filter(|(n, _)| n.starts_with("target_projector")).all(|(_, r)| *r != ParamRole::Weight), "{roles:?}");
 }
 
+
+#[test]
+fn symmetric_v2_averages_both_directions_and_queues_both_views_keys() {
+    let cfg = Config { input_dim: 5, hidden_dim: 8, output_dim: 4, queue_size: Some(20), ..Config::default() };
+    let batch = || ObjectiveBatch {
+        views: vec![random(&[4, 5], 1), random(&[4, 5], 2)],
+        targets: vec![random(&[4, 5], 3), random(&[4, 5], 4)],
+        labels: vec![],
+        step: 0,
+        total_steps: 10,
+        train: true,
+    };
+    let loss = |r: &ObjectiveResult| r.metrics.iter().find(|(k, _)| k == "loss").unwrap().1;
+    let mut one = Moco::new(cfg.clone(), &Context::default()).unwrap();
+    let mut both = Moco::new(Config { symmetric: true, ..cfg.clone() }, &Context::default()).unwrap();
+    let r1 = one.compute(batch()).unwrap();
+    let r2 = both.compute(batch()).unwrap();
+    // the other direction alone: swap the views and the targets
+    let mut swapped = Moco::new(cfg, &Context::default()).unwrap();
+    let mut b = batch();
+    b.views.swap(0, 1);
+    b.targets.swap(0, 1);
+    let r3 = swapped.compute(b).unwrap();
+    assert!((loss(&r2) - (loss(&r1) + loss(&r3)) / 2.0).abs() < 1e-6, "{} vs ({} + {}) / 2", loss(&r2), loss(&r1), loss(&r3));
+    assert!(r2.grads.iter().all(|g| g.data.iter().any(|&x| x != 0.0)), "both views give queries");
+    let q = both.queue.as_ref().unwrap();
+    assert_eq!(q.ptr.value[0], 8.0, "two batches of 4 keys went in");
+    assert_eq!(&q.keys.value[..16], &one.queue.as_ref().unwrap().keys.value[..16], "view 1's keys first, as the paper's");
+    let e = Moco::new(Config { version: Version::V3, symmetric: true, ..Config::default() }, &Context::default()).err().unwrap();
+    assert!(e.to_string().contains("symmetric is a v2 key"), "{e}");
+}
