@@ -17,11 +17,27 @@ bench/run, the same recipe as `latent train` with its defaults:
 - after every epoch: kNN (k=200, T=0.1, and k=20, T=0.07) on the encoder output of the plain
   train and test images in [0, 1], the weighted kNN of host/src/eval.rs
 
-    python bench/torch_train_mnist5k.py [--epochs 10] [--recipe grey|simclr] [--workers 2] [--threads 2] [--json FILE]
+`--method byol` (bench/methods' reference row, examples/configs/byol-mnist.toml): lightly's
+BYOLProjectionHead(128, 512, 128) and BYOLPredictionHead(128, 512, 128), a momentum copy of
+encoder and projector (lightly's update_momentum, tau from 0.996 to 1 on lightly's
+cosine_schedule, per step), loss (2 - 2 cos(q1, z2')).mean() + (2 - 2 cos(q2, z1')).mean() as
+latent's byol plugin, views as byol-mnist.toml (grey crop and jitter; blur p 1.0 / 0.1 with
+sigma 0.1-2 and kernel 3 as latent's blur at 28 px; solarize p 0 / 0.2), lightly's LARS lr 0.2,
+momentum 0.9, weight decay 1.5e-6 and trust coefficient 1e-3 on weights (biases and norms:
+no decay, so no trust ratio), linear warmup of one epoch then cosine to 0, as latent's
+schedule. (lightly's trust ratio is |w| / (|g| + wd |w|), latent's |w| / |g + wd w|.)
+
+`--data fashion` reads Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist, IDX
+files) and keeps the first 4,000 training and 1,000 test images, as `latent train` with
+data.max_train_images=4000 and data.max_test_images=1000.
+
+    python bench/torch_train_mnist5k.py [--epochs 10] [--method simclr|byol] [--data mnist5k|fashion]
+        [--recipe grey|simclr] [--workers 2] [--threads 2] [--json FILE]
 
 Epoch times count training only (loading, augmenting and stepping), not the evaluation.
 """
 import argparse
+import copy
 import gzip
 import json
 import math
@@ -34,7 +50,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from lightly.loss import NTXentLoss
-from lightly.models.modules import SimCLRProjectionHead
+from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead, SimCLRProjectionHead
+from lightly.models.utils import deactivate_requires_grad, update_momentum
+from lightly.utils.lars import LARS
+from lightly.utils.scheduler import cosine_schedule
 import torchvision.transforms as T
 from lightly.transforms import SimCLRTransform
 from lightly.transforms.multi_view_transform import MultiViewTransform
@@ -45,6 +64,31 @@ from torch_step import param_groups, peak_rss_mib
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSV = os.path.join(HERE, "..", "host", "data", "mnist_5k.csv.gz")
 TRAIN_PER_CLASS = 400
+
+
+FASHION = "/usr/share/datasets/fashion-mnist"
+
+
+def idx(path):
+    import struct
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def fashion(n_train=4000, n_test=1000):
+    """(train_x, train_y, test_x, test_y): the first n_train / n_test images of Fashion-MNIST."""
+    def find(stem):
+        for name in (stem, stem + ".gz"):
+            if os.path.exists(os.path.join(FASHION, name)):
+                return os.path.join(FASHION, name)
+        raise SystemExit(f"{FASHION}/{stem}[.gz] not found: apt-get install dataset-fashion-mnist")
+    tx, ty = idx(find("train-images-idx3-ubyte")), idx(find("train-labels-idx1-ubyte")).astype(np.int64)
+    ex, ey = idx(find("t10k-images-idx3-ubyte")), idx(find("t10k-labels-idx1-ubyte")).astype(np.int64)
+    return tx[:n_train], ty[:n_train], ex[:n_test], ey[:n_test]
 
 
 def mnist_5k():
@@ -105,19 +149,25 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--recipe", choices=["grey", "simclr"], default="grey")
+    ap.add_argument("--method", choices=["simclr", "byol"], default="simclr")
+    ap.add_argument("--data", choices=["mnist5k", "fashion"], default="mnist5k")
     ap.add_argument("--json")
     a = ap.parse_args()
     t_start = time.perf_counter()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
-    tr_x, tr_y, te_x, te_y = mnist_5k()
+    tr_x, tr_y, te_x, te_y = mnist_5k() if a.data == "mnist5k" else fashion()
     tr_yt, te_yt = torch.from_numpy(tr_y), torch.from_numpy(te_y)
-    if a.recipe == "grey":
-        view = T.Compose([
-            T.RandomResizedCrop(28, scale=(0.3, 1.0)),
-            T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.0, hue=0.0)], p=0.8),
-            T.ToTensor(),
+    grey = [T.RandomResizedCrop(28, scale=(0.3, 1.0)),
+            T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.0, hue=0.0)], p=0.8)]
+    if a.method == "byol":
+        blur = lambda p: T.RandomApply([T.GaussianBlur(3, sigma=(0.1, 2.0))], p=p)
+        transform = MultiViewTransform([
+            T.Compose(grey + [blur(1.0), T.ToTensor()]),
+            T.Compose(grey + [blur(0.1), T.RandomSolarize(128, p=0.2), T.ToTensor()]),
         ])
+    elif a.recipe == "grey":
+        view = T.Compose(grey + [T.ToTensor()])
         transform = MultiViewTransform([view, view])
     else:
         transform = SimCLRTransform(input_size=28, cj_strength=1.0, gaussian_blur=0.5, normalize=None)
@@ -125,11 +175,39 @@ def main():
         Views(tr_x, transform), batch_size=a.batch, shuffle=True, drop_last=True, num_workers=a.workers,
         persistent_workers=a.workers > 0, generator=torch.Generator().manual_seed(a.seed))
     model = ResNetMini(cin=1).train()
-    head = SimCLRProjectionHead(128, 256, 128).train()
-    criterion = NTXentLoss(temperature=0.5)
-    base_lr = 0.06
-    opt = torch.optim.SGD(param_groups(model, head), lr=base_lr, momentum=0.9)
     total = a.epochs * len(loader)
+    if a.method == "simclr":
+        head = SimCLRProjectionHead(128, 256, 128).train()
+        criterion = NTXentLoss(temperature=0.5)
+        base_lr, warmup = 0.06, 0
+        opt = torch.optim.SGD(param_groups(model, head), lr=base_lr, momentum=0.9)
+    else:
+        head = BYOLProjectionHead(128, 512, 128).train()
+        predictor = BYOLPredictionHead(128, 512, 128).train()
+        target_model, target_head = copy.deepcopy(model), copy.deepcopy(head)
+        deactivate_requires_grad(target_model)
+        deactivate_requires_grad(target_head)
+        base_lr, warmup = 0.2, len(loader)
+        opt = LARS(param_groups(model, head, predictor, weight_decay=1.5e-6), lr=base_lr, momentum=0.9, trust_coefficient=0.001)
+
+    def byol_loss(x0, x1, step):
+        tau = cosine_schedule(step, total, 0.996, 1.0)
+        update_momentum(model, target_model, tau)
+        update_momentum(head, target_head, tau)
+        n = len(x0)
+        h = model(torch.cat([x0, x1]))
+        q = [predictor(head(h[:n])), predictor(head(h[n:]))]
+        with torch.no_grad():
+            ht = target_model(torch.cat([x0, x1]))
+            zt = [target_head(ht[:n]), target_head(ht[n:])]
+        l = lambda p, z: (2 - 2 * F.cosine_similarity(p, z, dim=1)).mean()
+        return l(q[0], zt[1]) + l(q[1], zt[0])
+
+    def lr_at(step):
+        if step < warmup:
+            return base_lr * (step + 1) / warmup
+        return base_lr * (1 + math.cos(math.pi * (step - warmup) / (total - warmup))) / 2
+
     step = 0
     epochs = []
     train_s = 0.0
@@ -137,12 +215,15 @@ def main():
         t0 = time.perf_counter()
         losses = []
         for x0, x1 in loader:
-            lr = base_lr * (1 + math.cos(math.pi * step / total)) / 2
+            lr = lr_at(step)
             for g in opt.param_groups:
                 g["lr"] = lr
             opt.zero_grad(set_to_none=True)
-            h = model(torch.cat([x0, x1]))
-            loss = criterion(head(h[: len(x0)]), head(h[len(x0):]))
+            if a.method == "simclr":
+                h = model(torch.cat([x0, x1]))
+                loss = criterion(head(h[: len(x0)]), head(h[len(x0):]))
+            else:
+                loss = byol_loss(x0, x1, step)
             loss.backward()
             opt.step()
             losses.append(loss.item())
@@ -158,10 +239,11 @@ def main():
     del loader
     out = {
         "side": "pytorch",
-        "what": f"PyTorch {torch.__version__} + lightly SimCLR on embedded MNIST-5k (4,000 / 1,000), recipe {a.recipe}, {a.threads} threads, {a.workers} loader workers",
-        "recipe": a.recipe,
+        "what": f"PyTorch {torch.__version__} + lightly {a.method} on {a.data} (4,000 / 1,000), recipe {a.recipe if a.method == 'simclr' else 'byol-mnist.toml'}, {a.threads} threads, {a.workers} loader workers",
+        "recipe": a.recipe, "method": a.method, "data": a.data,
         "epochs": a.epochs, "steps": step, "train_seconds": train_s, "wall_seconds": time.perf_counter() - t_start,
-        "knn_200": epochs[-1]["knn_200"] if epochs else None, "per_epoch": epochs,
+        "knn_200": epochs[-1]["knn_200"] if epochs else None, "knn_20": epochs[-1]["knn_20"] if epochs else None,
+        "per_epoch": epochs,
         "peak_rss_mib": peak_rss_mib(),
         "workers_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0,
     }

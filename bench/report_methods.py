@@ -1,0 +1,79 @@
+"""Writes docs/BENCHMARKS.md from the results of bench/methods (runs/methods/results.jsonl).
+
+    python3 bench/report_methods.py runs/methods/results.jsonl docs/BENCHMARKS.md
+
+The last result of each (data set, method) counts, so a rerun of one method (`bench/methods
+--only NAME`) replaces its row.
+"""
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+results_path, out_path = sys.argv[1], sys.argv[2]
+rows = {}
+for line in open(results_path):
+    if line.strip():
+        r = json.loads(line)
+        rows[(r["data"], r["method"])] = r
+
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+cores = os.cpu_count()
+rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+TITLES = {"mnist5k": "MNIST-5k (embedded: 4,000 train / 1,000 test)", "fashion": "Fashion-MNIST, first 4,000 train / 1,000 test"}
+
+
+def pct(v):
+    return "—" if v is None else f"{100 * v:.1f}"
+
+
+out = ["# Benchmarks: every method at the same budget", "",
+       "Written by `bench/methods` (this file is its output; rerun it to reproduce). Each method trains",
+       "resnet-mini with its config from `examples/configs/` for the same number of epochs on the same",
+       "data, then the trained encoder's test-split embeddings are evaluated: weighted kNN (k = 200,",
+       "T = 0.1 and k = 20, T = 0.07, cosine) and a linear probe, in %. Random init is the same",
+       "encoder before training, raw pixels the flattened images. The PyTorch rows run the same",
+       "recipe in PyTorch + lightly (`bench/torch_train_mnist5k.py`: the same data split, encoder,",
+       "heads, views, optimiser and schedule; kNN only). `train s` counts the training epochs",
+       "(loading, augmenting, stepping), not evaluation; peak RSS is the process's (PyTorch: main",
+       "process plus its 2 loader workers). Accuracies are deterministic for a given seed; times are",
+       "not, and count only beside each other, from one run on an idle machine (load before each",
+       "run in the last column).", "",
+       f"Machine: {cpu}, {cores} cores, Linux. Commit {rev}. Written {time.strftime('%Y-%m-%d')}.", ""]
+for data in ["mnist5k", "fashion"]:
+    rs = [r for (d, _), r in rows.items() if d == data]
+    if not rs:
+        continue
+    epochs = sorted({r["epochs"] for r in rs})
+    out += [f"## {TITLES.get(data, data)}, {', '.join(map(str, epochs))} epochs", ""]
+    out += ["| method | kind | kNN@200 | kNN@20 | probe | train s | peak RSS MiB | load |", "|---|---|---|---|---|---|---|---|"]
+    order = lambda r: (r["side"] != "latent", r["kind"].startswith("supervised"), -(r["knn_200"] or 0))
+    for r in sorted(rs, key=order):
+        out.append(f"| {r['method']} | {r['kind']} | {pct(r['knn_200'])} | {pct(r['knn_20'])} | {pct(r['probe'])} | "
+                   f"{r['train_seconds']:.0f} | {r['peak_rss_mib']:.0f} | {r['load_before']:.2f} |")
+    base = next((r["baselines"] for r in rs if r["side"] == "latent" and r.get("baselines")), {})
+    for name, b in base.items():
+        out.append(f"| *{name}* | baseline | {pct(b['knn_200'])} | {pct(b['knn_20'])} | {pct(b['probe'])} | — | — | — |")
+    out.append("")
+    cfgs = sorted({r["config"] for r in rs if r.get("config")})
+    out += ["Configs: " + ", ".join(f"`{c}`" for c in cfgs) + ".", ""]
+out += ["## The command", "", "```sh",
+        "cargo build --release --workspace",
+        "bench/methods                      # both data sets, 10 epochs, with the PyTorch rows",
+        "bench/methods --data mnist5k --only vicreg     # one row again",
+        "bench/methods --report-only        # rewrite this file from runs/methods/results.jsonl",
+        "```", "",
+        "Each run is `latent train examples/configs/<method>.toml --set train.epochs=10 --set",
+        "eval.every_epochs=0` (plus `data.source=idx:/usr/share/datasets/fashion-mnist`,",
+        "`data.max_train_images=4000`, `data.max_test_images=1000` for Fashion-MNIST: Debian's",
+        "`dataset-fashion-mnist`). The run directories stay in `runs/methods/<data>/<method>/`",
+        "(`latent runs runs/methods/mnist5k` lists them; `latent map` and `latent neighbours` show",
+        "them).", "",
+        "CIFAR-10 with resnet18-cifar is not in the table: the data set could not be downloaded on",
+        "the machine that wrote it (no route to cs.toronto.edu, no Debian package), and the repository",
+        "holds only 20 CIFAR-10 images (`tests/fixtures/`). With the binary batches in a folder,",
+        "`latent train examples/configs/simclr-cifar10.toml --set data.source=cifar10:DIR` trains it.", ""]
+open(out_path, "w").write("\n".join(out))
+print(f"wrote {out_path}: {len(rows)} rows")
