@@ -39,8 +39,9 @@ out = ["# Benchmarks: every method at the same budget", "",
        "heads, views, optimiser and schedule; kNN only). `train s` counts the training epochs",
        "(loading, augmenting, stepping), not evaluation; peak RSS is the process's (PyTorch: main",
        "process plus its 2 loader workers). Accuracies are deterministic for a given seed; times are",
-       "not, and count only beside each other, from one run on an idle machine (load before each",
-       "run in the last column).", "",
+       "not, and count only beside each other, from one run on an otherwise idle machine. The last",
+       "column is the 1-minute load average just before each run; after the first run it still",
+       "counts the run before (about 2 on 2 cores).", "",
        f"Machine: {cpu}, {cores} cores, Linux. Commit {rev}. Written {time.strftime('%Y-%m-%d')}.", ""]
 for data in ["mnist5k", "fashion"]:
     rs = [r for (d, _), r in rows.items() if d == data]
@@ -59,6 +60,10 @@ for data in ["mnist5k", "fashion"]:
     out.append("")
     cfgs = sorted({r["config"] for r in rs if r.get("config")})
     out += ["Configs: " + ", ".join(f"`{c}`" for c in cfgs) + ".", ""]
+missing = [d for d in ["mnist5k", "fashion"] if not any(k[0] == d for k in rows)]
+if missing:
+    out += ["Not in this version of the file: " + ", ".join(TITLES[d] for d in missing) +
+            f" (`bench/methods --data {','.join(missing)}` adds it; one data set takes about as long as the table above).", ""]
 out += ["## The command", "", "```sh",
         "cargo build --release --workspace",
         "bench/methods                      # both data sets, 10 epochs, with the PyTorch rows",
