@@ -58,6 +58,10 @@ for data in ["mnist5k", "fashion"]:
     for name, b in base.items():
         out.append(f"| *{name}* | baseline | {pct(b['knn_200'])} | {pct(b['knn_20'])} | {pct(b['probe'])} | — | — | — |")
     out.append("")
+    everywhere = {m for (_, m) in rows}
+    absent = sorted(everywhere - {r["method"] for r in rs})
+    if absent:
+        out += ["Not run on this data set yet: " + ", ".join(absent) + f" (`bench/methods --data {data}` runs every row of it; `--only NAME` one latent row).", ""]
     cfgs = sorted({r["config"] for r in rs if r.get("config")})
     out += ["Configs: " + ", ".join(f"`{c}`" for c in cfgs) + ".", ""]
 missing = [d for d in ["mnist5k", "fashion"] if not any(k[0] == d for k in rows)]
