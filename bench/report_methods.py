@@ -40,8 +40,8 @@ out = ["# Benchmarks: every method at the same budget", "",
        "(loading, augmenting, stepping), not evaluation; peak RSS is the process's (PyTorch: main",
        "process plus its 2 loader workers). Accuracies are deterministic for a given seed; times are",
        "not, and count only beside each other, from one run on an otherwise idle machine. The last",
-       "column is the 1-minute load average just before each run; after the first run it still",
-       "counts the run before (about 2 on 2 cores).", "",
+       "column is the 1-minute load average just before each run (bench/methods now waits up to 3",
+       "minutes for it to fall below 1; rows of earlier invocations still count the run before, about 2).", "",
        f"Machine: {cpu}, {cores} cores, Linux. Commit {rev}. Written {time.strftime('%Y-%m-%d')}.", ""]
 for data in ["mnist5k", "fashion"]:
     rs = [r for (d, _), r in rows.items() if d == data]
@@ -58,6 +58,14 @@ for data in ["mnist5k", "fashion"]:
     for name, b in base.items():
         out.append(f"| *{name}* | baseline | {pct(b['knn_200'])} | {pct(b['knn_20'])} | {pct(b['probe'])} | — | — | — |")
     out.append("")
+    runs = {}
+    for r in sorted(rs, key=order):
+        runs.setdefault(r.get("invocation", "an earlier invocation"), []).append(r["method"])
+    if len(runs) > 1:
+        out.append("These rows come from more than one invocation of `bench/methods`; times compare only within one:")
+        out.append("")
+        out += [f"- {inv}: {', '.join(ms)}" for inv, ms in sorted(runs.items())]
+        out.append("")
     everywhere = {m for (_, m) in rows}
     absent = sorted(everywhere - {r["method"] for r in rs})
     if absent:
