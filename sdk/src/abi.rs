@@ -275,7 +275,8 @@ pub type PResult<T> = RResult<T, PluginError>;
 ///
 /// Contract: `forward` with `train = true` keeps what `backward` needs; `backward` takes
 /// d loss / d features of that forward and *accumulates* parameter gradients; `take_grads`
-/// returns them (one per parameter, in `params` order; empty for non-trained ones) and zeroes
+/// returns them (one per parameter, in `params` order; empty for non-trained ones, and for a
+/// trained one that takes no update this step, PyTorch's `grad = None`) and zeroes
 /// them. `read_params` / `write_params` move all values, buffers included, in `params` order.
 #[sabi_trait]
 pub trait EncoderAbi: Send {
@@ -296,10 +297,28 @@ pub trait EncoderAbi: Send {
     fn take_grads(&mut self) -> PResult<RVec<TensorDesc>>;
 }
 
+/// Where a run is, for schedules counted in epochs (DINO's teacher temperature and
+/// `freeze_last_layer`): what [`ObjectiveAbi::begin_epoch`] receives.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpochInfo {
+    /// The epoch about to run, from 0 (on `--resume` mid-epoch, the epoch being resumed).
+    pub epoch: u64,
+    /// Epochs in the run.
+    pub epochs: u64,
+    /// Optimisation steps per epoch.
+    pub steps_per_epoch: u64,
+}
+
 /// An objective instance: embeddings of each view to loss, gradients and metrics.
 ///
 /// `compute` runs the objective's heads, the loss and their backward in one call, accumulating
-/// head gradients (read with `take_grads`) and returning d loss / d embeddings.
+/// head gradients (read with `take_grads`) and returning d loss / d embeddings (one per view:
+/// with multi-crop, the global views come first and `targets` holds only theirs).
+///
+/// Methods below `take_grads` were added after SDK 0.1.0's first layout: a plugin built before
+/// them still loads, and calling one on it runs the default body written here (abi_stable's
+/// default-method fallback).
 #[sabi_trait]
 pub trait ObjectiveAbi: Send {
     /// Loss, input gradients and metrics for one batch.
@@ -313,6 +332,12 @@ pub trait ObjectiveAbi: Send {
     /// Accumulated gradients, in `params` order, then zeroes them.
     #[sabi(last_prefix_field)]
     fn take_grads(&mut self) -> PResult<RVec<TensorDesc>>;
+    /// Called by the host before the first step of every epoch (and on `--resume`, before the
+    /// first step run); objectives with schedules in epochs keep the epoch. Default: nothing.
+    fn begin_epoch(&mut self, info: EpochInfo) -> PResult<()> {
+        let _ = info;
+        RResult::ROk(())
+    }
 }
 
 /// An augmentation instance: a pure function of (image, seed), so it is `Sync` and many

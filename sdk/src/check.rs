@@ -136,6 +136,9 @@ fn param_errors(
             }
             continue;
         }
+        if grads[pi].is_empty() && !start[pi].is_empty() {
+            continue; // frozen for now (`Param::frozen`): no update, so nothing to check
+        }
         ensure!(grads[pi].len() == start[pi].len(), "the gradient of {} has {} values, the parameter {}", d.name, grads[pi].len(), start[pi].len());
         out.push(tensor_error(d.name.to_string(), &mut at, pi, &grads[pi].data, o, &mut loss_at)?);
     }

@@ -199,13 +199,14 @@ pub mod check;
 pub mod kit;
 pub mod metrics;
 pub mod plugin;
+pub mod schedule;
 pub mod testing;
 
 /// Everything a plugin file usually needs.
 pub mod prelude {
-    pub use crate::abi::{Context, ParamRole};
+    pub use crate::abi::{Context, EpochInfo, ParamRole};
     pub use crate::kit::{BatchNorm, Init, Layer, Linear, Module, Param, Relu, Sequential, Tensor};
-    pub use crate::autodiff::nn::{Activation, Block, Head};
+    pub use crate::autodiff::nn::{Activation, Block, DinoHead, Head};
     pub use crate::autodiff::ops::{cat_rows, cross_entropy};
     pub use crate::autodiff::{Graph, Var};
     pub use crate::plugin::{

@@ -65,6 +65,11 @@ pub trait ObjectivePlugin: Plugin + Module {
     const NEEDS_TARGET: bool = false;
     /// Heads forward, loss, heads backward; returns d loss / d views.
     fn compute(&mut self, batch: ObjectiveBatch) -> anyhow::Result<ObjectiveResult>;
+    /// The host is about to run epoch `info.epoch` (see [`EpochInfo`]). Default: nothing.
+    fn begin_epoch(&mut self, info: EpochInfo) -> anyhow::Result<()> {
+        let _ = info;
+        Ok(())
+    }
 }
 
 /// An encoder: `[N, C, H, W]` images to `[N, D]` features.
@@ -169,11 +174,21 @@ pub trait Objective: Plugin + Module {
     const NEEDS_TARGET: bool = false;
     /// The loss of one batch.
     fn forward(&mut self, g: &Graph, batch: &Views) -> anyhow::Result<Loss>;
+    /// The host is about to run epoch `info.epoch`: keep it for schedules counted in epochs
+    /// (DINO's teacher temperature and `freeze_last_layer`). Default: nothing.
+    fn begin_epoch(&mut self, info: EpochInfo) -> anyhow::Result<()> {
+        let _ = info;
+        Ok(())
+    }
 }
 
 impl<T: Objective> ObjectivePlugin for T {
     const NEEDS_LABELS: bool = <T as Objective>::NEEDS_LABELS;
     const NEEDS_TARGET: bool = <T as Objective>::NEEDS_TARGET;
+
+    fn begin_epoch(&mut self, info: EpochInfo) -> anyhow::Result<()> {
+        <T as Objective>::begin_epoch(self, info)
+    }
 
     fn compute(&mut self, b: ObjectiveBatch) -> anyhow::Result<ObjectiveResult> {
         let g = if b.train { Graph::new(true) } else { Graph::no_grad(false) };
@@ -381,10 +396,12 @@ fn write_params<M: Module>(name: &str, m: &mut M, values: RVec<TensorDesc>) -> R
 fn take_grads<M: Module>(m: &mut M) -> RVec<TensorDesc> {
     let mut out = RVec::new();
     m.visit_params(&mut |p| {
-        if p.trainable() {
+        if p.trainable() && !p.frozen {
             let g = std::mem::replace(&mut p.grad, vec![0.0; p.value.len()]);
             out.push(Tensor::new(p.shape.clone(), g).into_desc());
         } else {
+            // not trained, or frozen for now (`Param::frozen`): no gradient, and none kept
+            p.grad.iter_mut().for_each(|g| *g = 0.0);
             out.push(Tensor::new(vec![0], vec![]).into_desc());
         }
     });
@@ -438,6 +455,9 @@ impl<P: ObjectivePlugin> ObjectiveAbi for ObjectiveWrapper<P> {
     }
     fn take_grads(&mut self) -> PResult<RVec<TensorDesc>> {
         self.g("take_grads", |p| Ok(take_grads(p)))
+    }
+    fn begin_epoch(&mut self, info: EpochInfo) -> PResult<()> {
+        self.g("begin_epoch", |p| p.begin_epoch(info).map_err(failed(P::NAME, "begin_epoch")))
     }
 }
 

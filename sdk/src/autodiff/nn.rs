@@ -388,3 +388,105 @@ impl Module for Head {
         }
     }
 }
+
+/// A weight-normalised Linear without bias, `y = x · (g ⊙ v / ‖v‖)ᵀ` with one norm per output
+/// row (`torch.nn.utils.weight_norm(nn.Linear(in, out, bias=False))`, dim 0): parameters
+/// `<prefix>.weight_g [out, 1]` and `<prefix>.weight_v [out, in]`, PyTorch's names.
+///
+/// With `train_g = false` the length `g` is fixed (DINO's `norm_last_layer`: a buffer of ones)
+/// and each output is a cosine between `x` and a prototype, times `g`.
+#[derive(Clone, Debug)]
+pub struct WeightNormLinear {
+    /// `[out, 1]`, role `NoDecay` when trained, `Buffer` when fixed.
+    pub weight_g: Param,
+    /// `[out, in]`.
+    pub weight_v: Param,
+}
+
+impl WeightNormLinear {
+    /// `in_dim → out_dim`; `v` as PyTorch's default Linear init, `g = 1` (as lightly and the
+    /// DINO reference set it, instead of weight_norm's `g = ‖v‖`).
+    pub fn new(init: &Init, in_dim: usize, out_dim: usize, train_g: bool) -> WeightNormLinear {
+        let weight_v = init.kaiming_uniform("weight_v", vec![out_dim, in_dim], in_dim);
+        let role = if train_g { ParamRole::NoDecay } else { ParamRole::Buffer };
+        let weight_g = init.constant("weight_g", vec![out_dim, 1], 1.0, role);
+        WeightNormLinear { weight_g, weight_v }
+    }
+
+    /// `x [N, in] → [N, out]`.
+    pub fn forward(&self, g: &Graph, x: &Var) -> Var {
+        let w = g.param(&self.weight_v).l2_normalize().mul(&g.param(&self.weight_g));
+        x.matmul_t(&w)
+    }
+}
+
+impl Module for WeightNormLinear {
+    fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        f(&mut self.weight_g);
+        f(&mut self.weight_v);
+    }
+}
+
+/// DINO's head (Caron et al. 2021, section 3.1; lightly's `DINOProjectionHead`): an MLP
+/// `in → hidden → hidden → bottleneck` with GELU (and batch-norm if asked), L2-normalised,
+/// then a weight-normalised `bottleneck → K` layer without bias.
+///
+/// Parameter names follow lightly's module, under the init's prefix: `layers.0.weight`,
+/// `layers.0.bias`, ... (one index per Linear, BatchNorm1d and GELU, as `nn.Sequential`), then
+/// `last_layer.weight_g` and `last_layer.weight_v`. Linear weights start truncated-normal
+/// (σ 0.02, cut at ±2) with zero biases; the Linears have a bias unless a batch-norm follows.
+pub struct DinoHead {
+    /// The MLP.
+    pub mlp: Head,
+    /// The weight-normalised prototypes.
+    pub last_layer: WeightNormLinear,
+}
+
+impl DinoHead {
+    /// A head; `norm_last_layer` fixes `last_layer.weight_g` at 1 (the DINO default).
+    pub fn new(init: &Init, input: usize, hidden: usize, bottleneck: usize, output: usize, batch_norm: bool, norm_last_layer: bool) -> DinoHead {
+        let layers = init.pp("layers");
+        let mut mlp = Head::new(&layers, &[
+            Block::new(input, hidden, batch_norm, Activation::Gelu, !batch_norm),
+            Block::new(hidden, hidden, batch_norm, Activation::Gelu, !batch_norm),
+            Block::new(hidden, bottleneck, false, Activation::None, true),
+        ]);
+        for l in &mut mlp.layers {
+            let w = &mut l.linear.weight;
+            w.value = layers.trunc_normal("weight", w.shape.clone(), 0.02, -2.0, 2.0).value;
+            if let Some(b) = &mut l.linear.bias {
+                b.value.iter_mut().for_each(|v| *v = 0.0);
+            }
+        }
+        let last_layer = WeightNormLinear::new(&init.pp("last_layer"), bottleneck, output, !norm_last_layer);
+        DinoHead { mlp, last_layer }
+    }
+
+    /// `(input, K)`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.mlp.dims().0, self.last_layer.weight_v.shape[0])
+    }
+
+    /// Logits `[N, K]` of `x [N, input]`.
+    pub fn forward(&mut self, g: &Graph, x: &Var) -> Var {
+        let z = self.mlp.forward(g, x).l2_normalize();
+        self.last_layer.forward(g, &z)
+    }
+
+    /// The EMA target (DINO's teacher head): role-`Target` copies named `<prefix>.<leaf>`.
+    pub fn target_copy(&self, prefix: &str) -> DinoHead {
+        let rename = |p: &Param| {
+            let leaf = p.name.split_once('.').map(|(_, rest)| rest).unwrap_or(&p.name);
+            p.target_copy(format!("{prefix}.{leaf}"))
+        };
+        let last = &self.last_layer;
+        DinoHead { mlp: self.mlp.target_copy(prefix), last_layer: WeightNormLinear { weight_g: rename(&last.weight_g), weight_v: rename(&last.weight_v) } }
+    }
+}
+
+impl Module for DinoHead {
+    fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        self.mlp.visit_params(f);
+        self.last_layer.visit_params(f);
+    }
+}

@@ -21,6 +21,11 @@ pub struct Param {
     pub role: ParamRole,
     /// For targets: the online parameter it follows.
     pub ema_of: Option<String>,
+    /// A trained parameter the optimizer leaves alone for now (PyTorch's `grad = None`):
+    /// `take_grads` hands the host an empty gradient for it, so neither its value nor its
+    /// optimizer moments move, while gradients still flow *through* it to earlier layers.
+    /// DINO's `freeze_last_layer` sets it for the first epochs.
+    pub frozen: bool,
 }
 
 impl Param {
@@ -28,7 +33,7 @@ impl Param {
     pub fn new(name: String, shape: Vec<usize>, value: Vec<f32>, role: ParamRole) -> Param {
         assert_eq!(shape.iter().product::<usize>(), value.len(), "param {name}");
         let grad = vec![0.0; value.len()];
-        Param { name, shape, value, grad, role, ema_of: None }
+        Param { name, shape, value, grad, role, ema_of: None, frozen: false }
     }
 
     /// True for roles the optimizer updates.
@@ -40,7 +45,7 @@ impl Param {
     pub fn target_copy(&self, name: String) -> Param {
         let role = if self.trainable() { ParamRole::Target } else { ParamRole::Buffer };
         let ema_of = self.trainable().then(|| self.name.clone());
-        Param { name, shape: self.shape.clone(), value: self.value.clone(), grad: vec![0.0; self.value.len()], role, ema_of }
+        Param { name, shape: self.shape.clone(), value: self.value.clone(), grad: vec![0.0; self.value.len()], role, ema_of, frozen: false }
     }
 }
 
@@ -143,6 +148,27 @@ impl Init {
         Param::new(self.name(leaf), shape, self.uniform(n, bound), ParamRole::Weight)
     }
 
+    /// Normal(0, std) values truncated to `[a, b]` by redrawing (PyTorch's `trunc_normal_`, as
+    /// ViT and DINO heads initialise their Linear weights: std 0.02, a = −2, b = 2).
+    pub fn trunc_normal(&self, leaf: &str, shape: Vec<usize>, std: f32, a: f32, b: f32) -> Param {
+        let n = count(&self.name(leaf), &shape);
+        let mut v = alloc(&self.name(leaf), n);
+        let mut rng = self.rng.borrow_mut();
+        while v.len() < n {
+            // Box–Muller, both halves
+            let (u1, u2): (f32, f32) = (rng.gen_range(f32::MIN_POSITIVE..1.0), rng.gen());
+            let r = (-2.0 * u1.ln()).sqrt();
+            for z in [r * (std::f32::consts::TAU * u2).cos(), r * (std::f32::consts::TAU * u2).sin()] {
+                let x = z * std;
+                if (a..=b).contains(&x) && v.len() < n {
+                    v.push(x);
+                }
+            }
+        }
+        drop(rng);
+        Param::new(self.name(leaf), shape, v, ParamRole::Weight)
+    }
+
     /// A parameter of constant value.
     pub fn constant(&self, leaf: &str, shape: Vec<usize>, value: f32, role: ParamRole) -> Param {
         let n = count(&self.name(leaf), &shape);
@@ -166,5 +192,16 @@ mod tests {
             assert!(msg.contains("projector.weight") && msg.contains("size keys"), "{msg}");
         }
         assert_eq!(init.kaiming_uniform("ok", vec![3, 4], 4).value.len(), 12);
+    }
+
+    #[test]
+    fn trunc_normal_has_the_asked_std_and_stays_inside_its_bounds() {
+        let p = Init::new(3).trunc_normal("w", vec![200, 100], 0.5, -1.0, 1.0);
+        assert!(p.value.iter().all(|x| (-1.0..=1.0).contains(x)));
+        let n = p.value.len() as f64;
+        let mean = p.value.iter().map(|&x| x as f64).sum::<f64>() / n;
+        let std = (p.value.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
+        // a normal of σ 0.5 cut at ±2σ has std 0.5 · 0.880 = 0.440
+        assert!(mean.abs() < 0.01 && (std - 0.440).abs() < 0.01, "mean {mean}, std {std}");
     }
 }

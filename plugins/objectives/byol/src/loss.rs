@@ -37,13 +37,7 @@ pub fn byol_loss(q1: &Var, q2: &Var, t1: &Var, t2: &Var) -> Var {
 }
 
 /// τ at step `k` of `total` (cosine increase from `tau_base` to 1).
-pub fn tau(tau_base: f64, k: u64, total: u64) -> f64 {
-    if total == 0 {
-        return tau_base;
-    }
-    let k = k.min(total) as f64;
-    1.0 - (1.0 - tau_base) * ((std::f64::consts::PI * k / total as f64).cos() + 1.0) / 2.0
-}
+pub use latent_sdk::schedule::cosine_momentum as tau;
 
 /// The collapse indicator, shared with SimSiam: see [`latent_sdk::metrics::collapse`].
 pub use latent_sdk::metrics::collapse;

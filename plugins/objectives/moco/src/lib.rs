@@ -118,13 +118,7 @@ pub struct Queue {
 }
 
 /// The momentum at `step` of `total`: from `base` to 1 on a cosine (BYOL's schedule).
-pub fn momentum(base: f64, step: u64, total: u64) -> f64 {
-    if total == 0 {
-        return base;
-    }
-    let k = step.min(total) as f64;
-    1.0 - (1.0 - base) * ((std::f64::consts::PI * k / total as f64).cos() + 1.0) / 2.0
-}
+pub use latent_sdk::schedule::cosine_momentum as momentum;
 
 impl Plugin for Moco {
     type Config = Config;
