@@ -1,5 +1,5 @@
 //! `latent check-plugin FILE --deep`: every objective and encoder of a library, through the ABI,
-//! with its default config — gradients against finite differences, determinism, finite losses
+//! with its default config (head sizes capped at 64 for objectives) — gradients against finite differences, determinism, finite losses
 //! on degenerate input — one line per check with the worst error.
 
 use anyhow::Result;
@@ -17,7 +17,7 @@ const ENTRIES: usize = 6;
 /// Runs the checks of every objective and encoder in `lib`; true when all pass.
 pub fn run(lib: PluginLibRef, manifests: &[Manifest]) -> Result<bool> {
     println!(
-        "deep check: default config, seed 0, batch {BATCH}, finite differences of step 1e-3 (then 1e-2 and 2.5e-4 where off) on up to {ENTRIES} entries per tensor, pass below {TOLERANCE:.0e}"
+        "deep check: default config (objectives: head sizes capped at {MAX_DIM}), seed 0, batch {BATCH}, finite differences of step 1e-3 (then 1e-2 and 2.5e-4 where off) on up to {ENTRIES} entries per tensor, pass below {TOLERANCE:.0e}"
     );
     let mut all = true;
     for m in manifests {
@@ -64,11 +64,38 @@ fn gradients(mut errs: impl FnMut(FdOptions) -> Result<Vec<TensorError>>) -> Res
     Ok(format!("worst {:.1e} in {} ({} tensors)", worst.error, worst.name, e.len()))
 }
 
+/// Head sizes above this are capped in the objective checks: DINO's default 65,536 prototypes
+/// behind a 2048-wide MLP make each of the check's hundreds of loss evaluations take a second,
+/// and the maths checked is the same at any width.
+const MAX_DIM: u64 = 64;
+
+/// The default config with every size key (`*_dim` but `input_dim`) above [`MAX_DIM`] capped;
+/// the JSON text, and `key default → cap` for each key capped.
+fn small_config(default: &str) -> (String, Vec<String>) {
+    let Ok(serde_json::Value::Object(mut cfg)) = serde_json::from_str::<serde_json::Value>(default) else {
+        return (String::new(), Vec::new());
+    };
+    let mut shrunk = Vec::new();
+    for (k, v) in cfg.iter_mut() {
+        if k.ends_with("_dim") && k != "input_dim" {
+            if let Some(n) = v.as_u64().filter(|&n| n > MAX_DIM) {
+                shrunk.push(format!("{k} {n} → {MAX_DIM}"));
+                *v = serde_json::json!(MAX_DIM);
+            }
+        }
+    }
+    (serde_json::Value::Object(cfg).to_string(), shrunk)
+}
+
 fn objective(lib: PluginLibRef, m: &Manifest) -> bool {
     println!("  {} (objective)", m.name);
     let ctx = Context::default();
+    let (config, shrunk) = small_config(&m.default_config);
+    if !shrunk.is_empty() {
+        println!("    (sizes capped at {MAX_DIM} for speed: {})", shrunk.join(", "));
+    }
     let new = || -> Result<latent_sdk::abi::ObjectiveBox> {
-        (lib.new_objective())(RStr::from_str(&m.name), RStr::from_str(""), &ctx).into_result().map_err(|e| anyhow::anyhow!("{e}"))
+        (lib.new_objective())(RStr::from_str(&m.name), RStr::from_str(&config), &ctx).into_result().map_err(|e| anyhow::anyhow!("{e}"))
     };
     let cfg: serde_json::Value = serde_json::from_str(&m.default_config).unwrap_or_default();
     let dim = cfg.get("input_dim").and_then(|v| v.as_u64()).unwrap_or(16) as usize;

@@ -7,7 +7,8 @@
 //!                          └────────▶ target.forward (if the objective needs it, no backward)
 //! objective.compute(h, h', labels) ──▶ loss, ∂L/∂h₁..∂L/∂h_V, metrics, τ
 //! encoder.backward(concat ∂L/∂h)
-//! optimizer: every Weight / NoDecay parameter of encoder and objective (take_grads → update → write)
+//! optimizer: every Weight / NoDecay parameter of encoder and objective (take_grads → update → write;
+//!            an empty gradient means "no update this step", as DINO's frozen last layer)
 //! EMA:       target ← τ·target + (1−τ)·online (encoder copy, and the objective's Target params)
 //! ```
 //! The views go through the encoder as one batch, so batch-norm statistics span all views (as
@@ -124,14 +125,26 @@ impl Learner {
         self.encoder.backward(concat(&res.grads)?)?;
         let tau = res.target_momentum;
         self.optim.begin_step();
-        update(&mut self.optim, &mut self.encoder, &self.enc_params, "encoder", lr, tau)?;
-        update(&mut self.optim, &mut self.objective, &self.obj_params, "objective", lr, tau)?;
+        self.optim.wd = self.optim.cfg.weight_decay_at(step, total);
+        let mut eg = take_grads(&mut self.encoder, &self.enc_params)?;
+        let mut og = take_grads(&mut self.objective, &self.obj_params)?;
+        let mut trained: Vec<&mut [f32]> = trained_grads(&self.enc_params, &mut eg).chain(trained_grads(&self.obj_params, &mut og)).collect();
+        let grad_norm = self.optim.cfg.clip(&mut trained);
+        update(&mut self.optim, &mut self.encoder, &self.enc_params, eg, "encoder", lr, tau)?;
+        update(&mut self.optim, &mut self.objective, &self.obj_params, og, "objective", lr, tau)?;
         if let Some(t) = &mut self.target {
             ema_encoder(t, &mut self.encoder, &self.enc_params, tau)?;
             // τ = 0 copies the online parameters exactly (0·ξ + 1·θ = θ)
             self.target_is_online = tau == 0.0;
         }
-        Ok(StepOutput { loss: res.loss, metrics: res.metrics, tau })
+        let mut metrics = res.metrics;
+        if self.optim.cfg.clip_grad.is_some() || self.optim.cfg.clip_grad_norm.is_some() {
+            metrics.push(("grad_norm".into(), grad_norm));
+        }
+        if self.optim.cfg.weight_decay_end.is_some() {
+            metrics.push(("weight_decay".into(), self.optim.wd));
+        }
+        Ok(StepOutput { loss: res.loss, metrics, tau })
     }
 
     /// Features of `images` with the online encoder in evaluation mode.
@@ -249,18 +262,37 @@ pub fn split(t: &Tensor, v: usize) -> Vec<Tensor> {
     t.data.chunks(per.max(1)).take(v).map(|c| Tensor::new(shape.clone(), c.to_vec())).collect()
 }
 
-fn update(optim: &mut Optimizer, m: &mut dyn ParamAccess, descs: &[ParamDesc], prefix: &str, lr: f64, tau: f64) -> Result<()> {
+/// A module's gradients, one per parameter (empty for those not trained, or frozen this step).
+fn take_grads(m: &mut dyn ParamAccess, descs: &[ParamDesc]) -> Result<Vec<Tensor>> {
+    if descs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let grads = m.take_grads()?;
+    if grads.len() != descs.len() {
+        bail!("plugin '{}' returned {} gradients for {} parameters", m.name(), grads.len(), descs.len());
+    }
+    Ok(grads)
+}
+
+/// The gradients the optimizer will apply: of trained parameters, not frozen this step.
+fn trained_grads<'a>(descs: &'a [ParamDesc], grads: &'a mut [Tensor]) -> impl Iterator<Item = &'a mut [f32]> + 'a {
+    descs.iter().zip(grads.iter_mut()).filter(|(d, g)| matches!(d.role, ParamRole::Weight | ParamRole::NoDecay) && !g.data.is_empty()).map(|(_, g)| g.data.as_mut_slice())
+}
+
+fn update(optim: &mut Optimizer, m: &mut dyn ParamAccess, descs: &[ParamDesc], grads: Vec<Tensor>, prefix: &str, lr: f64, tau: f64) -> Result<()> {
     if descs.is_empty() {
         return Ok(());
     }
     let name = m.name().to_string();
-    let grads = m.take_grads()?;
     let mut vals = m.read_params()?;
-    if grads.len() != descs.len() || vals.len() != descs.len() {
-        bail!("plugin '{name}' returned {} gradients and {} values for {} parameters", grads.len(), vals.len(), descs.len());
+    if vals.len() != descs.len() {
+        bail!("plugin '{name}' returned {} values for {} parameters", vals.len(), descs.len());
     }
     for ((d, v), g) in descs.iter().zip(vals.iter_mut()).zip(&grads) {
         if matches!(d.role, ParamRole::Weight | ParamRole::NoDecay) {
+            if g.is_empty() && !v.is_empty() {
+                continue; // frozen this step (PyTorch's grad = None): value and moments stay
+            }
             if g.len() != v.len() {
                 bail!("plugin '{name}' returned a gradient of {} values for parameter {} of {} values", g.len(), d.name, v.len());
             }

@@ -12,6 +12,13 @@
 //! LARS  (You et al. 2017, as in SimCLR/BYOL):  g = ∇ + λ·w;  r = τ·‖w‖/‖g‖ (1 when either
 //!                   norm is 0, and for NoDecay parameters);  b = μ·b + r·g;  w -= η·b
 //! schedule:         η(s) = η₀·(s+1)/W for s < W;  then η_min + (η₀ − η_min)·(1 + cos(π·(s−W)/(T−W)))/2
+//! weight decay:     λ(s) = λ_end + (λ − λ_end)·(1 + cos(π·s/T))/2 with `weight_decay_end` (DINO:
+//!                   0.04 → 0.4), else λ
+//! clipping (before the update, on the gradients of every trained parameter):
+//!   clip_grad       each parameter's gradient on its own: g *= c/(‖g‖ + 1e-6) when that is < 1
+//!                   (DINO's `utils.clip_gradients`, 3.0 in the reference)
+//!   clip_grad_norm  all of them together: g *= c/(‖(g₁, g₂, ...)‖ + 1e-6) when < 1
+//!                   (`torch.nn.utils.clip_grad_norm_`)
 //! ```
 
 use anyhow::{bail, Result};
@@ -49,6 +56,15 @@ pub struct OptimConfig {
     pub schedule: String,
     /// Final learning rate of the cosine schedule.
     pub min_lr: f64,
+    /// Weight decay at the last step, reached on a cosine from `weight_decay` (off: constant).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight_decay_end: Option<f64>,
+    /// Clip each parameter's gradient norm to this on its own (DINO's `clip_grad`; off: none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip_grad: Option<f64>,
+    /// Clip the norm of all gradients together to this (off: none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip_grad_norm: Option<f64>,
 }
 
 impl Default for OptimConfig {
@@ -67,11 +83,49 @@ impl Default for OptimConfig {
             warmup_epochs: 0.0,
             schedule: "cosine".into(),
             min_lr: 0.0,
+            weight_decay_end: None,
+            clip_grad: None,
+            clip_grad_norm: None,
         }
     }
 }
 
 impl OptimConfig {
+    /// The weight decay at step `s` of `total`: a cosine from `weight_decay` to
+    /// `weight_decay_end` (DINO's `cosine_scheduler(wd, wd_end, ...)`), or constant.
+    pub fn weight_decay_at(&self, s: u64, total: u64) -> f64 {
+        match self.weight_decay_end {
+            Some(end) if total > 0 => {
+                let p = (s.min(total) as f64) / total as f64;
+                end + (self.weight_decay - end) * (1.0 + (std::f64::consts::PI * p).cos()) / 2.0
+            }
+            _ => self.weight_decay,
+        }
+    }
+
+    /// Clips the gradients of the trained parameters in place (`clip_grad` per parameter, then
+    /// `clip_grad_norm` over all); returns the norm of all of them before clipping.
+    pub fn clip(&self, grads: &mut [&mut [f32]]) -> f64 {
+        let norm = |g: &[f32]| g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt();
+        let total = grads.iter().map(|g| norm(g).powi(2)).sum::<f64>().sqrt();
+        if let Some(c) = self.clip_grad {
+            for g in grads.iter_mut() {
+                let coef = c / (norm(g) + 1e-6);
+                if coef < 1.0 {
+                    g.iter_mut().for_each(|x| *x *= coef as f32);
+                }
+            }
+        }
+        if let Some(c) = self.clip_grad_norm {
+            let now = grads.iter().map(|g| norm(g).powi(2)).sum::<f64>().sqrt();
+            let coef = c / (now + 1e-6);
+            if coef < 1.0 {
+                grads.iter_mut().for_each(|g| g.iter_mut().for_each(|x| *x *= coef as f32));
+            }
+        }
+        total
+    }
+
     /// Checks the values, naming the offending key.
     pub fn validate(&self) -> Result<()> {
         if !["sgd", "adamw", "lars"].contains(&self.name.as_str()) {
@@ -88,6 +142,14 @@ impl OptimConfig {
         }
         if self.weight_decay < 0.0 {
             bail!("optim.weight_decay must be >= 0, got {}", self.weight_decay);
+        }
+        if let Some(w) = self.weight_decay_end.filter(|w| !(*w >= 0.0 && w.is_finite())) {
+            bail!("optim.weight_decay_end must be >= 0, got {w}");
+        }
+        for (key, v) in [("clip_grad", self.clip_grad), ("clip_grad_norm", self.clip_grad_norm)] {
+            if let Some(c) = v.filter(|c| !(*c > 0.0 && c.is_finite())) {
+                bail!("optim.{key} must be positive (leave it out for no clipping), got {c}");
+            }
         }
         if self.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
             bail!("optim.betas must be in [0, 1), got {:?}", self.betas);
@@ -150,13 +212,16 @@ pub struct Optimizer {
     pub state: BTreeMap<String, State>,
     /// Number of updates done (Adam's t).
     pub t: u64,
+    /// The weight decay of the current step (see [`OptimConfig::weight_decay_at`]).
+    pub wd: f64,
 }
 
 impl Optimizer {
     /// A fresh optimizer.
     pub fn new(cfg: OptimConfig) -> Result<Optimizer> {
         cfg.validate()?;
-        Ok(Optimizer { cfg, state: BTreeMap::new(), t: 0 })
+        let wd = cfg.weight_decay;
+        Ok(Optimizer { cfg, state: BTreeMap::new(), t: 0, wd })
     }
 
     /// Starts an update: call once per step before the `update` calls of that step.
@@ -172,7 +237,7 @@ impl Optimizer {
         }
         assert_eq!(w.len(), g.len(), "gradient length of {name}");
         let c = &self.cfg;
-        let wd = if decay { c.weight_decay as f32 } else { 0.0 };
+        let wd = if decay { self.wd as f32 } else { 0.0 };
         let (lr32, mu) = (lr as f32, c.momentum as f32);
         let st = self.state.entry(name.to_string()).or_default();
         match c.name.as_str() {
@@ -320,10 +385,53 @@ mod tests {
     }
 
     #[test]
+    fn weight_decay_follows_a_cosine_to_its_end_value() {
+        let c = OptimConfig { weight_decay: 0.04, weight_decay_end: Some(0.4), ..Default::default() };
+        assert!((c.weight_decay_at(0, 100) - 0.04).abs() < 1e-12);
+        assert!((c.weight_decay_at(50, 100) - 0.22).abs() < 1e-12);
+        assert!((c.weight_decay_at(100, 100) - 0.4).abs() < 1e-12);
+        let flat = OptimConfig { weight_decay: 0.04, ..Default::default() };
+        assert_eq!(flat.weight_decay_at(50, 100), 0.04);
+        // the optimizer uses the decay of the step it is given
+        let mut o = Optimizer::new(OptimConfig { name: "sgd".into(), momentum: 0.0, ..c }).unwrap();
+        o.wd = o.cfg.weight_decay_at(100, 100);
+        let mut w = vec![1.0f32];
+        o.begin_step();
+        o.update("w", ParamRole::Weight, &mut w, &[0.0], 0.1);
+        assert!((w[0] - (1.0 - 0.1 * 0.4)).abs() < 1e-7, "{w:?}");
+    }
+
+    #[test]
+    fn clipping_per_parameter_and_by_global_norm() {
+        let per = OptimConfig { clip_grad: Some(3.0), ..Default::default() };
+        let (mut a, mut b) = (vec![3.0f32, 4.0], vec![1.0f32, 0.0]);
+        let total = per.clip(&mut [&mut a, &mut b]);
+        assert!((total - 26f64.sqrt()).abs() < 1e-9);
+        // ‖a‖ = 5 > 3: scaled to norm 3 (times 5/(5 + 1e-6)); ‖b‖ = 1 < 3: left alone
+        assert!((a[0] - 1.8).abs() < 1e-5 && (a[1] - 2.4).abs() < 1e-5, "{a:?}");
+        assert_eq!(b, vec![1.0, 0.0]);
+        let global = OptimConfig { clip_grad_norm: Some(1.0), ..Default::default() };
+        let (mut a, mut b) = (vec![3.0f32, 4.0], vec![0.0f32, 12.0]);
+        global.clip(&mut [&mut a, &mut b]);
+        // ‖(a, b)‖ = 13: everything times 1/13
+        assert!((a[0] - 3.0 / 13.0).abs() < 1e-6 && (b[1] - 12.0 / 13.0).abs() < 1e-6, "{a:?} {b:?}");
+        let none = OptimConfig::default();
+        let mut a = vec![30.0f32];
+        none.clip(&mut [&mut a]);
+        assert_eq!(a, vec![30.0]);
+    }
+
+    #[test]
     fn bad_values_are_refused_by_key() {
         let e = Optimizer::new(OptimConfig { name: "adam".into(), ..Default::default() }).unwrap_err();
         assert!(e.to_string().contains("optim.name"), "{e}");
         let e = Optimizer::new(OptimConfig { lr: -1.0, ..Default::default() }).unwrap_err();
         assert!(e.to_string().contains("optim.lr"), "{e}");
+        let e = Optimizer::new(OptimConfig { clip_grad: Some(0.0), ..Default::default() }).unwrap_err();
+        assert!(e.to_string().contains("optim.clip_grad"), "{e}");
+        let e = Optimizer::new(OptimConfig { clip_grad_norm: Some(-1.0), ..Default::default() }).unwrap_err();
+        assert!(e.to_string().contains("optim.clip_grad_norm"), "{e}");
+        let e = Optimizer::new(OptimConfig { weight_decay_end: Some(f64::NAN), ..Default::default() }).unwrap_err();
+        assert!(e.to_string().contains("optim.weight_decay_end"), "{e}");
     }
 }

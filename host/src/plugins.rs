@@ -404,6 +404,15 @@ impl Objective {
             target_momentum: out.target_momentum,
         })
     }
+
+    /// Tells the objective that epoch `info.epoch` starts (its schedules in epochs). A plugin
+    /// built before the call existed answers with the SDK's default, which does nothing.
+    pub fn begin_epoch(&mut self, info: latent_sdk::abi::EpochInfo) -> Result<()> {
+        let w = crate::watchdog::enter(&self.name, "begin_epoch");
+        let out = pres(self.obj.begin_epoch(info));
+        drop(w);
+        out
+    }
 }
 param_access!(Objective);
 

@@ -466,9 +466,12 @@ pub fn run(args: TrainArgs) -> Result<i32> {
     let mut resumed_loss = if batch0 > 0 { epoch_losses(&out, epoch, step) } else { (0.0, 0) };
     while step < total {
         let mut epoch_loss = std::mem::take(&mut resumed_loss);
+        let mut alarms_told = std::collections::BTreeSet::new();
         let t_epoch = Instant::now();
         let mut t_last = Instant::now();
         let mut b = batch0;
+        let info = latent_sdk::abi::EpochInfo { epoch, epochs: cfg.train.epochs, steps_per_epoch };
+        learner.objective.begin_epoch(info).with_context(|| format!("starting epoch {epoch}"))?;
         // Resuming mid-epoch rebuilds the epoch's plan and skips the batches already done.
         let loader = data::Loader::new(train.clone(), views.clone(), &loader_cfg(epoch))?;
         for batch in loader.skip(batch0 as usize) {
@@ -500,6 +503,13 @@ pub fn run(args: TrainArgs) -> Result<i32> {
             f.insert("views_per_s".into(), json!((n_img * batch.views.len()) as f64 / dt));
             for (k, v) in &res.metrics {
                 f.insert(k.clone(), json!(v));
+                // an objective raises `alarm_<what>` (DINO: `alarm_uniform`); warn once an epoch
+                if k.starts_with("alarm_") && *v != 0.0 && alarms_told.insert(k.clone()) {
+                    tracing::warn!(
+                        "objective '{}' raised `{k}` at step {step} (epoch {epoch}); the plugin's documentation says what it means. The run goes on",
+                        cfg.objective.plugin
+                    );
+                }
             }
             log.write("step", f)?;
             bar.set_position(step);
