@@ -18,7 +18,7 @@ fn plugins_json_lists_the_builtin_plugins() {
     assert!(out.status.success(), "{}", text(&out));
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let kind_of = |name: &str| v["plugins"].as_array().unwrap().iter().find(|p| p["name"] == name).map(|p| p["kind"].as_str().unwrap().to_string());
-    for obj in ["simclr", "byol", "triplet", "moco", "simsiam", "vicreg", "barlow-twins"] {
+    for obj in ["simclr", "byol", "triplet", "moco", "simsiam", "vicreg", "barlow-twins", "dino"] {
         assert_eq!(kind_of(obj).as_deref(), Some("objective"), "{obj} missing:\n{}", text(&out));
     }
     // the plugins' own file names: built-ins are latent_plugin_*, not examples

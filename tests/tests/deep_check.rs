@@ -21,6 +21,7 @@ fn every_built_in_and_example_plugin_passes() {
         "latent_plugin_vicreg",
         "latent_plugin_moco",
         "latent_plugin_barlow_twins",
+        "latent_plugin_dino",
         "latent_example_spectral_contrastive",
         "latent_example_tiny_cnn",
     ] {
