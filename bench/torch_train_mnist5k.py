@@ -27,11 +27,19 @@ momentum 0.9, weight decay 1.5e-6 and trust coefficient 1e-3 on weights (biases 
 no decay, so no trust ratio), linear warmup of one epoch then cosine to 0, as latent's
 schedule. (lightly's trust ratio is |w| / (|g| + wd |w|), latent's |w| / |g + wd w|.)
 
+`--method dino` (examples/configs/dino-resnet-mnist.toml): lightly's DINOProjectionHead(128, 512,
+64, 2048, batch_norm=True, freeze_last_layer=1) with cancel_last_layer_gradients after each
+backward, lightly's DINOLoss(output_dim=2048) (tau_t 0.04, tau_s 0.1, centre momentum 0.9), a
+momentum copy of encoder and head updated after each optimizer step with tau =
+cosine_schedule(step, total + 1, 0.996, 1.0) (latent's schedule exactly), the teacher on both
+views; views as the config (grey crop 0.4-1 and jitter; blur p 1.0 / 0.1; solarize p 0 /
+0.2); AdamW lr 1e-3, weight decay 0.04 on weights, cosine to 0 without warmup.
+
 `--data fashion` reads Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist, IDX
 files) and keeps the first 4,000 training and 1,000 test images, as `latent train` with
 data.max_train_images=4000 and data.max_test_images=1000.
 
-    python bench/torch_train_mnist5k.py [--epochs 10] [--method simclr|byol] [--data mnist5k|fashion]
+    python bench/torch_train_mnist5k.py [--epochs 10] [--method simclr|byol|dino] [--data mnist5k|fashion]
         [--recipe grey|simclr] [--workers 2] [--threads 2] [--json FILE]
 
 Epoch times count training only (loading, augmenting and stepping), not the evaluation.
@@ -49,8 +57,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from lightly.loss import NTXentLoss
-from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead, SimCLRProjectionHead
+from lightly.loss import DINOLoss, NTXentLoss
+from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead, DINOProjectionHead, SimCLRProjectionHead
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.utils.lars import LARS
 from lightly.utils.scheduler import cosine_schedule
@@ -149,7 +157,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--recipe", choices=["grey", "simclr"], default="grey")
-    ap.add_argument("--method", choices=["simclr", "byol"], default="simclr")
+    ap.add_argument("--method", choices=["simclr", "byol", "dino"], default="simclr")
     ap.add_argument("--data", choices=["mnist5k", "fashion"], default="mnist5k")
     ap.add_argument("--json")
     a = ap.parse_args()
@@ -160,7 +168,9 @@ def main():
     tr_yt, te_yt = torch.from_numpy(tr_y), torch.from_numpy(te_y)
     grey = [T.RandomResizedCrop(28, scale=(0.3, 1.0)),
             T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.0, hue=0.0)], p=0.8)]
-    if a.method == "byol":
+    if a.method == "dino":
+        grey[0] = T.RandomResizedCrop(28, scale=(0.4, 1.0))
+    if a.method in ("byol", "dino"):
         blur = lambda p: T.RandomApply([T.GaussianBlur(3, sigma=(0.1, 2.0))], p=p)
         transform = MultiViewTransform([
             T.Compose(grey + [blur(1.0), T.ToTensor()]),
@@ -181,6 +191,18 @@ def main():
         criterion = NTXentLoss(temperature=0.5)
         base_lr, warmup = 0.06, 0
         opt = torch.optim.SGD(param_groups(model, head), lr=base_lr, momentum=0.9)
+    elif a.method == "dino":
+        dino_head = lambda: DINOProjectionHead(128, 512, 64, 2048, batch_norm=True, freeze_last_layer=1).train()
+        head = dino_head()
+        # copy.deepcopy fails on weight_norm's computed weight (pytorch#103001): a twin instead
+        teacher_head = dino_head()
+        teacher_head.load_state_dict(head.state_dict())
+        teacher_model = copy.deepcopy(model)
+        deactivate_requires_grad(teacher_model)
+        deactivate_requires_grad(teacher_head)
+        criterion = DINOLoss(output_dim=2048)
+        base_lr, warmup = 1e-3, 0
+        opt = torch.optim.AdamW(param_groups(model, head, weight_decay=0.04), lr=base_lr)
     else:
         head = BYOLProjectionHead(128, 512, 128).train()
         predictor = BYOLPredictionHead(128, 512, 128).train()
@@ -222,10 +244,22 @@ def main():
             if a.method == "simclr":
                 h = model(torch.cat([x0, x1]))
                 loss = criterion(head(h[: len(x0)]), head(h[len(x0):]))
+            elif a.method == "dino":
+                x = torch.cat([x0, x1])
+                student = head(model(x)).chunk(2)
+                with torch.no_grad():
+                    teacher = teacher_head(teacher_model(x)).chunk(2)
+                loss = criterion(list(teacher), list(student), epoch=epoch)
             else:
                 loss = byol_loss(x0, x1, step)
             loss.backward()
+            if a.method == "dino":
+                head.cancel_last_layer_gradients(current_epoch=epoch)
             opt.step()
+            if a.method == "dino":
+                tau = cosine_schedule(step, total + 1, 0.996, 1.0)
+                update_momentum(model, teacher_model, tau)
+                update_momentum(head, teacher_head, tau)
             losses.append(loss.item())
             step += 1
         secs = time.perf_counter() - t0
@@ -239,7 +273,7 @@ def main():
     del loader
     out = {
         "side": "pytorch",
-        "what": f"PyTorch {torch.__version__} + lightly {a.method} on {a.data} (4,000 / 1,000), recipe {a.recipe if a.method == 'simclr' else 'byol-mnist.toml'}, {a.threads} threads, {a.workers} loader workers",
+        "what": f"PyTorch {torch.__version__} + lightly {a.method} on {a.data} (4,000 / 1,000), recipe {a.recipe if a.method == 'simclr' else a.method + '-mnist.toml' if a.method == 'byol' else 'dino-resnet-mnist.toml'}, {a.threads} threads, {a.workers} loader workers",
         "recipe": a.recipe, "method": a.method, "data": a.data,
         "epochs": a.epochs, "steps": step, "train_seconds": train_s, "wall_seconds": time.perf_counter() - t_start,
         "knn_200": epochs[-1]["knn_200"] if epochs else None, "knn_20": epochs[-1]["knn_20"] if epochs else None,

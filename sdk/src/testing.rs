@@ -36,3 +36,15 @@ pub fn assert_scalar(what: &str, got: f64, want: f64, tol: f64) {
     let err = (got - want).abs() / want.abs().max(1e-12);
     assert!(err < tol, "{what}: got {got}, want {want} (relative error {err:.2e})");
 }
+
+/// Asserts that objective `P` refuses each config (JSON text) with an error that names the
+/// plugin and contains the given text (the key, or serde's "unknown field `x`").
+pub fn assert_refused<P: crate::plugin::ObjectivePlugin>(cases: &[(&str, &str)]) {
+    for (json, want) in cases {
+        let e = match crate::plugin::new_objective::<P>(abi_stable::std_types::RStr::from_str(json), &crate::abi::Context::default()) {
+            abi_stable::std_types::RResult::RErr(e) => e.to_string(),
+            _ => panic!("{} accepted {json}", P::NAME),
+        };
+        assert!(e.contains(want) && e.contains(P::NAME), "{json}: the error should name {want:?} and {}: {e}", P::NAME);
+    }
+}

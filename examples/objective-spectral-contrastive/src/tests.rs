@@ -42,12 +42,9 @@ fn gradients_through_the_projector_match_finite_differences() {
 
 #[test]
 fn bad_config_is_refused_by_name() {
-    for (json, msg) in [
+    latent_sdk::testing::assert_refused::<SpectralContrastive>(&[
         (r#"{"mu": 0}"#, "mu must be"),
         (r#"{"output_dim": 0}"#, "output_dim"),
         (r#"{"temperature": 0.1}"#, "unknown field `temperature`"),
-    ] {
-        let e = latent_sdk::plugin::new_objective::<SpectralContrastive>(RStr::from_str(json), &Context::default()).err().expect("refused");
-        assert!(e.to_string().contains(msg), "{json}: {e}");
-    }
+    ]);
 }

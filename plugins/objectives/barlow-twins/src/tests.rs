@@ -65,15 +65,12 @@ fn lambda_inv_dim_is_one_over_the_projection_size() {
 
 #[test]
 fn bad_config_is_refused_by_name() {
-    for (json, msg) in [
+    latent_sdk::testing::assert_refused::<BarlowTwins>(&[
         (r#"{"lambda": -1}"#, "lambda"),
         (r#"{"eps": -1e-5}"#, "eps"),
         (r#"{"input_dim": 0}"#, "input_dim"),
         (r#"{"output_dim": 0}"#, "output_dim"),
         (r#"{"lamda": 0.1}"#, "unknown field `lamda`"),
-    ] {
-        let e = latent_sdk::plugin::new_objective::<BarlowTwins>(RStr::from_str(json), &Context::default()).err().expect("refused");
-        assert!(e.to_string().contains(msg), "{json}: {e}");
-    }
+    ]);
 }
 

@@ -218,10 +218,7 @@ fn unknown_config_key_is_refused_by_name() {
 
 #[test]
 fn bad_values_are_refused() {
-    for (json, msg) in [(r#"{"tau_base": 1.5}"#, "tau_base"), (r#"{"tau_base": -0.1}"#, "tau_base"), (r#"{"output_dim": 0}"#, "output_dim")] {
-        let e = latent_sdk::plugin::new_objective::<Byol>(RStr::from_str(json), &Context::default()).err().expect("refused");
-        assert!(e.to_string().contains(msg), "{json}: {e}");
-    }
+    latent_sdk::testing::assert_refused::<Byol>(&[(r#"{"tau_base": 1.5}"#, "tau_base"), (r#"{"tau_base": -0.1}"#, "tau_base"), (r#"{"output_dim": 0}"#, "output_dim")]);
     assert!(Byol::new(Config { tau_base: 0.0, ..Config::default() }, &Context::default()).is_ok());
 }
 

@@ -84,7 +84,7 @@ fn the_queue_is_state_in_buffers_and_moves_only_in_training() {
 
 #[test]
 fn bad_config_is_refused_by_name() {
-    for (json, msg) in [
+    latent_sdk::testing::assert_refused::<Moco>(&[
         (r#"{"queue_size": 0}"#, "queue_size"),
         (r#"{"temperature": 0}"#, "temperature"),
         (r#"{"momentum_base": 1.5}"#, "momentum_base"),
@@ -92,10 +92,7 @@ fn bad_config_is_refused_by_name() {
         (r#"{"queue": 8}"#, "unknown field `queue`"),
         (r#"{"version": "v3", "queue_size": 4096}"#, "queue_size is a v2 key"),
         (r#"{"version": "v4"}"#, "unknown variant `v4`"),
-    ] {
-        let e = latent_sdk::plugin::new_objective::<Moco>(RStr::from_str(json), &Context::default()).err().expect("refused");
-        assert!(e.to_string().contains(msg), "{json}: {e}");
-    }
+    ]);
 }
 
 #[test]

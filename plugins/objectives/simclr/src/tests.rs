@@ -130,10 +130,7 @@ fn unknown_config_key_is_refused_by_name() {
 
 #[test]
 fn bad_values_are_refused() {
-    for (json, msg) in [(r#"{"temperature": 0}"#, "temperature"), (r#"{"temperature": -1.0}"#, "temperature"), (r#"{"hidden_dim": 0}"#, "hidden_dim")] {
-        let e = latent_sdk::plugin::new_objective::<SimClr>(RStr::from_str(json), &Context::default()).err().expect("refused");
-        assert!(e.to_string().contains(msg), "{json}: {e}");
-    }
+    latent_sdk::testing::assert_refused::<SimClr>(&[(r#"{"temperature": 0}"#, "temperature"), (r#"{"temperature": -1.0}"#, "temperature"), (r#"{"hidden_dim": 0}"#, "hidden_dim")]);
 }
 
 #[test]

@@ -117,10 +117,7 @@ fn parameters_are_lightly_named_and_roled() {
 
 #[test]
 fn bad_config_is_refused_by_name() {
-    for (json, msg) in [(r#"{"output_dim": 0}"#, "output_dim"), (r#"{"pred_hidden_dim": 0}"#, "pred_hidden_dim"), (r#"{"hidden_dim": 8}"#, "unknown field `hidden_dim`")] {
-        let e = latent_sdk::plugin::new_objective::<SimSiam>(RStr::from_str(json), &Context::default()).err().expect("refused");
-        assert!(e.to_string().contains(msg), "{json}: {e}");
-    }
+    latent_sdk::testing::assert_refused::<SimSiam>(&[(r#"{"output_dim": 0}"#, "output_dim"), (r#"{"pred_hidden_dim": 0}"#, "pred_hidden_dim"), (r#"{"hidden_dim": 8}"#, "unknown field `hidden_dim`")]);
     let mut p = SimSiam::new(Config { input_dim: 3, ..Config::default() }, &Context::default()).unwrap();
     let e = p.compute(ObjectiveBatch { views: vec![random(&[4, 3], 1)], targets: vec![], labels: vec![], step: 0, total_steps: 1, train: true }).err().unwrap();
     assert!(e.to_string().contains("exactly 2 views"), "{e}");

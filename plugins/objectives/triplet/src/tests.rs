@@ -162,10 +162,7 @@ fn unknown_config_key_is_refused_by_name() {
 
 #[test]
 fn bad_values_are_refused() {
-    for (json, msg) in [(r#"{"margin": -0.1}"#, "margin"), (r#"{"head_dim": 0}"#, "head_dim")] {
-        let e = latent_sdk::plugin::new_objective::<Triplet>(RStr::from_str(json), &Context::default()).err().expect("refused");
-        assert!(e.to_string().contains(msg), "{json}: {e}");
-    }
+    latent_sdk::testing::assert_refused::<Triplet>(&[(r#"{"margin": -0.1}"#, "margin"), (r#"{"head_dim": 0}"#, "head_dim")]);
     let mut p = Triplet::new(Config::default(), &Context::default()).unwrap();
     let e = p
         .compute(ObjectiveBatch { views: vec![random(&[4, 3], 1)], targets: vec![], labels: vec![0, 1], step: 0, total_steps: 1, train: true })
