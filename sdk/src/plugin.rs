@@ -121,7 +121,15 @@ impl Views {
         if targets {
             anyhow::ensure!(self.targets.len() == count, "{plugin} needs the target-encoder output of all {count} views, got {} target tensors", self.targets.len());
         }
-        let rows = self.views[0].rows();
+        self.expect_shapes(plugin, targets, dim, min_rows)
+    }
+
+    /// The shape half of [`Views::expect`], for objectives whose number of views varies (DINO:
+    /// 2 or more views, targets for the first few): every view (and target, when `targets`)
+    /// has `dim` features and the rows of view 0, and there are at least `min_rows` rows in
+    /// training.
+    pub fn expect_shapes(&self, plugin: &str, targets: bool, dim: usize, min_rows: usize) -> anyhow::Result<()> {
+        let rows = self.views.first().map_or(0, |v| v.rows());
         let named = self.views.iter().enumerate().map(|(i, v)| (format!("view {i}"), v));
         let named = named.chain(self.targets.iter().enumerate().filter(|_| targets).map(|(i, v)| (format!("target {i}"), v)));
         for (what, v) in named {

@@ -28,6 +28,22 @@ fn train(dir: &Path, sets: &[&str]) -> std::path::PathBuf {
     out
 }
 
+/// `latent train` on the small config with `sets`, stopped by `--stop-after step`; returns the run directory.
+fn stopped_after(dir: &Path, sets: &[&str], step: u64) -> std::path::PathBuf {
+    let out = dir.join("run");
+    let mut args = vec!["train".to_string(), config(), "--out".into(), out.display().to_string(), "--stop-after".into(), step.to_string()];
+    sets.iter().for_each(|s| args.extend(["--set".to_string(), s.to_string()]));
+    let o = latent(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", text(&o));
+    out
+}
+
+/// `latent train --resume --out run`, to the end.
+fn resume(run: &Path) {
+    let o = latent(&["train", "--resume", "--out", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
 fn records(run: &Path, kind: &str) -> Vec<Value> {
     latent_host::metrics::read(&run.join("metrics.jsonl")).unwrap().into_iter().filter(|r| r["kind"] == kind).collect()
 }
@@ -215,19 +231,14 @@ fn moco_resume_restores_the_queue_and_gives_the_losses_of_an_uninterrupted_run_b
     let a = tempfile::tempdir().unwrap();
     let full = train(a.path(), &moco);
     let b = tempfile::tempdir().unwrap();
-    let out = b.path().join("run");
-    let mut args = vec!["train".to_string(), config(), "--out".into(), out.display().to_string(), "--stop-after".into(), "5".into()];
-    moco.iter().for_each(|s| args.extend(["--set".to_string(), s.to_string()]));
-    let o = latent(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(o.status.success(), "{}", text(&o));
+    let out = stopped_after(b.path(), &moco, 5);
     let ck = latent_host::checkpoint::load(&out).unwrap();
     let ptr = &ck.tensors["objective.queue_ptr"];
     // 5 batches of 128 keys into 300 rows: 128, 256, then the third fills the last 44 rows and
     // returns to 0 (the rest of that batch is dropped, as lightly's memory bank), 128, 256
     assert_eq!(ptr.data, vec![256.0]);
     assert_eq!(ck.tensors["objective.queue"].shape, vec![300, 128]);
-    let o = latent(&["train", "--resume", "--out", out.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", text(&o));
+    resume(&out);
     let (l_full, l_resumed) = (losses(&full), losses(&out));
     assert_eq!(l_full.len(), 16);
     assert_eq!(l_full, l_resumed, "resumed losses differ from the uninterrupted run");
@@ -353,11 +364,7 @@ fn dino_resume_restores_the_centre_and_the_epoch_schedules_bitwise() {
     let a = tempfile::tempdir().unwrap();
     let full = train(a.path(), &sets);
     let b = tempfile::tempdir().unwrap();
-    let out = b.path().join("run");
-    let mut args = vec!["train".to_string(), config(), "--out".into(), out.display().to_string(), "--stop-after".into(), "5".into()];
-    sets.iter().for_each(|s| args.extend(["--set".to_string(), s.to_string()]));
-    let o = latent(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(o.status.success(), "{}", text(&o));
+    let out = stopped_after(b.path(), &sets, 5);
     let ck = latent_host::checkpoint::load(&out).unwrap();
     let center = &ck.tensors["objective.center"];
     assert_eq!(center.shape, vec![1, 256]);
@@ -368,8 +375,7 @@ fn dino_resume_restores_the_centre_and_the_epoch_schedules_bitwise() {
     assert!(ck.tensors.contains_key("optim.m.objective.head.layers.0.weight"));
     let (v, tv) = (&ck.tensors["objective.head.last_layer.weight_v"], &ck.tensors["objective.teacher_head.last_layer.weight_v"]);
     assert!(v.data.iter().zip(&tv.data).all(|(a, b)| (a - b).abs() <= 1e-6 * a.abs().max(1.0)), "the frozen last layer did not move");
-    let o = latent(&["train", "--resume", "--out", out.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", text(&o));
+    resume(&out);
     let (l_full, l_resumed) = (losses(&full), losses(&out));
     assert_eq!(l_full.len(), 16);
     assert_eq!(l_full, l_resumed, "resumed losses differ from the uninterrupted run");

@@ -199,6 +199,13 @@ impl Module for BatchNorm2d {
     }
 }
 
+/// The EMA copy of `p` under another head name: `<prefix>.<name without its first part>`
+/// (`projector.0.weight` → `target_projector.0.weight`), following `p` (see [`Param::target_copy`]).
+fn target_named(p: &Param, prefix: &str) -> Param {
+    let leaf = p.name.split_once('.').map(|(_, rest)| rest).unwrap_or(&p.name);
+    p.target_copy(format!("{prefix}.{leaf}"))
+}
+
 /// A non-linearity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -353,10 +360,7 @@ impl Head {
     /// `<prefix>.<index>.<leaf>` following the online name (`ema_of`); batch-norm running
     /// statistics become the target's own buffers, moved by the target's own forward.
     pub fn target_copy(&self, prefix: &str) -> Head {
-        let rename = |p: &Param| {
-            let leaf = p.name.split_once('.').map(|(_, rest)| rest).unwrap_or(&p.name);
-            p.target_copy(format!("{prefix}.{leaf}"))
-        };
+        let rename = |p: &Param| target_named(p, prefix);
         let layers = self
             .layers
             .iter()
@@ -475,10 +479,7 @@ impl DinoHead {
 
     /// The EMA target (DINO's teacher head): role-`Target` copies named `<prefix>.<leaf>`.
     pub fn target_copy(&self, prefix: &str) -> DinoHead {
-        let rename = |p: &Param| {
-            let leaf = p.name.split_once('.').map(|(_, rest)| rest).unwrap_or(&p.name);
-            p.target_copy(format!("{prefix}.{leaf}"))
-        };
+        let rename = |p: &Param| target_named(p, prefix);
         let last = &self.last_layer;
         DinoHead { mlp: self.mlp.target_copy(prefix), last_layer: WeightNormLinear { weight_g: rename(&last.weight_g), weight_v: rename(&last.weight_v) } }
     }

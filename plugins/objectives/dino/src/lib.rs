@@ -183,13 +183,9 @@ impl Objective for Dino {
         let (v, t, d) = (b.views.len(), b.targets.len(), self.cfg.input_dim);
         ensure!(v >= 2, "dino needs at least 2 views, got {v}");
         ensure!((1..=v).contains(&t), "dino needs the teacher (target-encoder) output of 1 to {v} views (the global crops, first), got {t}");
-        let rows = b.views[0].rows();
-        for (what, x) in b.views.iter().enumerate().map(|(i, x)| (format!("view {i}"), x)).chain(b.targets.iter().enumerate().map(|(i, x)| (format!("target {i}"), x))) {
-            ensure!(x.cols() == d, "{what} has {} features but input_dim is {d}", x.cols());
-            ensure!(x.rows() == rows, "{what} has {} rows, view 0 has {rows}", x.rows());
-        }
-        ensure!(rows >= 2 || !b.train || !self.cfg.batch_norm, "dino with batch_norm needs at least 2 samples per batch in training, got {rows}");
-        let k = self.cfg.output_dim;
+        // a batch-norm in the head needs 2 rows in training
+        b.expect_shapes("dino", true, d, if self.cfg.batch_norm { 2 } else { 1 })?;
+        let (rows, k) = (b.views[0].rows(), self.cfg.output_dim);
 
         // student: all views stacked through the head once, then split per view
         let s = self.head.forward(g, &cat_rows(&b.views.iter().collect::<Vec<_>>()));
@@ -198,12 +194,11 @@ impl Objective for Dino {
         let tg = b.targets[0].graph();
         let tl = self.teacher_head.forward(tg, &cat_rows(&b.targets.iter().collect::<Vec<_>>())).values();
         let temp = self.teacher_temp();
-        let per = rows * k;
-        let teacher: Vec<Vec<f32>> = tl.chunks(per).map(|l| loss::teacher_probs(l, k, &self.center.value, temp as f32)).collect();
+        let parts: Vec<&[f32]> = tl.chunks(rows * k).collect();
+        let teacher: Vec<Vec<f32>> = parts.iter().map(|l| loss::teacher_probs(l, k, &self.center.value, temp as f32)).collect();
 
         let loss = loss::dino_loss(&student, &teacher, self.cfg.student_temp as f32);
         if b.train {
-            let parts: Vec<&[f32]> = tl.chunks(per).collect();
             self.center.value = loss::updated_center(&self.center.value, &parts, self.cfg.center_momentum as f32);
         }
         let h = teacher.iter().map(|p| loss::entropy(p, k)).sum::<f64>() / t as f64;
