@@ -42,8 +42,10 @@ pub struct TrainState {
     pub optim_t: u64,
     /// SHA-256 of the resolved config.
     pub config_hash: String,
-    /// The SDK version of the host that wrote it.
-    pub sdk_version: String,
+    /// The ABI version of the host that wrote it (`sdk_version` in checkpoints written before
+    /// the ABI had a crate of its own).
+    #[serde(alias = "sdk_version")]
+    pub abi_version: String,
     /// Last training loss.
     pub last_loss: Option<f32>,
     /// The resolved config as TOML (so that a changed config.toml can be diffed key by key;
@@ -316,7 +318,7 @@ mod tests {
             seed: 7,
             optim_t: step,
             config_hash: "abc".into(),
-            sdk_version: "0.1.0".into(),
+            abi_version: "0.2.0".into(),
             last_loss: Some(1.5),
             config: None,
         };

@@ -305,7 +305,7 @@ fn cmd_check(file: &std::path::Path, deep: bool) -> Result<i32> {
         }
     };
     let ms = plugins::manifests(lib, file)?;
-    println!("{}: ok, latent plugin library (SDK {})", file.display(), lib.sdk_version());
+    println!("{}: ok, latent plugin library (ABI {})", file.display(), lib.abi_version());
     for m in &ms {
         println!("  {} ({}, version {}): {}", m.name, m.kind.as_str(), m.version, m.description);
     }

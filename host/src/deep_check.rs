@@ -3,7 +3,7 @@
 //! on degenerate input — one line per check with the worst error.
 
 use anyhow::Result;
-use latent_sdk::abi::{Context, Manifest, PluginKind, PluginLibRef};
+use latent_abi::{Context, Manifest, PluginKind, PluginLibRef};
 use latent_sdk::check::{self, FdOptions, ObjectiveCase, TensorError};
 use latent_sdk::kit::gradcheck::random;
 use latent_sdk::kit::Tensor;
@@ -94,7 +94,7 @@ fn objective(lib: PluginLibRef, m: &Manifest) -> bool {
     if !shrunk.is_empty() {
         println!("    (sizes capped at {MAX_DIM} for speed: {})", shrunk.join(", "));
     }
-    let new = || -> Result<latent_sdk::abi::ObjectiveBox> {
+    let new = || -> Result<latent_abi::ObjectiveBox> {
         (lib.new_objective())(RStr::from_str(&m.name), RStr::from_str(&config), &ctx).into_result().map_err(|e| anyhow::anyhow!("{e}"))
     };
     let cfg: serde_json::Value = serde_json::from_str(&m.default_config).unwrap_or_default();
@@ -135,7 +135,7 @@ fn objective(lib: PluginLibRef, m: &Manifest) -> bool {
 fn encoder(lib: PluginLibRef, m: &Manifest) -> bool {
     println!("  {} (encoder)", m.name);
     let ctx = Context::default();
-    let build = || -> Result<(latent_sdk::abi::EncoderBox, [usize; 3])> {
+    let build = || -> Result<(latent_abi::EncoderBox, [usize; 3])> {
         let mut last = None;
         for shape in [[1, 28, 28], [3, 32, 32]] {
             let mut e = (lib.new_encoder())(RStr::from_str(&m.name), RStr::from_str(""), &ctx).into_result().map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -23,7 +23,7 @@ use crate::config::{Config, PluginConfig};
 use crate::optim::Optimizer;
 use crate::plugins::{Encoder, Objective, ParamAccess, Registry};
 use anyhow::{bail, Context as _, Result};
-use latent_sdk::abi::{Context, ParamDesc, ParamRole};
+use latent_abi::{Context, ParamDesc, ParamRole};
 use latent_sdk::kit::Tensor;
 use std::collections::BTreeMap;
 

@@ -22,7 +22,7 @@
 //! ```
 
 use anyhow::{bail, Result};
-use latent_sdk::abi::ParamRole;
+use latent_abi::ParamRole;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

@@ -15,7 +15,7 @@
 use abi_stable::library::{lib_header_from_path, LibraryError};
 use abi_stable::std_types::{RResult, RStr, RVec};
 use anyhow::{anyhow, bail, Context as _, Result};
-use latent_sdk::abi::*;
+use latent_abi::*;
 use latent_sdk::kit::Tensor;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -99,9 +99,8 @@ fn explain(file: &Path, e: LibraryError) -> anyhow::Error {
              (a plugin crate ends with `latent_sdk::export_plugins!(...)`)"
         ),
         LibraryError::IncompatibleVersionNumber { library_name, expected_version, actual_version } => anyhow!(
-            "{f}: built against an incompatible SDK: the host speaks {library_name} {expected_version}, \
-             the library {actual_version}; rebuild the plugin against latent-sdk {}",
-            SDK_VERSION
+            "{f}: built against an incompatible ABI: the host speaks {library_name} {expected_version}, \
+             the library {actual_version}; rebuild the plugin against this latent-sdk (ABI {ABI_VERSION})"
         ),
         LibraryError::AbiInstability(err) => {
             // abi_stable's report dumps both layouts; keep its verdict lines.
@@ -117,13 +116,13 @@ fn explain(file: &Path, e: LibraryError) -> anyhow::Error {
                 keep = lines.into_iter().take(8).collect();
             }
             anyhow!(
-                "{f}: incompatible type layout: the library was built against a latent-sdk whose ABI \
-                 differs from this host's ({SDK_VERSION}); rebuild it against this SDK.\n    {}",
+                "{f}: incompatible type layout: the library was built against a latent ABI that \
+                 differs from this host's ({ABI_VERSION}); rebuild it against this latent-sdk.\n    {}",
                 keep.join("\n    ")
             )
         }
         LibraryError::InvalidAbiHeader(h) => anyhow!(
-            "{f}: built with an incompatible abi_stable ({h:?}); rebuild it against latent-sdk {SDK_VERSION}"
+            "{f}: built with an incompatible abi_stable ({h:?}); rebuild it against this latent-sdk (ABI {ABI_VERSION})"
         ),
         other => anyhow!("{f}: cannot load: {other}"),
     }
@@ -407,7 +406,7 @@ impl Objective {
 
     /// Tells the objective that epoch `info.epoch` starts (its schedules in epochs). A plugin
     /// built before the call existed answers with the SDK's default, which does nothing.
-    pub fn begin_epoch(&mut self, info: latent_sdk::abi::EpochInfo) -> Result<()> {
+    pub fn begin_epoch(&mut self, info: latent_abi::EpochInfo) -> Result<()> {
         let w = crate::watchdog::enter(&self.name, "begin_epoch");
         let out = pres(self.obj.begin_epoch(info));
         drop(w);

@@ -19,7 +19,7 @@ use crate::optim::Schedule;
 use crate::plugins::{Augment, Registry};
 use crate::report;
 use anyhow::{bail, Context as _, Result};
-use latent_sdk::abi::Context;
+use latent_abi::Context;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -184,7 +184,7 @@ fn prepare_out(out: &Path, resume: bool) -> Result<RunLock> {
         }
         tracing::warn!("{}: the earlier attempt there left no checkpoint; starting the run afresh", out.display());
     }
-    checkpoint::write_atomic(&out.join(RUN_MARKER), format!("latent run directory, SDK {}\n", latent_sdk::abi::SDK_VERSION).as_bytes())?;
+    checkpoint::write_atomic(&out.join(RUN_MARKER), format!("latent run directory, ABI {}\n", latent_abi::ABI_VERSION).as_bytes())?;
     Ok(lock)
 }
 
@@ -452,7 +452,7 @@ pub fn run(args: TrainArgs) -> Result<i32> {
             seed: cfg.train.seed,
             optim_t: learner.optim.t,
             config_hash: hash.clone(),
-            sdk_version: latent_sdk::abi::SDK_VERSION.into(),
+            abi_version: latent_abi::ABI_VERSION.into(),
             last_loss,
             config: Some(config_text.clone()),
         };
@@ -470,7 +470,7 @@ pub fn run(args: TrainArgs) -> Result<i32> {
         let t_epoch = Instant::now();
         let mut t_last = Instant::now();
         let mut b = batch0;
-        let info = latent_sdk::abi::EpochInfo { epoch, epochs: cfg.train.epochs, steps_per_epoch };
+        let info = latent_abi::EpochInfo { epoch, epochs: cfg.train.epochs, steps_per_epoch };
         learner.objective.begin_epoch(info).with_context(|| format!("starting epoch {epoch}"))?;
         // Resuming mid-epoch rebuilds the epoch's plan and skips the batches already done.
         let loader = data::Loader::new(train.clone(), views.clone(), &loader_cfg(epoch))?;

@@ -4,7 +4,7 @@
 use latent_host::data::{self, Batch, Dataset, Loader, LoaderConfig, Sampler};
 use latent_host::plugins::Augment;
 use latent_plugin_augment::Pipeline;
-use latent_sdk::abi::Context;
+use latent_abi::Context;
 use std::sync::Arc;
 
 fn pipeline(cfg: &str) -> Augment {

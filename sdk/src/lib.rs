@@ -1,14 +1,15 @@
-//! # latent-sdk: the plugin ABI of `latent` and the kit to write plugins with
+//! # latent-sdk: the kit to write `latent` plugins with
 //!
 //! `latent` loads objectives, encoders and augmentations from separately compiled libraries.
-//! This crate is everything a plugin and the host share, in two clearly separate halves:
+//! Two crates serve them:
 //!
-//! - [`abi`]: the stable contract. `#[repr(C)]` types checked by abi_stable at load time:
-//!   tensors as plain descriptors ([`abi::TensorDesc`]), manifests, parameter descriptors,
-//!   errors, the three plugin-object traits and the prefix-type root module
-//!   ([`abi::PluginLib`]). Nothing Rust-specific (no dfdx type) crosses.
-//! - [`plugin`], [`autodiff`], [`check`] and [`kit`]: compiled into each plugin, never
-//!   crossing. [`plugin`] holds the traits an author implements — forward-only
+//! - `latent-abi`, re-exported here as [`abi`]: the stable contract and nothing else.
+//!   `#[repr(C)]` types checked by abi_stable at load time: tensors as plain descriptors
+//!   ([`abi::TensorDesc`]), manifests, parameter descriptors, errors, the three plugin-object
+//!   traits and the prefix-type root module ([`abi::PluginLib`]). Nothing Rust-specific (no
+//!   dfdx type) crosses, and that crate compiles no numeric code.
+//! - this crate: [`plugin`], [`autodiff`], [`check`] and [`kit`], compiled into each plugin,
+//!   never crossing. [`plugin`] holds the traits an author implements — forward-only
 //!   [`plugin::Objective`] and [`plugin::Encoder`] (exported as [`plugin::Taped`]), and the
 //!   low-level [`plugin::ObjectivePlugin`], [`plugin::EncoderPlugin`],
 //!   [`plugin::AugmentationPlugin`] — and the wrappers that catch panics at the boundary;
@@ -163,8 +164,8 @@
 //! - Non-finite losses, features or gradients are refused by the host with the plugin's name.
 //!
 //! # Versioning
-//! Each library records the `latent-sdk` version it was built with ([`abi::SDK_VERSION`]).
-//! At load the host checks it with abi_stable's rules (the same major version; for 0.x the
+//! Each library records the ABI version it was built with ([`abi::ABI_VERSION`], the version
+//! of the `latent-abi` crate this SDK depends on). At load the host checks it with abi_stable's rules (the same major version; for 0.x the
 //! same major and minor), then the layout of every type reachable from the root module; a
 //! refused library is reported by `latent plugins` with the reason and never called.
 //!
@@ -191,9 +192,10 @@
 //! After a breaking release, plugins must be rebuilt against the new SDK; the host says so by
 //! name instead of loading them.
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
-pub mod abi;
+/// The stable ABI (the `latent-abi` crate), re-exported: the types that cross.
+pub use latent_abi as abi;
 pub mod autodiff;
 pub mod check;
 pub mod kit;

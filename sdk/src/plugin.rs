@@ -599,22 +599,20 @@ pub fn not_found(kind: PluginKind, name: RStr<'_>) -> PluginError {
 /// ```
 /// The crate needs `abi_stable` as a dependency too (its root-module attribute names it).
 ///
-/// The root module is a `#[no_mangle]` symbol, so two plugin crates linked as rlibs into one
-/// binary would clash. A binary that links several (a benchmark comparing in-process and
-/// loaded plugins) builds with `RUSTFLAGS="--cfg latent_in_process"`, which leaves the export
-/// out; the plugin types stay usable through [`new_objective`] and friends.
+/// The root module is a `#[no_mangle]` symbol, so a binary that links two plugin crates as
+/// rlibs gets it twice: `bench/build.rs` shows how such a binary keeps one copy. The plugin
+/// types stay usable in-process through [`new_objective`] and friends.
 #[macro_export]
 macro_rules! export_plugins {
     (objectives: [$($o:ty),* $(,)?], encoders: [$($e:ty),* $(,)?], augmentations: [$($a:ty),* $(,)?] $(,)?) => {
-        #[allow(unexpected_cfgs, dead_code, unused_imports)]
+        #[allow(dead_code, unused_imports)]
         mod __latent_export {
         use super::*;
-        #[cfg(not(latent_in_process))]
         #[::abi_stable::export_root_module]
         pub fn __latent_root_module() -> $crate::abi::PluginLibRef {
             use ::abi_stable::prefix_type::PrefixTypeTrait;
             $crate::abi::PluginLib {
-                sdk_version: ::abi_stable::std_types::RStr::from_str($crate::abi::SDK_VERSION),
+                abi_version: ::abi_stable::std_types::RStr::from_str($crate::abi::ABI_VERSION),
                 manifests: __latent_manifests,
                 new_objective: __latent_new_objective,
                 new_encoder: __latent_new_encoder,

@@ -87,12 +87,12 @@ fn check_plugin_refuses_an_incompatible_type_layout() {
 }
 
 #[test]
-fn check_plugin_refuses_an_incompatible_sdk_version() {
+fn check_plugin_refuses_an_incompatible_abi_version() {
     let f = lib("latent_test_wrong_version");
     let out = latent(&["check-plugin", &f]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let s = String::from_utf8_lossy(&out.stdout);
-    assert!(s.contains(&f) && s.contains("incompatible SDK") && s.contains("9.0.0"), "{s}");
+    assert!(s.contains(&f) && s.contains("incompatible ABI") && s.contains("9.0.0"), "{s}");
 }
 
 #[test]

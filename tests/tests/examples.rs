@@ -4,7 +4,7 @@
 //! Needs `cargo build --workspace` first (the examples are cdylibs beside the binary).
 
 use latent_host::plugins::{Objective, ParamAccess, Registry};
-use latent_sdk::abi::Context;
+use latent_abi::Context;
 use latent_sdk::kit::Tensor;
 use latent_tests::{latent, plugin_dir, text};
 use serde_json::{json, Value};

@@ -4,7 +4,7 @@
 use latent_host::config::Config;
 use latent_host::learner::Learner;
 use latent_host::plugins::{ParamAccess, Registry};
-use latent_sdk::abi::ParamRole;
+use latent_abi::ParamRole;
 use latent_sdk::kit::Tensor;
 use latent_tests::{latent, plugin_dir, text};
 use serde_json::Value;
@@ -399,7 +399,7 @@ fn clipping_and_the_weight_decay_schedule_reach_the_optimizer() {
         let (e0, o0) = (l.encoder.read_params().unwrap(), l.objective.read_params().unwrap());
         let out = l.step(&views, &[], 0, 10, 0.1).unwrap();
         let (e1, o1) = (l.encoder.read_params().unwrap(), l.objective.read_params().unwrap());
-        let trained = |d: &latent_sdk::abi::ParamDesc| matches!(d.role, ParamRole::Weight | ParamRole::NoDecay);
+        let trained = |d: &latent_abi::ParamDesc| matches!(d.role, ParamRole::Weight | ParamRole::NoDecay);
         let pairs = l.enc_params.iter().zip(e0.iter().zip(&e1)).chain(l.obj_params.iter().zip(o0.iter().zip(&o1)));
         let moved: f64 = pairs.filter(|(d, _)| trained(d)).flat_map(|(_, (a, b))| a.data.iter().zip(&b.data).map(|(x, y)| ((x - y) as f64).powi(2))).sum();
         let norm = out.metrics.iter().find(|m| m.0 == "grad_norm").map_or(f64::NAN, |m| m.1);

@@ -15,7 +15,7 @@ use anyhow::Result;
 use latent_bench::*;
 use latent_host::data::loader::splitmix64;
 use latent_plugin_augment::Op;
-use latent_sdk::abi::Context;
+use latent_abi::Context;
 use latent_sdk::kit::Tensor;
 use serde_json::json;
 use std::time::Instant;

@@ -26,7 +26,7 @@ use latent_host::optim::Optimizer;
 use latent_host::plugins::{Encoder, Objective, ParamAccess};
 use latent_plugin_resnet::ResNet;
 use latent_plugin_simclr::SimClr;
-use latent_sdk::abi::{Context, ParamDesc, ParamRole, PluginKind};
+use latent_abi::{Context, ParamDesc, ParamRole, PluginKind};
 use latent_sdk::kit::{Module, Tensor};
 use latent_sdk::plugin::{EncoderPlugin, ObjectiveBatch, ObjectivePlugin, Plugin};
 use serde_json::json;

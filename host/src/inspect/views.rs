@@ -9,7 +9,7 @@ use crate::data::{self, loader};
 use crate::inspect::grid::{self, Row, Tile};
 use crate::inspect::{check_png_path, json_path, shorten};
 use crate::plugins::Registry;
-use latent_sdk::abi::PluginKind;
+use latent_abi::PluginKind;
 use anyhow::{ensure, Context as _, Result};
 use serde::Serialize;
 use std::path::PathBuf;
