@@ -2,7 +2,7 @@
 
 The reference for pair 2 of bench/run (the `latent` side is the latent-bench `augment` binary:
 the `pipeline` plugin loaded from its library) and for
-`cargo run --release -p latent-plugin-augment --example throughput` (its "lightly-matched"
+`cargo run --release -p latent-plugin-pipeline --example throughput` (its "lightly-matched"
 line: strength 0.5, no blur, ImageNet normalization).
 
     python bench/lightly_augment.py [SECONDS] [--json FILE]

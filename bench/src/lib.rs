@@ -55,11 +55,11 @@ pub fn spec_config() -> Config {
         plugin: "simclr".into(),
         config: serde_json::json!({"hidden_dim": 256, "output_dim": 128, "temperature": 0.5}),
     };
-    cfg.optim.name = "sgd".into();
+    cfg.optim.name = latent_host::train::optim::OptimizerKind::Sgd;
     cfg.optim.lr = 0.06;
     cfg.optim.momentum = 0.9;
     cfg.optim.weight_decay = 5e-4;
-    cfg.optim.schedule = "constant".into();
+    cfg.optim.schedule = latent_host::train::optim::LrSchedule::Constant;
     cfg
 }
 

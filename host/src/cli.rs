@@ -150,7 +150,7 @@ pub enum Command {
     NewPlugin {
         /// objective, encoder or augmentation
         #[arg(long, value_enum)]
-        kind: crate::new_plugin::Kind,
+        kind: crate::plugins::new_plugin::Kind,
         /// Plugin name (lowercase, digits, dashes), e.g. my-first-loss
         name: String,
         /// Parent directory: the crate is written to DIR/NAME (default: the current directory)
@@ -194,12 +194,12 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Command::Eval { run, data, json } => {
             let reg = Registry::discover(&cli.plugin_dirs)?;
-            crate::evaluate::eval(&reg, &run, data.as_deref(), json)?;
+            crate::eval::commands::eval(&reg, &run, data.as_deref(), json)?;
             Ok(0)
         }
         Command::Embed { checkpoint, data, split, out } => {
             let reg = Registry::discover(&cli.plugin_dirs)?;
-            let (n, d) = crate::evaluate::embed(&reg, &checkpoint, data.as_deref(), &split, &out)?;
+            let (n, d) = crate::eval::commands::embed(&reg, &checkpoint, data.as_deref(), &split, &out)?;
             println!("wrote {n} x {d} features to {}", out.display());
             Ok(0)
         }
@@ -241,7 +241,7 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::NewPlugin { kind, name, dir, sdk_path } => {
-            crate::new_plugin::run(crate::new_plugin::NewPluginArgs { kind, name, dir, sdk_path })
+            crate::plugins::new_plugin::run(crate::plugins::new_plugin::NewPluginArgs { kind, name, dir, sdk_path })
         }
     }
 }
@@ -309,7 +309,7 @@ fn cmd_check(file: &std::path::Path, deep: bool) -> Result<i32> {
     for m in &ms {
         println!("  {} ({}, version {}): {}", m.name, m.kind.as_str(), m.version, m.description);
     }
-    if deep && !crate::deep_check::run(lib, &ms)? {
+    if deep && !crate::plugins::deep_check::run(lib, &ms)? {
         return Ok(1);
     }
     Ok(0)

@@ -2,7 +2,7 @@
 //! overrides, defaults that make `latent train` with no config run the documented default
 //! experiment (SimCLR, resnet-mini, the embedded MNIST subset).
 
-use crate::optim::OptimConfig;
+use crate::train::optim::OptimConfig;
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -111,11 +111,19 @@ pub struct EvalConfig {
     /// Evaluate on the test split every this many epochs (0: only at the end).
     pub every_epochs: u64,
     /// kNN settings reported: (k, temperature) pairs.
+    #[serde(serialize_with = "shortest_f32_pairs")]
     pub knn: Vec<(usize, f32)>,
     /// Train a linear probe at the end of training.
     pub linear_probe: bool,
     /// Probe training epochs (full-batch Adam steps).
     pub probe_steps: usize,
+}
+
+/// Writes each f32 as the shortest decimal that reads back as the same f32 (`0.1`, not the
+/// `0.10000000149011612` of its f64 widening), so config.toml says what the user wrote.
+fn shortest_f32_pairs<S: serde::Serializer>(pairs: &[(usize, f32)], s: S) -> Result<S::Ok, S::Error> {
+    let wide: Vec<(usize, f64)> = pairs.iter().map(|&(k, t)| (k, t.to_string().parse().unwrap_or(t as f64))).collect();
+    wide.serialize(s)
 }
 
 impl Default for EvalConfig {
@@ -359,6 +367,9 @@ mod tests {
         assert!(msg.contains("train.epochz") && msg.contains("unknown field"), "{msg}");
         let e = Config::from_table("[optim]\nlr = \"fast\"".parse().unwrap()).unwrap_err();
         assert!(format!("{e:#}").contains("optim.lr"), "{e:#}");
+        // an unknown optimizer used to mean LARS silently; now the key and the choices are named
+        let e = format!("{:#}", Config::load(None, &["optim.name=\"adam\"".into()]).unwrap_err());
+        assert!(e.contains("optim.name") && e.contains("`sgd`, `adamw`, `lars`"), "{e}");
     }
 
     #[test]

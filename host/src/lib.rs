@@ -3,38 +3,26 @@
 //! The host owns everything that is not a plugin: the device, data loading and augmentation
 //! scheduling, the training loop, the one optimizer, the EMA target network, checkpoints,
 //! evaluation and the CLI. Plugins (objectives, encoders, augmentations) are loaded from
-//! dynamic libraries through `latent-sdk`'s ABI ([`plugins`]).
+//! dynamic libraries through the ABI of `latent-abi` ([`plugins`]).
 //!
-//! Modules, in the order a training step meets them:
-//! - [`cli`]: the `latent` commands; [`config`]: the TOML experiment config and `--set`;
-//!   [`deep_check`]: `check-plugin --deep`, finite differences and determinism through the ABI.
-//! - [`plugins`]: search path, loading with abi_stable, checked handles around plugin objects;
-//!   [`watchdog`]: a plugin call that never returns ends the run with a clear error.
-//! - [`data`]: dataset readers and the threaded, reproducible loader.
-//! - [`learner`]: one training step across the boundary, the EMA target;
-//!   [`optim`]: SGD / AdamW / LARS and the learning-rate schedule.
-//! - [`train`]: the run loop, [`checkpoint`]: atomic safetensors checkpoints,
-//!   [`metrics`] and [`plot`]: `metrics.jsonl` and PNG charts.
+//! One folder per concern, in the order a run meets them:
+//! - [`cli`]: the `latent` commands; [`config`]: the TOML experiment config and `--set`.
+//! - [`plugins`]: the search path and loading, checked handles around plugin objects, the
+//!   watchdog on every call, `check-plugin --deep` and `new-plugin`.
+//! - [`data`]: dataset readers, the threaded reproducible loader, and what a config asks of
+//!   them ([`data::experiment`]: the dataset, the views, the loader settings).
+//! - [`train`]: the run in phases ([`train::run`]), one step across the boundary
+//!   ([`train::learner`]), the optimizer and schedules ([`train::optim`]), atomic checkpoints,
+//!   the run directory, signals, `metrics.jsonl` and the per-epoch evaluation.
+//! - [`eval`]: kNN, linear probe, collapse metrics, the report with its baselines, and the
+//!   `latent eval` / `latent embed` commands.
 //! - [`inspect`]: what a researcher looks at: the run's plots, `latent views`, `neighbours`,
 //!   `map` and `runs`.
-//! - [`eval`]: kNN, linear probe, collapse metrics; [`report`]: the table with baselines;
-//!   [`evaluate`]: `latent eval` and `latent embed`.
-//! - [`new_plugin`]: `latent new-plugin`, a crate skeleton that builds and trains as it is.
 
-pub mod checkpoint;
 pub mod cli;
 pub mod config;
-pub mod deep_check;
 pub mod data;
 pub mod eval;
-pub mod evaluate;
 pub mod inspect;
-pub mod learner;
-pub mod metrics;
-pub mod new_plugin;
-pub mod optim;
-pub mod plot;
-pub mod report;
 pub mod plugins;
 pub mod train;
-pub mod watchdog;

@@ -3,7 +3,7 @@
 
 use latent_host::data::{self, Batch, Dataset, Loader, LoaderConfig, Sampler};
 use latent_host::plugins::Augment;
-use latent_plugin_augment::Pipeline;
+use latent_plugin_pipeline::Pipeline;
 use latent_abi::Context;
 use std::sync::Arc;
 

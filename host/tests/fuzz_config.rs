@@ -10,7 +10,7 @@
 //! toolchain, which this project does not use.
 
 use latent_host::config::{apply_override, Config};
-use latent_host::train::config_hash;
+use latent_host::train::run_dir::config_hash;
 use proptest::prelude::*;
 
 /// Every key path the config knows, and a few it does not.

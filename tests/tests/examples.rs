@@ -23,7 +23,7 @@ fn fixed(n: usize, d: usize, phase: f64) -> Tensor {
     Tensor::new(vec![n, d], (0..n * d).map(|k| ((k as f64 * 0.731 + phase).sin() + 0.3 * (k as f64 * 1.37).cos()) as f32).collect())
 }
 
-fn loss_metric(r: &latent_host::plugins::StepResult) -> f64 {
+fn loss_metric(r: &latent_host::plugins::handles::ObjectiveResult) -> f64 {
     r.metrics.iter().find(|(k, _)| k == "loss").expect("a loss metric").1
 }
 

@@ -9,7 +9,7 @@
 //! faults: an unusable `--out`, a checkpoint write that fails, a process killed in the middle
 //! of a checkpoint write, and Ctrl-C. Each run is a handful of 8-image steps on 256 images.
 
-use latent_host::checkpoint;
+use latent_host::train::checkpoint;
 use latent_tests::{latent_bin, text};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -72,7 +72,7 @@ fn assert_checkpoint(run: &Path, step: u64) {
 
 /// Step numbers of the `step` records of metrics.jsonl.
 fn logged_steps(run: &Path) -> Vec<u64> {
-    latent_host::metrics::read(&run.join("metrics.jsonl")).unwrap().iter().filter(|r| r["kind"] == "step").map(|r| r["step"].as_u64().unwrap()).collect()
+    latent_host::train::metrics::read(&run.join("metrics.jsonl")).unwrap().iter().filter(|r| r["kind"] == "step").map(|r| r["step"].as_u64().unwrap()).collect()
 }
 
 /// A fault of `who` (`objective` or `encoder`) from step 3: exit 1, an error holding every one
@@ -485,11 +485,11 @@ fn a_second_process_on_a_running_run_directory_is_refused_naming_the_first() {
 
 /// The `epoch` records of metrics.jsonl: (epoch, loss).
 fn epoch_records(run: &Path) -> Vec<(u64, f64)> {
-    latent_host::metrics::read(&run.join("metrics.jsonl")).unwrap().iter().filter(|r| r["kind"] == "epoch").map(|r| (r["epoch"].as_u64().unwrap(), r["loss"].as_f64().unwrap())).collect()
+    latent_host::train::metrics::read(&run.join("metrics.jsonl")).unwrap().iter().filter(|r| r["kind"] == "epoch").map(|r| (r["epoch"].as_u64().unwrap(), r["loss"].as_f64().unwrap())).collect()
 }
 
 fn step_mean(run: &Path, epoch: u64) -> f64 {
-    let recs = latent_host::metrics::read(&run.join("metrics.jsonl")).unwrap();
+    let recs = latent_host::train::metrics::read(&run.join("metrics.jsonl")).unwrap();
     let l: Vec<f64> = recs.iter().filter(|r| r["kind"] == "step" && r["epoch"].as_u64() == Some(epoch)).map(|r| r["loss"].as_f64().unwrap()).collect();
     l.iter().sum::<f64>() / l.len() as f64
 }
@@ -589,7 +589,7 @@ fn kill_nine_at_random_times_never_leaves_a_run_that_cannot_resume() {
 }
 
 fn step_losses(run: &Path) -> Vec<f64> {
-    latent_host::metrics::read(&run.join("metrics.jsonl")).unwrap().iter().filter(|r| r["kind"] == "step").map(|r| r["loss"].as_f64().unwrap()).collect()
+    latent_host::train::metrics::read(&run.join("metrics.jsonl")).unwrap().iter().filter(|r| r["kind"] == "step").map(|r| r["loss"].as_f64().unwrap()).collect()
 }
 
 #[test]

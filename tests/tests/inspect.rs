@@ -6,7 +6,7 @@
 use latent_host::config::Config;
 use latent_host::data::loader;
 use latent_host::inspect::grid::{shade, Tile};
-use latent_host::plot::png_size;
+use latent_host::inspect::plot::png_size;
 use latent_host::plugins::Registry;
 use latent_tests::{latent, plugin_dir, text};
 use serde_json::Value;
@@ -47,10 +47,10 @@ fn plots_views_neighbours_and_runs_draw_what_the_run_holds() {
     let run = short_run(dir.path());
 
     // --- loss.png and eval.png: two panels each, the curves are the run's records
-    use latent_host::plot::{PANEL_HEIGHT, WIDTH};
+    use latent_host::inspect::plot::{PANEL_HEIGHT, WIDTH};
     assert_eq!(png_size(&run.join("loss.png")).unwrap(), (WIDTH, 2 * PANEL_HEIGHT));
     assert_eq!(png_size(&run.join("eval.png")).unwrap(), (WIDTH, 2 * PANEL_HEIGHT));
-    let records = latent_host::metrics::read(&run.join("metrics.jsonl")).unwrap();
+    let records = latent_host::train::metrics::read(&run.join("metrics.jsonl")).unwrap();
     let report = json(&run.join("eval.json"));
     let fig = latent_host::inspect::plots::eval_figure(&records, Some(&report));
     let evals: Vec<&Value> = records.iter().filter(|r| r["kind"] == "eval" && r.get("knn_20").is_some()).collect();
@@ -75,9 +75,9 @@ fn plots_views_neighbours_and_runs_draw_what_the_run_holds() {
     assert_eq!(Value::from(vec![size.0, size.1]), summary["png"]);
     let reg = Registry::discover(&[plugin_dir()]).unwrap();
     let cfg = Config::load(Some(Path::new(&config())), &[]).unwrap();
-    let train = latent_host::train::open_data(&cfg).unwrap().train;
-    let views = latent_host::train::build_views(&reg, &cfg).unwrap();
-    let base = latent_host::train::loader_config(&cfg, &train, false).unwrap();
+    let train = latent_host::data::open_data(&cfg).unwrap().train;
+    let views = latent_host::data::build_views(&reg, &cfg).unwrap();
+    let base = latent_host::data::loader_config(&cfg, &train, false).unwrap();
     let first: Vec<usize> = loader::epoch_batches(&train, &base).unwrap()[0][..3].to_vec();
     let shown: Vec<usize> = summary["images"].as_array().unwrap().iter().map(|i| i["index"].as_u64().unwrap() as usize).collect();
     assert_eq!(shown, first, "the rows are the first images of the first batch");

@@ -4,7 +4,7 @@
 //! from the checkpoint. Stops are `--stop-after` (the code path of Ctrl-C, see faults.rs for a
 //! real SIGINT) at a checkpoint-aligned step and at one that is not.
 
-use latent_host::checkpoint;
+use latent_host::train::checkpoint;
 use latent_tests::{latent, text};
 use std::path::Path;
 
@@ -42,7 +42,7 @@ fn train(extra: &[&str], out: &Path) {
 
 /// (step, loss bits) of every step record, in file order.
 fn losses(run: &Path) -> Vec<(u64, u64)> {
-    latent_host::metrics::read(&run.join("metrics.jsonl"))
+    latent_host::train::metrics::read(&run.join("metrics.jsonl"))
         .unwrap()
         .iter()
         .filter(|r| r["kind"] == "step")

@@ -2,7 +2,7 @@
 //! BYOL EMA rule and collapse behaviour, and exact resume.
 
 use latent_host::config::Config;
-use latent_host::learner::Learner;
+use latent_host::train::learner::Learner;
 use latent_host::plugins::{ParamAccess, Registry};
 use latent_abi::ParamRole;
 use latent_sdk::kit::Tensor;
@@ -45,7 +45,7 @@ fn resume(run: &Path) {
 }
 
 fn records(run: &Path, kind: &str) -> Vec<Value> {
-    latent_host::metrics::read(&run.join("metrics.jsonl")).unwrap().into_iter().filter(|r| r["kind"] == kind).collect()
+    latent_host::train::metrics::read(&run.join("metrics.jsonl")).unwrap().into_iter().filter(|r| r["kind"] == kind).collect()
 }
 
 fn losses(run: &Path) -> Vec<f64> {
@@ -157,9 +157,9 @@ fn byol_target_parameters_move_exactly_by_the_ema_rule() {
         let o_before = l.objective.read_params().unwrap();
         let out = l.step(&views, &[], step, 10, 0.05).unwrap();
         // the host's rule in f32: t ← τ·t + (1 − τ)·o, with τ and 1 − τ rounded from f64
-        let (tau, one_minus) = (out.tau as f32, (1.0 - out.tau) as f32);
+        let (tau, one_minus) = (out.target_momentum as f32, (1.0 - out.target_momentum) as f32);
         let want_tau = 1.0 - (1.0 - 0.9) * ((std::f64::consts::PI * step as f64 / 10.0).cos() + 1.0) / 2.0;
-        assert!((out.tau - want_tau).abs() < 1e-12, "τ at step {step}: {} vs {want_tau}", out.tau);
+        assert!((out.target_momentum - want_tau).abs() < 1e-12, "τ at step {step}: {} vs {want_tau}", out.target_momentum);
         let online = l.encoder.read_params().unwrap();
         let target = l.target.as_mut().unwrap().read_params().unwrap();
         for ((d, (t0, t1)), o) in l.enc_params.iter().zip(t_before.iter().zip(&target)).zip(&online) {
@@ -232,7 +232,7 @@ fn moco_resume_restores_the_queue_and_gives_the_losses_of_an_uninterrupted_run_b
     let full = train(a.path(), &moco);
     let b = tempfile::tempdir().unwrap();
     let out = stopped_after(b.path(), &moco, 5);
-    let ck = latent_host::checkpoint::load(&out).unwrap();
+    let ck = latent_host::train::checkpoint::load(&out).unwrap();
     let ptr = &ck.tensors["objective.queue_ptr"];
     // 5 batches of 128 keys into 300 rows: 128, 256, then the third fills the last 44 rows and
     // returns to 0 (the rest of that batch is dropped, as lightly's memory bank), 128, 256
@@ -326,7 +326,7 @@ fn simsiam_target_is_the_online_network_so_its_pass_is_skipped_exactly() {
     let views = [images(16, 1), images(16, 2)];
     for step in 0..3u64 {
         let out = l.step(&views, &[], step, 10, 0.05).unwrap();
-        assert_eq!(out.tau, 0.0);
+        assert_eq!(out.target_momentum, 0.0);
         assert!(out.loss.is_finite() && out.loss > -1.0 - 1e-6 && out.loss < 1.0 + 1e-6, "a negative cosine: {}", out.loss);
         let online = l.encoder.read_params().unwrap();
         let target = l.target.as_mut().unwrap().read_params().unwrap();
@@ -365,7 +365,7 @@ fn dino_resume_restores_the_centre_and_the_epoch_schedules_bitwise() {
     let full = train(a.path(), &sets);
     let b = tempfile::tempdir().unwrap();
     let out = stopped_after(b.path(), &sets, 5);
-    let ck = latent_host::checkpoint::load(&out).unwrap();
+    let ck = latent_host::train::checkpoint::load(&out).unwrap();
     let center = &ck.tensors["objective.center"];
     assert_eq!(center.shape, vec![1, 256]);
     assert!(center.data.iter().any(|&c| c != 0.0), "the centre moved in 5 steps");
@@ -385,7 +385,7 @@ fn dino_resume_restores_the_centre_and_the_epoch_schedules_bitwise() {
         assert!(temps.iter().all(|&(e, t)| t == [0.04, 0.07][e as usize]), "{temps:?}");
     }
     // after epoch 1 the last layer trains
-    let end = latent_host::checkpoint::load(&full).unwrap();
+    let end = latent_host::train::checkpoint::load(&full).unwrap();
     assert!(end.tensors.contains_key("optim.m.objective.head.last_layer.weight_v"));
 }
 

@@ -14,7 +14,7 @@
 use anyhow::Result;
 use latent_bench::*;
 use latent_host::data::loader::splitmix64;
-use latent_plugin_augment::Op;
+use latent_plugin_pipeline::Op;
 use latent_abi::Context;
 use latent_sdk::kit::Tensor;
 use serde_json::json;
@@ -24,7 +24,7 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let secs: f64 = arg(&args, "--seconds", 3.0)?;
     let reg = registry(plugin_dir(&args)?)?;
-    let mut ops = latent_plugin_augment::pipeline::preset(latent_plugin_augment::pipeline::Preset::Simclr, 0, 0.5);
+    let mut ops = latent_plugin_pipeline::pipeline::preset(latent_plugin_pipeline::pipeline::Preset::Simclr, 0, 0.5);
     ops.retain(|o| !matches!(o, Op::Blur(_)));
     let cfg = json!({
         "preset": "simclr",

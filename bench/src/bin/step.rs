@@ -21,8 +21,8 @@
 
 use anyhow::{ensure, Result};
 use latent_bench::*;
-use latent_host::learner::{concat, split, Learner};
-use latent_host::optim::Optimizer;
+use latent_host::train::learner::{concat, split, Learner};
+use latent_host::train::optim::Optimizer;
 use latent_host::plugins::{Encoder, Objective, ParamAccess};
 use latent_plugin_resnet::ResNet;
 use latent_plugin_simclr::SimClr;

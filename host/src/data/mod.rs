@@ -21,10 +21,12 @@
 
 pub mod cifar;
 pub mod embedded;
+pub mod experiment;
 pub mod folder;
 pub mod idx;
 pub mod loader;
 
+pub use experiment::{build_views, loader_config, open_data, recipe_warning, view_shape};
 pub use loader::{eval_batches, sample_seed, Batch, EvalBatches, Loader, LoaderConfig, Sampler};
 
 use anyhow::{bail, ensure, Result};

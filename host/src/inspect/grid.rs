@@ -67,7 +67,7 @@ fn geometry(title: &str, rows: &[Row], columns: &[String], scale: u32) -> (u32, 
 /// PNG's size and where each image went.
 pub fn draw(path: &Path, title: &str, columns: &[String], rows: &[Row], scale: u32) -> Result<((u32, u32), Layout)> {
     ensure!(scale >= 1, "scale must be at least 1");
-    crate::plot::register_font();
+    crate::inspect::plot::register_font();
     let (w, h, label_w, cell_w, cell_h) = geometry(title, rows, columns, scale);
     ensure!((w as u64) * (h as u64) <= 100_000_000, "the grid would be {w} × {h} pixels; ask for fewer images");
     let mut buf = vec![255u8; (w * h * 3) as usize];

@@ -10,9 +10,10 @@
 
 use crate::inspect::{check_png_path, json_path, shorten};
 use crate::plugins::Registry;
-use crate::{eval, evaluate, learner, report};
+use crate::eval::{self, commands as evaluate, report};
+use crate::train::learner;
 use anyhow::{anyhow, ensure, Context as _, Result};
-use crate::plot::PALETTE;
+use crate::inspect::plot::PALETTE;
 use plotters::prelude::*;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -97,7 +98,7 @@ pub fn map_knn(points: &[(f32, f32)], labels: &[i64]) -> f64 {
 pub const SIZE: (u32, u32) = (1420, 700);
 
 fn draw(path: &Path, panels: [(&str, &[(f32, f32)]); 2], labels: &[i64], classes: &[String]) -> Result<()> {
-    crate::plot::register_font();
+    crate::inspect::plot::register_font();
     let err = |e: &dyn std::fmt::Display| anyhow!("plotting {}: {e}", path.display());
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
@@ -140,7 +141,7 @@ pub fn run(reg: &Registry, args: &MapArgs) -> Result<Summary> {
     if let Some(s) = &args.data {
         cfg.data.source = s.clone();
     }
-    let splits = crate::train::open_data(&cfg)?;
+    let splits = crate::data::open_data(&cfg)?;
     let test = splits.test.as_ref().with_context(|| format!("{} has no test split to map", cfg.data.source))?;
     let n = args.max_points.min(test.len());
     ensure!(n >= 4, "{} has {} test images; a map needs at least 4", test.name, test.len());

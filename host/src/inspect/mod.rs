@@ -4,13 +4,15 @@
 //! - [`neighbours`]: `latent neighbours`, test images beside their nearest training images;
 //! - [`map`]: `latent map`, t-SNE of the test embeddings, trained beside random init;
 //! - [`runs`]: `latent runs`, a table of the runs under a directory;
-//! - [`grid`]: the image grid that `views` and `neighbours` draw.
+//! - [`grid`]: the image grid that `views` and `neighbours` draw;
+//! - [`plot`]: line charts (plotters), the font and the palette every picture uses.
 //!
 //! Each picture command writes a `.json` beside its PNG with what it drew.
 
 pub mod grid;
 pub mod map;
 pub mod neighbours;
+pub mod plot;
 pub mod plots;
 pub mod runs;
 pub mod views;
@@ -29,4 +31,4 @@ pub fn check_png_path(out: &Path) -> Result<()> {
     Ok(())
 }
 
-pub use crate::plot::shorten;
+pub use plot::shorten;

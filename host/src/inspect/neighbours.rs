@@ -7,7 +7,8 @@
 use crate::inspect::grid::{self, Row, Tile, RIGHT, WRONG};
 use crate::inspect::{check_png_path, json_path};
 use crate::plugins::Registry;
-use crate::{data, eval, evaluate, report};
+use crate::data;
+use crate::eval::{self, commands as evaluate, report};
 use anyhow::{ensure, Context as _, Result};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -108,7 +109,7 @@ pub fn run(reg: &Registry, args: &NeighboursArgs) -> Result<Summary> {
     if let Some(s) = &args.data {
         cfg.data.source = s.clone();
     }
-    let splits = crate::train::open_data(&cfg)?;
+    let splits = crate::data::open_data(&cfg)?;
     let (train, test) = (&splits.train, splits.test.as_ref().with_context(|| format!("{} has no test split to take queries from", cfg.data.source))?);
     let mut enc = evaluate::load_encoder(reg, &cfg, &args.run, train.shape)?;
     let (mut bank, d) = report::features(&mut enc, train)?;

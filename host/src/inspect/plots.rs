@@ -9,7 +9,7 @@
 //! Both have the step axis below and an epoch axis along the top. [`loss_figure`] and
 //! [`eval_figure`] return what is drawn, so tests compare it with the run's records.
 
-use crate::plot::{self, Figure, Panel, Series};
+use crate::inspect::plot::{self, Figure, Panel, Series};
 use anyhow::Result;
 use serde_json::Value;
 use std::path::Path;
@@ -106,7 +106,7 @@ pub fn eval_figure(records: &[Value], report: Option<&Value>) -> Figure {
 
 /// Writes `loss.png` and `eval.png` into the run directory `out`.
 pub fn write(out: &Path) -> Result<()> {
-    let records = crate::metrics::read(&out.join("metrics.jsonl"))?;
+    let records = crate::train::metrics::read(&out.join("metrics.jsonl"))?;
     let report = std::fs::read_to_string(out.join("eval.json")).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok());
     plot::figure(&out.join("loss.png"), &loss_figure(&records))?;
     plot::figure(&out.join("eval.png"), &eval_figure(&records, report.as_ref()))?;

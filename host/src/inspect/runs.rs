@@ -36,7 +36,7 @@ pub struct RunRow {
 
 /// A directory holds a run when it has the run marker, or a config.toml beside metrics.jsonl.
 fn is_run(dir: &Path) -> bool {
-    dir.join(crate::train::RUN_MARKER).exists() || (dir.join("config.toml").is_file() && dir.join("metrics.jsonl").is_file())
+    dir.join(crate::train::run_dir::RUN_MARKER).exists() || (dir.join("config.toml").is_file() && dir.join("metrics.jsonl").is_file())
 }
 
 /// The run directories under `root` (itself included), at most `depth` levels down, in the
@@ -100,7 +100,7 @@ pub fn row(dir: &Path) -> RunRow {
         }
         Err(e) => r.note = Some(format!("config.toml: {e:#}")),
     }
-    let records = crate::metrics::read(&dir.join("metrics.jsonl")).unwrap_or_default();
+    let records = crate::train::metrics::read(&dir.join("metrics.jsonl")).unwrap_or_default();
     r.steps = records.iter().filter(|x| x["kind"] == "step").filter_map(|x| x["step"].as_u64()).max().unwrap_or(0);
     r.train_seconds = records.iter().filter(|x| x["kind"] == "epoch").filter_map(|x| x["seconds"].as_f64()).sum();
     let report = std::fs::read_to_string(dir.join("eval.json")).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok());

@@ -66,11 +66,11 @@ pub fn run(reg: &Registry, args: &ViewsArgs) -> Result<Summary> {
     ensure!((1..=8).contains(&args.epochs), "--epochs must be 1 to 8, got {}", args.epochs);
     ensure!((1..=16).contains(&args.scale), "--scale must be 1 to 16, got {}", args.scale);
     let cfg = Config::load(args.config.as_deref(), &args.sets)?;
-    let splits = crate::train::open_data(&cfg)?;
+    let splits = crate::data::open_data(&cfg)?;
     let train = &splits.train;
-    let views = crate::train::build_views(reg, &cfg)?;
+    let views = crate::data::build_views(reg, &cfg)?;
     let needs_labels = reg.get(&cfg.objective.plugin, PluginKind::Objective).context("config key `objective`")?.manifest.needs_labels;
-    let base = crate::train::loader_config(&cfg, train, needs_labels)?;
+    let base = crate::data::loader_config(&cfg, train, needs_labels)?;
     let first = loader::epoch_batches(train, &base).with_context(|| format!("config key `train.batch_size` ({})", cfg.train.batch_size))?;
     let indices: Vec<usize> = first[0].iter().copied().take(args.images).collect();
     let label = |i: usize| train.labels.get(i).copied();

@@ -1,11 +1,11 @@
 //! `latent eval` and `latent embed`: a trained encoder from a run or checkpoint, on any dataset.
 
-use crate::checkpoint;
+use crate::train::checkpoint;
 use crate::config::Config;
 use crate::data;
-use crate::learner::{build_encoder, load_module};
+use crate::train::learner::{build_encoder, load_module};
 use crate::plugins::{Encoder, Registry};
-use crate::report;
+use crate::eval::report;
 use anyhow::{bail, Context as _, Result};
 use npyz::WriterBuilder;
 use std::io::BufWriter;
@@ -39,7 +39,7 @@ pub fn eval(reg: &Registry, path: &Path, source: Option<&str>, json: bool) -> Re
     if let Some(s) = source {
         cfg.data.source = s.to_string();
     }
-    let splits = crate::train::open_data(&cfg)?;
+    let splits = crate::data::open_data(&cfg)?;
     let test = splits.test.as_ref().with_context(|| format!("{} has no test split to evaluate on", cfg.data.source))?;
     let mut enc = load_encoder(reg, &cfg, path, splits.train.shape)?;
     let method = format!("{} ({})", cfg.objective.plugin, cfg.encoder.plugin);
@@ -89,7 +89,7 @@ pub fn embed(reg: &Registry, path: &Path, source: Option<&str>, split: &str, out
     if let Some(s) = source {
         cfg.data.source = s.to_string();
     }
-    let splits = crate::train::open_data(&cfg)?;
+    let splits = crate::data::open_data(&cfg)?;
     let mut parts: Vec<&data::Dataset> = Vec::new();
     match split {
         "train" => parts.push(&splits.train),

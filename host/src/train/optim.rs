@@ -26,12 +26,34 @@ use latent_abi::ParamRole;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// The optimizer (`optim.name`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// SGD with momentum (and Nesterov), PyTorch's.
+    Sgd,
+    /// Adam with decoupled weight decay, PyTorch's.
+    Adamw,
+    /// LARS (You et al. 2017), as in SimCLR and BYOL.
+    Lars,
+}
+
+/// The learning rate after warm-up (`optim.schedule`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// A cosine from the peak to `min_lr` at the last step.
+    Cosine,
+    /// The peak rate to the end.
+    Constant,
+}
+
 /// Optimizer settings (`[optim]` in the config).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct OptimConfig {
     /// `sgd`, `adamw` or `lars`.
-    pub name: String,
+    pub name: OptimizerKind,
     /// Base learning rate η₀.
     pub lr: f64,
     /// Multiply `lr` by batch_size / 256 (the SimCLR/BYOL linear scaling rule).
@@ -53,7 +75,7 @@ pub struct OptimConfig {
     /// Warmup length in epochs.
     pub warmup_epochs: f64,
     /// `cosine` (decay to `min_lr` after warmup) or `constant`.
-    pub schedule: String,
+    pub schedule: LrSchedule,
     /// Final learning rate of the cosine schedule.
     pub min_lr: f64,
     /// Weight decay at the last step, reached on a cosine from `weight_decay` (off: constant).
@@ -70,7 +92,7 @@ pub struct OptimConfig {
 impl Default for OptimConfig {
     fn default() -> Self {
         OptimConfig {
-            name: "sgd".into(),
+            name: OptimizerKind::Sgd,
             lr: 0.06,
             scale_lr_by_batch: false,
             momentum: 0.9,
@@ -81,7 +103,7 @@ impl Default for OptimConfig {
             trust_coefficient: 0.001,
             warmup_steps: 0,
             warmup_epochs: 0.0,
-            schedule: "cosine".into(),
+            schedule: LrSchedule::Cosine,
             min_lr: 0.0,
             weight_decay_end: None,
             clip_grad: None,
@@ -128,12 +150,6 @@ impl OptimConfig {
 
     /// Checks the values, naming the offending key.
     pub fn validate(&self) -> Result<()> {
-        if !["sgd", "adamw", "lars"].contains(&self.name.as_str()) {
-            bail!("optim.name must be sgd, adamw or lars, got {:?}", self.name);
-        }
-        if !["cosine", "constant"].contains(&self.schedule.as_str()) {
-            bail!("optim.schedule must be cosine or constant, got {:?}", self.schedule);
-        }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             bail!("optim.lr must be positive, got {}", self.lr);
         }
@@ -178,7 +194,7 @@ impl Schedule {
     pub fn new(cfg: &OptimConfig, batch_size: usize, total: u64, steps_per_epoch: u64) -> Schedule {
         let base = if cfg.scale_lr_by_batch { cfg.lr * batch_size as f64 / 256.0 } else { cfg.lr };
         let warmup = if cfg.warmup_steps > 0 { cfg.warmup_steps } else { (cfg.warmup_epochs * steps_per_epoch as f64).round() as u64 };
-        Schedule { base, warmup: warmup.min(total), total, cosine: cfg.schedule == "cosine", min_lr: cfg.min_lr }
+        Schedule { base, warmup: warmup.min(total), total, cosine: cfg.schedule == LrSchedule::Cosine, min_lr: cfg.min_lr }
     }
 
     /// Learning rate at step `s` (from 0).
@@ -240,8 +256,8 @@ impl Optimizer {
         let wd = if decay { self.wd as f32 } else { 0.0 };
         let (lr32, mu) = (lr as f32, c.momentum as f32);
         let st = self.state.entry(name.to_string()).or_default();
-        match c.name.as_str() {
-            "sgd" => {
+        match c.name {
+            OptimizerKind::Sgd => {
                 let first = st.m.is_empty();
                 if first {
                     st.m = vec![0.0; w.len()];
@@ -254,7 +270,7 @@ impl Optimizer {
                     w[i] -= lr32 * d;
                 }
             }
-            "adamw" => {
+            OptimizerKind::Adamw => {
                 if st.m.is_empty() {
                     st.m = vec![0.0; w.len()];
                     st.v = vec![0.0; w.len()];
@@ -272,8 +288,7 @@ impl Optimizer {
                     w[i] -= step * st.m[i] / (st.v[i].sqrt() / bc2s + eps);
                 }
             }
-            _ => {
-                // lars
+            OptimizerKind::Lars => {
                 if st.m.is_empty() {
                     st.m = vec![0.0; w.len()];
                 }
@@ -294,13 +309,13 @@ impl Optimizer {
 mod tests {
     use super::*;
 
-    fn cfg(name: &str) -> OptimConfig {
-        OptimConfig { name: name.into(), lr: 0.1, momentum: 0.9, weight_decay: 0.01, ..Default::default() }
+    fn cfg(name: OptimizerKind) -> OptimConfig {
+        OptimConfig { name, lr: 0.1, momentum: 0.9, weight_decay: 0.01, ..Default::default() }
     }
 
     #[test]
     fn sgd_momentum_matches_hand_computed_steps() {
-        let mut o = Optimizer::new(cfg("sgd")).unwrap();
+        let mut o = Optimizer::new(cfg(OptimizerKind::Sgd)).unwrap();
         let mut w = vec![1.0f32, -2.0];
         o.begin_step();
         o.update("w", ParamRole::Weight, &mut w, &[0.5, 0.25], 0.1);
@@ -322,7 +337,7 @@ mod tests {
 
     #[test]
     fn sgd_nesterov_matches_hand_computed_steps() {
-        let mut o = Optimizer::new(OptimConfig { nesterov: true, weight_decay: 0.0, ..cfg("sgd") }).unwrap();
+        let mut o = Optimizer::new(OptimConfig { nesterov: true, weight_decay: 0.0, ..cfg(OptimizerKind::Sgd) }).unwrap();
         let mut w = vec![1.0f32];
         o.begin_step();
         o.update("w", ParamRole::Weight, &mut w, &[1.0], 0.1);
@@ -336,7 +351,7 @@ mod tests {
 
     #[test]
     fn adamw_matches_hand_computed_steps() {
-        let mut o = Optimizer::new(cfg("adamw")).unwrap();
+        let mut o = Optimizer::new(cfg(OptimizerKind::Adamw)).unwrap();
         let mut w = vec![1.0f32];
         o.begin_step();
         o.update("w", ParamRole::Weight, &mut w, &[0.5], 0.1);
@@ -355,7 +370,7 @@ mod tests {
 
     #[test]
     fn lars_matches_hand_computed_step_and_skips_no_decay() {
-        let mut o = Optimizer::new(OptimConfig { trust_coefficient: 0.001, ..cfg("lars") }).unwrap();
+        let mut o = Optimizer::new(OptimConfig { trust_coefficient: 0.001, ..cfg(OptimizerKind::Lars) }).unwrap();
         let mut w = vec![3.0f32, 4.0];
         o.begin_step();
         o.update("w", ParamRole::Weight, &mut w, &[0.0, 1.0], 0.1);
@@ -393,7 +408,7 @@ mod tests {
         let flat = OptimConfig { weight_decay: 0.04, ..Default::default() };
         assert_eq!(flat.weight_decay_at(50, 100), 0.04);
         // the optimizer uses the decay of the step it is given
-        let mut o = Optimizer::new(OptimConfig { name: "sgd".into(), momentum: 0.0, ..c }).unwrap();
+        let mut o = Optimizer::new(OptimConfig { name: OptimizerKind::Sgd, momentum: 0.0, ..c }).unwrap();
         o.wd = o.cfg.weight_decay_at(100, 100);
         let mut w = vec![1.0f32];
         o.begin_step();
@@ -423,8 +438,11 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused_by_key() {
-        let e = Optimizer::new(OptimConfig { name: "adam".into(), ..Default::default() }).unwrap_err();
-        assert!(e.to_string().contains("optim.name"), "{e}");
+        // names are enums: an unknown one is refused when the config is read, with the list
+        let e = toml::from_str::<OptimConfig>("name = \"adam\"").unwrap_err().to_string();
+        assert!(e.contains("unknown variant `adam`") && e.contains("`sgd`, `adamw`, `lars`"), "{e}");
+        let e = toml::from_str::<OptimConfig>("schedule = \"step\"").unwrap_err().to_string();
+        assert!(e.contains("unknown variant `step`") && e.contains("`cosine` or `constant`"), "{e}");
         let e = Optimizer::new(OptimConfig { lr: -1.0, ..Default::default() }).unwrap_err();
         assert!(e.to_string().contains("optim.lr"), "{e}");
         let e = Optimizer::new(OptimConfig { clip_grad: Some(0.0), ..Default::default() }).unwrap_err();

@@ -20,23 +20,13 @@
 //! training mode it would give the same values bit for bit.
 
 use crate::config::{Config, PluginConfig};
-use crate::optim::Optimizer;
+use crate::train::optim::Optimizer;
+use crate::plugins::handles::ObjectiveResult;
 use crate::plugins::{Encoder, Objective, ParamAccess, Registry};
 use anyhow::{bail, Context as _, Result};
 use latent_abi::{Context, ParamDesc, ParamRole};
 use latent_sdk::kit::Tensor;
 use std::collections::BTreeMap;
-
-/// What one step reports.
-#[derive(Clone, Debug)]
-pub struct StepOutput {
-    /// The loss.
-    pub loss: f32,
-    /// The objective's metrics.
-    pub metrics: Vec<(String, f64)>,
-    /// τ used for the EMA after this step (1.0 without a target).
-    pub tau: f64,
-}
 
 /// Online encoder + objective + optional target encoder + optimizer.
 pub struct Learner {
@@ -106,8 +96,10 @@ impl Learner {
         Ok(Learner { encoder, objective, target, optim: Optimizer::new(cfg.optim.clone())?, enc_params, obj_params, input_shape, feat_dim, target_is_online: true })
     }
 
-    /// One training step on `views` (one `[B,C,H,W]` tensor per view).
-    pub fn step(&mut self, views: &[Tensor], labels: &[i64], step: u64, total: u64, lr: f64) -> Result<StepOutput> {
+    /// One training step on `views` (one `[B,C,H,W]` tensor per view). The answer is the
+    /// objective's, with the host's metrics added (`grad_norm` when clipping, `weight_decay`
+    /// on a schedule) and no gradients (they went into the encoder's backward).
+    pub fn step(&mut self, views: &[Tensor], labels: &[i64], step: u64, total: u64, lr: f64) -> Result<ObjectiveResult> {
         let b = views[0].shape[0];
         let x = concat(views)?;
         let feats = self.encoder.forward(x.clone(), true)?;
@@ -144,7 +136,7 @@ impl Learner {
         if self.optim.cfg.weight_decay_end.is_some() {
             metrics.push(("weight_decay".into(), self.optim.wd));
         }
-        Ok(StepOutput { loss: res.loss, metrics, tau })
+        Ok(ObjectiveResult { loss: res.loss, grads: Vec::new(), metrics, target_momentum: tau })
     }
 
     /// Features of `images` with the online encoder in evaluation mode.
@@ -152,7 +144,7 @@ impl Learner {
         self.encoder.forward(images, false)
     }
 
-    /// Every tensor a checkpoint holds (see [`crate::checkpoint`] for the names).
+    /// Every tensor a checkpoint holds (see [`crate::train::checkpoint`] for the names).
     pub fn state_tensors(&mut self) -> Result<BTreeMap<String, Tensor>> {
         let mut out = BTreeMap::new();
         for (d, v) in self.enc_params.iter().zip(self.encoder.read_params()?) {

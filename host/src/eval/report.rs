@@ -5,7 +5,7 @@
 use crate::config::{Config, EvalConfig};
 use crate::data::Dataset;
 use crate::eval;
-use crate::learner::build_encoder;
+use crate::train::learner::build_encoder;
 use crate::plugins::{Encoder, Registry};
 use anyhow::{bail, Result};
 use latent_sdk::kit::Tensor;

@@ -1,7 +1,7 @@
 //! Views per second of the `pipeline` augmentation on one thread, 32×32 RGB.
 //!
 //! ```text
-//! cargo run --release -p latent-plugin-augment --example throughput [-- SECONDS]
+//! cargo run --release -p latent-plugin-pipeline --example throughput [-- SECONDS]
 //! ```
 //! Measures three configs: the simclr preset at its defaults; the lightly-matched config
 //! (strength 0.5, no blur, ImageNet normalization, as `bench/lightly_augment.py` runs lightly's
@@ -14,7 +14,7 @@
 //! Rates are per wall-clock second and per CPU second of this (single-threaded) process (from
 //! `/proc/self/stat`, Linux), the latter robust to other load on a shared machine.
 
-use latent_plugin_augment::{Config, Pipeline};
+use latent_plugin_pipeline::{Config, Pipeline};
 use latent_sdk::abi::Context;
 use latent_sdk::plugin::{AugmentationPlugin, Plugin};
 use std::time::Instant;
@@ -64,8 +64,8 @@ fn main() -> anyhow::Result<()> {
         let mut cfg: Config = serde_json::from_str(json)?;
         if name.contains("lightly-matched") {
             // the simclr preset with its blur removed
-            let mut ops = latent_plugin_augment::pipeline::preset(latent_plugin_augment::pipeline::Preset::Simclr, 0, 0.5);
-            ops.retain(|o| !matches!(o, latent_plugin_augment::Op::Blur(_)));
+            let mut ops = latent_plugin_pipeline::pipeline::preset(latent_plugin_pipeline::pipeline::Preset::Simclr, 0, 0.5);
+            ops.retain(|o| !matches!(o, latent_plugin_pipeline::Op::Blur(_)));
             cfg.ops = Some(ops);
         }
         let p = Pipeline::new(cfg, &Context::default())?;

@@ -1,4 +1,4 @@
-//! # latent-plugin-augment: the standard augmentations
+//! # latent-plugin-pipeline: the standard augmentations
 //!
 //! One augmentation plugin, `pipeline`, built from small transforms, one file each, with its
 //! maths and defaults in the module doc:

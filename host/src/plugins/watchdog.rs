@@ -19,7 +19,7 @@
 //! call's deadline; entering and leaving a call costs a mutex lock, not a thread wake-up
 //! per step.
 
-use crate::checkpoint::Store;
+use crate::train::checkpoint::Store;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};

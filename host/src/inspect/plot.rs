@@ -13,7 +13,7 @@ static FONT: Once = Once::new();
 /// Registers the embedded font as "sans-serif" (once per process).
 pub fn register_font() {
     FONT.call_once(|| {
-        let bytes: &'static [u8] = include_bytes!("../assets/DejaVuSans.ttf");
+        let bytes: &'static [u8] = include_bytes!("../../assets/DejaVuSans.ttf");
         let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, bytes);
     });
 }

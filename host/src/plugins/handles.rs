@@ -1,0 +1,214 @@
+//! Host-side handles around plugin objects: every [`PluginError`] becomes an `anyhow` error
+//! naming the plugin and the call, every call runs under the [`watchdog`](super::watchdog),
+//! and what comes back is checked (shapes, lengths, finite values).
+
+use super::registry::pres;
+use abi_stable::std_types::RVec;
+use anyhow::{bail, Context as _, Result};
+use latent_abi::*;
+use latent_sdk::kit::Tensor;
+/// An objective's answer in owned form, the SDK's type: loss, d loss / d views, metrics, τ.
+pub use latent_sdk::plugin::ObjectiveResult;
+use std::sync::Arc;
+
+fn to_tensor(plugin: &str, call: &str, d: TensorDesc) -> Result<Tensor> {
+    // A shape whose product overflows would panic the host in Tensor::from_desc.
+    if d.shape.iter().try_fold(1u64, |a, &s| a.checked_mul(s)).and_then(|n| usize::try_from(n).ok()).is_none() {
+        bail!("plugin '{plugin}' returned a bad tensor from `{call}`: shape {:?} has more values than can be addressed", d.shape);
+    }
+    Tensor::from_desc(d).with_context(|| format!("plugin '{plugin}' returned a bad tensor from `{call}`"))
+}
+
+fn check_finite(plugin: &str, call: &str, what: &str, data: &[f32]) -> Result<()> {
+    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+        bail!("plugin '{plugin}' returned a non-finite value ({}) in {what} from `{call}` at index {i}", data[i]);
+    }
+    Ok(())
+}
+
+/// Parameter access shared by encoders and objectives.
+pub trait ParamAccess {
+    /// Plugin name.
+    fn name(&self) -> &str;
+    /// Parameter descriptors.
+    fn params(&mut self) -> Result<Vec<ParamDesc>>;
+    /// All values, in `params` order.
+    fn read_params(&mut self) -> Result<Vec<Tensor>>;
+    /// Overwrites all values.
+    fn write_params(&mut self, values: Vec<Tensor>) -> Result<()>;
+    /// Gradients (empty tensors for non-trained), then zeroed.
+    fn take_grads(&mut self) -> Result<Vec<Tensor>>;
+}
+
+macro_rules! param_access {
+    ($t:ty) => {
+        impl ParamAccess for $t {
+            fn name(&self) -> &str {
+                &self.name
+            }
+            fn params(&mut self) -> Result<Vec<ParamDesc>> {
+                let _w = super::watchdog::enter(&self.name, "params");
+                pres(self.obj.params()).map(RVec::into_vec)
+            }
+            fn read_params(&mut self) -> Result<Vec<Tensor>> {
+                let _w = super::watchdog::enter(&self.name, "read_params");
+                let v = pres(self.obj.read_params())?;
+                v.into_iter().map(|d| to_tensor(&self.name, "read_params", d)).collect()
+            }
+            fn write_params(&mut self, values: Vec<Tensor>) -> Result<()> {
+                let _w = super::watchdog::enter(&self.name, "write_params");
+                pres(self.obj.write_params(values.into_iter().map(Tensor::into_desc).collect()))
+            }
+            fn take_grads(&mut self) -> Result<Vec<Tensor>> {
+                let _w = super::watchdog::enter(&self.name, "take_grads");
+                let v = pres(self.obj.take_grads())?;
+                let g: Vec<Tensor> = v.into_iter().map(|d| to_tensor(&self.name, "take_grads", d)).collect::<Result<_>>()?;
+                for t in &g {
+                    check_finite(&self.name, "take_grads", "a gradient", &t.data)?;
+                }
+                Ok(g)
+            }
+        }
+    };
+}
+
+/// A loaded encoder.
+pub struct Encoder {
+    /// Plugin name.
+    pub name: String,
+    obj: EncoderBox,
+}
+
+impl Encoder {
+    /// Wraps an encoder object (loaded, or linked in-process).
+    pub fn new(name: &str, obj: EncoderBox) -> Encoder {
+        Encoder { name: name.to_string(), obj }
+    }
+
+    /// Output dimension for images of shape `[C, H, W]`.
+    pub fn out_dim(&mut self, shape: [usize; 3]) -> Result<usize> {
+        let s: RVec<u64> = shape.iter().map(|&d| d as u64).collect();
+        Ok(pres(self.obj.out_dim(s))? as usize)
+    }
+
+    /// Forward; checks that `[N, D]` comes back with finite values.
+    pub fn forward(&mut self, images: Tensor, train: bool) -> Result<Tensor> {
+        let n = images.shape[0];
+        let w = super::watchdog::enter(&self.name, "forward");
+        let y = pres(self.obj.forward(images.into_desc(), train));
+        drop(w);
+        let y = to_tensor(&self.name, "forward", y?)?;
+        if y.shape.len() != 2 || y.shape[0] != n {
+            bail!("plugin '{}' returned features of shape {:?} from `forward`, expected [{n}, D]", self.name, y.shape);
+        }
+        check_finite(&self.name, "forward", "the features", &y.data)?;
+        Ok(y)
+    }
+
+    /// Backward.
+    pub fn backward(&mut self, grad: Tensor) -> Result<()> {
+        let _w = super::watchdog::enter(&self.name, "backward");
+        pres(self.obj.backward(grad.into_desc()))
+    }
+}
+param_access!(Encoder);
+
+/// A loaded objective.
+pub struct Objective {
+    /// Plugin name.
+    pub name: String,
+    /// Its manifest (needs_labels, needs_target).
+    pub manifest: Manifest,
+    obj: ObjectiveBox,
+}
+
+impl Objective {
+    /// Wraps an objective object (loaded, or linked in-process).
+    pub fn new(manifest: Manifest, obj: ObjectiveBox) -> Objective {
+        Objective { name: manifest.name.to_string(), manifest, obj }
+    }
+
+    /// One step; checks the loss is finite and each gradient has its view's shape.
+    pub fn compute(&mut self, views: &[Tensor], targets: &[Tensor], labels: &[i64], step: u64, total: u64, train: bool) -> Result<ObjectiveResult> {
+        let input = ObjectiveInput {
+            views: views.iter().cloned().map(Tensor::into_desc).collect(),
+            targets: targets.iter().cloned().map(Tensor::into_desc).collect(),
+            labels: labels.iter().copied().collect(),
+            step,
+            total_steps: total,
+            train,
+        };
+        let w = super::watchdog::enter(&self.name, "compute");
+        let out = pres(self.obj.compute(input));
+        drop(w);
+        let out = out?;
+        if !out.loss.is_finite() {
+            bail!("plugin '{}' returned a non-finite loss ({}) from `compute` at step {step}", self.name, out.loss);
+        }
+        let grads: Vec<Tensor> = out.grads.into_iter().map(|d| to_tensor(&self.name, "compute", d)).collect::<Result<_>>()?;
+        if train {
+            if grads.len() != views.len() {
+                bail!("plugin '{}' returned {} gradients from `compute` for {} views", self.name, grads.len(), views.len());
+            }
+            for (g, v) in grads.iter().zip(views) {
+                if g.shape != v.shape {
+                    bail!("plugin '{}' returned a gradient of shape {:?} from `compute` for a view of shape {:?}", self.name, g.shape, v.shape);
+                }
+                check_finite(&self.name, "compute", "a gradient", &g.data)?;
+            }
+        }
+        Ok(ObjectiveResult {
+            loss: out.loss,
+            grads,
+            metrics: out.metrics.into_iter().map(|m| (m.name.into_string(), m.value)).collect(),
+            target_momentum: out.target_momentum,
+        })
+    }
+
+    /// Tells the objective that epoch `info.epoch` starts (its schedules in epochs). A plugin
+    /// built before the call existed answers with the SDK's default, which does nothing.
+    pub fn begin_epoch(&mut self, info: latent_abi::EpochInfo) -> Result<()> {
+        let w = super::watchdog::enter(&self.name, "begin_epoch");
+        let out = pres(self.obj.begin_epoch(info));
+        drop(w);
+        out
+    }
+}
+param_access!(Objective);
+
+/// A loaded augmentation; cheap to clone and shared by loader threads.
+#[derive(Clone)]
+pub struct Augment {
+    /// Plugin name.
+    pub name: String,
+    obj: Arc<AugmentationBox>,
+}
+
+impl Augment {
+    /// Wraps an augmentation object (loaded, or linked in-process).
+    pub fn new(name: &str, obj: AugmentationBox) -> Augment {
+        Augment { name: name.to_string(), obj: Arc::new(obj) }
+    }
+
+    /// Output shape for an input shape.
+    pub fn output_shape(&self, shape: [usize; 3]) -> Result<[usize; 3]> {
+        let s: RVec<u64> = shape.iter().map(|&d| d as u64).collect();
+        let o = pres(self.obj.output_shape(s))?;
+        match o[..] {
+            [c, h, w] => Ok([c as usize, h as usize, w as usize]),
+            _ => bail!("plugin '{}' returned output shape {:?} from `output_shape`, expected [C, H, W]", self.name, o),
+        }
+    }
+
+    /// Applies the augmentation to `[N, C, H, W]` images with one seed per image.
+    pub fn apply(&self, images: Tensor, seeds: &[u64]) -> Result<Tensor> {
+        let (n, c, h, w) = images.dims4("images")?;
+        let o = self.output_shape([c, h, w])?;
+        let y = to_tensor(&self.name, "apply", pres(self.obj.apply(images.into_desc(), seeds.iter().copied().collect()))?)?;
+        if y.shape != [n, o[0], o[1], o[2]] {
+            bail!("plugin '{}' returned shape {:?} from `apply`, expected {:?}", self.name, y.shape, [n, o[0], o[1], o[2]]);
+        }
+        check_finite(&self.name, "apply", "the images", &y.data)?;
+        Ok(y)
+    }
+}
