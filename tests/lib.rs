@@ -17,7 +17,11 @@ pub fn build_dir() -> PathBuf {
 /// The directory holding the built plugin libraries; panics with advice when they are absent.
 pub fn plugin_dir() -> PathBuf {
     let dir = build_dir();
-    let lib = dir.join(format!("{}latent_plugin_simclr.{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_EXTENSION));
+    let lib = dir.join(format!(
+        "{}latent_plugin_simclr.{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_EXTENSION
+    ));
     assert!(
         lib.exists(),
         "plugin libraries not found in {} (looked for {}): run `cargo build --workspace` before `cargo test`",
@@ -30,16 +34,30 @@ pub fn plugin_dir() -> PathBuf {
 /// The `latent` binary.
 pub fn latent_bin() -> PathBuf {
     let p = build_dir().join(format!("latent{}", std::env::consts::EXE_SUFFIX));
-    assert!(p.exists(), "{} not found: run `cargo build --workspace` before `cargo test`", p.display());
+    assert!(
+        p.exists(),
+        "{} not found: run `cargo build --workspace` before `cargo test`",
+        p.display()
+    );
     p
 }
 
 /// Runs `latent` with `args`, plugins from the build directory only.
 pub fn latent(args: &[&str]) -> Output {
-    Command::new(latent_bin()).args(args).env_remove("LATENT_PLUGIN_PATH").env("NO_COLOR", "1").output().expect("run latent")
+    Command::new(latent_bin())
+        .args(args)
+        .env_remove("LATENT_PLUGIN_PATH")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run latent")
 }
 
 /// Stdout and stderr of an output, for assertion messages.
 pub fn text(o: &Output) -> String {
-    format!("status {:?}\n--- stdout\n{}\n--- stderr\n{}", o.status.code(), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }

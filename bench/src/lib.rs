@@ -50,7 +50,10 @@ where
 /// NT-Xent τ 0.5, SGD lr 0.06 momentum 0.9 weight decay 5e-4 (constant lr).
 pub fn spec_config() -> Config {
     let mut cfg = Config::default();
-    cfg.encoder = PluginConfig { plugin: "resnet".into(), config: serde_json::json!({"preset": "resnet-mini"}) };
+    cfg.encoder = PluginConfig {
+        plugin: "resnet".into(),
+        config: serde_json::json!({"preset": "resnet-mini"}),
+    };
     cfg.objective = PluginConfig {
         plugin: "simclr".into(),
         config: serde_json::json!({"hidden_dim": 256, "output_dim": 128, "temperature": 0.5}),
@@ -79,7 +82,9 @@ pub fn uniform(n: usize, seed: u64) -> Vec<f32> {
 /// Two fixed "pre-augmented" views of `batch` images of `shape`.
 pub fn fixed_views(batch: usize, shape: [usize; 3]) -> Vec<Tensor> {
     let n = batch * shape.iter().product::<usize>();
-    (0..2u64).map(|v| Tensor::new(vec![batch, shape[0], shape[1], shape[2]], uniform(n, 1 + v))).collect()
+    (0..2u64)
+        .map(|v| Tensor::new(vec![batch, shape[0], shape[1], shape[2]], uniform(n, 1 + v)))
+        .collect()
 }
 
 /// Median of `xs` (mean of the middle two for an even count).
@@ -90,14 +95,23 @@ pub fn median(xs: &[f64]) -> f64 {
     if n == 0 {
         return f64::NAN;
     }
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 /// Peak resident set size of this process in MiB (`VmHWM` of /proc/self/status).
 pub fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 

@@ -176,12 +176,16 @@ pub fn main() -> i32 {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LATENT_LOG").unwrap_or_else(|_| "info".into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("LATENT_LOG").unwrap_or_else(|_| "info".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none())
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none(),
+        )
         .try_init();
 }
 
@@ -190,7 +194,14 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Plugins { json } => cmd_plugins(&cli.plugin_dirs, json),
         Command::CheckPlugin { file, deep } => cmd_check(&file, deep),
         Command::Train { config, sets, out, resume, stop_after } => {
-            crate::train::run(crate::train::TrainArgs { config, sets, out, resume, stop_after, plugin_dirs: cli.plugin_dirs })
+            crate::train::run(crate::train::TrainArgs {
+                config,
+                sets,
+                out,
+                resume,
+                stop_after,
+                plugin_dirs: cli.plugin_dirs,
+            })
         }
         Command::Eval { run, data, json } => {
             let reg = Registry::discover(&cli.plugin_dirs)?;
@@ -199,13 +210,21 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Command::Embed { checkpoint, data, split, out } => {
             let reg = Registry::discover(&cli.plugin_dirs)?;
-            let (n, d) = crate::eval::commands::embed(&reg, &checkpoint, data.as_deref(), &split, &out)?;
+            let (n, d) =
+                crate::eval::commands::embed(&reg, &checkpoint, data.as_deref(), &split, &out)?;
             println!("wrote {n} x {d} features to {}", out.display());
             Ok(0)
         }
         Command::Views { config, sets, out, images, epochs, scale } => {
             let reg = Registry::discover(&cli.plugin_dirs)?;
-            let args = crate::inspect::views::ViewsArgs { config, sets, out: out.clone(), images, epochs, scale };
+            let args = crate::inspect::views::ViewsArgs {
+                config,
+                sets,
+                out: out.clone(),
+                images,
+                epochs,
+                scale,
+            };
             let s = crate::inspect::views::run(&reg, &args)?;
             println!(
                 "wrote {} ({} × {}): {} images of {} and their views in epochs 0 to {}; tiles and seeds in {}",
@@ -215,18 +234,56 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Command::Neighbours { run, data, out, queries, k, scale } => {
             let reg = Registry::discover(&cli.plugin_dirs)?;
-            let args = crate::inspect::neighbours::NeighboursArgs { run, data, out: out.clone(), queries, k, scale };
+            let args = crate::inspect::neighbours::NeighboursArgs {
+                run,
+                data,
+                out: out.clone(),
+                queries,
+                k,
+                scale,
+            };
             let s = crate::inspect::neighbours::run(&reg, &args)?;
-            let p = s.precision.map_or(String::new(), |p| format!("; {:.1}% of the neighbours have the query's class", p * 100.0));
-            println!("wrote {} ({} × {}): {} queries from {}, neighbours from {}{p}", out.display(), s.png.0, s.png.1, s.queries.len(), s.queries_from, s.memory_bank);
+            let p = s.precision.map_or(String::new(), |p| {
+                format!("; {:.1}% of the neighbours have the query's class", p * 100.0)
+            });
+            println!(
+                "wrote {} ({} × {}): {} queries from {}, neighbours from {}{p}",
+                out.display(),
+                s.png.0,
+                s.png.1,
+                s.queries.len(),
+                s.queries_from,
+                s.memory_bank
+            );
             Ok(0)
         }
         Command::Map { run, data, out, max_points, perplexity, epochs } => {
             let reg = Registry::discover(&cli.plugin_dirs)?;
-            let args = crate::inspect::map::MapArgs { run, data, out: out.clone(), max_points, perplexity, epochs };
+            let args = crate::inspect::map::MapArgs {
+                run,
+                data,
+                out: out.clone(),
+                max_points,
+                perplexity,
+                epochs,
+            };
             let s = crate::inspect::map::run(&reg, &args)?;
-            let k = s.map_knn.map_or(String::new(), |(a, b)| format!("; 10-NN in the map {:.1}% trained, {:.1}% random init", a * 100.0, b * 100.0));
-            println!("wrote {} ({} × {}): {} images of {}, t-SNE {:.1} s{k}", out.display(), s.png.0, s.png.1, s.indices.len(), s.split, s.tsne_seconds);
+            let k = s.map_knn.map_or(String::new(), |(a, b)| {
+                format!(
+                    "; 10-NN in the map {:.1}% trained, {:.1}% random init",
+                    a * 100.0,
+                    b * 100.0
+                )
+            });
+            println!(
+                "wrote {} ({} × {}): {} images of {}, t-SNE {:.1} s{k}",
+                out.display(),
+                s.png.0,
+                s.png.1,
+                s.indices.len(),
+                s.split,
+                s.tsne_seconds
+            );
             Ok(0)
         }
         Command::Runs { dir, json } => {
@@ -241,7 +298,12 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::NewPlugin { kind, name, dir, sdk_path } => {
-            crate::plugins::new_plugin::run(crate::plugins::new_plugin::NewPluginArgs { kind, name, dir, sdk_path })
+            crate::plugins::new_plugin::run(crate::plugins::new_plugin::NewPluginArgs {
+                kind,
+                name,
+                dir,
+                sdk_path,
+            })
         }
     }
 }
@@ -266,15 +328,23 @@ fn cmd_plugins(dirs: &[PathBuf], json: bool) -> Result<i32> {
                 })
             })
             .collect();
-        let failures: Vec<serde_json::Value> =
-            reg.failures.iter().map(|(f, e)| serde_json::json!({"file": f.display().to_string(), "error": e})).collect();
+        let failures: Vec<serde_json::Value> = reg
+            .failures
+            .iter()
+            .map(|(f, e)| serde_json::json!({"file": f.display().to_string(), "error": e}))
+            .collect();
         let search: Vec<String> = reg.search_path.iter().map(|p| p.display().to_string()).collect();
         let shadowed: Vec<serde_json::Value> = reg
             .shadowed
             .iter()
             .map(|(n, used, hidden)| serde_json::json!({"name": n, "used": used.display().to_string(), "shadowed": hidden.display().to_string()}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"search_path": search, "plugins": plugins, "failures": failures, "shadowed": shadowed}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"search_path": search, "plugins": plugins, "failures": failures, "shadowed": shadowed})
+            )?
+        );
         return Ok(0);
     }
     println!("search path:");
@@ -285,7 +355,14 @@ fn cmd_plugins(dirs: &[PathBuf], json: bool) -> Result<i32> {
     println!("{:<16} {:<13} {:<8} {:<50} FILE", "NAME", "KIND", "VERSION", "DESCRIPTION");
     for e in reg.entries.values() {
         let m = &e.manifest;
-        println!("{:<16} {:<13} {:<8} {:<50} {}", m.name.as_str(), m.kind.as_str(), m.version.as_str(), m.description.as_str(), e.file.display());
+        println!(
+            "{:<16} {:<13} {:<8} {:<50} {}",
+            m.name.as_str(),
+            m.kind.as_str(),
+            m.version.as_str(),
+            m.description.as_str(),
+            e.file.display()
+        );
     }
     for (f, err) in &reg.failures {
         println!("\nnot loaded: {}\n  {err}", f.display());

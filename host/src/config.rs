@@ -70,7 +70,14 @@ pub struct DataConfig {
 
 impl Default for DataConfig {
     fn default() -> Self {
-        DataConfig { source: "embedded:mnist-5k".into(), threads: 0, prefetch: 4, skip_bad_images: false, max_train_images: 0, max_test_images: 0 }
+        DataConfig {
+            source: "embedded:mnist-5k".into(),
+            threads: 0,
+            prefetch: 4,
+            skip_bad_images: false,
+            max_train_images: 0,
+            max_test_images: 0,
+        }
     }
 }
 
@@ -100,7 +107,16 @@ pub struct TrainConfig {
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        TrainConfig { epochs: 10, batch_size: 256, max_steps: 0, seed: 0, checkpoint_every: 0, keep_checkpoints: 3, classes_per_batch: 0, call_timeout_s: 600 }
+        TrainConfig {
+            epochs: 10,
+            batch_size: 256,
+            max_steps: 0,
+            seed: 0,
+            checkpoint_every: 0,
+            keep_checkpoints: 3,
+            classes_per_batch: 0,
+            call_timeout_s: 600,
+        }
     }
 }
 
@@ -121,14 +137,23 @@ pub struct EvalConfig {
 
 /// Writes each f32 as the shortest decimal that reads back as the same f32 (`0.1`, not the
 /// `0.10000000149011612` of its f64 widening), so config.toml says what the user wrote.
-fn shortest_f32_pairs<S: serde::Serializer>(pairs: &[(usize, f32)], s: S) -> Result<S::Ok, S::Error> {
-    let wide: Vec<(usize, f64)> = pairs.iter().map(|&(k, t)| (k, t.to_string().parse().unwrap_or(t as f64))).collect();
+fn shortest_f32_pairs<S: serde::Serializer>(
+    pairs: &[(usize, f32)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let wide: Vec<(usize, f64)> =
+        pairs.iter().map(|&(k, t)| (k, t.to_string().parse().unwrap_or(t as f64))).collect();
     wide.serialize(s)
 }
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        EvalConfig { every_epochs: 2, knn: vec![(200, 0.1), (20, 0.07)], linear_probe: true, probe_steps: 300 }
+        EvalConfig {
+            every_epochs: 2,
+            knn: vec![(200, 0.1), (20, 0.07)],
+            linear_probe: true,
+            probe_steps: 300,
+        }
     }
 }
 
@@ -140,7 +165,10 @@ impl Default for Config {
             encoder: PluginConfig::new("resnet", serde_json::json!({"preset": "resnet-mini"})),
             // the benchmark spec's head (128-256-128) and the `grey` preset, chosen for the
             // embedded digits by measurement (bench/recipes, bench/README.md)
-            objective: PluginConfig::new("simclr", serde_json::json!({"temperature": 0.5, "hidden_dim": 256})),
+            objective: PluginConfig::new(
+                "simclr",
+                serde_json::json!({"temperature": 0.5, "hidden_dim": 256}),
+            ),
             augment: vec![
                 PluginConfig::new("pipeline", serde_json::json!({"preset": "grey"})),
                 PluginConfig::new("pipeline", serde_json::json!({"preset": "grey"})),
@@ -155,13 +183,24 @@ impl Default for Config {
 /// A TOML error as "line L, column C: message" with at most 120 characters of the line (the
 /// parser's own message quotes the whole line, 400 KB of it for a pathological file).
 fn toml_error(e: &toml::de::Error, text: &str, origin: &str) -> anyhow::Error {
-    let Some(span) = e.span() else { return anyhow::anyhow!("config {origin} is not valid TOML: {}", e.message()) };
+    let Some(span) = e.span() else {
+        return anyhow::anyhow!("config {origin} is not valid TOML: {}", e.message());
+    };
     let at = span.start.min(text.len());
     let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
-    let (line, col) = (text[..at].matches('\n').count() + 1, text[line_start..at].chars().count() + 1);
-    let excerpt: String = text[line_start..].lines().next().unwrap_or("").chars().take(120).collect();
-    let more = if text[line_start..].lines().next().is_some_and(|l| l.chars().count() > 120) { " …" } else { "" };
-    anyhow::anyhow!("config {origin} is not valid TOML at line {line}, column {col}: {}\n  {excerpt}{more}", e.message())
+    let (line, col) =
+        (text[..at].matches('\n').count() + 1, text[line_start..at].chars().count() + 1);
+    let excerpt: String =
+        text[line_start..].lines().next().unwrap_or("").chars().take(120).collect();
+    let more = if text[line_start..].lines().next().is_some_and(|l| l.chars().count() > 120) {
+        " …"
+    } else {
+        ""
+    };
+    anyhow::anyhow!(
+        "config {origin} is not valid TOML at line {line}, column {col}: {}\n  {excerpt}{more}",
+        e.message()
+    )
 }
 
 /// Parses `--set` values: TOML literals (`0.1`, `true`, `[1, 2]`, `"x"`), else a plain string.
@@ -181,18 +220,29 @@ fn parse_value(s: &str) -> toml::Value {
 fn find_null(v: &serde_json::Value) -> Option<String> {
     match v {
         serde_json::Value::Null => Some(String::new()),
-        serde_json::Value::Array(a) => a.iter().enumerate().find_map(|(i, x)| find_null(x).map(|p| format!("[{i}]{p}"))),
-        serde_json::Value::Object(o) => o.iter().find_map(|(k, x)| find_null(x).map(|p| format!(".{k}{p}"))),
+        serde_json::Value::Array(a) => {
+            a.iter().enumerate().find_map(|(i, x)| find_null(x).map(|p| format!("[{i}]{p}")))
+        }
+        serde_json::Value::Object(o) => {
+            o.iter().find_map(|(k, x)| find_null(x).map(|p| format!(".{k}{p}")))
+        }
         _ => None,
     }
 }
 
 /// Applies `a.b.c=value` to a TOML table, creating tables on the way.
 pub fn apply_override(root: &mut toml::Table, spec: &str) -> Result<()> {
-    let (path, value) = spec.split_once('=').with_context(|| format!("--set {spec:?}: expected key=value"))?;
+    let (path, value) =
+        spec.split_once('=').with_context(|| format!("--set {spec:?}: expected key=value"))?;
     let digits = value.trim().strip_prefix(['-', '+']).unwrap_or(value.trim()).replace('_', "");
-    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && value.trim().replace('_', "").parse::<i64>().is_err() {
-        bail!("--set {spec:?}: {} is outside the integers a config holds (TOML's, -2^63 to 2^63 - 1)", value.trim());
+    if !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && value.trim().replace('_', "").parse::<i64>().is_err()
+    {
+        bail!(
+            "--set {spec:?}: {} is outside the integers a config holds (TOML's, -2^63 to 2^63 - 1)",
+            value.trim()
+        );
     }
     let keys: Vec<&str> = path.trim().split('.').collect();
     if keys.iter().any(|k| k.is_empty()) {
@@ -200,7 +250,8 @@ pub fn apply_override(root: &mut toml::Table, spec: &str) -> Result<()> {
     }
     let mut table = root;
     for k in &keys[..keys.len() - 1] {
-        let entry = table.entry(k.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+        let entry =
+            table.entry(k.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
         table = match entry {
             toml::Value::Table(t) => t,
             _ => bail!("--set {spec:?}: {k} is not a table"),
@@ -217,7 +268,8 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
     for (k, v) in over {
         match (base.get_mut(&k), v) {
             (Some(toml::Value::Table(b)), toml::Value::Table(o)) => {
-                let other_plugin = matches!((b.get("plugin"), o.get("plugin")), (Some(x), Some(y)) if x != y);
+                let other_plugin =
+                    matches!((b.get("plugin"), o.get("plugin")), (Some(x), Some(y)) if x != y);
                 if other_plugin {
                     *b = o;
                 } else {
@@ -236,8 +288,10 @@ impl Config {
     pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Config> {
         let (mut table, origin) = match file {
             Some(f) => {
-                let text = std::fs::read_to_string(f).with_context(|| format!("cannot read config {}", f.display()))?;
-                let t: toml::Table = toml::from_str(&text).map_err(|e| toml_error(&e, &text, &f.display().to_string()))?;
+                let text = std::fs::read_to_string(f)
+                    .with_context(|| format!("cannot read config {}", f.display()))?;
+                let t: toml::Table = toml::from_str(&text)
+                    .map_err(|e| toml_error(&e, &text, &f.display().to_string()))?;
                 (t, f.display().to_string())
             }
             None => (toml::Table::new(), "the default config".to_string()),
@@ -272,14 +326,21 @@ impl Config {
     /// Checks values that serde cannot.
     pub fn validate(&self) -> Result<()> {
         // TOML has no null: a null in a plugin config was a nan or inf, which JSON cannot carry.
-        let plugins = [("encoder".to_string(), &self.encoder), ("objective".to_string(), &self.objective)];
-        for (key, pc) in plugins.into_iter().chain(self.augment.iter().enumerate().map(|(i, a)| (format!("augment[{i}]"), a))) {
+        let plugins =
+            [("encoder".to_string(), &self.encoder), ("objective".to_string(), &self.objective)];
+        for (key, pc) in plugins
+            .into_iter()
+            .chain(self.augment.iter().enumerate().map(|(i, a)| (format!("augment[{i}]"), a)))
+        {
             if let Some(at) = find_null(&pc.config) {
                 bail!("key `{key}.config{at}`: nan and inf cannot be passed to a plugin (its config crosses as JSON)");
             }
         }
         if self.device != "cpu" {
-            bail!("device {:?} is not available: this build runs on the cpu only (device = \"cpu\")", self.device);
+            bail!(
+                "device {:?} is not available: this build runs on the cpu only (device = \"cpu\")",
+                self.device
+            );
         }
         if self.augment.is_empty() {
             bail!("augment: give at least one view ([[augment]] plugin = \"pipeline\")");
@@ -294,7 +355,11 @@ impl Config {
             bail!("train.keep_checkpoints must be at least 1");
         }
         // sizes that allocate up front: bounded, so a typo is an error and not an abort
-        for (key, v, max) in [("data.prefetch", self.data.prefetch, 1024), ("data.threads", self.data.threads, 1024), ("train.batch_size", self.train.batch_size, 1 << 20)] {
+        for (key, v, max) in [
+            ("data.prefetch", self.data.prefetch, 1024),
+            ("data.threads", self.data.threads, 1024),
+            ("train.batch_size", self.train.batch_size, 1 << 20),
+        ] {
             if v > max {
                 bail!("{key} is {v}; at most {max} is allowed");
             }
@@ -320,7 +385,8 @@ mod tests {
     #[test]
     fn examples_simclr_mnist_is_the_default_experiment_written_out() {
         // README: "`latent train` with no config runs the default experiment" = simclr-mnist.toml
-        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/configs/simclr-mnist.toml");
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/configs/simclr-mnist.toml");
         assert_eq!(Config::load(Some(&file), &[]).unwrap(), Config::default());
         assert_eq!(Config::default().augment[0].config, serde_json::json!({"preset": "grey"}));
     }
@@ -335,25 +401,36 @@ mod tests {
 
     #[test]
     fn an_integer_beyond_toml_is_named_as_such_not_as_a_string() {
-        // issue 14.10: train.seed=18446744073709551615 was reported as a "string"
-        let e = format!("{:#}", Config::load(None, &["train.seed=18446744073709551615".into()]).unwrap_err());
+        // regression: train.seed=18446744073709551615 was reported as a "string"
+        let e = format!(
+            "{:#}",
+            Config::load(None, &["train.seed=18446744073709551615".into()]).unwrap_err()
+        );
         assert!(e.contains("outside the integers"), "{e}");
-        assert_eq!(Config::load(None, &["train.seed=9223372036854775807".into()]).unwrap().train.seed, i64::MAX as u64);
+        assert_eq!(
+            Config::load(None, &["train.seed=9223372036854775807".into()]).unwrap().train.seed,
+            i64::MAX as u64
+        );
     }
 
     #[test]
     fn a_toml_error_quotes_at_most_a_short_excerpt() {
-        // issue 14.10: a 400 KB line was echoed whole
+        // regression: a 400 KB line was echoed whole
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
         std::fs::write(&f, format!("[train]\nepochs = [{}", "1, ".repeat(100_000))).unwrap();
         let e = format!("{:#}", Config::load(Some(&f), &[]).unwrap_err());
-        assert!(e.len() < 600 && e.contains("line 2"), "{} chars: {}", e.len(), &e[..e.len().min(600)]);
+        assert!(
+            e.len() < 600 && e.contains("line 2"),
+            "{} chars: {}",
+            e.len(),
+            &e[..e.len().min(600)]
+        );
     }
 
     #[test]
     fn sizes_that_allocate_up_front_are_bounded() {
-        // issue 14.5: data.prefetch = 1000000000 aborted in the loader's queue allocation
+        // regression: data.prefetch = 1000000000 aborted in the loader's queue allocation
         let mut c = Config::default();
         c.data.prefetch = 1_000_000_000;
         let e = format!("{:#}", c.validate().unwrap_err());
@@ -374,13 +451,29 @@ mod tests {
 
     #[test]
     fn set_overrides_create_and_replace_values() {
-        let c = Config::load(None, &["train.epochs=2".into(), "objective.config.temperature=0.1".into(), "data.source=idx:/tmp/x".into()]).unwrap();
+        let c = Config::load(
+            None,
+            &[
+                "train.epochs=2".into(),
+                "objective.config.temperature=0.1".into(),
+                "data.source=idx:/tmp/x".into(),
+            ],
+        )
+        .unwrap();
         assert_eq!(c.train.epochs, 2);
         assert_eq!(c.objective.config["temperature"], serde_json::json!(0.1));
         assert_eq!(c.data.source, "idx:/tmp/x");
-        assert_eq!(c.encoder.config["preset"], serde_json::json!("resnet-mini"), "defaults kept beside the override");
+        assert_eq!(
+            c.encoder.config["preset"],
+            serde_json::json!("resnet-mini"),
+            "defaults kept beside the override"
+        );
         let c = Config::load(None, &["objective.plugin=byol".into()]).unwrap();
-        assert_eq!(c.objective.config, serde_json::json!({}), "another plugin does not inherit simclr's keys");
+        assert_eq!(
+            c.objective.config,
+            serde_json::json!({}),
+            "another plugin does not inherit simclr's keys"
+        );
         let e = Config::load(None, &["train.epochs".into()]).unwrap_err();
         assert!(e.to_string().contains("key=value"));
     }

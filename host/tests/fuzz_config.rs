@@ -1,4 +1,4 @@
-//! Issue #8: property-based fuzzing of the config parser. Whatever the TOML text or the
+//! Property-based fuzzing of the config parser. Whatever the TOML text or the
 //! `--set` strings, `Config::from_table` / `Config::load` answer with a config or an error,
 //! never a panic or a hang; and a config they accept can be written back (the run's
 //! `config.toml`) and read again to the same hash, so `--resume` can always reload it.
@@ -65,7 +65,18 @@ const PATHS: &[&str] = &[
     "x",
 ];
 
-const SECTIONS: &[&str] = &["data", "encoder", "encoder.config", "objective", "objective.config", "train", "optim", "eval", "unknown", "train.deep"];
+const SECTIONS: &[&str] = &[
+    "data",
+    "encoder",
+    "encoder.config",
+    "objective",
+    "objective.config",
+    "train",
+    "optim",
+    "eval",
+    "unknown",
+    "train.deep",
+];
 
 fn path() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -78,12 +89,49 @@ fn path() -> impl Strategy<Value = String> {
 fn leaf() -> impl Strategy<Value = String> {
     prop_oneof![
         any::<i64>().prop_map(|v| v.to_string()),
-        prop::sample::select(&["0", "1", "2", "-1", "256", "600", "18446744073709551615", "18446744073709551616", "9223372036854775808"][..]).prop_map(String::from),
+        prop::sample::select(
+            &[
+                "0",
+                "1",
+                "2",
+                "-1",
+                "256",
+                "600",
+                "18446744073709551615",
+                "18446744073709551616",
+                "9223372036854775808"
+            ][..]
+        )
+        .prop_map(String::from),
         any::<f64>().prop_map(|v| format!("{v:?}")),
-        prop::sample::select(&["nan", "-nan", "inf", "-inf", "+inf", "0.0", "-0.0", "1e400", "1e-400", "0.5", "1.0", "1e308"][..]).prop_map(String::from),
+        prop::sample::select(
+            &[
+                "nan", "-nan", "inf", "-inf", "+inf", "0.0", "-0.0", "1e400", "1e-400", "0.5",
+                "1.0", "1e308"
+            ][..]
+        )
+        .prop_map(String::from),
         any::<bool>().prop_map(|b| b.to_string()),
-        prop::sample::select(&["cpu", "cuda:0", "sgd", "adamw", "lars", "cosine", "constant", "simclr", "byol", "resnet", "pipeline", "embedded:mnist-5k", "idx:/nonexistent", "resnet-mini", ""][..])
-            .prop_map(|s| format!("{s:?}")),
+        prop::sample::select(
+            &[
+                "cpu",
+                "cuda:0",
+                "sgd",
+                "adamw",
+                "lars",
+                "cosine",
+                "constant",
+                "simclr",
+                "byol",
+                "resnet",
+                "pipeline",
+                "embedded:mnist-5k",
+                "idx:/nonexistent",
+                "resnet-mini",
+                ""
+            ][..]
+        )
+        .prop_map(|s| format!("{s:?}")),
         "\\PC{0,10}".prop_map(|s| format!("{s:?}")),
         Just("1979-05-27T07:32:00Z".to_string()),
         Just("'literal'".to_string()),
@@ -94,8 +142,10 @@ fn value() -> impl Strategy<Value = String> {
     leaf().prop_recursive(3, 24, 4, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(|v| format!("[{}]", v.join(", "))),
-            prop::collection::vec(("[a-z_]{1,8}", inner), 0..3)
-                .prop_map(|v| format!("{{ {} }}", v.into_iter().map(|(k, x)| format!("{k} = {x}")).collect::<Vec<_>>().join(", "))),
+            prop::collection::vec(("[a-z_]{1,8}", inner), 0..3).prop_map(|v| format!(
+                "{{ {} }}",
+                v.into_iter().map(|(k, x)| format!("{k} = {x}")).collect::<Vec<_>>().join(", ")
+            )),
         ]
     })
 }
@@ -129,10 +179,18 @@ fn set_string() -> impl Strategy<Value = String> {
 
 /// An accepted config must survive the trip through the run's `config.toml`.
 fn check_accepted(cfg: &Config) {
-    let text = cfg.to_toml().expect("an accepted config serialises to TOML (the run's config.toml)");
-    let table: toml::Table = text.parse().unwrap_or_else(|e| panic!("the written config.toml does not parse: {e}\n{text}"));
-    let back = Config::from_table(table).unwrap_or_else(|e| panic!("the written config.toml is refused: {e:#}\n{text}"));
-    assert_eq!(config_hash(cfg).unwrap(), config_hash(&back).unwrap(), "the config hash changes through config.toml:\n{text}");
+    let text =
+        cfg.to_toml().expect("an accepted config serialises to TOML (the run's config.toml)");
+    let table: toml::Table = text
+        .parse()
+        .unwrap_or_else(|e| panic!("the written config.toml does not parse: {e}\n{text}"));
+    let back = Config::from_table(table)
+        .unwrap_or_else(|e| panic!("the written config.toml is refused: {e:#}\n{text}"));
+    assert_eq!(
+        config_hash(cfg).unwrap(),
+        config_hash(&back).unwrap(),
+        "the config hash changes through config.toml:\n{text}"
+    );
 }
 
 proptest! {
@@ -193,9 +251,13 @@ fn known_edge_cases_are_errors_not_panics() {
 #[test]
 fn non_finite_numbers_in_plugin_configs_are_refused_naming_the_key() {
     // found by the fuzzer: JSON has no nan, so the value became null and writing config.toml failed
-    let e = Config::from_table("[objective.config]\ntemperature = nan".parse().unwrap()).unwrap_err();
+    let e =
+        Config::from_table("[objective.config]\ntemperature = nan".parse().unwrap()).unwrap_err();
     assert!(format!("{e:#}").contains("objective.config.temperature"), "{e:#}");
-    let e = Config::from_table("[[augment]]\nplugin = \"pipeline\"\nconfig = { p = [1, inf] }".parse().unwrap()).unwrap_err();
+    let e = Config::from_table(
+        "[[augment]]\nplugin = \"pipeline\"\nconfig = { p = [1, inf] }".parse().unwrap(),
+    )
+    .unwrap_err();
     assert!(format!("{e:#}").contains("augment[0].config.p[1]"), "{e:#}");
     // on the command line, nan is a word (e.g. the faulty test plugin's fault=nan)
     let c = Config::load(None, &["objective.config.fault=nan".into()]).unwrap();

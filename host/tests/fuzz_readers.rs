@@ -1,4 +1,4 @@
-//! Issue #8: property-based fuzzing of every dataset reader (IDX, CIFAR-10 binary, image
+//! Property-based fuzzing of every dataset reader (IDX, CIFAR-10 binary, image
 //! folders, the embedded CSV parser). Whatever the bytes on disk, opening a source answers
 //! with a valid dataset or an error, never a panic or a hang; a dataset that opens holds whole
 //! images and labels in range (every image can be read).
@@ -61,7 +61,12 @@ fn idx_file(want_nd: u8) -> impl Strategy<Value = Vec<u8>> {
             for d in dims.iter().take(nd as usize) {
                 v.extend_from_slice(&d.to_be_bytes());
             }
-            let want = dims.iter().take(nd as usize).map(|&d| d as u64).try_fold(1u64, |a, d| a.checked_mul(d)).unwrap_or(u64::MAX);
+            let want = dims
+                .iter()
+                .take(nd as usize)
+                .map(|&d| d as u64)
+                .try_fold(1u64, |a, d| a.checked_mul(d))
+                .unwrap_or(u64::MAX);
             let len = (want.min(4096) as i64 + delta).max(0) as usize;
             v.extend(std::iter::repeat(fill).take(len));
             v
@@ -97,11 +102,21 @@ fn png(w: u32, h: u32, kind: u8, seed: u8) -> Vec<u8> {
     let px = |x: u32, y: u32| seed.wrapping_add((x * 7 + y * 13) as u8);
     let img = match kind % 6 {
         0 => DynamicImage::ImageLuma8(ImageBuffer::from_fn(w, h, |x, y| image::Luma([px(x, y)]))),
-        1 => DynamicImage::ImageLumaA8(ImageBuffer::from_fn(w, h, |x, y| image::LumaA([px(x, y), 255]))),
-        2 => DynamicImage::ImageRgb8(ImageBuffer::from_fn(w, h, |x, y| image::Rgb([px(x, y), 1, 2]))),
-        3 => DynamicImage::ImageRgba8(ImageBuffer::from_fn(w, h, |x, y| image::Rgba([px(x, y), 1, 2, 3]))),
-        4 => DynamicImage::ImageLuma16(ImageBuffer::from_fn(w, h, |x, y| image::Luma([px(x, y) as u16 * 257]))),
-        _ => DynamicImage::ImageRgb16(ImageBuffer::from_fn(w, h, |x, y| image::Rgb([px(x, y) as u16, 9, 9]))),
+        1 => DynamicImage::ImageLumaA8(ImageBuffer::from_fn(w, h, |x, y| {
+            image::LumaA([px(x, y), 255])
+        })),
+        2 => {
+            DynamicImage::ImageRgb8(ImageBuffer::from_fn(w, h, |x, y| image::Rgb([px(x, y), 1, 2])))
+        }
+        3 => DynamicImage::ImageRgba8(ImageBuffer::from_fn(w, h, |x, y| {
+            image::Rgba([px(x, y), 1, 2, 3])
+        })),
+        4 => DynamicImage::ImageLuma16(ImageBuffer::from_fn(w, h, |x, y| {
+            image::Luma([px(x, y) as u16 * 257])
+        })),
+        _ => DynamicImage::ImageRgb16(ImageBuffer::from_fn(w, h, |x, y| {
+            image::Rgb([px(x, y) as u16, 9, 9])
+        })),
     };
     let mut out = std::io::Cursor::new(Vec::new());
     img.write_to(&mut out, ImageFormat::Png).unwrap();
@@ -166,7 +181,11 @@ fn image_file() -> impl Strategy<Value = ImageFile> {
 
 fn image_bytes(f: &ImageFile) -> Vec<u8> {
     match f {
-        ImageFile::Fixture(i, m) => mutate(fixture_png(if i % 2 == 0 { "cat/cifar10_00.png" } else { "ship/cifar10_01.png" }).to_vec(), m),
+        ImageFile::Fixture(i, m) => mutate(
+            fixture_png(if i % 2 == 0 { "cat/cifar10_00.png" } else { "ship/cifar10_01.png" })
+                .to_vec(),
+            m,
+        ),
         ImageFile::Made(w, h, k, s, m) => mutate(png(*w, *h, *k, *s), m),
         ImageFile::Bytes(b) => b.clone(),
     }

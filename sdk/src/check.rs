@@ -67,7 +67,11 @@ fn entries(n: usize, max: usize) -> Vec<usize> {
 /// `full` is the whole analytic gradient: the scale is the tensor's largest gradient, not only
 /// that of the sampled entries.
 fn rel_err(full: &[f32], ana: &[f64], num: &[f64], floor: f64) -> f64 {
-    let scale = full.iter().map(|&v| v as f64).chain(num.iter().copied()).fold(floor, |m, v| m.max(v.abs()));
+    let scale = full
+        .iter()
+        .map(|&v| v as f64)
+        .chain(num.iter().copied())
+        .fold(floor, |m, v| m.max(v.abs()));
     ana.iter().zip(num).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max) / scale
 }
 
@@ -96,14 +100,23 @@ impl ObjectiveCase {
 }
 
 /// Gradient errors of an objective: each view, then each trained parameter.
-pub fn objective_gradients(obj: &mut ObjectiveBox, case: &ObjectiveCase, o: FdOptions) -> Result<Vec<TensorError>> {
+pub fn objective_gradients(
+    obj: &mut ObjectiveBox,
+    case: &ObjectiveCase,
+    o: FdOptions,
+) -> Result<Vec<TensorError>> {
     let params = obj.params().into_result().map_err(pe)?;
     let start = tensors(obj.read_params().into_result().map_err(pe)?)?;
     obj.take_grads().into_result().map_err(pe)?;
     let out = obj.compute(case.input(&case.views, true)).into_result().map_err(pe)?;
     let pgrads = tensors(obj.take_grads().into_result().map_err(pe)?)?;
     let vgrads = tensors(out.grads)?;
-    ensure!(vgrads.len() == case.views.len(), "compute returned {} view gradients for {} views", vgrads.len(), case.views.len());
+    ensure!(
+        vgrads.len() == case.views.len(),
+        "compute returned {} view gradients for {} views",
+        vgrads.len(),
+        case.views.len()
+    );
     let mut loss_at = |views: &[Tensor], ps: &[Tensor]| -> Result<f64> {
         obj.write_params(descs(ps)).into_result().map_err(pe)?;
         Ok(obj.compute(case.input(views, true)).into_result().map_err(pe)?.loss as f64)
@@ -111,8 +124,15 @@ pub fn objective_gradients(obj: &mut ObjectiveBox, case: &ObjectiveCase, o: FdOp
     let mut out = Vec::new();
     let mut views = case.views.clone();
     for (v, g) in vgrads.iter().enumerate() {
-        ensure!(g.shape == case.views[v].shape, "the gradient of view {v} has shape {:?}, the view {:?}", g.shape, case.views[v].shape);
-        out.push(tensor_error(format!("view {v}"), &mut views, v, &g.data, o, &mut |vs| loss_at(vs, &start))?);
+        ensure!(
+            g.shape == case.views[v].shape,
+            "the gradient of view {v} has shape {:?}, the view {:?}",
+            g.shape,
+            case.views[v].shape
+        );
+        out.push(tensor_error(format!("view {v}"), &mut views, v, &g.data, o, &mut |vs| {
+            loss_at(vs, &start)
+        })?);
     }
     out.extend(param_errors(&params, &start, &pgrads, o, |ps| loss_at(&case.views, ps))?);
     obj.write_params(descs(&start)).into_result().map_err(pe)?;
@@ -126,7 +146,12 @@ fn param_errors(
     o: FdOptions,
     mut loss_at: impl FnMut(&[Tensor]) -> Result<f64>,
 ) -> Result<Vec<TensorError>> {
-    ensure!(grads.len() == params.len(), "take_grads returned {} tensors for {} parameters", grads.len(), params.len());
+    ensure!(
+        grads.len() == params.len(),
+        "take_grads returned {} tensors for {} parameters",
+        grads.len(),
+        params.len()
+    );
     let mut at = start.to_vec();
     let mut out = Vec::new();
     for (pi, d) in params.iter().enumerate() {
@@ -139,7 +164,13 @@ fn param_errors(
         if grads[pi].is_empty() && !start[pi].is_empty() {
             continue; // frozen for now (`Param::frozen`): no update, so nothing to check
         }
-        ensure!(grads[pi].len() == start[pi].len(), "the gradient of {} has {} values, the parameter {}", d.name, grads[pi].len(), start[pi].len());
+        ensure!(
+            grads[pi].len() == start[pi].len(),
+            "the gradient of {} has {} values, the parameter {}",
+            d.name,
+            grads[pi].len(),
+            start[pi].len()
+        );
         out.push(tensor_error(d.name.to_string(), &mut at, pi, &grads[pi].data, o, &mut loss_at)?);
     }
     Ok(out)
@@ -172,17 +203,25 @@ fn tensor_error(
 
 /// Gradient errors of an encoder's trained parameters for `images` `[N, C, H, W]`, with the
 /// loss `Σ features ⊙ r`.
-pub fn encoder_gradients(enc: &mut EncoderBox, images: &Tensor, o: FdOptions) -> Result<Vec<TensorError>> {
+pub fn encoder_gradients(
+    enc: &mut EncoderBox,
+    images: &Tensor,
+    o: FdOptions,
+) -> Result<Vec<TensorError>> {
     let params = enc.params().into_result().map_err(pe)?;
     let start = tensors(enc.read_params().into_result().map_err(pe)?)?;
     enc.take_grads().into_result().map_err(pe)?;
-    let y = Tensor::from_desc(enc.forward(images.clone().into_desc(), true).into_result().map_err(pe)?)?;
+    let y = Tensor::from_desc(
+        enc.forward(images.clone().into_desc(), true).into_result().map_err(pe)?,
+    )?;
     let r = random(&y.shape, 77);
     enc.backward(r.clone().into_desc()).into_result().map_err(pe)?;
     let grads = tensors(enc.take_grads().into_result().map_err(pe)?)?;
     let out = param_errors(&params, &start, &grads, o, |ps| {
         enc.write_params(descs(ps)).into_result().map_err(pe)?;
-        let y = Tensor::from_desc(enc.forward(images.clone().into_desc(), true).into_result().map_err(pe)?)?;
+        let y = Tensor::from_desc(
+            enc.forward(images.clone().into_desc(), true).into_result().map_err(pe)?,
+        )?;
         Ok(y.data.iter().zip(&r.data).map(|(a, b)| *a as f64 * *b as f64).sum())
     })?;
     enc.write_params(descs(&start)).into_result().map_err(pe)?;
@@ -193,7 +232,9 @@ pub fn encoder_gradients(enc: &mut EncoderBox, images: &Tensor, o: FdOptions) ->
 pub fn objective_bits(obj: &mut ObjectiveBox, case: &ObjectiveCase) -> Result<Vec<u32>> {
     let out = obj.compute(case.input(&case.views, true)).into_result().map_err(pe)?;
     let mut bits = vec![out.loss.to_bits()];
-    for g in tensors(out.grads)?.iter().chain(&tensors(obj.take_grads().into_result().map_err(pe)?)?) {
+    for g in
+        tensors(out.grads)?.iter().chain(&tensors(obj.take_grads().into_result().map_err(pe)?)?)
+    {
         bits.extend(g.data.iter().map(|v| v.to_bits()));
     }
     Ok(bits)
@@ -201,7 +242,9 @@ pub fn objective_bits(obj: &mut ObjectiveBox, case: &ObjectiveCase) -> Result<Ve
 
 /// Features and parameter gradients of one training step, as bits.
 pub fn encoder_bits(enc: &mut EncoderBox, images: &Tensor) -> Result<Vec<u32>> {
-    let y = Tensor::from_desc(enc.forward(images.clone().into_desc(), true).into_result().map_err(pe)?)?;
+    let y = Tensor::from_desc(
+        enc.forward(images.clone().into_desc(), true).into_result().map_err(pe)?,
+    )?;
     enc.backward(random(&y.shape, 77).into_desc()).into_result().map_err(pe)?;
     let mut bits: Vec<u32> = y.data.iter().map(|v| v.to_bits()).collect();
     for g in tensors(enc.take_grads().into_result().map_err(pe)?)? {
@@ -226,9 +269,17 @@ pub fn objective_finite(obj: &mut ObjectiveBox, case: &ObjectiveCase) -> Result<
 
 /// For tests: panics naming every tensor whose gradient error is `tol` or more (all entries,
 /// step `h`, floor 1e-2).
-pub fn assert_objective_gradients(obj: &mut ObjectiveBox, views: Vec<Tensor>, targets: Vec<Tensor>, labels: Vec<i64>, h: f32, tol: f64) {
+pub fn assert_objective_gradients(
+    obj: &mut ObjectiveBox,
+    views: Vec<Tensor>,
+    targets: Vec<Tensor>,
+    labels: Vec<i64>,
+    h: f32,
+    tol: f64,
+) {
     let case = ObjectiveCase { views, targets, labels };
-    let errs = objective_gradients(obj, &case, FdOptions { h, ..FdOptions::default() }).expect("gradient check ran");
+    let errs = objective_gradients(obj, &case, FdOptions { h, ..FdOptions::default() })
+        .expect("gradient check ran");
     let bad: Vec<_> = errs.iter().filter(|e| !(e.error < tol)).collect();
     assert!(bad.is_empty(), "gradients off (tolerance {tol:.1e}): {bad:?}");
     assert!(!errs.is_empty());
@@ -236,7 +287,9 @@ pub fn assert_objective_gradients(obj: &mut ObjectiveBox, views: Vec<Tensor>, ta
 
 /// Features and gradients of one training step are finite; an error says which is not.
 pub fn encoder_finite(enc: &mut EncoderBox, images: &Tensor) -> Result<()> {
-    let y = Tensor::from_desc(enc.forward(images.clone().into_desc(), true).into_result().map_err(pe)?)?;
+    let y = Tensor::from_desc(
+        enc.forward(images.clone().into_desc(), true).into_result().map_err(pe)?,
+    )?;
     ensure!(y.data.iter().all(|x| x.is_finite()), "the features are not finite");
     enc.backward(random(&y.shape, 77).into_desc()).into_result().map_err(pe)?;
     let names = enc.params().into_result().map_err(pe)?;

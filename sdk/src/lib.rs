@@ -207,13 +207,13 @@ pub mod testing;
 /// Everything a plugin file usually needs.
 pub mod prelude {
     pub use crate::abi::{Context, EpochInfo, ParamRole};
-    pub use crate::kit::{BatchNorm, Init, Layer, Linear, Module, Param, Relu, Sequential, Tensor};
     pub use crate::autodiff::nn::{Activation, Block, DinoHead, Head};
     pub use crate::autodiff::ops::{cat_rows, cross_entropy};
     pub use crate::autodiff::{Graph, Var};
+    pub use crate::kit::{BatchNorm, Init, Layer, Linear, Module, Param, Relu, Sequential, Tensor};
     pub use crate::plugin::{
-        AugmentationPlugin, Encoder, EncoderPlugin, Loss, Objective, ObjectiveBatch, ObjectivePlugin, ObjectiveResult,
-        Plugin, Taped, Views,
+        AugmentationPlugin, Encoder, EncoderPlugin, Loss, Objective, ObjectiveBatch,
+        ObjectivePlugin, ObjectiveResult, Plugin, Taped, Views,
     };
     pub use anyhow::{bail, ensure, Context as _};
     pub use serde::{Deserialize, Serialize};

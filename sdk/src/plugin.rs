@@ -11,6 +11,7 @@
 use crate::abi::*;
 use crate::autodiff::{Graph, Var};
 use crate::kit::{Module, Param, Tensor};
+use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RErr, ROk, RResult, RStr, RString, RVec};
 use serde::{de::DeserializeOwned, Serialize};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -116,8 +117,19 @@ impl Views {
     /// exactly `count` views (and as many targets when `targets`), every view and target with
     /// `dim` features and the rows of view 0, and at least `min_rows` rows in training (2 for a
     /// batch-norm or a variance over the batch).
-    pub fn expect(&self, plugin: &str, count: usize, targets: bool, dim: usize, min_rows: usize) -> anyhow::Result<()> {
-        anyhow::ensure!(self.views.len() == count, "{plugin} needs exactly {count} views, got {}", self.views.len());
+    pub fn expect(
+        &self,
+        plugin: &str,
+        count: usize,
+        targets: bool,
+        dim: usize,
+        min_rows: usize,
+    ) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.views.len() == count,
+            "{plugin} needs exactly {count} views, got {}",
+            self.views.len()
+        );
         if targets {
             anyhow::ensure!(self.targets.len() == count, "{plugin} needs the target-encoder output of all {count} views, got {} target tensors", self.targets.len());
         }
@@ -128,16 +140,31 @@ impl Views {
     /// 2 or more views, targets for the first few): every view (and target, when `targets`)
     /// has `dim` features and the rows of view 0, and there are at least `min_rows` rows in
     /// training.
-    pub fn expect_shapes(&self, plugin: &str, targets: bool, dim: usize, min_rows: usize) -> anyhow::Result<()> {
+    pub fn expect_shapes(
+        &self,
+        plugin: &str,
+        targets: bool,
+        dim: usize,
+        min_rows: usize,
+    ) -> anyhow::Result<()> {
         let rows = self.views.first().map_or(0, |v| v.rows());
         let named = self.views.iter().enumerate().map(|(i, v)| (format!("view {i}"), v));
-        let named = named.chain(self.targets.iter().enumerate().filter(|_| targets).map(|(i, v)| (format!("target {i}"), v)));
+        let named = named.chain(
+            self.targets
+                .iter()
+                .enumerate()
+                .filter(|_| targets)
+                .map(|(i, v)| (format!("target {i}"), v)),
+        );
         for (what, v) in named {
             let (n, d) = v.dims();
             anyhow::ensure!(d == dim, "{what} has {d} features but input_dim is {dim}");
             anyhow::ensure!(n == rows, "{what} has {n} rows, view 0 has {rows}");
         }
-        anyhow::ensure!(rows >= min_rows || !self.train, "{plugin} needs at least {min_rows} samples per batch in training, got {rows}");
+        anyhow::ensure!(
+            rows >= min_rows || !self.train,
+            "{plugin} needs at least {min_rows} samples per batch in training, got {rows}"
+        );
         Ok(())
     }
 }
@@ -203,11 +230,23 @@ impl<T: Objective> ObjectivePlugin for T {
         let shapes: Vec<Vec<usize>> = b.views.iter().map(|v| v.shape.clone()).collect();
         let views = b.views.iter().map(|v| g.input(v)).collect::<anyhow::Result<Vec<_>>>()?;
         let tg = Graph::no_grad(b.train);
-        let targets = b.targets.iter().map(|v| tg.constant(v)).collect::<anyhow::Result<Vec<_>>>()?;
-        let batch = Views { views, targets, labels: b.labels, step: b.step, total_steps: b.total_steps, train: b.train };
+        let targets =
+            b.targets.iter().map(|v| tg.constant(v)).collect::<anyhow::Result<Vec<_>>>()?;
+        let batch = Views {
+            views,
+            targets,
+            labels: b.labels,
+            step: b.step,
+            total_steps: b.total_steps,
+            train: b.train,
+        };
         let out = crate::autodiff::catch_op_errors(|| self.forward(&g, &batch))?;
         let loss = out.loss.values();
-        anyhow::ensure!(loss.len() == 1, "the loss must be a scalar [1, 1], got {:?}", out.loss.dims());
+        anyhow::ensure!(
+            loss.len() == 1,
+            "the loss must be a scalar [1, 1], got {:?}",
+            out.loss.dims()
+        );
         let mut metrics = out.metrics;
         if !metrics.iter().any(|(n, _)| n == "loss") {
             metrics.insert(0, ("loss".to_string(), loss[0] as f64));
@@ -273,7 +312,10 @@ impl<E: Encoder> EncoderPlugin for Taped<E> {
         Ok(out)
     }
     fn backward(&mut self, grad: Tensor) -> anyhow::Result<()> {
-        let (g, y) = self.last.take().ok_or_else(|| anyhow::anyhow!("backward without a training forward before it"))?;
+        let (g, y) = self
+            .last
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("backward without a training forward before it"))?;
         let mut gr = crate::autodiff::catch_op_errors(|| g.backward_from(&y, &grad))?;
         gr.add_to_params(&mut self.inner);
         Ok(())
@@ -327,7 +369,10 @@ fn input_err<'a>(plugin: &'a str, call: &'a str) -> impl Fn(anyhow::Error) -> Pl
 }
 
 /// Parses a plugin config from JSON (`""` or `null` means all defaults), refusing unknown keys.
-pub fn parse_config<C: DeserializeOwned + Default>(plugin: &str, json: &str) -> Result<C, PluginError> {
+pub fn parse_config<C: DeserializeOwned + Default>(
+    plugin: &str,
+    json: &str,
+) -> Result<C, PluginError> {
     let json = json.trim();
     if json.is_empty() || json == "null" {
         return Ok(C::default());
@@ -336,7 +381,12 @@ pub fn parse_config<C: DeserializeOwned + Default>(plugin: &str, json: &str) -> 
 }
 
 /// The manifest of plugin `P` of kind `kind` (the export macro supplies the crate version).
-pub fn manifest<P: Plugin>(kind: PluginKind, version: &str, needs_labels: bool, needs_target: bool) -> Manifest {
+pub fn manifest<P: Plugin>(
+    kind: PluginKind,
+    version: &str,
+    needs_labels: bool,
+    needs_target: bool,
+) -> Manifest {
     Manifest {
         name: P::NAME.into(),
         kind,
@@ -350,7 +400,8 @@ pub fn manifest<P: Plugin>(kind: PluginKind, version: &str, needs_labels: bool, 
 
 fn build<P: Plugin>(config: RStr<'_>, ctx: &Context) -> Result<P, PluginError> {
     let cfg = parse_config::<P::Config>(P::NAME, config.as_str())?;
-    P::new(cfg, ctx).map_err(|e| PluginError::new(ErrorKind::Config, P::NAME, "new", format!("{e:#}")))
+    P::new(cfg, ctx)
+        .map_err(|e| PluginError::new(ErrorKind::Config, P::NAME, "new", format!("{e:#}")))
 }
 
 // -- parameters, shared by objectives and encoders --------------------------------------------
@@ -374,7 +425,11 @@ fn read_params<M: Module>(m: &mut M) -> RVec<TensorDesc> {
     out
 }
 
-fn write_params<M: Module>(name: &str, m: &mut M, values: RVec<TensorDesc>) -> Result<(), PluginError> {
+fn write_params<M: Module>(
+    name: &str,
+    m: &mut M,
+    values: RVec<TensorDesc>,
+) -> Result<(), PluginError> {
     let mut values = values.into_iter();
     let mut err = None;
     let mut count = 0;
@@ -387,7 +442,8 @@ fn write_params<M: Module>(name: &str, m: &mut M, values: RVec<TensorDesc>) -> R
             None => err = Some(format!("too few values: nothing for parameter {}", p.name)),
             Some(Err(e)) => err = Some(format!("parameter {}: {e:#}", p.name)),
             Some(Ok(t)) if t.shape != p.shape => {
-                err = Some(format!("parameter {} has shape {:?}, got {:?}", p.name, p.shape, t.shape))
+                err =
+                    Some(format!("parameter {} has shape {:?}, got {:?}", p.name, p.shape, t.shape))
             }
             Some(Ok(t)) => p.value = t.data,
         }
@@ -416,25 +472,60 @@ fn take_grads<M: Module>(m: &mut M) -> RVec<TensorDesc> {
     out
 }
 
-// -- objectives --------------------------------------------------------------------------------
+// -- the wrapper of every kind -------------------------------------------------------------------
 
-/// Wraps an [`ObjectivePlugin`] as an ABI object.
-pub struct ObjectiveWrapper<P> {
+/// A plugin of any kind as an ABI object: every call runs under [`guard`], and a panic poisons
+/// the instance. It implements [`ObjectiveAbi`], [`EncoderAbi`] or [`AugmentationAbi`] for a
+/// plugin of that kind.
+pub struct Wrapped<P> {
     inner: P,
     poisoned: AtomicBool,
 }
 
-impl<P: ObjectivePlugin> ObjectiveWrapper<P> {
+impl<P: Plugin> Wrapped<P> {
+    /// Parses the config and builds the plugin (errors are [`ErrorKind::Config`]).
+    fn build(config: RStr<'_>, ctx: &Context) -> Result<Self, PluginError> {
+        Ok(Wrapped { inner: build::<P>(config, ctx)?, poisoned: AtomicBool::new(false) })
+    }
+
+    /// Runs `f` on the plugin for `call` (a `&mut self` call).
     fn g<T>(&mut self, call: &str, f: impl FnOnce(&mut P) -> Result<T, PluginError>) -> PResult<T> {
         let inner = &mut self.inner;
         guard(P::NAME, call, Some(&self.poisoned), || f(inner))
     }
+
+    /// Runs `f` on the plugin for `call` (a `&self` call: augmentations).
+    fn g_ref<T>(&self, call: &str, f: impl FnOnce(&P) -> Result<T, PluginError>) -> PResult<T> {
+        guard(P::NAME, call, Some(&self.poisoned), || f(&self.inner))
+    }
 }
 
-impl<P: ObjectivePlugin> ObjectiveAbi for ObjectiveWrapper<P> {
+/// The parameter calls, the same for objectives and encoders.
+macro_rules! param_calls {
+    () => {
+        fn params(&mut self) -> PResult<RVec<ParamDesc>> {
+            self.g("params", |p| Ok(param_descs(p)))
+        }
+        fn read_params(&mut self) -> PResult<RVec<TensorDesc>> {
+            self.g("read_params", |p| Ok(read_params(p)))
+        }
+        fn write_params(&mut self, values: RVec<TensorDesc>) -> PResult<()> {
+            self.g("write_params", |p| write_params(P::NAME, p, values))
+        }
+        fn take_grads(&mut self) -> PResult<RVec<TensorDesc>> {
+            self.g("take_grads", |p| Ok(take_grads(p)))
+        }
+    };
+}
+
+// -- objectives --------------------------------------------------------------------------------
+
+impl<P: ObjectivePlugin> ObjectiveAbi for Wrapped<P> {
     fn compute(&mut self, input: ObjectiveInput) -> PResult<ObjectiveOutput> {
         self.g("compute", |p| {
-            let conv = |v: RVec<TensorDesc>| v.into_iter().map(Tensor::from_desc).collect::<anyhow::Result<Vec<_>>>();
+            let conv = |v: RVec<TensorDesc>| {
+                v.into_iter().map(Tensor::from_desc).collect::<anyhow::Result<Vec<_>>>()
+            };
             let batch = ObjectiveBatch {
                 views: conv(input.views).map_err(input_err(P::NAME, "compute"))?,
                 targets: conv(input.targets).map_err(input_err(P::NAME, "compute"))?,
@@ -447,23 +538,16 @@ impl<P: ObjectivePlugin> ObjectiveAbi for ObjectiveWrapper<P> {
             Ok(ObjectiveOutput {
                 loss: r.loss,
                 grads: r.grads.into_iter().map(Tensor::into_desc).collect(),
-                metrics: r.metrics.into_iter().map(|(name, value)| Metric { name: name.into(), value }).collect(),
+                metrics: r
+                    .metrics
+                    .into_iter()
+                    .map(|(name, value)| Metric { name: name.into(), value })
+                    .collect(),
                 target_momentum: r.target_momentum,
             })
         })
     }
-    fn params(&mut self) -> PResult<RVec<ParamDesc>> {
-        self.g("params", |p| Ok(param_descs(p)))
-    }
-    fn read_params(&mut self) -> PResult<RVec<TensorDesc>> {
-        self.g("read_params", |p| Ok(read_params(p)))
-    }
-    fn write_params(&mut self, values: RVec<TensorDesc>) -> PResult<()> {
-        self.g("write_params", |p| write_params(P::NAME, p, values))
-    }
-    fn take_grads(&mut self) -> PResult<RVec<TensorDesc>> {
-        self.g("take_grads", |p| Ok(take_grads(p)))
-    }
+    param_calls!();
     fn begin_epoch(&mut self, info: EpochInfo) -> PResult<()> {
         self.g("begin_epoch", |p| p.begin_epoch(info).map_err(failed(P::NAME, "begin_epoch")))
     }
@@ -473,34 +557,25 @@ impl<P: ObjectivePlugin> ObjectiveAbi for ObjectiveWrapper<P> {
 /// hosts that link a plugin in-process).
 pub fn new_objective<P: ObjectivePlugin>(config: RStr<'_>, ctx: &Context) -> PResult<ObjectiveBox> {
     guard(P::NAME, "new", None, || {
-        let inner = build::<P>(config, ctx)?;
-        Ok(ObjectiveAbi_TO::from_value(ObjectiveWrapper { inner, poisoned: AtomicBool::new(false) }, abi_stable::sabi_trait::TD_Opaque))
+        Ok(ObjectiveAbi_TO::from_value(Wrapped::<P>::build(config, ctx)?, TD_Opaque))
     })
 }
 
 // -- encoders ----------------------------------------------------------------------------------
 
-/// Wraps an [`EncoderPlugin`] as an ABI object.
-pub struct EncoderWrapper<P> {
-    inner: P,
-    poisoned: AtomicBool,
-}
-
-impl<P: EncoderPlugin> EncoderWrapper<P> {
-    fn g<T>(&mut self, call: &str, f: impl FnOnce(&mut P) -> Result<T, PluginError>) -> PResult<T> {
-        let inner = &mut self.inner;
-        guard(P::NAME, call, Some(&self.poisoned), || f(inner))
-    }
-}
-
 fn dims3(v: &[u64], plugin: &str, call: &str) -> Result<[usize; 3], PluginError> {
     match v {
         [c, h, w] => Ok([*c as usize, *h as usize, *w as usize]),
-        _ => Err(PluginError::new(ErrorKind::Input, plugin, call, format!("expected an image shape [C, H, W], got {v:?}"))),
+        _ => Err(PluginError::new(
+            ErrorKind::Input,
+            plugin,
+            call,
+            format!("expected an image shape [C, H, W], got {v:?}"),
+        )),
     }
 }
 
-impl<P: EncoderPlugin> EncoderAbi for EncoderWrapper<P> {
+impl<P: EncoderPlugin> EncoderAbi for Wrapped<P> {
     fn out_dim(&mut self, input: RVec<u64>) -> PResult<u64> {
         self.g("out_dim", |p| {
             let s = dims3(&input, P::NAME, "out_dim")?;
@@ -519,58 +594,52 @@ impl<P: EncoderPlugin> EncoderAbi for EncoderWrapper<P> {
             p.backward(g).map_err(failed(P::NAME, "backward"))
         })
     }
-    fn params(&mut self) -> PResult<RVec<ParamDesc>> {
-        self.g("params", |p| Ok(param_descs(p)))
-    }
-    fn read_params(&mut self) -> PResult<RVec<TensorDesc>> {
-        self.g("read_params", |p| Ok(read_params(p)))
-    }
-    fn write_params(&mut self, values: RVec<TensorDesc>) -> PResult<()> {
-        self.g("write_params", |p| write_params(P::NAME, p, values))
-    }
-    fn take_grads(&mut self) -> PResult<RVec<TensorDesc>> {
-        self.g("take_grads", |p| Ok(take_grads(p)))
-    }
+    param_calls!();
 }
 
 /// Builds encoder `P` from a JSON config as an ABI object.
 pub fn new_encoder<P: EncoderPlugin>(config: RStr<'_>, ctx: &Context) -> PResult<EncoderBox> {
     guard(P::NAME, "new", None, || {
-        let inner = build::<P>(config, ctx)?;
-        Ok(EncoderAbi_TO::from_value(EncoderWrapper { inner, poisoned: AtomicBool::new(false) }, abi_stable::sabi_trait::TD_Opaque))
+        Ok(EncoderAbi_TO::from_value(Wrapped::<P>::build(config, ctx)?, TD_Opaque))
     })
 }
 
 // -- augmentations -----------------------------------------------------------------------------
 
-/// Wraps an [`AugmentationPlugin`] as an ABI object.
-pub struct AugmentationWrapper<P> {
-    inner: P,
-    poisoned: AtomicBool,
-}
-
-impl<P: AugmentationPlugin> AugmentationAbi for AugmentationWrapper<P> {
+impl<P: AugmentationPlugin> AugmentationAbi for Wrapped<P> {
     fn output_shape(&self, input: RVec<u64>) -> PResult<RVec<u64>> {
-        guard(P::NAME, "output_shape", Some(&self.poisoned), || {
+        self.g_ref("output_shape", |p| {
             let s = dims3(&input, P::NAME, "output_shape")?;
-            let o = self.inner.output_shape(s).map_err(input_err(P::NAME, "output_shape"))?;
+            let o = p.output_shape(s).map_err(input_err(P::NAME, "output_shape"))?;
             Ok(o.iter().map(|&d| d as u64).collect())
         })
     }
     fn apply(&self, images: TensorDesc, seeds: RVec<u64>) -> PResult<TensorDesc> {
-        guard(P::NAME, "apply", Some(&self.poisoned), || {
+        self.g_ref("apply", |p| {
             let x = Tensor::from_desc(images).map_err(input_err(P::NAME, "apply"))?;
             let (n, c, h, w) = x.dims4("images").map_err(input_err(P::NAME, "apply"))?;
             if seeds.len() != n {
-                return Err(PluginError::new(ErrorKind::Input, P::NAME, "apply", format!("{n} images but {} seeds", seeds.len())));
+                return Err(PluginError::new(
+                    ErrorKind::Input,
+                    P::NAME,
+                    "apply",
+                    format!("{n} images but {} seeds", seeds.len()),
+                ));
             }
-            let o = self.inner.output_shape([c, h, w]).map_err(input_err(P::NAME, "apply"))?;
+            let o = p.output_shape([c, h, w]).map_err(input_err(P::NAME, "apply"))?;
             let per = c * h * w;
             let mut data = Vec::with_capacity(n * o.iter().product::<usize>());
             for (i, &seed) in seeds.iter().enumerate() {
-                let y = self.inner.apply(&x.data[i * per..(i + 1) * per], [c, h, w], seed).map_err(failed(P::NAME, "apply"))?;
+                let y = p
+                    .apply(&x.data[i * per..(i + 1) * per], [c, h, w], seed)
+                    .map_err(failed(P::NAME, "apply"))?;
                 if y.len() != o.iter().product::<usize>() {
-                    return Err(PluginError::new(ErrorKind::Failed, P::NAME, "apply", format!("produced {} values for output shape {o:?}", y.len())));
+                    return Err(PluginError::new(
+                        ErrorKind::Failed,
+                        P::NAME,
+                        "apply",
+                        format!("produced {} values for output shape {o:?}", y.len()),
+                    ));
                 }
                 data.extend_from_slice(&y);
             }
@@ -580,16 +649,23 @@ impl<P: AugmentationPlugin> AugmentationAbi for AugmentationWrapper<P> {
 }
 
 /// Builds augmentation `P` from a JSON config as an ABI object.
-pub fn new_augmentation<P: AugmentationPlugin>(config: RStr<'_>, ctx: &Context) -> PResult<AugmentationBox> {
+pub fn new_augmentation<P: AugmentationPlugin>(
+    config: RStr<'_>,
+    ctx: &Context,
+) -> PResult<AugmentationBox> {
     guard(P::NAME, "new", None, || {
-        let inner = build::<P>(config, ctx)?;
-        Ok(AugmentationAbi_TO::from_value(AugmentationWrapper { inner, poisoned: AtomicBool::new(false) }, abi_stable::sabi_trait::TD_Opaque))
+        Ok(AugmentationAbi_TO::from_value(Wrapped::<P>::build(config, ctx)?, TD_Opaque))
     })
 }
 
 /// The error a library returns for a name it does not export.
 pub fn not_found(kind: PluginKind, name: RStr<'_>) -> PluginError {
-    PluginError::new(ErrorKind::NotFound, name.as_str(), "new", format!("this library exports no {} of that name", kind.as_str()))
+    PluginError::new(
+        ErrorKind::NotFound,
+        name.as_str(),
+        "new",
+        format!("this library exports no {} of that name", kind.as_str()),
+    )
 }
 
 /// Exports a plugin library: one line at the root of a `cdylib` crate.

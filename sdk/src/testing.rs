@@ -7,13 +7,23 @@ use serde_json::Value;
 
 /// The numbers of a JSON array (panics, naming the value, when it is not one).
 pub fn floats(v: &Value) -> Vec<f64> {
-    v.as_array().unwrap_or_else(|| panic!("expected a JSON array of numbers, got {v}")).iter().map(|x| x.as_f64().expect("a number")).collect()
+    v.as_array()
+        .unwrap_or_else(|| panic!("expected a JSON array of numbers, got {v}"))
+        .iter()
+        .map(|x| x.as_f64().expect("a number"))
+        .collect()
 }
 
 /// A `[n, d]` tensor from a flat JSON array.
 pub fn tensor(v: &Value, n: usize, d: usize) -> Tensor {
     let data: Vec<f32> = floats(v).iter().map(|&x| x as f32).collect();
-    assert_eq!(data.len(), n * d, "a [{n}, {d}] tensor needs {} values, the fixture has {}", n * d, data.len());
+    assert_eq!(
+        data.len(),
+        n * d,
+        "a [{n}, {d}] tensor needs {} values, the fixture has {}",
+        n * d,
+        data.len()
+    );
     Tensor::new(vec![n, d], data)
 }
 
@@ -37,14 +47,34 @@ pub fn assert_scalar(what: &str, got: f64, want: f64, tol: f64) {
     assert!(err < tol, "{what}: got {got}, want {want} (relative error {err:.2e})");
 }
 
+/// Objective `P` built from a JSON config with initialisation seed `seed`, as the ABI object
+/// the host calls (panics with the plugin's error when the config is refused).
+pub fn objective<P: crate::plugin::ObjectivePlugin>(
+    json: &str,
+    seed: u64,
+) -> crate::abi::ObjectiveBox {
+    let ctx = crate::abi::Context { seed, ..Default::default() };
+    match crate::plugin::new_objective::<P>(abi_stable::std_types::RStr::from_str(json), &ctx) {
+        abi_stable::std_types::RResult::ROk(o) => o,
+        abi_stable::std_types::RResult::RErr(e) => panic!("{}: {json}: {e}", P::NAME),
+    }
+}
+
 /// Asserts that objective `P` refuses each config (JSON text) with an error that names the
 /// plugin and contains the given text (the key, or serde's "unknown field `x`").
 pub fn assert_refused<P: crate::plugin::ObjectivePlugin>(cases: &[(&str, &str)]) {
     for (json, want) in cases {
-        let e = match crate::plugin::new_objective::<P>(abi_stable::std_types::RStr::from_str(json), &crate::abi::Context::default()) {
+        let e = match crate::plugin::new_objective::<P>(
+            abi_stable::std_types::RStr::from_str(json),
+            &crate::abi::Context::default(),
+        ) {
             abi_stable::std_types::RResult::RErr(e) => e.to_string(),
             _ => panic!("{} accepted {json}", P::NAME),
         };
-        assert!(e.contains(want) && e.contains(P::NAME), "{json}: the error should name {want:?} and {}: {e}", P::NAME);
+        assert!(
+            e.contains(want) && e.contains(P::NAME),
+            "{json}: the error should name {want:?} and {}: {e}",
+            P::NAME
+        );
     }
 }

@@ -4,7 +4,11 @@
 use latent_tests::{latent, plugin_dir, text};
 
 fn lib(stem: &str) -> String {
-    let p = plugin_dir().join(format!("{}{stem}.{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_EXTENSION));
+    let p = plugin_dir().join(format!(
+        "{}{stem}.{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_EXTENSION
+    ));
     assert!(p.exists(), "{} not built", p.display());
     p.display().to_string()
 }
@@ -29,7 +33,10 @@ fn every_built_in_and_example_plugin_passes() {
         let out = String::from_utf8_lossy(&o.stdout);
         assert!(o.status.success(), "{stem}:\n{}", text(&o));
         for check in ["gradients", "determinism", "finite"] {
-            assert!(out.lines().any(|l| l.trim_start().starts_with(check) && l.contains(" ok ")), "{stem}: no passing {check} line:\n{out}");
+            assert!(
+                out.lines().any(|l| l.trim_start().starts_with(check) && l.contains(" ok ")),
+                "{stem}: no passing {check} line:\n{out}"
+            );
         }
         assert!(!out.contains("FAIL"), "{stem}:\n{out}");
     }
@@ -40,11 +47,18 @@ fn a_wrong_gradient_fails_naming_the_parameter() {
     let o = latent(&["check-plugin", &lib("latent_test_faulty"), "--deep"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    let block: Vec<&str> = out.lines().skip_while(|l| !l.contains("wrong-gradient (objective)")).take(4).collect();
+    let block: Vec<&str> =
+        out.lines().skip_while(|l| !l.contains("wrong-gradient (objective)")).take(4).collect();
     assert!(block.len() == 4, "{out}");
-    assert!(block[1].contains("gradients") && block[1].contains("FAIL") && block[1].contains("scale.weight (5.0e-1)"), "{out}");
+    assert!(
+        block[1].contains("gradients")
+            && block[1].contains("FAIL")
+            && block[1].contains("scale.weight (5.0e-1)"),
+        "{out}"
+    );
     assert!(block[2].contains("determinism") && block[2].contains(" ok "), "{out}");
     // the correct plugins of the same library pass
-    let faulty: Vec<&str> = out.lines().skip_while(|l| !l.contains("  faulty (objective)")).take(2).collect();
+    let faulty: Vec<&str> =
+        out.lines().skip_while(|l| !l.contains("  faulty (objective)")).take(2).collect();
     assert!(faulty[1].contains(" ok "), "{out}");
 }

@@ -1,10 +1,10 @@
-//! Issue #9: the example plugins under examples/ load through the ABI, compute what their papers
+//! The example plugins under examples/ load through the ABI, compute what their papers
 //! say, and train through `latent train`.
 //!
 //! Needs `cargo build --workspace` first (the examples are cdylibs beside the binary).
 
-use latent_host::plugins::{Objective, ParamAccess, Registry};
 use latent_abi::Context;
+use latent_host::plugins::{Objective, ParamAccess, Registry};
 use latent_sdk::kit::Tensor;
 use latent_tests::{latent, plugin_dir, text};
 use serde_json::{json, Value};
@@ -20,7 +20,12 @@ fn config_file(name: &str) -> PathBuf {
 
 /// Fixed, deterministic inputs `[n, d]` (no random generator: the test must not depend on one).
 fn fixed(n: usize, d: usize, phase: f64) -> Tensor {
-    Tensor::new(vec![n, d], (0..n * d).map(|k| ((k as f64 * 0.731 + phase).sin() + 0.3 * (k as f64 * 1.37).cos()) as f32).collect())
+    Tensor::new(
+        vec![n, d],
+        (0..n * d)
+            .map(|k| ((k as f64 * 0.731 + phase).sin() + 0.3 * (k as f64 * 1.37).cos()) as f32)
+            .collect(),
+    )
 }
 
 fn loss_metric(r: &latent_host::plugins::handles::ObjectiveResult) -> f64 {
@@ -32,14 +37,22 @@ fn the_examples_are_listed_with_their_kinds() {
     let out = latent(&["plugins", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    let kind_of = |name: &str| v["plugins"].as_array().unwrap().iter().find(|p| p["name"] == name).map(|p| p["kind"].as_str().unwrap().to_string());
+    let kind_of = |name: &str| {
+        v["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .map(|p| p["kind"].as_str().unwrap().to_string())
+    };
     assert_eq!(kind_of("spectral-contrastive").as_deref(), Some("objective"), "{}", text(&out));
     assert_eq!(kind_of("tiny-cnn").as_deref(), Some("encoder"));
     assert_eq!(kind_of("cutout").as_deref(), Some("augmentation"));
 }
 
 fn eval_json(run: &Path) -> Value {
-    let text = std::fs::read_to_string(run.join("eval.json")).unwrap_or_else(|e| panic!("{}/eval.json: {e}", run.display()));
+    let text = std::fs::read_to_string(run.join("eval.json"))
+        .unwrap_or_else(|e| panic!("{}/eval.json: {e}", run.display()));
     serde_json::from_str(&text).expect("eval.json is JSON")
 }
 
@@ -57,8 +70,16 @@ fn short_run(extra: &[&str]) -> (PathBuf, tempfile::TempDir) {
     let mut args = vec!["train", "--out", run.to_str().unwrap()];
     args.extend_from_slice(extra);
     args.extend_from_slice(&[
-        "--set", "train.max_steps=4", "--set", "train.batch_size=16",
-        "--set", "eval.linear_probe=false", "--set", "eval.knn=[[20, 0.07]]", "--set", "eval.every_epochs=0",
+        "--set",
+        "train.max_steps=4",
+        "--set",
+        "train.batch_size=16",
+        "--set",
+        "eval.linear_probe=false",
+        "--set",
+        "eval.knn=[[20, 0.07]]",
+        "--set",
+        "eval.every_epochs=0",
     ]);
     let out = latent(&args);
     assert!(out.status.success(), "{}", text(&out));
@@ -71,9 +92,11 @@ fn short_run(extra: &[&str]) -> (PathBuf, tempfile::TempDir) {
 #[test]
 fn tiny_cnn_encoder_loads_and_trains() {
     let reg = registry();
-    let mut enc = reg.encoder("tiny-cnn", &json!({"channels": [4, 8]}), &Context::default()).unwrap();
+    let mut enc =
+        reg.encoder("tiny-cnn", &json!({"channels": [4, 8]}), &Context::default()).unwrap();
     assert_eq!(enc.out_dim([1, 28, 28]).unwrap(), 8);
-    let y = enc.forward(Tensor::new(vec![3, 1, 28, 28], fixed(3 * 28, 28, 0.0).data), true).unwrap();
+    let y =
+        enc.forward(Tensor::new(vec![3, 1, 28, 28], fixed(3 * 28, 28, 0.0).data), true).unwrap();
     assert_eq!(y.shape, vec![3, 8]);
     enc.backward(Tensor::new(vec![3, 8], vec![0.1; 24])).unwrap();
     let g = enc.take_grads().unwrap();
@@ -81,8 +104,12 @@ fn tiny_cnn_encoder_loads_and_trains() {
     let e = reg.encoder("tiny-cnn", &json!({"channels": []}), &Context::default()).err().unwrap();
     assert!(format!("{e:#}").contains("at least one stage"), "{e:#}");
     let (run, _dir) = short_run(&[
-        "--set", "encoder.plugin=tiny-cnn", "--set", "encoder.config={channels = [8, 16]}",
-        "--set", "objective.config.input_dim=16",
+        "--set",
+        "encoder.plugin=tiny-cnn",
+        "--set",
+        "encoder.config={channels = [8, 16]}",
+        "--set",
+        "objective.config.input_dim=16",
     ]);
     let (trained, random) = knn_pair(&eval_json(&run));
     assert!(trained > 0.0 && random > 0.0);
@@ -97,10 +124,15 @@ fn cutout_augmentation_loads_is_pure_and_trains() {
     assert_eq!(a, aug.apply(img.clone(), &[1, 2]).unwrap(), "a pure function of (image, seed)");
     assert_ne!(&a.data[..64], &a.data[64..], "different seeds erase different rectangles");
     assert!(a.data.iter().all(|&v| v == 0.5 || v == 0.0) && a.data.contains(&0.0));
-    let e = reg.augmentation("cutout", &json!({"value": "noise"}), &Context::default()).err().unwrap();
+    let e =
+        reg.augmentation("cutout", &json!({"value": "noise"}), &Context::default()).err().unwrap();
     assert!(format!("{e:#}").contains("\"random\""), "{e:#}");
     short_run(&[
-        "--set", r#"augment=[{plugin="cutout"}, {plugin="cutout", config={value="random"}}]"#,
-        "--set", "encoder.plugin=mlp", "--set", "objective.config.input_dim=128",
+        "--set",
+        r#"augment=[{plugin="cutout"}, {plugin="cutout", config={value="random"}}]"#,
+        "--set",
+        "encoder.plugin=mlp",
+        "--set",
+        "objective.config.input_dim=128",
     ]);
 }

@@ -1,4 +1,4 @@
-//! Issue 15: what a researcher looks at. Each picture is a valid PNG of the size its summary
+//! What a researcher looks at. Each picture is a valid PNG of the size its summary
 //! says, and what it draws comes from the run: the curves of eval.png are the run's records,
 //! the views are the loader's, the neighbours are the nearest in the embedded features, the
 //! runs table reads the run's files.
@@ -26,12 +26,26 @@ fn run_latent(args: &[&str]) -> String {
 fn short_run(dir: &Path) -> PathBuf {
     let out = dir.join("run");
     let o = out.display().to_string();
-    run_latent(&["train", &config(), "--out", &o, "--set", "eval.every_epochs=2", "--set", "eval.linear_probe=true", "--set", "eval.probe_steps=50"]);
+    run_latent(&[
+        "train",
+        &config(),
+        "--out",
+        &o,
+        "--set",
+        "eval.every_epochs=2",
+        "--set",
+        "eval.linear_probe=true",
+        "--set",
+        "eval.probe_steps=50",
+    ]);
     out
 }
 
 fn json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+    serde_json::from_str(
+        &std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap()
 }
 
 fn npy(path: &Path) -> (Vec<f32>, usize) {
@@ -53,22 +67,46 @@ fn plots_views_neighbours_and_runs_draw_what_the_run_holds() {
     let records = latent_host::train::metrics::read(&run.join("metrics.jsonl")).unwrap();
     let report = json(&run.join("eval.json"));
     let fig = latent_host::inspect::plots::eval_figure(&records, Some(&report));
-    let evals: Vec<&Value> = records.iter().filter(|r| r["kind"] == "eval" && r.get("knn_20").is_some()).collect();
+    let evals: Vec<&Value> =
+        records.iter().filter(|r| r["kind"] == "eval" && r.get("knn_20").is_some()).collect();
     assert!(evals.len() >= 2, "kNN after epoch 2 and at the end: {evals:?}");
     let knn = &fig.panels[0].series[0];
     assert_eq!(knn.name, "kNN@20");
-    let want: Vec<(f64, f64)> = evals.iter().map(|r| (r["step"].as_f64().unwrap(), r["knn_20"].as_f64().unwrap())).collect();
+    let want: Vec<(f64, f64)> = evals
+        .iter()
+        .map(|r| (r["step"].as_f64().unwrap(), r["knn_20"].as_f64().unwrap()))
+        .collect();
     assert_eq!(knn.points, want);
-    assert_eq!(knn.points.last().unwrap().1, report["rows"][0]["knn"][0][2].as_f64().unwrap(), "the last evaluation is the final report's");
-    let probe = fig.panels[0].series.iter().find(|s| s.name == "linear probe").expect("a probe curve");
+    assert_eq!(
+        knn.points.last().unwrap().1,
+        report["rows"][0]["knn"][0][2].as_f64().unwrap(),
+        "the last evaluation is the final report's"
+    );
+    let probe =
+        fig.panels[0].series.iter().find(|s| s.name == "linear probe").expect("a probe curve");
     assert_eq!(probe.points.len(), evals.len());
-    let raw = fig.panels[0].series.iter().find(|s| s.name == "raw pixels: kNN@20").expect("the raw-pixel level");
+    let raw = fig.panels[0]
+        .series
+        .iter()
+        .find(|s| s.name == "raw pixels: kNN@20")
+        .expect("the raw-pixel level");
     assert_eq!(raw.points[0].1, report["rows"][2]["knn"][0][2].as_f64().unwrap());
     assert_eq!(fig.steps_per_epoch, Some(8.0), "1,024 images in batches of 128");
 
     // --- latent views: the tiles are the loader's views of the first batch's images
     let views_png = dir.path().join("views.png");
-    let out = run_latent(&["views", &config(), "--out", views_png.to_str().unwrap(), "--images", "3", "--epochs", "2", "--scale", "2"]);
+    let out = run_latent(&[
+        "views",
+        &config(),
+        "--out",
+        views_png.to_str().unwrap(),
+        "--images",
+        "3",
+        "--epochs",
+        "2",
+        "--scale",
+        "2",
+    ]);
     assert!(out.contains("3 images of mnist-5k/train"), "{out}");
     let summary = json(&dir.path().join("views.json"));
     let size = png_size(&views_png).unwrap();
@@ -79,21 +117,44 @@ fn plots_views_neighbours_and_runs_draw_what_the_run_holds() {
     let views = latent_host::data::build_views(&reg, &cfg).unwrap();
     let base = latent_host::data::loader_config(&cfg, &train, false).unwrap();
     let first: Vec<usize> = loader::epoch_batches(&train, &base).unwrap()[0][..3].to_vec();
-    let shown: Vec<usize> = summary["images"].as_array().unwrap().iter().map(|i| i["index"].as_u64().unwrap() as usize).collect();
+    let shown: Vec<usize> = summary["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["index"].as_u64().unwrap() as usize)
+        .collect();
     assert_eq!(shown, first, "the rows are the first images of the first batch");
     let img = image::open(&views_png).unwrap().to_luma8();
     let tiles = &summary["tiles"];
     for epoch in 0..2u64 {
-        let batch = loader::build_batch(&train, &views, &loader::LoaderConfig { epoch, ..base.clone() }, first.clone()).unwrap();
+        let batch = loader::build_batch(
+            &train,
+            &views,
+            &loader::LoaderConfig { epoch, ..base.clone() },
+            first.clone(),
+        )
+        .unwrap();
         for (v, t) in batch.views.iter().enumerate() {
             for (r, &i) in first.iter().enumerate() {
                 let seed = summary["images"][r]["seeds"][epoch as usize * 2 + v].clone();
-                assert_eq!(seed, serde_json::json!([epoch, v, loader::sample_seed(cfg.train.seed, epoch, i, v)]));
-                let tile = Tile { shape: [1, 28, 28], pixels: t.data[r * 784..(r + 1) * 784].to_vec(), caption: String::new(), frame: None };
+                assert_eq!(
+                    seed,
+                    serde_json::json!([epoch, v, loader::sample_seed(cfg.train.seed, epoch, i, v)])
+                );
+                let tile = Tile {
+                    shape: [1, 28, 28],
+                    pixels: t.data[r * 784..(r + 1) * 784].to_vec(),
+                    caption: String::new(),
+                    frame: None,
+                };
                 let at = &tiles[r][1 + epoch as usize * 2 + v];
                 let (x, y) = (at[0].as_u64().unwrap() as u32, at[1].as_u64().unwrap() as u32);
                 for (py, px) in [(14, 14), (5, 20), (20, 9), (10, 10)] {
-                    assert_eq!(img.get_pixel(x + px as u32 * 2, y + py as u32 * 2).0[0], shade(&tile, 0, py, px), "row {r}, epoch {epoch}, view {v}, pixel ({py}, {px})");
+                    assert_eq!(
+                        img.get_pixel(x + px as u32 * 2, y + py as u32 * 2).0[0],
+                        shade(&tile, 0, py, px),
+                        "row {r}, epoch {epoch}, view {v}, pixel ({py}, {px})"
+                    );
                 }
             }
         }
@@ -101,14 +162,30 @@ fn plots_views_neighbours_and_runs_draw_what_the_run_holds() {
 
     // --- latent neighbours: the nearest training images by cosine of the trained features
     let nb_png = dir.path().join("nb.png");
-    let out = run_latent(&["neighbours", run.to_str().unwrap(), "--out", nb_png.to_str().unwrap(), "--queries", "4", "--k", "5"]);
+    let out = run_latent(&[
+        "neighbours",
+        run.to_str().unwrap(),
+        "--out",
+        nb_png.to_str().unwrap(),
+        "--queries",
+        "4",
+        "--k",
+        "5",
+    ]);
     assert!(out.contains("4 queries from mnist-5k/test"), "{out}");
     let nb = json(&dir.path().join("nb.json"));
     let size = png_size(&nb_png).unwrap();
     assert_eq!(Value::from(vec![size.0, size.1]), nb["png"]);
     for split in ["train", "test"] {
         let f = dir.path().join(format!("{split}.npy"));
-        run_latent(&["embed", run.to_str().unwrap(), "--split", split, "--out", f.to_str().unwrap()]);
+        run_latent(&[
+            "embed",
+            run.to_str().unwrap(),
+            "--split",
+            split,
+            "--out",
+            f.to_str().unwrap(),
+        ]);
     }
     let (mut bank, d) = npy(&dir.path().join("train.npy"));
     let (mut te, _) = npy(&dir.path().join("test.npy"));
@@ -120,8 +197,14 @@ fn plots_views_neighbours_and_runs_draw_what_the_run_holds() {
     let (mut right, mut all) = (0, 0);
     for q in queries {
         let qi = q["index"].as_u64().unwrap() as usize;
-        let want = latent_host::inspect::neighbours::nearest(&bank, d, &te[qi * d..(qi + 1) * d], 5);
-        let got: Vec<usize> = q["neighbours"].as_array().unwrap().iter().map(|n| n["index"].as_u64().unwrap() as usize).collect();
+        let want =
+            latent_host::inspect::neighbours::nearest(&bank, d, &te[qi * d..(qi + 1) * d], 5);
+        let got: Vec<usize> = q["neighbours"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["index"].as_u64().unwrap() as usize)
+            .collect();
         assert_eq!(got, want.iter().map(|p| p.0).collect::<Vec<_>>(), "query {qi}");
         for n in q["neighbours"].as_array().unwrap() {
             all += 1;
@@ -132,11 +215,21 @@ fn plots_views_neighbours_and_runs_draw_what_the_run_holds() {
 
     // --- latent map: t-SNE of the trained features of the test images, beside random init
     let map_png = dir.path().join("map.png");
-    let out = run_latent(&["map", run.to_str().unwrap(), "--out", map_png.to_str().unwrap(), "--max-points", "300", "--epochs", "300"]);
+    let out = run_latent(&[
+        "map",
+        run.to_str().unwrap(),
+        "--out",
+        map_png.to_str().unwrap(),
+        "--max-points",
+        "300",
+        "--epochs",
+        "300",
+    ]);
     assert!(out.contains("300 images of mnist-5k/test"), "{out}");
     assert_eq!(png_size(&map_png).unwrap(), latent_host::inspect::map::SIZE);
     let m = json(&dir.path().join("map.json"));
-    let idx: Vec<usize> = m["indices"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+    let idx: Vec<usize> =
+        m["indices"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
     assert_eq!(idx.len(), 300);
     let mut rows = Vec::new();
     idx.iter().for_each(|&i| rows.extend_from_slice(&te[i * d..(i + 1) * d]));
@@ -146,15 +239,25 @@ fn plots_views_neighbours_and_runs_draw_what_the_run_holds() {
     let labels: Vec<i64> = serde_json::from_value(m["labels"].clone()).unwrap();
     let k = latent_host::inspect::map::map_knn(&got, &labels);
     assert_eq!(m["map_knn"][0].as_f64().unwrap(), k);
-    assert!(k > m["map_knn"][1].as_f64().unwrap(), "the trained map separates classes better than random init: {}", m["map_knn"]);
+    assert!(
+        k > m["map_knn"][1].as_f64().unwrap(),
+        "the trained map separates classes better than random init: {}",
+        m["map_knn"]
+    );
 
     // --- latent runs: one finished run, one stopped by --stop-after
     let stopped = dir.path().join("stopped");
     run_latent(&["train", &config(), "--out", stopped.to_str().unwrap(), "--stop-after", "3"]);
-    let rows: Value = serde_json::from_str(&run_latent(&["runs", dir.path().to_str().unwrap(), "--json"])).unwrap();
+    let rows: Value =
+        serde_json::from_str(&run_latent(&["runs", dir.path().to_str().unwrap(), "--json"]))
+            .unwrap();
     let rows = rows.as_array().unwrap();
     assert_eq!(rows.len(), 2, "{rows:?}");
-    let by = |name: &str| rows.iter().find(|r| r["dir"].as_str().unwrap().ends_with(name)).unwrap_or_else(|| panic!("{name} in {rows:?}"));
+    let by = |name: &str| {
+        rows.iter()
+            .find(|r| r["dir"].as_str().unwrap().ends_with(name))
+            .unwrap_or_else(|| panic!("{name} in {rows:?}"))
+    };
     let done = by("run");
     assert_eq!(done["status"], "finished");
     assert_eq!(done["steps"], 32);
@@ -163,7 +266,10 @@ fn plots_views_neighbours_and_runs_draw_what_the_run_holds() {
     assert_eq!(by("stopped")["status"], "stopped");
     assert_eq!(by("stopped")["steps"], 3);
     let table = run_latent(&["runs", dir.path().to_str().unwrap()]);
-    assert!(table.lines().count() == 3 && table.contains("finished") && table.contains("stopped"), "{table}");
+    assert!(
+        table.lines().count() == 3 && table.contains("finished") && table.contains("stopped"),
+        "{table}"
+    );
 }
 
 #[test]
@@ -171,9 +277,15 @@ fn picture_commands_refuse_bad_arguments_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let o = latent(&["views", "--out", dir.path().join("v.jpg").to_str().unwrap()]);
     assert!(!o.status.success() && text(&o).contains("must be a .png file"), "{}", text(&o));
-    let o = latent(&["views", "--images", "0", "--out", dir.path().join("v.png").to_str().unwrap()]);
+    let o =
+        latent(&["views", "--images", "0", "--out", dir.path().join("v.png").to_str().unwrap()]);
     assert!(!o.status.success() && text(&o).contains("--images must be 1 to 64"), "{}", text(&o));
-    let o = latent(&["neighbours", dir.path().to_str().unwrap(), "--out", dir.path().join("n.png").to_str().unwrap()]);
+    let o = latent(&[
+        "neighbours",
+        dir.path().to_str().unwrap(),
+        "--out",
+        dir.path().join("n.png").to_str().unwrap(),
+    ]);
     assert!(!o.status.success() && text(&o).contains("checkpoint"), "{}", text(&o));
     let o = latent(&["runs", dir.path().join("nope").to_str().unwrap()]);
     assert!(!o.status.success() && text(&o).contains("is not a directory"), "{}", text(&o));

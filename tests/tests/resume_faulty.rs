@@ -1,4 +1,4 @@
-//! Issue #8: a run stopped and resumed gives bitwise the losses and the final weights of an
+//! A run stopped and resumed gives bitwise the losses and the final weights of an
 //! uninterrupted run (the `faulty-encoder` + `faulty` plugins with no fault, so it takes
 //! seconds): data order, augmentation seeds, learning rates and optimizer state all continue
 //! from the checkpoint. Stops are `--stop-after` (the code path of Ctrl-C, see faults.rs for a
@@ -57,7 +57,10 @@ fn stop_and_resume_gives_bitwise_the_losses_and_weights_of_an_uninterrupted_run(
     train(&[], &whole);
     let want = losses(&whole);
     assert_eq!(want.iter().map(|s| s.0).collect::<Vec<_>>(), (1..=STEPS).collect::<Vec<_>>());
-    assert!(want.iter().any(|&(_, l)| f64::from_bits(l) != 0.0), "the loss is not trivially zero: {want:?}");
+    assert!(
+        want.iter().any(|&(_, l)| f64::from_bits(l) != 0.0),
+        "the loss is not trivially zero: {want:?}"
+    );
     let final_weights = checkpoint::load(&whole).unwrap().tensors;
 
     // 48 images / 8 = 6 steps an epoch: stop at 3 (mid-epoch, between checkpoints), then at 7
@@ -73,6 +76,13 @@ fn stop_and_resume_gives_bitwise_the_losses_and_weights_of_an_uninterrupted_run(
     resume(&["--stop-after", "7"]);
     resume(&[]);
     let got = losses(&parts);
-    assert_eq!(got, want, "the losses of stop-at-3, stop-at-7, finish (left) and of one run (right) differ");
-    assert_eq!(checkpoint::load(&parts).unwrap().tensors, final_weights, "the final weights and optimizer state differ");
+    assert_eq!(
+        got, want,
+        "the losses of stop-at-3, stop-at-7, finish (left) and of one run (right) differ"
+    );
+    assert_eq!(
+        checkpoint::load(&parts).unwrap().tensors,
+        final_weights,
+        "the final weights and optimizer state differ"
+    );
 }

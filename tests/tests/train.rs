@@ -1,14 +1,14 @@
 //! Issues #4, #6 and #17: short training runs through the host with each built-in objective, the
 //! BYOL EMA rule and collapse behaviour, and exact resume.
 
-use latent_host::config::Config;
-use latent_host::train::learner::Learner;
-use latent_host::plugins::{ParamAccess, Registry};
 use latent_abi::ParamRole;
+use latent_host::config::Config;
+use latent_host::plugins::{ParamAccess, Registry};
+use latent_host::train::learner::Learner;
 use latent_sdk::kit::Tensor;
 use latent_tests::{latent, plugin_dir, text};
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn config() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/small-mnist.toml").display().to_string()
@@ -31,7 +31,14 @@ fn train(dir: &Path, sets: &[&str]) -> std::path::PathBuf {
 /// `latent train` on the small config with `sets`, stopped by `--stop-after step`; returns the run directory.
 fn stopped_after(dir: &Path, sets: &[&str], step: u64) -> std::path::PathBuf {
     let out = dir.join("run");
-    let mut args = vec!["train".to_string(), config(), "--out".into(), out.display().to_string(), "--stop-after".into(), step.to_string()];
+    let mut args = vec![
+        "train".to_string(),
+        config(),
+        "--out".into(),
+        out.display().to_string(),
+        "--stop-after".into(),
+        step.to_string(),
+    ];
     sets.iter().for_each(|s| args.extend(["--set".to_string(), s.to_string()]));
     let o = latent(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(o.status.success(), "{}", text(&o));
@@ -45,7 +52,11 @@ fn resume(run: &Path) {
 }
 
 fn records(run: &Path, kind: &str) -> Vec<Value> {
-    latent_host::train::metrics::read(&run.join("metrics.jsonl")).unwrap().into_iter().filter(|r| r["kind"] == kind).collect()
+    latent_host::train::metrics::read(&run.join("metrics.jsonl"))
+        .unwrap()
+        .into_iter()
+        .filter(|r| r["kind"] == kind)
+        .collect()
 }
 
 fn losses(run: &Path) -> Vec<f64> {
@@ -58,10 +69,21 @@ fn mean(v: &[f64]) -> f64 {
 
 /// (trained, random init) kNN accuracy from eval.json.
 fn knn(run: &Path) -> (f64, f64) {
-    let rep: Value = serde_json::from_str(&std::fs::read_to_string(run.join("eval.json")).unwrap()).unwrap();
+    let rep: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("eval.json")).unwrap()).unwrap();
     let acc = |i: usize| rep["rows"][i]["knn"][0][2].as_f64().unwrap();
     assert_eq!(rep["rows"][1]["method"], "random init");
     (acc(0), acc(1))
+}
+
+/// Trains a short run with `sets` and asserts that its kNN accuracy beats the random-init
+/// encoder's by `margin`; returns the run directory.
+fn assert_beats_random_init(what: &str, dir: &Path, sets: &[&str], margin: f64) -> PathBuf {
+    let run = train(dir, sets);
+    let (trained, random) = knn(&run);
+    eprintln!("{what}: kNN {trained:.3} vs random init {random:.3}");
+    assert!(trained > random + margin, "{what} kNN {trained:.3} vs random init {random:.3}");
+    run
 }
 
 fn assert_loss_falls(run: &Path) {
@@ -74,10 +96,8 @@ fn assert_loss_falls(run: &Path) {
 #[test]
 fn simclr_short_run_loss_falls_and_knn_beats_random_init() {
     let dir = tempfile::tempdir().unwrap();
-    let run = train(dir.path(), &[]);
+    let run = assert_beats_random_init("SimCLR", dir.path(), &[], 0.03);
     assert_loss_falls(&run);
-    let (trained, random) = knn(&run);
-    assert!(trained > random + 0.03, "SimCLR kNN {trained:.3} vs random init {random:.3}");
     for f in ["config.toml", "loss.png", "eval.json", "checkpoints/latest"] {
         assert!(run.join(f).exists(), "{f} missing in the run directory");
     }
@@ -88,25 +108,42 @@ fn byol_short_run_loss_falls_and_knn_beats_random_init() {
     let dir = tempfile::tempdir().unwrap();
     // Measured here: 48.0% vs 43.6% for random init after 48 steps (SGD at lr 0.1 for 32
     // steps barely moves: 46.0%); BYOL needs a faster target and Adam to learn in seconds.
-    let run = train(dir.path(), &[
-        "objective.plugin=byol", "objective.config.tau_base=0.99", "train.epochs=6",
-        "optim.name=\"adamw\"", "optim.lr=0.003", "optim.weight_decay=1e-4",
-    ]);
+    let run = assert_beats_random_init(
+        "BYOL",
+        dir.path(),
+        &[
+            "objective.plugin=byol",
+            "objective.config.tau_base=0.99",
+            "train.epochs=6",
+            "optim.name=\"adamw\"",
+            "optim.lr=0.003",
+            "optim.weight_decay=1e-4",
+        ],
+        0.03,
+    );
     assert_loss_falls(&run);
-    let (trained, random) = knn(&run);
-    assert!(trained > random + 0.03, "BYOL kNN {trained:.3} vs random init {random:.3}");
     let taus: Vec<f64> = records(&run, "step").iter().map(|r| r["tau"].as_f64().unwrap()).collect();
-    assert!(taus[0] >= 0.99 && taus.windows(2).all(|w| w[1] >= w[0]), "τ rises from τ_base: {taus:?}");
+    assert!(
+        taus[0] >= 0.99 && taus.windows(2).all(|w| w[1] >= w[0]),
+        "τ rises from τ_base: {taus:?}"
+    );
 }
 
 #[test]
 fn vicreg_short_run_loss_falls_and_knn_beats_random_init() {
     let dir = tempfile::tempdir().unwrap();
-    let run = train(dir.path(), &["objective.plugin=vicreg", "optim.name=\"adamw\"", "optim.lr=0.003", "optim.weight_decay=1e-4"]);
+    let run = assert_beats_random_init(
+        "VICReg",
+        dir.path(),
+        &[
+            "objective.plugin=vicreg",
+            "optim.name=\"adamw\"",
+            "optim.lr=0.003",
+            "optim.weight_decay=1e-4",
+        ],
+        0.05,
+    );
     assert_loss_falls(&run);
-    let (trained, random) = knn(&run);
-    eprintln!("vicreg: kNN {trained:.3} vs random init {random:.3}");
-    assert!(trained > random + 0.05, "VICReg kNN {trained:.3} vs random init {random:.3}");
 }
 
 #[test]
@@ -114,19 +151,38 @@ fn simsiam_short_run_loss_falls_and_knn_beats_random_init() {
     let dir = tempfile::tempdir().unwrap();
     // SimSiam is the slowest starter: 32 steps of the small config leave it below random init
     // (39.8 % vs 43.6 % with AdamW 3e-3); 80 steps of AdamW 1e-3 gave 51.8 %.
-    let run = train(dir.path(), &["objective.plugin=simsiam", "train.epochs=10", "optim.name=\"adamw\"", "optim.lr=0.001", "optim.weight_decay=1e-4"]);
+    let run = assert_beats_random_init(
+        "SimSiam",
+        dir.path(),
+        &[
+            "objective.plugin=simsiam",
+            "train.epochs=10",
+            "optim.name=\"adamw\"",
+            "optim.lr=0.001",
+            "optim.weight_decay=1e-4",
+        ],
+        0.03,
+    );
     assert_loss_falls(&run);
-    let (trained, random) = knn(&run);
-    eprintln!("simsiam: kNN {trained:.3} vs random init {random:.3}");
-    assert!(trained > random + 0.03, "SimSiam kNN {trained:.3} vs random init {random:.3}");
     let taus: Vec<f64> = records(&run, "step").iter().map(|r| r["tau"].as_f64().unwrap()).collect();
-    assert!(taus.iter().all(|&t| t == 0.0), "SimSiam's target is the online network (τ = 0): {taus:?}");
+    assert!(
+        taus.iter().all(|&t| t == 0.0),
+        "SimSiam's target is the online network (τ = 0): {taus:?}"
+    );
 }
 
 #[test]
 fn triplet_short_run_loss_falls_with_class_balanced_batches() {
     let dir = tempfile::tempdir().unwrap();
-    let run = train(dir.path(), &["objective.plugin=triplet", "objective.config.mining=\"batch-hard\"", "train.classes_per_batch=8", "optim.lr=0.05"]);
+    let run = train(
+        dir.path(),
+        &[
+            "objective.plugin=triplet",
+            "objective.config.mining=\"batch-hard\"",
+            "train.classes_per_batch=8",
+            "optim.lr=0.05",
+        ],
+    );
     assert_loss_falls(&run);
     let (trained, random) = knn(&run);
     assert!(trained > random, "triplet kNN {trained:.3} vs random init {random:.3}");
@@ -158,14 +214,25 @@ fn byol_target_parameters_move_exactly_by_the_ema_rule() {
         let out = l.step(&views, &[], step, 10, 0.05).unwrap();
         // the host's rule in f32: t ← τ·t + (1 − τ)·o, with τ and 1 − τ rounded from f64
         let (tau, one_minus) = (out.target_momentum as f32, (1.0 - out.target_momentum) as f32);
-        let want_tau = 1.0 - (1.0 - 0.9) * ((std::f64::consts::PI * step as f64 / 10.0).cos() + 1.0) / 2.0;
-        assert!((out.target_momentum - want_tau).abs() < 1e-12, "τ at step {step}: {} vs {want_tau}", out.target_momentum);
+        let want_tau =
+            1.0 - (1.0 - 0.9) * ((std::f64::consts::PI * step as f64 / 10.0).cos() + 1.0) / 2.0;
+        assert!(
+            (out.target_momentum - want_tau).abs() < 1e-12,
+            "τ at step {step}: {} vs {want_tau}",
+            out.target_momentum
+        );
         let online = l.encoder.read_params().unwrap();
         let target = l.target.as_mut().unwrap().read_params().unwrap();
-        for ((d, (t0, t1)), o) in l.enc_params.iter().zip(t_before.iter().zip(&target)).zip(&online) {
+        for ((d, (t0, t1)), o) in l.enc_params.iter().zip(t_before.iter().zip(&target)).zip(&online)
+        {
             if matches!(d.role, ParamRole::Weight | ParamRole::NoDecay) {
                 for i in 0..t1.len() {
-                    assert_eq!(t1.data[i], tau * t0.data[i] + one_minus * o.data[i], "target encoder {} [{i}] at step {step}", d.name);
+                    assert_eq!(
+                        t1.data[i],
+                        tau * t0.data[i] + one_minus * o.data[i],
+                        "target encoder {} [{i}] at step {step}",
+                        d.name
+                    );
                 }
             }
         }
@@ -174,9 +241,18 @@ fn byol_target_parameters_move_exactly_by_the_ema_rule() {
         let mut checked = 0;
         for (i, d) in l.obj_params.iter().enumerate() {
             if d.role == ParamRole::Target {
-                let src = l.obj_params.iter().position(|p| Some(&p.name) == d.ema_of.as_ref().into_option()).unwrap();
+                let src = l
+                    .obj_params
+                    .iter()
+                    .position(|p| Some(&p.name) == d.ema_of.as_ref().into_option())
+                    .unwrap();
                 for k in 0..o_after[i].len() {
-                    assert_eq!(o_after[i].data[k], tau * o_before[i].data[k] + one_minus * o_after[src].data[k], "{} [{k}]", d.name);
+                    assert_eq!(
+                        o_after[i].data[k],
+                        tau * o_before[i].data[k] + one_minus * o_after[src].data[k],
+                        "{} [{k}]",
+                        d.name
+                    );
                 }
                 checked += 1;
             }
@@ -191,7 +267,8 @@ fn collapse_run(extra: &[&str]) -> (f64, f64, f64) {
     let mut sets = vec!["objective.plugin=byol", "optim.lr=0.1", "train.epochs=3"];
     sets.extend_from_slice(extra);
     let run = train(dir.path(), &sets);
-    let c: Vec<f64> = records(&run, "step").iter().map(|r| r["collapse"].as_f64().unwrap()).collect();
+    let c: Vec<f64> =
+        records(&run, "step").iter().map(|r| r["collapse"].as_f64().unwrap()).collect();
     let l = losses(&run);
     (c[0], mean(&c[c.len() - 3..]), l[l.len() - 1])
 }
@@ -200,11 +277,18 @@ fn collapse_run(extra: &[&str]) -> (f64, f64, f64) {
 fn byol_without_predictor_and_with_tau_zero_collapses_and_with_defaults_does_not() {
     // Measured (small-mnist, 24 steps): no predictor and τ = 0 goes 0.72 → 0.10 with the loss
     // at 0.015; the defaults go 0.72 → 0.80.
-    let (start, end, loss) = collapse_run(&["objective.config.predictor=false", "objective.config.tau_base=0.0"]);
-    assert!(end < 0.2 && end < start / 4.0, "no predictor, τ = 0: collapse metric {start:.3} → {end:.3} should fall toward 0");
+    let (start, end, loss) =
+        collapse_run(&["objective.config.predictor=false", "objective.config.tau_base=0.0"]);
+    assert!(
+        end < 0.2 && end < start / 4.0,
+        "no predictor, τ = 0: collapse metric {start:.3} → {end:.3} should fall toward 0"
+    );
     assert!(loss < 0.05, "a collapsed BYOL has a near-zero loss, got {loss:.4}");
     let (start, end, _) = collapse_run(&[]);
-    assert!(end > 0.6 && end > start * 0.9, "defaults: collapse metric {start:.3} → {end:.3} should stay high");
+    assert!(
+        end > 0.6 && end > start * 0.9,
+        "defaults: collapse metric {start:.3} → {end:.3} should stay high"
+    );
 }
 
 #[test]
@@ -213,9 +297,24 @@ fn resume_gives_the_losses_of_an_uninterrupted_run_bitwise() {
     let full = train(a.path(), &["train.epochs=2", "objective.plugin=byol"]);
     let b = tempfile::tempdir().unwrap();
     let out = b.path().join("run");
-    let o = latent(&["train", &config(), "--out", out.to_str().unwrap(), "--set", "train.epochs=2", "--set", "objective.plugin=byol", "--stop-after", "5"]);
+    let o = latent(&[
+        "train",
+        &config(),
+        "--out",
+        out.to_str().unwrap(),
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "objective.plugin=byol",
+        "--stop-after",
+        "5",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("resume with: latent train --resume --out"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("resume with: latent train --resume --out"),
+        "{}",
+        text(&o)
+    );
     let o = latent(&["train", "--resume", "--out", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     let (l_full, l_resumed) = (losses(&full), losses(&out));
@@ -249,7 +348,17 @@ fn moco_short_run_loss_falls_and_knn_beats_random_init() {
     let dir = tempfile::tempdir().unwrap();
     // SGD at the small config's lr 0.2 left MoCo below random init after 32 and 80 steps
     // (39.2 %, 40.4 % vs 43.6 %); AdamW 1e-3 for 80 steps gave 49.6 %
-    let run = train(dir.path(), &["objective.plugin=moco", "objective.config.queue_size=512", "train.epochs=10", "optim.name=\"adamw\"", "optim.lr=0.001", "optim.weight_decay=1e-4"]);
+    let run = train(
+        dir.path(),
+        &[
+            "objective.plugin=moco",
+            "objective.config.queue_size=512",
+            "train.epochs=10",
+            "optim.name=\"adamw\"",
+            "optim.lr=0.001",
+            "optim.weight_decay=1e-4",
+        ],
+    );
     // no "the loss falls": the queue starts as random unit vectors, easy negatives (the first
     // loss was 1.76 here), and fills with real keys, harder ones, over the first steps (5.9)
     let (trained, random) = knn(&run);
@@ -260,21 +369,36 @@ fn moco_short_run_loss_falls_and_knn_beats_random_init() {
 #[test]
 fn moco_v3_short_run_loss_falls_and_knn_beats_random_init() {
     let dir = tempfile::tempdir().unwrap();
-    let run = train(dir.path(), &["objective.plugin=moco", "objective.config.version=\"v3\"", "optim.name=\"adamw\"", "optim.lr=0.003", "optim.weight_decay=1e-4"]);
+    let run = assert_beats_random_init(
+        "MoCo v3",
+        dir.path(),
+        &[
+            "objective.plugin=moco",
+            "objective.config.version=\"v3\"",
+            "optim.name=\"adamw\"",
+            "optim.lr=0.003",
+            "optim.weight_decay=1e-4",
+        ],
+        0.03,
+    );
     assert_loss_falls(&run);
-    let (trained, random) = knn(&run);
-    eprintln!("moco v3: kNN {trained:.3} vs random init {random:.3}");
-    assert!(trained > random + 0.03, "MoCo v3 kNN {trained:.3} vs random init {random:.3}");
 }
 
 #[test]
 fn barlow_twins_short_run_loss_falls_and_knn_beats_random_init() {
     let dir = tempfile::tempdir().unwrap();
-    let run = train(dir.path(), &["objective.plugin=barlow-twins", "optim.name=\"adamw\"", "optim.lr=0.003", "optim.weight_decay=1e-4"]);
+    let run = assert_beats_random_init(
+        "Barlow Twins",
+        dir.path(),
+        &[
+            "objective.plugin=barlow-twins",
+            "optim.name=\"adamw\"",
+            "optim.lr=0.003",
+            "optim.weight_decay=1e-4",
+        ],
+        0.03,
+    );
     assert_loss_falls(&run);
-    let (trained, random) = knn(&run);
-    eprintln!("barlow-twins: kNN {trained:.3} vs random init {random:.3}");
-    assert!(trained > random + 0.03, "Barlow Twins kNN {trained:.3} vs random init {random:.3}");
 }
 
 #[test]
@@ -287,7 +411,9 @@ fn every_example_config_loads_and_runs_a_step() {
             continue;
         }
         let body = std::fs::read_to_string(&f).unwrap();
-        if body.contains("/usr/share/datasets/fashion-mnist") && !Path::new("/usr/share/datasets/fashion-mnist").exists() {
+        if body.contains("/usr/share/datasets/fashion-mnist")
+            && !Path::new("/usr/share/datasets/fashion-mnist").exists()
+        {
             eprintln!("skipping {}: Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)", f.display());
             continue;
         }
@@ -303,9 +429,18 @@ fn every_example_config_loads_and_runs_a_step() {
             None
         };
         let mut args = vec![
-            "train", f.to_str().unwrap(), "--out", out.to_str().unwrap(),
-            "--set", "train.batch_size=16", "--set", "data.max_train_images=64", "--set", "data.max_test_images=32",
-            "--stop-after", "1",
+            "train",
+            f.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--set",
+            "train.batch_size=16",
+            "--set",
+            "data.max_train_images=64",
+            "--set",
+            "data.max_test_images=32",
+            "--stop-after",
+            "1",
         ];
         if let Some(s) = &source {
             args.extend(["--set", s.as_str()]);
@@ -322,12 +457,23 @@ fn simsiam_target_is_the_online_network_so_its_pass_is_skipped_exactly() {
     // SimSiam returns τ = 0: after each step the target encoder's trained parameters are the
     // online ones, so the host passes the online features as the targets instead of running
     // the target encoder; that is exact because the target's own pass gives the same bits.
-    let mut l = small_learner("simsiam", &["objective.config.proj_hidden_dim=16", "objective.config.output_dim=8", "objective.config.pred_hidden_dim=4"]);
+    let mut l = small_learner(
+        "simsiam",
+        &[
+            "objective.config.proj_hidden_dim=16",
+            "objective.config.output_dim=8",
+            "objective.config.pred_hidden_dim=4",
+        ],
+    );
     let views = [images(16, 1), images(16, 2)];
     for step in 0..3u64 {
         let out = l.step(&views, &[], step, 10, 0.05).unwrap();
         assert_eq!(out.target_momentum, 0.0);
-        assert!(out.loss.is_finite() && out.loss > -1.0 - 1e-6 && out.loss < 1.0 + 1e-6, "a negative cosine: {}", out.loss);
+        assert!(
+            out.loss.is_finite() && out.loss > -1.0 - 1e-6 && out.loss < 1.0 + 1e-6,
+            "a negative cosine: {}",
+            out.loss
+        );
         let online = l.encoder.read_params().unwrap();
         let target = l.target.as_mut().unwrap().read_params().unwrap();
         for ((d, o), t) in l.enc_params.iter().zip(&online).zip(&target) {
@@ -344,7 +490,11 @@ fn simsiam_target_is_the_online_network_so_its_pass_is_skipped_exactly() {
     let values = l.objective.read_params().unwrap();
     for (i, d) in l.obj_params.iter().enumerate() {
         if d.role == ParamRole::Target {
-            let src = l.obj_params.iter().position(|p| Some(&p.name) == d.ema_of.as_ref().into_option()).unwrap();
+            let src = l
+                .obj_params
+                .iter()
+                .position(|p| Some(&p.name) == d.ema_of.as_ref().into_option())
+                .unwrap();
             assert_eq!(values[i].data, values[src].data, "{}", d.name);
         }
     }
@@ -371,17 +521,29 @@ fn dino_resume_restores_the_centre_and_the_epoch_schedules_bitwise() {
     assert!(center.data.iter().any(|&c| c != 0.0), "the centre moved in 5 steps");
     // freeze_last_layer = 1: after 5 steps of epoch 0 the last layer has no optimizer moments
     // and still equals its teacher copy (the EMA of a constant)
-    assert!(!ck.tensors.contains_key("optim.m.objective.head.last_layer.weight_v"), "no AdamW moments for the frozen last layer");
+    assert!(
+        !ck.tensors.contains_key("optim.m.objective.head.last_layer.weight_v"),
+        "no AdamW moments for the frozen last layer"
+    );
     assert!(ck.tensors.contains_key("optim.m.objective.head.layers.0.weight"));
-    let (v, tv) = (&ck.tensors["objective.head.last_layer.weight_v"], &ck.tensors["objective.teacher_head.last_layer.weight_v"]);
-    assert!(v.data.iter().zip(&tv.data).all(|(a, b)| (a - b).abs() <= 1e-6 * a.abs().max(1.0)), "the frozen last layer did not move");
+    let (v, tv) = (
+        &ck.tensors["objective.head.last_layer.weight_v"],
+        &ck.tensors["objective.teacher_head.last_layer.weight_v"],
+    );
+    assert!(
+        v.data.iter().zip(&tv.data).all(|(a, b)| (a - b).abs() <= 1e-6 * a.abs().max(1.0)),
+        "the frozen last layer did not move"
+    );
     resume(&out);
     let (l_full, l_resumed) = (losses(&full), losses(&out));
     assert_eq!(l_full.len(), 16);
     assert_eq!(l_full, l_resumed, "resumed losses differ from the uninterrupted run");
     // the teacher temperature of each step follows its epoch, resumed or not: 0.04 then 0.07
     for run in [&full, &out] {
-        let temps: Vec<(u64, f64)> = records(run, "step").iter().map(|r| (r["epoch"].as_u64().unwrap(), r["teacher_temp"].as_f64().unwrap())).collect();
+        let temps: Vec<(u64, f64)> = records(run, "step")
+            .iter()
+            .map(|r| (r["epoch"].as_u64().unwrap(), r["teacher_temp"].as_f64().unwrap()))
+            .collect();
         assert!(temps.iter().all(|&(e, t)| t == [0.04, 0.07][e as usize]), "{temps:?}");
     }
     // after epoch 1 the last layer trains
@@ -393,15 +555,29 @@ fn dino_resume_restores_the_centre_and_the_epoch_schedules_bitwise() {
 fn clipping_and_the_weight_decay_schedule_reach_the_optimizer() {
     // plain SGD without momentum or decay: an update is −lr·g, so its size shows the clipping
     let step_size = |extra: &[&str]| -> (f64, f64) {
-        let sets: Vec<&str> = ["optim.momentum=0.0", "optim.weight_decay=0.0"].iter().copied().chain(extra.iter().copied()).collect();
+        let sets: Vec<&str> = ["optim.momentum=0.0", "optim.weight_decay=0.0"]
+            .iter()
+            .copied()
+            .chain(extra.iter().copied())
+            .collect();
         let mut l = small_learner("simclr", &sets);
         let views = [images(16, 1), images(16, 2)];
         let (e0, o0) = (l.encoder.read_params().unwrap(), l.objective.read_params().unwrap());
         let out = l.step(&views, &[], 0, 10, 0.1).unwrap();
         let (e1, o1) = (l.encoder.read_params().unwrap(), l.objective.read_params().unwrap());
-        let trained = |d: &latent_abi::ParamDesc| matches!(d.role, ParamRole::Weight | ParamRole::NoDecay);
-        let pairs = l.enc_params.iter().zip(e0.iter().zip(&e1)).chain(l.obj_params.iter().zip(o0.iter().zip(&o1)));
-        let moved: f64 = pairs.filter(|(d, _)| trained(d)).flat_map(|(_, (a, b))| a.data.iter().zip(&b.data).map(|(x, y)| ((x - y) as f64).powi(2))).sum();
+        let trained =
+            |d: &latent_abi::ParamDesc| matches!(d.role, ParamRole::Weight | ParamRole::NoDecay);
+        let pairs = l
+            .enc_params
+            .iter()
+            .zip(e0.iter().zip(&e1))
+            .chain(l.obj_params.iter().zip(o0.iter().zip(&o1)));
+        let moved: f64 = pairs
+            .filter(|(d, _)| trained(d))
+            .flat_map(|(_, (a, b))| {
+                a.data.iter().zip(&b.data).map(|(x, y)| ((x - y) as f64).powi(2))
+            })
+            .sum();
         let norm = out.metrics.iter().find(|m| m.0 == "grad_norm").map_or(f64::NAN, |m| m.1);
         (moved.sqrt(), norm)
     };
@@ -409,16 +585,26 @@ fn clipping_and_the_weight_decay_schedule_reach_the_optimizer() {
     let (clipped, norm) = step_size(&["optim.clip_grad_norm=0.01"]);
     // the unclipped step moves the trained parameters by ‖Δ‖ = 0.1·‖g‖; clipped, by 0.1·0.01
     assert!(norm > 0.01, "the gradient norm {norm} is above the clip");
-    assert!((free - 0.1 * norm).abs() < 1e-3 * free, "unclipped: moved {free}, 0.1 · ‖g‖ = {}", 0.1 * norm);
+    assert!(
+        (free - 0.1 * norm).abs() < 1e-3 * free,
+        "unclipped: moved {free}, 0.1 · ‖g‖ = {}",
+        0.1 * norm
+    );
     assert!((clipped - 0.1 * 0.01).abs() < 1e-3 * clipped, "clipped to norm 0.01: moved {clipped}");
     let (per, _) = step_size(&["optim.clip_grad=1e-4"]);
     assert!(per < free / 5.0, "per-parameter clip 1e-4: moved {per}, unclipped {free}");
 
     // the weight decay of each step, logged, follows the cosine from 0.04 to 0.4
     let dir = tempfile::tempdir().unwrap();
-    let run = train(dir.path(), &["train.max_steps=4", "optim.weight_decay=0.04", "optim.weight_decay_end=0.4"]);
-    let wd: Vec<f64> = records(&run, "step").iter().map(|x| x["weight_decay"].as_f64().unwrap()).collect();
-    let want: Vec<f64> = (0..4).map(|s| 0.4 + (0.04 - 0.4) * (1.0 + (std::f64::consts::PI * s as f64 / 4.0).cos()) / 2.0).collect();
+    let run = train(
+        dir.path(),
+        &["train.max_steps=4", "optim.weight_decay=0.04", "optim.weight_decay_end=0.4"],
+    );
+    let wd: Vec<f64> =
+        records(&run, "step").iter().map(|x| x["weight_decay"].as_f64().unwrap()).collect();
+    let want: Vec<f64> = (0..4)
+        .map(|s| 0.4 + (0.04 - 0.4) * (1.0 + (std::f64::consts::PI * s as f64 / 4.0).cos()) / 2.0)
+        .collect();
     assert!(wd.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-12), "{wd:?} vs {want:?}");
 }
 
@@ -428,7 +614,17 @@ fn dino_short_run_beats_random_init_without_collapse() {
     // 80 steps: at 32 (the small config's 4 epochs) DINO gave random init's 43.6 % whatever the
     // rate or momentum; at 80 with a 128/32/256 head 47.2 %, with this 256/64/1024 head 51.6 %
     let head = "objective.config={ hidden_dim = 256, bottleneck_dim = 64, output_dim = 1024, batch_norm = true }";
-    let run = train(dir.path(), &["objective.plugin=dino", head, "train.epochs=10", "optim.name=\"adamw\"", "optim.lr=0.001", "optim.weight_decay=0.04"]);
+    let run = train(
+        dir.path(),
+        &[
+            "objective.plugin=dino",
+            head,
+            "train.epochs=10",
+            "optim.name=\"adamw\"",
+            "optim.lr=0.001",
+            "optim.weight_decay=0.04",
+        ],
+    );
     let (trained, random) = knn(&run);
     let last = records(&run, "step").pop().unwrap();
     let (h, ln_k) = (last["teacher_entropy"].as_f64().unwrap(), 1024f64.ln());

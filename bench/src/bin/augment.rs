@@ -12,10 +12,10 @@
 //! the calling thread. Reported: views/s and the process's peak RSS.
 
 use anyhow::Result;
+use latent_abi::Context;
 use latent_bench::*;
 use latent_host::data::loader::splitmix64;
 use latent_plugin_pipeline::Op;
-use latent_abi::Context;
 use latent_sdk::kit::Tensor;
 use serde_json::json;
 use std::time::Instant;
@@ -24,7 +24,11 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let secs: f64 = arg(&args, "--seconds", 3.0)?;
     let reg = registry(plugin_dir(&args)?)?;
-    let mut ops = latent_plugin_pipeline::pipeline::preset(latent_plugin_pipeline::pipeline::Preset::Simclr, 0, 0.5);
+    let mut ops = latent_plugin_pipeline::pipeline::preset(
+        latent_plugin_pipeline::pipeline::Preset::Simclr,
+        0,
+        0.5,
+    );
     ops.retain(|o| !matches!(o, Op::Blur(_)));
     let cfg = json!({
         "preset": "simclr",
@@ -45,7 +49,8 @@ fn main() -> Result<()> {
         let x = Tensor::new(vec![n, shape[0], shape[1], shape[2]], x);
         let mut made = 0;
         for v in 0..2u64 {
-            let seeds: Vec<u64> = (0..n as u64).map(|i| splitmix64(round * 1_000_003 + i * 2 + v)).collect();
+            let seeds: Vec<u64> =
+                (0..n as u64).map(|i| splitmix64(round * 1_000_003 + i * 2 + v)).collect();
             let y = aug.apply(x.clone(), &seeds)?;
             checksum += y.data[0] as f64;
             made += n as u64;

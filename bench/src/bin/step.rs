@@ -20,13 +20,13 @@
 //! constant 0.06, so every step does the same work.
 
 use anyhow::{ensure, Result};
+use latent_abi::{Context, ParamDesc, ParamRole, PluginKind};
 use latent_bench::*;
+use latent_host::plugins::{Encoder, Objective, ParamAccess};
 use latent_host::train::learner::{concat, split, Learner};
 use latent_host::train::optim::Optimizer;
-use latent_host::plugins::{Encoder, Objective, ParamAccess};
 use latent_plugin_resnet::ResNet;
 use latent_plugin_simclr::SimClr;
-use latent_abi::{Context, ParamDesc, ParamRole, PluginKind};
 use latent_sdk::kit::{Module, Tensor};
 use latent_sdk::plugin::{EncoderPlugin, ObjectiveBatch, ObjectivePlugin, Plugin};
 use serde_json::json;
@@ -51,25 +51,50 @@ fn time_cpu<T>(cpu: &mut Vec<f64>, f: impl FnOnce() -> Result<T>) -> Result<(f64
 /// B: the Learner over ABI objects built in-process from the linked plugin crates.
 fn in_process_learner(cfg: &latent_host::config::Config) -> Result<Learner> {
     let enc_json = json!({"preset": "resnet-mini", "in_channels": SHAPE[0]}).to_string();
-    let obj_json = json!({"input_dim": 128, "hidden_dim": 256, "output_dim": 128, "temperature": 0.5}).to_string();
+    let obj_json =
+        json!({"input_dim": 128, "hidden_dim": 256, "output_dim": 128, "temperature": 0.5})
+            .to_string();
     // the seeds Learner::build uses: train.seed for the encoder, train.seed + 1 for the objective
     let ctx_e = Context { seed: cfg.train.seed, ..Default::default() };
     let ctx_o = Context { seed: cfg.train.seed.wrapping_add(1), ..Default::default() };
-    let enc_box = latent_sdk::plugin::new_encoder::<ResNet>(enc_json.as_str().into(), &ctx_e).into_result()?;
-    let obj_box = latent_sdk::plugin::new_objective::<SimClr>(obj_json.as_str().into(), &ctx_o).into_result()?;
+    let enc_box = latent_sdk::plugin::new_encoder::<ResNet>(enc_json.as_str().into(), &ctx_e)
+        .into_result()?;
+    let obj_box = latent_sdk::plugin::new_objective::<SimClr>(obj_json.as_str().into(), &ctx_o)
+        .into_result()?;
     let mut encoder = Encoder::new("resnet", enc_box);
     let feat_dim = encoder.out_dim(SHAPE)?;
-    let manifest = latent_sdk::plugin::manifest::<SimClr>(PluginKind::Objective, env!("CARGO_PKG_VERSION"), false, false);
+    let manifest = latent_sdk::plugin::manifest::<SimClr>(
+        PluginKind::Objective,
+        env!("CARGO_PKG_VERSION"),
+        false,
+        false,
+    );
     let mut objective = Objective::new(manifest, obj_box);
     let enc_params = encoder.params()?;
     let obj_params = objective.params()?;
-    Ok(Learner { encoder, objective, target: None, target_is_online: false, optim: Optimizer::new(cfg.optim.clone())?, enc_params, obj_params, input_shape: SHAPE, feat_dim })
+    Ok(Learner {
+        encoder,
+        objective,
+        target: None,
+        target_is_online: false,
+        optim: Optimizer::new(cfg.optim.clone())?,
+        enc_params,
+        obj_params,
+        input_shape: SHAPE,
+        feat_dim,
+    })
 }
 
 /// The optimizer phase of `Learner::step` for one module, as host/src/learner.rs does it: the
 /// gradients and values cross the ABI (take_grads, read_params), are updated, and are written
 /// back (write_params). SimCLR has no EMA targets, so that part of the host's `update` is left out.
-fn update_through_abi(optim: &mut Optimizer, m: &mut dyn ParamAccess, descs: &[ParamDesc], prefix: &str, lr: f64) -> Result<()> {
+fn update_through_abi(
+    optim: &mut Optimizer,
+    m: &mut dyn ParamAccess,
+    descs: &[ParamDesc],
+    prefix: &str,
+    lr: f64,
+) -> Result<()> {
     let grads = m.take_grads()?;
     let mut vals = m.read_params()?;
     for ((d, v), g) in descs.iter().zip(vals.iter_mut()).zip(&grads) {
@@ -91,10 +116,23 @@ impl Direct {
     fn new(cfg: &latent_host::config::Config) -> Result<Direct> {
         let ctx_e = Context { seed: cfg.train.seed, ..Default::default() };
         let ctx_o = Context { seed: cfg.train.seed.wrapping_add(1), ..Default::default() };
-        let mut enc = ResNet::new(latent_plugin_resnet::Config { preset: "resnet-mini".into(), in_channels: SHAPE[0], ..Default::default() }, &ctx_e)?;
+        let mut enc = ResNet::new(
+            latent_plugin_resnet::Config {
+                preset: "resnet-mini".into(),
+                in_channels: SHAPE[0],
+                ..Default::default()
+            },
+            &ctx_e,
+        )?;
         enc.out_dim(SHAPE)?;
         let obj = SimClr::new(
-            latent_plugin_simclr::Config { input_dim: 128, hidden_dim: 256, output_dim: 128, temperature: 0.5, ..Default::default() },
+            latent_plugin_simclr::Config {
+                input_dim: 128,
+                hidden_dim: 256,
+                output_dim: 128,
+                temperature: 0.5,
+                ..Default::default()
+            },
             &ctx_o,
         )?;
         Ok(Direct { enc, obj, optim: Optimizer::new(cfg.optim.clone())? })
@@ -106,7 +144,13 @@ impl Direct {
         let mut upd = |prefix: &str, m: &mut dyn Module| {
             m.visit_params(&mut |p| {
                 if p.trainable() {
-                    optim.update(&format!("{prefix}.{}", p.name), p.role, &mut p.value, &p.grad, lr);
+                    optim.update(
+                        &format!("{prefix}.{}", p.name),
+                        p.role,
+                        &mut p.value,
+                        &p.grad,
+                        lr,
+                    );
                     p.grad.iter_mut().for_each(|g| *g = 0.0);
                 }
             })
@@ -119,7 +163,14 @@ impl Direct {
         let x = concat(views)?;
         let feats = self.enc.forward(x, true)?;
         let hs = split(&feats, views.len());
-        let res = self.obj.compute(ObjectiveBatch { views: hs, targets: vec![], labels: vec![], step, total_steps: total, train: true })?;
+        let res = self.obj.compute(ObjectiveBatch {
+            views: hs,
+            targets: vec![],
+            labels: vec![],
+            step,
+            total_steps: total,
+            train: true,
+        })?;
         self.enc.backward(concat(&res.grads)?)?;
         self.optim.begin_step();
         self.update_in_place(lr);
@@ -173,7 +224,10 @@ fn main() -> Result<()> {
             let la = a.step(&views, &[], 0, total, lr)?.loss;
             let lb = b.step(&views, &[], 0, total, lr)?.loss;
             let lc = c.step(&views, 0, total, lr)?;
-            ensure!(la == lb && (la - lc).abs() <= 1e-5 * la.abs().max(1.0), "the three variants disagree on the first loss: {la} {lb} {lc}");
+            ensure!(
+                la == lb && (la - lc).abs() <= 1e-5 * la.abs().max(1.0),
+                "the three variants disagree on the first loss: {la} {lb} {lc}"
+            );
             let (mut ta, mut tb, mut tc) = (Vec::new(), Vec::new(), Vec::new());
             let (mut ca, mut cb, mut cc) = (Vec::new(), Vec::new(), Vec::new());
             let mut last = (0.0f32, 0.0f32, 0.0f32);
@@ -219,7 +273,13 @@ fn main() -> Result<()> {
             for _ in 0..reps {
                 let (t, _) = time(|| {
                     update_through_abi(&mut a.optim, &mut a.encoder, &a.enc_params, "encoder", lr)?;
-                    update_through_abi(&mut a.optim, &mut a.objective, &a.obj_params, "objective", lr)
+                    update_through_abi(
+                        &mut a.optim,
+                        &mut a.objective,
+                        &a.obj_params,
+                        "objective",
+                        lr,
+                    )
                 })?;
                 sync_a.push(t);
                 let (t, _) = time(|| {
@@ -229,7 +289,9 @@ fn main() -> Result<()> {
                 sync_c.push(t);
             }
             let (msa, msc) = (median(&sync_a), median(&sync_c));
-            let paired = |x: &[f64], y: &[f64]| median(&x.iter().zip(y).map(|(x, y)| (x - y) / x * 100.0).collect::<Vec<_>>());
+            let paired = |x: &[f64], y: &[f64]| {
+                median(&x.iter().zip(y).map(|(x, y)| (x - y) / x * 100.0).collect::<Vec<_>>())
+            };
             let (ma, mb, mc) = (median(&ta), median(&tb), median(&tc));
             emit(
                 &args,

@@ -101,14 +101,23 @@ pub struct Cutout {
 impl Plugin for Cutout {
     type Config = Config;
     const NAME: &'static str = "cutout";
-    const DESCRIPTION: &'static str = "cutout / random erasing of rectangles, constant or noise fill (example)";
+    const DESCRIPTION: &'static str =
+        "cutout / random erasing of rectangles, constant or noise fill (example)";
 
     fn new(cfg: Config, _ctx: &Context) -> anyhow::Result<Self> {
         ensure!((0.0..=1.0).contains(&cfg.p), "p must be in [0, 1], got {}", cfg.p);
         let [s0, s1] = cfg.scale;
-        ensure!(0.0 < s0 && s0 <= s1 && s1 <= 1.0, "scale must satisfy 0 < lo <= hi <= 1, got {:?}", cfg.scale);
+        ensure!(
+            0.0 < s0 && s0 <= s1 && s1 <= 1.0,
+            "scale must satisfy 0 < lo <= hi <= 1, got {:?}",
+            cfg.scale
+        );
         let [r0, r1] = cfg.ratio;
-        ensure!(0.0 < r0 && r0 <= r1 && r1.is_finite(), "ratio must satisfy 0 < lo <= hi, got {:?}", cfg.ratio);
+        ensure!(
+            0.0 < r0 && r0 <= r1 && r1.is_finite(),
+            "ratio must satisfy 0 < lo <= hi, got {:?}",
+            cfg.ratio
+        );
         let random_fill = match &cfg.value {
             Fill::Value(v) => {
                 ensure!(v.is_finite(), "value must be finite, got {v}");
@@ -127,7 +136,12 @@ impl AugmentationPlugin for Cutout {
     }
 
     fn apply(&self, image: &[f32], [c, h, w]: [usize; 3], seed: u64) -> anyhow::Result<Vec<f32>> {
-        ensure!(image.len() == c * h * w, "image of shape [{c}, {h}, {w}] needs {} values, got {}", c * h * w, image.len());
+        ensure!(
+            image.len() == c * h * w,
+            "image of shape [{c}, {h}, {w}] needs {} values, got {}",
+            c * h * w,
+            image.len()
+        );
         let mut out = image.to_vec();
         let mut rng = SplitMix64(seed);
         if h == 0 || w == 0 || rng.unit() >= self.cfg.p {
@@ -183,7 +197,12 @@ mod tests {
 
     #[test]
     fn bad_configs_are_refused() {
-        let e = Cutout::new(Config { value: Fill::Named("noise".into()), ..Config::default() }, &Context::default()).err().unwrap();
+        let e = Cutout::new(
+            Config { value: Fill::Named("noise".into()), ..Config::default() },
+            &Context::default(),
+        )
+        .err()
+        .unwrap();
         assert!(e.to_string().contains("\"random\""), "{e}");
         assert!(Cutout::new(Config { p: 2.0, ..Config::default() }, &Context::default()).is_err());
     }

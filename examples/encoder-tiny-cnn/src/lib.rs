@@ -63,13 +63,20 @@ pub struct TinyCnn {
 impl TinyCnn {
     /// Output size.
     pub fn dim(&self) -> usize {
-        if self.cfg.out_dim > 0 { self.cfg.out_dim } else { *self.cfg.channels.last().expect("checked in new") }
+        if self.cfg.out_dim > 0 {
+            self.cfg.out_dim
+        } else {
+            *self.cfg.channels.last().expect("checked in new")
+        }
     }
 
     /// The layers for images of `shape`, built on first use.
     fn build(&mut self, shape: [usize; 3]) -> anyhow::Result<()> {
         if let Some((built, ..)) = &self.net {
-            ensure!(*built == shape, "tiny-cnn was built for images of shape {built:?}, got {shape:?}");
+            ensure!(
+                *built == shape,
+                "tiny-cnn was built for images of shape {built:?}, got {shape:?}"
+            );
             return Ok(());
         }
         let [mut c, mut h, mut w] = shape;
@@ -77,14 +84,22 @@ impl TinyCnn {
         let mut stages = Vec::new();
         for (i, &o) in self.cfg.channels.iter().enumerate() {
             let at = init.pp(format!("stage{i}"));
-            stages.push(Stage { conv: Conv2d::new(&at.pp("conv"), c, o, 3, 1, 1), bn: BatchNorm2d::new(&at.pp("bn"), o) });
+            stages.push(Stage {
+                conv: Conv2d::new(&at.pp("conv"), c, o, 3, 1, 1),
+                bn: BatchNorm2d::new(&at.pp("bn"), o),
+            });
             if i + 1 < self.cfg.channels.len() {
-                ensure!(h >= 2 && w >= 2, "tiny-cnn: images of shape {shape:?} are too small for {} stages", self.cfg.channels.len());
+                ensure!(
+                    h >= 2 && w >= 2,
+                    "tiny-cnn: images of shape {shape:?} are too small for {} stages",
+                    self.cfg.channels.len()
+                );
                 (h, w) = (h / 2, w / 2);
             }
             c = o;
         }
-        let fc = (self.cfg.out_dim > 0).then(|| Linear::new(&init.pp("fc"), c, self.cfg.out_dim, true));
+        let fc =
+            (self.cfg.out_dim > 0).then(|| Linear::new(&init.pp("fc"), c, self.cfg.out_dim, true));
         self.net = Some((shape, stages, fc));
         Ok(())
     }
@@ -93,11 +108,16 @@ impl TinyCnn {
 impl Plugin for TinyCnn {
     type Config = Config;
     const NAME: &'static str = "tiny-cnn";
-    const DESCRIPTION: &'static str = "small conv net: Conv3x3-BN-ReLU stages, max-pool, global average pool (example)";
+    const DESCRIPTION: &'static str =
+        "small conv net: Conv3x3-BN-ReLU stages, max-pool, global average pool (example)";
 
     fn new(cfg: Config, ctx: &Context) -> anyhow::Result<Self> {
         ensure!(!cfg.channels.is_empty(), "channels must list at least one stage width");
-        ensure!(cfg.channels.iter().all(|&c| c >= 1), "every stage width must be at least 1, got {:?}", cfg.channels);
+        ensure!(
+            cfg.channels.iter().all(|&c| c >= 1),
+            "every stage width must be at least 1, got {:?}",
+            cfg.channels
+        );
         Ok(TinyCnn { cfg, seed: ctx.seed, net: None })
     }
 }
@@ -123,7 +143,11 @@ impl Encoder for TinyCnn {
     }
 
     fn forward(&mut self, g: &Graph, images: &Var, chw: [usize; 3]) -> anyhow::Result<Var> {
-        ensure!(!g.train() || images.rows() >= 2, "training with batch norm needs at least 2 images per batch, got {}", images.rows());
+        ensure!(
+            !g.train() || images.rows() >= 2,
+            "training with batch norm needs at least 2 images per batch, got {}",
+            images.rows()
+        );
         self.build(chw)?;
         let (_, stages, fc) = self.net.as_mut().expect("built above");
         let (mut x, mut shape) = (images.clone(), chw);

@@ -88,11 +88,20 @@ impl Plugin for SpectralContrastive {
     const DESCRIPTION: &'static str = "Spectral contrastive loss (HaoChen et al. 2021): projector, squared-similarity negatives; the worked example";
 
     fn new(cfg: Config, ctx: &Context) -> anyhow::Result<Self> {
-        for (key, v) in [("input_dim", cfg.input_dim), ("hidden_dim", cfg.hidden_dim), ("output_dim", cfg.output_dim)] {
+        for (key, v) in [
+            ("input_dim", cfg.input_dim),
+            ("hidden_dim", cfg.hidden_dim),
+            ("output_dim", cfg.output_dim),
+        ] {
             ensure!(v > 0, "{key} must be positive, got {v}");
         }
         ensure!(cfg.mu > 0.0 && cfg.mu.is_finite(), "mu must be a positive number, got {}", cfg.mu);
-        let projector = Head::simclr(&Init::new(ctx.seed).pp("projector"), cfg.input_dim, cfg.hidden_dim, cfg.output_dim);
+        let projector = Head::simclr(
+            &Init::new(ctx.seed).pp("projector"),
+            cfg.input_dim,
+            cfg.hidden_dim,
+            cfg.output_dim,
+        );
         Ok(SpectralContrastive { cfg, projector })
     }
 }
@@ -107,7 +116,11 @@ impl Objective for SpectralContrastive {
     fn forward(&mut self, g: &Graph, b: &Views) -> anyhow::Result<Loss> {
         // two views of `input_dim` features; the negatives need at least 2 rows
         b.expect("spectral-contrastive", 2, false, self.cfg.input_dim, 2)?;
-        ensure!(b.views[0].rows() >= 2, "spectral-contrastive needs at least 2 images per batch, got {}", b.views[0].rows());
+        ensure!(
+            b.views[0].rows() >= 2,
+            "spectral-contrastive needs at least 2 images per batch, got {}",
+            b.views[0].rows()
+        );
         let za = cap_norm(&self.projector.forward(g, &b.views[0]), self.cfg.mu);
         let zb = cap_norm(&self.projector.forward(g, &b.views[1]), self.cfg.mu);
         let (loss, pos, neg_sq) = spectral_contrastive(&za, &zb);

@@ -23,13 +23,23 @@ fn loss_and_gradients_match_the_pytorch_reference() {
         assert_scalar(&format!("neg_sq of case {i}"), neg_sq, c["neg_sq"].as_f64().unwrap(), 1e-5);
         assert_scalar(&format!("loss of case {i}"), loss.item(), c["loss"].as_f64().unwrap(), 1e-5);
         let mut gr = g.backward(&loss).unwrap();
-        assert_close(&format!("da of case {i}"), &gr.tensor(&a, &[n, d]).data, &floats(&c["da"]), 1e-5);
-        assert_close(&format!("db of case {i}"), &gr.tensor(&b, &[n, d]).data, &floats(&c["db"]), 1e-5);
+        assert_close(
+            &format!("da of case {i}"),
+            &gr.tensor(&a, &[n, d]).data,
+            &floats(&c["da"]),
+            1e-5,
+        );
+        assert_close(
+            &format!("db of case {i}"),
+            &gr.tensor(&b, &[n, d]).data,
+            &floats(&c["db"]),
+            1e-5,
+        );
     }
 }
 
 fn new_box(json: &str) -> latent_sdk::abi::ObjectiveBox {
-    latent_sdk::plugin::new_objective::<SpectralContrastive>(RStr::from_str(json), &Context { seed: 5, ..Context::default() }).unwrap()
+    latent_sdk::testing::objective::<SpectralContrastive>(json, 5)
 }
 
 #[test]

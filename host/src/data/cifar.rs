@@ -17,7 +17,8 @@ use anyhow::{ensure, Context, Result};
 use std::path::Path;
 
 /// CIFAR-10's class names, by label.
-pub const CLASSES: [&str; 10] = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
+pub const CLASSES: [&str; 10] =
+    ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
 
 /// Bytes per record: a label and a 3×32×32 image.
 pub const RECORD: usize = 1 + 3 * 32 * 32;
@@ -27,25 +28,44 @@ pub fn open(dir: &Path) -> Result<Splits> {
     let mut batches: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot list {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("data_batch_") && n.ends_with(".bin")))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("data_batch_") && n.ends_with(".bin"))
+        })
         .collect();
     batches.sort();
-    ensure!(!batches.is_empty(), "no data_batch_*.bin in {} (expected CIFAR-10's binary version)", dir.display());
+    ensure!(
+        !batches.is_empty(),
+        "no data_batch_*.bin in {} (expected CIFAR-10's binary version)",
+        dir.display()
+    );
     let meta = dir.join("batches.meta.txt");
     let classes: Vec<String> = if meta.is_file() {
-        let text = std::fs::read_to_string(&meta).with_context(|| format!("cannot read {}", meta.display()))?;
+        let text = std::fs::read_to_string(&meta)
+            .with_context(|| format!("cannot read {}", meta.display()))?;
         text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
     } else {
         CLASSES.iter().map(|s| s.to_string()).collect()
     };
     let name = name_of(dir);
-    let mut train = Dataset { name: format!("{name}/train"), shape: [3, 32, 32], classes: classes.clone(), ..Default::default() };
+    let mut train = Dataset {
+        name: format!("{name}/train"),
+        shape: [3, 32, 32],
+        classes: classes.clone(),
+        ..Default::default()
+    };
     for b in &batches {
         read_batch(b, &mut train)?;
     }
     let test_path = dir.join("test_batch.bin");
     let test = if test_path.is_file() {
-        let mut t = Dataset { name: format!("{name}/test"), shape: [3, 32, 32], classes, ..Default::default() };
+        let mut t = Dataset {
+            name: format!("{name}/test"),
+            shape: [3, 32, 32],
+            classes,
+            ..Default::default()
+        };
         read_batch(&test_path, &mut t)?;
         Some(t)
     } else {
@@ -60,7 +80,12 @@ pub fn read_batch(path: &Path, d: &mut Dataset) -> Result<()> {
     ensure!(!bytes.is_empty() && bytes.len() % RECORD == 0, "{} is truncated or not a CIFAR-10 batch: {} bytes is not a whole number of {RECORD}-byte records", path.display(), bytes.len());
     for (i, rec) in bytes.chunks_exact(RECORD).enumerate() {
         let label = rec[0] as usize;
-        ensure!(label < d.classes.len(), "{}: record {i} has label {label} but there are {} classes", path.display(), d.classes.len());
+        ensure!(
+            label < d.classes.len(),
+            "{}: record {i} has label {label} but there are {} classes",
+            path.display(),
+            d.classes.len()
+        );
         d.labels.push(label as i64);
         d.images.extend_from_slice(&rec[1..]);
     }
@@ -86,7 +111,8 @@ mod tests {
     #[test]
     fn truncated_batch_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/cifar10-bin/data_batch_1.bin");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/cifar10-bin/data_batch_1.bin");
         let bytes = std::fs::read(src).unwrap();
         std::fs::write(dir.path().join("data_batch_1.bin"), &bytes[..bytes.len() - 100]).unwrap();
         let e = format!("{:#}", open(dir.path()).unwrap_err());

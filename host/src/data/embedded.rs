@@ -28,7 +28,9 @@ pub fn open(name: &str) -> Result<Splits> {
 /// Parses the embedded MNIST subset and splits it.
 pub fn mnist_5k() -> Result<Splits> {
     let mut text = String::new();
-    flate2::read::GzDecoder::new(MNIST_5K_CSV_GZ).read_to_string(&mut text).context("embedded mnist_5k.csv.gz is corrupt")?;
+    flate2::read::GzDecoder::new(MNIST_5K_CSV_GZ)
+        .read_to_string(&mut text)
+        .context("embedded mnist_5k.csv.gz is corrupt")?;
     parse_mnist_csv(&text)
 }
 
@@ -36,21 +38,36 @@ pub fn mnist_5k() -> Result<Splits> {
 /// described above (public so that the fuzz tests can feed it any text).
 pub fn parse_mnist_csv(text: &str) -> Result<Splits> {
     let classes: Vec<String> = (0..10).map(|d| d.to_string()).collect();
-    let empty = |split: &str| Dataset { name: format!("mnist-5k/{split}"), shape: [1, 28, 28], classes: classes.clone(), ..Default::default() };
+    let empty = |split: &str| Dataset {
+        name: format!("mnist-5k/{split}"),
+        shape: [1, 28, 28],
+        classes: classes.clone(),
+        ..Default::default()
+    };
     // rows[label] = the class's images in file order
     let mut rows: Vec<Vec<Vec<u8>>> = (0..10).map(|_| Vec::with_capacity(500)).collect();
     for (line_no, line) in text.lines().enumerate() {
         let mut pixels = Vec::with_capacity(785);
         for v in line.split(',') {
-            let v: u8 = v.trim().parse().with_context(|| format!("embedded mnist_5k.csv.gz line {}: bad value {v:?}", line_no + 1))?;
+            let v: u8 = v.trim().parse().with_context(|| {
+                format!("embedded mnist_5k.csv.gz line {}: bad value {v:?}", line_no + 1)
+            })?;
             pixels.push(v);
         }
-        ensure!(pixels.len() == 785, "embedded mnist_5k.csv.gz line {}: {} values, expected 785", line_no + 1, pixels.len());
+        ensure!(
+            pixels.len() == 785,
+            "embedded mnist_5k.csv.gz line {}: {} values, expected 785",
+            line_no + 1,
+            pixels.len()
+        );
         let label = pixels.pop().unwrap() as usize;
         ensure!(label < 10, "embedded mnist_5k.csv.gz line {}: label {label}", line_no + 1);
         rows[label].push(pixels);
     }
-    ensure!(rows.iter().all(|r| r.len() > TRAIN_PER_CLASS), "embedded mnist_5k.csv.gz: a class has {TRAIN_PER_CLASS} images or fewer");
+    ensure!(
+        rows.iter().all(|r| r.len() > TRAIN_PER_CLASS),
+        "embedded mnist_5k.csv.gz: a class has {TRAIN_PER_CLASS} images or fewer"
+    );
     let (mut train, mut test) = (empty("train"), empty("test"));
     let most = rows.iter().map(Vec::len).max().unwrap_or(0);
     for j in 0..most {
@@ -76,7 +93,11 @@ mod tests {
         assert_eq!(s.train.classes.len(), 10);
         assert_eq!(s.train.class_counts(), vec![400; 10]);
         assert_eq!(test.class_counts(), vec![100; 10]);
-        assert_eq!(s.train.labels[..12], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1], "classes take turns");
+        assert_eq!(
+            s.train.labels[..12],
+            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1],
+            "classes take turns"
+        );
         // real digits: mostly black background, some bright strokes
         let img = s.train.image(0);
         let ink = img.iter().filter(|&&p| p > 128).count();

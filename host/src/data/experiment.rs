@@ -11,8 +11,11 @@ use serde_json::Value;
 
 /// Opens the dataset of `cfg.data`, applying its size limits.
 pub fn open_data(cfg: &Config) -> Result<data::Splits> {
-    let mut splits = data::open_with(&cfg.data.source, &data::OpenOptions { skip_bad: cfg.data.skip_bad_images })
-        .with_context(|| format!("config key `data.source` ({})", cfg.data.source))?;
+    let mut splits = data::open_with(
+        &cfg.data.source,
+        &data::OpenOptions { skip_bad: cfg.data.skip_bad_images },
+    )
+    .with_context(|| format!("config key `data.source` ({})", cfg.data.source))?;
     splits.train.truncate(cfg.data.max_train_images);
     if let Some(t) = &mut splits.test {
         t.truncate(cfg.data.max_test_images);
@@ -23,7 +26,14 @@ pub fn open_data(cfg: &Config) -> Result<data::Splits> {
 /// Loads the augmentation pipeline of every view.
 pub fn build_views(reg: &Registry, cfg: &Config) -> Result<Vec<Augment>> {
     let ctx = Context { seed: cfg.train.seed, ..Default::default() };
-    cfg.augment.iter().enumerate().map(|(i, a)| reg.augmentation(&a.plugin, &a.config, &ctx).with_context(|| format!("config key `augment[{i}]`"))).collect()
+    cfg.augment
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            reg.augmentation(&a.plugin, &a.config, &ctx)
+                .with_context(|| format!("config key `augment[{i}]`"))
+        })
+        .collect()
 }
 
 /// A warning when a view's recipe does not fit the data: the `grey` preset (made for small grey
@@ -33,7 +43,11 @@ pub fn recipe_warning(cfg: &Config, shape: [usize; 3]) -> Option<String> {
         .augment
         .iter()
         .enumerate()
-        .filter(|(_, a)| a.plugin == "pipeline" && a.config.get("ops").is_none() && a.config.get("preset").and_then(Value::as_str) == Some("grey"))
+        .filter(|(_, a)| {
+            a.plugin == "pipeline"
+                && a.config.get("ops").is_none()
+                && a.config.get("preset").and_then(Value::as_str) == Some("grey")
+        })
         .map(|(i, _)| format!("augment[{i}]"))
         .collect();
     (shape[0] == 3 && !grey.is_empty()).then(|| {
@@ -62,12 +76,20 @@ pub fn view_shape(views: &[Augment], shape: [usize; 3]) -> Result<[usize; 3]> {
 
 /// The loader settings of a run (epoch 0): batch size, seed, threads, and the sampler (P
 /// classes × K images for an objective that needs labels, else a seeded shuffle).
-pub fn loader_config(cfg: &Config, train: &Dataset, needs_labels: bool) -> Result<data::loader::LoaderConfig> {
+pub fn loader_config(
+    cfg: &Config,
+    train: &Dataset,
+    needs_labels: bool,
+) -> Result<data::loader::LoaderConfig> {
     let bs = cfg.train.batch_size;
     let sampler = if needs_labels {
         // P classes x K images: P from the config, else every class (at most bs / 2).
         let classes = train.classes.len().max(1);
-        let p = if cfg.train.classes_per_batch > 0 { cfg.train.classes_per_batch } else { classes.min(bs / 2).max(1) };
+        let p = if cfg.train.classes_per_batch > 0 {
+            cfg.train.classes_per_batch
+        } else {
+            classes.min(bs / 2).max(1)
+        };
         if p > classes {
             bail!("train.classes_per_batch is {p} but {} has {classes} classes", train.name);
         }
@@ -86,7 +108,6 @@ pub fn loader_config(cfg: &Config, train: &Dataset, needs_labels: bool) -> Resul
     })
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,10 +115,19 @@ mod tests {
     #[test]
     fn the_grey_preset_on_colour_images_is_named_in_a_warning() {
         let mut cfg = Config::default();
-        assert_eq!(recipe_warning(&cfg, [1, 28, 28]), None, "the default: grey preset, grey digits");
+        assert_eq!(
+            recipe_warning(&cfg, [1, 28, 28]),
+            None,
+            "the default: grey preset, grey digits"
+        );
         cfg.data.source = "cifar10:data/cifar".into();
         let w = recipe_warning(&cfg, [3, 32, 32]).expect("a warning");
-        assert!(w.starts_with("augment[0], augment[1] use the `grey` preset") && w.contains("cifar10:data/cifar") && w.contains("simclr"), "{w}");
+        assert!(
+            w.starts_with("augment[0], augment[1] use the `grey` preset")
+                && w.contains("cifar10:data/cifar")
+                && w.contains("simclr"),
+            "{w}"
+        );
         cfg.augment[0].config = serde_json::json!({"preset": "simclr"});
         cfg.augment[1].config = serde_json::json!({"preset": "grey", "ops": [{"op": "flip"}]});
         assert_eq!(recipe_warning(&cfg, [3, 32, 32]), None, "explicit ops replace the preset");

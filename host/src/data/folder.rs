@@ -21,7 +21,10 @@ use std::path::{Path, PathBuf};
 pub const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
 fn is_image(p: &Path) -> bool {
-    p.is_file() && p.extension().and_then(|e| e.to_str()).is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+    p.is_file()
+        && p.extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -56,7 +59,8 @@ fn walk(
     seen_files: &mut std::collections::HashSet<PathBuf>,
     repeats: &mut usize,
 ) -> Result<()> {
-    let canon = std::fs::canonicalize(dir).with_context(|| format!("cannot resolve {}", dir.display()))?;
+    let canon =
+        std::fs::canonicalize(dir).with_context(|| format!("cannot resolve {}", dir.display()))?;
     if !seen_dirs.insert(canon) {
         *repeats += 1;
         return Ok(());
@@ -83,7 +87,11 @@ pub fn open_folder(dir: &Path, skip_bad: bool) -> Result<Splits> {
     if train_dir.is_dir() {
         let train = read_folder(&train_dir, None, &format!("{name}/train"), skip_bad)?;
         let test_dir = dir.join("test");
-        let test = if test_dir.is_dir() { Some(read_folder(&test_dir, Some(&train.classes), &format!("{name}/test"), skip_bad)?) } else { None };
+        let test = if test_dir.is_dir() {
+            Some(read_folder(&test_dir, Some(&train.classes), &format!("{name}/test"), skip_bad)?)
+        } else {
+            None
+        };
         return Ok(Splits { train, test });
     }
     Ok(Splits { train: read_folder(dir, None, &name, skip_bad)?, test: None })
@@ -100,20 +108,37 @@ pub fn open_images(dir: &Path, skip_bad: bool) -> Result<Splits> {
 
 /// Reads one ImageFolder split; `classes` fixes the class list (a test split uses the training
 /// split's; a class folder it lacks is an error).
-pub fn read_folder(dir: &Path, classes: Option<&[String]>, name: &str, skip_bad: bool) -> Result<Dataset> {
+pub fn read_folder(
+    dir: &Path,
+    classes: Option<&[String]>,
+    name: &str,
+    skip_bad: bool,
+) -> Result<Dataset> {
     let folders: Vec<PathBuf> = sorted_entries(dir)?.into_iter().filter(|p| p.is_dir()).collect();
-    ensure!(!folders.is_empty(), "no class folders in {} (expected {}/<class>/*.png)", dir.display(), dir.display());
+    ensure!(
+        !folders.is_empty(),
+        "no class folders in {} (expected {}/<class>/*.png)",
+        dir.display(),
+        dir.display()
+    );
     let names: Vec<String> = folders.iter().map(|p| name_of(p)).collect();
     let classes: Vec<String> = classes.map_or_else(|| names.clone(), <[String]>::to_vec);
     let mut files = Vec::new();
     let mut labels = Vec::new();
     for (folder, cname) in folders.iter().zip(&names) {
         let Some(label) = classes.iter().position(|c| c == cname) else {
-            bail!("class folder {} is not one of the training classes {classes:?}", folder.display());
+            bail!(
+                "class folder {} is not one of the training classes {classes:?}",
+                folder.display()
+            );
         };
         let mut found = Vec::new();
         images_under(folder, &mut found)?;
-        ensure!(!found.is_empty(), "class folder {} holds no images (.png, .jpg, .jpeg)", folder.display());
+        ensure!(
+            !found.is_empty(),
+            "class folder {} holds no images (.png, .jpg, .jpeg)",
+            folder.display()
+        );
         labels.extend(vec![label as i64; found.len()]);
         files.extend(found);
     }
@@ -124,12 +149,18 @@ pub fn read_folder(dir: &Path, classes: Option<&[String]>, name: &str, skip_bad:
 
 /// Decodes `files` (with `labels`, or none) into one dataset; returns it and the number of
 /// files skipped as undecodable (0 unless `skip_bad`).
-pub fn decode_all(files: &[PathBuf], labels: &[i64], name: &str, skip_bad: bool) -> Result<(Dataset, usize)> {
+pub fn decode_all(
+    files: &[PathBuf],
+    labels: &[i64],
+    name: &str,
+    skip_bad: bool,
+) -> Result<(Dataset, usize)> {
     let decoded: Vec<Result<image::DynamicImage>> = files
         .par_iter()
         .map(|p| {
             let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
-            image::load_from_memory(&bytes).with_context(|| format!("cannot decode image {}", p.display()))
+            image::load_from_memory(&bytes)
+                .with_context(|| format!("cannot decode image {}", p.display()))
         })
         .collect();
     let mut shape: Option<[usize; 3]> = None;
@@ -144,10 +175,18 @@ pub fn decode_all(files: &[PathBuf], labels: &[i64], name: &str, skip_bad: bool)
                 first_skip.get_or_insert_with(|| format!("{e:#}"));
                 continue;
             }
-            Err(e) => return Err(e.context("set data.skip_bad_images = true to skip undecodable images")),
+            Err(e) => {
+                return Err(e.context("set data.skip_bad_images = true to skip undecodable images"))
+            }
         };
         let s = *shape.get_or_insert_with(|| {
-            let grey = matches!(img.color(), image::ColorType::L8 | image::ColorType::La8 | image::ColorType::L16 | image::ColorType::La16);
+            let grey = matches!(
+                img.color(),
+                image::ColorType::L8
+                    | image::ColorType::La8
+                    | image::ColorType::L16
+                    | image::ColorType::La16
+            );
             [if grey { 1 } else { 3 }, img.height() as usize, img.width() as usize]
         });
         ensure!(
@@ -178,9 +217,15 @@ pub fn decode_all(files: &[PathBuf], labels: &[i64], name: &str, skip_bad: bool)
         }
     }
     if skipped > 0 {
-        tracing::warn!("skipped {skipped} undecodable image(s) of {} in '{name}'; first: {}", files.len(), first_skip.unwrap_or_default());
+        tracing::warn!(
+            "skipped {skipped} undecodable image(s) of {} in '{name}'; first: {}",
+            files.len(),
+            first_skip.unwrap_or_default()
+        );
     }
-    let Some(s) = shape else { bail!("no decodable images in '{name}' ({} files, {skipped} skipped)", files.len()) };
+    let Some(s) = shape else {
+        bail!("no decodable images in '{name}' ({} files, {skipped} skipped)", files.len())
+    };
     d.shape = s;
     Ok((d, skipped))
 }
@@ -198,7 +243,11 @@ mod tests {
         for e in std::fs::read_dir(src).unwrap() {
             let p = e.unwrap().path();
             let to = dst.join(p.file_name().unwrap());
-            if p.is_dir() { copy_dir(&p, &to) } else { std::fs::copy(&p, &to).unwrap(); }
+            if p.is_dir() {
+                copy_dir(&p, &to)
+            } else {
+                std::fs::copy(&p, &to).unwrap();
+            }
         }
     }
 
@@ -206,10 +255,17 @@ mod tests {
     fn reads_the_cifar10_png_folder_and_matches_the_binary_fixture() {
         let s = crate::data::open(&format!("folder:{}", fixture().display())).unwrap();
         assert_eq!((s.train.len(), s.train.shape), (20, [3, 32, 32]));
-        assert_eq!(s.train.classes, ["airplane", "automobile", "cat", "dog", "frog", "horse", "ship", "truck"]);
+        assert_eq!(
+            s.train.classes,
+            ["airplane", "automobile", "cat", "dog", "frog", "horse", "ship", "truck"]
+        );
         assert!(s.test.is_none());
         // same pixels as the CIFAR binary written from the same PNGs: airplane/cifar10_03.png is record 3
-        let bin = crate::data::open(&format!("cifar10:{}", fixture().with_file_name("cifar10-bin").display())).unwrap();
+        let bin = crate::data::open(&format!(
+            "cifar10:{}",
+            fixture().with_file_name("cifar10-bin").display()
+        ))
+        .unwrap();
         assert_eq!(s.train.image(0), bin.train.image(3));
         let u = crate::data::open(&format!("images:{}", fixture().display())).unwrap();
         assert_eq!((u.train.len(), u.train.labels.len(), u.train.classes.len()), (20, 0, 0));
@@ -229,7 +285,7 @@ mod tests {
 
     #[test]
     fn symlink_cycles_neither_hang_nor_duplicate_the_data() {
-        // issue 14.1: two links to the parent made the walk exponential (a hang); one link to
+        // regression: two links to the parent made the walk exponential (a hang); one link to
         // the folder itself turned 80 images into 1,680
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("d/a");
@@ -262,12 +318,20 @@ mod tests {
         std::fs::remove_dir(dir.path().join("zebra")).unwrap();
         std::fs::write(dir.path().join("cat/broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
         let e = format!("{:#}", open_folder(dir.path(), false).unwrap_err());
-        assert!(e.contains("broken.png") && e.contains("data.skip_bad_images"), "the file and the key: {e}");
+        assert!(
+            e.contains("broken.png") && e.contains("data.skip_bad_images"),
+            "the file and the key: {e}"
+        );
         // with skip_bad: skipped and counted
-        let files: Vec<PathBuf> = vec![dir.path().join("cat/broken.png"), dir.path().join("cat/cifar10_00.png")];
+        let files: Vec<PathBuf> =
+            vec![dir.path().join("cat/broken.png"), dir.path().join("cat/cifar10_00.png")];
         let (d, skipped) = decode_all(&files, &[2, 2], "t", true).unwrap();
         assert_eq!((d.len(), skipped, d.labels.clone()), (1, 1, vec![2]));
-        let s = crate::data::open_with(&format!("folder:{}", dir.path().display()), &crate::data::OpenOptions { skip_bad: true }).unwrap();
+        let s = crate::data::open_with(
+            &format!("folder:{}", dir.path().display()),
+            &crate::data::OpenOptions { skip_bad: true },
+        )
+        .unwrap();
         assert_eq!(s.train.len(), 20);
     }
 }

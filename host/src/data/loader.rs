@@ -85,7 +85,15 @@ pub struct LoaderConfig {
 
 impl Default for LoaderConfig {
     fn default() -> Self {
-        LoaderConfig { batch_size: 256, seed: 0, epoch: 0, threads: 0, prefetch: 2, drop_last: true, sampler: Sampler::Shuffle }
+        LoaderConfig {
+            batch_size: 256,
+            seed: 0,
+            epoch: 0,
+            threads: 0,
+            prefetch: 2,
+            drop_last: true,
+            sampler: Sampler::Shuffle,
+        }
     }
 }
 
@@ -118,7 +126,11 @@ pub fn epoch_batches(data: &Dataset, cfg: &LoaderConfig) -> Result<Vec<Vec<usize
         if cfg.drop_last && out.last().is_some_and(|l| l.len() < b) {
             out.pop();
         }
-        ensure!(!out.is_empty(), "dataset '{}' has {n} images, fewer than one batch of {b} (drop_last is on)", data.name);
+        ensure!(
+            !out.is_empty(),
+            "dataset '{}' has {n} images, fewer than one batch of {b} (drop_last is on)",
+            data.name
+        );
         Ok(out)
     };
     match cfg.sampler {
@@ -129,15 +141,26 @@ pub fn epoch_batches(data: &Dataset, cfg: &LoaderConfig) -> Result<Vec<Vec<usize
             cut(order, cfg.batch_size)
         }
         Sampler::ClassBalanced { classes: p, per_class: k } => {
-            ensure!(data.is_labeled(), "class-balanced sampling needs labels but dataset '{}' has none", data.name);
-            ensure!(p > 0 && k > 0, "class-balanced sampling needs classes and per_class of at least 1, got {p} × {k}");
+            ensure!(
+                data.is_labeled(),
+                "class-balanced sampling needs labels but dataset '{}' has none",
+                data.name
+            );
+            ensure!(
+                p > 0 && k > 0,
+                "class-balanced sampling needs classes and per_class of at least 1, got {p} × {k}"
+            );
             let mut rng = epoch_rng(cfg);
             let mut pools: Vec<Vec<usize>> = vec![vec![]; data.classes.len()];
             data.labels.iter().enumerate().for_each(|(i, &l)| pools[l as usize].push(i));
             let present: Vec<usize> = (0..pools.len()).filter(|&c| !pools[c].is_empty()).collect();
             ensure!(present.len() >= p, "class-balanced sampling wants {p} classes per batch but dataset '{}' has {} non-empty classes", data.name, present.len());
             let batches = n / (p * k);
-            ensure!(batches > 0, "dataset '{}' has {n} images, fewer than one batch of {p} × {k}", data.name);
+            ensure!(
+                batches > 0,
+                "dataset '{}' has {n} images, fewer than one batch of {p} × {k}",
+                data.name
+            );
             pools.iter_mut().for_each(|pool| pool.shuffle(&mut rng));
             let mut cursor = vec![0usize; pools.len()];
             let mut out = Vec::with_capacity(batches);
@@ -171,19 +194,29 @@ pub fn decode(data: &Dataset, indices: &[usize]) -> Tensor {
 }
 
 fn labels_of(data: &Dataset, indices: &[usize]) -> Vec<i64> {
-    if data.is_labeled() { indices.iter().map(|&i| data.labels[i]).collect() } else { vec![] }
+    if data.is_labeled() {
+        indices.iter().map(|&i| data.labels[i]).collect()
+    } else {
+        vec![]
+    }
 }
 
 /// The batch of `indices` as the loader makes it for `cfg.epoch`: every view of every image
 /// augmented with its [`sample_seed`].
-pub fn build_batch(data: &Dataset, views: &[Augment], cfg: &LoaderConfig, indices: Vec<usize>) -> Result<Batch> {
+pub fn build_batch(
+    data: &Dataset,
+    views: &[Augment],
+    cfg: &LoaderConfig,
+    indices: Vec<usize>,
+) -> Result<Batch> {
     let x = decode(data, &indices);
     let mut out = Vec::with_capacity(views.len().max(1));
     if views.is_empty() {
         out.push(x);
     } else {
         for (v, aug) in views.iter().enumerate() {
-            let seeds: Vec<u64> = indices.iter().map(|&i| sample_seed(cfg.seed, cfg.epoch, i, v)).collect();
+            let seeds: Vec<u64> =
+                indices.iter().map(|&i| sample_seed(cfg.seed, cfg.epoch, i, v)).collect();
             out.push(aug.apply(x.clone(), &seeds)?);
         }
     }
@@ -202,7 +235,14 @@ impl Loader {
     /// Starts the workers for epoch `cfg.epoch` of `data`, one [`Augment`] per view.
     pub fn new(data: Arc<Dataset>, views: Vec<Augment>, cfg: &LoaderConfig) -> Result<Loader> {
         for v in &views {
-            v.output_shape(data.shape).map_err(|e| anyhow!("augmentation '{}' cannot take the images of '{}' ({:?}): {e:#}", v.name, data.name, data.shape))?;
+            v.output_shape(data.shape).map_err(|e| {
+                anyhow!(
+                    "augmentation '{}' cannot take the images of '{}' ({:?}): {e:#}",
+                    v.name,
+                    data.name,
+                    data.shape
+                )
+            })?;
         }
         let plan = epoch_batches(&data, cfg)?;
         let batches = plan.len();
@@ -219,15 +259,17 @@ impl Loader {
         for t in 0..threads {
             let (tx, rx) = sync_channel::<Result<Batch>>(cfg.prefetch.max(1));
             let (data, views, plan, cfg) = (data.clone(), views.clone(), plan.clone(), cfg.clone());
-            let h = std::thread::Builder::new().name(format!("latent-loader-{t}")).spawn(move || {
-                for b in (t..plan.len()).step_by(threads) {
-                    let r = build_batch(&data, &views, &cfg, plan[b].clone());
-                    let failed = r.is_err();
-                    if tx.send(r).is_err() || failed {
-                        return; // the loader was dropped, or this error ends the epoch
+            let h = std::thread::Builder::new().name(format!("latent-loader-{t}")).spawn(
+                move || {
+                    for b in (t..plan.len()).step_by(threads) {
+                        let r = build_batch(&data, &views, &cfg, plan[b].clone());
+                        let failed = r.is_err();
+                        if tx.send(r).is_err() || failed {
+                            return; // the loader was dropped, or this error ends the epoch
+                        }
                     }
-                }
-            })?;
+                },
+            )?;
             queues.push(rx);
             workers.push(h);
         }
@@ -256,7 +298,10 @@ impl Iterator for Loader {
         self.next += 1;
         let r = match self.queues[b % self.queues.len()].recv() {
             Ok(r) => r,
-            Err(_) => Err(anyhow!("loader worker {} stopped before batch {b} (it panicked)", b % self.queues.len())),
+            Err(_) => Err(anyhow!(
+                "loader worker {} stopped before batch {b} (it panicked)",
+                b % self.queues.len()
+            )),
         };
         if r.is_err() {
             self.next = self.batches;
@@ -304,7 +349,11 @@ impl Iterator for EvalBatches<'_> {
         }
         let indices: Vec<usize> = (self.next..(self.next + self.batch_size).min(n)).collect();
         self.next += indices.len();
-        Some(Batch { views: vec![decode(self.data, &indices)], labels: labels_of(self.data, &indices), indices })
+        Some(Batch {
+            views: vec![decode(self.data, &indices)],
+            labels: labels_of(self.data, &indices),
+            indices,
+        })
     }
 }
 
@@ -334,14 +383,21 @@ mod tests {
         all.sort();
         all.dedup();
         assert_eq!(all.len(), 9);
-        let keep = epoch_batches(&d, &LoaderConfig { drop_last: false, sampler: Sampler::Sequential, ..cfg }).unwrap();
+        let keep = epoch_batches(
+            &d,
+            &LoaderConfig { drop_last: false, sampler: Sampler::Sequential, ..cfg },
+        )
+        .unwrap();
         assert_eq!(keep, vec![vec![0, 1, 2], vec![3, 4, 5], vec![6, 7, 8], vec![9]]);
     }
 
     #[test]
     fn class_balanced_batches_hold_p_classes_times_k() {
         let d = toy(60, 5);
-        let cfg = LoaderConfig { sampler: Sampler::ClassBalanced { classes: 3, per_class: 4 }, ..Default::default() };
+        let cfg = LoaderConfig {
+            sampler: Sampler::ClassBalanced { classes: 3, per_class: 4 },
+            ..Default::default()
+        };
         let b = epoch_batches(&d, &cfg).unwrap();
         assert_eq!(b.len(), 5);
         for batch in &b {
@@ -360,7 +416,10 @@ mod tests {
     fn eval_batches_cover_everything_in_order() {
         let d = toy(5, 2);
         let b: Vec<Batch> = eval_batches(&d, 2).unwrap().collect();
-        assert_eq!(b.iter().map(|b| b.indices.clone()).collect::<Vec<_>>(), vec![vec![0, 1], vec![2, 3], vec![4]]);
+        assert_eq!(
+            b.iter().map(|b| b.indices.clone()).collect::<Vec<_>>(),
+            vec![vec![0, 1], vec![2, 3], vec![4]]
+        );
         assert_eq!(b[2].views[0].shape, vec![1, 1, 2, 2]);
         assert_eq!(b[0].views[0].data[1], 1.0 / 255.0);
         assert_eq!(b[1].labels, vec![0, 1]);
@@ -369,8 +428,14 @@ mod tests {
     #[test]
     fn plain_loader_without_views_yields_decoded_images() {
         let d = Arc::new(toy(8, 2));
-        let cfg = LoaderConfig { batch_size: 4, threads: 2, sampler: Sampler::Sequential, ..Default::default() };
-        let b: Vec<Batch> = Loader::new(d.clone(), vec![], &cfg).unwrap().collect::<Result<_>>().unwrap();
+        let cfg = LoaderConfig {
+            batch_size: 4,
+            threads: 2,
+            sampler: Sampler::Sequential,
+            ..Default::default()
+        };
+        let b: Vec<Batch> =
+            Loader::new(d.clone(), vec![], &cfg).unwrap().collect::<Result<_>>().unwrap();
         assert_eq!(b.len(), 2);
         assert_eq!(b[1].indices, vec![4, 5, 6, 7]);
         assert_eq!(b[1].views[0], decode(&d, &[4, 5, 6, 7]));

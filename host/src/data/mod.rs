@@ -92,8 +92,19 @@ impl Dataset {
         let n = self.image_len();
         ensure!(n > 0, "dataset '{}' has an empty image shape {:?}", self.name, self.shape);
         let partial = self.images.len() % n; // (is_multiple_of needs Rust 1.87)
-        ensure!(partial == 0, "dataset '{}' holds {} bytes, not a whole number of {n}-byte images", self.name, self.images.len());
-        ensure!(self.labels.is_empty() || self.labels.len() == self.len(), "dataset '{}' has {} images but {} labels", self.name, self.len(), self.labels.len());
+        ensure!(
+            partial == 0,
+            "dataset '{}' holds {} bytes, not a whole number of {n}-byte images",
+            self.name,
+            self.images.len()
+        );
+        ensure!(
+            self.labels.is_empty() || self.labels.len() == self.len(),
+            "dataset '{}' has {} images but {} labels",
+            self.name,
+            self.len(),
+            self.labels.len()
+        );
         if let Some(l) = self.labels.iter().find(|&&l| l < 0 || l as usize >= self.classes.len()) {
             bail!("dataset '{}' has label {l} but {} classes", self.name, self.classes.len());
         }
@@ -149,7 +160,13 @@ pub fn open_with(source: &str, opts: &OpenOptions) -> Result<Splits> {
     splits.train.validate()?;
     if let Some(t) = &splits.test {
         t.validate()?;
-        ensure!(t.shape == splits.train.shape, "test images of '{}' have shape {:?} but training images {:?}", t.name, t.shape, splits.train.shape);
+        ensure!(
+            t.shape == splits.train.shape,
+            "test images of '{}' have shape {:?} but training images {:?}",
+            t.name,
+            t.shape,
+            splits.train.shape
+        );
     }
     Ok(splits)
 }

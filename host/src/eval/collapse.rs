@@ -63,7 +63,8 @@ mod tests {
     #[test]
     fn collapse_metrics_tell_spread_from_collapsed() {
         let d = 8;
-        let spread: Vec<f32> = (0..400 * d).map(|i| (i * 7919 % 1000) as f32 / 500.0 - 1.0).collect();
+        let spread: Vec<f32> =
+            (0..400 * d).map(|i| (i * 7919 % 1000) as f32 / 500.0 - 1.0).collect();
         let collapsed: Vec<f32> = (0..400 * d).map(|i| 1.0 + 1e-4 * ((i % 3) as f32)).collect();
         let s = collapse_std(&spread, d);
         assert!(s > 0.7 && s < 1.3, "{s}");

@@ -1,11 +1,11 @@
 //! `latent eval` and `latent embed`: a trained encoder from a run or checkpoint, on any dataset.
 
-use crate::train::checkpoint;
 use crate::config::Config;
 use crate::data;
-use crate::train::learner::{build_encoder, load_module};
-use crate::plugins::{Encoder, Registry};
 use crate::eval::report;
+use crate::plugins::{Encoder, Registry};
+use crate::train::checkpoint;
+use crate::train::learner::{build_encoder, load_module};
 use anyhow::{bail, Context as _, Result};
 use npyz::WriterBuilder;
 use std::io::BufWriter;
@@ -18,18 +18,34 @@ pub fn run_config(path: &Path) -> Result<Config> {
     }
     let ck = checkpoint::resolve(path)?;
     // RUN/checkpoints/step-N  →  RUN/config.toml
-    let candidates = [ck.join("config.toml"), ck.parent().and_then(Path::parent).map(|r| r.join("config.toml")).unwrap_or_default(), path.join("config.toml")];
-    let looked: Vec<String> = candidates.iter().filter(|p| !p.as_os_str().is_empty()).map(|p| p.display().to_string()).collect();
-    let file = candidates.iter().find(|p| p.is_file()).with_context(|| format!("no config.toml found for {} (looked for {})", path.display(), looked.join(", ")))?;
+    let candidates = [
+        ck.join("config.toml"),
+        ck.parent().and_then(Path::parent).map(|r| r.join("config.toml")).unwrap_or_default(),
+        path.join("config.toml"),
+    ];
+    let looked: Vec<String> = candidates
+        .iter()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(|p| p.display().to_string())
+        .collect();
+    let file = candidates.iter().find(|p| p.is_file()).with_context(|| {
+        format!("no config.toml found for {} (looked for {})", path.display(), looked.join(", "))
+    })?;
     Config::load(Some(file), &[])
 }
 
 /// Loads the trained online encoder of a run or checkpoint, for images of `shape`.
-pub fn load_encoder(reg: &Registry, cfg: &Config, path: &Path, shape: [usize; 3]) -> Result<Encoder> {
+pub fn load_encoder(
+    reg: &Registry,
+    cfg: &Config,
+    path: &Path,
+    shape: [usize; 3],
+) -> Result<Encoder> {
     let ck = checkpoint::load(path)?;
     let (mut enc, _) = build_encoder(reg, cfg, shape)?;
     let descs = crate::plugins::ParamAccess::params(&mut enc)?;
-    load_module(&mut enc, &descs, "encoder", &ck.tensors).with_context(|| format!("loading the encoder from {}", path.display()))?;
+    load_module(&mut enc, &descs, "encoder", &ck.tensors)
+        .with_context(|| format!("loading the encoder from {}", path.display()))?;
     Ok(enc)
 }
 
@@ -40,7 +56,10 @@ pub fn eval(reg: &Registry, path: &Path, source: Option<&str>, json: bool) -> Re
         cfg.data.source = s.to_string();
     }
     let splits = crate::data::open_data(&cfg)?;
-    let test = splits.test.as_ref().with_context(|| format!("{} has no test split to evaluate on", cfg.data.source))?;
+    let test = splits
+        .test
+        .as_ref()
+        .with_context(|| format!("{} has no test split to evaluate on", cfg.data.source))?;
     let mut enc = load_encoder(reg, &cfg, path, splits.train.shape)?;
     let method = format!("{} ({})", cfg.objective.plugin, cfg.encoder.plugin);
     let rep = report::full(reg, &cfg, &mut enc, &method, &splits.train, test)?;
@@ -54,9 +73,14 @@ pub fn eval(reg: &Registry, path: &Path, source: Option<&str>, json: bool) -> Re
 
 /// Writes an `[n, d]` f32 array as `.npy`.
 pub fn write_npy_f32(path: &Path, data: &[f32], shape: &[u64]) -> Result<()> {
-    let f = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let f =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let write = || -> Result<()> {
-        let mut w = npyz::WriteOptions::new().default_dtype().shape(shape).writer(BufWriter::new(f)).begin_nd()?;
+        let mut w = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(shape)
+            .writer(BufWriter::new(f))
+            .begin_nd()?;
         w.extend(data.iter().copied())?;
         Ok(w.finish()?)
     };
@@ -65,9 +89,14 @@ pub fn write_npy_f32(path: &Path, data: &[f32], shape: &[u64]) -> Result<()> {
 
 /// Writes an i64 vector as `.npy`.
 pub fn write_npy_i64(path: &Path, data: &[i64]) -> Result<()> {
-    let f = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let f =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let write = || -> Result<()> {
-        let mut w = npyz::WriteOptions::new().default_dtype().shape(&[data.len() as u64]).writer(BufWriter::new(f)).begin_nd()?;
+        let mut w = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(&[data.len() as u64])
+            .writer(BufWriter::new(f))
+            .begin_nd()?;
         w.extend(data.iter().copied())?;
         Ok(w.finish()?)
     };
@@ -81,7 +110,13 @@ pub fn labels_path(out: &Path) -> PathBuf {
 }
 
 /// `latent embed`: features of a split as `.npy`, labels beside them.
-pub fn embed(reg: &Registry, path: &Path, source: Option<&str>, split: &str, out: &Path) -> Result<(usize, usize)> {
+pub fn embed(
+    reg: &Registry,
+    path: &Path,
+    source: Option<&str>,
+    split: &str,
+    out: &Path,
+) -> Result<(usize, usize)> {
     if out.extension().and_then(|e| e.to_str()) != Some("npy") {
         bail!("--out {} must be a .npy file (it would overwrite whatever is there)", out.display());
     }
@@ -93,7 +128,12 @@ pub fn embed(reg: &Registry, path: &Path, source: Option<&str>, split: &str, out
     let mut parts: Vec<&data::Dataset> = Vec::new();
     match split {
         "train" => parts.push(&splits.train),
-        "test" => parts.push(splits.test.as_ref().with_context(|| format!("{} has no test split", cfg.data.source))?),
+        "test" => parts.push(
+            splits
+                .test
+                .as_ref()
+                .with_context(|| format!("{} has no test split", cfg.data.source))?,
+        ),
         "all" => {
             parts.push(&splits.train);
             parts.extend(splits.test.as_ref());

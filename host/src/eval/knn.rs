@@ -12,7 +12,15 @@ pub fn normalize_rows(x: &mut [f32], d: usize) {
 }
 
 /// Weighted kNN predictions for `test` given the memory bank `train` (both `n x d`, raw).
-pub fn knn_predict(train: &[f32], train_y: &[i64], test: &[f32], d: usize, k: usize, t: f32, classes: usize) -> Vec<i64> {
+pub fn knn_predict(
+    train: &[f32],
+    train_y: &[i64],
+    test: &[f32],
+    d: usize,
+    k: usize,
+    t: f32,
+    classes: usize,
+) -> Vec<i64> {
     let mut tr = train.to_vec();
     let mut te = test.to_vec();
     normalize_rows(&mut tr, d);
@@ -38,7 +46,12 @@ pub fn knn_predict(train: &[f32], train_y: &[i64], test: &[f32], d: usize, k: us
                     score[c] += ((row[j] as f64 - top) / t as f64).exp();
                 }
             }
-            score.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(c, _)| c as i64).unwrap_or(0)
+            score
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(c, _)| c as i64)
+                .unwrap_or(0)
         })
         .collect()
 }
@@ -53,7 +66,16 @@ pub fn accuracy(pred: &[i64], y: &[i64]) -> f64 {
 
 /// kNN top-1 accuracy.
 #[allow(clippy::too_many_arguments)]
-pub fn knn_accuracy(train: &[f32], train_y: &[i64], test: &[f32], test_y: &[i64], d: usize, k: usize, t: f32, classes: usize) -> f64 {
+pub fn knn_accuracy(
+    train: &[f32],
+    train_y: &[i64],
+    test: &[f32],
+    test_y: &[i64],
+    d: usize,
+    k: usize,
+    t: f32,
+    classes: usize,
+) -> f64 {
     accuracy(&knn_predict(train, train_y, test, d, k, t, classes), test_y)
 }
 
@@ -63,7 +85,7 @@ mod tests {
 
     #[test]
     fn knn_with_a_tiny_temperature_is_the_nearest_neighbour_not_chance() {
-        // issue 14.9: eval.knn = [[20, 1e-30]] overflowed every score to inf (near-chance)
+        // regression: eval.knn = [[20, 1e-30]] overflowed every score to inf (near-chance)
         let train = [1.0, 0.0, 0.9, 0.1, 0.0, 1.0, 0.1, 0.9];
         let y = [0, 0, 1, 1];
         let test = [0.05, 1.0, 1.0, 0.05];

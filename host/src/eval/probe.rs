@@ -5,7 +5,15 @@ use super::knn::accuracy;
 use latent_sdk::kit::ops::{matmul, Mat};
 
 /// Trains a linear probe on `(train, train_y)` and returns its top-1 accuracy on `(test, test_y)`.
-pub fn linear_probe(train: &[f32], train_y: &[i64], test: &[f32], test_y: &[i64], d: usize, classes: usize, steps: usize) -> f64 {
+pub fn linear_probe(
+    train: &[f32],
+    train_y: &[i64],
+    test: &[f32],
+    test_y: &[i64],
+    d: usize,
+    classes: usize,
+    steps: usize,
+) -> f64 {
     let n = train.len() / d;
     // standardise with the training statistics
     let mut mean = vec![0.0f64; d];
@@ -21,7 +29,13 @@ pub fn linear_probe(train: &[f32], train_y: &[i64], test: &[f32], test_y: &[i64]
         }
     }
     let std: Vec<f64> = var.iter().map(|v| v.sqrt().max(1e-6)).collect();
-    let norm = |x: &[f32]| -> Vec<f32> { x.chunks(d).flat_map(|r| (0..d).map(|j| ((r[j] as f64 - mean[j]) / std[j]) as f32).collect::<Vec<_>>()).collect() };
+    let norm = |x: &[f32]| -> Vec<f32> {
+        x.chunks(d)
+            .flat_map(|r| {
+                (0..d).map(|j| ((r[j] as f64 - mean[j]) / std[j]) as f32).collect::<Vec<_>>()
+            })
+            .collect()
+    };
     let xtr = norm(train);
     let xte = norm(test);
     let mut w = vec![0.0f32; d * classes];
@@ -65,8 +79,16 @@ pub fn linear_probe(train: &[f32], train_y: &[i64], test: &[f32], test_y: &[i64]
     let mut out = vec![0.0f32; m * classes];
     out.iter_mut().enumerate().for_each(|(i, v)| *v = b[i % classes]);
     matmul(Mat::new(&xte, m, d), Mat::new(&w, d, classes), &mut out, true);
-    let pred: Vec<i64> =
-        out.chunks(classes).map(|r| r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(c, _)| c as i64).unwrap_or(0)).collect();
+    let pred: Vec<i64> = out
+        .chunks(classes)
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(c, _)| c as i64)
+                .unwrap_or(0)
+        })
+        .collect();
     accuracy(&pred, test_y)
 }
 

@@ -5,8 +5,8 @@
 use crate::config::{Config, EvalConfig};
 use crate::data::Dataset;
 use crate::eval;
-use crate::train::learner::build_encoder;
 use crate::plugins::{Encoder, Registry};
+use crate::train::learner::build_encoder;
 use anyhow::{bail, Result};
 use latent_sdk::kit::Tensor;
 use serde::Serialize;
@@ -47,7 +47,8 @@ pub fn features(enc: &mut Encoder, ds: &Dataset) -> Result<(Vec<f32>, usize)> {
     let mut dim = 0;
     for start in (0..ds.len()).step_by(256) {
         let end = (start + 256).min(ds.len());
-        let data: Vec<f32> = ds.images[start * per..end * per].iter().map(|&b| b as f32 / 255.0).collect();
+        let data: Vec<f32> =
+            ds.images[start * per..end * per].iter().map(|&b| b as f32 / 255.0).collect();
         let f = enc.forward(Tensor::new(vec![end - start, c, h, w], data), false)?;
         dim = f.shape[1];
         out.extend_from_slice(&f.data);
@@ -68,14 +69,36 @@ pub fn num_classes(train: &Dataset, test: &Dataset) -> usize {
 
 /// kNN (and optionally the probe) for one set of features.
 #[allow(clippy::too_many_arguments)]
-pub fn row(method: &str, tr: &[f32], tr_y: &[i64], te: &[f32], te_y: &[i64], d: usize, classes: usize, cfg: &EvalConfig, probe: bool) -> Row {
-    let knn = cfg.knn.iter().map(|&(k, t)| (k, t, eval::knn_accuracy(tr, tr_y, te, te_y, d, k, t, classes))).collect();
-    let linear_probe = probe.then(|| eval::linear_probe(tr, tr_y, te, te_y, d, classes, cfg.probe_steps));
+pub fn row(
+    method: &str,
+    tr: &[f32],
+    tr_y: &[i64],
+    te: &[f32],
+    te_y: &[i64],
+    d: usize,
+    classes: usize,
+    cfg: &EvalConfig,
+    probe: bool,
+) -> Row {
+    let knn = cfg
+        .knn
+        .iter()
+        .map(|&(k, t)| (k, t, eval::knn_accuracy(tr, tr_y, te, te_y, d, k, t, classes)))
+        .collect();
+    let linear_probe =
+        probe.then(|| eval::linear_probe(tr, tr_y, te, te_y, d, classes, cfg.probe_steps));
     Row { method: method.to_string(), knn, linear_probe, dim: d }
 }
 
 /// The full report for a trained encoder: itself, random init, raw pixels.
-pub fn full(reg: &Registry, cfg: &Config, trained: &mut Encoder, method: &str, train: &Dataset, test: &Dataset) -> Result<Report> {
+pub fn full(
+    reg: &Registry,
+    cfg: &Config,
+    trained: &mut Encoder,
+    method: &str,
+    train: &Dataset,
+    test: &Dataset,
+) -> Result<Report> {
     if train.labels.is_empty() || test.labels.is_empty() {
         bail!("evaluation needs labels, but dataset '{}' has none", train.name);
     }
@@ -88,10 +111,36 @@ pub fn full(reg: &Registry, cfg: &Config, trained: &mut Encoder, method: &str, t
     let (mut random, _) = build_encoder(reg, cfg, train.shape)?;
     let (tr, d) = features(&mut random, train)?;
     let (te, _) = features(&mut random, test)?;
-    rows.push(row("random init", &tr, &train.labels, &te, &test.labels, d, classes, &cfg.eval, probe));
+    rows.push(row(
+        "random init",
+        &tr,
+        &train.labels,
+        &te,
+        &test.labels,
+        d,
+        classes,
+        &cfg.eval,
+        probe,
+    ));
     let d = train.shape.iter().product();
-    rows.push(row("raw pixels", &pixels(train), &train.labels, &pixels(test), &test.labels, d, classes, &cfg.eval, probe));
-    Ok(Report { dataset: train.name.clone(), queries: test.name.clone(), train_size: train.len(), test_size: test.len(), rows })
+    rows.push(row(
+        "raw pixels",
+        &pixels(train),
+        &train.labels,
+        &pixels(test),
+        &test.labels,
+        d,
+        classes,
+        &cfg.eval,
+        probe,
+    ));
+    Ok(Report {
+        dataset: train.name.clone(),
+        queries: test.name.clone(),
+        train_size: train.len(),
+        test_size: test.len(),
+        rows,
+    })
 }
 
 impl Report {

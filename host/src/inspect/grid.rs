@@ -44,7 +44,12 @@ const FRAME: u32 = 3;
 
 /// The PNG's size for `rows` at `scale`, with a header of column titles when `columns` is not
 /// empty: `(width, height, label width, cell width, cell height)`.
-fn geometry(title: &str, rows: &[Row], columns: &[String], scale: u32) -> (u32, u32, u32, u32, u32) {
+fn geometry(
+    title: &str,
+    rows: &[Row],
+    columns: &[String],
+    scale: u32,
+) -> (u32, u32, u32, u32, u32) {
     let (mut th, mut tw, mut ncol) = (1u32, 1u32, 1u32);
     for r in rows {
         ncol = ncol.max(r.tiles.len() as u32);
@@ -53,8 +58,14 @@ fn geometry(title: &str, rows: &[Row], columns: &[String], scale: u32) -> (u32, 
             tw = tw.max(t.shape[2] as u32 * scale);
         }
     }
-    let label_w = 8 + 8 * rows.iter().map(|r| r.label.chars().count() as u32).max().unwrap_or(0).min(24);
-    let caption_w = 7 * rows.iter().flat_map(|r| r.tiles.iter()).map(|t| t.caption.chars().count() as u32).max().unwrap_or(0);
+    let label_w =
+        8 + 8 * rows.iter().map(|r| r.label.chars().count() as u32).max().unwrap_or(0).min(24);
+    let caption_w = 7 * rows
+        .iter()
+        .flat_map(|r| r.tiles.iter())
+        .map(|t| t.caption.chars().count() as u32)
+        .max()
+        .unwrap_or(0);
     let cell_w = (tw + 2 * FRAME).max(caption_w) + GAP;
     let cell_h = th + 2 * FRAME + CAPTION_H + GAP;
     let head = TITLE_H + if columns.is_empty() { 0 } else { CAPTION_H + 4 };
@@ -65,11 +76,20 @@ fn geometry(title: &str, rows: &[Row], columns: &[String], scale: u32) -> (u32, 
 
 /// Draws `rows` under `title` (and column titles `columns`) into the PNG `path`; returns the
 /// PNG's size and where each image went.
-pub fn draw(path: &Path, title: &str, columns: &[String], rows: &[Row], scale: u32) -> Result<((u32, u32), Layout)> {
+pub fn draw(
+    path: &Path,
+    title: &str,
+    columns: &[String],
+    rows: &[Row],
+    scale: u32,
+) -> Result<((u32, u32), Layout)> {
     ensure!(scale >= 1, "scale must be at least 1");
     crate::inspect::plot::register_font();
     let (w, h, label_w, cell_w, cell_h) = geometry(title, rows, columns, scale);
-    ensure!((w as u64) * (h as u64) <= 100_000_000, "the grid would be {w} × {h} pixels; ask for fewer images");
+    ensure!(
+        (w as u64) * (h as u64) <= 100_000_000,
+        "the grid would be {w} × {h} pixels; ask for fewer images"
+    );
     let mut buf = vec![255u8; (w * h * 3) as usize];
     let head = TITLE_H + if columns.is_empty() { 0 } else { CAPTION_H + 4 };
     let mut layout = Vec::with_capacity(rows.len());
@@ -87,29 +107,48 @@ pub fn draw(path: &Path, title: &str, columns: &[String], rows: &[Row], scale: u
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
         let err = |e: &dyn std::fmt::Display| anyhow!("drawing {}: {e}", path.display());
         let font = |px: u32| ("sans-serif", px).into_font().color(&BLACK);
-        root.draw(&Text::new(title.to_string(), (GAP as i32, 10), font(20))).map_err(|e| err(&e))?;
+        root.draw(&Text::new(title.to_string(), (GAP as i32, 10), font(20)))
+            .map_err(|e| err(&e))?;
         for (ci, c) in columns.iter().enumerate() {
             let x = (label_w + ci as u32 * cell_w) as i32;
             root.draw(&Text::new(c.clone(), (x, TITLE_H as i32), font(14))).map_err(|e| err(&e))?;
         }
         for (ri, row) in rows.iter().enumerate() {
             let y0 = (head + ri as u32 * cell_h) as i32;
-            root.draw(&Text::new(row.label.clone(), (6, y0 + (cell_h as i32 - CAPTION_H as i32) / 2 - 6), font(14))).map_err(|e| err(&e))?;
+            root.draw(&Text::new(
+                row.label.clone(),
+                (6, y0 + (cell_h as i32 - CAPTION_H as i32) / 2 - 6),
+                font(14),
+            ))
+            .map_err(|e| err(&e))?;
             for (ci, t) in row.tiles.iter().enumerate() {
                 let (x, y) = layout[ri][ci];
-                let (tw, th) = ((t.shape[2] as u32 * scale) as i32, (t.shape[1] as u32 * scale) as i32);
+                let (tw, th) =
+                    ((t.shape[2] as u32 * scale) as i32, (t.shape[1] as u32 * scale) as i32);
                 if let Some(c) = t.frame {
                     for k in 1..=FRAME as i32 {
-                        let r = Rectangle::new([(x as i32 - k, y as i32 - k), (x as i32 + tw + k - 1, y as i32 + th + k - 1)], c.stroke_width(1));
+                        let r = Rectangle::new(
+                            [
+                                (x as i32 - k, y as i32 - k),
+                                (x as i32 + tw + k - 1, y as i32 + th + k - 1),
+                            ],
+                            c.stroke_width(1),
+                        );
                         root.draw(&r).map_err(|e| err(&e))?;
                     }
                 }
-                root.draw(&Text::new(t.caption.clone(), (x as i32 - FRAME as i32, y as i32 + th + FRAME as i32 + 2), font(12))).map_err(|e| err(&e))?;
+                root.draw(&Text::new(
+                    t.caption.clone(),
+                    (x as i32 - FRAME as i32, y as i32 + th + FRAME as i32 + 2),
+                    font(12),
+                ))
+                .map_err(|e| err(&e))?;
             }
         }
         root.present().map_err(|e| err(&e))?;
     }
-    image::save_buffer(path, &buf, w, h, image::ExtendedColorType::Rgb8).with_context(|| format!("writing {}", path.display()))?;
+    image::save_buffer(path, &buf, w, h, image::ExtendedColorType::Rgb8)
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(((w, h), layout))
 }
 
@@ -123,16 +162,30 @@ pub fn shade(t: &Tile, c: usize, y: usize, x: usize) -> u8 {
 
 fn range(p: &[f32]) -> (f32, f32) {
     let (lo, hi) = p.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
-    if lo >= 0.0 && hi <= 1.0 { (0.0, 1.0) } else { (lo, hi) }
+    if lo >= 0.0 && hi <= 1.0 {
+        (0.0, 1.0)
+    } else {
+        (lo, hi)
+    }
 }
 
 fn blit(buf: &mut [u8], w: u32, t: &Tile, x0: u32, y0: u32, scale: u32) -> Result<()> {
     let [c, h, wd] = t.shape;
     ensure!(c == 1 || c == 3, "a tile has 1 or 3 channels, got {c}");
-    ensure!(t.pixels.len() == c * h * wd, "a tile of shape {:?} needs {} values, got {}", t.shape, c * h * wd, t.pixels.len());
+    ensure!(
+        t.pixels.len() == c * h * wd,
+        "a tile of shape {:?} needs {} values, got {}",
+        t.shape,
+        c * h * wd,
+        t.pixels.len()
+    );
     for y in 0..h {
         for x in 0..wd {
-            let rgb = if c == 1 { [shade(t, 0, y, x); 3] } else { [shade(t, 0, y, x), shade(t, 1, y, x), shade(t, 2, y, x)] };
+            let rgb = if c == 1 {
+                [shade(t, 0, y, x); 3]
+            } else {
+                [shade(t, 0, y, x), shade(t, 1, y, x), shade(t, 2, y, x)]
+            };
             for dy in 0..scale {
                 for dx in 0..scale {
                     let (px, py) = (x0 + x as u32 * scale + dx, y0 + y as u32 * scale + dy);
@@ -153,9 +206,22 @@ mod tests {
     fn tiles_are_drawn_where_the_layout_says_with_their_own_values() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("g.png");
-        let grey = Tile { shape: [1, 2, 3], pixels: vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0], caption: "a".into(), frame: Some(WRONG) };
-        let normed = Tile { shape: [3, 2, 2], pixels: (0..12).map(|i| i as f32 - 4.0).collect(), caption: "b".into(), frame: None };
-        let rows = vec![Row { label: "first".into(), tiles: vec![grey.clone(), normed.clone()] }, Row { label: "second".into(), tiles: vec![grey.clone()] }];
+        let grey = Tile {
+            shape: [1, 2, 3],
+            pixels: vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+            caption: "a".into(),
+            frame: Some(WRONG),
+        };
+        let normed = Tile {
+            shape: [3, 2, 2],
+            pixels: (0..12).map(|i| i as f32 - 4.0).collect(),
+            caption: "b".into(),
+            frame: None,
+        };
+        let rows = vec![
+            Row { label: "first".into(), tiles: vec![grey.clone(), normed.clone()] },
+            Row { label: "second".into(), tiles: vec![grey.clone()] },
+        ];
         let ((w, h), layout) = draw(&p, "title", &["x".into(), "y".into()], &rows, 4).unwrap();
         let img = image::open(&p).unwrap().to_rgb8();
         assert_eq!(img.dimensions(), (w, h));
@@ -164,7 +230,9 @@ mod tests {
                 let (x, y) = layout[ri][ci];
                 for (py, px) in [(0, 0), (1, 1), (1, t.shape[2] - 1)] {
                     let got = img.get_pixel(x + px as u32 * 4 + 2, y + py as u32 * 4 + 2).0;
-                    let want: Vec<u8> = (0..3).map(|c| shade(t, if t.shape[0] == 1 { 0 } else { c }, py, px)).collect();
+                    let want: Vec<u8> = (0..3)
+                        .map(|c| shade(t, if t.shape[0] == 1 { 0 } else { c }, py, px))
+                        .collect();
                     assert_eq!(got.to_vec(), want, "row {ri} tile {ci} pixel ({py}, {px})");
                 }
             }

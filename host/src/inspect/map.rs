@@ -8,12 +8,12 @@
 //! gives the same map every time. Chosen by a measured comparison on 10,000 points
 //! (docs/ARCHITECTURE.md, "latent map").
 
+use crate::eval::{self, commands as evaluate, report};
+use crate::inspect::plot::PALETTE;
 use crate::inspect::{check_png_path, json_path, shorten};
 use crate::plugins::Registry;
-use crate::eval::{self, commands as evaluate, report};
 use crate::train::learner;
 use anyhow::{anyhow, ensure, Context as _, Result};
-use crate::inspect::plot::PALETTE;
 use plotters::prelude::*;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -63,12 +63,17 @@ pub fn tsne(x: &[f32], d: usize, perplexity: f32, epochs: usize) -> Result<Vec<(
     // perplexity must leave 3·perplexity neighbours in the data
     let perplexity = perplexity.min((n as f32 - 1.0) / 3.0);
     let samples: Vec<&[f32]> = x.chunks_exact(d).collect();
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().context("starting the t-SNE thread")?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .context("starting the t-SNE thread")?;
     let emb = pool.install(|| {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut t = bhtsne::tSNE::<f32, &[f32], 2>::new(&samples);
             t.perplexity(perplexity).epochs(epochs).spectral_init();
-            t.fit_sne(|a, b| a.iter().zip(b.iter()).map(|(p, q)| (p - q) * (p - q)).sum::<f32>().sqrt());
+            t.fit_sne(|a, b| {
+                a.iter().zip(b.iter()).map(|(p, q)| (p - q) * (p - q)).sum::<f32>().sqrt()
+            });
             t.embedding()
         }))
     });
@@ -83,7 +88,12 @@ pub fn map_knn(points: &[(f32, f32)], labels: &[i64]) -> f64 {
     let classes = labels.iter().copied().max().unwrap_or(0) as usize + 1;
     let mut right = 0;
     for (i, p) in points.iter().enumerate() {
-        let mut d: Vec<(f32, usize)> = points.iter().enumerate().filter(|(j, _)| *j != i).map(|(j, q)| ((p.0 - q.0).powi(2) + (p.1 - q.1).powi(2), j)).collect();
+        let mut d: Vec<(f32, usize)> = points
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(j, q)| ((p.0 - q.0).powi(2) + (p.1 - q.1).powi(2), j))
+            .collect();
         d.select_nth_unstable_by(k - 1, |a, b| a.0.total_cmp(&b.0));
         let mut votes = vec![0usize; classes];
         d[..k].iter().for_each(|&(_, j)| votes[labels[j] as usize] += 1);
@@ -93,11 +103,15 @@ pub fn map_knn(points: &[(f32, f32)], labels: &[i64]) -> f64 {
     right as f64 / points.len().max(1) as f64
 }
 
-
 /// Size of map.png: two square panels and the class legend.
 pub const SIZE: (u32, u32) = (1420, 700);
 
-fn draw(path: &Path, panels: [(&str, &[(f32, f32)]); 2], labels: &[i64], classes: &[String]) -> Result<()> {
+fn draw(
+    path: &Path,
+    panels: [(&str, &[(f32, f32)]); 2],
+    labels: &[i64],
+    classes: &[String],
+) -> Result<()> {
     crate::inspect::plot::register_font();
     let err = |e: &dyn std::fmt::Display| anyhow!("plotting {}: {e}", path.display());
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
@@ -114,9 +128,16 @@ fn draw(path: &Path, panels: [(&str, &[(f32, f32)]); 2], labels: &[i64], classes
             .map_err(|e| err(&e))?;
         chart.configure_mesh().disable_mesh().disable_axes().draw().map_err(|e| err(&e))?;
         let color = |i: usize| labels.get(i).map_or(BLACK, |&l| PALETTE[l.rem_euclid(10) as usize]);
-        chart.draw_series(pts.iter().enumerate().map(|(i, &p)| Circle::new(p, 2, color(i).mix(0.8).filled()))).map_err(|e| err(&e))?;
-        area.draw(&Rectangle::new([(10, 40), (area.dim_in_pixel().0 as i32 - 10, area.dim_in_pixel().1 as i32 - 10)], BLACK.mix(0.3).stroke_width(1)))
+        chart
+            .draw_series(
+                pts.iter().enumerate().map(|(i, &p)| Circle::new(p, 2, color(i).mix(0.8).filled())),
+            )
             .map_err(|e| err(&e))?;
+        area.draw(&Rectangle::new(
+            [(10, 40), (area.dim_in_pixel().0 as i32 - 10, area.dim_in_pixel().1 as i32 - 10)],
+            BLACK.mix(0.3).stroke_width(1),
+        ))
+        .map_err(|e| err(&e))?;
     }
     let mut seen: Vec<i64> = labels.to_vec();
     seen.sort_unstable();
@@ -124,8 +145,16 @@ fn draw(path: &Path, panels: [(&str, &[(f32, f32)]); 2], labels: &[i64], classes
     for (row, &l) in seen.iter().enumerate().take(30) {
         let y = 60 + 22 * row as i32;
         let name = classes.get(l as usize).cloned().unwrap_or_else(|| l.to_string());
-        legend.draw(&Circle::new((14, y), 5, PALETTE[l.rem_euclid(10) as usize].filled())).map_err(|e| err(&e))?;
-        legend.draw(&Text::new(shorten(&name, 12), (26, y - 8), ("sans-serif", 14).into_font().color(&BLACK))).map_err(|e| err(&e))?;
+        legend
+            .draw(&Circle::new((14, y), 5, PALETTE[l.rem_euclid(10) as usize].filled()))
+            .map_err(|e| err(&e))?;
+        legend
+            .draw(&Text::new(
+                shorten(&name, 12),
+                (26, y - 8),
+                ("sans-serif", 14).into_font().color(&BLACK),
+            ))
+            .map_err(|e| err(&e))?;
     }
     root.present().map_err(|e| err(&e))?;
     Ok(())
@@ -134,19 +163,39 @@ fn draw(path: &Path, panels: [(&str, &[(f32, f32)]); 2], labels: &[i64], classes
 /// Runs `latent map`.
 pub fn run(reg: &Registry, args: &MapArgs) -> Result<Summary> {
     check_png_path(&args.out)?;
-    ensure!((4..=20_000).contains(&args.max_points), "--max-points must be 4 to 20000, got {}", args.max_points);
-    ensure!(args.perplexity > 0.0 && args.perplexity.is_finite(), "--perplexity must be > 0, got {}", args.perplexity);
-    ensure!((50..=10_000).contains(&args.epochs), "--epochs must be 50 to 10000, got {}", args.epochs);
+    ensure!(
+        (4..=20_000).contains(&args.max_points),
+        "--max-points must be 4 to 20000, got {}",
+        args.max_points
+    );
+    ensure!(
+        args.perplexity > 0.0 && args.perplexity.is_finite(),
+        "--perplexity must be > 0, got {}",
+        args.perplexity
+    );
+    ensure!(
+        (50..=10_000).contains(&args.epochs),
+        "--epochs must be 50 to 10000, got {}",
+        args.epochs
+    );
     let mut cfg = evaluate::run_config(&args.run)?;
     if let Some(s) = &args.data {
         cfg.data.source = s.clone();
     }
     let splits = crate::data::open_data(&cfg)?;
-    let test = splits.test.as_ref().with_context(|| format!("{} has no test split to map", cfg.data.source))?;
+    let test = splits
+        .test
+        .as_ref()
+        .with_context(|| format!("{} has no test split to map", cfg.data.source))?;
     let n = args.max_points.min(test.len());
     ensure!(n >= 4, "{} has {} test images; a map needs at least 4", test.name, test.len());
     let indices: Vec<usize> = (0..n).map(|i| i * test.len() / n).collect();
-    let mut part = crate::data::Dataset { name: test.name.clone(), shape: test.shape, classes: test.classes.clone(), ..Default::default() };
+    let mut part = crate::data::Dataset {
+        name: test.name.clone(),
+        shape: test.shape,
+        classes: test.classes.clone(),
+        ..Default::default()
+    };
     for &i in &indices {
         part.images.extend_from_slice(test.image(i));
         if test.is_labeled() {
@@ -161,11 +210,23 @@ pub fn run(reg: &Registry, args: &MapArgs) -> Result<Summary> {
     eval::normalize_rows(&mut g, d);
     let t0 = std::time::Instant::now();
     let a = tsne(&f, d, args.perplexity, args.epochs).context("mapping the trained features")?;
-    let b = tsne(&g, d, args.perplexity, args.epochs).context("mapping the random-init features")?;
+    let b =
+        tsne(&g, d, args.perplexity, args.epochs).context("mapping the random-init features")?;
     let secs = t0.elapsed().as_secs_f64();
     let knn = part.is_labeled().then(|| (map_knn(&a, &part.labels), map_knn(&b, &part.labels)));
-    let title = |who: &str, k: Option<f64>| format!("{who}: {n} images of {}{}", test.name, k.map_or(String::new(), |k| format!(", 10-NN in the map {:.1}%", k * 100.0)));
-    draw(&args.out, [(&title("trained", knn.map(|k| k.0)), &a), (&title("random init", knn.map(|k| k.1)), &b)], &part.labels, &part.classes)?;
+    let title = |who: &str, k: Option<f64>| {
+        format!(
+            "{who}: {n} images of {}{}",
+            test.name,
+            k.map_or(String::new(), |k| format!(", 10-NN in the map {:.1}%", k * 100.0))
+        )
+    };
+    draw(
+        &args.out,
+        [(&title("trained", knn.map(|k| k.0)), &a), (&title("random init", knn.map(|k| k.1)), &b)],
+        &part.labels,
+        &part.classes,
+    )?;
     let summary = Summary {
         split: test.name.clone(),
         indices,
@@ -177,7 +238,8 @@ pub fn run(reg: &Registry, args: &MapArgs) -> Result<Summary> {
         png: SIZE,
     };
     let json = json_path(&args.out);
-    std::fs::write(&json, serde_json::to_string(&summary)?).with_context(|| format!("writing {}", json.display()))?;
+    std::fs::write(&json, serde_json::to_string(&summary)?)
+        .with_context(|| format!("writing {}", json.display()))?;
     Ok(summary)
 }
 
@@ -193,7 +255,11 @@ mod tests {
         for i in 0..60 {
             let c = i % 3;
             labels.push(c as i64);
-            x.extend((0..8).map(|j| if j == c { 5.0 } else { 0.0 } + ((i * 7 + j * 13) % 10) as f32 * 0.01));
+            x.extend(
+                (0..8).map(
+                    |j| if j == c { 5.0 } else { 0.0 } + ((i * 7 + j * 13) % 10) as f32 * 0.01,
+                ),
+            );
         }
         let a = tsne(&x, 8, 10.0, 300).unwrap();
         assert_eq!(a.len(), 60);

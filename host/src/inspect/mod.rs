@@ -27,7 +27,11 @@ pub fn json_path(png: &Path) -> PathBuf {
 
 /// Checks that `out` names a PNG file.
 pub fn check_png_path(out: &Path) -> Result<()> {
-    ensure!(out.extension().and_then(|e| e.to_str()) == Some("png"), "--out {} must be a .png file", out.display());
+    ensure!(
+        out.extension().and_then(|e| e.to_str()) == Some("png"),
+        "--out {} must be a .png file",
+        out.display()
+    );
     Ok(())
 }
 

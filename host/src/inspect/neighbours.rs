@@ -4,11 +4,11 @@
 //! green frame, one of another class a red one. `neighbours.json` beside the PNG lists every
 //! query and neighbour with its label and similarity.
 
+use crate::data;
+use crate::eval::{self, commands as evaluate, report};
 use crate::inspect::grid::{self, Row, Tile, RIGHT, WRONG};
 use crate::inspect::{check_png_path, json_path};
 use crate::plugins::Registry;
-use crate::data;
-use crate::eval::{self, commands as evaluate, report};
 use anyhow::{ensure, Context as _, Result};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -70,7 +70,11 @@ pub struct Summary {
 /// The `k` rows of `bank` (`[N, d]`, L2-normalized) most similar to `q` (normalized), most
 /// similar first; ties go to the lower index.
 pub fn nearest(bank: &[f32], d: usize, q: &[f32], k: usize) -> Vec<(usize, f32)> {
-    let mut s: Vec<(usize, f32)> = bank.chunks_exact(d).map(|r| r.iter().zip(q).map(|(a, b)| a * b).sum()).enumerate().collect();
+    let mut s: Vec<(usize, f32)> = bank
+        .chunks_exact(d)
+        .map(|r| r.iter().zip(q).map(|(a, b)| a * b).sum())
+        .enumerate()
+        .collect();
     s.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     s.truncate(k);
     s
@@ -110,7 +114,12 @@ pub fn run(reg: &Registry, args: &NeighboursArgs) -> Result<Summary> {
         cfg.data.source = s.clone();
     }
     let splits = crate::data::open_data(&cfg)?;
-    let (train, test) = (&splits.train, splits.test.as_ref().with_context(|| format!("{} has no test split to take queries from", cfg.data.source))?);
+    let (train, test) = (
+        &splits.train,
+        splits.test.as_ref().with_context(|| {
+            format!("{} has no test split to take queries from", cfg.data.source)
+        })?,
+    );
     let mut enc = evaluate::load_encoder(reg, &cfg, &args.run, train.shape)?;
     let (mut bank, d) = report::features(&mut enc, train)?;
     let (mut te, _) = report::features(&mut enc, test)?;
@@ -118,13 +127,20 @@ pub fn run(reg: &Registry, args: &NeighboursArgs) -> Result<Summary> {
     eval::normalize_rows(&mut te, d);
     let n = args.queries.min(test.len());
     let picks = spread(&test.labels, test.len(), n);
-    let name = |ds: &data::Dataset, l: Option<i64>| l.map(|l| ds.classes.get(l as usize).cloned().unwrap_or_else(|| l.to_string()));
+    let name = |ds: &data::Dataset, l: Option<i64>| {
+        l.map(|l| ds.classes.get(l as usize).cloned().unwrap_or_else(|| l.to_string()))
+    };
     let (mut rows, mut queries, mut right, mut shown) = (Vec::new(), Vec::new(), 0usize, 0usize);
     for &qi in &picks {
         let ql = test.labels.get(qi).copied();
         let near = nearest(&bank, d, &te[qi * d..(qi + 1) * d], args.k.min(train.len()));
         let img = |ds: &data::Dataset, i: usize| data::loader::decode(ds, &[i]).data;
-        let mut tiles = vec![Tile { shape: test.shape, pixels: img(test, qi), caption: name(test, ql).map_or("query".into(), |c| format!("query: {c}")), frame: None }];
+        let mut tiles = vec![Tile {
+            shape: test.shape,
+            pixels: img(test, qi),
+            caption: name(test, ql).map_or("query".into(), |c| format!("query: {c}")),
+            frame: None,
+        }];
         let mut ns = Vec::new();
         for &(bi, s) in &near {
             let bl = train.labels.get(bi).copied();
@@ -140,26 +156,43 @@ pub fn run(reg: &Registry, args: &NeighboursArgs) -> Result<Summary> {
                 Some(c) => format!("{c} ({s:.3})"),
                 None => format!("{s:.3}"),
             };
-            tiles.push(Tile { shape: train.shape, pixels: img(train, bi), caption: caption.trim_start().to_string(), frame });
+            tiles.push(Tile {
+                shape: train.shape,
+                pixels: img(train, bi),
+                caption: caption.trim_start().to_string(),
+                frame,
+            });
             ns.push(Neighbour { index: bi, label: bl, similarity: s });
         }
         rows.push(Row { label: format!("#{qi}"), tiles });
         queries.push(Query { index: qi, label: ql, neighbours: ns });
     }
     let precision = (shown > 0).then(|| right as f64 / shown as f64);
-    let columns: Vec<String> = std::iter::once("query".to_string()).chain((1..=args.k.min(train.len())).map(|i| format!("{i}."))).collect();
+    let columns: Vec<String> = std::iter::once("query".to_string())
+        .chain((1..=args.k.min(train.len())).map(|i| format!("{i}.")))
+        .collect();
     let title = format!(
         "nearest neighbours in {} ({} images) of {} queries from {}{}",
         train.name,
         train.len(),
         n,
         test.name,
-        precision.map_or(String::new(), |p| format!(": {:.0}% of the class (red: another class)", p * 100.0))
+        precision.map_or(String::new(), |p| format!(
+            ": {:.0}% of the class (red: another class)",
+            p * 100.0
+        ))
     );
     let (png, _) = grid::draw(&args.out, &title, &columns, &rows, args.scale)?;
-    let summary = Summary { memory_bank: train.name.clone(), queries_from: test.name.clone(), precision, png, queries };
+    let summary = Summary {
+        memory_bank: train.name.clone(),
+        queries_from: test.name.clone(),
+        precision,
+        png,
+        queries,
+    };
     let json = json_path(&args.out);
-    std::fs::write(&json, serde_json::to_string_pretty(&summary)?).with_context(|| format!("writing {}", json.display()))?;
+    std::fs::write(&json, serde_json::to_string_pretty(&summary)?)
+        .with_context(|| format!("writing {}", json.display()))?;
     Ok(summary)
 }
 
@@ -176,7 +209,11 @@ mod tests {
         for ((_, s), want) in got.iter().zip([0.96, 0.8, 0.6]) {
             assert!((s - want).abs() < 1e-6, "{s} against {want}");
         }
-        assert_eq!(nearest(&[1.0, 0.0, 1.0, 0.0], 2, &[1.0, 0.0], 1), vec![(0, 1.0)], "a tie goes to the lower index");
+        assert_eq!(
+            nearest(&[1.0, 0.0, 1.0, 0.0], 2, &[1.0, 0.0], 1),
+            vec![(0, 1.0)],
+            "a tie goes to the lower index"
+        );
     }
 
     #[test]

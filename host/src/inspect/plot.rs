@@ -92,26 +92,42 @@ const LEGEND_WIDTH: u32 = 230;
 /// no panel has a finite point.
 pub fn figure(path: &Path, fig: &Figure) -> Result<bool> {
     register_font();
-    let panels: Vec<&Panel> = fig.panels.iter().filter(|p| p.series.iter().any(|s| s.points.iter().any(finite))).collect();
+    let panels: Vec<&Panel> = fig
+        .panels
+        .iter()
+        .filter(|p| p.series.iter().any(|s| s.points.iter().any(finite)))
+        .collect();
     if panels.is_empty() {
         return Ok(false);
     }
-    let all = || panels.iter().flat_map(|p| p.series.iter()).flat_map(|s| s.points.iter()).filter(|p| finite(p));
+    let all = || {
+        panels
+            .iter()
+            .flat_map(|p| p.series.iter())
+            .flat_map(|s| s.points.iter())
+            .filter(|p| finite(p))
+    };
     let (x0, x1) = all().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
     let x1 = if x1 > x0 { x1 } else { x0 + 1.0 };
     // steps and epochs are whole numbers: no "20.0" on the axis
     let integral = all().all(|p| p.0.fract() == 0.0);
     let err = |e: &dyn std::fmt::Display| anyhow!("plotting {}: {e}", path.display());
-    let root = BitMapBackend::new(path, (WIDTH, PANEL_HEIGHT * panels.len() as u32)).into_drawing_area();
+    let root =
+        BitMapBackend::new(path, (WIDTH, PANEL_HEIGHT * panels.len() as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     for (area, panel) in root.split_evenly((panels.len(), 1)).iter().zip(&panels) {
         let (area, legend) = area.split_horizontally(WIDTH - LEGEND_WIDTH);
-        let pts: Vec<&(f64, f64)> = panel.series.iter().flat_map(|s| s.points.iter()).filter(|p| finite(p)).collect();
+        let pts: Vec<&(f64, f64)> =
+            panel.series.iter().flat_map(|s| s.points.iter()).filter(|p| finite(p)).collect();
         let (y0, y1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
         let pad = ((y1 - y0) * 0.08).max(1e-3 * y1.abs().max(1.0));
         let spe = fig.steps_per_epoch.filter(|s| *s > 0.0).unwrap_or(1.0);
         let mut builder = ChartBuilder::on(&area);
-        builder.caption(&panel.title, ("sans-serif", 20)).margin(12).x_label_area_size(36).y_label_area_size(64);
+        builder
+            .caption(&panel.title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(64);
         if fig.steps_per_epoch.is_some() {
             builder.top_x_label_area_size(36);
         }
@@ -121,19 +137,36 @@ pub fn figure(path: &Path, fig: &Figure) -> Result<bool> {
             .map_err(|e| err(&e))?
             .set_secondary_coord(x0 / spe..x1 / spe, (y0 - pad)..(y1 + pad));
         let fmt = move |x: &f64| if integral { format!("{x:.0}") } else { format!("{x}") };
-        chart.configure_mesh().x_desc(&fig.x_label).y_desc(&panel.y_label).x_label_formatter(&fmt).draw().map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc(&fig.x_label)
+            .y_desc(&panel.y_label)
+            .x_label_formatter(&fmt)
+            .draw()
+            .map_err(|e| err(&e))?;
         if fig.steps_per_epoch.is_some() {
-            let epoch_fmt = |e: &f64| if e.fract() == 0.0 { format!("{e:.0}") } else { format!("{e:.1}") };
-            chart.configure_secondary_axes().x_desc("epoch").x_labels(10).x_label_formatter(&epoch_fmt).draw().map_err(|e| err(&e))?;
+            let epoch_fmt =
+                |e: &f64| if e.fract() == 0.0 { format!("{e:.0}") } else { format!("{e:.1}") };
+            chart
+                .configure_secondary_axes()
+                .x_desc("epoch")
+                .x_labels(10)
+                .x_label_formatter(&epoch_fmt)
+                .draw()
+                .map_err(|e| err(&e))?;
         }
         for (i, s) in panel.series.iter().enumerate() {
             let c = PALETTE[i % PALETTE.len()];
             let points: Vec<(f64, f64)> = s.points.iter().copied().filter(finite).collect();
             let style = c.stroke_width(2);
             if s.dashed {
-                chart.draw_series(DashedLineSeries::new(points, 8, 6, style)).map_err(|e| err(&e))?;
+                chart
+                    .draw_series(DashedLineSeries::new(points, 8, 6, style))
+                    .map_err(|e| err(&e))?;
             } else if points.len() == 1 {
-                chart.draw_series(std::iter::once(Circle::new(points[0], 4, c.filled()))).map_err(|e| err(&e))?;
+                chart
+                    .draw_series(std::iter::once(Circle::new(points[0], 4, c.filled())))
+                    .map_err(|e| err(&e))?;
             } else {
                 chart.draw_series(LineSeries::new(points, style)).map_err(|e| err(&e))?;
             }
@@ -142,12 +175,21 @@ pub fn figure(path: &Path, fig: &Figure) -> Result<bool> {
         for (i, s) in panel.series.iter().enumerate() {
             let c = PALETTE[i % PALETTE.len()];
             let y = 56 + 22 * i as i32;
-            let sample: Vec<(i32, i32)> = if s.dashed { vec![(4, y), (12, y)] } else { vec![(4, y), (28, y)] };
+            let sample: Vec<(i32, i32)> =
+                if s.dashed { vec![(4, y), (12, y)] } else { vec![(4, y), (28, y)] };
             legend.draw(&PathElement::new(sample, c.stroke_width(3))).map_err(|e| err(&e))?;
             if s.dashed {
-                legend.draw(&PathElement::new(vec![(18, y), (28, y)], c.stroke_width(3))).map_err(|e| err(&e))?;
+                legend
+                    .draw(&PathElement::new(vec![(18, y), (28, y)], c.stroke_width(3)))
+                    .map_err(|e| err(&e))?;
             }
-            legend.draw(&Text::new(shorten(&s.name, 27), (36, y - 8), ("sans-serif", 14).into_font().color(&BLACK))).map_err(|e| err(&e))?;
+            legend
+                .draw(&Text::new(
+                    shorten(&s.name, 27),
+                    (36, y - 8),
+                    ("sans-serif", 14).into_font().color(&BLACK),
+                ))
+                .map_err(|e| err(&e))?;
         }
     }
     root.present().map_err(|e| err(&e))?;
@@ -156,7 +198,11 @@ pub fn figure(path: &Path, fig: &Figure) -> Result<bool> {
 
 /// `s` cut to `n` characters, the last one an ellipsis when it is cut.
 pub fn shorten(s: &str, n: usize) -> String {
-    if s.chars().count() <= n { s.to_string() } else { s.chars().take(n - 1).collect::<String>() + "…" }
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        s.chars().take(n - 1).collect::<String>() + "…"
+    }
 }
 
 /// Moving average over `w` points (for a readable loss curve).
@@ -174,7 +220,11 @@ pub fn smooth(points: &[(f64, f64)], w: usize) -> Vec<(f64, f64)> {
 /// Width and height of the PNG at `path`, read from its header; an error when it is not a PNG.
 pub fn png_size(path: &Path) -> Result<(u32, u32)> {
     let bytes = std::fs::read(path).map_err(|e| anyhow!("reading {}: {e}", path.display()))?;
-    anyhow::ensure!(bytes.len() > 24 && &bytes[..8] == b"\x89PNG\r\n\x1a\n" && &bytes[12..16] == b"IHDR", "{} is not a PNG file", path.display());
+    anyhow::ensure!(
+        bytes.len() > 24 && &bytes[..8] == b"\x89PNG\r\n\x1a\n" && &bytes[12..16] == b"IHDR",
+        "{} is not a PNG file",
+        path.display()
+    );
     let be = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
     Ok((be(16), be(20)))
 }
@@ -187,13 +237,22 @@ mod tests {
     fn a_figure_has_one_band_of_height_per_non_empty_panel() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("fig.png");
-        let curve = Series::line("loss", (0..50).map(|i| (i as f64, 1.0 / (1.0 + i as f64))).collect());
+        let curve =
+            Series::line("loss", (0..50).map(|i| (i as f64, 1.0 / (1.0 + i as f64))).collect());
         let fig = Figure {
             x_label: "step".into(),
             steps_per_epoch: Some(10.0),
             panels: vec![
-                Panel { title: "a".into(), y_label: "loss".into(), series: vec![curve.clone(), Series::level("base", 0.5, 0.0, 49.0)] },
-                Panel { title: "empty".into(), y_label: "x".into(), series: vec![Series::line("none", vec![(1.0, f64::NAN)])] },
+                Panel {
+                    title: "a".into(),
+                    y_label: "loss".into(),
+                    series: vec![curve.clone(), Series::level("base", 0.5, 0.0, 49.0)],
+                },
+                Panel {
+                    title: "empty".into(),
+                    y_label: "x".into(),
+                    series: vec![Series::line("none", vec![(1.0, f64::NAN)])],
+                },
                 Panel { title: "b".into(), y_label: "lr".into(), series: vec![curve] },
             ],
         };

@@ -32,7 +32,10 @@ pub fn steps_per_epoch(records: &[Value]) -> Option<f64> {
 }
 
 fn series(records: &[&Value], name: &str, key: &str) -> Series {
-    Series::line(name, records.iter().filter_map(|r| Some((get(r, "step")?, get(r, key)?))).collect())
+    Series::line(
+        name,
+        records.iter().filter_map(|r| Some((get(r, "step")?, get(r, key)?))).collect(),
+    )
 }
 
 /// `loss.png`: loss and its moving average; the learning rate; τ when it moves.
@@ -42,16 +45,27 @@ pub fn loss_figure(records: &[Value]) -> Figure {
     let w = loss.points.len() / 50;
     let mut curves = vec![];
     if w >= 2 {
-        curves.push(Series::line(format!("moving average ({w} steps)"), plot::smooth(&loss.points, w)));
+        curves.push(Series::line(
+            format!("moving average ({w} steps)"),
+            plot::smooth(&loss.points, w),
+        ));
     }
     curves.insert(0, loss);
     let mut panels = vec![
         Panel { title: "training loss".into(), y_label: "loss".into(), series: curves },
-        Panel { title: "learning rate".into(), y_label: "lr".into(), series: vec![series(&steps, "learning rate", "lr")] },
+        Panel {
+            title: "learning rate".into(),
+            y_label: "lr".into(),
+            series: vec![series(&steps, "learning rate", "lr")],
+        },
     ];
     let tau = series(&steps, "target momentum τ", "tau");
     if tau.points.windows(2).any(|w| w[0].1 != w[1].1) {
-        panels.push(Panel { title: "target momentum τ (EMA)".into(), y_label: "τ".into(), series: vec![tau] });
+        panels.push(Panel {
+            title: "target momentum τ (EMA)".into(),
+            y_label: "τ".into(),
+            series: vec![tau],
+        });
     }
     Figure { x_label: "step".into(), steps_per_epoch: steps_per_epoch(records), panels }
 }
@@ -60,7 +74,11 @@ pub fn loss_figure(records: &[Value]) -> Figure {
 /// `eval.json`); the collapse monitor below.
 pub fn eval_figure(records: &[Value], report: Option<&Value>) -> Figure {
     let evals = of_kind(records, "eval");
-    let last_step = of_kind(records, "step").last().and_then(|r| get(r, "step")).or_else(|| evals.last().and_then(|r| get(r, "step"))).unwrap_or(0.0);
+    let last_step = of_kind(records, "step")
+        .last()
+        .and_then(|r| get(r, "step"))
+        .or_else(|| evals.last().and_then(|r| get(r, "step")))
+        .unwrap_or(0.0);
     // kNN runs every `eval.every_epochs`, so the first records may lack it: keys from all
     let mut ks: Vec<u64> = evals
         .iter()
@@ -69,7 +87,8 @@ pub fn eval_figure(records: &[Value], report: Option<&Value>) -> Figure {
         .collect();
     ks.sort_by(|a, b| b.cmp(a));
     ks.dedup();
-    let mut acc: Vec<Series> = ks.iter().map(|k| series(&evals, &format!("kNN@{k}"), &format!("knn_{k}"))).collect();
+    let mut acc: Vec<Series> =
+        ks.iter().map(|k| series(&evals, &format!("kNN@{k}"), &format!("knn_{k}"))).collect();
     let probe = series(&evals, "linear probe", "probe");
     if !probe.points.is_empty() {
         acc.push(probe);
@@ -83,7 +102,9 @@ pub fn eval_figure(records: &[Value], report: Option<&Value>) -> Figure {
             acc.push(Series::level(format!("{name}: probe"), p, 0.0, last_step));
         }
     }
-    let queries = report.and_then(|r| r["queries"].as_str()).map_or("the test split".to_string(), str::to_string);
+    let queries = report
+        .and_then(|r| r["queries"].as_str())
+        .map_or("the test split".to_string(), str::to_string);
     let d = evals.iter().find_map(|r| r["dim"].as_u64());
     let rank_name = d.map_or("effective rank / d".to_string(), |d| format!("effective rank / {d}"));
     let mut rank = series(&evals, &rank_name, "effective_rank");
@@ -94,7 +115,11 @@ pub fn eval_figure(records: &[Value], report: Option<&Value>) -> Figure {
         x_label: "step".into(),
         steps_per_epoch: steps_per_epoch(records),
         panels: vec![
-            Panel { title: format!("top-1 accuracy on {queries}"), y_label: "accuracy".into(), series: acc },
+            Panel {
+                title: format!("top-1 accuracy on {queries}"),
+                y_label: "accuracy".into(),
+                series: acc,
+            },
             Panel {
                 title: "collapse monitor (1: spread over all dimensions, 0: collapsed)".into(),
                 y_label: "fraction".into(),
@@ -107,7 +132,9 @@ pub fn eval_figure(records: &[Value], report: Option<&Value>) -> Figure {
 /// Writes `loss.png` and `eval.png` into the run directory `out`.
 pub fn write(out: &Path) -> Result<()> {
     let records = crate::train::metrics::read(&out.join("metrics.jsonl"))?;
-    let report = std::fs::read_to_string(out.join("eval.json")).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok());
+    let report = std::fs::read_to_string(out.join("eval.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok());
     plot::figure(&out.join("loss.png"), &loss_figure(&records))?;
     plot::figure(&out.join("eval.png"), &eval_figure(&records, report.as_ref()))?;
     Ok(())
@@ -120,7 +147,7 @@ mod tests {
 
     #[test]
     fn eval_png_has_the_accuracies_of_every_evaluation_the_baselines_and_the_collapse_panel() {
-        // issue 15: kNN came only from the keys of the first eval record, which has none when
+        // regression: kNN came only from the keys of the first eval record, which has none when
         // kNN runs every 5 epochs, so eval.png drew the embedding std alone
         let mut records: Vec<Value> = (1..=150).map(|s| json!({"kind": "step", "step": s, "epoch": (s - 1) / 15, "loss": 6.0, "lr": 0.06, "tau": 1.0})).collect();
         records.extend([
@@ -137,7 +164,17 @@ mod tests {
         assert_eq!(f.steps_per_epoch, Some(15.0));
         assert_eq!(f.panels[0].title, "top-1 accuracy on mnist-5k/test");
         let names: Vec<&str> = f.panels[0].series.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["kNN@200", "kNN@20", "linear probe", "random init: kNN@200", "random init: probe", "raw pixels: kNN@200"]);
+        assert_eq!(
+            names,
+            [
+                "kNN@200",
+                "kNN@20",
+                "linear probe",
+                "random init: kNN@200",
+                "random init: probe",
+                "raw pixels: kNN@200"
+            ]
+        );
         assert_eq!(f.panels[0].series[0].points, vec![(75.0, 0.6), (150.0, 0.65)]);
         assert_eq!(f.panels[0].series[2].points, vec![(75.0, 0.9), (150.0, 0.92)]);
         assert_eq!(f.panels[0].series[5].points, vec![(0.0, 0.907), (150.0, 0.907)]);

@@ -36,7 +36,8 @@ pub struct RunRow {
 
 /// A directory holds a run when it has the run marker, or a config.toml beside metrics.jsonl.
 fn is_run(dir: &Path) -> bool {
-    dir.join(crate::train::run_dir::RUN_MARKER).exists() || (dir.join("config.toml").is_file() && dir.join("metrics.jsonl").is_file())
+    dir.join(crate::train::run_dir::RUN_MARKER).exists()
+        || (dir.join("config.toml").is_file() && dir.join("metrics.jsonl").is_file())
 }
 
 /// The run directories under `root` (itself included), at most `depth` levels down, in the
@@ -60,7 +61,8 @@ pub fn find(root: &Path, depth: usize) -> Result<Vec<PathBuf>> {
             }
         }
     }
-    let mtime = |p: &PathBuf| std::fs::metadata(p.join("metrics.jsonl")).and_then(|m| m.modified()).ok();
+    let mtime =
+        |p: &PathBuf| std::fs::metadata(p.join("metrics.jsonl")).and_then(|m| m.modified()).ok();
     out.sort_by(|a, b| mtime(a).cmp(&mtime(b)).then(a.cmp(b)));
     Ok(out)
 }
@@ -72,7 +74,8 @@ fn running(dir: &Path) -> bool {
     if pid == std::process::id() {
         return false;
     }
-    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("latent"))
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| String::from_utf8_lossy(&c).contains("latent"))
 }
 
 /// Reads one run.
@@ -101,16 +104,30 @@ pub fn row(dir: &Path) -> RunRow {
         Err(e) => r.note = Some(format!("config.toml: {e:#}")),
     }
     let records = crate::train::metrics::read(&dir.join("metrics.jsonl")).unwrap_or_default();
-    r.steps = records.iter().filter(|x| x["kind"] == "step").filter_map(|x| x["step"].as_u64()).max().unwrap_or(0);
-    r.train_seconds = records.iter().filter(|x| x["kind"] == "epoch").filter_map(|x| x["seconds"].as_f64()).sum();
-    let report = std::fs::read_to_string(dir.join("eval.json")).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok());
+    r.steps = records
+        .iter()
+        .filter(|x| x["kind"] == "step")
+        .filter_map(|x| x["step"].as_u64())
+        .max()
+        .unwrap_or(0);
+    r.train_seconds =
+        records.iter().filter(|x| x["kind"] == "epoch").filter_map(|x| x["seconds"].as_f64()).sum();
+    let report = std::fs::read_to_string(dir.join("eval.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok());
     if let Some(first) = report.as_ref().and_then(|v| v["rows"].get(0)) {
         r.knn = first["knn"][0][0].as_u64().zip(first["knn"][0][2].as_f64());
         r.probe = first["linear_probe"].as_f64();
-    } else if let Some(last) = records.iter().rev().find(|x| x["kind"] == "eval" && x.as_object().is_some_and(|o| o.keys().any(|k| k.starts_with("knn_")))) {
+    } else if let Some(last) = records.iter().rev().find(|x| {
+        x["kind"] == "eval"
+            && x.as_object().is_some_and(|o| o.keys().any(|k| k.starts_with("knn_")))
+    }) {
         let o = last.as_object().expect("an object");
         // the first kNN setting is the largest k of the defaults; take the largest logged
-        r.knn = o.iter().filter_map(|(k, v)| Some((k.strip_prefix("knn_")?.parse::<u64>().ok()?, v.as_f64()?))).max_by_key(|p| p.0);
+        r.knn = o
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("knn_")?.parse::<u64>().ok()?, v.as_f64()?)))
+            .max_by_key(|p| p.0);
         r.probe = last["probe"].as_f64();
     }
     r.status = if running(dir) {
@@ -132,10 +149,21 @@ pub fn table(rows: &[RunRow], root: &Path) -> String {
         "run", "method", "encoder", "data", "steps", "kNN", "probe", "time", "status"
     );
     for r in rows {
-        let name = r.dir.strip_prefix(root).ok().filter(|p| !p.as_os_str().is_empty()).unwrap_or(&r.dir).display().to_string();
+        let name = r
+            .dir
+            .strip_prefix(root)
+            .ok()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(&r.dir)
+            .display()
+            .to_string();
         let knn = r.knn.map_or("-".into(), |(k, a)| format!("@{k} {:.1}%", a * 100.0));
         let probe = r.probe.map_or("-".into(), |p| format!("{:.1}%", p * 100.0));
-        let time = if r.train_seconds >= 60.0 { format!("{}m{:02}s", (r.train_seconds / 60.0) as u64, r.train_seconds as u64 % 60) } else { format!("{:.0}s", r.train_seconds) };
+        let time = if r.train_seconds >= 60.0 {
+            format!("{}m{:02}s", (r.train_seconds / 60.0) as u64, r.train_seconds as u64 % 60)
+        } else {
+            format!("{:.0}s", r.train_seconds)
+        };
         s += &format!(
             "{:<36} {:<10} {:<20} {:<22} {:>6} {:>11} {:>7} {:>8}  {}{}\n",
             crate::inspect::shorten(&name, 36),
@@ -155,6 +183,7 @@ pub fn table(rows: &[RunRow], root: &Path) -> String {
 
 /// Runs `latent runs`: the rows of every run under `root`.
 pub fn run(root: &Path) -> Result<Vec<RunRow>> {
-    let dirs = find(root, 3).with_context(|| format!("listing the runs under {}", root.display()))?;
+    let dirs =
+        find(root, 3).with_context(|| format!("listing the runs under {}", root.display()))?;
     Ok(dirs.iter().map(|d| row(d)).collect())
 }

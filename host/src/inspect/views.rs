@@ -9,8 +9,8 @@ use crate::data::{self, loader};
 use crate::inspect::grid::{self, Row, Tile};
 use crate::inspect::{check_png_path, json_path, shorten};
 use crate::plugins::Registry;
-use latent_abi::PluginKind;
 use anyhow::{ensure, Context as _, Result};
+use latent_abi::PluginKind;
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -69,41 +69,77 @@ pub fn run(reg: &Registry, args: &ViewsArgs) -> Result<Summary> {
     let splits = crate::data::open_data(&cfg)?;
     let train = &splits.train;
     let views = crate::data::build_views(reg, &cfg)?;
-    let needs_labels = reg.get(&cfg.objective.plugin, PluginKind::Objective).context("config key `objective`")?.manifest.needs_labels;
+    let needs_labels = reg
+        .get(&cfg.objective.plugin, PluginKind::Objective)
+        .context("config key `objective`")?
+        .manifest
+        .needs_labels;
     let base = crate::data::loader_config(&cfg, train, needs_labels)?;
-    let first = loader::epoch_batches(train, &base).with_context(|| format!("config key `train.batch_size` ({})", cfg.train.batch_size))?;
+    let first = loader::epoch_batches(train, &base)
+        .with_context(|| format!("config key `train.batch_size` ({})", cfg.train.batch_size))?;
     let indices: Vec<usize> = first[0].iter().copied().take(args.images).collect();
     let label = |i: usize| train.labels.get(i).copied();
-    let class = |i: usize| label(i).map(|l| train.classes.get(l as usize).cloned().unwrap_or_else(|| l.to_string()));
+    let class = |i: usize| {
+        label(i).map(|l| train.classes.get(l as usize).cloned().unwrap_or_else(|| l.to_string()))
+    };
 
     let mut rows: Vec<Row> = indices
         .iter()
         .map(|&i| {
             let src = data::loader::decode(train, &[i]);
             let name = class(i).map_or(format!("#{i}"), |c| format!("#{i} {c}"));
-            Row { label: name, tiles: vec![Tile { shape: train.shape, pixels: src.data, caption: "image".into(), frame: None }] }
+            Row {
+                label: name,
+                tiles: vec![Tile {
+                    shape: train.shape,
+                    pixels: src.data,
+                    caption: "image".into(),
+                    frame: None,
+                }],
+            }
         })
         .collect();
-    let mut sources: Vec<Source> = indices.iter().map(|&i| Source { index: i, label: label(i), seeds: vec![] }).collect();
+    let mut sources: Vec<Source> =
+        indices.iter().map(|&i| Source { index: i, label: label(i), seeds: vec![] }).collect();
     let mut columns = vec!["image".to_string()];
     for epoch in 0..args.epochs {
         let lc = loader::LoaderConfig { epoch, ..base.clone() };
-        let batch = loader::build_batch(train, &views, &lc, indices.clone()).with_context(|| format!("augmenting the images of epoch {epoch}"))?;
+        let batch = loader::build_batch(train, &views, &lc, indices.clone())
+            .with_context(|| format!("augmenting the images of epoch {epoch}"))?;
         for (v, t) in batch.views.iter().enumerate() {
             columns.push(format!("epoch {epoch}, view {v}"));
             let [_, c, h, w] = [t.shape[0], t.shape[1], t.shape[2], t.shape[3]];
             for (r, &i) in indices.iter().enumerate() {
                 let seed = loader::sample_seed(lc.seed, epoch, i, v);
-                rows[r].tiles.push(Tile { shape: [c, h, w], pixels: t.data[r * c * h * w..(r + 1) * c * h * w].to_vec(), caption: format!("e{epoch} v{v}"), frame: None });
+                rows[r].tiles.push(Tile {
+                    shape: [c, h, w],
+                    pixels: t.data[r * c * h * w..(r + 1) * c * h * w].to_vec(),
+                    caption: format!("e{epoch} v{v}"),
+                    frame: None,
+                });
                 sources[r].seeds.push((epoch, v, seed));
             }
         }
     }
-    let recipe: Vec<String> = cfg.augment.iter().map(|a| format!("{} {}", a.plugin, a.config)).collect();
-    let title = format!("views of {} as the loader makes them (seed {}): {}", train.name, cfg.train.seed, shorten(&recipe.join("; "), 110));
+    let recipe: Vec<String> =
+        cfg.augment.iter().map(|a| format!("{} {}", a.plugin, a.config)).collect();
+    let title = format!(
+        "views of {} as the loader makes them (seed {}): {}",
+        train.name,
+        cfg.train.seed,
+        shorten(&recipe.join("; "), 110)
+    );
     let (png, tiles) = grid::draw(&args.out, &title, &columns, &rows, args.scale)?;
-    let summary = Summary { dataset: train.name.clone(), seed: cfg.train.seed, png, scale: args.scale, images: sources, tiles };
+    let summary = Summary {
+        dataset: train.name.clone(),
+        seed: cfg.train.seed,
+        png,
+        scale: args.scale,
+        images: sources,
+        tiles,
+    };
     let json = json_path(&args.out);
-    std::fs::write(&json, serde_json::to_string_pretty(&summary)?).with_context(|| format!("writing {}", json.display()))?;
+    std::fs::write(&json, serde_json::to_string_pretty(&summary)?)
+        .with_context(|| format!("writing {}", json.display()))?;
     Ok(summary)
 }

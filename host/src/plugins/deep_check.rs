@@ -2,12 +2,12 @@
 //! with its default config (head sizes capped at 64 for objectives) — gradients against finite differences, determinism, finite losses
 //! on degenerate input — one line per check with the worst error.
 
+use abi_stable::std_types::RStr;
 use anyhow::Result;
 use latent_abi::{Context, Manifest, PluginKind, PluginLibRef};
 use latent_sdk::check::{self, FdOptions, ObjectiveCase, TensorError};
 use latent_sdk::kit::gradcheck::random;
 use latent_sdk::kit::Tensor;
-use abi_stable::std_types::RStr;
 
 /// A tensor passes when its relative error is below this.
 pub const TOLERANCE: f64 = 1e-1;
@@ -58,9 +58,21 @@ fn gradients(mut errs: impl FnMut(FdOptions) -> Result<Vec<TensorError>>) -> Res
             a.error = a.error.min(b.error);
         }
     }
-    let worst = e.iter().max_by(|a, b| a.error.total_cmp(&b.error)).ok_or_else(|| anyhow::anyhow!("nothing to check"))?;
-    let bad: Vec<String> = e.iter().filter(|t| !(t.error < TOLERANCE)).map(|t| format!("{} ({:.1e})", t.name, t.error)).collect();
-    anyhow::ensure!(bad.is_empty(), "off in {}: {}", if bad.len() == 1 { "one tensor" } else { "several tensors" }, bad.join(", "));
+    let worst = e
+        .iter()
+        .max_by(|a, b| a.error.total_cmp(&b.error))
+        .ok_or_else(|| anyhow::anyhow!("nothing to check"))?;
+    let bad: Vec<String> = e
+        .iter()
+        .filter(|t| !(t.error < TOLERANCE))
+        .map(|t| format!("{} ({:.1e})", t.name, t.error))
+        .collect();
+    anyhow::ensure!(
+        bad.is_empty(),
+        "off in {}: {}",
+        if bad.len() == 1 { "one tensor" } else { "several tensors" },
+        bad.join(", ")
+    );
     Ok(format!("worst {:.1e} in {} ({} tensors)", worst.error, worst.name, e.len()))
 }
 
@@ -72,7 +84,8 @@ const MAX_DIM: u64 = 64;
 /// The default config with every size key (`*_dim` but `input_dim`) above [`MAX_DIM`] capped;
 /// the JSON text, and `key default → cap` for each key capped.
 fn small_config(default: &str) -> (String, Vec<String>) {
-    let Ok(serde_json::Value::Object(mut cfg)) = serde_json::from_str::<serde_json::Value>(default) else {
+    let Ok(serde_json::Value::Object(mut cfg)) = serde_json::from_str::<serde_json::Value>(default)
+    else {
         return (String::new(), Vec::new());
     };
     let mut shrunk = Vec::new();
@@ -95,7 +108,9 @@ fn objective(lib: PluginLibRef, m: &Manifest) -> bool {
         println!("    (sizes capped at {MAX_DIM} for speed: {})", shrunk.join(", "));
     }
     let new = || -> Result<latent_abi::ObjectiveBox> {
-        (lib.new_objective())(RStr::from_str(&m.name), RStr::from_str(&config), &ctx).into_result().map_err(|e| anyhow::anyhow!("{e}"))
+        (lib.new_objective())(RStr::from_str(&m.name), RStr::from_str(&config), &ctx)
+            .into_result()
+            .map_err(|e| anyhow::anyhow!("{e}"))
     };
     let cfg: serde_json::Value = serde_json::from_str(&m.default_config).unwrap_or_default();
     let dim = cfg.get("input_dim").and_then(|v| v.as_u64()).unwrap_or(16) as usize;
@@ -107,24 +122,46 @@ fn objective(lib: PluginLibRef, m: &Manifest) -> bool {
         ObjectiveCase {
             views: vec![t(seed), t(seed + 1)],
             targets: if m.needs_target { vec![t(seed + 2), t(seed + 3)] } else { vec![] },
-            labels: if m.needs_labels { (0..BATCH as i64).map(|i| i / 2).collect() } else { vec![] },
+            labels: if m.needs_labels {
+                (0..BATCH as i64).map(|i| i / 2).collect()
+            } else {
+                vec![]
+            },
         }
     };
-    let mut ok = line("gradients", new().and_then(|mut o| gradients(|opt| check::objective_gradients(&mut o, &case(1, None), opt))));
+    let mut ok = line(
+        "gradients",
+        new().and_then(|mut o| {
+            gradients(|opt| check::objective_gradients(&mut o, &case(1, None), opt))
+        }),
+    );
     ok &= line(
         "determinism",
         (|| {
             let a = check::objective_bits(&mut new()?, &case(1, None))?;
             let b = check::objective_bits(&mut new()?, &case(1, None))?;
-            anyhow::ensure!(a == b, "two instances with seed 0 differ in {} of {} values", a.iter().zip(&b).filter(|(x, y)| x != y).count(), a.len());
-            Ok(format!("two instances with seed 0: identical bits (loss and {} gradient values)", a.len() - 1))
+            anyhow::ensure!(
+                a == b,
+                "two instances with seed 0 differ in {} of {} values",
+                a.iter().zip(&b).filter(|(x, y)| x != y).count(),
+                a.len()
+            );
+            Ok(format!(
+                "two instances with seed 0: identical bits (loss and {} gradient values)",
+                a.len() - 1
+            ))
         })(),
     );
     ok &= line(
         "finite",
         (|| {
-            for (what, c) in [("zero", case(1, Some(0.0))), ("constant", case(1, Some(0.5))), ("random", case(5, None))] {
-                check::objective_finite(&mut new()?, &c).map_err(|e| e.context(format!("{what} views")))?;
+            for (what, c) in [
+                ("zero", case(1, Some(0.0))),
+                ("constant", case(1, Some(0.5))),
+                ("random", case(5, None)),
+            ] {
+                check::objective_finite(&mut new()?, &c)
+                    .map_err(|e| e.context(format!("{what} views")))?;
             }
             Ok("loss and gradients finite on zero, constant and random views".to_string())
         })(),
@@ -138,13 +175,18 @@ fn encoder(lib: PluginLibRef, m: &Manifest) -> bool {
     let build = || -> Result<(latent_abi::EncoderBox, [usize; 3])> {
         let mut last = None;
         for shape in [[1, 28, 28], [3, 32, 32]] {
-            let mut e = (lib.new_encoder())(RStr::from_str(&m.name), RStr::from_str(""), &ctx).into_result().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut e = (lib.new_encoder())(RStr::from_str(&m.name), RStr::from_str(""), &ctx)
+                .into_result()
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             match e.out_dim(shape.iter().map(|&d| d as u64).collect()).into_result() {
                 Ok(_) => return Ok((e, shape)),
                 Err(err) => last = Some(err),
             }
         }
-        anyhow::bail!("refuses 1x28x28 and 3x32x32 images: {}", last.map(|e| e.to_string()).unwrap_or_default())
+        anyhow::bail!(
+            "refuses 1x28x28 and 3x32x32 images: {}",
+            last.map(|e| e.to_string()).unwrap_or_default()
+        )
     };
     let images = |shape: [usize; 3], fill: Option<f32>| {
         let dims = [4, shape[0], shape[1], shape[2]];
@@ -157,14 +199,30 @@ fn encoder(lib: PluginLibRef, m: &Manifest) -> bool {
             }
         }
     };
-    let mut ok = line("gradients", build().and_then(|(mut e, s)| gradients(|opt| check::encoder_gradients(&mut e, &images(s, None), opt))));
+    let mut ok = line(
+        "gradients",
+        build().and_then(|(mut e, s)| {
+            gradients(|opt| check::encoder_gradients(&mut e, &images(s, None), opt))
+        }),
+    );
     ok &= line(
         "determinism",
         (|| {
             let ((mut a, s), (mut b, _)) = (build()?, build()?);
-            let (x, y) = (check::encoder_bits(&mut a, &images(s, None))?, check::encoder_bits(&mut b, &images(s, None))?);
-            anyhow::ensure!(x == y, "two instances with seed 0 differ in {} of {} values", x.iter().zip(&y).filter(|(p, q)| p != q).count(), x.len());
-            Ok(format!("two instances with seed 0: identical bits ({} feature and gradient values)", x.len()))
+            let (x, y) = (
+                check::encoder_bits(&mut a, &images(s, None))?,
+                check::encoder_bits(&mut b, &images(s, None))?,
+            );
+            anyhow::ensure!(
+                x == y,
+                "two instances with seed 0 differ in {} of {} values",
+                x.iter().zip(&y).filter(|(p, q)| p != q).count(),
+                x.len()
+            );
+            Ok(format!(
+                "two instances with seed 0: identical bits ({} feature and gradient values)",
+                x.len()
+            ))
         })(),
     );
     ok &= line(
@@ -172,7 +230,8 @@ fn encoder(lib: PluginLibRef, m: &Manifest) -> bool {
         (|| {
             for (what, fill) in [("zero", Some(0.0)), ("constant", Some(0.5)), ("random", None)] {
                 let (mut e, s) = build()?;
-                check::encoder_finite(&mut e, &images(s, fill)).map_err(|err| err.context(format!("{what} images")))?;
+                check::encoder_finite(&mut e, &images(s, fill))
+                    .map_err(|err| err.context(format!("{what} images")))?;
             }
             Ok("features and gradients finite on zero, constant and random images".to_string())
         })(),

@@ -13,10 +13,16 @@ use std::sync::Arc;
 
 fn to_tensor(plugin: &str, call: &str, d: TensorDesc) -> Result<Tensor> {
     // A shape whose product overflows would panic the host in Tensor::from_desc.
-    if d.shape.iter().try_fold(1u64, |a, &s| a.checked_mul(s)).and_then(|n| usize::try_from(n).ok()).is_none() {
+    if d.shape
+        .iter()
+        .try_fold(1u64, |a, &s| a.checked_mul(s))
+        .and_then(|n| usize::try_from(n).ok())
+        .is_none()
+    {
         bail!("plugin '{plugin}' returned a bad tensor from `{call}`: shape {:?} has more values than can be addressed", d.shape);
     }
-    Tensor::from_desc(d).with_context(|| format!("plugin '{plugin}' returned a bad tensor from `{call}`"))
+    Tensor::from_desc(d)
+        .with_context(|| format!("plugin '{plugin}' returned a bad tensor from `{call}`"))
 }
 
 fn check_finite(plugin: &str, call: &str, what: &str, data: &[f32]) -> Result<()> {
@@ -62,7 +68,10 @@ macro_rules! param_access {
             fn take_grads(&mut self) -> Result<Vec<Tensor>> {
                 let _w = super::watchdog::enter(&self.name, "take_grads");
                 let v = pres(self.obj.take_grads())?;
-                let g: Vec<Tensor> = v.into_iter().map(|d| to_tensor(&self.name, "take_grads", d)).collect::<Result<_>>()?;
+                let g: Vec<Tensor> = v
+                    .into_iter()
+                    .map(|d| to_tensor(&self.name, "take_grads", d))
+                    .collect::<Result<_>>()?;
                 for t in &g {
                     check_finite(&self.name, "take_grads", "a gradient", &t.data)?;
                 }
@@ -99,7 +108,11 @@ impl Encoder {
         drop(w);
         let y = to_tensor(&self.name, "forward", y?)?;
         if y.shape.len() != 2 || y.shape[0] != n {
-            bail!("plugin '{}' returned features of shape {:?} from `forward`, expected [{n}, D]", self.name, y.shape);
+            bail!(
+                "plugin '{}' returned features of shape {:?} from `forward`, expected [{n}, D]",
+                self.name,
+                y.shape
+            );
         }
         check_finite(&self.name, "forward", "the features", &y.data)?;
         Ok(y)
@@ -129,7 +142,15 @@ impl Objective {
     }
 
     /// One step; checks the loss is finite and each gradient has its view's shape.
-    pub fn compute(&mut self, views: &[Tensor], targets: &[Tensor], labels: &[i64], step: u64, total: u64, train: bool) -> Result<ObjectiveResult> {
+    pub fn compute(
+        &mut self,
+        views: &[Tensor],
+        targets: &[Tensor],
+        labels: &[i64],
+        step: u64,
+        total: u64,
+        train: bool,
+    ) -> Result<ObjectiveResult> {
         let input = ObjectiveInput {
             views: views.iter().cloned().map(Tensor::into_desc).collect(),
             targets: targets.iter().cloned().map(Tensor::into_desc).collect(),
@@ -143,12 +164,25 @@ impl Objective {
         drop(w);
         let out = out?;
         if !out.loss.is_finite() {
-            bail!("plugin '{}' returned a non-finite loss ({}) from `compute` at step {step}", self.name, out.loss);
+            bail!(
+                "plugin '{}' returned a non-finite loss ({}) from `compute` at step {step}",
+                self.name,
+                out.loss
+            );
         }
-        let grads: Vec<Tensor> = out.grads.into_iter().map(|d| to_tensor(&self.name, "compute", d)).collect::<Result<_>>()?;
+        let grads: Vec<Tensor> = out
+            .grads
+            .into_iter()
+            .map(|d| to_tensor(&self.name, "compute", d))
+            .collect::<Result<_>>()?;
         if train {
             if grads.len() != views.len() {
-                bail!("plugin '{}' returned {} gradients from `compute` for {} views", self.name, grads.len(), views.len());
+                bail!(
+                    "plugin '{}' returned {} gradients from `compute` for {} views",
+                    self.name,
+                    grads.len(),
+                    views.len()
+                );
             }
             for (g, v) in grads.iter().zip(views) {
                 if g.shape != v.shape {
@@ -196,7 +230,11 @@ impl Augment {
         let o = pres(self.obj.output_shape(s))?;
         match o[..] {
             [c, h, w] => Ok([c as usize, h as usize, w as usize]),
-            _ => bail!("plugin '{}' returned output shape {:?} from `output_shape`, expected [C, H, W]", self.name, o),
+            _ => bail!(
+                "plugin '{}' returned output shape {:?} from `output_shape`, expected [C, H, W]",
+                self.name,
+                o
+            ),
         }
     }
 
@@ -204,9 +242,18 @@ impl Augment {
     pub fn apply(&self, images: Tensor, seeds: &[u64]) -> Result<Tensor> {
         let (n, c, h, w) = images.dims4("images")?;
         let o = self.output_shape([c, h, w])?;
-        let y = to_tensor(&self.name, "apply", pres(self.obj.apply(images.into_desc(), seeds.iter().copied().collect()))?)?;
+        let y = to_tensor(
+            &self.name,
+            "apply",
+            pres(self.obj.apply(images.into_desc(), seeds.iter().copied().collect()))?,
+        )?;
         if y.shape != [n, o[0], o[1], o[2]] {
-            bail!("plugin '{}' returned shape {:?} from `apply`, expected {:?}", self.name, y.shape, [n, o[0], o[1], o[2]]);
+            bail!(
+                "plugin '{}' returned shape {:?} from `apply`, expected {:?}",
+                self.name,
+                y.shape,
+                [n, o[0], o[1], o[2]]
+            );
         }
         check_finite(&self.name, "apply", "the images", &y.data)?;
         Ok(y)

@@ -1,10 +1,10 @@
 //! The search path, loading libraries with abi_stable (every refusal explained), and the
 //! registry of the plugins found.
 
+use super::handles::{Augment, Encoder, Objective};
 use abi_stable::library::{lib_header_from_path, LibraryError};
 use abi_stable::std_types::{RResult, RStr, RVec};
 use anyhow::{anyhow, bail, Context as _, Result};
-use super::handles::{Augment, Encoder, Objective};
 use latent_abi::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -39,7 +39,8 @@ pub fn search_path(dirs: &[PathBuf]) -> Vec<PathBuf> {
     if let Some(p) = std::env::var_os("LATENT_PLUGIN_PATH") {
         out.extend(std::env::split_paths(&p).filter(|p| !p.as_os_str().is_empty()));
     }
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf))
+    {
         out.push(dir.join("plugins"));
         out.push(dir);
     }
@@ -71,7 +72,9 @@ pub fn load_library(file: &Path) -> Result<PluginLibRef> {
         bail!("{}: no such file", file.display());
     }
     // An absolute path, so that the dynamic loader never searches the system for the name.
-    let abs = file.canonicalize().with_context(|| format!("{}: cannot resolve the path", file.display()))?;
+    let abs = file
+        .canonicalize()
+        .with_context(|| format!("{}: cannot resolve the path", file.display()))?;
     let header = lib_header_from_path(&abs).map_err(|e| explain(file, e))?;
     header.init_root_module::<PluginLibRef>().map_err(|e| explain(file, e))
 }
@@ -123,7 +126,9 @@ pub(crate) fn pres<T>(r: RResult<T, PluginError>) -> Result<T> {
 /// Reads the manifests of a loaded library.
 pub fn manifests(lib: PluginLibRef, file: &Path) -> Result<Vec<Manifest>> {
     let f = lib.manifests();
-    pres(f()).map(RVec::into_vec).with_context(|| format!("{}: reading the plugin manifests", file.display()))
+    pres(f())
+        .map(RVec::into_vec)
+        .with_context(|| format!("{}: reading the plugin manifests", file.display()))
 }
 
 impl Registry {
@@ -140,7 +145,8 @@ impl Registry {
         let mut seen = std::collections::HashSet::new();
         for dir in reg.search_path.clone() {
             let Ok(rd) = std::fs::read_dir(&dir) else { continue };
-            let mut files: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_dylib(p)).collect();
+            let mut files: Vec<PathBuf> =
+                rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_dylib(p)).collect();
             files.sort();
             for file in files {
                 if !seen.insert(file_id(&file)) {
@@ -159,7 +165,8 @@ impl Registry {
                                 reg.shadowed.push((name, prev.file.clone(), file.clone()));
                                 continue;
                             }
-                            reg.entries.insert(name, Entry { manifest: m, file: file.clone(), lib });
+                            reg.entries
+                                .insert(name, Entry { manifest: m, file: file.clone(), lib });
                         }
                     }
                     Err(e) => {
@@ -179,8 +186,14 @@ impl Registry {
     /// The entry for `name`, which must be of `kind`.
     pub fn get(&self, name: &str, kind: PluginKind) -> Result<&Entry> {
         let e = self.entries.get(name).ok_or_else(|| {
-            let names: Vec<&str> = self.entries.values().filter(|e| e.manifest.kind == kind).map(|e| e.manifest.name.as_str()).collect();
-            let dirs: Vec<String> = self.search_path.iter().map(|p| p.display().to_string()).collect();
+            let names: Vec<&str> = self
+                .entries
+                .values()
+                .filter(|e| e.manifest.kind == kind)
+                .map(|e| e.manifest.name.as_str())
+                .collect();
+            let dirs: Vec<String> =
+                self.search_path.iter().map(|p| p.display().to_string()).collect();
             anyhow!(
                 "no {} plugin named '{name}'; available: [{}]; searched: {}",
                 kind.as_str(),
@@ -189,13 +202,23 @@ impl Registry {
             )
         })?;
         if e.manifest.kind != kind {
-            bail!("plugin '{name}' ({}) is an {}, not an {}", e.file.display(), e.manifest.kind.as_str(), kind.as_str());
+            bail!(
+                "plugin '{name}' ({}) is an {}, not an {}",
+                e.file.display(),
+                e.manifest.kind.as_str(),
+                kind.as_str()
+            );
         }
         Ok(e)
     }
 
     /// Builds an encoder.
-    pub fn encoder(&self, name: &str, config: &serde_json::Value, ctx: &Context) -> Result<Encoder> {
+    pub fn encoder(
+        &self,
+        name: &str,
+        config: &serde_json::Value,
+        ctx: &Context,
+    ) -> Result<Encoder> {
         let e = self.get(name, PluginKind::Encoder)?;
         let cfg = config_json(config);
         let obj = pres((e.lib.new_encoder())(RStr::from_str(name), RStr::from_str(&cfg), ctx))?;
@@ -203,7 +226,12 @@ impl Registry {
     }
 
     /// Builds an objective.
-    pub fn objective(&self, name: &str, config: &serde_json::Value, ctx: &Context) -> Result<Objective> {
+    pub fn objective(
+        &self,
+        name: &str,
+        config: &serde_json::Value,
+        ctx: &Context,
+    ) -> Result<Objective> {
         let e = self.get(name, PluginKind::Objective)?;
         let cfg = config_json(config);
         let obj = pres((e.lib.new_objective())(RStr::from_str(name), RStr::from_str(&cfg), ctx))?;
@@ -211,15 +239,24 @@ impl Registry {
     }
 
     /// Builds an augmentation.
-    pub fn augmentation(&self, name: &str, config: &serde_json::Value, ctx: &Context) -> Result<Augment> {
+    pub fn augmentation(
+        &self,
+        name: &str,
+        config: &serde_json::Value,
+        ctx: &Context,
+    ) -> Result<Augment> {
         let e = self.get(name, PluginKind::Augmentation)?;
         let cfg = config_json(config);
-        let obj = pres((e.lib.new_augmentation())(RStr::from_str(name), RStr::from_str(&cfg), ctx))?;
+        let obj =
+            pres((e.lib.new_augmentation())(RStr::from_str(name), RStr::from_str(&cfg), ctx))?;
         Ok(Augment::new(name, obj))
     }
 }
 
 fn config_json(v: &serde_json::Value) -> String {
-    if v.is_null() { String::new() } else { v.to_string() }
+    if v.is_null() {
+        String::new()
+    } else {
+        v.to_string()
+    }
 }
-

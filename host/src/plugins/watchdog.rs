@@ -88,7 +88,8 @@ pub fn arm(timeout_s: u64, run_dir: &Path) -> Option<Armed> {
         cv: Condvar::new(),
     });
     let sh = shared.clone();
-    let spawned = std::thread::Builder::new().name("latent-watchdog".into()).spawn(move || watch(&sh));
+    let spawned =
+        std::thread::Builder::new().name("latent-watchdog".into()).spawn(move || watch(&sh));
     if let Err(e) = spawned {
         tracing::warn!("cannot start the plugin-call watchdog ({e}); a plugin call that never returns will hang the run");
         return None;
@@ -137,7 +138,14 @@ pub fn enter(plugin: &str, call: &'static str) -> CallGuard {
 }
 
 /// The message printed when a call overruns (also used by the tests and the docs).
-pub fn message(plugin: &str, call: &str, timeout_s: u64, step: u64, run_dir: &Path, latest: Option<&Path>) -> String {
+pub fn message(
+    plugin: &str,
+    call: &str,
+    timeout_s: u64,
+    step: u64,
+    run_dir: &Path,
+    latest: Option<&Path>,
+) -> String {
     let run = run_dir.display();
     match latest {
         Some(ck) => format!(
@@ -165,7 +173,14 @@ fn watch(sh: &Shared) {
                 let elapsed = c.started.elapsed();
                 if elapsed >= sh.timeout {
                     let latest = Store::new(&sh.run_dir, 1).latest();
-                    let msg = message(&c.plugin, c.call, sh.timeout.as_secs(), STEP.load(Ordering::Relaxed), &sh.run_dir, latest.as_deref());
+                    let msg = message(
+                        &c.plugin,
+                        c.call,
+                        sh.timeout.as_secs(),
+                        STEP.load(Ordering::Relaxed),
+                        &sh.run_dir,
+                        latest.as_deref(),
+                    );
                     eprintln!("\nerror: {msg}");
                     // The stuck thread cannot be stopped: end the process (see the module docs).
                     std::process::exit(1);
@@ -202,12 +217,20 @@ mod tests {
 
     #[test]
     fn message_names_plugin_call_step_checkpoint_and_resume_command() {
-        let m = message("slow", "compute", 3, 7, Path::new("/r"), Some(Path::new("/r/checkpoints/step-00000006")));
+        let m = message(
+            "slow",
+            "compute",
+            3,
+            7,
+            Path::new("/r"),
+            Some(Path::new("/r/checkpoints/step-00000006")),
+        );
         assert_eq!(
             m,
             "plugin 'slow' did not return from `compute` within 3 s at step 7; the last checkpoint \
              (/r/checkpoints/step-00000006) is intact; resume with: latent train --resume --out /r"
         );
-        assert!(message("slow", "forward", 3, 0, Path::new("/r"), None).contains("no checkpoint was written yet"));
+        assert!(message("slow", "forward", 3, 0, Path::new("/r"), None)
+            .contains("no checkpoint was written yet"));
     }
 }

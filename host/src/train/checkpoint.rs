@@ -71,7 +71,8 @@ fn fsync_dir(dir: &Path) {
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut f =
+        fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     f.write_all(bytes).with_context(|| format!("cannot write {}", path.display()))?;
     f.sync_all().with_context(|| format!("cannot sync {}", path.display()))?;
     Ok(())
@@ -80,18 +81,25 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Writes `bytes` to `path` atomically (temporary file in the same directory, fsync, rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".tmp-{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
+    let tmp =
+        dir.join(format!(".tmp-{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
     write_synced(&tmp, bytes)?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
     fsync_dir(dir);
     Ok(())
 }
 
 /// Serialises tensors to safetensors bytes, with `meta` in the header.
-pub fn to_safetensors(tensors: &BTreeMap<String, Tensor>, meta: HashMap<String, String>) -> Result<Vec<u8>> {
+pub fn to_safetensors(
+    tensors: &BTreeMap<String, Tensor>,
+    meta: HashMap<String, String>,
+) -> Result<Vec<u8>> {
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
         .iter()
-        .map(|(k, t)| (k.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect(), t.shape.clone()))
+        .map(|(k, t)| {
+            (k.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect(), t.shape.clone())
+        })
         .collect();
     let views = bytes
         .iter()
@@ -102,13 +110,19 @@ pub fn to_safetensors(tensors: &BTreeMap<String, Tensor>, meta: HashMap<String, 
 
 /// Reads safetensors bytes (f32 tensors only), naming `origin` in errors.
 pub fn from_safetensors(bytes: &[u8], origin: &Path) -> Result<BTreeMap<String, Tensor>> {
-    let st = SafeTensors::deserialize(bytes).map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file: {e:?}", origin.display()))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| {
+        anyhow::anyhow!("{}: not a valid safetensors file: {e:?}", origin.display())
+    })?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
         if view.dtype() != Dtype::F32 {
             bail!("{}: tensor {name} is {:?}, expected F32", origin.display(), view.dtype());
         }
-        let data = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let data = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         out.insert(name, Tensor::new(view.shape().to_vec(), data));
     }
     Ok(out)
@@ -128,7 +142,9 @@ pub struct Store {
 fn fault_hook(point: &str) -> Result<()> {
     match std::env::var("LATENT_FAULT_CHECKPOINT").ok().as_deref() {
         Some(v) if v == format!("abort-{point}") => std::process::abort(),
-        Some(v) if v == format!("fail-{point}") => bail!("simulated write failure (No space left on device)"),
+        Some(v) if v == format!("fail-{point}") => {
+            bail!("simulated write failure (No space left on device)")
+        }
         _ => Ok(()),
     }
 }
@@ -141,7 +157,8 @@ impl Store {
 
     /// Writes a checkpoint atomically, moves `latest`, prunes old ones; returns its directory.
     pub fn save(&self, ck: &Checkpoint) -> Result<PathBuf> {
-        fs::create_dir_all(&self.dir).with_context(|| format!("cannot create {}", self.dir.display()))?;
+        fs::create_dir_all(&self.dir)
+            .with_context(|| format!("cannot create {}", self.dir.display()))?;
         let name = format!("step-{:08}", ck.state.step);
         let tmp = self.dir.join(format!(".tmp-{name}"));
         let dst = self.dir.join(&name);
@@ -158,7 +175,10 @@ impl Store {
             if dst.exists() {
                 fault_hook("resave-after-tensors")?;
             }
-            write_synced(&tmp.join("state.json"), serde_json::to_string_pretty(&ck.state)?.as_bytes())?;
+            write_synced(
+                &tmp.join("state.json"),
+                serde_json::to_string_pretty(&ck.state)?.as_bytes(),
+            )?;
             fsync_dir(&tmp);
             if dst.exists() {
                 // never delete what `latest` may name: swap the new directory in, then remove
@@ -181,8 +201,12 @@ impl Store {
                 }
                 return Ok(dst);
             }
-            let prev = self.latest().map(|p| p.display().to_string()).unwrap_or_else(|| "none".into());
-            return Err(e.context(format!("writing checkpoint {} failed; the previous checkpoint ({prev}) is intact", dst.display())));
+            let prev =
+                self.latest().map(|p| p.display().to_string()).unwrap_or_else(|| "none".into());
+            return Err(e.context(format!(
+                "writing checkpoint {} failed; the previous checkpoint ({prev}) is intact",
+                dst.display()
+            )));
         }
         self.prune(&name);
         Ok(dst)
@@ -198,7 +222,14 @@ impl Store {
     /// Complete `step-N/` directories, oldest first.
     fn complete_steps(&self) -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = fs::read_dir(&self.dir)
-            .map(|rd| rd.filter_map(|e| Some(e.ok()?.path())).filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(is_step_name) && complete(p)).collect())
+            .map(|rd| {
+                rd.filter_map(|e| Some(e.ok()?.path()))
+                    .filter(|p| {
+                        p.file_name().and_then(|n| n.to_str()).is_some_and(is_step_name)
+                            && complete(p)
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         v.sort();
         v
@@ -206,7 +237,11 @@ impl Store {
 
     fn prune(&self, newest: &str) {
         let mut names: Vec<String> = fs::read_dir(&self.dir)
-            .map(|rd| rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.starts_with("step-")).collect())
+            .map(|rd| {
+                rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|n| n.starts_with("step-"))
+                    .collect()
+            })
             .unwrap_or_default();
         names.sort();
         let excess = names.len().saturating_sub(self.keep);
@@ -227,10 +262,17 @@ impl Store {
         let newest = self.complete_steps().pop()?;
         let why = match fs::read_to_string(self.dir.join("latest")) {
             Err(_) => "is missing".to_string(),
-            Ok(s) if !is_step_name(s.trim()) => format!("does not name a checkpoint of this run ({:?})", s.trim().chars().take(80).collect::<String>()),
+            Ok(s) if !is_step_name(s.trim()) => format!(
+                "does not name a checkpoint of this run ({:?})",
+                s.trim().chars().take(80).collect::<String>()
+            ),
             Ok(s) => format!("names {}, which is incomplete or missing", s.trim()),
         };
-        tracing::warn!("{}/latest {why}; using the newest complete checkpoint, {}", self.dir.display(), newest.display());
+        tracing::warn!(
+            "{}/latest {why}; using the newest complete checkpoint, {}",
+            self.dir.display(),
+            newest.display()
+        );
         Some(newest)
     }
 }
@@ -248,7 +290,8 @@ fn complete(dir: &Path) -> bool {
 fn read_state(dir: &Path) -> Result<TrainState> {
     let f = dir.join("state.json");
     let text = fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: not a valid training state", f.display()))
+    serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a valid training state", f.display()))
 }
 
 /// Swaps two directory entries in one step (Linux: `renameat2(RENAME_EXCHANGE)`); elsewhere, or
@@ -260,7 +303,15 @@ fn exchange(a: &Path, b: &Path) -> Result<()> {
         let ca = std::ffi::CString::new(a.as_os_str().as_bytes())?;
         let cb = std::ffi::CString::new(b.as_os_str().as_bytes())?;
         // SAFETY: two valid NUL-terminated paths; the call only reads them.
-        let r = unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) };
+        let r = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                ca.as_ptr(),
+                libc::AT_FDCWD,
+                cb.as_ptr(),
+                libc::RENAME_EXCHANGE,
+            )
+        };
         if r == 0 {
             return Ok(());
         }
@@ -268,7 +319,8 @@ fn exchange(a: &Path, b: &Path) -> Result<()> {
     let aside = b.with_extension("old");
     let _ = fs::remove_dir_all(&aside);
     fs::rename(b, &aside).with_context(|| format!("cannot move {} aside", b.display()))?;
-    fs::rename(a, b).with_context(|| format!("cannot rename {} to {}", a.display(), b.display()))?;
+    fs::rename(a, b)
+        .with_context(|| format!("cannot rename {} to {}", a.display(), b.display()))?;
     fs::rename(&aside, a).with_context(|| format!("cannot move {} back", aside.display()))?;
     Ok(())
 }
@@ -299,7 +351,11 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     if !path.exists() {
         bail!("{}: no such run directory or checkpoint", path.display());
     }
-    bail!("{}: no checkpoint found (expected {}/latest or a model.safetensors)", path.display(), store.dir.display())
+    bail!(
+        "{}: no checkpoint found (expected {}/latest or a model.safetensors)",
+        path.display(),
+        store.dir.display()
+    )
 }
 
 #[cfg(test)]
@@ -308,7 +364,10 @@ mod tests {
 
     fn ck(step: u64) -> Checkpoint {
         let mut tensors = BTreeMap::new();
-        tensors.insert("encoder.w".to_string(), Tensor::new(vec![2, 2], vec![1.0, -2.0, 3.5, f32::MIN_POSITIVE]));
+        tensors.insert(
+            "encoder.w".to_string(),
+            Tensor::new(vec![2, 2], vec![1.0, -2.0, 3.5, f32::MIN_POSITIVE]),
+        );
         tensors.insert("optim.m.encoder.w".to_string(), Tensor::new(vec![4], vec![0.5; 4]));
         let state = TrainState {
             step,
@@ -335,14 +394,17 @@ mod tests {
         let back = load(dir.path()).unwrap();
         assert_eq!(back.state, ck(30).state);
         assert_eq!(back.tensors, ck(30).tensors);
-        let mut names: Vec<_> = fs::read_dir(&store.dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let mut names: Vec<_> = fs::read_dir(&store.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         names.sort();
         assert_eq!(names, vec!["latest", "step-00000020", "step-00000030"]);
     }
 
     #[test]
     fn saving_a_step_twice_swaps_the_directory_and_leaves_nothing_behind() {
-        // issue 14.2: the second save deleted step-N/ (which `latest` named) before renaming
+        // regression: the second save deleted step-N/ (which `latest` named) before renaming
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(dir.path(), 3);
         store.save(&ck(6)).unwrap();
@@ -351,7 +413,10 @@ mod tests {
         second.state.batch_in_epoch = 0;
         store.save(&second).unwrap();
         assert_eq!(load(dir.path()).unwrap().state, second.state);
-        let mut names: Vec<_> = fs::read_dir(&store.dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let mut names: Vec<_> = fs::read_dir(&store.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         names.sort();
         assert_eq!(names, vec!["latest", "step-00000006"]);
         // the fallback path of `exchange` (another OS, or no RENAME_EXCHANGE) gives the same
@@ -361,12 +426,15 @@ mod tests {
         fs::create_dir(&b).unwrap();
         fs::write(b.join("x"), b"old").unwrap();
         exchange(&a, &b).unwrap();
-        assert_eq!((fs::read(b.join("x")).unwrap(), fs::read(a.join("x")).unwrap()), (b"new".to_vec(), b"old".to_vec()));
+        assert_eq!(
+            (fs::read(b.join("x")).unwrap(), fs::read(a.join("x")).unwrap()),
+            (b"new".to_vec(), b"old".to_vec())
+        );
     }
 
     #[test]
     fn a_missing_corrupt_or_escaping_latest_falls_back_to_the_newest_complete_checkpoint() {
-        // issue 14.4: `echo x > latest` said "no checkpoint found" and the next run overwrote it
+        // regression: `echo x > latest` said "no checkpoint found" and the next run overwrote it
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(dir.path(), 5);
         for s in [2, 4, 6] {
@@ -374,10 +442,19 @@ mod tests {
         }
         let other = tempfile::tempdir().unwrap();
         Store::new(other.path(), 1).save(&ck(99)).unwrap();
-        let escape = format!("../../{}/checkpoints/step-00000099", other.path().file_name().unwrap().to_str().unwrap());
-        for latest in ["x\n", "", "step-00000009", "step-00000004/../step-00000006", escape.as_str(), "/etc"] {
+        let escape = format!(
+            "../../{}/checkpoints/step-00000099",
+            other.path().file_name().unwrap().to_str().unwrap()
+        );
+        for latest in
+            ["x\n", "", "step-00000009", "step-00000004/../step-00000006", escape.as_str(), "/etc"]
+        {
             fs::write(store.dir.join("latest"), latest).unwrap();
-            assert_eq!(store.latest(), Some(store.dir.join("step-00000006")), "latest = {latest:?}");
+            assert_eq!(
+                store.latest(),
+                Some(store.dir.join("step-00000006")),
+                "latest = {latest:?}"
+            );
             assert_eq!(load(dir.path()).unwrap().state.step, 6, "latest = {latest:?}");
         }
         fs::remove_file(store.dir.join("latest")).unwrap();

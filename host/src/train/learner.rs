@@ -20,9 +20,9 @@
 //! training mode it would give the same values bit for bit.
 
 use crate::config::{Config, PluginConfig};
-use crate::train::optim::Optimizer;
 use crate::plugins::handles::ObjectiveResult;
 use crate::plugins::{Encoder, Objective, ParamAccess, Registry};
+use crate::train::optim::Optimizer;
 use anyhow::{bail, Context as _, Result};
 use latent_abi::{Context, ParamDesc, ParamRole};
 use latent_sdk::kit::Tensor;
@@ -69,11 +69,18 @@ fn fill_default(reg: &Registry, pc: &PluginConfig, key: &str, value: usize) -> s
 }
 
 /// Builds an encoder from the config, for images of `input_shape`.
-pub fn build_encoder(reg: &Registry, cfg: &Config, input_shape: [usize; 3]) -> Result<(Encoder, usize)> {
+pub fn build_encoder(
+    reg: &Registry,
+    cfg: &Config,
+    input_shape: [usize; 3],
+) -> Result<(Encoder, usize)> {
     let ctx = Context { seed: cfg.train.seed, ..Default::default() };
     let enc_cfg = fill_default(reg, &cfg.encoder, "in_channels", input_shape[0]);
-    let mut encoder = reg.encoder(&cfg.encoder.plugin, &enc_cfg, &ctx).context("config key `encoder`")?;
-    let dim = encoder.out_dim(input_shape).with_context(|| format!("encoder '{}' cannot take images of shape {input_shape:?}", cfg.encoder.plugin))?;
+    let mut encoder =
+        reg.encoder(&cfg.encoder.plugin, &enc_cfg, &ctx).context("config key `encoder`")?;
+    let dim = encoder.out_dim(input_shape).with_context(|| {
+        format!("encoder '{}' cannot take images of shape {input_shape:?}", cfg.encoder.plugin)
+    })?;
     Ok((encoder, dim))
 }
 
@@ -83,7 +90,9 @@ impl Learner {
         let (mut encoder, feat_dim) = build_encoder(reg, cfg, input_shape)?;
         let ctx = Context { seed: cfg.train.seed.wrapping_add(1), ..Default::default() };
         let obj_cfg = fill_default(reg, &cfg.objective, "input_dim", feat_dim);
-        let mut objective = reg.objective(&cfg.objective.plugin, &obj_cfg, &ctx).context("config key `objective`")?;
+        let mut objective = reg
+            .objective(&cfg.objective.plugin, &obj_cfg, &ctx)
+            .context("config key `objective`")?;
         let enc_params = encoder.params()?;
         let obj_params = objective.params()?;
         let target = if objective.manifest.needs_target {
@@ -93,13 +102,30 @@ impl Learner {
         } else {
             None
         };
-        Ok(Learner { encoder, objective, target, optim: Optimizer::new(cfg.optim.clone())?, enc_params, obj_params, input_shape, feat_dim, target_is_online: true })
+        Ok(Learner {
+            encoder,
+            objective,
+            target,
+            optim: Optimizer::new(cfg.optim.clone())?,
+            enc_params,
+            obj_params,
+            input_shape,
+            feat_dim,
+            target_is_online: true,
+        })
     }
 
     /// One training step on `views` (one `[B,C,H,W]` tensor per view). The answer is the
     /// objective's, with the host's metrics added (`grad_norm` when clipping, `weight_decay`
     /// on a schedule) and no gradients (they went into the encoder's backward).
-    pub fn step(&mut self, views: &[Tensor], labels: &[i64], step: u64, total: u64, lr: f64) -> Result<ObjectiveResult> {
+    pub fn step(
+        &mut self,
+        views: &[Tensor],
+        labels: &[i64],
+        step: u64,
+        total: u64,
+        lr: f64,
+    ) -> Result<ObjectiveResult> {
         let b = views[0].shape[0];
         let x = concat(views)?;
         let feats = self.encoder.forward(x.clone(), true)?;
@@ -111,7 +137,10 @@ impl Learner {
         };
         let labels: &[i64] = if self.objective.manifest.needs_labels { labels } else { &[] };
         if self.objective.manifest.needs_labels && labels.len() != b {
-            bail!("objective '{}' needs labels, but the data has none (use a labelled dataset)", self.objective.name);
+            bail!(
+                "objective '{}' needs labels, but the data has none (use a labelled dataset)",
+                self.objective.name
+            );
         }
         let res = self.objective.compute(&hs, &targets, labels, step, total, true)?;
         self.encoder.backward(concat(&res.grads)?)?;
@@ -120,7 +149,9 @@ impl Learner {
         self.optim.wd = self.optim.cfg.weight_decay_at(step, total);
         let mut eg = take_grads(&mut self.encoder, &self.enc_params)?;
         let mut og = take_grads(&mut self.objective, &self.obj_params)?;
-        let mut trained: Vec<&mut [f32]> = trained_grads(&self.enc_params, &mut eg).chain(trained_grads(&self.obj_params, &mut og)).collect();
+        let mut trained: Vec<&mut [f32]> = trained_grads(&self.enc_params, &mut eg)
+            .chain(trained_grads(&self.obj_params, &mut og))
+            .collect();
         let grad_norm = self.optim.cfg.clip(&mut trained);
         update(&mut self.optim, &mut self.encoder, &self.enc_params, eg, "encoder", lr, tau)?;
         update(&mut self.optim, &mut self.objective, &self.obj_params, og, "objective", lr, tau)?;
@@ -177,14 +208,24 @@ impl Learner {
             load_module(t, &self.enc_params, "target_encoder", tensors)?;
             let trained = |d: &&ParamDesc| matches!(d.role, ParamRole::Weight | ParamRole::NoDecay);
             let (on, tv) = (self.encoder.read_params()?, t.read_params()?);
-            self.target_is_online = self.enc_params.iter().zip(on.iter().zip(&tv)).filter(|(d, _)| trained(d)).all(|(_, (a, b))| a.data == b.data);
+            self.target_is_online = self
+                .enc_params
+                .iter()
+                .zip(on.iter().zip(&tv))
+                .filter(|(d, _)| trained(d))
+                .all(|(_, (a, b))| a.data == b.data);
         }
         self.optim.state.clear();
         // every optimizer moment must belong to a trained parameter and have its size
-        let sizes: BTreeMap<String, usize> = [("encoder", &self.enc_params), ("objective", &self.obj_params)]
-            .into_iter()
-            .flat_map(|(g, ds)| ds.iter().map(move |d| (format!("{g}.{}", d.name), d.shape.iter().product::<u64>() as usize)))
-            .collect();
+        let sizes: BTreeMap<String, usize> =
+            [("encoder", &self.enc_params), ("objective", &self.obj_params)]
+                .into_iter()
+                .flat_map(|(g, ds)| {
+                    ds.iter().map(move |d| {
+                        (format!("{g}.{}", d.name), d.shape.iter().product::<u64>() as usize)
+                    })
+                })
+                .collect();
         for (k, v) in tensors {
             let (name, first) = match (k.strip_prefix("optim.m."), k.strip_prefix("optim.v.")) {
                 (Some(n), _) => (n, true),
@@ -195,11 +236,19 @@ impl Learner {
                 bail!("checkpoint tensor {k} is optimizer state for {name}, which is not a parameter of this encoder or objective");
             };
             if v.len() != n {
-                bail!("checkpoint tensor {k} has {} values (shape {:?}), but {name} has {n}", v.len(), v.shape);
+                bail!(
+                    "checkpoint tensor {k} has {} values (shape {:?}), but {name} has {n}",
+                    v.len(),
+                    v.shape
+                );
             }
             check_finite(k, v)?;
             let st = self.optim.state.entry(name.to_string()).or_default();
-            if first { st.m = v.data.clone() } else { st.v = v.data.clone() }
+            if first {
+                st.m = v.data.clone()
+            } else {
+                st.v = v.data.clone()
+            }
         }
         self.optim.t = optim_t;
         Ok(())
@@ -207,11 +256,20 @@ impl Learner {
 }
 
 /// Loads a module's parameters from checkpoint tensors named `<prefix>.<param>`.
-pub fn load_module(m: &mut dyn ParamAccess, descs: &[ParamDesc], prefix: &str, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+pub fn load_module(
+    m: &mut dyn ParamAccess,
+    descs: &[ParamDesc],
+    prefix: &str,
+    tensors: &BTreeMap<String, Tensor>,
+) -> Result<()> {
     let mut vals = Vec::with_capacity(descs.len());
     for d in descs {
         let key = format!("{prefix}.{}", d.name);
-        let t = tensors.get(&key).with_context(|| format!("the checkpoint has no tensor {key} (was it written with another {prefix} config?)"))?;
+        let t = tensors.get(&key).with_context(|| {
+            format!(
+                "the checkpoint has no tensor {key} (was it written with another {prefix} config?)"
+            )
+        })?;
         let want: Vec<usize> = d.shape.iter().map(|&s| s as usize).collect();
         if t.shape != want {
             bail!("checkpoint tensor {key} has shape {:?}, the {prefix} expects {want:?}", t.shape);
@@ -237,7 +295,11 @@ pub fn concat(ts: &[Tensor]) -> Result<Tensor> {
     let mut data = Vec::with_capacity(first.len() * ts.len());
     for t in ts {
         if t.shape[1..] != first.shape[1..] {
-            bail!("views have different shapes: {:?} and {:?} (give every view the same output size)", first.shape, t.shape);
+            bail!(
+                "views have different shapes: {:?} and {:?} (give every view the same output size)",
+                first.shape,
+                t.shape
+            );
         }
         data.extend_from_slice(&t.data);
     }
@@ -261,17 +323,39 @@ fn take_grads(m: &mut dyn ParamAccess, descs: &[ParamDesc]) -> Result<Vec<Tensor
     }
     let grads = m.take_grads()?;
     if grads.len() != descs.len() {
-        bail!("plugin '{}' returned {} gradients for {} parameters", m.name(), grads.len(), descs.len());
+        bail!(
+            "plugin '{}' returned {} gradients for {} parameters",
+            m.name(),
+            grads.len(),
+            descs.len()
+        );
     }
     Ok(grads)
 }
 
 /// The gradients the optimizer will apply: of trained parameters, not frozen this step.
-fn trained_grads<'a>(descs: &'a [ParamDesc], grads: &'a mut [Tensor]) -> impl Iterator<Item = &'a mut [f32]> + 'a {
-    descs.iter().zip(grads.iter_mut()).filter(|(d, g)| matches!(d.role, ParamRole::Weight | ParamRole::NoDecay) && !g.data.is_empty()).map(|(_, g)| g.data.as_mut_slice())
+fn trained_grads<'a>(
+    descs: &'a [ParamDesc],
+    grads: &'a mut [Tensor],
+) -> impl Iterator<Item = &'a mut [f32]> + 'a {
+    descs
+        .iter()
+        .zip(grads.iter_mut())
+        .filter(|(d, g)| {
+            matches!(d.role, ParamRole::Weight | ParamRole::NoDecay) && !g.data.is_empty()
+        })
+        .map(|(_, g)| g.data.as_mut_slice())
 }
 
-fn update(optim: &mut Optimizer, m: &mut dyn ParamAccess, descs: &[ParamDesc], grads: Vec<Tensor>, prefix: &str, lr: f64, tau: f64) -> Result<()> {
+fn update(
+    optim: &mut Optimizer,
+    m: &mut dyn ParamAccess,
+    descs: &[ParamDesc],
+    grads: Vec<Tensor>,
+    prefix: &str,
+    lr: f64,
+    tau: f64,
+) -> Result<()> {
     if descs.is_empty() {
         return Ok(());
     }
@@ -295,7 +379,9 @@ fn update(optim: &mut Optimizer, m: &mut dyn ParamAccess, descs: &[ParamDesc], g
     for i in 0..descs.len() {
         if descs[i].role == ParamRole::Target {
             let Some(src) = descs[i].ema_of.as_ref().into_option() else { continue };
-            let j = descs.iter().position(|d| d.name == *src).with_context(|| format!("plugin '{name}': target {} follows unknown parameter {src}", descs[i].name))?;
+            let j = descs.iter().position(|d| d.name == *src).with_context(|| {
+                format!("plugin '{name}': target {} follows unknown parameter {src}", descs[i].name)
+            })?;
             let online = vals[j].data.clone();
             ema(&mut vals[i].data, &online, tau);
         }
@@ -310,7 +396,12 @@ fn ema(target: &mut [f32], online: &[f32], tau: f64) {
     }
 }
 
-fn ema_encoder(target: &mut Encoder, online: &mut Encoder, descs: &[ParamDesc], tau: f64) -> Result<()> {
+fn ema_encoder(
+    target: &mut Encoder,
+    online: &mut Encoder,
+    descs: &[ParamDesc],
+    tau: f64,
+) -> Result<()> {
     let on = online.read_params()?;
     let mut tv = target.read_params()?;
     for ((d, t), o) in descs.iter().zip(tv.iter_mut()).zip(&on) {

@@ -16,7 +16,11 @@ impl MetricsLog {
     /// Opens (appending) `dir/metrics.jsonl`.
     pub fn open(dir: &Path) -> Result<MetricsLog> {
         let path = dir.join("metrics.jsonl");
-        let f = OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
         Ok(MetricsLog { path, out: BufWriter::new(f) })
     }
 
@@ -25,7 +29,8 @@ impl MetricsLog {
         let mut obj = Map::new();
         obj.insert("kind".into(), kind.into());
         obj.extend(fields);
-        writeln!(self.out, "{}", Value::Object(obj)).with_context(|| format!("cannot write {}", self.path.display()))
+        writeln!(self.out, "{}", Value::Object(obj))
+            .with_context(|| format!("cannot write {}", self.path.display()))
     }
 
     /// Flushes to disk.
@@ -36,6 +41,7 @@ impl MetricsLog {
 
 /// Reads every record of a `metrics.jsonl` (skipping a torn last line).
 pub fn read(path: &Path) -> Result<Vec<Value>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
 }

@@ -19,16 +19,21 @@ pub mod run_dir;
 pub mod signals;
 
 use crate::config::Config;
-use crate::data::{self, build_views, loader_config, open_data, recipe_warning, view_shape, Dataset};
+use crate::data::{
+    self, build_views, loader_config, open_data, recipe_warning, view_shape, Dataset,
+};
 use crate::eval::report;
 use crate::plugins::Registry;
+use anyhow::{bail, Context as _, Result};
 use checkpoint::{Checkpoint, Store, TrainState};
 use learner::Learner;
 use metrics::MetricsLog;
 use online_eval::online_eval;
 use optim::Schedule;
-use run_dir::{config_diff, config_hash, default_out, drop_metrics_after, epoch_losses, prepare_out, text_hash, RUN_MARKER};
-use anyhow::{bail, Context as _, Result};
+use run_dir::{
+    config_diff, config_hash, default_out, drop_metrics_after, epoch_losses, prepare_out,
+    text_hash, RUN_MARKER,
+};
 use serde_json::{json, Map};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -90,9 +95,13 @@ pub fn resolve(args: &TrainArgs) -> Result<Plan> {
     }
     let out = args.out.clone().context("--resume needs --out RUN_DIR (the run to continue)")?;
     if !out.join(RUN_MARKER).exists() && !out.join("config.toml").exists() {
-        bail!("{}: no run to resume: not a latent run directory (no {RUN_MARKER} or config.toml)", out.display());
+        bail!(
+            "{}: no run to resume: not a latent run directory (no {RUN_MARKER} or config.toml)",
+            out.display()
+        );
     }
-    let cfg = Config::load(Some(&out.join("config.toml")), &[]).context("reading the run's config.toml")?;
+    let cfg = Config::load(Some(&out.join("config.toml")), &[])
+        .context("reading the run's config.toml")?;
     if args.config.is_some() {
         let asked = Config::load(args.config.as_deref(), &args.sets)?;
         if asked != cfg {
@@ -106,7 +115,11 @@ pub fn resolve(args: &TrainArgs) -> Result<Plan> {
     // Extending a run: only its length may change (train.epochs, train.max_steps).
     let asked = Config::load(Some(&out.join("config.toml")), &args.sets)?;
     let changed = config_diff(&cfg.to_toml()?, &asked.to_toml()?);
-    let other: Vec<String> = changed.into_iter().filter(|k| !LENGTH_KEYS.contains(&k.as_str())).map(|k| format!("`{k}`")).collect();
+    let other: Vec<String> = changed
+        .into_iter()
+        .filter(|k| !LENGTH_KEYS.contains(&k.as_str()))
+        .map(|k| format!("`{k}`"))
+        .collect();
     if !other.is_empty() {
         bail!(
             "--resume can change only the run's length ({}); {} would change too: start a new run for that",
@@ -186,11 +199,17 @@ impl Run {
         let learner = Learner::build(&reg, &cfg, shape)?;
         let needs_labels = learner.objective.manifest.needs_labels;
         if needs_labels && train.labels.is_empty() {
-            bail!("objective '{}' needs labels, but {} has none", cfg.objective.plugin, cfg.data.source);
+            bail!(
+                "objective '{}' needs labels, but {} has none",
+                cfg.objective.plugin,
+                cfg.data.source
+            );
         }
         let bs = cfg.train.batch_size;
         let loader = loader_config(&cfg, &train, needs_labels)?;
-        let steps_per_epoch = data::loader::epoch_batches(&train, &loader).with_context(|| format!("config key `train.batch_size` ({bs})"))?.len() as u64;
+        let steps_per_epoch = data::loader::epoch_batches(&train, &loader)
+            .with_context(|| format!("config key `train.batch_size` ({bs})"))?
+            .len() as u64;
         let mut total = steps_per_epoch * cfg.train.epochs;
         if cfg.train.max_steps > 0 {
             total = if total == 0 { cfg.train.max_steps } else { total.min(cfg.train.max_steps) };
@@ -236,10 +255,23 @@ impl Run {
             Some(p) => (p, config_hash(p)?),
             None => (&self.cfg, self.hash.clone()),
         };
-        let same = ck.state.config_hash == expected_hash || written_by_an_older_latent(ck.state.config.as_deref(), expected);
+        let same = ck.state.config_hash == expected_hash
+            || written_by_an_older_latent(ck.state.config.as_deref(), expected);
         if !same {
-            let keys: Vec<String> = ck.state.config.as_deref().map(|old| config_diff(old, &self.config_text)).unwrap_or_default().iter().map(|k| format!("`{k}`")).collect();
-            let which = if keys.is_empty() { String::new() } else { format!(": {} differ{}", keys.join(", "), if keys.len() == 1 { "s" } else { "" }) };
+            let keys: Vec<String> = ck
+                .state
+                .config
+                .as_deref()
+                .map(|old| config_diff(old, &self.config_text))
+                .unwrap_or_default()
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect();
+            let which = if keys.is_empty() {
+                String::new()
+            } else {
+                format!(": {} differ{}", keys.join(", "), if keys.len() == 1 { "s" } else { "" })
+            };
             bail!(
                 "the checkpoint in {} was written with another config than {}/config.toml{which} (hash {} vs {}); undo the change, or start a new run",
                 out.display(),
@@ -259,7 +291,8 @@ impl Run {
         }
         self.learner.load_state(&ck.tensors, ck.state.optim_t)?;
         self.last_loss = ck.state.last_loss;
-        let mut at = Position { step: ck.state.step, epoch: ck.state.epoch, batch: ck.state.batch_in_epoch };
+        let mut at =
+            Position { step: ck.state.step, epoch: ck.state.epoch, batch: ck.state.batch_in_epoch };
         // the checkpoint at the end of a run keeps the last epoch's number; a run extended from
         // there goes on with the next epoch's data order
         let spe = self.steps_per_epoch;
@@ -267,7 +300,15 @@ impl Run {
             at.epoch = at.step / spe;
         }
         drop_metrics_after(out, at.step, at.batch > 0)?;
-        tracing::info!("resuming {} at step {} (epoch {}, batch {})", out.display(), at.step, at.epoch, at.batch);
+        // the repair replaced metrics.jsonl: append to the new file, not the one it replaced
+        self.log = MetricsLog::open(out)?;
+        tracing::info!(
+            "resuming {} at step {} (epoch {}, batch {})",
+            out.display(),
+            at.step,
+            at.epoch,
+            at.batch
+        );
         Ok(at)
     }
 
@@ -305,27 +346,41 @@ impl Run {
         );
         let bar = indicatif::ProgressBar::new(total);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  ETA {eta}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  ETA {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         bar.set_position(at.step);
         // resumed inside an epoch: its mean loss counts the steps logged before the stop too
-        let mut resumed_loss = if at.batch > 0 { epoch_losses(&self.out, at.epoch, at.step) } else { (0.0, 0) };
+        let mut resumed_loss =
+            if at.batch > 0 { epoch_losses(&self.out, at.epoch, at.step) } else { (0.0, 0) };
         while at.step < total {
             let mut epoch_loss = std::mem::take(&mut resumed_loss);
             let mut alarms_told = std::collections::BTreeSet::new();
             let t_epoch = Instant::now();
             let mut t_last = Instant::now();
             let epoch = at.epoch;
-            let info = latent_abi::EpochInfo { epoch, epochs: self.cfg.train.epochs, steps_per_epoch: spe };
-            self.learner.objective.begin_epoch(info).with_context(|| format!("starting epoch {epoch}"))?;
+            let info = latent_abi::EpochInfo {
+                epoch,
+                epochs: self.cfg.train.epochs,
+                steps_per_epoch: spe,
+            };
+            self.learner
+                .objective
+                .begin_epoch(info)
+                .with_context(|| format!("starting epoch {epoch}"))?;
             // Resuming mid-epoch rebuilds the epoch's plan and skips the batches already done.
-            let loader = data::Loader::new(self.train.clone(), self.views.clone(), &data::LoaderConfig { epoch, ..self.loader.clone() })?;
+            let loader = data::Loader::new(
+                self.train.clone(),
+                self.views.clone(),
+                &data::LoaderConfig { epoch, ..self.loader.clone() },
+            )?;
             for batch in loader.skip(at.batch as usize) {
                 if at.step >= total {
                     break;
                 }
                 let step = at.step;
-                let batch = batch.with_context(|| format!("loading batch {} of epoch {epoch}", at.batch))?;
+                let batch = batch
+                    .with_context(|| format!("loading batch {} of epoch {epoch}", at.batch))?;
                 let lr = self.sched.lr(step);
                 crate::plugins::watchdog::set_step(step);
                 let res = self.learner.step(&batch.views, &batch.labels, step, total, lr).with_context(|| {
@@ -362,7 +417,9 @@ impl Run {
                 self.log.write("step", f)?;
                 bar.set_position(step);
                 bar.set_message(format!("loss {:.4}  {:.0} img/s", res.loss, n_img as f64 / dt));
-                if self.cfg.train.checkpoint_every > 0 && step % self.cfg.train.checkpoint_every == 0 {
+                if self.cfg.train.checkpoint_every > 0
+                    && step % self.cfg.train.checkpoint_every == 0
+                {
                     // metrics.jsonl holds every step up to the checkpoint, whatever ends the process later
                     self.log.flush()?;
                     self.save(at)?;
@@ -388,11 +445,25 @@ impl Run {
             f.insert("loss".into(), json!(mean));
             f.insert("seconds".into(), json!(t_epoch.elapsed().as_secs_f64()));
             self.log.write("epoch", f)?;
-            tracing::info!("epoch {epoch}: mean loss {mean:.4} ({:.1} s)", t_epoch.elapsed().as_secs_f64());
+            tracing::info!(
+                "epoch {epoch}: mean loss {mean:.4} ({:.1} s)",
+                t_epoch.elapsed().as_secs_f64()
+            );
             let next_epoch = if finished_epoch && step < total { epoch + 1 } else { epoch };
             if step < total {
-                let knn = self.cfg.eval.every_epochs > 0 && (epoch + 1) % self.cfg.eval.every_epochs == 0;
-                online_eval(&mut self.learner, &self.cfg, &self.train, self.test.as_ref(), epoch, step, knn, None, &mut self.log)?;
+                let knn =
+                    self.cfg.eval.every_epochs > 0 && (epoch + 1) % self.cfg.eval.every_epochs == 0;
+                online_eval(
+                    &mut self.learner,
+                    &self.cfg,
+                    &self.train,
+                    self.test.as_ref(),
+                    epoch,
+                    step,
+                    knn,
+                    None,
+                    &mut self.log,
+                )?;
             }
             self.log.flush()?; // before the checkpoint, as above
             if let Err(e) = crate::inspect::plots::write(&self.out) {
@@ -400,7 +471,11 @@ impl Run {
             }
             // the step budget ran out inside an epoch: record how far into it, so that a run
             // extended from here (`--resume --set train.max_steps=N`) continues that epoch's plan
-            let saved = if step % spe.max(1) == 0 { Position { step, epoch: next_epoch, batch: 0 } } else { at };
+            let saved = if step % spe.max(1) == 0 {
+                Position { step, epoch: next_epoch, batch: 0 }
+            } else {
+                at
+            };
             self.save(saved)?;
             at = Position { step, epoch: next_epoch, batch: 0 };
         }
@@ -415,10 +490,30 @@ impl Run {
         if let Some(test) = &self.test {
             if !self.train.labels.is_empty() {
                 let method = format!("{} ({})", self.cfg.objective.plugin, self.cfg.encoder.plugin);
-                let rep = report::full(&self.reg, &self.cfg, &mut self.learner.encoder, &method, &self.train, test)?;
+                let rep = report::full(
+                    &self.reg,
+                    &self.cfg,
+                    &mut self.learner.encoder,
+                    &method,
+                    &self.train,
+                    test,
+                )?;
                 // the last point of eval.png is the report's own row, not computed a second time
-                online_eval(&mut self.learner, &self.cfg, &self.train, Some(test), at.epoch, at.step, false, rep.rows.first(), &mut self.log)?;
-                checkpoint::write_atomic(&self.out.join("eval.json"), serde_json::to_string_pretty(&rep)?.as_bytes())?;
+                online_eval(
+                    &mut self.learner,
+                    &self.cfg,
+                    &self.train,
+                    Some(test),
+                    at.epoch,
+                    at.step,
+                    false,
+                    rep.rows.first(),
+                    &mut self.log,
+                )?;
+                checkpoint::write_atomic(
+                    &self.out.join("eval.json"),
+                    serde_json::to_string_pretty(&rep)?.as_bytes(),
+                )?;
                 summary = rep.table();
             }
         }
@@ -436,5 +531,8 @@ impl Run {
 /// other words (before config.toml wrote f32 values in their shortest form): its TOML, read
 /// back, is `expected`.
 fn written_by_an_older_latent(checkpoint_toml: Option<&str>, expected: &Config) -> bool {
-    checkpoint_toml.and_then(|t| t.parse::<toml::Table>().ok()).and_then(|t| Config::from_table(t).ok()).is_some_and(|c| &c == expected)
+    checkpoint_toml
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .and_then(|t| Config::from_table(t).ok())
+        .is_some_and(|c| &c == expected)
 }

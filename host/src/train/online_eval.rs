@@ -42,7 +42,9 @@ pub fn online_eval(
     f.insert("collapse_std".into(), json!(std));
     f.insert("effective_rank".into(), json!(rank));
     f.insert("dim".into(), json!(d));
-    let mut line = format!("after epoch {epoch}: embedding std·√d {std:.3}, effective rank {rank:.1} (of {d})");
+    let mut line = format!(
+        "after epoch {epoch}: embedding std·√d {std:.3}, effective rank {rank:.1} (of {d})"
+    );
     if let Some(row) = known {
         for &(k, _, acc) in &row.knn {
             f.insert(format!("knn_{k}"), json!(acc));
@@ -57,12 +59,21 @@ pub fn online_eval(
             let (tr, _) = report::features(&mut learner.encoder, train)?;
             let classes = report::num_classes(train, test);
             for &(k, t) in &cfg.eval.knn {
-                let acc = eval::knn_accuracy(&tr, &train.labels, &te, &test.labels, d, k, t, classes);
+                let acc =
+                    eval::knn_accuracy(&tr, &train.labels, &te, &test.labels, d, k, t, classes);
                 f.insert(format!("knn_{k}"), json!(acc));
                 line += &format!("; kNN@{k} {:.2}%", acc * 100.0);
             }
             if cfg.eval.linear_probe {
-                let acc = eval::linear_probe(&tr, &train.labels, &te, &test.labels, d, classes, cfg.eval.probe_steps);
+                let acc = eval::linear_probe(
+                    &tr,
+                    &train.labels,
+                    &te,
+                    &test.labels,
+                    d,
+                    classes,
+                    cfg.eval.probe_steps,
+                );
                 f.insert("probe".into(), json!(acc));
                 line += &format!("; linear probe {:.2}%", acc * 100.0);
             }
@@ -71,4 +82,3 @@ pub fn online_eval(
     tracing::info!("{line}");
     log.write("eval", f)
 }
-

@@ -193,8 +193,18 @@ impl Schedule {
     /// The schedule of `cfg` for a run of `total` steps, `steps_per_epoch` per epoch.
     pub fn new(cfg: &OptimConfig, batch_size: usize, total: u64, steps_per_epoch: u64) -> Schedule {
         let base = if cfg.scale_lr_by_batch { cfg.lr * batch_size as f64 / 256.0 } else { cfg.lr };
-        let warmup = if cfg.warmup_steps > 0 { cfg.warmup_steps } else { (cfg.warmup_epochs * steps_per_epoch as f64).round() as u64 };
-        Schedule { base, warmup: warmup.min(total), total, cosine: cfg.schedule == LrSchedule::Cosine, min_lr: cfg.min_lr }
+        let warmup = if cfg.warmup_steps > 0 {
+            cfg.warmup_steps
+        } else {
+            (cfg.warmup_epochs * steps_per_epoch as f64).round() as u64
+        };
+        Schedule {
+            base,
+            warmup: warmup.min(total),
+            total,
+            cosine: cfg.schedule == LrSchedule::Cosine,
+            min_lr: cfg.min_lr,
+        }
     }
 
     /// Learning rate at step `s` (from 0).
@@ -206,7 +216,8 @@ impl Schedule {
             return self.base;
         }
         let p = (s - self.warmup) as f64 / (self.total - self.warmup) as f64;
-        self.min_lr + (self.base - self.min_lr) * (1.0 + (std::f64::consts::PI * p.min(1.0)).cos()) / 2.0
+        self.min_lr
+            + (self.base - self.min_lr) * (1.0 + (std::f64::consts::PI * p.min(1.0)).cos()) / 2.0
     }
 }
 
@@ -295,7 +306,11 @@ impl Optimizer {
                 let d: Vec<f32> = w.iter().zip(g).map(|(wi, gi)| gi + wd * wi).collect();
                 let wn = w.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
                 let dn = d.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
-                let r = if decay && wn > 0.0 && dn > 0.0 { (c.trust_coefficient * wn / dn) as f32 } else { 1.0 };
+                let r = if decay && wn > 0.0 && dn > 0.0 {
+                    (c.trust_coefficient * wn / dn) as f32
+                } else {
+                    1.0
+                };
                 for i in 0..w.len() {
                     st.m[i] = mu * st.m[i] + r * d[i];
                     w[i] -= lr32 * st.m[i];
@@ -320,7 +335,10 @@ mod tests {
         o.begin_step();
         o.update("w", ParamRole::Weight, &mut w, &[0.5, 0.25], 0.1);
         // g = (0.5 + 0.01, 0.25 - 0.02) = (0.51, 0.23); b = g; w -= 0.1 b
-        assert!((w[0] - (1.0 - 0.051)).abs() < 1e-7 && (w[1] - (-2.0 - 0.023)).abs() < 1e-7, "{w:?}");
+        assert!(
+            (w[0] - (1.0 - 0.051)).abs() < 1e-7 && (w[1] - (-2.0 - 0.023)).abs() < 1e-7,
+            "{w:?}"
+        );
         o.begin_step();
         o.update("w", ParamRole::Weight, &mut w, &[0.5, 0.25], 0.1);
         // g0 = 0.5 + 0.01*0.949 = 0.50949; b0 = 0.9*0.51 + 0.50949 = 0.96849; w0 = 0.949 - 0.096849
@@ -337,7 +355,12 @@ mod tests {
 
     #[test]
     fn sgd_nesterov_matches_hand_computed_steps() {
-        let mut o = Optimizer::new(OptimConfig { nesterov: true, weight_decay: 0.0, ..cfg(OptimizerKind::Sgd) }).unwrap();
+        let mut o = Optimizer::new(OptimConfig {
+            nesterov: true,
+            weight_decay: 0.0,
+            ..cfg(OptimizerKind::Sgd)
+        })
+        .unwrap();
         let mut w = vec![1.0f32];
         o.begin_step();
         o.update("w", ParamRole::Weight, &mut w, &[1.0], 0.1);
@@ -370,7 +393,9 @@ mod tests {
 
     #[test]
     fn lars_matches_hand_computed_step_and_skips_no_decay() {
-        let mut o = Optimizer::new(OptimConfig { trust_coefficient: 0.001, ..cfg(OptimizerKind::Lars) }).unwrap();
+        let mut o =
+            Optimizer::new(OptimConfig { trust_coefficient: 0.001, ..cfg(OptimizerKind::Lars) })
+                .unwrap();
         let mut w = vec![3.0f32, 4.0];
         o.begin_step();
         o.update("w", ParamRole::Weight, &mut w, &[0.0, 1.0], 0.1);
@@ -393,22 +418,30 @@ mod tests {
         assert!((s.lr(10) - 1.0).abs() < 1e-12);
         assert!((s.lr(60) - 0.5).abs() < 1e-12, "half way through the cosine");
         assert!(s.lr(110).abs() < 1e-12);
-        let scaled = Schedule::new(&OptimConfig { lr: 0.3, scale_lr_by_batch: true, ..Default::default() }, 512, 100, 10);
+        let scaled = Schedule::new(
+            &OptimConfig { lr: 0.3, scale_lr_by_batch: true, ..Default::default() },
+            512,
+            100,
+            10,
+        );
         assert!((scaled.base - 0.6).abs() < 1e-12);
-        let by_epoch = Schedule::new(&OptimConfig { warmup_epochs: 2.0, ..Default::default() }, 256, 100, 10);
+        let by_epoch =
+            Schedule::new(&OptimConfig { warmup_epochs: 2.0, ..Default::default() }, 256, 100, 10);
         assert_eq!(by_epoch.warmup, 20);
     }
 
     #[test]
     fn weight_decay_follows_a_cosine_to_its_end_value() {
-        let c = OptimConfig { weight_decay: 0.04, weight_decay_end: Some(0.4), ..Default::default() };
+        let c =
+            OptimConfig { weight_decay: 0.04, weight_decay_end: Some(0.4), ..Default::default() };
         assert!((c.weight_decay_at(0, 100) - 0.04).abs() < 1e-12);
         assert!((c.weight_decay_at(50, 100) - 0.22).abs() < 1e-12);
         assert!((c.weight_decay_at(100, 100) - 0.4).abs() < 1e-12);
         let flat = OptimConfig { weight_decay: 0.04, ..Default::default() };
         assert_eq!(flat.weight_decay_at(50, 100), 0.04);
         // the optimizer uses the decay of the step it is given
-        let mut o = Optimizer::new(OptimConfig { name: OptimizerKind::Sgd, momentum: 0.0, ..c }).unwrap();
+        let mut o =
+            Optimizer::new(OptimConfig { name: OptimizerKind::Sgd, momentum: 0.0, ..c }).unwrap();
         o.wd = o.cfg.weight_decay_at(100, 100);
         let mut w = vec![1.0f32];
         o.begin_step();
@@ -429,7 +462,10 @@ mod tests {
         let (mut a, mut b) = (vec![3.0f32, 4.0], vec![0.0f32, 12.0]);
         global.clip(&mut [&mut a, &mut b]);
         // ‖(a, b)‖ = 13: everything times 1/13
-        assert!((a[0] - 3.0 / 13.0).abs() < 1e-6 && (b[1] - 12.0 / 13.0).abs() < 1e-6, "{a:?} {b:?}");
+        assert!(
+            (a[0] - 3.0 / 13.0).abs() < 1e-6 && (b[1] - 12.0 / 13.0).abs() < 1e-6,
+            "{a:?} {b:?}"
+        );
         let none = OptimConfig::default();
         let mut a = vec![30.0f32];
         none.clip(&mut [&mut a]);
@@ -440,16 +476,26 @@ mod tests {
     fn bad_values_are_refused_by_key() {
         // names are enums: an unknown one is refused when the config is read, with the list
         let e = toml::from_str::<OptimConfig>("name = \"adam\"").unwrap_err().to_string();
-        assert!(e.contains("unknown variant `adam`") && e.contains("`sgd`, `adamw`, `lars`"), "{e}");
+        assert!(
+            e.contains("unknown variant `adam`") && e.contains("`sgd`, `adamw`, `lars`"),
+            "{e}"
+        );
         let e = toml::from_str::<OptimConfig>("schedule = \"step\"").unwrap_err().to_string();
-        assert!(e.contains("unknown variant `step`") && e.contains("`cosine` or `constant`"), "{e}");
+        assert!(
+            e.contains("unknown variant `step`") && e.contains("`cosine` or `constant`"),
+            "{e}"
+        );
         let e = Optimizer::new(OptimConfig { lr: -1.0, ..Default::default() }).unwrap_err();
         assert!(e.to_string().contains("optim.lr"), "{e}");
-        let e = Optimizer::new(OptimConfig { clip_grad: Some(0.0), ..Default::default() }).unwrap_err();
+        let e =
+            Optimizer::new(OptimConfig { clip_grad: Some(0.0), ..Default::default() }).unwrap_err();
         assert!(e.to_string().contains("optim.clip_grad"), "{e}");
-        let e = Optimizer::new(OptimConfig { clip_grad_norm: Some(-1.0), ..Default::default() }).unwrap_err();
+        let e = Optimizer::new(OptimConfig { clip_grad_norm: Some(-1.0), ..Default::default() })
+            .unwrap_err();
         assert!(e.to_string().contains("optim.clip_grad_norm"), "{e}");
-        let e = Optimizer::new(OptimConfig { weight_decay_end: Some(f64::NAN), ..Default::default() }).unwrap_err();
+        let e =
+            Optimizer::new(OptimConfig { weight_decay_end: Some(f64::NAN), ..Default::default() })
+                .unwrap_err();
         assert!(e.to_string().contains("optim.weight_decay_end"), "{e}");
     }
 }

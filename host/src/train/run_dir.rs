@@ -19,7 +19,10 @@ pub fn text_hash(text: &str) -> String {
 }
 
 pub fn default_out(cfg: &Config) -> PathBuf {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     PathBuf::from("runs").join(format!("{}-{}-{secs}", cfg.objective.plugin, cfg.encoder.plugin))
 }
 
@@ -35,7 +38,12 @@ pub struct RunLock {
 pub fn lock_run(out: &Path) -> Result<RunLock> {
     use std::io::{Read, Seek, Write};
     let path = out.join(".lock");
-    let mut f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
         .with_context(|| format!("cannot open the run lock {}", path.display()))?;
     #[cfg(unix)]
     {
@@ -88,11 +96,16 @@ pub fn prepare_out(out: &Path, resume: bool) -> Result<RunLock> {
         );
     }
     if resume && !is_run {
-        bail!("{}: no run to resume (no {RUN_MARKER}, config.toml or checkpoints there)", out.display());
+        bail!(
+            "{}: no run to resume (no {RUN_MARKER}, config.toml or checkpoints there)",
+            out.display()
+        );
     }
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create the run directory {}", out.display()))?;
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("cannot create the run directory {}", out.display()))?;
     let probe = out.join(".write-test");
-    std::fs::write(&probe, b"ok").with_context(|| format!("the run directory {} is not writable", out.display()))?;
+    std::fs::write(&probe, b"ok")
+        .with_context(|| format!("the run directory {} is not writable", out.display()))?;
     let _ = std::fs::remove_file(probe);
     let ck = out.join("checkpoints");
     if ck.exists() && !ck.is_dir() {
@@ -108,12 +121,20 @@ pub fn prepare_out(out: &Path, resume: bool) -> Result<RunLock> {
     }
     if !resume && is_run {
         // an earlier attempt that failed before its first checkpoint: start clean
-        for f in ["metrics.jsonl", "eval.json", "loss.png", "eval.png", "collapse.png", "config.toml"] {
+        for f in
+            ["metrics.jsonl", "eval.json", "loss.png", "eval.png", "collapse.png", "config.toml"]
+        {
             let _ = std::fs::remove_file(out.join(f));
         }
-        tracing::warn!("{}: the earlier attempt there left no checkpoint; starting the run afresh", out.display());
+        tracing::warn!(
+            "{}: the earlier attempt there left no checkpoint; starting the run afresh",
+            out.display()
+        );
     }
-    checkpoint::write_atomic(&out.join(RUN_MARKER), format!("latent run directory, ABI {}\n", latent_abi::ABI_VERSION).as_bytes())?;
+    checkpoint::write_atomic(
+        &out.join(RUN_MARKER),
+        format!("latent run directory, ABI {}\n", latent_abi::ABI_VERSION).as_bytes(),
+    )?;
     Ok(lock)
 }
 
@@ -136,7 +157,8 @@ pub fn drop_metrics_after(out: &Path, step: u64, mid_epoch: bool) -> Result<()> 
         .map(|l| format!("{l}\n"))
         .collect();
     if keep != text {
-        checkpoint::write_atomic(&path, keep.as_bytes()).with_context(|| format!("cannot rewrite {}", path.display()))?;
+        checkpoint::write_atomic(&path, keep.as_bytes())
+            .with_context(|| format!("cannot rewrite {}", path.display()))?;
     }
     Ok(())
 }
@@ -145,14 +167,18 @@ pub fn drop_metrics_after(out: &Path, step: u64, mid_epoch: bool) -> Result<()> 
 pub fn config_diff(a: &str, b: &str) -> Vec<String> {
     fn flat(prefix: &str, v: &toml::Value, out: &mut std::collections::BTreeMap<String, String>) {
         match v {
-            toml::Value::Table(t) => t.iter().for_each(|(k, v)| flat(&if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") }, v, out)),
+            toml::Value::Table(t) => t.iter().for_each(|(k, v)| {
+                flat(&if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") }, v, out)
+            }),
             v => {
                 out.insert(prefix.to_string(), v.to_string());
             }
         }
     }
     let (mut fa, mut fb) = (Default::default(), Default::default());
-    let (Ok(ta), Ok(tb)) = (a.parse::<toml::Table>(), b.parse::<toml::Table>()) else { return vec![] };
+    let (Ok(ta), Ok(tb)) = (a.parse::<toml::Table>(), b.parse::<toml::Table>()) else {
+        return vec![];
+    };
     flat("", &toml::Value::Table(ta), &mut fa);
     flat("", &toml::Value::Table(tb), &mut fb);
     let keys: std::collections::BTreeSet<&String> = fa.keys().chain(fb.keys()).collect();
@@ -163,8 +189,11 @@ pub fn config_diff(a: &str, b: &str) -> Vec<String> {
 pub fn epoch_losses(out: &Path, epoch: u64, step: u64) -> (f64, u64) {
     let recs = super::metrics::read(&out.join("metrics.jsonl")).unwrap_or_default();
     recs.iter()
-        .filter(|r| r["kind"] == "step" && r["epoch"].as_u64() == Some(epoch) && r["step"].as_u64().is_some_and(|s| s <= step))
+        .filter(|r| {
+            r["kind"] == "step"
+                && r["epoch"].as_u64() == Some(epoch)
+                && r["step"].as_u64().is_some_and(|s| s <= step)
+        })
         .filter_map(|r| r["loss"].as_f64())
         .fold((0.0, 0), |(s, n), l| (s + l, n + 1))
 }
-

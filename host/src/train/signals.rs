@@ -36,7 +36,6 @@ pub fn install() {
     });
 }
 
-
 /// The first signal received since [`install`] (0: none).
 pub fn received() -> i32 {
     SIGNAL.load(Ordering::SeqCst)

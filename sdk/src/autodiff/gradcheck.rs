@@ -26,7 +26,12 @@ pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
 /// Checks d f / d inputs and d f / d every trainable parameter of `m`, with step `h`, in
 /// training mode. `f` must be a scalar and deterministic; buffers (running statistics) are
 /// restored around every evaluation.
-pub fn check<M: Module + ?Sized>(m: &mut M, inputs: &[Tensor], h: f32, f: impl Fn(&mut M, &Graph, &[Var]) -> Var) -> Vec<Checked> {
+pub fn check<M: Module + ?Sized>(
+    m: &mut M,
+    inputs: &[Tensor],
+    h: f32,
+    f: impl Fn(&mut M, &Graph, &[Var]) -> Var,
+) -> Vec<Checked> {
     let snap = snapshot(m);
     let value = |m: &mut M, xs: &[Tensor]| -> f64 {
         let g = Graph::no_grad(true);

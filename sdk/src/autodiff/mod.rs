@@ -168,7 +168,11 @@ impl Graph {
     /// A `Var` from values; `what` names it in errors.
     pub fn from_vec(&self, rows: usize, cols: usize, data: Vec<f32>) -> Var {
         if rows * cols != data.len() {
-            fail(format!("a [{rows}, {cols}] tensor needs {} values, got {}", rows * cols, data.len()));
+            fail(format!(
+                "a [{rows}, {cols}] tensor needs {} values, got {}",
+                rows * cols,
+                data.len()
+            ));
         }
         Var { t: self.0.dev.tensor_from_vec(data, (rows, cols)), g: self.clone(), id: next_id() }
     }
@@ -210,8 +214,17 @@ impl Graph {
     pub fn backward(&self, loss: &Var) -> anyhow::Result<Gradients> {
         anyhow::ensure!(self.records(), "backward on a graph made with Graph::no_grad");
         anyhow::ensure!(loss.g.same(self), "backward of a loss from another graph");
-        anyhow::ensure!(loss.dims() == (1, 1), "the loss must be a scalar [1, 1], got {:?}", loss.dims());
-        let tape = self.0.tape.borrow_mut().take().ok_or_else(|| anyhow::anyhow!("backward ran twice on one graph"))?;
+        anyhow::ensure!(
+            loss.dims() == (1, 1),
+            "the loss must be a scalar [1, 1], got {:?}",
+            loss.dims()
+        );
+        let tape = self
+            .0
+            .tape
+            .borrow_mut()
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("backward ran twice on one graph"))?;
         let l = loss.t.clone().put_tape(tape).sum::<(), _>();
         let grads = l.backward();
         Ok(Gradients { grads, params: self.0.params.borrow().clone() })
@@ -221,7 +234,12 @@ impl Graph {
     /// d loss / d features).
     pub fn backward_from(&self, y: &Var, dy: &Tensor) -> anyhow::Result<Gradients> {
         let (r, c) = as_2d(&dy.shape)?;
-        anyhow::ensure!((r, c) == y.dims(), "gradient of shape {:?} for an output of shape {:?}", dy.shape, y.dims());
+        anyhow::ensure!(
+            (r, c) == y.dims(),
+            "gradient of shape {:?} for an output of shape {:?}",
+            dy.shape,
+            y.dims()
+        );
         let d = self.from_vec(r, c, dy.data.clone());
         self.backward(&(y * &d).sum())
     }
@@ -247,7 +265,14 @@ impl Graph {
     /// Adds a hand-written operation: `out` is computed from `inputs`' values by the caller,
     /// and `backward(dy, dxs)` adds d loss / d input `k` into `dxs[k]` (each the length of that
     /// input) given d loss / d out. This is how the kit's fast kernels enter the tape.
-    pub fn custom<F>(&self, inputs: &[&Var], rows: usize, cols: usize, out: Vec<f32>, backward: F) -> Var
+    pub fn custom<F>(
+        &self,
+        inputs: &[&Var],
+        rows: usize,
+        cols: usize,
+        out: Vec<f32>,
+        backward: F,
+    ) -> Var
     where
         F: 'static + FnOnce(&[f32], &mut [Vec<f32>]),
     {
@@ -282,7 +307,9 @@ pub(crate) fn pick_graph(vars: &[&Var]) -> Option<Graph> {
     for v in vars {
         if v.g.records() {
             match rec {
-                Some(g) if !g.same(&v.g) => fail("an operation on Vars of two different graphs".into()),
+                Some(g) if !g.same(&v.g) => {
+                    fail("an operation on Vars of two different graphs".into())
+                }
                 _ => rec = Some(&v.g),
             }
         }
@@ -321,7 +348,8 @@ impl Gradients {
     /// Adds each parameter's gradient into the `Param` of the same name in `m` (trainable ones
     /// only). Returns how many parameters received a gradient.
     pub fn add_to_params(&mut self, m: &mut (impl Module + ?Sized)) -> usize {
-        let mut by_name: std::collections::HashMap<String, Vec<f32>> = std::collections::HashMap::new();
+        let mut by_name: std::collections::HashMap<String, Vec<f32>> =
+            std::collections::HashMap::new();
         let params = std::mem::take(&mut self.params);
         for (name, t, _) in &params {
             let g = self.grads.get_or_alloc_mut(t).map(|g| g.to_vec()).unwrap_or_default();

@@ -89,7 +89,15 @@ impl BatchNorm1d {
     pub fn new(init: &Init, channels: usize) -> BatchNorm1d {
         // the kit's parameters (names, roles, defaults), on the tape here
         let k = crate::kit::BatchNorm::new(init, channels);
-        BatchNorm1d { weight: k.weight, bias: k.bias, running_mean: k.running_mean, running_var: k.running_var, eps: k.eps, momentum: k.momentum, affine: true }
+        BatchNorm1d {
+            weight: k.weight,
+            bias: k.bias,
+            running_mean: k.running_mean,
+            running_var: k.running_var,
+            eps: k.eps,
+            momentum: k.momentum,
+            affine: true,
+        }
     }
 
     /// Without γ and β (PyTorch's `BatchNorm1d(C, affine=False)`).
@@ -107,7 +115,10 @@ impl BatchNorm1d {
         let y = if g.train() {
             let n = x.rows();
             if n < 2 {
-                super::fail(format!("batch-norm in training needs at least 2 rows, got {:?}", x.dims()));
+                super::fail(format!(
+                    "batch-norm in training needs at least 2 rows, got {:?}",
+                    x.dims()
+                ));
             }
             let mean = x.mean_cols();
             let xc = x - &mean;
@@ -116,7 +127,8 @@ impl BatchNorm1d {
             let unbias = n as f32 / (n - 1) as f32;
             for k in 0..c {
                 self.running_mean.value[k] = (1.0 - m) * self.running_mean.value[k] + m * vals[k];
-                self.running_var.value[k] = (1.0 - m) * self.running_var.value[k] + m * vars[k] * unbias;
+                self.running_var.value[k] =
+                    (1.0 - m) * self.running_var.value[k] + m * vars[k] * unbias;
             }
             xc / (var + self.eps).sqrt()
         } else {
@@ -124,7 +136,11 @@ impl BatchNorm1d {
             let rv = g.param(&self.running_var);
             (x - rm) / (rv + self.eps).sqrt()
         };
-        if self.affine { y * g.param(&self.weight) + g.param(&self.bias) } else { y }
+        if self.affine {
+            y * g.param(&self.weight) + g.param(&self.bias)
+        } else {
+            y
+        }
     }
 }
 
@@ -156,15 +172,34 @@ pub struct Conv2d {
 
 impl Conv2d {
     /// `in_ch → out_ch` with a `kernel`×`kernel` window.
-    pub fn new(init: &Init, in_ch: usize, out_ch: usize, kernel: usize, stride: usize, padding: usize) -> Conv2d {
-        let weight = init.kaiming_uniform("weight", vec![out_ch, in_ch, kernel, kernel], in_ch * kernel * kernel);
+    pub fn new(
+        init: &Init,
+        in_ch: usize,
+        out_ch: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Conv2d {
+        let weight = init.kaiming_uniform(
+            "weight",
+            vec![out_ch, in_ch, kernel, kernel],
+            in_ch * kernel * kernel,
+        );
         Conv2d { weight, stride, padding, groups: 1 }
     }
 
     /// `x` `[N, C·H·W]` with `chw` to `[N, O·H'·W']` and `[O, H', W']`.
     pub fn forward(&self, g: &Graph, x: &Var, chw: [usize; 3]) -> (Var, [usize; 3]) {
         let k = [self.weight.shape[2], self.weight.shape[3]];
-        super::ops::conv2d(x, chw, &g.param(&self.weight), k, self.stride, self.padding, self.groups)
+        super::ops::conv2d(
+            x,
+            chw,
+            &g.param(&self.weight),
+            k,
+            self.stride,
+            self.padding,
+            self.groups,
+        )
     }
 }
 
@@ -189,7 +224,15 @@ impl BatchNorm2d {
     pub fn forward(&mut self, g: &Graph, x: &Var, chw: [usize; 3]) -> Var {
         let b = &mut self.0;
         let (gamma, beta) = (g.param(&b.weight), g.param(&b.bias));
-        super::ops::batch_norm2d(x, chw, &gamma, &beta, [&mut b.running_mean, &mut b.running_var], b.eps, b.momentum)
+        super::ops::batch_norm2d(
+            x,
+            chw,
+            &gamma,
+            &beta,
+            [&mut b.running_mean, &mut b.running_var],
+            b.eps,
+            b.momentum,
+        )
     }
 }
 
@@ -249,7 +292,13 @@ pub struct Block {
 
 impl Block {
     /// A block.
-    pub fn new(input: usize, output: usize, batch_norm: bool, activation: Activation, bias: bool) -> Block {
+    pub fn new(
+        input: usize,
+        output: usize,
+        batch_norm: bool,
+        activation: Activation,
+        bias: bool,
+    ) -> Block {
         Block { input, output, batch_norm, activation, bias, affine: true }
     }
 
@@ -282,7 +331,11 @@ impl Head {
             let bn = b.batch_norm.then(|| {
                 i += 1;
                 let bn = BatchNorm1d::new(&init.pp((i - 1).to_string()), b.output);
-                if b.affine { bn } else { bn.without_affine() }
+                if b.affine {
+                    bn
+                } else {
+                    bn.without_affine()
+                }
             });
             if b.activation != Activation::None {
                 i += 1;
@@ -294,7 +347,13 @@ impl Head {
 
     /// SimCLR's `g` (v1, section 2.1): `in → hidden` (BN, ReLU, no bias), `hidden → out` (bias).
     pub fn simclr(init: &Init, input: usize, hidden: usize, output: usize) -> Head {
-        Head::new(init, &[Block::new(input, hidden, true, Activation::Relu, false), Block::new(hidden, output, false, Activation::None, true)])
+        Head::new(
+            init,
+            &[
+                Block::new(input, hidden, true, Activation::Relu, false),
+                Block::new(hidden, output, false, Activation::None, true),
+            ],
+        )
     }
 
     /// BYOL's projector and predictor (section 3.3): the same two blocks as [`Head::simclr`].
@@ -305,21 +364,27 @@ impl Head {
     /// Barlow Twins' projector (section 4): two `→ hidden` blocks with BN and ReLU, then
     /// `→ out`; no biases (as lightly's `BarlowTwinsProjectionHead`).
     pub fn barlow_twins(init: &Init, input: usize, hidden: usize, output: usize) -> Head {
-        Head::new(init, &[
-            Block::new(input, hidden, true, Activation::Relu, false),
-            Block::new(hidden, hidden, true, Activation::Relu, false),
-            Block::new(hidden, output, false, Activation::None, false),
-        ])
+        Head::new(
+            init,
+            &[
+                Block::new(input, hidden, true, Activation::Relu, false),
+                Block::new(hidden, hidden, true, Activation::Relu, false),
+                Block::new(hidden, output, false, Activation::None, false),
+            ],
+        )
     }
 
     /// SimSiam's projector (section 3, lightly's `SimSiamProjectionHead`): two `→ hidden`
     /// blocks with BN and ReLU, then `→ out` with a batch-norm without γ and β; no biases.
     pub fn simsiam_projector(init: &Init, input: usize, hidden: usize, output: usize) -> Head {
-        Head::new(init, &[
-            Block::new(input, hidden, true, Activation::Relu, false),
-            Block::new(hidden, hidden, true, Activation::Relu, false),
-            Block::new(hidden, output, true, Activation::None, false).without_affine(),
-        ])
+        Head::new(
+            init,
+            &[
+                Block::new(input, hidden, true, Activation::Relu, false),
+                Block::new(hidden, hidden, true, Activation::Relu, false),
+                Block::new(hidden, output, true, Activation::None, false).without_affine(),
+            ],
+        )
     }
 
     /// SimSiam's predictor (lightly's `SimSiamPredictionHead`): `in → hidden` (BN, ReLU, no
@@ -331,16 +396,22 @@ impl Head {
     /// VICReg's expander (section 4.2, lightly's `VICRegProjectionHead` with 3 layers): two
     /// `→ hidden` blocks with BN and ReLU, then `→ out` with a bias.
     pub fn vicreg(init: &Init, input: usize, hidden: usize, output: usize) -> Head {
-        Head::new(init, &[
-            Block::new(input, hidden, true, Activation::Relu, false),
-            Block::new(hidden, hidden, true, Activation::Relu, false),
-            Block::new(hidden, output, false, Activation::None, true),
-        ])
+        Head::new(
+            init,
+            &[
+                Block::new(input, hidden, true, Activation::Relu, false),
+                Block::new(hidden, hidden, true, Activation::Relu, false),
+                Block::new(hidden, output, false, Activation::None, true),
+            ],
+        )
     }
 
     /// `(input, output)` features.
     pub fn dims(&self) -> (usize, usize) {
-        (self.layers.first().map_or(0, |l| l.linear.dims().0), self.layers.last().map_or(0, |l| l.linear.dims().1))
+        (
+            self.layers.first().map_or(0, |l| l.linear.dims().0),
+            self.layers.last().map_or(0, |l| l.linear.dims().1),
+        )
     }
 
     /// The head on `x [N, input]`.
@@ -365,7 +436,10 @@ impl Head {
             .layers
             .iter()
             .map(|l| Layer {
-                linear: Linear { weight: rename(&l.linear.weight), bias: l.linear.bias.as_ref().map(rename) },
+                linear: Linear {
+                    weight: rename(&l.linear.weight),
+                    bias: l.linear.bias.as_ref().map(rename),
+                },
                 bn: l.bn.as_ref().map(|b| BatchNorm1d {
                     weight: rename(&b.weight),
                     bias: rename(&b.bias),
@@ -448,13 +522,24 @@ pub struct DinoHead {
 
 impl DinoHead {
     /// A head; `norm_last_layer` fixes `last_layer.weight_g` at 1 (the DINO default).
-    pub fn new(init: &Init, input: usize, hidden: usize, bottleneck: usize, output: usize, batch_norm: bool, norm_last_layer: bool) -> DinoHead {
+    pub fn new(
+        init: &Init,
+        input: usize,
+        hidden: usize,
+        bottleneck: usize,
+        output: usize,
+        batch_norm: bool,
+        norm_last_layer: bool,
+    ) -> DinoHead {
         let layers = init.pp("layers");
-        let mut mlp = Head::new(&layers, &[
-            Block::new(input, hidden, batch_norm, Activation::Gelu, !batch_norm),
-            Block::new(hidden, hidden, batch_norm, Activation::Gelu, !batch_norm),
-            Block::new(hidden, bottleneck, false, Activation::None, true),
-        ]);
+        let mut mlp = Head::new(
+            &layers,
+            &[
+                Block::new(input, hidden, batch_norm, Activation::Gelu, !batch_norm),
+                Block::new(hidden, hidden, batch_norm, Activation::Gelu, !batch_norm),
+                Block::new(hidden, bottleneck, false, Activation::None, true),
+            ],
+        );
         for l in &mut mlp.layers {
             let w = &mut l.linear.weight;
             w.value = layers.trunc_normal("weight", w.shape.clone(), 0.02, -2.0, 2.0).value;
@@ -462,7 +547,8 @@ impl DinoHead {
                 b.value.iter_mut().for_each(|v| *v = 0.0);
             }
         }
-        let last_layer = WeightNormLinear::new(&init.pp("last_layer"), bottleneck, output, !norm_last_layer);
+        let last_layer =
+            WeightNormLinear::new(&init.pp("last_layer"), bottleneck, output, !norm_last_layer);
         DinoHead { mlp, last_layer }
     }
 
@@ -481,7 +567,13 @@ impl DinoHead {
     pub fn target_copy(&self, prefix: &str) -> DinoHead {
         let rename = |p: &Param| target_named(p, prefix);
         let last = &self.last_layer;
-        DinoHead { mlp: self.mlp.target_copy(prefix), last_layer: WeightNormLinear { weight_g: rename(&last.weight_g), weight_v: rename(&last.weight_v) } }
+        DinoHead {
+            mlp: self.mlp.target_copy(prefix),
+            last_layer: WeightNormLinear {
+                weight_g: rename(&last.weight_g),
+                weight_v: rename(&last.weight_v),
+            },
+        }
     }
 }
 

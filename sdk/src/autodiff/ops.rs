@@ -2,7 +2,7 @@
 //! products, the rows-and-columns helpers losses need, and the kit's convolution as a custom
 //! op. Each checks shapes before dfdx sees them (see the [module docs](super)).
 
-use super::{fail, pick_graph, Graph, Var, T2t};
+use super::{fail, pick_graph, Graph, T2t, Var};
 use crate::kit::{BatchNorm, Conv2d, Conv2dConfig, Init, Layer, MaxPool2d, Param, Tensor};
 use dfdx::prelude::{Axes2, Axis, BroadcastTo, LogSumExpTo, ReshapeTo, SumTo, TryMatMul};
 use std::ops::{Add, Div, Mul, Neg, Sub};
@@ -34,7 +34,11 @@ impl Var {
     /// `other`, copied when it is the same tensor as `self`: with both operands of one dfdx
     /// operation in one gradient slot, its backward would borrow that slot twice and panic.
     fn distinct(&self, other: &Var) -> Var {
-        if self.id == other.id { other.scale(1.0) } else { other.clone() }
+        if self.id == other.id {
+            other.scale(1.0)
+        } else {
+            other.clone()
+        }
     }
 
     fn unary(&self, f: impl FnOnce(T2t) -> T2t) -> Var {
@@ -113,7 +117,8 @@ impl Var {
     pub fn gelu(&self) -> Var {
         use std::f32::consts::{FRAC_1_SQRT_2, PI};
         let x = self.values();
-        let y: Vec<f32> = x.iter().map(|&v| 0.5 * v * (1.0 + libm::erff(v * FRAC_1_SQRT_2))).collect();
+        let y: Vec<f32> =
+            x.iter().map(|&v| 0.5 * v * (1.0 + libm::erff(v * FRAC_1_SQRT_2))).collect();
         let (r, c) = self.dims();
         self.g.custom(&[self], r, c, y, move |dy, dx| {
             let inv_sqrt_2pi = 1.0 / (2.0 * PI).sqrt();
@@ -185,7 +190,11 @@ impl Var {
         }
         let other = self.distinct(other);
         let g = pick_graph(&[self, &other]).expect("two operands");
-        g.record(self.traced().try_matmul(other.traced()).unwrap_or_else(|e| fail(format!("matmul: {e:?}"))))
+        g.record(
+            self.traced()
+                .try_matmul(other.traced())
+                .unwrap_or_else(|e| fail(format!("matmul: {e:?}"))),
+        )
     }
     /// `self · otherᵀ` (`[N, K] · [M, K]ᵀ`): a similarity matrix of two sets of rows, or a
     /// linear layer with PyTorch's `[out, in]` weight.
@@ -270,10 +279,15 @@ impl Var {
     /// `value` where `mask` is true (no gradient there), `self` elsewhere.
     pub fn masked_fill(&self, mask: &[bool], value: f32) -> Var {
         if mask.len() != self.len() {
-            fail(format!("masked_fill: {} mask entries for a {:?} tensor", mask.len(), self.dims()));
+            fail(format!(
+                "masked_fill: {} mask entries for a {:?} tensor",
+                mask.len(),
+                self.dims()
+            ));
         }
         let (r, c) = self.dims();
-        let y: Vec<f32> = self.values().iter().zip(mask).map(|(&v, &m)| if m { value } else { v }).collect();
+        let y: Vec<f32> =
+            self.values().iter().zip(mask).map(|(&v, &m)| if m { value } else { v }).collect();
         let mask = mask.to_vec();
         self.g.custom(&[self], r, c, y, move |dy, dx| {
             for (k, &m) in mask.iter().enumerate() {
@@ -323,7 +337,15 @@ pub fn cross_entropy(logits: &Var, target: &[usize]) -> Var {
 /// 2-d convolution with the kit's fast kernels as one custom op: `x` is `[N, C·H·W]` with
 /// `chw = [C, H, W]`, `weight` the `[O, C/groups·kh·kw]` view of a `[O, C/groups, kh, kw]`
 /// parameter (what [`Graph::param`] gives). Returns `[N, O·H'·W']` and `[O, H', W']`. No bias.
-pub fn conv2d(x: &Var, chw: [usize; 3], weight: &Var, kernel: [usize; 2], stride: usize, padding: usize, groups: usize) -> (Var, [usize; 3]) {
+pub fn conv2d(
+    x: &Var,
+    chw: [usize; 3],
+    weight: &Var,
+    kernel: [usize; 2],
+    stride: usize,
+    padding: usize,
+    groups: usize,
+) -> (Var, [usize; 3]) {
     let [c, h, w] = chw;
     let (n, len) = x.dims();
     let [kh, kw] = kernel;
@@ -354,7 +376,13 @@ pub fn conv2d(x: &Var, chw: [usize; 3], weight: &Var, kernel: [usize; 2], stride
 
 /// Max pooling with the kit's kernel as a custom op: `x` `[N, C·H·W]` with `chw`, a
 /// `kernel`×`kernel` window. Returns `[N, C·H'·W']` and `[C, H', W']`.
-pub fn max_pool2d(x: &Var, chw: [usize; 3], kernel: usize, stride: usize, padding: usize) -> (Var, [usize; 3]) {
+pub fn max_pool2d(
+    x: &Var,
+    chw: [usize; 3],
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> (Var, [usize; 3]) {
     let [c, h, w] = chw;
     let (n, len) = x.dims();
     if len != c * h * w {
@@ -376,11 +404,24 @@ pub fn max_pool2d(x: &Var, chw: [usize; 3], kernel: usize, stride: usize, paddin
 /// Batch normalisation over the channels of `x` `[N, C·H·W]` (BatchNorm2d) with the kit's
 /// kernel as a custom op. `gamma`, `beta` are the `[1, C]` affine parameters on the tape; the
 /// running statistics are updated in place in training (the graph's mode).
-pub fn batch_norm2d(x: &Var, chw: [usize; 3], gamma: &Var, beta: &Var, running: [&mut Param; 2], eps: f32, momentum: f32) -> Var {
+pub fn batch_norm2d(
+    x: &Var,
+    chw: [usize; 3],
+    gamma: &Var,
+    beta: &Var,
+    running: [&mut Param; 2],
+    eps: f32,
+    momentum: f32,
+) -> Var {
     let [c, h, w] = chw;
     let (n, len) = x.dims();
     if len != c * h * w || gamma.dims() != (1, c) || beta.dims() != (1, c) {
-        fail(format!("batch_norm2d: input {:?} as {chw:?} with affine {:?} and {:?}", x.dims(), gamma.dims(), beta.dims()));
+        fail(format!(
+            "batch_norm2d: input {:?} as {chw:?} with affine {:?} and {:?}",
+            x.dims(),
+            gamma.dims(),
+            beta.dims()
+        ));
     }
     let train = x.g.train();
     if train && n * h * w < 2 {
@@ -408,7 +449,9 @@ pub fn batch_norm2d(x: &Var, chw: [usize; 3], gamma: &Var, beta: &Var, running: 
 pub fn global_avg_pool(x: &Var, channels: usize) -> Var {
     let (n, len) = x.dims();
     if channels == 0 || len % channels != 0 {
-        fail(format!("global_avg_pool: rows of {len} values do not split into {channels} channels"));
+        fail(format!(
+            "global_avg_pool: rows of {len} values do not split into {channels} channels"
+        ));
     }
     x.reshape(n * channels, len / channels).mean_rows().reshape(n, channels)
 }

@@ -23,14 +23,39 @@ fn positive(shape: &[usize], seed: u64) -> Tensor {
 #[test]
 fn elementwise_ops_and_broadcasts_match_finite_differences() {
     let x = random(&[3, 4], 1);
-    for (name, other) in [("full", random(&[3, 4], 2)), ("row", random(&[1, 4], 3)), ("column", random(&[3, 1], 4)), ("scalar", random(&[1, 1], 5))] {
+    for (name, other) in [
+        ("full", random(&[3, 4], 2)),
+        ("row", random(&[1, 4], 3)),
+        ("column", random(&[3, 1], 4)),
+        ("scalar", random(&[1, 1], 5)),
+    ] {
         let other_pos = positive(&other.shape, 6);
-        assert_within(&format!("add {name}"), &check_fn(&[x.clone(), other.clone()], 1e-2, |_, v| weigh(&(&v[0] + &v[1]), 9)), 1e-2);
-        assert_within(&format!("sub {name}"), &check_fn(&[x.clone(), other.clone()], 1e-2, |_, v| weigh(&(&v[0] - &v[1]), 9)), 1e-2);
-        assert_within(&format!("mul {name}"), &check_fn(&[x.clone(), other.clone()], 1e-2, |_, v| weigh(&(&v[0] * &v[1]), 9)), 1e-2);
-        assert_within(&format!("div {name}"), &check_fn(&[x.clone(), other_pos], 1e-3, |_, v| weigh(&(&v[0] / &v[1]), 9)), 1e-2);
+        assert_within(
+            &format!("add {name}"),
+            &check_fn(&[x.clone(), other.clone()], 1e-2, |_, v| weigh(&(&v[0] + &v[1]), 9)),
+            1e-2,
+        );
+        assert_within(
+            &format!("sub {name}"),
+            &check_fn(&[x.clone(), other.clone()], 1e-2, |_, v| weigh(&(&v[0] - &v[1]), 9)),
+            1e-2,
+        );
+        assert_within(
+            &format!("mul {name}"),
+            &check_fn(&[x.clone(), other.clone()], 1e-2, |_, v| weigh(&(&v[0] * &v[1]), 9)),
+            1e-2,
+        );
+        assert_within(
+            &format!("div {name}"),
+            &check_fn(&[x.clone(), other_pos], 1e-3, |_, v| weigh(&(&v[0] / &v[1]), 9)),
+            1e-2,
+        );
         // the broadcast operand on the left
-        assert_within(&format!("sub {name} left"), &check_fn(&[other.clone(), x.clone()], 1e-2, |_, v| weigh(&(&v[0] - &v[1]), 9)), 1e-2);
+        assert_within(
+            &format!("sub {name} left"),
+            &check_fn(&[other.clone(), x.clone()], 1e-2, |_, v| weigh(&(&v[0] - &v[1]), 9)),
+            1e-2,
+        );
     }
     let p = positive(&[3, 4], 7);
     let unary: [(&str, &Tensor, fn(&Var) -> Var); 9] = [
@@ -67,10 +92,14 @@ fn reductions_and_softmax_match_finite_differences() {
     }
     let mask: Vec<bool> = (0..20).map(|k| k % 6 == 0).collect();
     let m2 = mask.clone();
-    assert_within("masked log-softmax", &check_fn(&[x.clone()], 1e-2, move |_, v| {
-        let y = v[0].log_softmax_rows_masked(&m2);
-        weigh(&y.masked_fill(&m2, 0.0), 3)
-    }), 1e-2);
+    assert_within(
+        "masked log-softmax",
+        &check_fn(&[x.clone()], 1e-2, move |_, v| {
+            let y = v[0].log_softmax_rows_masked(&m2);
+            weigh(&y.masked_fill(&m2, 0.0), 3)
+        }),
+        1e-2,
+    );
     // the masked entries are out of the sum: each row's softmax over the others sums to 1
     let g = Graph::new(false);
     let y = g.input(&x).unwrap().log_softmax_rows_masked(&mask).values();
@@ -79,7 +108,11 @@ fn reductions_and_softmax_match_finite_differences() {
         assert!((s - 1.0).abs() < 1e-5, "row {i} sums to {s}");
     }
     let targets = [1usize, 0, 4, 2];
-    assert_within("cross_entropy", &check_fn(&[x.clone()], 1e-2, move |_, v| cross_entropy(&v[0], &targets)), 1e-2);
+    assert_within(
+        "cross_entropy",
+        &check_fn(&[x.clone()], 1e-2, move |_, v| cross_entropy(&v[0], &targets)),
+        1e-2,
+    );
 }
 
 #[test]
@@ -119,27 +152,83 @@ fn matrix_ops_and_row_helpers_match_finite_differences() {
     let a = random(&[3, 4], 1);
     let b = random(&[4, 2], 2);
     let c = random(&[5, 4], 3);
-    assert_within("matmul", &check_fn(&[a.clone(), b.clone()], 1e-2, |_, v| weigh(&v[0].matmul(&v[1]), 9)), 1e-2);
-    assert_within("matmul_t", &check_fn(&[a.clone(), c.clone()], 1e-2, |_, v| weigh(&v[0].matmul_t(&v[1]), 9)), 1e-2);
+    assert_within(
+        "matmul",
+        &check_fn(&[a.clone(), b.clone()], 1e-2, |_, v| weigh(&v[0].matmul(&v[1]), 9)),
+        1e-2,
+    );
+    assert_within(
+        "matmul_t",
+        &check_fn(&[a.clone(), c.clone()], 1e-2, |_, v| weigh(&v[0].matmul_t(&v[1]), 9)),
+        1e-2,
+    );
     assert_within("t", &check_fn(&[a.clone()], 1e-2, |_, v| weigh(&v[0].t(), 9)), 1e-2);
-    assert_within("l2_normalize", &check_fn(&[a.clone()], 1e-3, |_, v| weigh(&v[0].l2_normalize(), 9)), 1e-2);
-    assert_within("cosine_rows", &check_fn(&[a.clone(), random(&[3, 4], 5)], 1e-3, |_, v| weigh(&v[0].cosine_rows(&v[1]), 9)), 1e-2);
-    assert_within("cosine_matrix", &check_fn(&[a.clone(), c.clone()], 1e-3, |_, v| weigh(&v[0].cosine_matrix(&v[1]), 9)), 1e-2);
-    assert_within("rows_range", &check_fn(&[c.clone()], 1e-2, |_, v| weigh(&v[0].rows_range(1, 4), 9)), 1e-2);
-    assert_within("cat_rows", &check_fn(&[a.clone(), c.clone()], 1e-2, |_, v| weigh(&cat_rows(&[&v[1], &v[0], &v[1]]), 9)), 1e-2);
-    assert_within("pick", &check_fn(&[a.clone()], 1e-2, |_, v| weigh(&v[0].pick(&[3, 0, 3]), 9)), 1e-2);
-    assert_within("diag", &check_fn(&[random(&[4, 4], 8)], 1e-2, |_, v| weigh(&v[0].diag(), 9)), 1e-2);
-    assert_within("reshape", &check_fn(&[a.clone()], 1e-2, |_, v| weigh(&v[0].reshape(2, 6), 9)), 1e-2);
+    assert_within(
+        "l2_normalize",
+        &check_fn(&[a.clone()], 1e-3, |_, v| weigh(&v[0].l2_normalize(), 9)),
+        1e-2,
+    );
+    assert_within(
+        "cosine_rows",
+        &check_fn(&[a.clone(), random(&[3, 4], 5)], 1e-3, |_, v| {
+            weigh(&v[0].cosine_rows(&v[1]), 9)
+        }),
+        1e-2,
+    );
+    assert_within(
+        "cosine_matrix",
+        &check_fn(&[a.clone(), c.clone()], 1e-3, |_, v| weigh(&v[0].cosine_matrix(&v[1]), 9)),
+        1e-2,
+    );
+    assert_within(
+        "rows_range",
+        &check_fn(&[c.clone()], 1e-2, |_, v| weigh(&v[0].rows_range(1, 4), 9)),
+        1e-2,
+    );
+    assert_within(
+        "cat_rows",
+        &check_fn(&[a.clone(), c.clone()], 1e-2, |_, v| {
+            weigh(&cat_rows(&[&v[1], &v[0], &v[1]]), 9)
+        }),
+        1e-2,
+    );
+    assert_within(
+        "pick",
+        &check_fn(&[a.clone()], 1e-2, |_, v| weigh(&v[0].pick(&[3, 0, 3]), 9)),
+        1e-2,
+    );
+    assert_within(
+        "diag",
+        &check_fn(&[random(&[4, 4], 8)], 1e-2, |_, v| weigh(&v[0].diag(), 9)),
+        1e-2,
+    );
+    assert_within(
+        "reshape",
+        &check_fn(&[a.clone()], 1e-2, |_, v| weigh(&v[0].reshape(2, 6), 9)),
+        1e-2,
+    );
 }
 
 #[test]
 fn a_tensor_times_its_own_transpose_and_itself_has_the_right_gradient() {
     // dfdx alone panics in backward here: both operands share one gradient slot.
     let a = random(&[3, 4], 1);
-    assert_within("u uᵀ", &check_fn(&[a.clone()], 1e-2, |_, v| weigh(&v[0].matmul_t(&v[0]), 9)), 1e-2);
-    assert_within("u · uᵀ", &check_fn(&[a.clone()], 1e-2, |_, v| weigh(&v[0].matmul(&v[0].t()), 9)), 1e-2);
+    assert_within(
+        "u uᵀ",
+        &check_fn(&[a.clone()], 1e-2, |_, v| weigh(&v[0].matmul_t(&v[0]), 9)),
+        1e-2,
+    );
+    assert_within(
+        "u · uᵀ",
+        &check_fn(&[a.clone()], 1e-2, |_, v| weigh(&v[0].matmul(&v[0].t()), 9)),
+        1e-2,
+    );
     assert_within("x * x", &check_fn(&[a.clone()], 1e-2, |_, v| weigh(&(&v[0] * &v[0]), 9)), 1e-2);
-    assert_within("x * x / x", &check_fn(&[positive(&[3, 4], 2)], 1e-3, |_, v| weigh(&(&v[0] * &v[0] / &v[0]), 9)), 1e-2);
+    assert_within(
+        "x * x / x",
+        &check_fn(&[positive(&[3, 4], 2)], 1e-3, |_, v| weigh(&(&v[0] * &v[0] / &v[0]), 9)),
+        1e-2,
+    );
 }
 
 #[test]
@@ -157,14 +246,21 @@ fn l2_normalize_of_a_zero_row_has_a_zero_gradient_not_nan() {
 
 #[test]
 fn convolution_and_pooling_on_the_tape_match_finite_differences() {
-    for (xs, ws, stride, padding, groups) in [([2, 3, 5, 4], [4, 3, 3, 3], 1, 1, 1), ([1, 4, 6, 5], [2, 2, 3, 2], 2, 1, 2)] {
+    for (xs, ws, stride, padding, groups) in
+        [([2, 3, 5, 4], [4, 3, 3, 3], 1, 1, 1), ([1, 4, 6, 5], [2, 2, 3, 2], 2, 1, 2)]
+    {
         let x = random(&[xs[0], xs[1] * xs[2] * xs[3]], 1);
         let w = random(&[ws[0], ws[1] * ws[2] * ws[3]], 2);
         let chw = [xs[1], xs[2], xs[3]];
-        assert_within("conv2d", &check_fn(&[x, w], 1e-2, move |_, v| {
-            let (y, [o, _, _]) = conv2d(&v[0], chw, &v[1], [ws[2], ws[3]], stride, padding, groups);
-            weigh(&global_avg_pool(&y, o).square(), 9) + weigh(&y, 8)
-        }), 1e-2);
+        assert_within(
+            "conv2d",
+            &check_fn(&[x, w], 1e-2, move |_, v| {
+                let (y, [o, _, _]) =
+                    conv2d(&v[0], chw, &v[1], [ws[2], ws[3]], stride, padding, groups);
+                weigh(&global_avg_pool(&y, o).square(), 9) + weigh(&y, 8)
+            }),
+            1e-2,
+        );
     }
 }
 
@@ -187,7 +283,11 @@ fn a_conv_net_on_the_tape_matches_finite_differences() {
         }
     }
     let init = Init::new(4);
-    let mut net = Net { c1: Conv2d::new(&init.pp("c1"), 2, 3, 3, 1, 1), bn: BatchNorm2d::new(&init.pp("bn"), 3), c2: Conv2d::new(&init.pp("c2"), 3, 4, 3, 1, 1) };
+    let mut net = Net {
+        c1: Conv2d::new(&init.pp("c1"), 2, 3, 3, 1, 1),
+        bn: BatchNorm2d::new(&init.pp("bn"), 3),
+        c2: Conv2d::new(&init.pp("c2"), 3, 4, 3, 1, 1),
+    };
     net.bn.0.weight.value = vec![0.7, 1.3, -0.9];
     let x = random(&[3, 2 * 6 * 6], 5);
     let checked = check(&mut net, &[x], 1e-3, |m, g, v| {
@@ -199,29 +299,49 @@ fn a_conv_net_on_the_tape_matches_finite_differences() {
     assert_eq!(checked.len(), 5, "{checked:?}");
     assert_within("conv net", &checked, 1e-2);
     let x = random(&[2, 3 * 6 * 5], 6);
-    assert_within("max_pool2d", &check_fn(&[x], 1e-3, |_, v| {
-        let (y, s) = max_pool2d(&v[0], [3, 6, 5], 2, 2, 0);
-        assert_eq!(s, [3, 3, 2]);
-        weigh(&y, 9)
-    }), 1e-2);
+    assert_within(
+        "max_pool2d",
+        &check_fn(&[x], 1e-3, |_, v| {
+            let (y, s) = max_pool2d(&v[0], [3, 6, 5], 2, 2, 0);
+            assert_eq!(s, [3, 3, 2]);
+            weigh(&y, 9)
+        }),
+        1e-2,
+    );
 }
 
 #[test]
 fn layers_match_finite_differences_and_keep_pytorch_names() {
     let init = Init::new(3);
     let mut lin = Linear::new(&init.pp("fc"), 4, 3, true);
-    assert_within("linear", &check(&mut lin, &[random(&[5, 4], 1)], 1e-2, |m, g, v| weigh(&m.forward(g, &v[0]), 9)), 1e-2);
+    assert_within(
+        "linear",
+        &check(&mut lin, &[random(&[5, 4], 1)], 1e-2, |m, g, v| weigh(&m.forward(g, &v[0]), 9)),
+        1e-2,
+    );
     let mut bn = BatchNorm1d::new(&init.pp("bn"), 4);
     bn.weight.value = random(&[4], 4).data;
     bn.bias.value = random(&[4], 5).data;
-    assert_within("batch-norm (train)", &check(&mut bn, &[random(&[6, 4], 1)], 1e-2, |m, g, v| weigh(&m.forward(g, &v[0]), 9)), 2e-2);
+    assert_within(
+        "batch-norm (train)",
+        &check(&mut bn, &[random(&[6, 4], 1)], 1e-2, |m, g, v| weigh(&m.forward(g, &v[0]), 9)),
+        2e-2,
+    );
     let mut head = Head::barlow_twins(&init.pp("projector"), 4, 6, 3);
     let mut names = Vec::new();
     head.visit_params(&mut |p| names.push(p.name.clone()));
     assert_eq!(names[..3], ["projector.0.weight", "projector.1.weight", "projector.1.bias"]);
-    assert!(names.contains(&"projector.4.running_var".to_string()) && names.last().unwrap() == "projector.6.weight", "{names:?}");
+    assert!(
+        names.contains(&"projector.4.running_var".to_string())
+            && names.last().unwrap() == "projector.6.weight",
+        "{names:?}"
+    );
     // seed 22 keeps every ReLU input at least one step from its kink
-    assert_within("head", &check(&mut head, &[random(&[5, 4], 22)], 1e-3, |m, g, v| weigh(&m.forward(g, &v[0]), 9)), 2e-2);
+    assert_within(
+        "head",
+        &check(&mut head, &[random(&[5, 4], 22)], 1e-3, |m, g, v| weigh(&m.forward(g, &v[0]), 9)),
+        2e-2,
+    );
 }
 
 #[test]
@@ -236,7 +356,13 @@ fn batch_norm_eval_uses_running_statistics_and_training_updates_them_as_pytorch(
     for (a, b) in y.iter().zip(&yk.data) {
         assert!((a - b).abs() < 1e-5, "{a} vs {b}");
     }
-    for (a, b) in ours.running_var.value.iter().zip(&kit.running_var.value).chain(ours.running_mean.value.iter().zip(&kit.running_mean.value)) {
+    for (a, b) in ours
+        .running_var
+        .value
+        .iter()
+        .zip(&kit.running_var.value)
+        .chain(ours.running_mean.value.iter().zip(&kit.running_mean.value))
+    {
         assert!((a - b).abs() < 1e-6, "running statistics {a} vs {b}");
     }
     let g = Graph::no_grad(false);
@@ -245,13 +371,17 @@ fn batch_norm_eval_uses_running_statistics_and_training_updates_them_as_pytorch(
     for (a, b) in y.iter().zip(&yk.data) {
         assert!((a - b).abs() < 1e-5, "eval {a} vs {b}");
     }
-    assert_within("batch-norm (eval)", &check(&mut ours, &[x], 1e-2, |m, _, v| {
-        let g = v[0].graph().clone();
-        let eval = Graph::new(false);
-        let _ = g;
-        weigh(&m.forward(&eval, &eval.input(&v[0].value()).unwrap()), 9).item();
-        weigh(&m.forward(v[0].graph(), &v[0]), 9)
-    }), 2e-2);
+    assert_within(
+        "batch-norm (eval)",
+        &check(&mut ours, &[x], 1e-2, |m, _, v| {
+            let g = v[0].graph().clone();
+            let eval = Graph::new(false);
+            let _ = g;
+            weigh(&m.forward(&eval, &eval.input(&v[0].value()).unwrap()), 9).item();
+            weigh(&m.forward(v[0].graph(), &v[0]), 9)
+        }),
+        2e-2,
+    );
 }
 
 #[test]
@@ -278,7 +408,14 @@ fn the_simclr_head_is_the_hand_written_head_value_for_value() {
     let mut t = t;
     let mut seen = Vec::new();
     t.visit_params(&mut |p| seen.push((p.name.clone(), p.role, p.ema_of.clone())));
-    assert_eq!(seen[0], ("target_projector.0.weight".into(), crate::abi::ParamRole::Target, Some("projector.0.weight".into())));
+    assert_eq!(
+        seen[0],
+        (
+            "target_projector.0.weight".into(),
+            crate::abi::ParamRole::Target,
+            Some("projector.0.weight".into())
+        )
+    );
 }
 
 #[test]

@@ -56,7 +56,10 @@ impl BatchNorm {
 
     fn layout(&self, shape: &[usize]) -> (usize, usize, usize) {
         let c = self.weight.value.len();
-        assert!(shape.len() >= 2 && shape[1] == c, "batch-norm of {c} channels got shape {shape:?}");
+        assert!(
+            shape.len() >= 2 && shape[1] == c,
+            "batch-norm of {c} channels got shape {shape:?}"
+        );
         (shape[0], c, shape[2..].iter().product())
     }
 }
@@ -71,20 +74,32 @@ fn channel_sums(x: &[f32], y: Option<&[f32]>, n: usize, c: usize, s: usize) -> V
             match y {
                 None => {
                     let (mut p, mut q) = (0f32, 0f32);
-                    for &v in xs { p += v; q += v * v; }
-                    a += p as f64; b += q as f64;
+                    for &v in xs {
+                        p += v;
+                        q += v * v;
+                    }
+                    a += p as f64;
+                    b += q as f64;
                 }
                 Some(y) => {
                     let ys = &y[o..o + s];
                     let (mut p, mut q) = (0f32, 0f32);
-                    for (&v, &w) in xs.iter().zip(ys) { p += v; q += v * w; }
-                    a += p as f64; b += q as f64;
+                    for (&v, &w) in xs.iter().zip(ys) {
+                        p += v;
+                        q += v * w;
+                    }
+                    a += p as f64;
+                    b += q as f64;
                 }
             }
         }
         (a, b)
     };
-    if x.len() >= PAR_MIN { (0..c).into_par_iter().map(one).collect() } else { (0..c).map(one).collect() }
+    if x.len() >= PAR_MIN {
+        (0..c).into_par_iter().map(one).collect()
+    } else {
+        (0..c).map(one).collect()
+    }
 }
 
 /// Applies `f(channel, values)` to every `[S]` block of a `[N, C, S]` buffer, in parallel when large.
@@ -111,7 +126,11 @@ impl Layer for BatchNorm {
         let (n, c, s) = self.layout(&x.shape);
         let m = n * s;
         let (mean, inv_std): (Vec<f32>, Vec<f32>) = if train {
-            assert!(m > 1, "batch-norm in training needs more than one value per channel, got shape {:?}", x.shape);
+            assert!(
+                m > 1,
+                "batch-norm in training needs more than one value per channel, got shape {:?}",
+                x.shape
+            );
             let sums = channel_sums(&x.data, None, n, c, s);
             let mut mean = Vec::with_capacity(c);
             let mut inv = Vec::with_capacity(c);
@@ -119,9 +138,10 @@ impl Layer for BatchNorm {
                 let mu = a / m as f64;
                 let var = (b / m as f64 - mu * mu).max(0.0);
                 let mo = self.momentum;
-                self.running_mean.value[ch] = (1.0 - mo) * self.running_mean.value[ch] + mo * mu as f32;
-                self.running_var.value[ch] =
-                    (1.0 - mo) * self.running_var.value[ch] + mo * (var * m as f64 / (m - 1) as f64) as f32;
+                self.running_mean.value[ch] =
+                    (1.0 - mo) * self.running_mean.value[ch] + mo * mu as f32;
+                self.running_var.value[ch] = (1.0 - mo) * self.running_var.value[ch]
+                    + mo * (var * m as f64 / (m - 1) as f64) as f32;
                 mean.push(mu as f32);
                 inv.push(1.0 / (var as f32 + self.eps).sqrt());
             }
@@ -187,7 +207,10 @@ mod tests {
         let s: usize = x.shape[2..].iter().product();
         let mut y = vec![0.0; x.len()];
         for ch in 0..c {
-            let vals: Vec<f32> = (0..n).flat_map(|i| (0..s).map(move |j| (i, j))).map(|(i, j)| x.data[(i * c + ch) * s + j]).collect();
+            let vals: Vec<f32> = (0..n)
+                .flat_map(|i| (0..s).map(move |j| (i, j)))
+                .map(|(i, j)| x.data[(i * c + ch) * s + j])
+                .collect();
             let (mu, var) = match mean {
                 Some((m, v)) => (m[ch], v[ch]),
                 None => {
@@ -219,14 +242,27 @@ mod tests {
             let x = sample(&shape);
             let y = bn.forward(&x, true);
             let want = direct(&x, &bn.weight.value, &bn.bias.value, None);
-            for (a, b) in y.data.iter().zip(&want) { assert!((a - b).abs() < 1e-4, "{a} {b}"); }
+            for (a, b) in y.data.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-4, "{a} {b}");
+            }
             // running stats moved 10% toward the batch stats (unbiased variance)
             let m = (x.len() / shape[1]) as f32;
-            let mu0: f32 = (0..x.len()).filter(|k| (k / x.shape[2..].iter().product::<usize>()) % shape[1] == 0).map(|k| x.data[k]).sum::<f32>() / m;
+            let mu0: f32 = (0..x.len())
+                .filter(|k| (k / x.shape[2..].iter().product::<usize>()) % shape[1] == 0)
+                .map(|k| x.data[k])
+                .sum::<f32>()
+                / m;
             assert!((bn.running_mean.value[0] - 0.1 * mu0).abs() < 1e-5);
             let y = bn.forward(&x, false);
-            let want = direct(&x, &bn.weight.value, &bn.bias.value, Some((&bn.running_mean.value, &bn.running_var.value)));
-            for (a, b) in y.data.iter().zip(&want) { assert!((a - b).abs() < 1e-4, "{a} {b}"); }
+            let want = direct(
+                &x,
+                &bn.weight.value,
+                &bn.bias.value,
+                Some((&bn.running_mean.value, &bn.running_var.value)),
+            );
+            for (a, b) in y.data.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-4, "{a} {b}");
+            }
         }
     }
 

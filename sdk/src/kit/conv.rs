@@ -101,15 +101,34 @@ const CHUNK_COLS: usize = 1024;
 impl Conv2d {
     /// A square `kernel x kernel` convolution `in_ch -> out_ch`, parameters `<prefix>.weight`
     /// and `<prefix>.bias`.
-    pub fn new(init: &Init, in_ch: usize, out_ch: usize, kernel: usize, cfg: Conv2dConfig) -> Conv2d {
+    pub fn new(
+        init: &Init,
+        in_ch: usize,
+        out_ch: usize,
+        kernel: usize,
+        cfg: Conv2dConfig,
+    ) -> Conv2d {
         Conv2d::rect(init, in_ch, out_ch, kernel, kernel, cfg)
     }
 
     /// A `kh x kw` convolution.
-    pub fn rect(init: &Init, in_ch: usize, out_ch: usize, kh: usize, kw: usize, cfg: Conv2dConfig) -> Conv2d {
+    pub fn rect(
+        init: &Init,
+        in_ch: usize,
+        out_ch: usize,
+        kh: usize,
+        kw: usize,
+        cfg: Conv2dConfig,
+    ) -> Conv2d {
         let g = cfg.groups;
-        assert!(g >= 1 && in_ch % g == 0 && out_ch % g == 0, "conv2d: {in_ch} -> {out_ch} channels do not split into {g} groups");
-        assert!(cfg.stride >= 1 && kh >= 1 && kw >= 1, "conv2d: kernel and stride must be at least 1");
+        assert!(
+            g >= 1 && in_ch % g == 0 && out_ch % g == 0,
+            "conv2d: {in_ch} -> {out_ch} channels do not split into {g} groups"
+        );
+        assert!(
+            cfg.stride >= 1 && kh >= 1 && kw >= 1,
+            "conv2d: kernel and stride must be at least 1"
+        );
         let fan_in = in_ch / g * kh * kw;
         let weight = init.kaiming_uniform("weight", vec![out_ch, in_ch / g, kh, kw], fan_in);
         let bias = cfg.bias.then(|| {
@@ -124,9 +143,17 @@ impl Conv2d {
     pub fn out_shape(&self, c: usize, h: usize, w: usize) -> anyhow::Result<[usize; 3]> {
         let s = &self.weight.shape;
         let (o, cg, kh, kw) = (s[0], s[1], s[2], s[3]);
-        anyhow::ensure!(c == cg * self.cfg.groups, "conv2d expects {} input channels, got {c}", cg * self.cfg.groups);
+        anyhow::ensure!(
+            c == cg * self.cfg.groups,
+            "conv2d expects {} input channels, got {c}",
+            cg * self.cfg.groups
+        );
         let (hp, wp) = (h + 2 * self.cfg.padding, w + 2 * self.cfg.padding);
-        anyhow::ensure!(hp >= kh && wp >= kw, "conv2d: a {kh}x{kw} kernel does not fit a {h}x{w} input padded by {}", self.cfg.padding);
+        anyhow::ensure!(
+            hp >= kh && wp >= kw,
+            "conv2d: a {kh}x{kw} kernel does not fit a {h}x{w} input padded by {}",
+            self.cfg.padding
+        );
         Ok([o, (hp - kh) / self.cfg.stride + 1, (wp - kw) / self.cfg.stride + 1])
     }
 
@@ -134,7 +161,19 @@ impl Conv2d {
         let [_, c, h, w] = shape[..] else { panic!("conv2d expects [N, C, H, W], got {shape:?}") };
         let [o, oh, ow] = self.out_shape(c, h, w).unwrap_or_else(|e| panic!("{e:#}"));
         let s = &self.weight.shape;
-        Geom { c, h, w, o, kh: s[2], kw: s[3], oh, ow, s: self.cfg.stride, pad: self.cfg.padding, groups: self.cfg.groups }
+        Geom {
+            c,
+            h,
+            w,
+            o,
+            kh: s[2],
+            kw: s[3],
+            oh,
+            ow,
+            s: self.cfg.stride,
+            pad: self.cfg.padding,
+            groups: self.cfg.groups,
+        }
     }
 }
 
@@ -172,20 +211,32 @@ fn gemm_into(a: Mat, b: Mat, c: &mut [f32], accumulate: bool, par: gemm::Paralle
     }
     let ((a_rs, a_cs), (b_rs, b_cs)) = (strides(&a), strides(&b));
     if !b.t && matches!(par, gemm::Parallelism::None) && super::simd_gemm::available() {
-        let view = super::simd_gemm::StridedA { data: a.data, rs: a_rs as usize, cs: a_cs as usize };
+        let view =
+            super::simd_gemm::StridedA { data: a.data, rs: a_rs as usize, cs: a_cs as usize };
         super::simd_gemm::gemm(m, n, k, view, b.data, n, c, n, accumulate);
         return;
     }
     // SAFETY: the asserts above and Mat::new bound every index gemm touches by the slices' lengths.
     unsafe {
         gemm::gemm(
-            m, n, k,
-            c.as_mut_ptr(), 1, n as isize,
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
             accumulate,
-            a.data.as_ptr(), a_cs, a_rs,
-            b.data.as_ptr(), b_cs, b_rs,
-            1.0, 1.0,
-            false, false, false,
+            a.data.as_ptr(),
+            a_cs,
+            a_rs,
+            b.data.as_ptr(),
+            b_cs,
+            b_rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
             par,
         );
     }
@@ -241,8 +292,14 @@ fn im2col(x: &[f32], nb: usize, grp: usize, g: &Geom, cols: &mut [f32]) {
                         let srow = &src[x0..x0 + (n - 1) * g.s + 1];
                         match g.s {
                             1 => drow[xlo..xhi].copy_from_slice(srow),
-                            2 => drow[xlo..xhi].iter_mut().zip(srow.chunks(2)).for_each(|(d, v)| *d = v[0]),
-                            s => drow[xlo..xhi].iter_mut().enumerate().for_each(|(t, d)| *d = srow[t * s]),
+                            2 => drow[xlo..xhi]
+                                .iter_mut()
+                                .zip(srow.chunks(2))
+                                .for_each(|(d, v)| *d = v[0]),
+                            s => drow[xlo..xhi]
+                                .iter_mut()
+                                .enumerate()
+                                .for_each(|(t, d)| *d = srow[t * s]),
                         }
                     }
                 }
@@ -259,7 +316,13 @@ fn same_size(g: &Geom) -> bool {
 
 /// For [`same_size`]: the output span `t0..t1` covering the valid rows and columns, and the
 /// input index `s0` of `t0`; None when nothing is valid.
-fn flat_span(g: &Geom, ki: usize, kj: usize, (xlo, xhi): (usize, usize), (ylo, yhi): (usize, usize)) -> Option<(usize, usize, usize)> {
+fn flat_span(
+    g: &Geom,
+    ki: usize,
+    kj: usize,
+    (xlo, xhi): (usize, usize),
+    (ylo, yhi): (usize, usize),
+) -> Option<(usize, usize, usize)> {
     if xhi == xlo || yhi == ylo {
         return None;
     }
@@ -332,7 +395,15 @@ fn col2im(cols: &mut [f32], nb: usize, grp: usize, g: &Geom, dx: &mut [f32]) {
 /// Accumulates one chunk's weight gradient `dY_g · colsᵀ` into `dwg`: as `[og, k]` with the
 /// caller's gemm, or (`transposed`, AVX-512) as `dW_gᵀ [k, og] += cols · dY_gᵀ`, which needs only
 /// a transposed copy of the (small) `dY_g` and no packing of the (large) `cols`.
-fn acc_dw(transposed: bool, cols: &[f32], k: usize, dyg: Mat, dyt: &mut Vec<f32>, dwg: &mut [f32], par: gemm::Parallelism) {
+fn acc_dw(
+    transposed: bool,
+    cols: &[f32],
+    k: usize,
+    dyg: Mat,
+    dyt: &mut Vec<f32>,
+    dwg: &mut [f32],
+    par: gemm::Parallelism,
+) {
     let (og, width) = (dyg.rows, dyg.cols);
     if !transposed {
         gemm_into(dyg, Mat::new(cols, k, width).t(), dwg, true, par);
@@ -399,7 +470,11 @@ impl Module for Conv2d {
 
 impl Layer for Conv2d {
     fn forward(&mut self, x: &Tensor, train: bool) -> Tensor {
-        self.forward_shared(if train { Arc::new(x.clone()) } else { Arc::new(Tensor::default()) }, x, train)
+        self.forward_shared(
+            if train { Arc::new(x.clone()) } else { Arc::new(Tensor::default()) },
+            x,
+            train,
+        )
     }
 
     fn backward(&mut self, dy: &Tensor) -> Tensor {
@@ -475,41 +550,42 @@ impl Conv2d {
         let wlen = w.len();
         let mut dx = vec![0.0f32; x.len()];
         let dw_t = matches!(par, gemm::Parallelism::None) && super::simd_gemm::available();
-        let body_in = |s: &mut Scratch, dw: &mut Vec<f32>, dxc: &mut [f32], xc: &[f32], dyc: &[f32]| {
-            let nbl = xc.len() / g.in_len();
-            if dw.len() != wlen {
-                *dw = vec![0.0; wlen];
-            }
-            for grp in 0..g.groups {
-                let wg = Mat::new(&w[grp * og * k..(grp + 1) * og * k], og, k);
-                // dY_g as [og, nbl·P]
-                let dyg: &[f32] = if nbl == 1 {
-                    &dyc[grp * og * p..(grp + 1) * og * p]
-                } else {
-                    let t = resize(&mut s.tmp, og * nbl * p);
-                    for i in 0..nbl {
-                        for oc in 0..og {
-                            let src = (i * g.o + grp * og + oc) * p;
-                            t[(oc * nbl + i) * p..][..p].copy_from_slice(&dyc[src..src + p]);
-                        }
-                    }
-                    t
-                };
-                let dyg = Mat::new(dyg, og, nbl * p);
-                let dwg = &mut dw[grp * og * k..(grp + 1) * og * k];
-                if is_identity(&g, nbl) {
-                    acc_dw(dw_t, xc, k, dyg, &mut s.dyt, dwg, par);
-                    gemm_into(wg.t(), dyg, dxc, true, par);
-                    continue;
+        let body_in =
+            |s: &mut Scratch, dw: &mut Vec<f32>, dxc: &mut [f32], xc: &[f32], dyc: &[f32]| {
+                let nbl = xc.len() / g.in_len();
+                if dw.len() != wlen {
+                    *dw = vec![0.0; wlen];
                 }
-                let cols = resize(&mut s.cols, k * nbl * p);
-                im2col(xc, nbl, grp, &g, cols);
-                acc_dw(dw_t, cols, k, dyg, &mut s.dyt, dwg, par);
-                // dcols overwrites cols
-                gemm_into(wg.t(), dyg, cols, false, par);
-                col2im(cols, nbl, grp, &g, dxc);
-            }
-        };
+                for grp in 0..g.groups {
+                    let wg = Mat::new(&w[grp * og * k..(grp + 1) * og * k], og, k);
+                    // dY_g as [og, nbl·P]
+                    let dyg: &[f32] = if nbl == 1 {
+                        &dyc[grp * og * p..(grp + 1) * og * p]
+                    } else {
+                        let t = resize(&mut s.tmp, og * nbl * p);
+                        for i in 0..nbl {
+                            for oc in 0..og {
+                                let src = (i * g.o + grp * og + oc) * p;
+                                t[(oc * nbl + i) * p..][..p].copy_from_slice(&dyc[src..src + p]);
+                            }
+                        }
+                        t
+                    };
+                    let dyg = Mat::new(dyg, og, nbl * p);
+                    let dwg = &mut dw[grp * og * k..(grp + 1) * og * k];
+                    if is_identity(&g, nbl) {
+                        acc_dw(dw_t, xc, k, dyg, &mut s.dyt, dwg, par);
+                        gemm_into(wg.t(), dyg, dxc, true, par);
+                        continue;
+                    }
+                    let cols = resize(&mut s.cols, k * nbl * p);
+                    im2col(xc, nbl, grp, &g, cols);
+                    acc_dw(dw_t, cols, k, dyg, &mut s.dyt, dwg, par);
+                    // dcols overwrites cols
+                    gemm_into(wg.t(), dyg, cols, false, par);
+                    col2im(cols, nbl, grp, &g, dxc);
+                }
+            };
         let body = |mut dw: Vec<f32>, dxc: &mut [f32], xc: &[f32], dyc: &[f32]| -> Vec<f32> {
             with_scratch(|s| body_in(s, &mut dw, dxc, xc, dyc));
             dw
@@ -576,11 +652,14 @@ mod tests {
                                 for q in 0..g.kw {
                                     let iy = (oy * g.s + p) as isize - g.pad as isize;
                                     let ix = (ox * g.s + q) as isize - g.pad as isize;
-                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
+                                    {
                                         continue;
                                     }
-                                    let xv = x.data[((i * g.c + c) * g.h + iy as usize) * g.w + ix as usize];
-                                    let wv = conv.weight.value[((o * g.cg() + ci) * g.kh + p) * g.kw + q];
+                                    let xv = x.data
+                                        [((i * g.c + c) * g.h + iy as usize) * g.w + ix as usize];
+                                    let wv = conv.weight.value
+                                        [((o * g.cg() + ci) * g.kh + p) * g.kw + q];
                                     acc += xv as f64 * wv as f64;
                                 }
                             }
@@ -643,7 +722,10 @@ mod tests {
         let dw = std::mem::replace(&mut conv.weight.grad, vec![0.0; conv.weight.value.len()]);
         let mut dw1 = vec![0.0f32; dw.len()];
         for i in 0..40 {
-            let (xi, dyi) = (x.data[i * 297..(i + 1) * 297].to_vec(), dy.data[i * 8 * 30..(i + 1) * 8 * 30].to_vec());
+            let (xi, dyi) = (
+                x.data[i * 297..(i + 1) * 297].to_vec(),
+                dy.data[i * 8 * 30..(i + 1) * 8 * 30].to_vec(),
+            );
             conv.forward(&Tensor::new(vec![1, 3, 9, 11], xi), true);
             let dxi = conv.backward(&Tensor::new(vec![1, 8, 5, 6], dyi));
             for (a, b) in dxi.data.iter().zip(&dx.data[i * 297..(i + 1) * 297]) {
@@ -691,6 +773,10 @@ mod tests {
         assert!(conv.weight.value.iter().all(|v| v.abs() <= bound));
         assert_eq!(conv.out_shape(4, 28, 28).unwrap(), [6, 14, 14]);
         assert_eq!(conv.out_shape(4, 7, 5).unwrap(), [6, 4, 3]);
-        assert!(conv.out_shape(3, 8, 8).unwrap_err().to_string().contains("expects 4 input channels, got 3"));
+        assert!(conv
+            .out_shape(3, 8, 8)
+            .unwrap_err()
+            .to_string()
+            .contains("expects 4 input channels, got 3"));
     }
 }

@@ -27,7 +27,13 @@ pub fn check_layer<L: Layer + ?Sized>(layer: &mut L, shape: &[usize], seed: u64,
 }
 
 /// As [`check_layer`], in training (`train = true`) or evaluation mode.
-pub fn check_layer_mode<L: Layer + ?Sized>(layer: &mut L, shape: &[usize], seed: u64, tol: f64, train: bool) {
+pub fn check_layer_mode<L: Layer + ?Sized>(
+    layer: &mut L,
+    shape: &[usize],
+    seed: u64,
+    tol: f64,
+    train: bool,
+) {
     let x = random(shape, seed);
     // Buffers (running stats) change on every training forward: snapshot and restore them.
     let snapshot = snapshot(layer);
@@ -56,7 +62,10 @@ pub fn check_layer_mode<L: Layer + ?Sized>(layer: &mut L, shape: &[usize], seed:
     }
     let ana: Vec<f64> = dx.data.iter().map(|&v| v as f64).collect();
     let e = rel_err(&ana, &num);
-    assert!(e < tol, "input gradient off by {e:.2e} (shape {shape:?})\nanalytic {ana:?}\nnumeric {num:?}");
+    assert!(
+        e < tol,
+        "input gradient off by {e:.2e} (shape {shape:?})\nanalytic {ana:?}\nnumeric {num:?}"
+    );
     // parameter gradients
     let mut grads: Vec<(String, Vec<f32>, bool)> = Vec::new();
     layer.visit_params(&mut |p| grads.push((p.name.clone(), p.grad.clone(), p.trainable())));
@@ -66,8 +75,18 @@ pub fn check_layer_mode<L: Layer + ?Sized>(layer: &mut L, shape: &[usize], seed:
         }
         let mut num = Vec::new();
         for j in 0..grad.len() {
-            let lp = { perturb(layer, pi, j, h); let l = loss(layer, &x); perturb(layer, pi, j, -h); l };
-            let lm = { perturb(layer, pi, j, -h); let l = loss(layer, &x); perturb(layer, pi, j, h); l };
+            let lp = {
+                perturb(layer, pi, j, h);
+                let l = loss(layer, &x);
+                perturb(layer, pi, j, -h);
+                l
+            };
+            let lm = {
+                perturb(layer, pi, j, -h);
+                let l = loss(layer, &x);
+                perturb(layer, pi, j, h);
+                l
+            };
             num.push((lp - lm) / (2.0 * h as f64));
         }
         let ana: Vec<f64> = grad.iter().map(|&v| v as f64).collect();

@@ -55,7 +55,12 @@ impl Layer for Linear {
                 row.copy_from_slice(&b.value);
             }
         }
-        matmul(Mat::new(&x.data, n, i), Mat::new(&self.weight.value, o, i).t(), &mut y, self.bias.is_some());
+        matmul(
+            Mat::new(&x.data, n, i),
+            Mat::new(&self.weight.value, o, i).t(),
+            &mut y,
+            self.bias.is_some(),
+        );
         if train {
             self.input = Some(x.clone());
         }

@@ -24,11 +24,19 @@ impl<'a> Mat<'a> {
         Mat { t: !self.t, ..self }
     }
     fn shape(&self) -> (usize, usize) {
-        if self.t { (self.cols, self.rows) } else { (self.rows, self.cols) }
+        if self.t {
+            (self.cols, self.rows)
+        } else {
+            (self.rows, self.cols)
+        }
     }
     /// (row stride, column stride) of the logical matrix.
     fn strides(&self) -> (isize, isize) {
-        if self.t { (1, self.cols as isize) } else { (self.cols as isize, 1) }
+        if self.t {
+            (1, self.cols as isize)
+        } else {
+            (self.cols as isize, 1)
+        }
     }
 }
 
@@ -61,13 +69,24 @@ pub fn matmul(a: Mat, b: Mat, c: &mut [f32], accumulate: bool) {
     // SAFETY: the asserts above bound every index gemm touches by the slices' lengths.
     unsafe {
         gemm::gemm(
-            m, n, k,
-            c.as_mut_ptr(), 1, n as isize,
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
             accumulate,
-            a.data.as_ptr(), a_cs, a_rs,
-            b.data.as_ptr(), b_cs, b_rs,
-            1.0, 1.0,
-            false, false, false,
+            a.data.as_ptr(),
+            a_cs,
+            a_rs,
+            b.data.as_ptr(),
+            b_cs,
+            b_rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
             parallelism(m * n * k),
         );
     }
@@ -105,12 +124,18 @@ mod tests {
         let want = naive(&a, &b, m, k, n);
         let mut c = vec![0.0; m * n];
         matmul(Mat::new(&a, m, k), Mat::new(&b, k, n), &mut c, false);
-        for (x, y) in c.iter().zip(&want) { assert!((x - y).abs() < 1e-5); }
+        for (x, y) in c.iter().zip(&want) {
+            assert!((x - y).abs() < 1e-5);
+        }
         let at = transpose(&a, m, k);
         let bt = transpose(&b, k, n);
         matmul(Mat::new(&at, k, m).t(), Mat::new(&bt, n, k).t(), &mut c, false);
-        for (x, y) in c.iter().zip(&want) { assert!((x - y).abs() < 1e-5); }
+        for (x, y) in c.iter().zip(&want) {
+            assert!((x - y).abs() < 1e-5);
+        }
         matmul(Mat::new(&a, m, k), Mat::new(&b, k, n), &mut c, true);
-        for (x, y) in c.iter().zip(&want) { assert!((x - 2.0 * y).abs() < 1e-5); }
+        for (x, y) in c.iter().zip(&want) {
+            assert!((x - 2.0 * y).abs() < 1e-5);
+        }
     }
 }

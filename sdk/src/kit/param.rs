@@ -45,7 +45,15 @@ impl Param {
     pub fn target_copy(&self, name: String) -> Param {
         let role = if self.trainable() { ParamRole::Target } else { ParamRole::Buffer };
         let ema_of = self.trainable().then(|| self.name.clone());
-        Param { name, shape: self.shape.clone(), value: self.value.clone(), grad: vec![0.0; self.value.len()], role, ema_of, frozen: false }
+        Param {
+            name,
+            shape: self.shape.clone(),
+            value: self.value.clone(),
+            grad: vec![0.0; self.value.len()],
+            role,
+            ema_of,
+            frozen: false,
+        }
     }
 }
 
@@ -158,7 +166,9 @@ impl Init {
             // Box–Muller, both halves
             let (u1, u2): (f32, f32) = (rng.gen_range(f32::MIN_POSITIVE..1.0), rng.gen());
             let r = (-2.0 * u1.ln()).sqrt();
-            for z in [r * (std::f32::consts::TAU * u2).cos(), r * (std::f32::consts::TAU * u2).sin()] {
+            for z in
+                [r * (std::f32::consts::TAU * u2).cos(), r * (std::f32::consts::TAU * u2).sin()]
+            {
                 let x = z * std;
                 if (a..=b).contains(&x) && v.len() < n {
                     v.push(x);
@@ -184,10 +194,13 @@ mod tests {
 
     #[test]
     fn a_parameter_beyond_the_bound_is_refused_naming_it_not_an_abort() {
-        // issue 14.5: hidden_dim = 100000000000 aborted with "memory allocation failed"
+        // regression: hidden_dim = 100000000000 aborted with "memory allocation failed"
         let init = Init::new(0).pp("projector");
         for shape in [vec![100_000_000_000, 128], vec![usize::MAX, 2]] {
-            let p = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| init.kaiming_uniform("weight", shape.clone(), 128))).unwrap_err();
+            let p = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                init.kaiming_uniform("weight", shape.clone(), 128)
+            }))
+            .unwrap_err();
             let msg = p.downcast_ref::<String>().cloned().unwrap_or_default();
             assert!(msg.contains("projector.weight") && msg.contains("size keys"), "{msg}");
         }

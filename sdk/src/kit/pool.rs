@@ -32,14 +32,21 @@ impl MaxPool2d {
     /// A max pool; PyTorch's `MaxPool2d(kernel, stride, padding)`.
     pub fn new(kernel: usize, stride: usize, padding: usize) -> MaxPool2d {
         assert!(kernel >= 1 && stride >= 1, "max-pool: kernel and stride must be at least 1");
-        assert!(padding <= kernel / 2, "max-pool: padding {padding} is more than half the kernel {kernel}");
+        assert!(
+            padding <= kernel / 2,
+            "max-pool: padding {padding} is more than half the kernel {kernel}"
+        );
         MaxPool2d { kernel, stride, padding, cache: None }
     }
 
     /// Output `(OH, OW)` for an `H x W` input, or an error if the window does not fit.
     pub fn out_hw(&self, h: usize, w: usize) -> anyhow::Result<(usize, usize)> {
         let (hp, wp) = (h + 2 * self.padding, w + 2 * self.padding);
-        anyhow::ensure!(hp >= self.kernel && wp >= self.kernel, "max-pool: a {0}x{0} window does not fit a {h}x{w} input", self.kernel);
+        anyhow::ensure!(
+            hp >= self.kernel && wp >= self.kernel,
+            "max-pool: a {0}x{0} window does not fit a {h}x{w} input",
+            self.kernel
+        );
         Ok(((hp - self.kernel) / self.stride + 1, (wp - self.kernel) / self.stride + 1))
     }
 }
@@ -84,7 +91,10 @@ impl Layer for MaxPool2d {
         };
         let (ip, op) = (h * w, (oh * ow).max(1));
         if x.len() >= PAR_MIN {
-            x.data.par_chunks(ip).zip(y.par_chunks_mut(op).zip(arg.par_chunks_mut(op))).for_each(plane);
+            x.data
+                .par_chunks(ip)
+                .zip(y.par_chunks_mut(op).zip(arg.par_chunks_mut(op)))
+                .for_each(plane);
         } else {
             x.data.chunks(ip).zip(y.chunks_mut(op).zip(arg.chunks_mut(op))).for_each(plane);
         }
@@ -95,7 +105,8 @@ impl Layer for MaxPool2d {
     }
 
     fn backward(&mut self, dy: &Tensor) -> Tensor {
-        let (shape, arg) = self.cache.take().expect("max-pool: backward without a training forward");
+        let (shape, arg) =
+            self.cache.take().expect("max-pool: backward without a training forward");
         assert_eq!(dy.len(), arg.len(), "max-pool backward: gradient shape");
         let ip = shape[2] * shape[3];
         let op = (dy.len() / (shape[0] * shape[1]).max(1)).max(1);
@@ -106,7 +117,9 @@ impl Layer for MaxPool2d {
             }
         };
         if dx.len() >= PAR_MIN {
-            dx.par_chunks_mut(ip).zip(dy.data.par_chunks(op).zip(arg.par_chunks(op))).for_each(plane);
+            dx.par_chunks_mut(ip)
+                .zip(dy.data.par_chunks(op).zip(arg.par_chunks(op)))
+                .for_each(plane);
         } else {
             dx.chunks_mut(ip).zip(dy.data.chunks(op).zip(arg.chunks(op))).for_each(plane);
         }
@@ -144,7 +157,8 @@ impl Layer for GlobalAvgPool {
     }
 
     fn backward(&mut self, dy: &Tensor) -> Tensor {
-        let shape = self.shape.take().expect("global average pool: backward without a training forward");
+        let shape =
+            self.shape.take().expect("global average pool: backward without a training forward");
         assert_eq!(dy.shape, shape[..2], "global average pool backward: gradient shape");
         let s = shape[2] * shape[3];
         let inv = 1.0 / s as f32;
@@ -204,7 +218,12 @@ mod tests {
     impl Layer for Spread {
         fn forward(&mut self, x: &Tensor, _train: bool) -> Tensor {
             let n = x.len();
-            let y = x.data.iter().enumerate().map(|(i, v)| 0.01 * v + ((i * 7919) % n) as f32 * 0.1).collect();
+            let y = x
+                .data
+                .iter()
+                .enumerate()
+                .map(|(i, v)| 0.01 * v + ((i * 7919) % n) as f32 * 0.1)
+                .collect();
             Tensor::new(x.shape.clone(), y)
         }
         fn backward(&mut self, dy: &Tensor) -> Tensor {
@@ -222,7 +241,10 @@ mod tests {
                     let mut m = f32::NEG_INFINITY;
                     for p in 0..k {
                         for q in 0..k {
-                            let (iy, ix) = ((oy * s + p) as isize - pad as isize, (ox * s + q) as isize - pad as isize);
+                            let (iy, ix) = (
+                                (oy * s + p) as isize - pad as isize,
+                                (ox * s + q) as isize - pad as isize,
+                            );
                             if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
                                 m = m.max(x.data[i * h * w + iy as usize * w + ix as usize]);
                             }
@@ -237,7 +259,12 @@ mod tests {
 
     #[test]
     fn max_pool_matches_direct_formula() {
-        for (shape, k, s, pad) in [([2, 3, 6, 6], 2, 2, 0), ([1, 2, 7, 5], 3, 2, 1), ([2, 1, 5, 8], 3, 1, 1), ([3, 2, 4, 4], 1, 1, 0)] {
+        for (shape, k, s, pad) in [
+            ([2, 3, 6, 6], 2, 2, 0),
+            ([1, 2, 7, 5], 3, 2, 1),
+            ([2, 1, 5, 8], 3, 1, 1),
+            ([3, 2, 4, 4], 1, 1, 0),
+        ] {
             let x = random(&shape, 3);
             let y = MaxPool2d::new(k, s, pad).forward(&x, false);
             assert_eq!(y, direct_max(&x, k, s, pad), "{shape:?} k{k} s{s} p{pad}");
@@ -249,7 +276,9 @@ mod tests {
 
     #[test]
     fn max_pool_gradients_match_finite_differences() {
-        for (shape, k, s, pad) in [([2, 2, 6, 6], 2, 2, 0), ([1, 2, 7, 5], 3, 2, 1), ([2, 1, 5, 6], 3, 1, 1)] {
+        for (shape, k, s, pad) in
+            [([2, 2, 6, 6], 2, 2, 0), ([1, 2, 7, 5], 3, 2, 1), ([2, 1, 5, 6], 3, 1, 1)]
+        {
             let mut net = Sequential::new().push(Spread).push(MaxPool2d::new(k, s, pad));
             check_layer(&mut net, &shape, 30, 1e-2);
         }

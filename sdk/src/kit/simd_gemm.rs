@@ -15,7 +15,8 @@ use std::arch::x86_64::*;
 
 /// Tests turn the kernel off to check the portable path on AVX-512 machines too.
 #[cfg(test)]
-pub(crate) static DISABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+pub(crate) static DISABLED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 /// True when [`gemm()`] can run here.
 pub fn available() -> bool {
@@ -46,7 +47,17 @@ pub struct StridedA<'a> {
 /// `C = A · B` (or `C += A · B`) for `A [m, k]`, `B [k, n]` (row stride `ldb`), `C [m, n]` (row
 /// stride `ldc`). Panics if a view is out of bounds or AVX-512 is missing.
 #[allow(clippy::too_many_arguments)]
-pub fn gemm(m: usize, n: usize, k: usize, a: StridedA, b: &[f32], ldb: usize, c: &mut [f32], ldc: usize, accumulate: bool) {
+pub fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: StridedA,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
     #[cfg(target_arch = "x86_64")]
     assert!(std::arch::is_x86_feature_detected!("avx512f"), "simd gemm without AVX-512");
     #[cfg(not(target_arch = "x86_64"))]
@@ -69,7 +80,19 @@ pub fn gemm(m: usize, n: usize, k: usize, a: StridedA, b: &[f32], ldb: usize, c:
     // SAFETY: AVX-512 is present (asserted); the asserts above bound every element read or
     // written; masked loads and stores touch only the columns below n.
     unsafe {
-        gemm_avx512(m, n, k, a.data.as_ptr(), a.rs, a.cs, b.as_ptr(), ldb, c.as_mut_ptr(), ldc, accumulate)
+        gemm_avx512(
+            m,
+            n,
+            k,
+            a.data.as_ptr(),
+            a.rs,
+            a.cs,
+            b.as_ptr(),
+            ldb,
+            c.as_mut_ptr(),
+            ldc,
+            accumulate,
+        )
     }
 }
 
@@ -77,10 +100,16 @@ pub fn gemm(m: usize, n: usize, k: usize, a: StridedA, b: &[f32], ldb: usize, c:
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_avx512(
-    m: usize, n: usize, k: usize,
-    a: *const f32, a_rs: usize, a_cs: usize,
-    b: *const f32, ldb: usize,
-    c: *mut f32, ldc: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
     accumulate: bool,
 ) {
     const MR: usize = 8;
@@ -89,7 +118,13 @@ unsafe fn gemm_avx512(
     while j < n {
         let w = (n - j).min(NR);
         let m0: __mmask16 = if w >= 16 { 0xffff } else { (1u32 << w) as u16 - 1 };
-        let m1: __mmask16 = if w >= 32 { 0xffff } else if w > 16 { (1u32 << (w - 16)) as u16 - 1 } else { 0 };
+        let m1: __mmask16 = if w >= 32 {
+            0xffff
+        } else if w > 16 {
+            (1u32 << (w - 16)) as u16 - 1
+        } else {
+            0
+        };
         let bj = b.add(j);
         let mut i = 0;
         while i < m {
@@ -118,10 +153,15 @@ unsafe fn gemm_avx512(
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile<const R: usize>(
     k: usize,
-    a: *const f32, a_rs: usize, a_cs: usize,
-    b: *const f32, ldb: usize,
-    c: *mut f32, ldc: usize,
-    m0: __mmask16, m1: __mmask16,
+    a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    m0: __mmask16,
+    m1: __mmask16,
     accumulate: bool,
 ) {
     let mut acc0 = [_mm512_setzero_ps(); R];
@@ -161,7 +201,9 @@ mod tests {
             eprintln!("no AVX-512 here: nothing to test");
             return;
         }
-        for (m, n, k) in [(8, 32, 5), (13, 47, 9), (1, 1, 1), (32, 784, 288), (3, 17, 64), (9, 33, 0)] {
+        for (m, n, k) in
+            [(8, 32, 5), (13, 47, 9), (1, 1, 1), (32, 784, 288), (3, 17, 64), (9, 33, 0)]
+        {
             let a = random(&[m * k], 1).data;
             let at: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect(); // [k, m]
             let ldb = n + 3;
@@ -170,17 +212,25 @@ mod tests {
             let mut want = vec![0.0f64; m * n];
             for i in 0..m {
                 for j in 0..n {
-                    want[i * n + j] = (0..k).map(|p| a[i * k + p] as f64 * b[p * ldb + j] as f64).sum();
+                    want[i * n + j] =
+                        (0..k).map(|p| a[i * k + p] as f64 * b[p * ldb + j] as f64).sum();
                 }
             }
-            for (view, acc) in [(StridedA { data: &a, rs: k, cs: 1 }, false), (StridedA { data: &at, rs: 1, cs: m }, true)] {
+            for (view, acc) in [
+                (StridedA { data: &a, rs: k, cs: 1 }, false),
+                (StridedA { data: &at, rs: 1, cs: m }, true),
+            ] {
                 let mut c = vec![0.5f32; m * ldc];
                 gemm(m, n, k, view, &b, ldb, &mut c, ldc, acc);
                 for i in 0..m {
                     for j in 0..ldc {
                         let got = c[i * ldc + j] as f64;
-                        let exp = if j < n { want[i * n + j] + if acc { 0.5 } else { 0.0 } } else { 0.5 };
-                        assert!((got - exp).abs() < 1e-4 * (1.0 + exp.abs()), "{m}x{n}x{k} acc {acc} at ({i}, {j}): {got} vs {exp}");
+                        let exp =
+                            if j < n { want[i * n + j] + if acc { 0.5 } else { 0.0 } } else { 0.5 };
+                        assert!(
+                            (got - exp).abs() < 1e-4 * (1.0 + exp.abs()),
+                            "{m}x{n}x{k} acc {acc} at ({i}, {j}): {got} vs {exp}"
+                        );
                     }
                 }
             }

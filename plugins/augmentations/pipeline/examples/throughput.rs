@@ -34,7 +34,10 @@ fn cpu_seconds() -> f64 {
 fn report(name: &str, views: u64, wall: f64, cpu: f64) {
     let rate = views as f64 / wall;
     let per_cpu = if cpu > 0.0 { format!("{:.0}", views as f64 / cpu) } else { "n/a".into() };
-    println!("{name}: {rate:.0} views/s wall, {per_cpu} views per CPU-second ({:.1} µs/view wall)", 1e6 / rate);
+    println!(
+        "{name}: {rate:.0} views/s wall, {per_cpu} views per CPU-second ({:.1} µs/view wall)",
+        1e6 / rate
+    );
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,14 +60,21 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let configs = [
         ("simclr preset (defaults: s=1, blur p=0.5)", r#"{}"#),
-        ("simclr, lightly-matched (s=0.5, no blur, normalize)", r#"{"strength": 0.5, "ops": null, "normalize": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}"#),
+        (
+            "simclr, lightly-matched (s=0.5, no blur, normalize)",
+            r#"{"strength": 0.5, "ops": null, "normalize": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}"#,
+        ),
         ("byol view 0 (blur p=1)", r#"{"preset": "byol"}"#),
     ];
     for (name, json) in configs {
         let mut cfg: Config = serde_json::from_str(json)?;
         if name.contains("lightly-matched") {
             // the simclr preset with its blur removed
-            let mut ops = latent_plugin_pipeline::pipeline::preset(latent_plugin_pipeline::pipeline::Preset::Simclr, 0, 0.5);
+            let mut ops = latent_plugin_pipeline::pipeline::preset(
+                latent_plugin_pipeline::pipeline::Preset::Simclr,
+                0,
+                0.5,
+            );
             ops.retain(|o| !matches!(o, latent_plugin_pipeline::Op::Blur(_)));
             cfg.ops = Some(ops);
         }
@@ -84,18 +94,25 @@ fn main() -> anyhow::Result<()> {
         std::hint::black_box(checksum);
     }
     // The same preset through the ABI object the host calls: batches of 256 as one tensor.
-    let obj = latent_sdk::plugin::new_augmentation::<Pipeline>("{}".into(), &Context::default()).unwrap();
+    let obj =
+        latent_sdk::plugin::new_augmentation::<Pipeline>("{}".into(), &Context::default()).unwrap();
     let batch: Vec<f32> = images.concat();
     let seeds: Vec<u64> = (0..images.len() as u64).collect();
     let cpu0 = cpu_seconds();
     let start = Instant::now();
     let mut views = 0u64;
     while start.elapsed().as_secs_f64() < secs {
-        let x = latent_sdk::kit::Tensor::new(vec![images.len(), 3, 32, 32], batch.clone()).into_desc();
+        let x =
+            latent_sdk::kit::Tensor::new(vec![images.len(), 3, 32, 32], batch.clone()).into_desc();
         let y = obj.apply(x, seeds.iter().copied().collect()).unwrap();
         assert_eq!(y.data.len(), batch.len());
         views += images.len() as u64;
     }
-    report("simclr preset through the ABI, batches of 256", views, start.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+    report(
+        "simclr preset through the ABI, batches of 256",
+        views,
+        start.elapsed().as_secs_f64(),
+        cpu_seconds() - cpu0,
+    );
     Ok(())
 }

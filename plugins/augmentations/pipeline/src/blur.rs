@@ -45,7 +45,8 @@ pub fn kernel_size(side: usize, frac: f32) -> usize {
 /// The normalised Gaussian kernel of odd size `k`.
 pub fn kernel(k: usize, sigma: f32) -> Vec<f32> {
     let r = (k / 2) as f32;
-    let mut g: Vec<f32> = (0..k).map(|i| (-(i as f32 - r).powi(2) / (2.0 * sigma * sigma)).exp()).collect();
+    let mut g: Vec<f32> =
+        (0..k).map(|i| (-(i as f32 - r).powi(2) / (2.0 * sigma * sigma)).exp()).collect();
     let s: f32 = g.iter().sum();
     g.iter_mut().for_each(|v| *v /= s);
     g
@@ -95,8 +96,16 @@ pub fn blur(img: &mut Planes, g: &[f32]) {
 impl GaussianBlur {
     /// Refuses an empty or non-positive σ range, a bad fraction or p outside [0, 1].
     pub fn validate(&self) -> Result<()> {
-        ensure!(0.0 < self.sigma[0] && self.sigma[0] <= self.sigma[1] && self.sigma[1].is_finite(), "blur sigma must satisfy 0 < min <= max, got {:?}", self.sigma);
-        ensure!(self.kernel_frac >= 0.0 && self.kernel_frac <= 1.0, "blur kernel_frac must be in [0, 1], got {}", self.kernel_frac);
+        ensure!(
+            0.0 < self.sigma[0] && self.sigma[0] <= self.sigma[1] && self.sigma[1].is_finite(),
+            "blur sigma must satisfy 0 < min <= max, got {:?}",
+            self.sigma
+        );
+        ensure!(
+            self.kernel_frac >= 0.0 && self.kernel_frac <= 1.0,
+            "blur kernel_frac must be in [0, 1], got {}",
+            self.kernel_frac
+        );
         ensure!((0.0..=1.0).contains(&self.p), "blur p must be in [0, 1], got {}", self.p);
         Ok(())
     }

@@ -43,8 +43,16 @@ impl RandomResizedCrop {
     pub fn validate(&self) -> Result<()> {
         let [s0, s1] = self.scale;
         let [r0, r1] = self.ratio;
-        ensure!(0.0 < s0 && s0 <= s1 && s1 <= 1.0, "crop scale must satisfy 0 < min <= max <= 1, got {:?}", self.scale);
-        ensure!(0.0 < r0 && r0 <= r1 && r1.is_finite(), "crop ratio must satisfy 0 < min <= max, got {:?}", self.ratio);
+        ensure!(
+            0.0 < s0 && s0 <= s1 && s1 <= 1.0,
+            "crop scale must satisfy 0 < min <= max <= 1, got {:?}",
+            self.scale
+        );
+        ensure!(
+            0.0 < r0 && r0 <= r1 && r1.is_finite(),
+            "crop ratio must satisfy 0 < min <= max, got {:?}",
+            self.ratio
+        );
         Ok(())
     }
 
@@ -101,8 +109,14 @@ mod tests {
                 // rounding to whole pixels moves area and ratio by at most ~1 pixel per side
                 let tol_a = 2.0 * (ch + cw) as f32 / (h * w) as f32 + 1e-6;
                 let tol_r = ratio * (1.0 / ch as f32 + 1.0 / cw as f32);
-                assert!(frac >= 0.08 - tol_a && frac <= 1.0 + 1e-6, "area fraction {frac} out of [0.08, 1]");
-                assert!(ratio >= 0.75 - tol_r && ratio <= 4.0 / 3.0 + tol_r, "ratio {ratio} out of [3/4, 4/3]");
+                assert!(
+                    frac >= 0.08 - tol_a && frac <= 1.0 + 1e-6,
+                    "area fraction {frac} out of [0.08, 1]"
+                );
+                assert!(
+                    ratio >= 0.75 - tol_r && ratio <= 4.0 / 3.0 + tol_r,
+                    "ratio {ratio} out of [3/4, 4/3]"
+                );
                 lo = lo.min(frac);
                 hi = hi.max(frac);
             }

@@ -49,15 +49,29 @@ impl Default for ColorJitter {
 impl ColorJitter {
     /// SimCLR's jitter at strength `s`: `0.8 s, 0.8 s, 0.8 s, 0.2 s`, p = 0.8.
     pub fn simclr(s: f32) -> ColorJitter {
-        ColorJitter { brightness: 0.8 * s, contrast: 0.8 * s, saturation: 0.8 * s, hue: 0.2 * s, p: 0.8 }
+        ColorJitter {
+            brightness: 0.8 * s,
+            contrast: 0.8 * s,
+            saturation: 0.8 * s,
+            hue: 0.2 * s,
+            p: 0.8,
+        }
     }
 
     /// Refuses negative strengths, hue above 0.5 and p outside [0, 1].
     pub fn validate(&self) -> Result<()> {
-        for (n, v) in [("brightness", self.brightness), ("contrast", self.contrast), ("saturation", self.saturation)] {
+        for (n, v) in [
+            ("brightness", self.brightness),
+            ("contrast", self.contrast),
+            ("saturation", self.saturation),
+        ] {
             ensure!(v >= 0.0 && v.is_finite(), "jitter {n} must be >= 0, got {v}");
         }
-        ensure!((0.0..=0.5).contains(&self.hue), "jitter hue must be in [0, 0.5], got {}", self.hue);
+        ensure!(
+            (0.0..=0.5).contains(&self.hue),
+            "jitter hue must be in [0, 0.5], got {}",
+            self.hue
+        );
         ensure!((0.0..=1.0).contains(&self.p), "jitter p must be in [0, 1], got {}", self.p);
         Ok(())
     }
@@ -69,7 +83,13 @@ impl ColorJitter {
         }
         let mut order = [0usize, 1, 2, 3];
         order.shuffle(rng);
-        let factor = |s: f32, rng: &mut _| if s > 0.0 { uniform(rng, (1.0 - s).max(0.0), 1.0 + s) } else { 1.0 };
+        let factor = |s: f32, rng: &mut _| {
+            if s > 0.0 {
+                uniform(rng, (1.0 - s).max(0.0), 1.0 + s)
+            } else {
+                1.0
+            }
+        };
         let fb = factor(self.brightness, rng);
         let fc = factor(self.contrast, rng);
         let fs = factor(self.saturation, rng);
@@ -107,7 +127,10 @@ pub fn contrast(img: &mut Planes, f: f32) {
 pub fn saturation(img: &mut Planes, f: f32) {
     let l = luma(img);
     for ch in 0..img.c {
-        img.plane_mut(ch).iter_mut().zip(&l).for_each(|(v, l)| *v = (f * *v + (1.0 - f) * l).clamp(0.0, 1.0));
+        img.plane_mut(ch)
+            .iter_mut()
+            .zip(&l)
+            .for_each(|(v, l)| *v = (f * *v + (1.0 - f) * l).clamp(0.0, 1.0));
     }
 }
 
@@ -127,7 +150,11 @@ pub fn hue(img: &mut Planes, delta: f32) {
     let d6 = 6.0 * delta;
     let wrap = |k: f32| {
         let k = if k < 0.0 { k + 6.0 } else { k };
-        if k >= 6.0 { k - 6.0 } else { k }
+        if k >= 6.0 {
+            k - 6.0
+        } else {
+            k
+        }
     };
     let chan = |k: f32, v: f32, c: f32| v - c * (k.min(4.0 - k)).clamp(0.0, 1.0);
     for ((r, g), b) in r.iter_mut().zip(g.iter_mut()).zip(b.iter_mut()) {
@@ -139,7 +166,13 @@ pub fn hue(img: &mut Planes, delta: f32) {
         let hr = (gg - bb) * inv;
         let hg = 2.0 + (bb - rr) * inv;
         let hb = 4.0 + (rr - gg) * inv;
-        let h = if v == rr { hr } else if v == gg { hg } else { hb };
+        let h = if v == rr {
+            hr
+        } else if v == gg {
+            hg
+        } else {
+            hb
+        };
         let h = wrap(h + d6); // h + d6 ∈ [-4, 8): one step each way suffices
         *r = chan(wrap(h + 5.0), v, c);
         *g = chan(wrap(h + 3.0), v, c);
@@ -175,7 +208,13 @@ mod tests {
         // a third of a turn maps R→G→B: the red-dominant pixel 0 (0.1, 0.7, 0.4)... check a pure case
         let mut red = Planes::new(3, 1, 1, vec![0.8, 0.2, 0.2]);
         hue(&mut red, 1.0 / 3.0);
-        assert!((red.data[0] - 0.2).abs() < 1e-5 && (red.data[1] - 0.8).abs() < 1e-5 && (red.data[2] - 0.2).abs() < 1e-5, "{:?}", red.data);
+        assert!(
+            (red.data[0] - 0.2).abs() < 1e-5
+                && (red.data[1] - 0.8).abs() < 1e-5
+                && (red.data[2] - 0.2).abs() < 1e-5,
+            "{:?}",
+            red.data
+        );
         hue(&mut img, 2.0 / 3.0);
         for (a, b) in img.data.iter().zip(rgb().data) {
             assert!((a - b).abs() < 1e-5);
@@ -210,8 +249,22 @@ mod tests {
         let cases: [(&str, f32, [f32; 12]); 4] = [
             ("hue", 0.13, [0.1, 0.9, 0.5, 0.507, 0.532, 0.546, 0.5, 0.3, 0.7, 0.2, 0.5, 0.95]),
             ("hue", -0.41, [0.7, 0.2, 0.5, 0.899, 0.124, 0.722, 0.5, 0.95, 0.1, 0.9, 0.5, 0.3]),
-            ("saturation", 1.7, [0.0, 1.0, 0.50004, 0.12488, 0.84953, 0.03759, 0.50004, 0.63488, 0.33953, 0.37759, 0.50004, 1.0]),
-            ("contrast", 0.6, [0.25685, 0.73685, 0.49685, 0.37685, 0.61685, 0.31685, 0.49685, 0.55685, 0.43685, 0.43685, 0.49685, 0.76685]),
+            (
+                "saturation",
+                1.7,
+                [
+                    0.0, 1.0, 0.50004, 0.12488, 0.84953, 0.03759, 0.50004, 0.63488, 0.33953,
+                    0.37759, 0.50004, 1.0,
+                ],
+            ),
+            (
+                "contrast",
+                0.6,
+                [
+                    0.25685, 0.73685, 0.49685, 0.37685, 0.61685, 0.31685, 0.49685, 0.55685,
+                    0.43685, 0.43685, 0.49685, 0.76685,
+                ],
+            ),
         ];
         for (op, f, want) in cases {
             let mut img = rgb();

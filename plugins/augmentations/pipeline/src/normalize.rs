@@ -34,15 +34,32 @@ impl Default for Normalize {
 impl Normalize {
     /// Refuses empty lists, lengths that differ, and non-positive std.
     pub fn validate(&self) -> Result<()> {
-        ensure!(!self.mean.is_empty() && self.mean.len() == self.std.len(), "normalize mean and std need the same, non-zero length, got {} and {}", self.mean.len(), self.std.len());
-        ensure!(self.std.iter().all(|s| *s > 0.0 && s.is_finite()), "normalize std must be positive, got {:?}", self.std);
-        ensure!(self.mean.iter().all(|m| m.is_finite()), "normalize mean must be finite, got {:?}", self.mean);
+        ensure!(
+            !self.mean.is_empty() && self.mean.len() == self.std.len(),
+            "normalize mean and std need the same, non-zero length, got {} and {}",
+            self.mean.len(),
+            self.std.len()
+        );
+        ensure!(
+            self.std.iter().all(|s| *s > 0.0 && s.is_finite()),
+            "normalize std must be positive, got {:?}",
+            self.std
+        );
+        ensure!(
+            self.mean.iter().all(|m| m.is_finite()),
+            "normalize mean must be finite, got {:?}",
+            self.mean
+        );
         Ok(())
     }
 
     /// Checks that it fits images of `c` channels.
     pub fn check_channels(&self, c: usize) -> Result<()> {
-        ensure!(self.mean.len() == 1 || self.mean.len() == c, "normalize has {} means for images of {c} channels (give 1 or {c})", self.mean.len());
+        ensure!(
+            self.mean.len() == 1 || self.mean.len() == c,
+            "normalize has {} means for images of {c} channels (give 1 or {c})",
+            self.mean.len()
+        );
         Ok(())
     }
 

@@ -103,7 +103,14 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { preset: Preset::Simclr, view: 0, size: None, strength: 1.0, ops: None, normalize: None }
+        Config {
+            preset: Preset::Simclr,
+            view: 0,
+            size: None,
+            strength: 1.0,
+            ops: None,
+            normalize: None,
+        }
     }
 }
 
@@ -143,7 +150,13 @@ pub fn preset(name: Preset, view: u32, strength: f32) -> Vec<Op> {
             vec![
                 Op::Crop(RandomResizedCrop::default()),
                 Op::Flip(HorizontalFlip { p: 0.5 }),
-                Op::Jitter(ColorJitter { brightness: 0.4, contrast: 0.4, saturation: 0.2, hue: 0.1, p: 0.8 }),
+                Op::Jitter(ColorJitter {
+                    brightness: 0.4,
+                    contrast: 0.4,
+                    saturation: 0.2,
+                    hue: 0.1,
+                    p: 0.8,
+                }),
                 Op::Grayscale(RandomGrayscale { p: 0.2 }),
                 Op::Blur(GaussianBlur { p: blur, ..Default::default() }),
                 Op::Solarize(RandomSolarize { threshold: 0.5, p: sol }),
@@ -151,7 +164,13 @@ pub fn preset(name: Preset, view: u32, strength: f32) -> Vec<Op> {
         }
         Preset::Grey => vec![
             Op::Crop(RandomResizedCrop { scale: [GREY_SCALE, 1.0], ..Default::default() }),
-            Op::Jitter(ColorJitter { brightness: GREY_JITTER, contrast: GREY_JITTER, saturation: 0.0, hue: 0.0, p: 0.8 }),
+            Op::Jitter(ColorJitter {
+                brightness: GREY_JITTER,
+                contrast: GREY_JITTER,
+                saturation: 0.0,
+                hue: 0.0,
+                p: 0.8,
+            }),
         ],
         Preset::None => vec![],
     }
@@ -220,10 +239,18 @@ impl Plugin for Pipeline {
 
     fn new(cfg: Config, _ctx: &Context) -> anyhow::Result<Self> {
         ensure!(cfg.view <= 1, "view must be 0 or 1, got {}", cfg.view);
-        ensure!(cfg.strength >= 0.0 && cfg.strength.is_finite(), "strength must be >= 0, got {}", cfg.strength);
+        ensure!(
+            cfg.strength >= 0.0 && cfg.strength.is_finite(),
+            "strength must be >= 0, got {}",
+            cfg.strength
+        );
         ensure!(cfg.size != Some(0), "size must be at least 1");
         // a view of side s holds 3·s² values per image in every loader batch
-        ensure!(cfg.size.map_or(true, |s| s <= MAX_SIZE), "size is {}; at most {MAX_SIZE} pixels is allowed", cfg.size.unwrap_or(0));
+        ensure!(
+            cfg.size.map_or(true, |s| s <= MAX_SIZE),
+            "size is {}; at most {MAX_SIZE} pixels is allowed",
+            cfg.size.unwrap_or(0)
+        );
         let base = preset(cfg.preset, cfg.view, cfg.strength);
         let mut ops = cfg.ops.unwrap_or(base);
         if let Some(n) = cfg.normalize {
@@ -247,7 +274,12 @@ impl AugmentationPlugin for Pipeline {
     fn apply(&self, image: &[f32], shape: [usize; 3], seed: u64) -> anyhow::Result<Vec<f32>> {
         let [c, h, w] = shape;
         self.output_shape(shape)?;
-        ensure!(image.len() == c * h * w, "image of shape {shape:?} needs {} values, got {}", c * h * w, image.len());
+        ensure!(
+            image.len() == c * h * w,
+            "image of shape {shape:?} needs {} values, got {}",
+            c * h * w,
+            image.len()
+        );
         Ok(self.run(Planes::new(c, h, w, image.to_vec()), seed).data)
     }
 }
@@ -266,7 +298,7 @@ mod tests {
 
     #[test]
     fn an_output_size_beyond_the_bound_is_refused_by_name() {
-        // issue 14.5: size = 100000 aborted the process in the first batch's allocation
+        // regression: size = 100000 aborted the process in the first batch's allocation
         let e = build(r#"{"size": 100000}"#).err().unwrap().to_string();
         assert!(e.contains("size is 100000") && e.contains("8192"), "{e}");
         assert!(build(r#"{"size": 8192}"#).is_ok());
@@ -274,7 +306,12 @@ mod tests {
 
     #[test]
     fn presets_are_deterministic_per_seed_and_stay_in_range() {
-        for cfg in [r#"{}"#, r#"{"preset": "byol"}"#, r#"{"preset": "byol", "view": 1, "size": 16}"#, r#"{"preset": "grey"}"#] {
+        for cfg in [
+            r#"{}"#,
+            r#"{"preset": "byol"}"#,
+            r#"{"preset": "byol", "view": 1, "size": 16}"#,
+            r#"{"preset": "grey"}"#,
+        ] {
             let p = build(cfg).unwrap();
             for &(c, h, w) in &[(3usize, 32usize, 32usize), (1, 28, 28), (3, 7, 40)] {
                 let x = image(c, h, w);
@@ -292,7 +329,9 @@ mod tests {
         let p = build(r#"{"preset": "none"}"#).unwrap();
         let x = image(3, 5, 6);
         assert_eq!(p.apply(&x, [3, 5, 6], 1).unwrap(), x);
-        let p = build(r#"{"preset": "none", "size": 3, "normalize": {"mean": [0.5], "std": [0.5]}}"#).unwrap();
+        let p =
+            build(r#"{"preset": "none", "size": 3, "normalize": {"mean": [0.5], "std": [0.5]}}"#)
+                .unwrap();
         assert_eq!(p.output_shape([1, 6, 6]).unwrap(), [1, 3, 3]);
         let y = p.apply(&[1.0; 36], [1, 6, 6], 0).unwrap();
         assert!(y.iter().all(|v| (v - 1.0).abs() < 1e-5));
@@ -301,13 +340,19 @@ mod tests {
     #[test]
     fn explicit_ops_parse_with_defaults_and_refuse_unknown_keys() {
         let p = build(r#"{"ops": [{"op": "crop", "scale": [0.5, 1.0]}, {"op": "flip", "p": 1.0}, {"op": "solarize"}]}"#).unwrap();
-        assert_eq!(p.ops()[0], Op::Crop(RandomResizedCrop { scale: [0.5, 1.0], ..Default::default() }));
+        assert_eq!(
+            p.ops()[0],
+            Op::Crop(RandomResizedCrop { scale: [0.5, 1.0], ..Default::default() })
+        );
         assert_eq!(p.ops()[2], Op::Solarize(RandomSolarize::default()));
         assert!(build(r#"{"ops": [{"op": "flip", "q": 1.0}]}"#).is_err());
         assert!(build(r#"{"ops": [{"op": "rotate"}]}"#).is_err());
         assert!(build(r#"{"bogus": 1}"#).is_err());
         let e = build(r#"{"preset": "moco"}"#).err().unwrap().to_string();
-        assert!(e.contains("moco") && e.contains("grey"), "the error names the presets there are: {e}");
+        assert!(
+            e.contains("moco") && e.contains("grey"),
+            "the error names the presets there are: {e}"
+        );
         assert!(build(r#"{"view": 2}"#).is_err());
         assert!(build(r#"{"ops": [{"op": "flip", "p": 2.0}]}"#).is_err());
         let p = build(r#"{"normalize": {"mean": [0.1, 0.2, 0.3], "std": [1, 1, 1]}}"#).unwrap();
@@ -319,7 +364,10 @@ mod tests {
     fn grey_preset_neither_flips_nor_blurs() {
         let ops = build(r#"{"preset": "grey"}"#).unwrap().ops().to_vec();
         assert_eq!(ops.len(), 2);
-        assert_eq!(ops[0], Op::Crop(RandomResizedCrop { scale: [GREY_SCALE, 1.0], ..Default::default() }));
+        assert_eq!(
+            ops[0],
+            Op::Crop(RandomResizedCrop { scale: [GREY_SCALE, 1.0], ..Default::default() })
+        );
         assert!(matches!(ops[1], Op::Jitter(ColorJitter { saturation: 0.0, hue: 0.0, .. })));
         assert!(!ops.iter().any(|o| matches!(o, Op::Flip(_) | Op::Blur(_) | Op::Grayscale(_))));
     }

@@ -31,7 +31,12 @@ pub struct Planes {
 impl Planes {
     /// Wraps `data` of shape `[c, h, w]`; panics if the length disagrees.
     pub fn new(c: usize, h: usize, w: usize, data: Vec<f32>) -> Planes {
-        assert_eq!(data.len(), c * h * w, "image of shape [{c}, {h}, {w}] needs {} values", c * h * w);
+        assert_eq!(
+            data.len(),
+            c * h * w,
+            "image of shape [{c}, {h}, {w}] needs {} values",
+            c * h * w
+        );
         Planes { c, h, w, data }
     }
 
@@ -61,7 +66,12 @@ fn taps(offset: usize, in_len: usize, out_len: usize) -> Taps {
     let scale = in_len as f32 / out_len as f32;
     let support = scale.max(1.0);
     let stride = 2 * support.ceil() as usize + 2;
-    let mut t = Taps { start: Vec::with_capacity(out_len), len: Vec::with_capacity(out_len), stride, weights: vec![0.0; out_len * stride] };
+    let mut t = Taps {
+        start: Vec::with_capacity(out_len),
+        len: Vec::with_capacity(out_len),
+        stride,
+        weights: vec![0.0; out_len * stride],
+    };
     for o in 0..out_len {
         let centre = (o as f32 + 0.5) * scale;
         let lo = ((centre - support + 0.5).floor().max(0.0) as usize).min(in_len - 1);
@@ -85,7 +95,15 @@ fn taps(offset: usize, in_len: usize, out_len: usize) -> Taps {
 }
 
 /// Resamples the box of `bh × bw` pixels at (`top`, `left`) of `src` to `oh × ow`.
-pub fn resize_box(src: &Planes, top: usize, left: usize, bh: usize, bw: usize, oh: usize, ow: usize) -> Planes {
+pub fn resize_box(
+    src: &Planes,
+    top: usize,
+    left: usize,
+    bh: usize,
+    bw: usize,
+    oh: usize,
+    ow: usize,
+) -> Planes {
     assert!(top + bh <= src.h && left + bw <= src.w && bh > 0 && bw > 0 && oh > 0 && ow > 0);
     let c = src.c;
     let mut out = vec![0.0f32; c * oh * ow];
@@ -161,7 +179,19 @@ mod tests {
     fn identity_box_copies() {
         let img = Planes::new(2, 3, 3, (0..18).map(|v| v as f32 / 18.0).collect());
         let r = resize_box(&img, 1, 1, 2, 2, 2, 2);
-        assert_eq!(r.data, vec![4.0 / 18.0, 5.0 / 18.0, 7.0 / 18.0, 8.0 / 18.0, 13.0 / 18.0, 14.0 / 18.0, 16.0 / 18.0, 17.0 / 18.0]);
+        assert_eq!(
+            r.data,
+            vec![
+                4.0 / 18.0,
+                5.0 / 18.0,
+                7.0 / 18.0,
+                8.0 / 18.0,
+                13.0 / 18.0,
+                14.0 / 18.0,
+                16.0 / 18.0,
+                17.0 / 18.0
+            ]
+        );
     }
 
     /// Reference values from PIL (mode "F", so no u8 rounding):
@@ -175,12 +205,20 @@ mod tests {
         let img = Planes::new(1, 4, 6, (0..24).map(|i| ((i * 7) % 23) as f32 / 23.0).collect());
         let down = [0.39929, 0.54736, 0.384206, 0.615794, 0.45264, 0.417036];
         let up = [
-            0.0, 0.23913, 0.5, 0.76087, 0.664596, 0.282609, 0.521739, 0.578261, 0.267391, 0.378261, 0.63913, 0.542857, 0.16087, 0.4,
-            0.73913, 0.585404, 0.417702, 0.5, 0.582298, 0.414596, 0.26087, 0.6, 0.83913, 0.457143, 0.36087, 0.621739, 0.668323,
-            0.121739, 0.478261, 0.717391, 0.335404, 0.23913, 0.5, 0.546584, 0.0,
+            0.0, 0.23913, 0.5, 0.76087, 0.664596, 0.282609, 0.521739, 0.578261, 0.267391, 0.378261,
+            0.63913, 0.542857, 0.16087, 0.4, 0.73913, 0.585404, 0.417702, 0.5, 0.582298, 0.414596,
+            0.26087, 0.6, 0.83913, 0.457143, 0.36087, 0.621739, 0.668323, 0.121739, 0.478261,
+            0.717391, 0.335404, 0.23913, 0.5, 0.546584, 0.0,
         ];
-        let boxed = [0.130435, 0.434783, 0.73913, 0.043478, 0.956522, 0.26087, 0.565217, 0.869565, 0.782609, 0.086957, 0.391304, 0.695652];
-        for (got, want) in [(resize_box(&img, 0, 0, 4, 6, 2, 3), &down[..]), (resize_box(&img, 0, 0, 4, 6, 5, 7), &up[..]), (resize_box(&img, 1, 1, 3, 4, 3, 4), &boxed[..])] {
+        let boxed = [
+            0.130435, 0.434783, 0.73913, 0.043478, 0.956522, 0.26087, 0.565217, 0.869565, 0.782609,
+            0.086957, 0.391304, 0.695652,
+        ];
+        for (got, want) in [
+            (resize_box(&img, 0, 0, 4, 6, 2, 3), &down[..]),
+            (resize_box(&img, 0, 0, 4, 6, 5, 7), &up[..]),
+            (resize_box(&img, 1, 1, 3, 4, 3, 4), &boxed[..]),
+        ] {
             for (a, b) in got.data.iter().zip(want) {
                 assert!((a - b).abs() < 1e-5, "{:?} vs {want:?}", got.data);
             }

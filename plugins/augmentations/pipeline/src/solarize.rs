@@ -45,7 +45,11 @@ impl RandomSolarize {
     /// Refuses a probability outside [0, 1].
     pub fn validate(&self) -> Result<()> {
         ensure!((0.0..=1.0).contains(&self.p), "solarize p must be in [0, 1], got {}", self.p);
-        ensure!(self.threshold.is_finite(), "solarize threshold must be finite, got {}", self.threshold);
+        ensure!(
+            self.threshold.is_finite(),
+            "solarize threshold must be finite, got {}",
+            self.threshold
+        );
         Ok(())
     }
 

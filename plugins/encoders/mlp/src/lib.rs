@@ -69,11 +69,16 @@ impl Mlp {
 impl Plugin for Mlp {
     type Config = Config;
     const NAME: &'static str = "mlp";
-    const DESCRIPTION: &'static str = "multilayer perceptron on the flattened image (Linear-BN-ReLU per hidden layer)";
+    const DESCRIPTION: &'static str =
+        "multilayer perceptron on the flattened image (Linear-BN-ReLU per hidden layer)";
 
     fn new(cfg: Config, ctx: &Context) -> anyhow::Result<Self> {
         ensure!(cfg.out_dim >= 1, "out_dim must be at least 1");
-        ensure!(cfg.hidden.iter().all(|&h| h >= 1), "every hidden size must be at least 1, got {:?}", cfg.hidden);
+        ensure!(
+            cfg.hidden.iter().all(|&h| h >= 1),
+            "every hidden size must be at least 1, got {:?}",
+            cfg.hidden
+        );
         Ok(Mlp { cfg, seed: ctx.seed, net: None, pending: None })
     }
 }
@@ -94,7 +99,10 @@ impl EncoderPlugin for Mlp {
 
     fn forward(&mut self, images: Tensor, train: bool) -> anyhow::Result<Tensor> {
         let (n, c, h, w) = images.dims4("images")?;
-        ensure!(!train || !self.cfg.batch_norm || self.cfg.hidden.is_empty() || n >= 2, "training with batch norm needs at least 2 images per batch, got {n}");
+        ensure!(
+            !train || !self.cfg.batch_norm || self.cfg.hidden.is_empty() || n >= 2,
+            "training with batch norm needs at least 2 images per batch, got {n}"
+        );
         let y = self.build(c * h * w)?.forward(&images, train);
         self.pending = train.then_some(n);
         Ok(y)
@@ -103,7 +111,11 @@ impl EncoderPlugin for Mlp {
     fn backward(&mut self, grad: Tensor) -> anyhow::Result<()> {
         let n = self.pending.take().context("backward without a training forward before it")?;
         let (gn, gd) = grad.dims2("feature gradient")?;
-        ensure!((gn, gd) == (n, self.cfg.out_dim), "feature gradient has shape [{gn}, {gd}], the last training forward gave [{n}, {}]", self.cfg.out_dim);
+        ensure!(
+            (gn, gd) == (n, self.cfg.out_dim),
+            "feature gradient has shape [{gn}, {gd}], the last training forward gave [{n}, {}]",
+            self.cfg.out_dim
+        );
         let (_, net) = self.net.as_mut().context("backward before any forward")?;
         net.backward(&grad);
         Ok(())

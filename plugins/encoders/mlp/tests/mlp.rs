@@ -19,15 +19,31 @@ fn forward(enc: &mut EncoderBox, x: &Tensor, train: bool) -> Tensor {
 #[test]
 fn default_mlp_builds_on_out_dim_with_named_parameters() {
     let mut enc = encoder("");
-    assert_eq!(enc.params().into_result().unwrap().len(), 0, "no layers before the input size is known");
+    assert_eq!(
+        enc.params().into_result().unwrap().len(),
+        0,
+        "no layers before the input size is known"
+    );
     assert_eq!(enc.out_dim(RVec::from(vec![1, 28, 28])).into_result().unwrap(), 128);
     let ps = enc.params().into_result().unwrap();
     let names: Vec<String> = ps.iter().map(|p| p.name.to_string()).collect();
     assert_eq!(
         names,
-        ["hidden.0.linear.weight", "hidden.0.bn.weight", "hidden.0.bn.bias", "hidden.0.bn.running_mean", "hidden.0.bn.running_var", "out.weight", "out.bias"]
+        [
+            "hidden.0.linear.weight",
+            "hidden.0.bn.weight",
+            "hidden.0.bn.bias",
+            "hidden.0.bn.running_mean",
+            "hidden.0.bn.running_var",
+            "out.weight",
+            "out.bias"
+        ]
     );
-    let trainable: u64 = ps.iter().filter(|p| p.role != ParamRole::Buffer).map(|p| p.shape.iter().product::<u64>()).sum();
+    let trainable: u64 = ps
+        .iter()
+        .filter(|p| p.role != ParamRole::Buffer)
+        .map(|p| p.shape.iter().product::<u64>())
+        .sum();
     assert_eq!(trainable, 784 * 256 + 2 * 256 + 256 * 128 + 128);
     let e = enc.out_dim(RVec::from(vec![3, 28, 28])).into_result().unwrap_err();
     assert!(e.to_string().contains("built for images of 784 values, got 2352"), "{e}");
@@ -56,7 +72,10 @@ fn forward_backward_and_finite_differences() {
         };
         let num = (at(h, &mut enc) - at(-h, &mut enc)) / (2.0 * h as f64);
         let ana = grads[pi].data[j] as f64;
-        assert!((num - ana).abs() <= 2e-2 * num.abs().max(ana.abs()).max(0.1), "param {pi}[{j}]: analytic {ana} numeric {num}");
+        assert!(
+            (num - ana).abs() <= 2e-2 * num.abs().max(ana.abs()).max(0.1),
+            "param {pi}[{j}]: analytic {ana} numeric {num}"
+        );
     }
 }
 
@@ -66,12 +85,16 @@ fn without_batch_norm_and_built_on_first_forward() {
     let y = forward(&mut enc, &random(&[1, 1, 3, 3], 1), true);
     assert_eq!(y.shape, vec![1, 2]);
     enc.backward(random(&[1, 2], 2).into_desc()).into_result().unwrap();
-    let names: Vec<String> = enc.params().into_result().unwrap().iter().map(|p| p.name.to_string()).collect();
+    let names: Vec<String> =
+        enc.params().into_result().unwrap().iter().map(|p| p.name.to_string()).collect();
     assert_eq!(names, ["hidden.0.linear.weight", "hidden.0.linear.bias", "out.weight", "out.bias"]);
 }
 
 #[test]
 fn unknown_config_key_is_refused_by_name() {
-    let e = new_encoder::<Mlp>(r#"{"hiden": [3]}"#.into(), &Context::default()).into_result().err().unwrap();
+    let e = new_encoder::<Mlp>(r#"{"hiden": [3]}"#.into(), &Context::default())
+        .into_result()
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("unknown field `hiden`"), "{e}");
 }

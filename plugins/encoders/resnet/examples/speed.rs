@@ -48,7 +48,10 @@ fn time_layer(layer: &mut dyn Layer, x: &Tensor, runs: usize) -> (f64, f64) {
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str, default: usize| -> usize {
-        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map_or(default, |v| v.parse().expect("a number"))
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .map_or(default, |v| v.parse().expect("a number"))
     };
     let (threads, batch, runs) = (arg("--threads", 2), arg("--batch", 512), arg("--runs", 5));
     rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()?;
@@ -99,7 +102,10 @@ fn main() -> anyhow::Result<()> {
             ("s3.short 64->128 1x1/2 14", 64, 128, 1, 2, 14, 1),
         ];
         let mut sum = 0.0;
-        println!("{:<28} {:>9} {:>9} {:>8} {:>8}", "conv (batch {batch})", "fwd ms", "bwd ms", "GF/s f", "GF/s b");
+        println!(
+            "{:<28} {:>9} {:>9} {:>8} {:>8}",
+            "conv (batch {batch})", "fwd ms", "bwd ms", "GF/s f", "GF/s b"
+        );
         for (name, cin, cout, k, s, side, count) in convs {
             let cfg = Conv2dConfig { stride: s, padding: k / 2, groups: 1, bias: false };
             let mut conv = Conv2d::new(&Init::new(0), cin, cout, k, cfg);
@@ -107,7 +113,13 @@ fn main() -> anyhow::Result<()> {
             let (f, b) = time_layer(&mut conv, &x, runs.min(3));
             let o = (side + 2 * (k / 2) - k) / s + 1;
             let flops = 2.0 * (batch * cout * o * o * cin * k * k) as f64;
-            println!("{name:<28} {:>9.1} {:>9.1} {:>8.1} {:>8.1}  x{count}", f * 1e3, b * 1e3, flops / f / 1e9, 2.0 * flops / b / 1e9);
+            println!(
+                "{name:<28} {:>9.1} {:>9.1} {:>8.1} {:>8.1}  x{count}",
+                f * 1e3,
+                b * 1e3,
+                flops / f / 1e9,
+                2.0 * flops / b / 1e9
+            );
             sum += (f + b) * count as f64;
         }
         let mut bn_sum = 0.0;
@@ -124,7 +136,12 @@ fn main() -> anyhow::Result<()> {
                 bs.push(t1.elapsed().as_secs_f64());
             }
             let (f, b) = (median(fs), median(bs));
-            println!("{:<28} {:>9.1} {:>9.1}  x{count}", format!("batch-norm+relu {c}x{side}x{side}"), f * 1e3, b * 1e3);
+            println!(
+                "{:<28} {:>9.1} {:>9.1}  x{count}",
+                format!("batch-norm+relu {c}x{side}x{side}"),
+                f * 1e3,
+                b * 1e3
+            );
             bn_sum += (f + b) * count as f64;
         }
         println!("convolutions {:.0} ms, batch norms {:.0} ms, rest (relu, residual adds, copies) {:.0} ms of {:.0} ms", sum * 1e3, bn_sum * 1e3, (t - sum - bn_sum) * 1e3, t * 1e3);

@@ -105,7 +105,10 @@ impl BnRelu {
 
     fn layout(&self, shape: &[usize]) -> (usize, usize, usize) {
         let c = self.weight.value.len();
-        assert!(shape.len() >= 2 && shape[1] == c, "batch-norm of {c} channels got shape {shape:?}");
+        assert!(
+            shape.len() >= 2 && shape[1] == c,
+            "batch-norm of {c} channels got shape {shape:?}"
+        );
         (shape[0], c, shape[2..].iter().product::<usize>().max(1))
     }
 
@@ -114,7 +117,11 @@ impl BnRelu {
         let (n, c, s) = self.layout(&x.shape);
         let m = n * s;
         let (mean, inv) = if train {
-            assert!(m > 1, "batch-norm in training needs more than one value per channel, got shape {:?}", x.shape);
+            assert!(
+                m > 1,
+                "batch-norm in training needs more than one value per channel, got shape {:?}",
+                x.shape
+            );
             let sums = per_channel(&planes(&x.data, s, |p| dot_sums(p, p, 0.0)), c);
             let mo = self.momentum;
             let mut mean = Vec::with_capacity(c);
@@ -122,14 +129,19 @@ impl BnRelu {
             for (ch, &(a, b)) in sums.iter().enumerate() {
                 let mu = a / m as f64;
                 let var = (b / m as f64 - mu * mu).max(0.0);
-                self.running_mean.value[ch] = (1.0 - mo) * self.running_mean.value[ch] + mo * mu as f32;
-                self.running_var.value[ch] = (1.0 - mo) * self.running_var.value[ch] + mo * (var * m as f64 / (m - 1) as f64) as f32;
+                self.running_mean.value[ch] =
+                    (1.0 - mo) * self.running_mean.value[ch] + mo * mu as f32;
+                self.running_var.value[ch] = (1.0 - mo) * self.running_var.value[ch]
+                    + mo * (var * m as f64 / (m - 1) as f64) as f32;
                 mean.push(mu as f32);
                 inv.push(1.0 / (var as f32 + self.eps).sqrt());
             }
             (mean, inv)
         } else {
-            (self.running_mean.value.clone(), self.running_var.value.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect())
+            (
+                self.running_mean.value.clone(),
+                self.running_var.value.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect(),
+            )
         };
         // z = a_c·x + b_c
         let a: Vec<f32> = (0..c).map(|ch| self.weight.value[ch] * inv[ch]).collect();
@@ -145,9 +157,15 @@ impl BnRelu {
         };
         let mut y = vec![0.0f32; x.len()];
         if y.len() >= PAR_MIN {
-            y.par_chunks_mut(s).zip(x.data.par_chunks(s)).enumerate().for_each(|(i, (d, v))| apply(i, d, v));
+            y.par_chunks_mut(s)
+                .zip(x.data.par_chunks(s))
+                .enumerate()
+                .for_each(|(i, (d, v))| apply(i, d, v));
         } else {
-            y.chunks_mut(s).zip(x.data.chunks(s)).enumerate().for_each(|(i, (d, v))| apply(i, d, v));
+            y.chunks_mut(s)
+                .zip(x.data.chunks(s))
+                .enumerate()
+                .for_each(|(i, (d, v))| apply(i, d, v));
         }
         let y = Tensor::new(x.shape.clone(), y);
         self.cache = Some(Cache { x, mean, inv, train });
@@ -156,7 +174,8 @@ impl BnRelu {
 
     /// d loss / d input for d loss / d output `dy` (consumed, reused for the result).
     pub fn backward(&mut self, mut dy: Tensor) -> Tensor {
-        let Cache { x, mean, inv, train } = self.cache.take().expect("batch-norm: backward without a forward");
+        let Cache { x, mean, inv, train } =
+            self.cache.take().expect("batch-norm: backward without a forward");
         assert_eq!(dy.shape, x.shape, "batch-norm backward: gradient shape");
         let (n, c, s) = self.layout(&x.shape);
         let (g, beta) = (&self.weight.value, &self.bias.value);
@@ -239,7 +258,8 @@ mod tests {
             let init = Init::new(1);
             let mut kit = BatchNorm::new(&init, c);
             let mut ours = BnRelu::new(&init, c, relu);
-            let gamma: Vec<f32> = (0..c).map(|i| 0.5 + 0.3 * i as f32 - 0.4 * (i % 2) as f32).collect();
+            let gamma: Vec<f32> =
+                (0..c).map(|i| 0.5 + 0.3 * i as f32 - 0.4 * (i % 2) as f32).collect();
             let beta: Vec<f32> = (0..c).map(|i| 0.2 * i as f32 - 0.3).collect();
             kit.weight.value = gamma.clone();
             ours.weight.value = gamma;
@@ -261,7 +281,10 @@ mod tests {
             let got = ours.forward(x.clone(), train);
             let close = |a: &[f32], b: &[f32], what: &str| {
                 for (u, v) in a.iter().zip(b) {
-                    assert!((u - v).abs() <= 1e-4 * (1.0 + v.abs()), "{what} {shape:?}: {u} vs {v}");
+                    assert!(
+                        (u - v).abs() <= 1e-4 * (1.0 + v.abs()),
+                        "{what} {shape:?}: {u} vs {v}"
+                    );
                 }
             };
             close(&got.data, &want.data, "output");

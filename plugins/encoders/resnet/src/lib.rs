@@ -52,7 +52,14 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { preset: "resnet-mini".into(), in_channels: 1, stem_width: None, widths: None, blocks: None, stem_pool: false }
+        Config {
+            preset: "resnet-mini".into(),
+            in_channels: 1,
+            stem_width: None,
+            widths: None,
+            blocks: None,
+            stem_pool: false,
+        }
     }
 }
 
@@ -71,24 +78,51 @@ impl Config {
     /// The architecture this config names, or an error a user can act on.
     pub fn arch(&self) -> anyhow::Result<Arch> {
         ensure!(self.in_channels >= 1, "in_channels must be at least 1, got {}", self.in_channels);
-        let preset = |s: usize, w: &[usize], b: &[usize]| Arch { stem_width: s, widths: w.to_vec(), blocks: b.to_vec() };
+        let preset = |s: usize, w: &[usize], b: &[usize]| Arch {
+            stem_width: s,
+            widths: w.to_vec(),
+            blocks: b.to_vec(),
+        };
         let arch = match self.preset.as_str() {
             "resnet-mini" => preset(32, &[32, 64, 128], &[1, 1, 1]),
             "resnet18-cifar" => preset(64, &[64, 128, 256, 512], &[2, 2, 2, 2]),
             "custom" => {
-                let widths = self.widths.clone().context("preset custom needs `widths` (one width per stage)")?;
-                let blocks = self.blocks.clone().context("preset custom needs `blocks` (blocks per stage)")?;
+                let widths = self
+                    .widths
+                    .clone()
+                    .context("preset custom needs `widths` (one width per stage)")?;
+                let blocks = self
+                    .blocks
+                    .clone()
+                    .context("preset custom needs `blocks` (blocks per stage)")?;
                 ensure!(!widths.is_empty(), "widths must name at least one stage");
-                ensure!(widths.len() == blocks.len(), "widths has {} stages but blocks has {}", widths.len(), blocks.len());
-                ensure!(widths.iter().all(|&w| w >= 1), "every width must be at least 1, got {widths:?}");
-                ensure!(blocks.iter().all(|&b| b >= 1), "every stage needs at least one block, got {blocks:?}");
+                ensure!(
+                    widths.len() == blocks.len(),
+                    "widths has {} stages but blocks has {}",
+                    widths.len(),
+                    blocks.len()
+                );
+                ensure!(
+                    widths.iter().all(|&w| w >= 1),
+                    "every width must be at least 1, got {widths:?}"
+                );
+                ensure!(
+                    blocks.iter().all(|&b| b >= 1),
+                    "every stage needs at least one block, got {blocks:?}"
+                );
                 let stem_width = self.stem_width.unwrap_or(widths[0]);
                 ensure!(stem_width >= 1, "stem_width must be at least 1");
                 return Ok(Arch { stem_width, widths, blocks });
             }
-            other => bail!("preset must be one of resnet-mini, resnet18-cifar, custom; got {other:?}"),
+            other => {
+                bail!("preset must be one of resnet-mini, resnet18-cifar, custom; got {other:?}")
+            }
         };
-        for (key, given) in [("stem_width", self.stem_width.is_some()), ("widths", self.widths.is_some()), ("blocks", self.blocks.is_some())] {
+        for (key, given) in [
+            ("stem_width", self.stem_width.is_some()),
+            ("widths", self.widths.is_some()),
+            ("blocks", self.blocks.is_some()),
+        ] {
             ensure!(!given, "`{key}` applies only to preset custom, not {:?}", self.preset);
         }
         Ok(arch)
@@ -103,9 +137,21 @@ struct ConvBn {
 
 impl ConvBn {
     #[allow(clippy::too_many_arguments)]
-    fn new(init: &Init, conv: &str, bn: &str, cin: usize, cout: usize, kernel: usize, stride: usize, relu: bool) -> ConvBn {
+    fn new(
+        init: &Init,
+        conv: &str,
+        bn: &str,
+        cin: usize,
+        cout: usize,
+        kernel: usize,
+        stride: usize,
+        relu: bool,
+    ) -> ConvBn {
         let cfg = Conv2dConfig { stride, padding: kernel / 2, groups: 1, bias: false };
-        ConvBn { conv: Conv2d::new(&init.pp(conv), cin, cout, kernel, cfg), bn: BnRelu::new(&init.pp(bn), cout, relu) }
+        ConvBn {
+            conv: Conv2d::new(&init.pp(conv), cin, cout, kernel, cfg),
+            bn: BnRelu::new(&init.pp(bn), cout, relu),
+        }
     }
     fn forward(&mut self, x: &Arc<Tensor>, train: bool) -> Tensor {
         let h = self.conv.forward_arc(x.clone(), train);
@@ -136,7 +182,8 @@ impl BasicBlock {
     fn new(init: &Init, cin: usize, cout: usize, stride: usize) -> BasicBlock {
         let a = ConvBn::new(init, "conv1", "bn1", cin, cout, 3, stride, true);
         let b = ConvBn::new(init, "conv2", "bn2", cout, cout, 3, 1, false);
-        let shortcut = (stride != 1 || cin != cout).then(|| ConvBn::new(&init.pp("shortcut"), "conv", "bn", cin, cout, 1, stride, false));
+        let shortcut = (stride != 1 || cin != cout)
+            .then(|| ConvBn::new(&init.pp("shortcut"), "conv", "bn", cin, cout, 1, stride, false));
         BasicBlock { a, b, shortcut, mask: Vec::new() }
     }
 
@@ -168,17 +215,27 @@ impl BasicBlock {
     fn backward(&mut self, mut g: Tensor) -> Tensor {
         assert_eq!(g.len(), self.mask.len(), "basic block backward: gradient length");
         g.data.par_chunks_mut(CHUNK).zip(self.mask.par_chunks(CHUNK)).for_each(|(d, m)| {
-            d.iter_mut().zip(m).for_each(|(d, &m)| if !m { *d = 0.0 });
+            d.iter_mut().zip(m).for_each(|(d, &m)| {
+                if !m {
+                    *d = 0.0
+                }
+            });
         });
         let mut g2 = Tensor::new(g.shape.clone(), vec![0.0; g.len()]);
-        g2.data.par_chunks_mut(CHUNK).zip(g.data.par_chunks(CHUNK)).for_each(|(a, b)| a.copy_from_slice(b));
+        g2.data
+            .par_chunks_mut(CHUNK)
+            .zip(g.data.par_chunks(CHUNK))
+            .for_each(|(a, b)| a.copy_from_slice(b));
         let dh = self.b.backward(g2);
         let mut dx = self.a.backward(dh);
         let ds = match &mut self.shortcut {
             Some(s) => s.backward(g),
             None => g,
         };
-        dx.data.par_chunks_mut(CHUNK).zip(ds.data.par_chunks(CHUNK)).for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
+        dx.data
+            .par_chunks_mut(CHUNK)
+            .zip(ds.data.par_chunks(CHUNK))
+            .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
         dx
     }
 
@@ -256,27 +313,56 @@ impl ResNet {
 impl Plugin for ResNet {
     type Config = Config;
     const NAME: &'static str = "resnet";
-    const DESCRIPTION: &'static str = "ResNet of BasicBlocks (presets resnet-mini, resnet18-cifar, or custom widths and blocks)";
+    const DESCRIPTION: &'static str =
+        "ResNet of BasicBlocks (presets resnet-mini, resnet18-cifar, or custom widths and blocks)";
 
     fn new(cfg: Config, ctx: &Context) -> anyhow::Result<Self> {
         let arch = cfg.arch()?;
         let init = Init::new(ctx.seed);
-        let stem = ConvBn::new(&init.pp("stem"), "conv", "bn", cfg.in_channels, arch.stem_width, 3, 1, true);
+        let stem = ConvBn::new(
+            &init.pp("stem"),
+            "conv",
+            "bn",
+            cfg.in_channels,
+            arch.stem_width,
+            3,
+            1,
+            true,
+        );
         let pool = cfg.stem_pool.then(|| MaxPool2d::new(3, 2, 1));
         let mut blocks = Vec::new();
         let mut cin = arch.stem_width;
         for (i, (&w, &nb)) in arch.widths.iter().zip(&arch.blocks).enumerate() {
             for j in 0..nb {
                 let stride = if i > 0 && j == 0 { 2 } else { 1 };
-                blocks.push(BasicBlock::new(&init.pp(format!("stage{}.{j}", i + 1)), cin, w, stride));
+                blocks.push(BasicBlock::new(
+                    &init.pp(format!("stage{}.{j}", i + 1)),
+                    cin,
+                    w,
+                    stride,
+                ));
                 cin = w;
             }
         }
         let threads = match ctx.threads {
             0 => None,
-            t => Some(rayon::ThreadPoolBuilder::new().num_threads(t as usize).build().context("starting the resnet's worker threads")?),
+            t => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(t as usize)
+                    .build()
+                    .context("starting the resnet's worker threads")?,
+            ),
         };
-        Ok(ResNet { cfg, arch, stem, pool, blocks, gap: GlobalAvgPool::new(), threads, pending: None })
+        Ok(ResNet {
+            cfg,
+            arch,
+            stem,
+            pool,
+            blocks,
+            gap: GlobalAvgPool::new(),
+            threads,
+            pending: None,
+        })
     }
 }
 
@@ -300,7 +386,10 @@ impl EncoderPlugin for ResNet {
         let (n, c, h, w) = images.dims4("images")?;
         self.check_channels(c)?;
         ensure!(h >= 1 && w >= 1, "images must be at least 1x1, got {h}x{w}");
-        ensure!(!train || n >= 2, "training a batch-norm network needs at least 2 images per batch, got {n}");
+        ensure!(
+            !train || n >= 2,
+            "training a batch-norm network needs at least 2 images per batch, got {n}"
+        );
         let y = self.run(|s| s.forward_inner(images, train));
         self.pending = train.then_some(n);
         Ok(y)
@@ -310,7 +399,10 @@ impl EncoderPlugin for ResNet {
         let n = self.pending.context("backward without a training forward before it")?;
         let d = *self.arch.widths.last().expect("at least one stage");
         let (gn, gd) = grad.dims2("feature gradient")?;
-        ensure!((gn, gd) == (n, d), "feature gradient has shape [{gn}, {gd}], the last training forward gave [{n}, {d}]");
+        ensure!(
+            (gn, gd) == (n, d),
+            "feature gradient has shape [{gn}, {gd}], the last training forward gave [{n}, {d}]"
+        );
         self.pending = None;
         self.run(|s| drop(s.backward_inner(&grad)));
         Ok(())

@@ -16,7 +16,11 @@ fn encoder(config: &str) -> EncoderBox {
 /// (trainable count, all names and roles) read through the ABI.
 fn params(enc: &mut EncoderBox) -> (usize, Vec<(String, ParamRole, Vec<u64>)>) {
     let ps = enc.params().into_result().unwrap();
-    let n = ps.iter().filter(|p| matches!(p.role, ParamRole::Weight | ParamRole::NoDecay)).map(|p| p.shape.iter().product::<u64>() as usize).sum();
+    let n = ps
+        .iter()
+        .filter(|p| matches!(p.role, ParamRole::Weight | ParamRole::NoDecay))
+        .map(|p| p.shape.iter().product::<u64>() as usize)
+        .sum();
     (n, ps.iter().map(|p| (p.name.to_string(), p.role, p.shape.to_vec())).collect())
 }
 
@@ -30,7 +34,9 @@ fn resnet_mini_has_306784_parameters_and_pytorch_names() {
     assert_eq!(enc.out_dim(RVec::from(vec![1, 28, 28])).into_result().unwrap(), 128);
     let (n, names) = params(&mut enc);
     assert_eq!(n, 306_784);
-    let find = |name: &str| names.iter().find(|p| p.0 == name).unwrap_or_else(|| panic!("no parameter {name}"));
+    let find = |name: &str| {
+        names.iter().find(|p| p.0 == name).unwrap_or_else(|| panic!("no parameter {name}"))
+    };
     assert_eq!(names[0].0, "stem.conv.weight");
     assert_eq!(find("stem.conv.weight").2, vec![32, 1, 3, 3]);
     assert_eq!(find("stage1.0.conv1.weight").1, ParamRole::Weight);
@@ -38,7 +44,10 @@ fn resnet_mini_has_306784_parameters_and_pytorch_names() {
     assert_eq!(find("stage1.0.bn1.running_mean").1, ParamRole::Buffer);
     assert_eq!(find("stage2.0.shortcut.conv.weight").2, vec![64, 32, 1, 1]);
     assert_eq!(find("stage3.0.shortcut.bn.running_var").2, vec![128]);
-    assert!(!names.iter().any(|p| p.0.starts_with("stage1.0.shortcut")), "stage 1 keeps the identity shortcut");
+    assert!(
+        !names.iter().any(|p| p.0.starts_with("stage1.0.shortcut")),
+        "stage 1 keeps the identity shortcut"
+    );
 }
 
 #[test]
@@ -61,12 +70,16 @@ fn forward_and_backward_through_the_abi() {
     let x = random(&[4, 1, 28, 28], 3);
     let y = forward(&mut enc, &x, true);
     assert_eq!(y.shape, vec![4, 128]);
-    assert!(y.data.iter().all(|v| v.is_finite() && *v >= 0.0), "features are averages of ReLU outputs");
+    assert!(
+        y.data.iter().all(|v| v.is_finite() && *v >= 0.0),
+        "features are averages of ReLU outputs"
+    );
     enc.backward(random(&[4, 128], 4).into_desc()).into_result().unwrap();
     let grads: Vec<TensorDesc> = enc.take_grads().into_result().unwrap().into_vec();
     let ps = enc.params().into_result().unwrap();
     assert_eq!(grads.len(), ps.len());
-    let nonzero = grads.iter().zip(ps.iter()).filter(|(g, _)| g.data.iter().any(|v| *v != 0.0)).count();
+    let nonzero =
+        grads.iter().zip(ps.iter()).filter(|(g, _)| g.data.iter().any(|v| *v != 0.0)).count();
     let trainable = ps.iter().filter(|p| p.role != ParamRole::Buffer).count();
     assert_eq!(nonzero, trainable, "every trainable parameter gets a gradient");
     // a second backward without forward is refused, not a panic
@@ -96,7 +109,8 @@ fn gradients_of_a_tiny_resnet_match_finite_differences() {
     forward(&mut enc, &x, true);
     enc.backward(r.clone().into_desc()).into_result().unwrap();
     let grads = enc.take_grads().into_result().unwrap().into_vec();
-    let names: Vec<String> = enc.params().into_result().unwrap().iter().map(|p| p.name.to_string()).collect();
+    let names: Vec<String> =
+        enc.params().into_result().unwrap().iter().map(|p| p.name.to_string()).collect();
     let values: Vec<TensorDesc> = enc.read_params().into_result().unwrap().into_vec();
     let checks = [
         ("stem.conv.weight", 0),
@@ -121,14 +135,19 @@ fn gradients_of_a_tiny_resnet_match_finite_differences() {
         };
         let num = (at(h, &mut enc) - at(-h, &mut enc)) / (2.0 * h as f64);
         let ana = grads[pi].data[j] as f64;
-        assert!((num - ana).abs() <= 2e-2 * num.abs().max(ana.abs()).max(0.1), "{name}[{j}]: analytic {ana} numeric {num}");
+        assert!(
+            (num - ana).abs() <= 2e-2 * num.abs().max(ana.abs()).max(0.1),
+            "{name}[{j}]: analytic {ana} numeric {num}"
+        );
     }
 }
 
 #[test]
 fn config_errors_name_the_problem() {
     let ctx = Context::default();
-    let err = |cfg: &str| new_encoder::<ResNet>(cfg.into(), &ctx).into_result().err().expect("refused").to_string();
+    let err = |cfg: &str| {
+        new_encoder::<ResNet>(cfg.into(), &ctx).into_result().err().expect("refused").to_string()
+    };
     let e = err(r#"{"preset": "resnet-mini", "with": 3}"#);
     assert!(e.contains("unknown field `with`"), "{e}");
     let e = err(r#"{"preset": "resnet50"}"#);

@@ -67,7 +67,15 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { input_dim: 128, hidden_dim: 512, output_dim: 512, lambda: 5e-3, lambda_inv_dim: false, eps: 1e-5, head: true }
+        Config {
+            input_dim: 128,
+            hidden_dim: 512,
+            output_dim: 512,
+            lambda: 5e-3,
+            lambda_inv_dim: false,
+            eps: 1e-5,
+            head: true,
+        }
     }
 }
 
@@ -85,23 +93,48 @@ impl BarlowTwins {
     /// λ in use: `lambda`, or 1/D with `lambda_inv_dim`.
     pub fn lambda(&self) -> f64 {
         let d = if self.cfg.head { self.cfg.output_dim } else { self.cfg.input_dim };
-        if self.cfg.lambda_inv_dim { 1.0 / d as f64 } else { self.cfg.lambda }
+        if self.cfg.lambda_inv_dim {
+            1.0 / d as f64
+        } else {
+            self.cfg.lambda
+        }
     }
 }
 
 impl Plugin for BarlowTwins {
     type Config = Config;
     const NAME: &'static str = "barlow-twins";
-    const DESCRIPTION: &'static str = "Barlow Twins: projector + cross-correlation redundancy reduction";
+    const DESCRIPTION: &'static str =
+        "Barlow Twins: projector + cross-correlation redundancy reduction";
 
     fn new(cfg: Config, ctx: &Context) -> anyhow::Result<Self> {
-        ensure!(cfg.lambda >= 0.0 && cfg.lambda.is_finite(), "lambda must be a non-negative number, got {}", cfg.lambda);
-        ensure!(cfg.eps >= 0.0 && cfg.eps.is_finite(), "eps must be a non-negative number, got {}", cfg.eps);
+        ensure!(
+            cfg.lambda >= 0.0 && cfg.lambda.is_finite(),
+            "lambda must be a non-negative number, got {}",
+            cfg.lambda
+        );
+        ensure!(
+            cfg.eps >= 0.0 && cfg.eps.is_finite(),
+            "eps must be a non-negative number, got {}",
+            cfg.eps
+        );
         ensure!(cfg.input_dim > 0, "input_dim must be positive, got {}", cfg.input_dim);
         if cfg.head {
-            ensure!(cfg.hidden_dim > 0 && cfg.output_dim > 0, "hidden_dim and output_dim must be positive, got {} and {}", cfg.hidden_dim, cfg.output_dim);
+            ensure!(
+                cfg.hidden_dim > 0 && cfg.output_dim > 0,
+                "hidden_dim and output_dim must be positive, got {} and {}",
+                cfg.hidden_dim,
+                cfg.output_dim
+            );
         }
-        let projector = cfg.head.then(|| Head::barlow_twins(&Init::new(ctx.seed).pp("projector"), cfg.input_dim, cfg.hidden_dim, cfg.output_dim));
+        let projector = cfg.head.then(|| {
+            Head::barlow_twins(
+                &Init::new(ctx.seed).pp("projector"),
+                cfg.input_dim,
+                cfg.hidden_dim,
+                cfg.output_dim,
+            )
+        });
         Ok(BarlowTwins { cfg, projector })
     }
 }
@@ -117,7 +150,11 @@ impl Module for BarlowTwins {
 impl Objective for BarlowTwins {
     fn forward(&mut self, g: &Graph, b: &Views) -> anyhow::Result<Loss> {
         b.expect("barlow-twins", 2, false, self.cfg.input_dim, 2)?;
-        ensure!(b.views[0].rows() >= 2, "barlow-twins needs at least 2 samples per batch, got {}", b.views[0].rows());
+        ensure!(
+            b.views[0].rows() >= 2,
+            "barlow-twins needs at least 2 samples per batch, got {}",
+            b.views[0].rows()
+        );
         let lambda = self.lambda();
         // The projector runs on each view separately (batch-norm statistics per view, as the
         // authors' code).

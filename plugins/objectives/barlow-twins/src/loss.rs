@@ -17,11 +17,24 @@ use latent_sdk::prelude::*;
 
 /// The Barlow Twins loss of two projections `za`, `zb` `[N, D]` (N ≥ 2), and the metrics
 /// `on_diag`, `off_diag`, `mean_diag`.
-pub fn barlow_twins(za: &Var, zb: &Var, lambda: f64, eps: f64) -> anyhow::Result<(Var, Vec<(String, f64)>)> {
-    ensure!(zb.dims() == za.dims(), "the two views must have the same shape, got {:?} and {:?}", za.dims(), zb.dims());
+pub fn barlow_twins(
+    za: &Var,
+    zb: &Var,
+    lambda: f64,
+    eps: f64,
+) -> anyhow::Result<(Var, Vec<(String, f64)>)> {
+    ensure!(
+        zb.dims() == za.dims(),
+        "the two views must have the same shape, got {:?} and {:?}",
+        za.dims(),
+        zb.dims()
+    );
     let (n, d) = za.dims();
     ensure!(n >= 2, "barlow twins needs at least 2 samples per batch to normalise over, got {n}");
-    ensure!(lambda >= 0.0 && eps >= 0.0, "lambda and eps must be non-negative, got {lambda} and {eps}");
+    ensure!(
+        lambda >= 0.0 && eps >= 0.0,
+        "lambda and eps must be non-negative, got {lambda} and {eps}"
+    );
     // x̂ = (z − μ) / sqrt(σ² + ε) per column; C = x̂ᴬᵀ x̂ᴮ / N
     let norm = |z: &Var| {
         let centred = z - z.mean_cols();

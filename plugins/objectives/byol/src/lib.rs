@@ -55,7 +55,13 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { input_dim: 128, hidden_dim: 512, output_dim: 128, predictor: true, tau_base: 0.996 }
+        Config {
+            input_dim: 128,
+            hidden_dim: 512,
+            output_dim: 128,
+            predictor: true,
+            tau_base: 0.996,
+        }
     }
 }
 
@@ -73,15 +79,28 @@ pub struct Byol {
 impl Plugin for Byol {
     type Config = Config;
     const NAME: &'static str = "byol";
-    const DESCRIPTION: &'static str = "BYOL: projector + predictor regressing an EMA target projector";
+    const DESCRIPTION: &'static str =
+        "BYOL: projector + predictor regressing an EMA target projector";
 
     fn new(cfg: Config, ctx: &Context) -> anyhow::Result<Self> {
-        ensure!((0.0..=1.0).contains(&cfg.tau_base), "tau_base must be in [0, 1], got {}", cfg.tau_base);
-        ensure!(cfg.input_dim > 0 && cfg.hidden_dim > 0 && cfg.output_dim > 0,
-            "input_dim, hidden_dim and output_dim must be positive, got {}, {}, {}", cfg.input_dim, cfg.hidden_dim, cfg.output_dim);
+        ensure!(
+            (0.0..=1.0).contains(&cfg.tau_base),
+            "tau_base must be in [0, 1], got {}",
+            cfg.tau_base
+        );
+        ensure!(
+            cfg.input_dim > 0 && cfg.hidden_dim > 0 && cfg.output_dim > 0,
+            "input_dim, hidden_dim and output_dim must be positive, got {}, {}, {}",
+            cfg.input_dim,
+            cfg.hidden_dim,
+            cfg.output_dim
+        );
         let init = Init::new(ctx.seed);
-        let projector = Head::byol(&init.pp("projector"), cfg.input_dim, cfg.hidden_dim, cfg.output_dim);
-        let predictor = cfg.predictor.then(|| Head::byol(&init.pp("predictor"), cfg.output_dim, cfg.hidden_dim, cfg.output_dim));
+        let projector =
+            Head::byol(&init.pp("projector"), cfg.input_dim, cfg.hidden_dim, cfg.output_dim);
+        let predictor = cfg.predictor.then(|| {
+            Head::byol(&init.pp("predictor"), cfg.output_dim, cfg.hidden_dim, cfg.output_dim)
+        });
         let target_projector = projector.target_copy("target_projector");
         Ok(Byol { cfg, projector, predictor, target_projector })
     }
@@ -108,7 +127,8 @@ impl Objective for Byol {
             None => z.clone(),
         };
         // The target projector runs on the targets' graph, which records nothing (stop-gradient).
-        let zt: Vec<Var> = b.targets.iter().map(|t| self.target_projector.forward(t.graph(), t)).collect();
+        let zt: Vec<Var> =
+            b.targets.iter().map(|t| self.target_projector.forward(t.graph(), t)).collect();
         let loss = loss::byol_loss(&q[0], &q[1], &zt[0], &zt[1]);
         let tau = loss::tau(self.cfg.tau_base, b.step, b.total_steps);
         let collapse = (loss::collapse(&z[0].value())? + loss::collapse(&z[1].value())?) / 2.0;

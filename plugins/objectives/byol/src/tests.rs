@@ -30,16 +30,29 @@ fn loss_matches_the_paper_formula_and_lightly() {
     assert_scalar("4 + 4 lightly", l, 4.0 + 4.0 * fx["lightly_loss"].as_f64().unwrap(), 1e-5);
     let l4: Vec<f64> = floats(&fx["lightly_dq1"]).iter().map(|v| 4.0 * v).collect();
     assert_close("4 x lightly dq1", &dq1.data, &l4, 1e-5);
-    assert_scalar("collapse", loss::collapse(&t("q1")).unwrap(), fx["collapse_q1"].as_f64().unwrap(), 1e-6);
+    assert_scalar(
+        "collapse",
+        loss::collapse(&t("q1")).unwrap(),
+        fx["collapse_q1"].as_f64().unwrap(),
+        1e-6,
+    );
 }
 
 #[test]
 fn tau_schedule_matches_lightly_cosine_schedule() {
     let fx: Value = serde_json::from_str(TAU).unwrap();
     for c in fx["cases"].as_array().unwrap() {
-        let (tb, k, n) = (c["tau_base"].as_f64().unwrap(), c["step"].as_u64().unwrap(), c["total_steps"].as_u64().unwrap());
+        let (tb, k, n) = (
+            c["tau_base"].as_f64().unwrap(),
+            c["step"].as_u64().unwrap(),
+            c["total_steps"].as_u64().unwrap(),
+        );
         let got = loss::tau(tb, k, n);
-        assert!((got - c["tau"].as_f64().unwrap()).abs() < 1e-12, "tau({tb}, {k}, {n}) = {got}, want {}", c["tau"]);
+        assert!(
+            (got - c["tau"].as_f64().unwrap()).abs() < 1e-12,
+            "tau({tb}, {k}, {n}) = {got}, want {}",
+            c["tau"]
+        );
     }
     // by hand: the start, the middle, the end, and past the end
     assert_eq!(loss::tau(0.996, 0, 100), 0.996);
@@ -51,10 +64,23 @@ fn tau_schedule_matches_lightly_cosine_schedule() {
 
 #[test]
 fn tau_is_returned_as_target_momentum() {
-    let mut p = Byol::new(Config { input_dim: 3, hidden_dim: 4, output_dim: 2, ..Config::default() }, &Context::default()).unwrap();
+    let mut p = Byol::new(
+        Config { input_dim: 3, hidden_dim: 4, output_dim: 2, ..Config::default() },
+        &Context::default(),
+    )
+    .unwrap();
     let v = || vec![random(&[4, 3], 1), random(&[4, 3], 2)];
     for (step, want) in [(0u64, 0.996), (50, 0.998), (100, 1.0)] {
-        let r = p.compute(ObjectiveBatch { views: v(), targets: v(), labels: vec![], step, total_steps: 100, train: true }).unwrap();
+        let r = p
+            .compute(ObjectiveBatch {
+                views: v(),
+                targets: v(),
+                labels: vec![],
+                step,
+                total_steps: 100,
+                train: true,
+            })
+            .unwrap();
         assert!((r.target_momentum - want).abs() < 1e-12, "step {step}: {}", r.target_momentum);
         assert_eq!(r.metrics.iter().find(|m| m.0 == "tau").unwrap().1, r.target_momentum);
     }
@@ -69,7 +95,12 @@ fn torch_key(ours: &str) -> (String, String) {
 fn heads_plus_loss_match_pytorch() {
     let fx: Value = serde_json::from_str(HEADS).unwrap();
     let dim = |k: &str| fx[k].as_u64().unwrap() as usize;
-    let cfg = Config { input_dim: dim("input_dim"), hidden_dim: dim("hidden_dim"), output_dim: dim("output_dim"), ..Config::default() };
+    let cfg = Config {
+        input_dim: dim("input_dim"),
+        hidden_dim: dim("hidden_dim"),
+        output_dim: dim("output_dim"),
+        ..Config::default()
+    };
     let mut p = Byol::new(cfg, &Context::default()).unwrap();
     p.visit_params(&mut |q| {
         let (h, k) = torch_key(&q.name);
@@ -102,13 +133,24 @@ fn heads_plus_loss_match_pytorch() {
     p.visit_params(&mut |q| {
         let (h, k) = torch_key(&q.name);
         if q.trainable() {
-            assert_close_floor(&format!("grad of {}", q.name), &q.grad, &floats(&fx["grads"][&h][&k]), 1e-5, gscale);
+            assert_close_floor(
+                &format!("grad of {}", q.name),
+                &q.grad,
+                &floats(&fx["grads"][&h][&k]),
+                1e-5,
+                gscale,
+            );
             checked += 1;
         } else {
             assert!(q.grad.iter().all(|&g| g == 0.0), "{} got a gradient", q.name);
         }
         // running statistics of all three heads after the per-view forwards
-        assert_close(&format!("{} after the step", q.name), &q.value, &floats(&fx["after"][&h][&k]), 1e-5);
+        assert_close(
+            &format!("{} after the step", q.name),
+            &q.value,
+            &floats(&fx["after"][&h][&k]),
+            1e-5,
+        );
     });
     assert_eq!(checked, 10);
 }
@@ -117,9 +159,14 @@ fn heads_plus_loss_match_pytorch() {
 fn target_params_follow_the_right_online_params() {
     let mut obj = new_box(r#"{"input_dim": 5, "hidden_dim": 8, "output_dim": 4}"#);
     let descs = obj.params().unwrap();
-    let values: Vec<Tensor> = obj.read_params().unwrap().into_iter().map(|d| Tensor::from_desc(d).unwrap()).collect();
-    let table: Vec<(String, ParamRole, Option<String>)> =
-        descs.iter().map(|d| (d.name.to_string(), d.role, d.ema_of.as_ref().map(|s| s.to_string()).into_option())).collect();
+    let values: Vec<Tensor> =
+        obj.read_params().unwrap().into_iter().map(|d| Tensor::from_desc(d).unwrap()).collect();
+    let table: Vec<(String, ParamRole, Option<String>)> = descs
+        .iter()
+        .map(|d| {
+            (d.name.to_string(), d.role, d.ema_of.as_ref().map(|s| s.to_string()).into_option())
+        })
+        .collect();
     let want = |n: &str, r: ParamRole, e: Option<&str>| (n.to_string(), r, e.map(str::to_string));
     use ParamRole::*;
     assert_eq!(
@@ -156,7 +203,8 @@ fn target_params_follow_the_right_online_params() {
         }
     }
     // without a predictor there are no predictor parameters
-    let mut obj = new_box(r#"{"input_dim": 5, "hidden_dim": 8, "output_dim": 4, "predictor": false}"#);
+    let mut obj =
+        new_box(r#"{"input_dim": 5, "hidden_dim": 8, "output_dim": 4, "predictor": false}"#);
     let names: Vec<String> = obj.params().unwrap().iter().map(|d| d.name.to_string()).collect();
     assert_eq!(names.len(), 14);
     assert!(names.iter().all(|n| !n.starts_with("predictor")));
@@ -164,7 +212,11 @@ fn target_params_follow_the_right_online_params() {
 
 #[test]
 fn targets_get_no_gradient_and_target_buffers_move_in_training() {
-    let mut p = Byol::new(Config { input_dim: 3, hidden_dim: 4, output_dim: 2, ..Config::default() }, &Context::default()).unwrap();
+    let mut p = Byol::new(
+        Config { input_dim: 3, hidden_dim: 4, output_dim: 2, ..Config::default() },
+        &Context::default(),
+    )
+    .unwrap();
     let r = p
         .compute(ObjectiveBatch {
             views: vec![random(&[4, 3], 1), random(&[4, 3], 2)],
@@ -177,20 +229,17 @@ fn targets_get_no_gradient_and_target_buffers_move_in_training() {
         .unwrap();
     assert_eq!(r.grads.len(), 2, "one gradient per online view, none for targets");
     let mut moved = false;
-    p.target_projector.visit_params(&mut |q| moved |= q.name == "target_projector.1.running_mean" && q.value.iter().any(|&v| v != 0.0));
+    p.target_projector.visit_params(&mut |q| {
+        moved |= q.name == "target_projector.1.running_mean" && q.value.iter().any(|&v| v != 0.0)
+    });
     assert!(moved, "the target's batch-norm running mean moved");
     let mut tgrad = 0.0f32;
     p.target_projector.visit_params(&mut |q| tgrad += q.grad.iter().map(|g| g.abs()).sum::<f32>());
     assert_eq!(tgrad, 0.0);
 }
 
-/// Finite differences through the ABI object (`latent_sdk::check`, as `check-plugin --deep`).
-pub fn fd_check(obj: &mut ObjectiveBox, views: Vec<Tensor>, targets: Vec<Tensor>, labels: Vec<i64>, h: f32, tol: f64) {
-    latent_sdk::check::assert_objective_gradients(obj, views, targets, labels, h, tol)
-}
-
 fn new_box(json: &str) -> ObjectiveBox {
-    latent_sdk::plugin::new_objective::<Byol>(RStr::from_str(json), &Context { seed: 7, ..Context::default() }).unwrap()
+    latent_sdk::testing::objective::<Byol>(json, 7)
 }
 
 #[test]
@@ -206,27 +255,50 @@ fn gradients_through_projector_and_predictor_match_finite_differences() {
         // ~1e-4 of rounding noise in each difference, 1.2 % of the 1e-2 floor on
         // projector.3.bias, whose exact gradient is 0 (the predictor's batch-norm removes any
         // constant shift). A step of 4e-3 keeps the noise at a quarter of that.
-        fd_check(&mut obj, v, t, vec![], 4e-3, 1e-2);
+        latent_sdk::check::assert_objective_gradients(&mut obj, v, t, vec![], 4e-3, 1e-2);
     }
 }
 
 #[test]
 fn unknown_config_key_is_refused_by_name() {
-    let e = latent_sdk::plugin::new_objective::<Byol>(RStr::from_str(r#"{"tau": 0.99}"#), &Context::default()).err().expect("refused");
+    let e = latent_sdk::plugin::new_objective::<Byol>(
+        RStr::from_str(r#"{"tau": 0.99}"#),
+        &Context::default(),
+    )
+    .err()
+    .expect("refused");
     assert!(e.to_string().contains("unknown field `tau`"), "{e}");
 }
 
 #[test]
 fn bad_values_are_refused() {
-    latent_sdk::testing::assert_refused::<Byol>(&[(r#"{"tau_base": 1.5}"#, "tau_base"), (r#"{"tau_base": -0.1}"#, "tau_base"), (r#"{"output_dim": 0}"#, "output_dim")]);
+    latent_sdk::testing::assert_refused::<Byol>(&[
+        (r#"{"tau_base": 1.5}"#, "tau_base"),
+        (r#"{"tau_base": -0.1}"#, "tau_base"),
+        (r#"{"output_dim": 0}"#, "output_dim"),
+    ]);
     assert!(Byol::new(Config { tau_base: 0.0, ..Config::default() }, &Context::default()).is_ok());
 }
 
 #[test]
 fn views_and_targets_are_required() {
-    let mut p = Byol::new(Config { input_dim: 3, hidden_dim: 4, output_dim: 2, ..Config::default() }, &Context::default()).unwrap();
+    let mut p = Byol::new(
+        Config { input_dim: 3, hidden_dim: 4, output_dim: 2, ..Config::default() },
+        &Context::default(),
+    )
+    .unwrap();
     let v = vec![random(&[4, 3], 1), random(&[4, 3], 2)];
-    let e = p.compute(ObjectiveBatch { views: v, targets: vec![], labels: vec![], step: 0, total_steps: 1, train: true }).err().unwrap();
+    let e = p
+        .compute(ObjectiveBatch {
+            views: v,
+            targets: vec![],
+            labels: vec![],
+            step: 0,
+            total_steps: 1,
+            train: true,
+        })
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("target"), "{e}");
 }
 
@@ -234,7 +306,10 @@ fn views_and_targets_are_required() {
 fn default_config_round_trips() {
     let c: Config = serde_json::from_str("{}").unwrap();
     assert_eq!(c, Config::default());
-    assert_eq!((c.input_dim, c.hidden_dim, c.output_dim, c.predictor, c.tau_base), (128, 512, 128, true, 0.996));
+    assert_eq!(
+        (c.input_dim, c.hidden_dim, c.output_dim, c.predictor, c.tau_base),
+        (128, 512, 128, true, 0.996)
+    );
 }
 
 #[test]
@@ -242,9 +317,23 @@ fn default_sized_batch_runs() {
     let mut p = Byol::new(Config::default(), &Context::default()).unwrap();
     let v = || vec![random(&[256, 128], 1), random(&[256, 128], 2)];
     let t = std::time::Instant::now();
-    let r = p.compute(ObjectiveBatch { views: v(), targets: v(), labels: vec![], step: 0, total_steps: 1, train: true }).unwrap();
+    let r = p
+        .compute(ObjectiveBatch {
+            views: v(),
+            targets: v(),
+            labels: vec![],
+            step: 0,
+            total_steps: 1,
+            train: true,
+        })
+        .unwrap();
     eprintln!("byol, batch 256: {:?}", t.elapsed());
-    assert!(r.loss.is_finite() && r.grads.iter().all(|g| g.shape == [256, 128] && g.data.iter().all(|v| v.is_finite())));
+    assert!(
+        r.loss.is_finite()
+            && r.grads
+                .iter()
+                .all(|g| g.shape == [256, 128] && g.data.iter().all(|v| v.is_finite()))
+    );
     let collapse = r.metrics.iter().find(|m| m.0 == "collapse").unwrap().1;
     assert!(collapse > 0.1 && collapse < 1.5, "collapse {collapse}");
 }

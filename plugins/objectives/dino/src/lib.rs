@@ -126,20 +126,46 @@ pub struct Dino {
 impl Plugin for Dino {
     type Config = Config;
     const NAME: &'static str = "dino";
-    const DESCRIPTION: &'static str = "DINO: self-distillation to a centred, sharpened EMA teacher (multi-crop ready)";
+    const DESCRIPTION: &'static str =
+        "DINO: self-distillation to a centred, sharpened EMA teacher (multi-crop ready)";
 
     fn new(cfg: Config, ctx: &Context) -> anyhow::Result<Self> {
-        for (key, v) in [("input_dim", cfg.input_dim), ("hidden_dim", cfg.hidden_dim), ("bottleneck_dim", cfg.bottleneck_dim), ("output_dim", cfg.output_dim)] {
+        for (key, v) in [
+            ("input_dim", cfg.input_dim),
+            ("hidden_dim", cfg.hidden_dim),
+            ("bottleneck_dim", cfg.bottleneck_dim),
+            ("output_dim", cfg.output_dim),
+        ] {
             ensure!(v > 0, "{key} must be positive, got {v}");
         }
         ensure!(cfg.output_dim >= 2, "output_dim (K) must be at least 2, got {}", cfg.output_dim);
-        for (key, v) in [("student_temp", cfg.student_temp), ("teacher_temp", cfg.teacher_temp), ("warmup_teacher_temp", cfg.warmup_teacher_temp)] {
+        for (key, v) in [
+            ("student_temp", cfg.student_temp),
+            ("teacher_temp", cfg.teacher_temp),
+            ("warmup_teacher_temp", cfg.warmup_teacher_temp),
+        ] {
             ensure!(v > 0.0 && v.is_finite(), "{key} must be positive, got {v}");
         }
-        ensure!((0.0..1.0).contains(&cfg.center_momentum), "center_momentum must be in [0, 1), got {}", cfg.center_momentum);
-        ensure!((0.0..=1.0).contains(&cfg.momentum_base), "momentum_base must be in [0, 1], got {}", cfg.momentum_base);
+        ensure!(
+            (0.0..1.0).contains(&cfg.center_momentum),
+            "center_momentum must be in [0, 1), got {}",
+            cfg.center_momentum
+        );
+        ensure!(
+            (0.0..=1.0).contains(&cfg.momentum_base),
+            "momentum_base must be in [0, 1], got {}",
+            cfg.momentum_base
+        );
         let init = Init::new(ctx.seed);
-        let head = DinoHead::new(&init.pp("head"), cfg.input_dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.output_dim, cfg.batch_norm, cfg.norm_last_layer);
+        let head = DinoHead::new(
+            &init.pp("head"),
+            cfg.input_dim,
+            cfg.hidden_dim,
+            cfg.bottleneck_dim,
+            cfg.output_dim,
+            cfg.batch_norm,
+            cfg.norm_last_layer,
+        );
         let teacher_head = head.target_copy("teacher_head");
         let center = init.constant("center", vec![1, cfg.output_dim], 0.0, ParamRole::Buffer);
         let mut dino = Dino { cfg, head, teacher_head, center, epoch: 0 };
@@ -159,7 +185,12 @@ impl Dino {
     /// τ_t of the current epoch.
     pub fn teacher_temp(&self) -> f64 {
         let c = &self.cfg;
-        loss::teacher_temp(self.epoch, c.warmup_teacher_temp, c.teacher_temp, c.warmup_teacher_temp_epochs)
+        loss::teacher_temp(
+            self.epoch,
+            c.warmup_teacher_temp,
+            c.teacher_temp,
+            c.warmup_teacher_temp_epochs,
+        )
     }
 }
 
@@ -192,20 +223,28 @@ impl Objective for Dino {
         let student: Vec<Var> = (0..v).map(|i| s.rows_range(i * rows, (i + 1) * rows)).collect();
         // teacher: the targets' graph records nothing (stop-gradient)
         let tg = b.targets[0].graph();
-        let tl = self.teacher_head.forward(tg, &cat_rows(&b.targets.iter().collect::<Vec<_>>())).values();
+        let tl = self
+            .teacher_head
+            .forward(tg, &cat_rows(&b.targets.iter().collect::<Vec<_>>()))
+            .values();
         let temp = self.teacher_temp();
         let parts: Vec<&[f32]> = tl.chunks(rows * k).collect();
-        let teacher: Vec<Vec<f32>> = parts.iter().map(|l| loss::teacher_probs(l, k, &self.center.value, temp as f32)).collect();
+        let teacher: Vec<Vec<f32>> = parts
+            .iter()
+            .map(|l| loss::teacher_probs(l, k, &self.center.value, temp as f32))
+            .collect();
 
         let loss = loss::dino_loss(&student, &teacher, self.cfg.student_temp as f32);
         if b.train {
-            self.center.value = loss::updated_center(&self.center.value, &parts, self.cfg.center_momentum as f32);
+            self.center.value =
+                loss::updated_center(&self.center.value, &parts, self.cfg.center_momentum as f32);
         }
         let h = teacher.iter().map(|p| loss::entropy(p, k)).sum::<f64>() / t as f64;
         let l = loss.item();
         let ln_k = (k as f64).ln();
         let uniform = h >= 0.98 * ln_k;
-        let tau = latent_sdk::schedule::cosine_momentum(self.cfg.momentum_base, b.step, b.total_steps);
+        let tau =
+            latent_sdk::schedule::cosine_momentum(self.cfg.momentum_base, b.step, b.total_steps);
         Ok(Loss::new(loss)
             .metric("tau", tau)
             .metric("teacher_temp", temp)

@@ -42,7 +42,8 @@ pub fn dino_loss(student: &[Var], teacher: &[Vec<f32>], student_temp: f32) -> Va
     let mut total: Option<Var> = None;
     for (s, logits) in student.iter().enumerate() {
         // Σ over the teacher views paired with s: one product with the student's log-softmax
-        let others: Vec<&Vec<f32>> = teacher.iter().enumerate().filter(|(ti, _)| *ti != s).map(|(_, p)| p).collect();
+        let others: Vec<&Vec<f32>> =
+            teacher.iter().enumerate().filter(|(ti, _)| *ti != s).map(|(_, p)| p).collect();
         if others.is_empty() {
             continue; // the only teacher view is this one
         }
@@ -70,7 +71,11 @@ pub fn updated_center(center: &[f32], teacher_logits: &[&[f32]], momentum: f32) 
             mean.iter_mut().zip(row).for_each(|(m, x)| *m += *x as f64);
         }
     }
-    center.iter().zip(&mean).map(|(c, m)| momentum * c + (1.0 - momentum) * (m / rows as f64) as f32).collect()
+    center
+        .iter()
+        .zip(&mean)
+        .map(|(c, m)| momentum * c + (1.0 - momentum) * (m / rows as f64) as f32)
+        .collect()
 }
 
 /// The teacher temperature of `epoch`: linear from `warmup` to `temp` over `warmup_epochs`

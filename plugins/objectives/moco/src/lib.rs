@@ -76,7 +76,16 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { version: Version::V2, input_dim: 128, hidden_dim: 512, output_dim: 128, temperature: 0.2, queue_size: None, momentum_base: 0.99, symmetric: false }
+        Config {
+            version: Version::V2,
+            input_dim: 128,
+            hidden_dim: 512,
+            output_dim: 128,
+            temperature: 0.2,
+            queue_size: None,
+            momentum_base: 0.99,
+            symmetric: false,
+        }
     }
 }
 
@@ -126,18 +135,36 @@ impl Plugin for Moco {
     const DESCRIPTION: &'static str = "MoCo v2 (InfoNCE against a queue of earlier keys) and v3 (predictor, symmetric InfoNCE against the batch's keys), with a momentum projector";
 
     fn new(cfg: Config, ctx: &Context) -> anyhow::Result<Self> {
-        for (key, v) in [("input_dim", cfg.input_dim), ("hidden_dim", cfg.hidden_dim), ("output_dim", cfg.output_dim)] {
+        for (key, v) in [
+            ("input_dim", cfg.input_dim),
+            ("hidden_dim", cfg.hidden_dim),
+            ("output_dim", cfg.output_dim),
+        ] {
             ensure!(v > 0, "{key} must be positive, got {v}");
         }
-        ensure!(cfg.temperature > 0.0 && cfg.temperature.is_finite(), "temperature must be positive, got {}", cfg.temperature);
-        ensure!((0.0..=1.0).contains(&cfg.momentum_base), "momentum_base must be in [0, 1], got {}", cfg.momentum_base);
+        ensure!(
+            cfg.temperature > 0.0 && cfg.temperature.is_finite(),
+            "temperature must be positive, got {}",
+            cfg.temperature
+        );
+        ensure!(
+            (0.0..=1.0).contains(&cfg.momentum_base),
+            "momentum_base must be in [0, 1], got {}",
+            cfg.momentum_base
+        );
         let init = Init::new(ctx.seed);
         let (h, d) = (cfg.hidden_dim, cfg.output_dim);
         let (projector, predictor, queue) = match cfg.version {
             Version::V2 => {
                 let k = cfg.queue_size.unwrap_or(DEFAULT_QUEUE);
-                ensure!((1..=MAX_QUEUE).contains(&k), "queue_size must be 1 to {MAX_QUEUE}, got {k}");
-                let blocks = [Block::new(cfg.input_dim, h, false, Activation::Relu, true), Block::new(h, d, false, Activation::None, true)];
+                ensure!(
+                    (1..=MAX_QUEUE).contains(&k),
+                    "queue_size must be 1 to {MAX_QUEUE}, got {k}"
+                );
+                let blocks = [
+                    Block::new(cfg.input_dim, h, false, Activation::Relu, true),
+                    Block::new(h, d, false, Activation::None, true),
+                ];
                 let projector = Head::new(&init.pp("projector"), &blocks);
                 // random unit rows (lightly: normalised Gaussian rows; here normalised uniform ones)
                 let mut q = init.uniform(k * d, 1.0);
@@ -151,12 +178,24 @@ impl Plugin for Moco {
             }
             Version::V3 => {
                 ensure!(cfg.queue_size.is_none(), "queue_size is a v2 key: MoCo v3 contrasts with the other view's keys in the batch and keeps no queue");
-                ensure!(!cfg.symmetric, "symmetric is a v2 key: MoCo v3's loss is symmetric already");
-                let projector = Head::new(&init.pp("projector"), &[
-                    Block::new(cfg.input_dim, h, true, Activation::Relu, false),
-                    Block::new(h, d, true, Activation::None, false).without_affine(),
-                ]);
-                let predictor = Head::new(&init.pp("predictor"), &[Block::new(d, h, true, Activation::Relu, false), Block::new(h, d, false, Activation::None, false)]);
+                ensure!(
+                    !cfg.symmetric,
+                    "symmetric is a v2 key: MoCo v3's loss is symmetric already"
+                );
+                let projector = Head::new(
+                    &init.pp("projector"),
+                    &[
+                        Block::new(cfg.input_dim, h, true, Activation::Relu, false),
+                        Block::new(h, d, true, Activation::None, false).without_affine(),
+                    ],
+                );
+                let predictor = Head::new(
+                    &init.pp("predictor"),
+                    &[
+                        Block::new(d, h, true, Activation::Relu, false),
+                        Block::new(h, d, false, Activation::None, false),
+                    ],
+                );
                 (projector, Some(predictor), None)
             }
         };
@@ -188,7 +227,11 @@ impl Objective for Moco {
             Version::V3 => self.v3(g, b)?,
         };
         let m = momentum(self.cfg.momentum_base, b.step, b.total_steps);
-        Ok(Loss::new(loss).metric("momentum", m).metric("top1", top1).metric("pos_cosine", pos).target_momentum(m))
+        Ok(Loss::new(loss)
+            .metric("momentum", m)
+            .metric("top1", top1)
+            .metric("pos_cosine", pos)
+            .target_momentum(m))
     }
 }
 
@@ -201,10 +244,18 @@ impl Moco {
         let Some(queue) = &mut self.queue else { bail!("moco v2 has no queue") };
         let k_rows = queue.keys.shape[0];
         let ptr = queue.ptr.value[0];
-        ensure!(ptr >= 0.0 && ptr.fract() == 0.0 && (ptr as usize) < k_rows, "queue_ptr is {ptr}, not a row of the queue of {k_rows}");
-        ensure!(queue.keys.value.len() == k_rows * d, "the queue holds {} values, not {k_rows} x {d}", queue.keys.value.len());
+        ensure!(
+            ptr >= 0.0 && ptr.fract() == 0.0 && (ptr as usize) < k_rows,
+            "queue_ptr is {ptr}, not a row of the queue of {k_rows}"
+        );
+        ensure!(
+            queue.keys.value.len() == k_rows * d,
+            "the queue holds {} values, not {k_rows} x {d}",
+            queue.keys.value.len()
+        );
         // (query view, key view) pairs: the paper's one, or both ways (`symmetric`)
-        let pairs: &[(usize, usize)] = if self.cfg.symmetric { &[(0, 1), (1, 0)] } else { &[(0, 1)] };
+        let pairs: &[(usize, usize)] =
+            if self.cfg.symmetric { &[(0, 1), (1, 0)] } else { &[(0, 1)] };
         let bank = g.constant(&Tensor::new(vec![k_rows, d], queue.keys.value.clone()))?;
         let (mut losses, mut top1, mut pos, mut keys) = (Vec::new(), 0.0, 0.0, Vec::new());
         for &(qv, kv) in pairs {
@@ -218,7 +269,8 @@ impl Moco {
             pos += q.cosine_rows(&key).mean().item() / pairs.len() as f64;
             keys.push(k.l2_normalize().values());
         }
-        let loss = if losses.len() == 2 { losses[0].add(&losses[1]).scale(0.5) } else { losses.remove(0) };
+        let loss =
+            if losses.len() == 2 { losses[0].add(&losses[1]).scale(0.5) } else { losses.remove(0) };
         if b.train {
             // every pair saw the queue as it was; then the keys go in, view 1's first
             let mut p = ptr as usize;
@@ -236,11 +288,15 @@ impl Moco {
         // the batch-norms need two rows
         b.expect("moco", 2, true, self.cfg.input_dim, 2)?;
         let Some(predictor) = &mut self.predictor else { bail!("moco v3 has no predictor") };
-        let q: Vec<Var> = b.views.iter().map(|v| predictor.forward(g, &self.projector.forward(g, v))).collect();
-        let k: Vec<Var> = b.targets.iter().map(|t| self.target_projector.forward(t.graph(), t)).collect();
+        let q: Vec<Var> =
+            b.views.iter().map(|v| predictor.forward(g, &self.projector.forward(g, v))).collect();
+        let k: Vec<Var> =
+            b.targets.iter().map(|t| self.target_projector.forward(t.graph(), t)).collect();
         let k = [g.constant(&k[0].value())?, g.constant(&k[1].value())?];
-        let (loss, top1) = loss::symmetric_ctr([&q[0], &q[1]], [&k[0], &k[1]], self.cfg.temperature);
-        let pos = (q[0].cosine_rows(&k[1]).mean().item() + q[1].cosine_rows(&k[0]).mean().item()) / 2.0;
+        let (loss, top1) =
+            loss::symmetric_ctr([&q[0], &q[1]], [&k[0], &k[1]], self.cfg.temperature);
+        let pos =
+            (q[0].cosine_rows(&k[1]).mean().item() + q[1].cosine_rows(&k[0]).mean().item()) / 2.0;
         Ok((loss, top1, pos))
     }
 }

@@ -28,7 +28,12 @@ pub fn info_nce(q: &Var, k: &Var, queue: &Var, t: f32) -> (Var, f64) {
     let lse = (pos.exp() + lse_neg.exp()).ln();
     let (p, n) = (pos.values(), neg.values());
     let kq = queue.rows();
-    let top1 = p.iter().enumerate().filter(|(i, &pv)| n[i * kq..(i + 1) * kq].iter().all(|&v| pv > v)).count() as f64 / p.len().max(1) as f64;
+    let top1 = p
+        .iter()
+        .enumerate()
+        .filter(|(i, &pv)| n[i * kq..(i + 1) * kq].iter().all(|&v| pv > v))
+        .count() as f64
+        / p.len().max(1) as f64;
     ((lse - pos).mean(), top1)
 }
 
@@ -59,7 +64,9 @@ pub fn ctr(q: &Var, k: &Var, t: f32) -> (Var, f64) {
     let logits = q.l2_normalize().matmul_t(&k.l2_normalize()) / t;
     let n = logits.rows();
     let l = logits.values();
-    let top1 = (0..n).filter(|&i| (0..n).all(|j| j == i || l[i * n + i] > l[i * n + j])).count() as f64 / n.max(1) as f64;
+    let top1 = (0..n).filter(|&i| (0..n).all(|j| j == i || l[i * n + i] > l[i * n + j])).count()
+        as f64
+        / n.max(1) as f64;
     (cross_entropy(&logits, &(0..n).collect::<Vec<_>>()).scale(2.0 * t), top1)
 }
 

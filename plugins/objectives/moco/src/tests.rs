@@ -26,7 +26,12 @@ fn info_nce_and_the_queue_update_match_lightly_memory_bank() {
         assert_scalar(&format!("loss of call {i}"), l.item(), c["loss"].as_f64().unwrap(), 1e-5);
         let unit_keys = key.l2_normalize().values(); // before backward, which ends the graph
         let mut gr = g.backward(&l).unwrap();
-        assert_close(&format!("dq of call {i}"), &gr.tensor(&q, &[n, d]).data, &floats(&c["dq"]), 1e-5);
+        assert_close(
+            &format!("dq of call {i}"),
+            &gr.tensor(&q, &[n, d]).data,
+            &floats(&c["dq"]),
+            1e-5,
+        );
         loss::enqueue(&mut bank, &mut ptr, &unit_keys, d);
         assert_eq!(ptr, c["ptr_after"].as_u64().unwrap() as usize, "pointer after call {i}");
         assert_close(&format!("queue after call {i}"), &bank, &floats(&c["bank_after"]), 1e-6);
@@ -34,32 +39,60 @@ fn info_nce_and_the_queue_update_match_lightly_memory_bank() {
 }
 
 fn new_box(json: &str) -> ObjectiveBox {
-    latent_sdk::plugin::new_objective::<Moco>(RStr::from_str(json), &Context { seed: 7, ..Context::default() }).unwrap()
+    latent_sdk::testing::objective::<Moco>(json, 7)
 }
 
 #[test]
 fn gradients_through_the_projector_match_finite_differences() {
     // the checker writes every parameter, the queue included, before each evaluation, so the
     // queue each evaluation sees is the one of the first
-    let mut obj = new_box(r#"{"input_dim": 5, "hidden_dim": 8, "output_dim": 4, "queue_size": 12}"#);
+    let mut obj =
+        new_box(r#"{"input_dim": 5, "hidden_dim": 8, "output_dim": 4, "queue_size": 12}"#);
     let v = vec![random(&[6, 5], 1), random(&[6, 5], 2)];
     let t = vec![random(&[6, 5], 3), random(&[6, 5], 4)];
-    latent_sdk::check::assert_objective_gradients(&mut obj, v.clone(), t.clone(), vec![], 4e-3, 1e-2);
-    let mut obj = new_box(r#"{"input_dim": 5, "hidden_dim": 8, "output_dim": 4, "queue_size": 12, "symmetric": true}"#);
+    latent_sdk::check::assert_objective_gradients(
+        &mut obj,
+        v.clone(),
+        t.clone(),
+        vec![],
+        4e-3,
+        1e-2,
+    );
+    let mut obj = new_box(
+        r#"{"input_dim": 5, "hidden_dim": 8, "output_dim": 4, "queue_size": 12, "symmetric": true}"#,
+    );
     // a hidden unit of view 1 lies within 4e-3 of its ReLU kink here: the smaller step
     latent_sdk::check::assert_objective_gradients(&mut obj, v, t, vec![], 1e-3, 1e-2);
 }
 
 #[test]
 fn the_queue_is_state_in_buffers_and_moves_only_in_training() {
-    let mut obj = new_box(r#"{"input_dim": 5, "hidden_dim": 8, "output_dim": 4, "queue_size": 10}"#);
-    let roles: Vec<(String, ParamRole)> = obj.params().unwrap().iter().map(|d| (d.name.to_string(), d.role)).collect();
-    assert_eq!(&roles[roles.len() - 2..], &[("queue".to_string(), ParamRole::Buffer), ("queue_ptr".to_string(), ParamRole::Buffer)]);
-    let mut p = Moco::new(Config { input_dim: 5, hidden_dim: 8, output_dim: 4, queue_size: Some(10), ..Config::default() }, &Context::default()).unwrap();
+    let mut obj =
+        new_box(r#"{"input_dim": 5, "hidden_dim": 8, "output_dim": 4, "queue_size": 10}"#);
+    let roles: Vec<(String, ParamRole)> =
+        obj.params().unwrap().iter().map(|d| (d.name.to_string(), d.role)).collect();
+    assert_eq!(
+        &roles[roles.len() - 2..],
+        &[("queue".to_string(), ParamRole::Buffer), ("queue_ptr".to_string(), ParamRole::Buffer)]
+    );
+    let mut p = Moco::new(
+        Config {
+            input_dim: 5,
+            hidden_dim: 8,
+            output_dim: 4,
+            queue_size: Some(10),
+            ..Config::default()
+        },
+        &Context::default(),
+    )
+    .unwrap();
     let keys = |p: &Moco| p.queue.as_ref().unwrap().keys.value.clone();
     let ptr = |p: &Moco| p.queue.as_ref().unwrap().ptr.value[0];
     for row in keys(&p).chunks(4) {
-        assert!((row.iter().map(|v| v * v).sum::<f32>() - 1.0).abs() < 1e-5, "queued keys start as unit vectors");
+        assert!(
+            (row.iter().map(|v| v * v).sum::<f32>() - 1.0).abs() < 1e-5,
+            "queued keys start as unit vectors"
+        );
     }
     let batch = |train: bool| ObjectiveBatch {
         views: vec![random(&[4, 5], 1), random(&[4, 5], 2)],
@@ -98,7 +131,11 @@ fn bad_config_is_refused_by_name() {
 #[test]
 fn v3_symmetric_loss_matches_the_papers_pseudocode() {
     let fx: Value = serde_json::from_str(CTR).unwrap();
-    let (n, d, t) = (fx["n"].as_u64().unwrap() as usize, fx["d"].as_u64().unwrap() as usize, fx["temperature"].as_f64().unwrap() as f32);
+    let (n, d, t) = (
+        fx["n"].as_u64().unwrap() as usize,
+        fx["d"].as_u64().unwrap() as usize,
+        fx["temperature"].as_f64().unwrap() as f32,
+    );
     for (i, c) in fx["cases"].as_array().unwrap().iter().enumerate() {
         let g = Graph::new(true);
         let q1 = g.input(&tensor(&c["q1"], n, d)).unwrap();
@@ -109,8 +146,18 @@ fn v3_symmetric_loss_matches_the_papers_pseudocode() {
         assert!((0.0..=1.0).contains(&top1));
         assert_scalar(&format!("v3 loss of case {i}"), l.item(), c["loss"].as_f64().unwrap(), 1e-5);
         let mut gr = g.backward(&l).unwrap();
-        assert_close(&format!("dq1 of case {i}"), &gr.tensor(&q1, &[n, d]).data, &floats(&c["dq1"]), 1e-5);
-        assert_close(&format!("dq2 of case {i}"), &gr.tensor(&q2, &[n, d]).data, &floats(&c["dq2"]), 1e-5);
+        assert_close(
+            &format!("dq1 of case {i}"),
+            &gr.tensor(&q1, &[n, d]).data,
+            &floats(&c["dq1"]),
+            1e-5,
+        );
+        assert_close(
+            &format!("dq2 of case {i}"),
+            &gr.tensor(&q2, &[n, d]).data,
+            &floats(&c["dq2"]),
+            1e-5,
+        );
     }
 }
 
@@ -118,7 +165,11 @@ fn v3_symmetric_loss_matches_the_papers_pseudocode() {
 fn v3_gradients_through_projector_and_predictor_match_finite_differences() {
     let mut obj = new_box(r#"{"version": "v3", "input_dim": 5, "hidden_dim": 8, "output_dim": 4}"#);
     let names: Vec<String> = obj.params().unwrap().iter().map(|d| d.name.to_string()).collect();
-    assert!(names.iter().any(|n| n == "predictor.0.weight") && names.iter().any(|n| n == "projector.4.running_mean"), "{names:?}");
+    assert!(
+        names.iter().any(|n| n == "predictor.0.weight")
+            && names.iter().any(|n| n == "projector.4.running_mean"),
+        "{names:?}"
+    );
     assert!(!names.iter().any(|n| n.starts_with("queue")), "v3 keeps no queue: {names:?}");
     let v = vec![random(&[6, 5], 1), random(&[6, 5], 2)];
     let t = vec![random(&[6, 5], 3), random(&[6, 5], 4)];
@@ -129,7 +180,17 @@ fn v3_gradients_through_projector_and_predictor_match_finite_differences() {
 
 #[test]
 fn v3_trains_both_views_and_only_the_online_heads() {
-    let mut p = Moco::new(Config { version: Version::V3, input_dim: 5, hidden_dim: 8, output_dim: 4, ..Config::default() }, &Context::default()).unwrap();
+    let mut p = Moco::new(
+        Config {
+            version: Version::V3,
+            input_dim: 5,
+            hidden_dim: 8,
+            output_dim: 4,
+            ..Config::default()
+        },
+        &Context::default(),
+    )
+    .unwrap();
     let r = p
         .compute(ObjectiveBatch {
             views: vec![random(&[4, 5], 1), random(&[4, 5], 2)],
@@ -140,17 +201,31 @@ fn v3_trains_both_views_and_only_the_online_heads() {
             train: true,
         })
         .unwrap();
-    assert!(r.grads.iter().all(|g| g.data.iter().any(|&x| x != 0.0)), "both views give queries, so both get a gradient");
+    assert!(
+        r.grads.iter().all(|g| g.data.iter().any(|&x| x != 0.0)),
+        "both views give queries, so both get a gradient"
+    );
     assert_eq!(r.target_momentum, 0.99);
     let mut roles = Vec::new();
     p.visit_params(&mut |q| roles.push((q.name.clone(), q.role)));
-    assert!(roles.iter().filter(|(n, _)| n.starts_with("target_projector")).all(|(_, r)| *r != ParamRole::Weight), "{roles:?}");
+    assert!(
+        roles
+            .iter()
+            .filter(|(n, _)| n.starts_with("target_projector"))
+            .all(|(_, r)| *r != ParamRole::Weight),
+        "{roles:?}"
+    );
 }
-
 
 #[test]
 fn symmetric_v2_averages_both_directions_and_queues_both_views_keys() {
-    let cfg = Config { input_dim: 5, hidden_dim: 8, output_dim: 4, queue_size: Some(20), ..Config::default() };
+    let cfg = Config {
+        input_dim: 5,
+        hidden_dim: 8,
+        output_dim: 4,
+        queue_size: Some(20),
+        ..Config::default()
+    };
     let batch = || ObjectiveBatch {
         views: vec![random(&[4, 5], 1), random(&[4, 5], 2)],
         targets: vec![random(&[4, 5], 3), random(&[4, 5], 4)],
@@ -161,7 +236,8 @@ fn symmetric_v2_averages_both_directions_and_queues_both_views_keys() {
     };
     let loss = |r: &ObjectiveResult| r.metrics.iter().find(|(k, _)| k == "loss").unwrap().1;
     let mut one = Moco::new(cfg.clone(), &Context::default()).unwrap();
-    let mut both = Moco::new(Config { symmetric: true, ..cfg.clone() }, &Context::default()).unwrap();
+    let mut both =
+        Moco::new(Config { symmetric: true, ..cfg.clone() }, &Context::default()).unwrap();
     let r1 = one.compute(batch()).unwrap();
     let r2 = both.compute(batch()).unwrap();
     // the other direction alone: swap the views and the targets
@@ -170,11 +246,26 @@ fn symmetric_v2_averages_both_directions_and_queues_both_views_keys() {
     b.views.swap(0, 1);
     b.targets.swap(0, 1);
     let r3 = swapped.compute(b).unwrap();
-    assert!((loss(&r2) - (loss(&r1) + loss(&r3)) / 2.0).abs() < 1e-6, "{} vs ({} + {}) / 2", loss(&r2), loss(&r1), loss(&r3));
+    assert!(
+        (loss(&r2) - (loss(&r1) + loss(&r3)) / 2.0).abs() < 1e-6,
+        "{} vs ({} + {}) / 2",
+        loss(&r2),
+        loss(&r1),
+        loss(&r3)
+    );
     assert!(r2.grads.iter().all(|g| g.data.iter().any(|&x| x != 0.0)), "both views give queries");
     let q = both.queue.as_ref().unwrap();
     assert_eq!(q.ptr.value[0], 8.0, "two batches of 4 keys went in");
-    assert_eq!(&q.keys.value[..16], &one.queue.as_ref().unwrap().keys.value[..16], "view 1's keys first, as the paper's");
-    let e = Moco::new(Config { version: Version::V3, symmetric: true, ..Config::default() }, &Context::default()).err().unwrap();
+    assert_eq!(
+        &q.keys.value[..16],
+        &one.queue.as_ref().unwrap().keys.value[..16],
+        "view 1's keys first, as the paper's"
+    );
+    let e = Moco::new(
+        Config { version: Version::V3, symmetric: true, ..Config::default() },
+        &Context::default(),
+    )
+    .err()
+    .unwrap();
     assert!(e.to_string().contains("symmetric is a v2 key"), "{e}");
 }

@@ -45,7 +45,14 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { input_dim: 128, hidden_dim: 512, output_dim: 128, head: true, temperature: 0.5, positive_in_denominator: true }
+        Config {
+            input_dim: 128,
+            hidden_dim: 512,
+            output_dim: 128,
+            head: true,
+            temperature: 0.5,
+            positive_in_denominator: true,
+        }
     }
 }
 
@@ -62,12 +69,28 @@ impl Plugin for SimClr {
     const DESCRIPTION: &'static str = "SimCLR: projection head + NT-Xent (or DCL) over two views";
 
     fn new(cfg: Config, ctx: &Context) -> anyhow::Result<Self> {
-        ensure!(cfg.temperature > 0.0 && cfg.temperature.is_finite(), "temperature must be positive, got {}", cfg.temperature);
+        ensure!(
+            cfg.temperature > 0.0 && cfg.temperature.is_finite(),
+            "temperature must be positive, got {}",
+            cfg.temperature
+        );
         if cfg.head {
-            ensure!(cfg.input_dim > 0 && cfg.hidden_dim > 0 && cfg.output_dim > 0,
-                "input_dim, hidden_dim and output_dim must be positive, got {}, {}, {}", cfg.input_dim, cfg.hidden_dim, cfg.output_dim);
+            ensure!(
+                cfg.input_dim > 0 && cfg.hidden_dim > 0 && cfg.output_dim > 0,
+                "input_dim, hidden_dim and output_dim must be positive, got {}, {}, {}",
+                cfg.input_dim,
+                cfg.hidden_dim,
+                cfg.output_dim
+            );
         }
-        let head = cfg.head.then(|| Head::simclr(&Init::new(ctx.seed).pp("projector"), cfg.input_dim, cfg.hidden_dim, cfg.output_dim));
+        let head = cfg.head.then(|| {
+            Head::simclr(
+                &Init::new(ctx.seed).pp("projector"),
+                cfg.input_dim,
+                cfg.hidden_dim,
+                cfg.output_dim,
+            )
+        });
         Ok(SimClr { cfg, head })
     }
 }
@@ -86,7 +109,11 @@ impl Objective for SimClr {
         for (i, v) in b.views.iter().enumerate() {
             let (n, d) = v.dims();
             if self.head.is_some() {
-                ensure!(d == self.cfg.input_dim, "view {i} has {d} features but input_dim is {}", self.cfg.input_dim);
+                ensure!(
+                    d == self.cfg.input_dim,
+                    "view {i} has {d} features but input_dim is {}",
+                    self.cfg.input_dim
+                );
             }
             ensure!(n >= 2, "simclr needs at least 2 samples per batch, got {n}");
         }
@@ -95,7 +122,12 @@ impl Objective for SimClr {
             Some(h) => b.views.iter().map(|v| h.forward(g, v)).collect(),
             None => b.views.clone(),
         };
-        let loss = loss::nt_xent(&z[0], &z[1], self.cfg.temperature as f32, self.cfg.positive_in_denominator);
+        let loss = loss::nt_xent(
+            &z[0],
+            &z[1],
+            self.cfg.temperature as f32,
+            self.cfg.positive_in_denominator,
+        );
         Ok(Loss { metrics: loss::metrics(&z[0], &z[1]), ..Loss::new(loss) })
     }
 }

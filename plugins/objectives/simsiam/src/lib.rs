@@ -71,15 +71,31 @@ pub struct SimSiam {
 impl Plugin for SimSiam {
     type Config = Config;
     const NAME: &'static str = "simsiam";
-    const DESCRIPTION: &'static str = "SimSiam: projector + predictor, negative cosine against the other view with stop-gradient";
+    const DESCRIPTION: &'static str =
+        "SimSiam: projector + predictor, negative cosine against the other view with stop-gradient";
 
     fn new(cfg: Config, ctx: &Context) -> anyhow::Result<Self> {
-        for (key, v) in [("input_dim", cfg.input_dim), ("proj_hidden_dim", cfg.proj_hidden_dim), ("output_dim", cfg.output_dim), ("pred_hidden_dim", cfg.pred_hidden_dim)] {
+        for (key, v) in [
+            ("input_dim", cfg.input_dim),
+            ("proj_hidden_dim", cfg.proj_hidden_dim),
+            ("output_dim", cfg.output_dim),
+            ("pred_hidden_dim", cfg.pred_hidden_dim),
+        ] {
             ensure!(v > 0, "{key} must be positive, got {v}");
         }
         let init = Init::new(ctx.seed);
-        let projector = Head::simsiam_projector(&init.pp("projector"), cfg.input_dim, cfg.proj_hidden_dim, cfg.output_dim);
-        let predictor = Head::simsiam_predictor(&init.pp("predictor"), cfg.output_dim, cfg.pred_hidden_dim, cfg.output_dim);
+        let projector = Head::simsiam_projector(
+            &init.pp("projector"),
+            cfg.input_dim,
+            cfg.proj_hidden_dim,
+            cfg.output_dim,
+        );
+        let predictor = Head::simsiam_predictor(
+            &init.pp("predictor"),
+            cfg.output_dim,
+            cfg.pred_hidden_dim,
+            cfg.output_dim,
+        );
         let target_projector = projector.target_copy("target_projector");
         Ok(SimSiam { cfg, projector, predictor, target_projector })
     }
@@ -101,11 +117,17 @@ impl Objective for SimSiam {
         let z: Vec<Var> = b.views.iter().map(|v| self.projector.forward(g, v)).collect();
         let p: Vec<Var> = z.iter().map(|z| self.predictor.forward(g, z)).collect();
         // the detached branch runs on the targets' graph, which records nothing
-        let zt: Vec<Var> = b.targets.iter().map(|t| self.target_projector.forward(t.graph(), t)).collect();
+        let zt: Vec<Var> =
+            b.targets.iter().map(|t| self.target_projector.forward(t.graph(), t)).collect();
         let loss = loss::simsiam_loss(&p[0], &p[1], &zt[0], &zt[1]);
-        let collapse = (latent_sdk::metrics::collapse(&z[0].value())? + latent_sdk::metrics::collapse(&z[1].value())?) / 2.0;
+        let collapse = (latent_sdk::metrics::collapse(&z[0].value())?
+            + latent_sdk::metrics::collapse(&z[1].value())?)
+            / 2.0;
         let pos = -loss.item();
-        Ok(Loss::new(loss).metric("collapse", collapse).metric("pos_cosine", pos).target_momentum(0.0))
+        Ok(Loss::new(loss)
+            .metric("collapse", collapse)
+            .metric("pos_cosine", pos)
+            .target_momentum(0.0))
     }
 }
 

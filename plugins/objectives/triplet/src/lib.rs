@@ -53,14 +53,30 @@ pub struct Triplet {
 impl Plugin for Triplet {
     type Config = Config;
     const NAME: &'static str = "triplet";
-    const DESCRIPTION: &'static str = "FaceNet triplet loss on L2-normalised embeddings (all / batch-hard / semi-hard mining)";
+    const DESCRIPTION: &'static str =
+        "FaceNet triplet loss on L2-normalised embeddings (all / batch-hard / semi-hard mining)";
 
     fn new(cfg: Config, ctx: &Context) -> anyhow::Result<Self> {
-        ensure!(cfg.margin >= 0.0 && cfg.margin.is_finite(), "margin must be non-negative, got {}", cfg.margin);
+        ensure!(
+            cfg.margin >= 0.0 && cfg.margin.is_finite(),
+            "margin must be non-negative, got {}",
+            cfg.margin
+        );
         if let Some(h) = cfg.head_dim {
-            ensure!(h > 0 && cfg.input_dim > 0, "head_dim and input_dim must be positive, got {h} and {}", cfg.input_dim);
+            ensure!(
+                h > 0 && cfg.input_dim > 0,
+                "head_dim and input_dim must be positive, got {h} and {}",
+                cfg.input_dim
+            );
         }
-        let head = cfg.head_dim.map(|h| latent_sdk::autodiff::nn::Linear::new(&Init::new(ctx.seed).pp("head"), cfg.input_dim, h, true));
+        let head = cfg.head_dim.map(|h| {
+            latent_sdk::autodiff::nn::Linear::new(
+                &Init::new(ctx.seed).pp("head"),
+                cfg.input_dim,
+                h,
+                true,
+            )
+        });
         Ok(Triplet { cfg, head })
     }
 }
@@ -80,12 +96,21 @@ impl Objective for Triplet {
         ensure!(!b.views.is_empty(), "triplet needs at least one view");
         let (n, d) = b.views[0].dims();
         for (i, v) in b.views.iter().enumerate() {
-            ensure!(v.dims() == (n, d), "view {i} has shape {:?}, view 0 has {:?}", v.dims(), (n, d));
+            ensure!(
+                v.dims() == (n, d),
+                "view {i} has shape {:?}, view 0 has {:?}",
+                v.dims(),
+                (n, d)
+            );
         }
         ensure!(n > 0 && d > 0, "views must be non-empty, got shape {:?}", (n, d));
         ensure!(b.labels.len() == n, "{n} samples per view but {} labels", b.labels.len());
         if self.head.is_some() {
-            ensure!(d == self.cfg.input_dim, "views have {d} features but input_dim is {}", self.cfg.input_dim);
+            ensure!(
+                d == self.cfg.input_dim,
+                "views have {d} features but input_dim is {}",
+                self.cfg.input_dim
+            );
         }
         // every view of every sample is an anchor, with the sample's label
         let x = cat_rows(&b.views.iter().collect::<Vec<_>>());

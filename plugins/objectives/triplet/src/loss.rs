@@ -54,14 +54,25 @@ pub enum Mining {
 
 /// Calls `f(a, p, n)` for each mined triplet of a squared-distance matrix `d` (`m x m`), in
 /// anchor order. ("all" is not materialised: a P x K batch of 512 rows has millions.)
-pub fn for_each_triplet(d: &[f64], labels: &[i64], margin: f64, mining: Mining, mut f: impl FnMut(usize, usize, usize)) {
+pub fn for_each_triplet(
+    d: &[f64],
+    labels: &[i64],
+    margin: f64,
+    mining: Mining,
+    mut f: impl FnMut(usize, usize, usize),
+) {
     let m = labels.len();
     let pos = |a: usize| (0..m).filter(move |&p| p != a && labels[p] == labels[a]);
     let neg = |a: usize| (0..m).filter(move |&n| labels[n] != labels[a]);
     // first index of the minimum (or maximum) of d(a, ·) over `it`, as torch's argmin/argmax
     let arg = |a: usize, it: &mut dyn Iterator<Item = usize>, max: bool| {
         it.fold(None, |b: Option<usize>, k| match b {
-            Some(j) if (max && d[a * m + j] >= d[a * m + k]) || (!max && d[a * m + j] <= d[a * m + k]) => Some(j),
+            Some(j)
+                if (max && d[a * m + j] >= d[a * m + k])
+                    || (!max && d[a * m + j] <= d[a * m + k]) =>
+            {
+                Some(j)
+            }
             _ => Some(k),
         })
     };
@@ -73,7 +84,8 @@ pub fn for_each_triplet(d: &[f64], labels: &[i64], margin: f64, mining: Mining, 
                 }
             }
             Mining::BatchHard => {
-                if let (Some(p), Some(n)) = (arg(a, &mut pos(a), true), arg(a, &mut neg(a), false)) {
+                if let (Some(p), Some(n)) = (arg(a, &mut pos(a), true), arg(a, &mut neg(a), false))
+                {
                     f(a, p, n);
                 }
             }
@@ -81,7 +93,8 @@ pub fn for_each_triplet(d: &[f64], labels: &[i64], margin: f64, mining: Mining, 
                 let hardest = arg(a, &mut neg(a), false);
                 for p in pos(a) {
                     let dap = d[a * m + p];
-                    let mut semi = neg(a).filter(|&n| dap < d[a * m + n] && d[a * m + n] < dap + margin);
+                    let mut semi =
+                        neg(a).filter(|&n| dap < d[a * m + n] && d[a * m + n] < dap + margin);
                     if let Some(n) = arg(a, &mut semi, false).or(hardest) {
                         f(a, p, n);
                     }
@@ -120,7 +133,12 @@ pub fn sq_distances(e: &[f32], m: usize, dim: usize) -> (Vec<f64>, Vec<f64>, Vec
 /// Triplet loss of embeddings `e` `[M, D]` with one label per row, and the metrics
 /// `triplets` (number mined), `active_fraction` (share with positive loss), `d_ap`, `d_an`
 /// (mean squared distances over the mined triplets).
-pub fn triplet(e: &Var, labels: &[i64], margin: f64, mining: Mining) -> anyhow::Result<(Var, Vec<(String, f64)>)> {
+pub fn triplet(
+    e: &Var,
+    labels: &[i64],
+    margin: f64,
+    mining: Mining,
+) -> anyhow::Result<(Var, Vec<(String, f64)>)> {
     ensure!(margin >= 0.0 && margin.is_finite(), "margin must be non-negative, got {margin}");
     let (m, dim) = e.dims();
     ensure!(labels.len() == m, "{m} embeddings but {} labels", labels.len());

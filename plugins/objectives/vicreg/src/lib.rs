@@ -51,7 +51,15 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { input_dim: 128, hidden_dim: 512, output_dim: 512, invariance: 25.0, variance: 25.0, covariance: 1.0, eps: 1e-4 }
+        Config {
+            input_dim: 128,
+            hidden_dim: 512,
+            output_dim: 512,
+            invariance: 25.0,
+            variance: 25.0,
+            covariance: 1.0,
+            eps: 1e-4,
+        }
     }
 }
 
@@ -65,17 +73,31 @@ pub struct VicReg {
 impl Plugin for VicReg {
     type Config = Config;
     const NAME: &'static str = "vicreg";
-    const DESCRIPTION: &'static str = "VICReg: expander + variance, invariance and covariance terms";
+    const DESCRIPTION: &'static str =
+        "VICReg: expander + variance, invariance and covariance terms";
 
     fn new(cfg: Config, ctx: &Context) -> anyhow::Result<Self> {
-        for (key, v) in [("input_dim", cfg.input_dim), ("hidden_dim", cfg.hidden_dim), ("output_dim", cfg.output_dim)] {
+        for (key, v) in [
+            ("input_dim", cfg.input_dim),
+            ("hidden_dim", cfg.hidden_dim),
+            ("output_dim", cfg.output_dim),
+        ] {
             ensure!(v > 0, "{key} must be positive, got {v}");
         }
-        for (key, v) in [("invariance", cfg.invariance), ("variance", cfg.variance), ("covariance", cfg.covariance)] {
+        for (key, v) in [
+            ("invariance", cfg.invariance),
+            ("variance", cfg.variance),
+            ("covariance", cfg.covariance),
+        ] {
             ensure!(v >= 0.0 && v.is_finite(), "{key} must be a non-negative weight, got {v}");
         }
         ensure!(cfg.eps > 0.0 && cfg.eps.is_finite(), "eps must be positive (it keeps the square root differentiable at zero variance), got {}", cfg.eps);
-        let expander = Head::vicreg(&Init::new(ctx.seed).pp("expander"), cfg.input_dim, cfg.hidden_dim, cfg.output_dim);
+        let expander = Head::vicreg(
+            &Init::new(ctx.seed).pp("expander"),
+            cfg.input_dim,
+            cfg.hidden_dim,
+            cfg.output_dim,
+        );
         Ok(VicReg { cfg, expander })
     }
 }
@@ -90,7 +112,12 @@ impl Objective for VicReg {
     fn forward(&mut self, g: &Graph, b: &Views) -> anyhow::Result<Loss> {
         b.expect("vicreg", 2, false, self.cfg.input_dim, 2)?;
         let z: Vec<Var> = b.views.iter().map(|v| self.expander.forward(g, v)).collect();
-        let w = loss::Weights { invariance: self.cfg.invariance, variance: self.cfg.variance, covariance: self.cfg.covariance, eps: self.cfg.eps };
+        let w = loss::Weights {
+            invariance: self.cfg.invariance,
+            variance: self.cfg.variance,
+            covariance: self.cfg.covariance,
+            eps: self.cfg.eps,
+        };
         let (loss, metrics) = loss::vicreg(&z[0], &z[1], w)?;
         Ok(Loss { metrics, ..Loss::new(loss) })
     }

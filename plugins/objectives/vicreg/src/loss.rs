@@ -48,11 +48,24 @@ pub fn covariance(z: &Var) -> Var {
 /// VICReg of two expanded views `za`, `zb` `[N, D]` (N ≥ 2), with the three terms as metrics
 /// `invariance`, `variance`, `covariance` (unweighted).
 pub fn vicreg(za: &Var, zb: &Var, w: Weights) -> anyhow::Result<(Var, Vec<(String, f64)>)> {
-    ensure!(za.dims() == zb.dims(), "the two views must have the same shape, got {:?} and {:?}", za.dims(), zb.dims());
-    ensure!(za.rows() >= 2, "vicreg needs at least 2 samples per batch (a variance over the batch), got {}", za.rows());
+    ensure!(
+        za.dims() == zb.dims(),
+        "the two views must have the same shape, got {:?} and {:?}",
+        za.dims(),
+        zb.dims()
+    );
+    ensure!(
+        za.rows() >= 2,
+        "vicreg needs at least 2 samples per batch (a variance over the batch), got {}",
+        za.rows()
+    );
     let inv = (za - zb).square().mean();
     let var = (variance(za, w.eps) + variance(zb, w.eps)) * 0.5;
     let cov = covariance(za) + covariance(zb);
-    let metrics = vec![("invariance".into(), inv.item()), ("variance".into(), var.item()), ("covariance".into(), cov.item())];
+    let metrics = vec![
+        ("invariance".into(), inv.item()),
+        ("variance".into(), var.item()),
+        ("covariance".into(), cov.item()),
+    ];
     Ok((inv * w.invariance + var * w.variance + cov * w.covariance, metrics))
 }

@@ -34,7 +34,8 @@ impl Default for Config {
 }
 
 fn check(cfg: &Config) -> anyhow::Result<()> {
-    let ok = ["none", "panic", "error", "wrong-shape", "wrong-length", "huge-shape", "nan", "sleep"];
+    let ok =
+        ["none", "panic", "error", "wrong-shape", "wrong-length", "huge-shape", "nan", "sleep"];
     ensure!(ok.contains(&cfg.fault.as_str()), "fault must be one of {ok:?}, got {:?}", cfg.fault);
     Ok(())
 }
@@ -64,7 +65,9 @@ impl ObjectivePlugin for Faulty {
         match self.cfg.fault.as_str() {
             "panic" if fire => panic!("deliberate panic at step {}", b.step),
             "error" if fire => bail!("deliberate error at step {}", b.step),
-            "sleep" if fire => std::thread::sleep(std::time::Duration::from_millis(self.cfg.sleep_ms)),
+            "sleep" if fire => {
+                std::thread::sleep(std::time::Duration::from_millis(self.cfg.sleep_ms))
+            }
             _ => {}
         }
         // loss = mean over elements of (v0 - v1)^2 (or of v0^2 with one view)
@@ -91,7 +94,12 @@ impl ObjectivePlugin for Faulty {
         if fire && self.cfg.fault == "huge-shape" {
             grads[0].shape = vec![usize::MAX, 2];
         }
-        Ok(ObjectiveResult { loss, grads, metrics: vec![("diff".into(), loss as f64)], target_momentum: 1.0 })
+        Ok(ObjectiveResult {
+            loss,
+            grads,
+            metrics: vec![("diff".into(), loss as f64)],
+            target_momentum: 1.0,
+        })
     }
 }
 
@@ -123,7 +131,12 @@ impl Module for FaultyEncoder {
 impl EncoderPlugin for FaultyEncoder {
     fn out_dim(&mut self, input: [usize; 3]) -> anyhow::Result<usize> {
         if self.fc.is_none() {
-            self.fc = Some(Linear::new(&Init::new(0).pp("fc"), input.iter().product(), self.cfg.dim, true));
+            self.fc = Some(Linear::new(
+                &Init::new(0).pp("fc"),
+                input.iter().product(),
+                self.cfg.dim,
+                true,
+            ));
         }
         Ok(self.cfg.dim)
     }
@@ -141,7 +154,9 @@ impl EncoderPlugin for FaultyEncoder {
             "wrong-shape" if fire => y = Tensor::zeros(vec![n + 1, 3]),
             "wrong-length" if fire => y.data.truncate(y.data.len() / 2),
             "huge-shape" if fire => y.shape = vec![usize::MAX, usize::MAX],
-            "sleep" if fire => std::thread::sleep(std::time::Duration::from_millis(self.cfg.sleep_ms)),
+            "sleep" if fire => {
+                std::thread::sleep(std::time::Duration::from_millis(self.cfg.sleep_ms))
+            }
             _ => {}
         }
         Ok(y)
@@ -179,11 +194,16 @@ impl Default for ShapesConfig {
 impl Plugin for MismatchedShapes {
     type Config = ShapesConfig;
     const NAME: &'static str = "mismatched-shapes";
-    const DESCRIPTION: &'static str = "test-only objective whose forward multiplies mismatched shapes from a step on";
+    const DESCRIPTION: &'static str =
+        "test-only objective whose forward multiplies mismatched shapes from a step on";
     fn new(cfg: ShapesConfig, ctx: &Context) -> anyhow::Result<Self> {
         let init = Init::new(ctx.seed);
         let d = cfg.input_dim;
-        Ok(MismatchedShapes { at_step: cfg.at_step, proj: init.kaiming_uniform("proj.weight", vec![d, 3], d), bad: init.kaiming_uniform("bad.weight", vec![d + 1, 3], d) })
+        Ok(MismatchedShapes {
+            at_step: cfg.at_step,
+            proj: init.kaiming_uniform("proj.weight", vec![d, 3], d),
+            bad: init.kaiming_uniform("bad.weight", vec![d + 1, 3], d),
+        })
     }
 }
 
@@ -215,7 +235,8 @@ pub struct WrongGradient {
 impl Plugin for WrongGradient {
     type Config = ShapesConfig;
     const NAME: &'static str = "wrong-gradient";
-    const DESCRIPTION: &'static str = "test-only objective whose scale.weight gradient is twice the true one";
+    const DESCRIPTION: &'static str =
+        "test-only objective whose scale.weight gradient is twice the true one";
     fn new(cfg: ShapesConfig, ctx: &Context) -> anyhow::Result<Self> {
         let mut scale = Init::new(ctx.seed).kaiming_uniform("scale.weight", vec![cfg.input_dim], 1);
         scale.value.iter_mut().for_each(|v| *v += 1.0);
@@ -233,7 +254,11 @@ impl ObjectivePlugin for WrongGradient {
     fn compute(&mut self, b: ObjectiveBatch) -> anyhow::Result<ObjectiveResult> {
         ensure!(b.views.len() == 2, "wrong-gradient needs 2 views");
         let (n, d) = b.views[0].dims2("view 0")?;
-        ensure!(d == self.scale.value.len(), "views have {d} features, the plugin {}", self.scale.value.len());
+        ensure!(
+            d == self.scale.value.len(),
+            "views have {d} features, the plugin {}",
+            self.scale.value.len()
+        );
         let m = (n * d) as f32;
         let (v0, v1, w) = (&b.views[0].data, &b.views[1].data, &self.scale.value);
         let r: Vec<f32> = (0..n * d).map(|k| w[k % d] * v0[k] - v1[k]).collect();
@@ -245,7 +270,11 @@ impl ObjectivePlugin for WrongGradient {
                 self.scale.grad[k % d] += 2.0 * (2.0 * r[k] * v0[k] / m); // the deliberate factor 2
             }
         }
-        let grads = if b.train { vec![Tensor::new(vec![n, d], g0), Tensor::new(vec![n, d], g1)] } else { vec![] };
+        let grads = if b.train {
+            vec![Tensor::new(vec![n, d], g0), Tensor::new(vec![n, d], g1)]
+        } else {
+            vec![]
+        };
         Ok(ObjectiveResult { loss, grads, metrics: vec![], target_momentum: 1.0 })
     }
 }
