@@ -49,21 +49,26 @@ where
 /// The benchmark spec's SimCLR step: resnet-mini, head Linear(128→256) BN ReLU Linear(256→128),
 /// NT-Xent τ 0.5, SGD lr 0.06 momentum 0.9 weight decay 5e-4 (constant lr).
 pub fn spec_config() -> Config {
-    let mut cfg = Config::default();
-    cfg.encoder = PluginConfig {
-        plugin: "resnet".into(),
-        config: serde_json::json!({"preset": "resnet-mini"}),
-    };
-    cfg.objective = PluginConfig {
-        plugin: "simclr".into(),
-        config: serde_json::json!({"hidden_dim": 256, "output_dim": 128, "temperature": 0.5}),
-    };
-    cfg.optim.name = latent_host::train::optim::OptimizerKind::Sgd;
-    cfg.optim.lr = 0.06;
-    cfg.optim.momentum = 0.9;
-    cfg.optim.weight_decay = 5e-4;
-    cfg.optim.schedule = latent_host::train::optim::LrSchedule::Constant;
-    cfg
+    use latent_host::train::optim::{LrSchedule, OptimConfig, OptimizerKind};
+    Config {
+        encoder: PluginConfig {
+            plugin: "resnet".into(),
+            config: serde_json::json!({"preset": "resnet-mini"}),
+        },
+        objective: PluginConfig {
+            plugin: "simclr".into(),
+            config: serde_json::json!({"hidden_dim": 256, "output_dim": 128, "temperature": 0.5}),
+        },
+        optim: OptimConfig {
+            name: OptimizerKind::Sgd,
+            lr: 0.06,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            schedule: LrSchedule::Constant,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
 }
 
 /// Deterministic pseudo-random values in [0, 1) (xorshift64).

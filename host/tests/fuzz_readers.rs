@@ -68,7 +68,7 @@ fn idx_file(want_nd: u8) -> impl Strategy<Value = Vec<u8>> {
                 .try_fold(1u64, |a, d| a.checked_mul(d))
                 .unwrap_or(u64::MAX);
             let len = (want.min(4096) as i64 + delta).max(0) as usize;
-            v.extend(std::iter::repeat(fill).take(len));
+            v.extend(std::iter::repeat_n(fill, len));
             v
         })
 }
@@ -257,7 +257,7 @@ proptest! {
             let mut v = Vec::new();
             for i in 0..n {
                 v.push(labels[i % labels.len()]);
-                v.extend(std::iter::repeat(i as u8).take(3072));
+                v.extend(std::iter::repeat_n(i as u8, 3072));
             }
             let len = (v.len() as i64 + extra).max(0) as usize;
             v.resize(len, 7);

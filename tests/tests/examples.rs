@@ -4,7 +4,7 @@
 //! Needs `cargo build --workspace` first (the examples are cdylibs beside the binary).
 
 use latent_abi::Context;
-use latent_host::plugins::{Objective, ParamAccess, Registry};
+use latent_host::plugins::{ParamAccess, Registry};
 use latent_sdk::kit::Tensor;
 use latent_tests::{latent, plugin_dir, text};
 use serde_json::{json, Value};
@@ -12,10 +12,6 @@ use std::path::{Path, PathBuf};
 
 fn registry() -> Registry {
     Registry::discover_in(vec![plugin_dir()]).expect("discover plugins")
-}
-
-fn config_file(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/configs").join(name)
 }
 
 /// Fixed, deterministic inputs `[n, d]` (no random generator: the test must not depend on one).
@@ -26,10 +22,6 @@ fn fixed(n: usize, d: usize, phase: f64) -> Tensor {
             .map(|k| ((k as f64 * 0.731 + phase).sin() + 0.3 * (k as f64 * 1.37).cos()) as f32)
             .collect(),
     )
-}
-
-fn loss_metric(r: &latent_host::plugins::handles::ObjectiveResult) -> f64 {
-    r.metrics.iter().find(|(k, _)| k == "loss").expect("a loss metric").1
 }
 
 #[test]

@@ -2,7 +2,6 @@
 //! differences through the plugin's projector.
 
 use super::*;
-use abi_stable::std_types::RStr;
 use latent_sdk::kit::gradcheck::random;
 use latent_sdk::testing::{assert_close, assert_scalar, floats, tensor};
 use serde_json::Value;

@@ -64,7 +64,7 @@ fn gradients(mut errs: impl FnMut(FdOptions) -> Result<Vec<TensorError>>) -> Res
         .ok_or_else(|| anyhow::anyhow!("nothing to check"))?;
     let bad: Vec<String> = e
         .iter()
-        .filter(|t| !(t.error < TOLERANCE))
+        .filter(|t| t.error.is_nan() || t.error >= TOLERANCE)
         .map(|t| format!("{} ({:.1e})", t.name, t.error))
         .collect();
     anyhow::ensure!(

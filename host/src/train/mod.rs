@@ -418,7 +418,7 @@ impl Run {
                 bar.set_position(step);
                 bar.set_message(format!("loss {:.4}  {:.0} img/s", res.loss, n_img as f64 / dt));
                 if self.cfg.train.checkpoint_every > 0
-                    && step % self.cfg.train.checkpoint_every == 0
+                    && step.is_multiple_of(self.cfg.train.checkpoint_every)
                 {
                     // metrics.jsonl holds every step up to the checkpoint, whatever ends the process later
                     self.log.flush()?;
@@ -437,7 +437,7 @@ impl Run {
             }
             // epoch finished (or the step budget ran out inside it)
             let step = at.step;
-            let finished_epoch = step % spe.max(1) == 0 || step >= total;
+            let finished_epoch = step.is_multiple_of(spe.max(1)) || step >= total;
             let mean = epoch_loss.0 / epoch_loss.1.max(1) as f64;
             let mut f = Map::new();
             f.insert("epoch".into(), json!(epoch));
@@ -451,8 +451,8 @@ impl Run {
             );
             let next_epoch = if finished_epoch && step < total { epoch + 1 } else { epoch };
             if step < total {
-                let knn =
-                    self.cfg.eval.every_epochs > 0 && (epoch + 1) % self.cfg.eval.every_epochs == 0;
+                let knn = self.cfg.eval.every_epochs > 0
+                    && (epoch + 1).is_multiple_of(self.cfg.eval.every_epochs);
                 online_eval(
                     &mut self.learner,
                     &self.cfg,
@@ -471,7 +471,7 @@ impl Run {
             }
             // the step budget ran out inside an epoch: record how far into it, so that a run
             // extended from here (`--resume --set train.max_steps=N`) continues that epoch's plan
-            let saved = if step % spe.max(1) == 0 {
+            let saved = if step.is_multiple_of(spe.max(1)) {
                 Position { step, epoch: next_epoch, batch: 0 }
             } else {
                 at

@@ -383,7 +383,7 @@ mod tests {
         o.begin_step();
         o.update("w", ParamRole::Weight, &mut w, &[-1.0], 0.1);
         let w1 = 0.899f64 * (1.0 - 0.001);
-        let m = 0.9 * 0.05 + 0.1 * -1.0; // 0.045 - 0.1
+        let m = 0.9 * 0.05 + -0.1; // 0.045 - 0.1
         let v = 0.999 * 0.00025 + 0.001 * 1.0;
         let mh = m / (1.0 - 0.81);
         let vh = v / (1.0 - 0.999f64.powi(2));

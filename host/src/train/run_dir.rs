@@ -151,7 +151,7 @@ pub fn drop_metrics_after(out: &Path, step: u64, mid_epoch: bool) -> Result<()> 
             serde_json::from_str::<Value>(l).is_ok_and(|r| {
                 let s = r.get("step").and_then(Value::as_u64);
                 let is_step = r.get("kind").and_then(Value::as_str) == Some("step");
-                s.map_or(true, |s| s < step || (s == step && (is_step || !mid_epoch)))
+                s.is_none_or(|s| s < step || (s == step && (is_step || !mid_epoch)))
             })
         })
         .map(|l| format!("{l}\n"))

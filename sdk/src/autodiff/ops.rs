@@ -353,7 +353,11 @@ pub fn conv2d(
     if len != c * h * w {
         fail(format!("conv2d: input rows of {len} values are not [C, H, W] = {chw:?}"));
     }
-    if groups == 0 || c % groups != 0 || o % groups != 0 || weight.cols() != c / groups * kh * kw {
+    if groups == 0
+        || c % groups != 0
+        || !o.is_multiple_of(groups)
+        || weight.cols() != c / groups * kh * kw
+    {
         fail(format!("conv2d: weight {:?} does not fit {c} input channels, kernel {kh}x{kw}, {groups} groups", weight.dims()));
     }
     if h + 2 * padding < kh || w + 2 * padding < kw || stride == 0 {

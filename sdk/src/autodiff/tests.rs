@@ -8,6 +8,9 @@ use crate::kit::gradcheck::random;
 use crate::kit::{BatchNorm, Init, Layer, Linear as KitLinear, Module, Relu, Sequential, Tensor};
 
 /// `Σ y ⊙ r` for a fixed random `r` of `y`'s shape: every entry of `y` gets a distinct weight.
+/// A unary operation on the tape, as the tables of cases below list them.
+type VarFn = fn(&Var) -> Var;
+
 fn weigh(y: &Var, seed: u64) -> Var {
     let (r, c) = y.dims();
     let w = y.graph().from_vec(r, c, random(&[r, c], seed).data);
@@ -58,7 +61,7 @@ fn elementwise_ops_and_broadcasts_match_finite_differences() {
         );
     }
     let p = positive(&[3, 4], 7);
-    let unary: [(&str, &Tensor, fn(&Var) -> Var); 9] = [
+    let unary: [(&str, &Tensor, VarFn); 9] = [
         ("exp", &x, |v| v.exp()),
         ("ln", &p, |v| v.ln()),
         ("sqrt", &p, |v| v.sqrt()),
@@ -70,14 +73,18 @@ fn elementwise_ops_and_broadcasts_match_finite_differences() {
         ("clamp_min", &p, |v| v.clamp_min(0.1)),
     ];
     for (name, input, f) in unary {
-        assert_within(name, &check_fn(&[input.clone()], 1e-3, |_, v| weigh(&f(&v[0]), 9)), 1e-2);
+        assert_within(
+            name,
+            &check_fn(std::slice::from_ref(input), 1e-3, |_, v| weigh(&f(&v[0]), 9)),
+            1e-2,
+        );
     }
 }
 
 #[test]
 fn reductions_and_softmax_match_finite_differences() {
     let x = random(&[4, 5], 1);
-    let red: [(&str, fn(&Var) -> Var); 8] = [
+    let red: [(&str, VarFn); 8] = [
         ("sum", |v| v.sum()),
         ("mean", |v| v.mean().scale(7.0)),
         ("sum_rows", |v| weigh(&v.sum_rows(), 3)),
@@ -88,13 +95,13 @@ fn reductions_and_softmax_match_finite_differences() {
         ("log_softmax_rows", |v| weigh(&v.log_softmax_rows(), 3)),
     ];
     for (name, f) in red {
-        assert_within(name, &check_fn(&[x.clone()], 1e-2, |_, v| f(&v[0])), 1e-2);
+        assert_within(name, &check_fn(std::slice::from_ref(&x), 1e-2, |_, v| f(&v[0])), 1e-2);
     }
     let mask: Vec<bool> = (0..20).map(|k| k % 6 == 0).collect();
     let m2 = mask.clone();
     assert_within(
         "masked log-softmax",
-        &check_fn(&[x.clone()], 1e-2, move |_, v| {
+        &check_fn(std::slice::from_ref(&x), 1e-2, move |_, v| {
             let y = v[0].log_softmax_rows_masked(&m2);
             weigh(&y.masked_fill(&m2, 0.0), 3)
         }),
@@ -110,7 +117,7 @@ fn reductions_and_softmax_match_finite_differences() {
     let targets = [1usize, 0, 4, 2];
     assert_within(
         "cross_entropy",
-        &check_fn(&[x.clone()], 1e-2, move |_, v| cross_entropy(&v[0], &targets)),
+        &check_fn(std::slice::from_ref(&x), 1e-2, move |_, v| cross_entropy(&v[0], &targets)),
         1e-2,
     );
 }
@@ -119,7 +126,7 @@ fn reductions_and_softmax_match_finite_differences() {
 fn gelu_matches_its_erf_formula() {
     // x·Φ(x) and Φ(x) + x·φ(x) in f64 (Python's math.erf) at x = -2, -1, -0.3, 0, 0.5, 1.7
     let x = [-2.0f32, -1.0, -0.3, 0.0, 0.5, 1.7];
-    let y = [-0.04550026f32, -0.15865525, -0.11462657, 0.0, 0.34573123, 1.62423871];
+    let y = [-0.04550026f32, -0.15865525, -0.11462657, 0.0, 0.34573123, 1.624_238_7];
     let g = Graph::new(true);
     let v = g.from_vec(1, 6, x.to_vec());
     let out = v.gelu();
@@ -127,7 +134,7 @@ fn gelu_matches_its_erf_formula() {
         assert!((a - b).abs() < 1e-6, "{a} vs {b}");
     }
     let d = g.backward(&out.sum()).unwrap().of(&v);
-    let want = [-0.08523180f32, -0.08331547, 0.26767223, 0.5, 0.86749512, 1.11531797];
+    let want = [-0.085_231_8_f32, -0.08331547, 0.26767223, 0.5, 0.867_495_1, 1.115_318];
     for (a, b) in d.iter().zip(&want) {
         assert!((a - b).abs() < 1e-5, "gelu' {a} vs {b}");
     }
@@ -162,10 +169,10 @@ fn matrix_ops_and_row_helpers_match_finite_differences() {
         &check_fn(&[a.clone(), c.clone()], 1e-2, |_, v| weigh(&v[0].matmul_t(&v[1]), 9)),
         1e-2,
     );
-    assert_within("t", &check_fn(&[a.clone()], 1e-2, |_, v| weigh(&v[0].t(), 9)), 1e-2);
+    assert_within("t", &check_fn(std::slice::from_ref(&a), 1e-2, |_, v| weigh(&v[0].t(), 9)), 1e-2);
     assert_within(
         "l2_normalize",
-        &check_fn(&[a.clone()], 1e-3, |_, v| weigh(&v[0].l2_normalize(), 9)),
+        &check_fn(std::slice::from_ref(&a), 1e-3, |_, v| weigh(&v[0].l2_normalize(), 9)),
         1e-2,
     );
     assert_within(
@@ -182,7 +189,7 @@ fn matrix_ops_and_row_helpers_match_finite_differences() {
     );
     assert_within(
         "rows_range",
-        &check_fn(&[c.clone()], 1e-2, |_, v| weigh(&v[0].rows_range(1, 4), 9)),
+        &check_fn(std::slice::from_ref(&c), 1e-2, |_, v| weigh(&v[0].rows_range(1, 4), 9)),
         1e-2,
     );
     assert_within(
@@ -194,7 +201,7 @@ fn matrix_ops_and_row_helpers_match_finite_differences() {
     );
     assert_within(
         "pick",
-        &check_fn(&[a.clone()], 1e-2, |_, v| weigh(&v[0].pick(&[3, 0, 3]), 9)),
+        &check_fn(std::slice::from_ref(&a), 1e-2, |_, v| weigh(&v[0].pick(&[3, 0, 3]), 9)),
         1e-2,
     );
     assert_within(
@@ -204,7 +211,7 @@ fn matrix_ops_and_row_helpers_match_finite_differences() {
     );
     assert_within(
         "reshape",
-        &check_fn(&[a.clone()], 1e-2, |_, v| weigh(&v[0].reshape(2, 6), 9)),
+        &check_fn(std::slice::from_ref(&a), 1e-2, |_, v| weigh(&v[0].reshape(2, 6), 9)),
         1e-2,
     );
 }
@@ -215,15 +222,19 @@ fn a_tensor_times_its_own_transpose_and_itself_has_the_right_gradient() {
     let a = random(&[3, 4], 1);
     assert_within(
         "u uᵀ",
-        &check_fn(&[a.clone()], 1e-2, |_, v| weigh(&v[0].matmul_t(&v[0]), 9)),
+        &check_fn(std::slice::from_ref(&a), 1e-2, |_, v| weigh(&v[0].matmul_t(&v[0]), 9)),
         1e-2,
     );
     assert_within(
         "u · uᵀ",
-        &check_fn(&[a.clone()], 1e-2, |_, v| weigh(&v[0].matmul(&v[0].t()), 9)),
+        &check_fn(std::slice::from_ref(&a), 1e-2, |_, v| weigh(&v[0].matmul(&v[0].t()), 9)),
         1e-2,
     );
-    assert_within("x * x", &check_fn(&[a.clone()], 1e-2, |_, v| weigh(&(&v[0] * &v[0]), 9)), 1e-2);
+    assert_within(
+        "x * x",
+        &check_fn(std::slice::from_ref(&a), 1e-2, |_, v| weigh(&(&v[0] * &v[0]), 9)),
+        1e-2,
+    );
     assert_within(
         "x * x / x",
         &check_fn(&[positive(&[3, 4], 2)], 1e-3, |_, v| weigh(&(&v[0] * &v[0] / &v[0]), 9)),

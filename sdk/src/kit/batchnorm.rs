@@ -169,9 +169,9 @@ impl Layer for BatchNorm {
         let m = (n * s) as f64;
         // Σ dy and Σ dy·x̂ per channel.
         let sums = channel_sums(&dy.data, Some(&cache.xhat), n, c, s);
-        for ch in 0..c {
-            self.bias.grad[ch] += sums[ch].0 as f32;
-            self.weight.grad[ch] += sums[ch].1 as f32;
+        for (ch, &(dbeta, dgamma)) in sums.iter().enumerate() {
+            self.bias.grad[ch] += dbeta as f32;
+            self.weight.grad[ch] += dgamma as f32;
         }
         let g = &self.weight.value;
         let inv = &cache.inv_std;

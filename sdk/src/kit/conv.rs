@@ -122,7 +122,7 @@ impl Conv2d {
     ) -> Conv2d {
         let g = cfg.groups;
         assert!(
-            g >= 1 && in_ch % g == 0 && out_ch % g == 0,
+            g >= 1 && in_ch.is_multiple_of(g) && out_ch.is_multiple_of(g),
             "conv2d: {in_ch} -> {out_ch} channels do not split into {g} groups"
         );
         assert!(

@@ -247,7 +247,7 @@ impl Plugin for Pipeline {
         ensure!(cfg.size != Some(0), "size must be at least 1");
         // a view of side s holds 3·s² values per image in every loader batch
         ensure!(
-            cfg.size.map_or(true, |s| s <= MAX_SIZE),
+            cfg.size.is_none_or(|s| s <= MAX_SIZE),
             "size is {}; at most {MAX_SIZE} pixels is allowed",
             cfg.size.unwrap_or(0)
         );

@@ -10,13 +10,11 @@ use serde_json::Value;
 const NT_XENT: &str = include_str!("../fixtures/nt_xent.json");
 const HEAD: &str = include_str!("../fixtures/head.json");
 
+/// Loss, d loss / d z1, d loss / d z2 and the metrics.
+type LossGradsMetrics = (f64, Vec<f32>, Vec<f32>, Vec<(String, f64)>);
+
 /// Loss, d loss / d z1, d loss / d z2 and the metrics, through the autodiff path.
-fn nt_xent(
-    z1: &Tensor,
-    z2: &Tensor,
-    t: f64,
-    pid: bool,
-) -> (f64, Vec<f32>, Vec<f32>, Vec<(String, f64)>) {
+fn nt_xent(z1: &Tensor, z2: &Tensor, t: f64, pid: bool) -> LossGradsMetrics {
     let g = Graph::new(true);
     let (a, b) = (g.input(z1).unwrap(), g.input(z2).unwrap());
     let l = loss::nt_xent(&a, &b, t as f32, pid);

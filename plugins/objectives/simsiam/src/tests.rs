@@ -1,7 +1,6 @@
 //! Reference values (lightly 1.6.0 / torch, see fixtures/gen.py) and finite differences.
 
 use super::*;
-use abi_stable::std_types::RStr;
 use latent_sdk::abi::{ObjectiveBox, ParamRole};
 use latent_sdk::kit::gradcheck::random;
 use latent_sdk::testing::{assert_close, assert_close_floor, assert_scalar, floats, tensor};
