@@ -15,7 +15,7 @@ bench/run, the same recipe as `latent train` with its defaults:
   without warmup (latent's default schedule), batch 256, last short batch dropped (15 steps
   per epoch), data loading in 2 worker processes (latent's loader: one thread per core)
 - after every epoch: kNN (k=200, T=0.1, and k=20, T=0.07) on the encoder output of the plain
-  train and test images in [0, 1], the weighted kNN of host/src/eval.rs
+  train and test images in [0, 1], the weighted kNN of host/src/eval/knn.rs
 
 `--method byol` (bench/methods' reference row, examples/configs/byol-mnist.toml): lightly's
 BYOLProjectionHead(128, 512, 128) and BYOLPredictionHead(128, 512, 128), a momentum copy of
@@ -127,7 +127,7 @@ class Views(torch.utils.data.Dataset):
 
 
 def knn_accuracy(tr, tr_y, te, te_y, k=200, t=0.1, classes=10):
-    """host/src/eval.rs: normalise, cosine similarities, the k most similar training features
+    """host/src/eval/knn.rs: normalise, cosine similarities, the k most similar training features
     vote with weight exp(s / T), argmax."""
     tr = F.normalize(tr, dim=1)
     te = F.normalize(te, dim=1)

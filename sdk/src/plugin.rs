@@ -46,6 +46,13 @@ pub struct ObjectiveBatch {
     pub train: bool,
 }
 
+impl ObjectiveBatch {
+    /// A training batch without labels: `views` and `targets` at `step` of `total_steps`.
+    pub fn training(views: Vec<Tensor>, targets: Vec<Tensor>, step: u64, total_steps: u64) -> Self {
+        ObjectiveBatch { views, targets, labels: Vec::new(), step, total_steps, train: true }
+    }
+}
+
 /// Result of one objective step.
 pub struct ObjectiveResult {
     /// The loss.

@@ -85,7 +85,7 @@ fn in_process_learner(cfg: &latent_host::config::Config) -> Result<Learner> {
     })
 }
 
-/// The optimizer phase of `Learner::step` for one module, as host/src/learner.rs does it: the
+/// The optimizer phase of `Learner::step` for one module, as host/src/train/learner.rs does it: the
 /// gradients and values cross the ABI (take_grads, read_params), are updated, and are written
 /// back (write_params). SimCLR has no EMA targets, so that part of the host's `update` is left out.
 fn update_through_abi(

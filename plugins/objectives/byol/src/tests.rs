@@ -71,16 +71,7 @@ fn tau_is_returned_as_target_momentum() {
     .unwrap();
     let v = || vec![random(&[4, 3], 1), random(&[4, 3], 2)];
     for (step, want) in [(0u64, 0.996), (50, 0.998), (100, 1.0)] {
-        let r = p
-            .compute(ObjectiveBatch {
-                views: v(),
-                targets: v(),
-                labels: vec![],
-                step,
-                total_steps: 100,
-                train: true,
-            })
-            .unwrap();
+        let r = p.compute(ObjectiveBatch::training(v(), v(), step, 100)).unwrap();
         assert!((r.target_momentum - want).abs() < 1e-12, "step {step}: {}", r.target_momentum);
         assert_eq!(r.metrics.iter().find(|m| m.0 == "tau").unwrap().1, r.target_momentum);
     }
@@ -108,14 +99,12 @@ fn heads_plus_loss_match_pytorch() {
     });
     let (b, din) = (dim("b"), dim("input_dim"));
     let r = p
-        .compute(ObjectiveBatch {
-            views: vec![tensor(&fx["y1"], b, din), tensor(&fx["y2"], b, din)],
-            targets: vec![tensor(&fx["yt1"], b, din), tensor(&fx["yt2"], b, din)],
-            labels: vec![],
-            step: 0,
-            total_steps: 10,
-            train: true,
-        })
+        .compute(ObjectiveBatch::training(
+            vec![tensor(&fx["y1"], b, din), tensor(&fx["y2"], b, din)],
+            vec![tensor(&fx["yt1"], b, din), tensor(&fx["yt2"], b, din)],
+            0,
+            10,
+        ))
         .unwrap();
     assert_scalar("loss", r.loss as f64, fx["loss"].as_f64().unwrap(), 1e-5);
     assert_close("dy1", &r.grads[0].data, &floats(&fx["dy1"]), 1e-5);
@@ -218,14 +207,12 @@ fn targets_get_no_gradient_and_target_buffers_move_in_training() {
     )
     .unwrap();
     let r = p
-        .compute(ObjectiveBatch {
-            views: vec![random(&[4, 3], 1), random(&[4, 3], 2)],
-            targets: vec![random(&[4, 3], 3), random(&[4, 3], 4)],
-            labels: vec![],
-            step: 0,
-            total_steps: 10,
-            train: true,
-        })
+        .compute(ObjectiveBatch::training(
+            vec![random(&[4, 3], 1), random(&[4, 3], 2)],
+            vec![random(&[4, 3], 3), random(&[4, 3], 4)],
+            0,
+            10,
+        ))
         .unwrap();
     assert_eq!(r.grads.len(), 2, "one gradient per online view, none for targets");
     let mut moved = false;
@@ -288,17 +275,7 @@ fn views_and_targets_are_required() {
     )
     .unwrap();
     let v = vec![random(&[4, 3], 1), random(&[4, 3], 2)];
-    let e = p
-        .compute(ObjectiveBatch {
-            views: v,
-            targets: vec![],
-            labels: vec![],
-            step: 0,
-            total_steps: 1,
-            train: true,
-        })
-        .err()
-        .unwrap();
+    let e = p.compute(ObjectiveBatch::training(v, vec![], 0, 1)).err().unwrap();
     assert!(e.to_string().contains("target"), "{e}");
 }
 
@@ -317,16 +294,7 @@ fn default_sized_batch_runs() {
     let mut p = Byol::new(Config::default(), &Context::default()).unwrap();
     let v = || vec![random(&[256, 128], 1), random(&[256, 128], 2)];
     let t = std::time::Instant::now();
-    let r = p
-        .compute(ObjectiveBatch {
-            views: v(),
-            targets: v(),
-            labels: vec![],
-            step: 0,
-            total_steps: 1,
-            train: true,
-        })
-        .unwrap();
+    let r = p.compute(ObjectiveBatch::training(v(), v(), 0, 1)).unwrap();
     eprintln!("byol, batch 256: {:?}", t.elapsed());
     assert!(
         r.loss.is_finite()

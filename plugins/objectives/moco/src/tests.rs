@@ -191,14 +191,12 @@ fn v3_trains_both_views_and_only_the_online_heads() {
     )
     .unwrap();
     let r = p
-        .compute(ObjectiveBatch {
-            views: vec![random(&[4, 5], 1), random(&[4, 5], 2)],
-            targets: vec![random(&[4, 5], 3), random(&[4, 5], 4)],
-            labels: vec![],
-            step: 0,
-            total_steps: 10,
-            train: true,
-        })
+        .compute(ObjectiveBatch::training(
+            vec![random(&[4, 5], 1), random(&[4, 5], 2)],
+            vec![random(&[4, 5], 3), random(&[4, 5], 4)],
+            0,
+            10,
+        ))
         .unwrap();
     assert!(
         r.grads.iter().all(|g| g.data.iter().any(|&x| x != 0.0)),
@@ -225,13 +223,13 @@ fn symmetric_v2_averages_both_directions_and_queues_both_views_keys() {
         queue_size: Some(20),
         ..Config::default()
     };
-    let batch = || ObjectiveBatch {
-        views: vec![random(&[4, 5], 1), random(&[4, 5], 2)],
-        targets: vec![random(&[4, 5], 3), random(&[4, 5], 4)],
-        labels: vec![],
-        step: 0,
-        total_steps: 10,
-        train: true,
+    let batch = || {
+        ObjectiveBatch::training(
+            vec![random(&[4, 5], 1), random(&[4, 5], 2)],
+            vec![random(&[4, 5], 3), random(&[4, 5], 4)],
+            0,
+            10,
+        )
     };
     let loss = |r: &ObjectiveResult| r.metrics.iter().find(|(k, _)| k == "loss").unwrap().1;
     let mut one = Moco::new(cfg.clone(), &Context::default()).unwrap();

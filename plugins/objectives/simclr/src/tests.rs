@@ -96,16 +96,7 @@ fn head_plus_loss_match_pytorch() {
     );
     let (n, din) = (fx["n"].as_u64().unwrap() as usize, fx["input_dim"].as_u64().unwrap() as usize);
     let views = vec![tensor(&fx["x1"], n, din), tensor(&fx["x2"], n, din)];
-    let r = p
-        .compute(ObjectiveBatch {
-            views,
-            targets: vec![],
-            labels: vec![],
-            step: 0,
-            total_steps: 10,
-            train: true,
-        })
-        .unwrap();
+    let r = p.compute(ObjectiveBatch::training(views, vec![], 0, 10)).unwrap();
     assert_scalar("loss", r.loss as f64, fx["loss"].as_f64().unwrap(), 1e-5);
     assert_close("dx1", &r.grads[0].data, &floats(&fx["dx1"]), 1e-5);
     assert_close("dx2", &r.grads[1].data, &floats(&fx["dx2"]), 1e-5);
@@ -190,14 +181,7 @@ fn exactly_two_views_are_required() {
         SimClr::new(Config { head: false, ..Config::default() }, &Context::default()).unwrap();
     let v = random(&[4, 3], 1);
     let e = p
-        .compute(ObjectiveBatch {
-            views: vec![v.clone(), v.clone(), v],
-            targets: vec![],
-            labels: vec![],
-            step: 0,
-            total_steps: 1,
-            train: true,
-        })
+        .compute(ObjectiveBatch::training(vec![v.clone(), v.clone(), v], vec![], 0, 1))
         .err()
         .unwrap();
     assert!(e.to_string().contains("exactly 2 views, got 3"), "{e}");
@@ -244,14 +228,12 @@ fn default_sized_batch_runs() {
     let mut p = SimClr::new(Config::default(), &Context::default()).unwrap();
     let t = std::time::Instant::now();
     let r = p
-        .compute(ObjectiveBatch {
-            views: vec![random(&[256, 128], 1), random(&[256, 128], 2)],
-            targets: vec![],
-            labels: vec![],
-            step: 0,
-            total_steps: 1,
-            train: true,
-        })
+        .compute(ObjectiveBatch::training(
+            vec![random(&[256, 128], 1), random(&[256, 128], 2)],
+            vec![],
+            0,
+            1,
+        ))
         .unwrap();
     eprintln!("simclr, batch 256: {:?}", t.elapsed());
     assert!(

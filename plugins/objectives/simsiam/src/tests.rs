@@ -170,29 +170,10 @@ fn bad_config_is_refused_by_name() {
     ]);
     let mut p =
         SimSiam::new(Config { input_dim: 3, ..Config::default() }, &Context::default()).unwrap();
-    let e = p
-        .compute(ObjectiveBatch {
-            views: vec![random(&[4, 3], 1)],
-            targets: vec![],
-            labels: vec![],
-            step: 0,
-            total_steps: 1,
-            train: true,
-        })
-        .err()
-        .unwrap();
+    let e =
+        p.compute(ObjectiveBatch::training(vec![random(&[4, 3], 1)], vec![], 0, 1)).err().unwrap();
     assert!(e.to_string().contains("exactly 2 views"), "{e}");
     let v = vec![random(&[4, 3], 1), random(&[4, 3], 2)];
-    let e = p
-        .compute(ObjectiveBatch {
-            views: v,
-            targets: vec![],
-            labels: vec![],
-            step: 0,
-            total_steps: 1,
-            train: true,
-        })
-        .err()
-        .unwrap();
+    let e = p.compute(ObjectiveBatch::training(v, vec![], 0, 1)).err().unwrap();
     assert!(e.to_string().contains("target"), "{e}");
 }

@@ -62,14 +62,12 @@ fn expander_plus_loss_match_lightly() {
     );
     let (b, din) = (dim("b"), dim("input_dim"));
     let r = p
-        .compute(ObjectiveBatch {
-            views: vec![tensor(&fx["y1"], b, din), tensor(&fx["y2"], b, din)],
-            targets: vec![],
-            labels: vec![],
-            step: 0,
-            total_steps: 1,
-            train: true,
-        })
+        .compute(ObjectiveBatch::training(
+            vec![tensor(&fx["y1"], b, din), tensor(&fx["y2"], b, din)],
+            vec![],
+            0,
+            1,
+        ))
         .unwrap();
     assert_scalar("loss", r.loss as f64, fx["loss"].as_f64().unwrap(), 1e-5);
     assert_close("dy1", &r.grads[0].data, &floats(&fx["dy1"]), 1e-5);
