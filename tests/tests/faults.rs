@@ -11,6 +11,7 @@
 
 use latent_host::train::checkpoint;
 use latent_tests::{latent_bin, text};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -887,4 +888,26 @@ fn a_finished_run_extended_with_resume_continues_as_one_longer_run() {
             text(&o)
         );
     }
+}
+
+#[test]
+fn a_run_written_before_config_toml_spelled_f32_values_short_still_resumes() {
+    // latent wrote eval.knn's temperatures as their f64 widening (0.10000000149011612) before
+    // it wrote the shortest form (0.1): the same config in other words, with another hash
+    let (_dir, out) = run_to_step_2();
+    let old = |t: &str| {
+        t.replace("0.1,", "0.10000000149011612,").replace("0.07,", "0.07000000029802322,")
+    };
+    let toml = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    let before = old(&toml);
+    assert_ne!(before, toml, "config.toml spells the temperatures short:\n{toml}");
+    std::fs::write(out.join("config.toml"), &before).unwrap();
+    let state_file = out.join("checkpoints").join(latest_name(&out)).join("state.json");
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
+    state["config"] = Value::String(old(state["config"].as_str().unwrap()));
+    state["config_hash"] = Value::String(latent_host::train::run_dir::text_hash(&before));
+    std::fs::write(&state_file, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
+    let o = resume(&out, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(logged_steps(&out), vec![1, 2, 3, 4, 5, 6]);
 }
