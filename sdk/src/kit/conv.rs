@@ -195,51 +195,17 @@ fn chunking(n: usize, g: &Geom) -> (usize, gemm::Parallelism) {
 /// the caller (chunks already run in parallel). Single-threaded products with a row-major `b`
 /// go to the AVX-512 kernel of [`super::simd_gemm`] where the CPU has it.
 fn gemm_into(a: Mat, b: Mat, c: &mut [f32], accumulate: bool, par: gemm::Parallelism) {
-    let shape = |m: &Mat| if m.t { (m.cols, m.rows) } else { (m.rows, m.cols) };
-    let strides = |m: &Mat| if m.t { (1isize, m.cols as isize) } else { (m.cols as isize, 1isize) };
-    let ((m, k), (k2, n)) = (shape(&a), shape(&b));
-    assert_eq!(k, k2, "conv gemm inner dimensions {m}x{k} · {k2}x{n}");
-    assert_eq!(c.len(), m * n, "conv gemm output {m}x{n}");
-    if m == 0 || n == 0 {
+    let Some((m, n, k)) = super::ops::product_dims(&a, &b, c, accumulate, "conv gemm") else {
         return;
-    }
-    if k == 0 {
-        if !accumulate {
-            c.fill(0.0);
-        }
-        return;
-    }
-    let ((a_rs, a_cs), (b_rs, b_cs)) = (strides(&a), strides(&b));
+    };
     if !b.t && matches!(par, gemm::Parallelism::None) && super::simd_gemm::available() {
+        let (a_rs, a_cs) = a.strides();
         let view =
             super::simd_gemm::StridedA { data: a.data, rs: a_rs as usize, cs: a_cs as usize };
         super::simd_gemm::gemm(m, n, k, view, b.data, n, c, n, accumulate);
         return;
     }
-    // SAFETY: the asserts above and Mat::new bound every index gemm touches by the slices' lengths.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a_cs,
-            a_rs,
-            b.data.as_ptr(),
-            b_cs,
-            b_rs,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        );
-    }
+    super::ops::gemm_f32(a, b, c, accumulate, (m, n, k), par);
 }
 
 /// The valid output range `lo..hi` along one axis for kernel offset `k`:

@@ -23,7 +23,8 @@ impl<'a> Mat<'a> {
     pub fn t(self) -> Self {
         Mat { t: !self.t, ..self }
     }
-    fn shape(&self) -> (usize, usize) {
+    /// (rows, columns) of the logical matrix.
+    pub(crate) fn shape(&self) -> (usize, usize) {
         if self.t {
             (self.cols, self.rows)
         } else {
@@ -31,7 +32,7 @@ impl<'a> Mat<'a> {
         }
     }
     /// (row stride, column stride) of the logical matrix.
-    fn strides(&self) -> (isize, isize) {
+    pub(crate) fn strides(&self) -> (isize, isize) {
         if self.t {
             (1, self.cols as isize)
         } else {
@@ -51,43 +52,59 @@ fn parallelism(flops: usize) -> gemm::Parallelism {
 
 /// `c = a · b` (or `c += a · b` with `accumulate`), `c` row-major `m x n`.
 pub fn matmul(a: Mat, b: Mat, c: &mut [f32], accumulate: bool) {
-    let (m, k) = a.shape();
-    let (k2, n) = b.shape();
-    assert_eq!(k, k2, "matmul inner dimensions {m}x{k} · {k2}x{n}");
-    assert_eq!(c.len(), m * n, "matmul output {m}x{n}");
+    if let Some((m, n, k)) = product_dims(&a, &b, c, accumulate, "matmul") {
+        gemm_f32(a, b, c, accumulate, (m, n, k), parallelism(m * n * k));
+    }
+}
+
+/// Checks the shapes of `c = a · b` (`what` names the product in the panic) and does the
+/// empty cases: `Some((m, n, k))` when there is a product left to compute.
+pub(crate) fn product_dims(
+    a: &Mat,
+    b: &Mat,
+    c: &mut [f32],
+    accumulate: bool,
+    what: &str,
+) -> Option<(usize, usize, usize)> {
+    let ((m, k), (k2, n)) = (a.shape(), b.shape());
+    assert_eq!(k, k2, "{what} inner dimensions {m}x{k} · {k2}x{n}");
+    assert_eq!(c.len(), m * n, "{what} output {m}x{n}");
     if m == 0 || n == 0 {
-        return;
+        return None;
     }
     if k == 0 {
         if !accumulate {
-            c.iter_mut().for_each(|v| *v = 0.0);
+            c.fill(0.0);
         }
-        return;
+        return None;
     }
+    Some((m, n, k))
+}
+
+/// The `gemm` crate's `c = a · b` (or `+=`) at parallelism `par`, for dimensions checked by
+/// [`product_dims`].
+#[rustfmt::skip] // the arguments in gemm's groups: dims, c, accumulate, a, b, alpha/beta, conj, par
+pub(crate) fn gemm_f32(
+    a: Mat,
+    b: Mat,
+    c: &mut [f32],
+    accumulate: bool,
+    (m, n, k): (usize, usize, usize),
+    par: gemm::Parallelism,
+) {
     let (a_rs, a_cs) = a.strides();
     let (b_rs, b_cs) = b.strides();
-    // SAFETY: the asserts above bound every index gemm touches by the slices' lengths.
+    // SAFETY: product_dims bounds every index gemm touches by the slices' lengths.
     unsafe {
         gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
+            m, n, k,
+            c.as_mut_ptr(), 1, n as isize,
             accumulate,
-            a.data.as_ptr(),
-            a_cs,
-            a_rs,
-            b.data.as_ptr(),
-            b_cs,
-            b_rs,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism(m * n * k),
+            a.data.as_ptr(), a_cs, a_rs,
+            b.data.as_ptr(), b_cs, b_rs,
+            1.0, 1.0,
+            false, false, false,
+            par,
         );
     }
 }
