@@ -75,7 +75,8 @@
 //! `DESCRIPTION`, a serde `Config` with a `Default` (the manifest publishes the default as
 //! JSON; `latent plugins --json` shows it), and `new(config, ctx)`, which validates the config
 //! and returns an error a user can act on. [`abi::Context`] carries the device (the CPU
-//! today), the seed for initialisation and a thread hint.
+//! today), the seed for initialisation and a thread hint (the host sends 0, the plugin's
+//! choice).
 //!
 //! ## Encoder ([`plugin::EncoderPlugin`])
 //! Caffe-style, images `[N, C, H, W]` to features `[N, D]`:
