@@ -24,7 +24,7 @@
 //! one line, [`export_plugins!`], turns the plugin types into the library's root module.
 //! `latent new-plugin --kind objective|encoder|augmentation NAME` writes a crate that builds,
 //! loads and trains as it is; `docs/TUTORIAL.md` walks through it, and `examples/` holds one
-//! complete plugin of each kind (Barlow Twins, a small CNN, cutout).
+//! complete plugin of each kind (the spectral contrastive loss, a small CNN, cutout).
 //!
 //! # A plugin in one file
 //! An objective is its forward maths: the SDK traces the views, runs backward, returns

@@ -10,7 +10,7 @@
 //!
 //! Loading goes through abi_stable's `lib_header_from_path(..)?.init_root_module::<M>()`, which
 //! checks the abi_stable header, the ABI version and every type layout; libraries are never
-//! unloaded. The handles ([`Encoder`], [`Objective`], [`Augment`]) turn every [`PluginError`]
+//! unloaded. The handles ([`Encoder`], [`Objective`], [`Augment`]) turn every [`latent_abi::PluginError`]
 //! into an `anyhow` error and check what comes back (shapes, lengths, finite values), so a
 //! faulty plugin ends in a message naming it and the call, never in a crash of the host.
 
