@@ -33,6 +33,48 @@ impl MetricsLog {
             .with_context(|| format!("cannot write {}", self.path.display()))
     }
 
+    /// Drops the records of steps after `step` (logged before a fault or a kill, and done again
+    /// on resume) and any torn line, so that each step is logged once; later records go to the
+    /// repaired file. With `mid_epoch` (the checkpoint was taken inside an epoch, whose end will
+    /// run again), the epoch and eval records of `step` itself go too.
+    pub fn drop_after(&mut self, step: u64, mid_epoch: bool) -> Result<()> {
+        self.flush()?;
+        let Ok(text) = std::fs::read_to_string(&self.path) else { return Ok(()) };
+        let keep: String = text
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<Value>(l).is_ok_and(|r| {
+                    let s = r.get("step").and_then(Value::as_u64);
+                    let is_step = r.get("kind").and_then(Value::as_str) == Some("step");
+                    s.is_none_or(|s| s < step || (s == step && (is_step || !mid_epoch)))
+                })
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        if keep != text {
+            super::checkpoint::write_atomic(&self.path, keep.as_bytes())
+                .with_context(|| format!("cannot rewrite {}", self.path.display()))?;
+            // the rename replaced the file this log appended to: append to the new one
+            let dir = self.path.parent().unwrap_or(Path::new("."));
+            *self = MetricsLog::open(dir)?;
+        }
+        Ok(())
+    }
+
+    /// Σ and count of the `loss` of the step records of `epoch` up to `step`.
+    pub fn epoch_losses(&self, epoch: u64, step: u64) -> (f64, u64) {
+        read(&self.path)
+            .unwrap_or_default()
+            .iter()
+            .filter(|r| {
+                r["kind"] == "step"
+                    && r["epoch"].as_u64() == Some(epoch)
+                    && r["step"].as_u64().is_some_and(|s| s <= step)
+            })
+            .filter_map(|r| r["loss"].as_f64())
+            .fold((0.0, 0), |(s, n), l| (s + l, n + 1))
+    }
+
     /// Flushes to disk.
     pub fn flush(&mut self) -> Result<()> {
         self.out.flush().with_context(|| format!("cannot write {}", self.path.display()))

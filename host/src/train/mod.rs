@@ -30,10 +30,7 @@ use learner::Learner;
 use metrics::MetricsLog;
 use online_eval::online_eval;
 use optim::Schedule;
-use run_dir::{
-    config_diff, config_hash, default_out, drop_metrics_after, epoch_losses, prepare_out,
-    text_hash, RUN_MARKER,
-};
+use run_dir::{config_diff, config_hash, default_out, prepare_out, text_hash, RUN_MARKER};
 use serde_json::{json, Map};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -299,9 +296,7 @@ impl Run {
         if at.batch == 0 && spe > 0 && at.step >= (at.epoch + 1) * spe {
             at.epoch = at.step / spe;
         }
-        drop_metrics_after(out, at.step, at.batch > 0)?;
-        // the repair replaced metrics.jsonl: append to the new file, not the one it replaced
-        self.log = MetricsLog::open(out)?;
+        self.log.drop_after(at.step, at.batch > 0)?;
         tracing::info!(
             "resuming {} at step {} (epoch {}, batch {})",
             out.display(),
@@ -352,7 +347,7 @@ impl Run {
         bar.set_position(at.step);
         // resumed inside an epoch: its mean loss counts the steps logged before the stop too
         let mut resumed_loss =
-            if at.batch > 0 { epoch_losses(&self.out, at.epoch, at.step) } else { (0.0, 0) };
+            if at.batch > 0 { self.log.epoch_losses(at.epoch, at.step) } else { (0.0, 0) };
         while at.step < total {
             let mut epoch_loss = std::mem::take(&mut resumed_loss);
             let mut alarms_told = std::collections::BTreeSet::new();

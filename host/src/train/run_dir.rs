@@ -1,11 +1,9 @@
 //! The run directory: where a run goes by default, how it is claimed (marked, proven writable,
-//! locked) before any training, the config's identity (its hash, and which keys changed), and
-//! the repair of `metrics.jsonl` on `--resume`.
+//! locked) before any training, and the config's identity (its hash, and which keys changed).
 
 use super::checkpoint::{self, Store};
 use crate::config::Config;
 use anyhow::{bail, Context as _, Result};
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
@@ -138,31 +136,6 @@ pub fn prepare_out(out: &Path, resume: bool) -> Result<RunLock> {
     Ok(lock)
 }
 
-/// Drops the `metrics.jsonl` records of steps after `step` (logged before a fault or a kill,
-/// and done again on resume) and any torn line, so that each step is logged once. With
-/// `mid_epoch` (the checkpoint was taken inside an epoch, whose end will run again), the
-/// epoch and eval records of `step` itself go too.
-pub fn drop_metrics_after(out: &Path, step: u64, mid_epoch: bool) -> Result<()> {
-    let path = out.join("metrics.jsonl");
-    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
-    let keep: String = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<Value>(l).is_ok_and(|r| {
-                let s = r.get("step").and_then(Value::as_u64);
-                let is_step = r.get("kind").and_then(Value::as_str) == Some("step");
-                s.is_none_or(|s| s < step || (s == step && (is_step || !mid_epoch)))
-            })
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    if keep != text {
-        checkpoint::write_atomic(&path, keep.as_bytes())
-            .with_context(|| format!("cannot rewrite {}", path.display()))?;
-    }
-    Ok(())
-}
-
 /// The dotted keys whose values differ between two config TOML texts (at most 10).
 pub fn config_diff(a: &str, b: &str) -> Vec<String> {
     fn flat(prefix: &str, v: &toml::Value, out: &mut std::collections::BTreeMap<String, String>) {
@@ -183,17 +156,4 @@ pub fn config_diff(a: &str, b: &str) -> Vec<String> {
     flat("", &toml::Value::Table(tb), &mut fb);
     let keys: std::collections::BTreeSet<&String> = fa.keys().chain(fb.keys()).collect();
     keys.into_iter().filter(|k| fa.get(*k) != fb.get(*k)).take(10).cloned().collect()
-}
-
-/// Σ and count of the `loss` of the step records of `epoch` up to `step` in metrics.jsonl.
-pub fn epoch_losses(out: &Path, epoch: u64, step: u64) -> (f64, u64) {
-    let recs = super::metrics::read(&out.join("metrics.jsonl")).unwrap_or_default();
-    recs.iter()
-        .filter(|r| {
-            r["kind"] == "step"
-                && r["epoch"].as_u64() == Some(epoch)
-                && r["step"].as_u64().is_some_and(|s| s <= step)
-        })
-        .filter_map(|r| r["loss"].as_f64())
-        .fold((0.0, 0), |(s, n), l| (s + l, n + 1))
 }
