@@ -164,6 +164,7 @@ pub enum Command {
 
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> i32 {
+    crate::memory::keep_freed_memory();
     let cli = Cli::parse();
     init_tracing();
     match run(cli) {

@@ -16,6 +16,7 @@
 //!   the run directory, signals, `metrics.jsonl` and the per-epoch evaluation.
 //! - [`eval`]: kNN, linear probe, collapse metrics, the report with its baselines, and the
 //!   `latent eval` / `latent embed` commands.
+//! - [`memory`]: the allocator settings that let every step reuse the last one's pages.
 //! - [`inspect`]: what a researcher looks at: the run's plots, `latent views`, `neighbours`,
 //!   `map` and `runs`.
 
@@ -24,5 +25,6 @@ pub mod config;
 pub mod data;
 pub mod eval;
 pub mod inspect;
+pub mod memory;
 pub mod plugins;
 pub mod train;
