@@ -103,6 +103,23 @@ pub struct TrainConfig {
     /// A plugin call of the training step that has not returned after this many seconds ends
     /// the run with an error naming it and the last checkpoint (0: no limit). See `watchdog`.
     pub call_timeout_s: u64,
+    /// Which images a batch-norm layer's training statistics span: `all_views` (the default:
+    /// the views go through the encoder as one batch, as SimCLR's reference code does) or
+    /// `per_view` (statistics per view, the maths of one encoder pass per view as in lightly's
+    /// examples). The views still go through the encoder as one batch either way.
+    pub batch_norm: BatchNormScope,
+}
+
+/// `train.batch_norm`: the images one batch-norm statistic spans during training.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchNormScope {
+    /// Every view of the batch together (V·B images).
+    #[default]
+    AllViews,
+    /// Each view on its own (B images): the host sets the encoder's `bn_groups` key to the
+    /// number of views, so the encoder must have that key (the `resnet` plugin does).
+    PerView,
 }
 
 impl Default for TrainConfig {
@@ -116,6 +133,7 @@ impl Default for TrainConfig {
             keep_checkpoints: 3,
             classes_per_batch: 0,
             call_timeout_s: 600,
+            batch_norm: BatchNormScope::AllViews,
         }
     }
 }

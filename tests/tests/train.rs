@@ -633,3 +633,48 @@ fn dino_short_run_beats_random_init_without_collapse() {
     assert!(h < 0.9 * ln_k, "the teacher's output went uniform: entropy {h:.3}, ln K {ln_k:.3}");
     assert_eq!(last["alarm_uniform"].as_f64(), Some(0.0));
 }
+
+/// Issue #20: `train.batch_norm = "per_view"` takes batch-norm statistics per view by setting the
+/// encoder's `bn_groups` to the number of views: its steps are those of `bn_groups = 2` set by
+/// hand, not those of statistics over both views; an encoder without the key, and a
+/// contradicting `bn_groups`, are refused with the key named.
+#[test]
+fn per_view_batch_norm_sets_the_encoders_groups_or_says_why_not() {
+    let reg = Registry::discover_in(vec![plugin_dir()]).unwrap();
+    let build = |extra: &[&str]| -> anyhow::Result<Learner> {
+        let mut sets = vec![
+            "objective.plugin=simclr".to_string(),
+            "encoder.plugin=resnet".to_string(),
+            "encoder.config={preset=\"custom\", widths=[4, 8], blocks=[1, 1]}".to_string(),
+        ];
+        sets.extend(extra.iter().map(|s| s.to_string()));
+        let cfg = Config::load(None, &sets)?;
+        Learner::build(&reg, &cfg, [1, 8, 8])
+    };
+    let views = [images(8, 1), images(8, 2)];
+    let losses = |mut l: Learner| -> Vec<f32> {
+        (0..3).map(|s| l.step(&views, &[], s, 10, 0.05).unwrap().loss).collect()
+    };
+    let per_view = losses(build(&["train.batch_norm=\"per_view\""]).unwrap());
+    let by_hand = losses(build(&["encoder.config.bn_groups=2"]).unwrap());
+    let joint = losses(build(&[]).unwrap());
+    assert_eq!(per_view, by_hand);
+    assert!(
+        per_view.iter().zip(&joint).all(|(a, b)| (a - b).abs() > 1e-6),
+        "per-view statistics change every step's loss: {per_view:?} vs {joint:?}"
+    );
+    let err = |extra: &[&str]| format!("{:#}", build(extra).err().expect("refused"));
+    let e = err(&[
+        "encoder.plugin=mlp",
+        "encoder.config={hidden=[32], out_dim=16}",
+        "train.batch_norm=\"per_view\"",
+    ]);
+    assert!(
+        e.contains("train.batch_norm") && e.contains("'mlp'") && e.contains("bn_groups"),
+        "{e}"
+    );
+    let e = err(&["train.batch_norm=\"per_view\"", "encoder.config.bn_groups=3"]);
+    assert!(e.contains("bn_groups") && e.contains("2 views") && e.contains("says 3"), "{e}");
+    let e = err(&["train.batch_norm=\"per_image\""]);
+    assert!(e.contains("train.batch_norm") && e.contains("per_view"), "{e}");
+}

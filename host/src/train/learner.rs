@@ -11,15 +11,16 @@
 //!            an empty gradient means "no update this step", as DINO's frozen last layer)
 //! EMA:       target ← τ·target + (1−τ)·online (encoder copy, and the objective's Target params)
 //! ```
-//! The views go through the encoder as one batch, so batch-norm statistics span all views (as
-//! SimCLR's reference implementation does) and the matrix products are larger.
+//! The views go through the encoder as one batch, so the matrix products are larger; batch-norm
+//! statistics span all views (as SimCLR's reference implementation does) unless
+//! `train.batch_norm = "per_view"`, which has the encoder take them per view (its `bn_groups`).
 //!
 //! While the target's trained parameters equal the online ones (at the start, and after every
 //! step that returned τ = 0, as SimSiam's does: its target is the online network, detached),
 //! the target's features are the online features, so the second encoder pass is skipped: in
 //! training mode it would give the same values bit for bit.
 
-use crate::config::{Config, PluginConfig};
+use crate::config::{BatchNormScope, Config, PluginConfig};
 use crate::plugins::handles::ObjectiveResult;
 use crate::plugins::{Encoder, Objective, ParamAccess, Registry};
 use crate::train::optim::Optimizer;
@@ -68,6 +69,37 @@ fn fill_default(reg: &Registry, pc: &PluginConfig, key: &str, value: usize) -> s
     cfg
 }
 
+/// `train.batch_norm = "per_view"`: sets the encoder's `bn_groups` to the number of views, or
+/// says why it cannot.
+fn per_view_batch_norm(
+    reg: &Registry,
+    cfg: &Config,
+    enc_cfg: &mut serde_json::Value,
+) -> Result<()> {
+    let views = cfg.augment.len();
+    let has_key = reg
+        .entries
+        .get(&cfg.encoder.plugin)
+        .and_then(|e| serde_json::from_str::<serde_json::Value>(&e.manifest.default_config).ok())
+        .is_some_and(|d| d.get("bn_groups").is_some());
+    if !has_key {
+        bail!(
+            "config key `train.batch_norm`: \"per_view\" needs an encoder with a `bn_groups` key, and encoder '{}' has none (use \"all_views\", or an encoder such as resnet)",
+            cfg.encoder.plugin
+        );
+    }
+    let obj = enc_cfg.as_object_mut().context("config key `encoder`: not a table")?;
+    match obj.get("bn_groups").and_then(serde_json::Value::as_u64) {
+        Some(g) if g as usize != views => bail!(
+            "config key `train.batch_norm`: \"per_view\" sets the encoder's bn_groups to the {views} views, but `encoder.config.bn_groups` says {g}; leave one of them out"
+        ),
+        _ => {
+            obj.insert("bn_groups".into(), serde_json::json!(views));
+        }
+    }
+    Ok(())
+}
+
 /// Builds an encoder from the config, for images of `input_shape`.
 pub fn build_encoder(
     reg: &Registry,
@@ -75,7 +107,10 @@ pub fn build_encoder(
     input_shape: [usize; 3],
 ) -> Result<(Encoder, usize)> {
     let ctx = Context { seed: cfg.train.seed, ..Default::default() };
-    let enc_cfg = fill_default(reg, &cfg.encoder, "in_channels", input_shape[0]);
+    let mut enc_cfg = fill_default(reg, &cfg.encoder, "in_channels", input_shape[0]);
+    if cfg.train.batch_norm == BatchNormScope::PerView {
+        per_view_batch_norm(reg, cfg, &mut enc_cfg)?;
+    }
     let mut encoder =
         reg.encoder(&cfg.encoder.plugin, &enc_cfg, &ctx).context("config key `encoder`")?;
     let dim = encoder.out_dim(input_shape).with_context(|| {

@@ -8,6 +8,12 @@
 //! ```
 //! Only the input `x` is kept for backward (moved, not copied); `x̂` and the ReLU mask are
 //! recomputed from it. Sums run over 8 lanes per plane in f32 and across planes in f64.
+//!
+//! With `groups` G > 1 the batch is G equal consecutive slices (the views of a multi-view
+//! batch) and training statistics are taken per slice, with the running statistics updated
+//! once per slice in order: the same maths, gradients included, as G separate passes of
+//! PyTorch's `BatchNorm2d` (lightly's examples, one encoder pass per view; MoCo's
+//! `SplitBatchNorm`). Evaluation uses the running statistics whatever G is.
 
 use latent_sdk::kit::{Init, Module, Param, Tensor};
 use latent_sdk::prelude::ParamRole;
@@ -31,13 +37,18 @@ pub struct BnRelu {
     pub momentum: f32,
     /// ReLU after the norm.
     pub relu: bool,
+    /// Training statistics per this many equal slices of the batch (1: the whole batch).
+    pub groups: usize,
     cache: Option<Cache>,
 }
 
 struct Cache {
     x: Tensor,
+    /// Per (group, channel) in training, per channel in evaluation.
     mean: Vec<f32>,
     inv: Vec<f32>,
+    /// Images per statistics group (the batch in evaluation).
+    per_group: usize,
     train: bool,
 }
 
@@ -78,14 +89,23 @@ fn planes_mut(data: &mut [f32], s: usize, f: impl Fn(usize, &mut [f32]) + Sync +
     }
 }
 
-/// Per-channel f64 totals of per-plane pairs.
-fn per_channel(pairs: &[(f32, f32)], c: usize) -> Vec<(f64, f64)> {
-    let mut out = vec![(0f64, 0f64); c];
+/// f64 totals of per-plane pairs per (group, channel), index `group · c + channel`, for planes
+/// `i = image · c + channel` and `per_group` images a group.
+fn per_channel(pairs: &[(f32, f32)], c: usize, per_group: usize) -> Vec<(f64, f64)> {
+    let groups = (pairs.len() / c).div_ceil(per_group).max(1);
+    let mut out = vec![(0f64, 0f64); groups * c];
     for (i, &(a, b)) in pairs.iter().enumerate() {
-        out[i % c].0 += a as f64;
-        out[i % c].1 += b as f64;
+        let k = stat_index(i, c, per_group);
+        out[k].0 += a as f64;
+        out[k].1 += b as f64;
     }
     out
+}
+
+/// The (group, channel) statistics index of plane `i`.
+#[inline]
+fn stat_index(i: usize, c: usize, per_group: usize) -> usize {
+    i / c / per_group * c + i % c
 }
 
 impl BnRelu {
@@ -99,6 +119,7 @@ impl BnRelu {
             eps: 1e-5,
             momentum: 0.1,
             relu,
+            groups: 1,
             cache: None,
         }
     }
@@ -112,21 +133,30 @@ impl BnRelu {
         (shape[0], c, shape[2..].iter().product::<usize>().max(1))
     }
 
-    /// Normalises `x` (consumed; kept for backward when `train`).
+    /// Normalises `x` (consumed; kept for backward when `train`). In training the batch must
+    /// split into [`BnRelu::groups`] equal slices.
     pub fn forward(&mut self, x: Tensor, train: bool) -> Tensor {
         let (n, c, s) = self.layout(&x.shape);
-        let m = n * s;
+        let groups = if train { self.groups.max(1) } else { 1 };
+        assert!(
+            n % groups == 0,
+            "batch-norm statistics per {groups} groups need a batch that splits evenly, got {n} images"
+        );
+        let per_group = (n / groups).max(1);
+        let m = per_group * s;
         let (mean, inv) = if train {
             assert!(
                 m > 1,
                 "batch-norm in training needs more than one value per channel, got shape {:?}",
                 x.shape
             );
-            let sums = per_channel(&planes(&x.data, s, |p| dot_sums(p, p, 0.0)), c);
+            let sums = per_channel(&planes(&x.data, s, |p| dot_sums(p, p, 0.0)), c, per_group);
             let mo = self.momentum;
-            let mut mean = Vec::with_capacity(c);
-            let mut inv = Vec::with_capacity(c);
-            for (ch, &(a, b)) in sums.iter().enumerate() {
+            let mut mean = Vec::with_capacity(sums.len());
+            let mut inv = Vec::with_capacity(sums.len());
+            // group by group, as that many separate passes would update the running statistics
+            for (k, &(a, b)) in sums.iter().enumerate() {
+                let ch = k % c;
                 let mu = a / m as f64;
                 let var = (b / m as f64 - mu * mu).max(0.0);
                 self.running_mean.value[ch] =
@@ -143,12 +173,14 @@ impl BnRelu {
                 self.running_var.value.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect(),
             )
         };
-        // z = a_c·x + b_c
-        let a: Vec<f32> = (0..c).map(|ch| self.weight.value[ch] * inv[ch]).collect();
-        let b: Vec<f32> = (0..c).map(|ch| self.bias.value[ch] - mean[ch] * a[ch]).collect();
+        // z = a_k·x + b_k, k the plane's (group, channel)
+        let a: Vec<f32> = (0..mean.len()).map(|k| self.weight.value[k % c] * inv[k]).collect();
+        let b: Vec<f32> =
+            (0..mean.len()).map(|k| self.bias.value[k % c] - mean[k] * a[k]).collect();
         let relu = self.relu;
         let apply = |i: usize, dst: &mut [f32], src: &[f32]| {
-            let (a, b) = (a[i % c], b[i % c]);
+            let k = stat_index(i, c, per_group);
+            let (a, b) = (a[k], b[k]);
             if relu {
                 dst.iter_mut().zip(src).for_each(|(d, &v)| *d = (a * v + b).max(0.0));
             } else {
@@ -168,55 +200,58 @@ impl BnRelu {
                 .for_each(|(i, (d, v))| apply(i, d, v));
         }
         let y = Tensor::new(x.shape.clone(), y);
-        self.cache = Some(Cache { x, mean, inv, train });
+        self.cache =
+            Some(Cache { x, mean, inv, per_group: if train { per_group } else { n }, train });
         y
     }
 
     /// d loss / d input for d loss / d output `dy` (consumed, reused for the result).
     pub fn backward(&mut self, mut dy: Tensor) -> Tensor {
-        let Cache { x, mean, inv, train } =
+        let Cache { x, mean, inv, per_group, train } =
             self.cache.take().expect("batch-norm: backward without a forward");
         assert_eq!(dy.shape, x.shape, "batch-norm backward: gradient shape");
-        let (n, c, s) = self.layout(&x.shape);
+        let (_, c, s) = self.layout(&x.shape);
         let (g, beta) = (&self.weight.value, &self.bias.value);
+        // statistics index of plane i: its (group, channel) in training, its channel in evaluation
+        let at = |i: usize| if train { stat_index(i, c, per_group) } else { i % c };
         // one pass: g = dy ⊙ [z > 0] (z = a·x + b) written back, with Σ g and Σ g·(x − μ) = Σ g·x̂ / inv
         let relu = self.relu;
         let xd = &x.data;
         let pass = |i: usize, p: &mut [f32]| -> (f32, f32) {
-            let ch = i % c;
+            let (ch, k) = (i % c, at(i));
             let xs = &xd[i * s..(i + 1) * s];
             if relu {
-                let (a, b) = (g[ch] * inv[ch], beta[ch] - mean[ch] * g[ch] * inv[ch]);
+                let (a, b) = (g[ch] * inv[k], beta[ch] - mean[k] * g[ch] * inv[k]);
                 for (d, &v) in p.iter_mut().zip(xs) {
                     *d = if a * v + b > 0.0 { *d } else { 0.0 };
                 }
             }
-            dot_sums(p, xs, mean[ch])
+            dot_sums(p, xs, mean[k])
         };
         let pairs: Vec<(f32, f32)> = if dy.len() >= PAR_MIN {
             dy.data.par_chunks_mut(s).enumerate().map(|(i, p)| pass(i, p)).collect()
         } else {
             dy.data.chunks_mut(s).enumerate().map(|(i, p)| pass(i, p)).collect()
         };
-        let raw = per_channel(&pairs, c);
-        let m = (n * s) as f64;
-        let mut mg = vec![0f32; c];
-        let mut mgx = vec![0f32; c];
-        for ch in 0..c {
-            let (sg, sgx) = raw[ch];
-            let sgxhat = inv[ch] as f64 * sgx;
-            self.bias.grad[ch] += sg as f32;
-            self.weight.grad[ch] += sgxhat as f32;
-            mg[ch] = (sg / m) as f32;
-            mgx[ch] = (sgxhat / m) as f32;
+        // per (group, channel) in training; evaluation sums every image into its channel
+        let raw = per_channel(&pairs, c, if train { per_group } else { usize::MAX });
+        let m = (per_group * s) as f64;
+        let mut mg = vec![0f32; raw.len()];
+        let mut mgx = vec![0f32; raw.len()];
+        for (k, &(sg, sgx)) in raw.iter().enumerate() {
+            let sgxhat = inv[k] as f64 * sgx;
+            self.bias.grad[k % c] += sg as f32;
+            self.weight.grad[k % c] += sgxhat as f32;
+            mg[k] = (sg / m) as f32;
+            mgx[k] = (sgxhat / m) as f32;
         }
         if train {
             planes_mut(&mut dy.data, s, |i, p| {
-                let ch = i % c;
-                let (k, mu, is) = (g[ch] * inv[ch], mean[ch], inv[ch]);
-                let (m0, m1) = (mg[ch], mgx[ch]);
+                let (ch, k) = (i % c, at(i));
+                let (kk, mu, is) = (g[ch] * inv[k], mean[k], inv[k]);
+                let (m0, m1) = (mg[k], mgx[k]);
                 for (d, &v) in p.iter_mut().zip(&xd[i * s..(i + 1) * s]) {
-                    *d = k * (*d - m0 - (v - mu) * is * m1);
+                    *d = kk * (*d - m0 - (v - mu) * is * m1);
                 }
             });
         } else {
@@ -296,6 +331,65 @@ mod tests {
             close(&got_dx.data, &want_dx.data, "dx");
             close(&ours.weight.grad, &kit.weight.grad, "dγ");
             close(&ours.bias.grad, &kit.bias.grad, "dβ");
+        }
+    }
+
+    /// Statistics per group are G separate passes: outputs, input gradients, parameter
+    /// gradients and the running statistics after G sequential updates.
+    #[test]
+    fn groups_are_separate_passes_over_the_slices() {
+        for relu in [true, false] {
+            let (n, c, h, w) = (6, 3, 5, 4);
+            let plane = c * h * w;
+            let init = Init::new(4);
+            let mut grouped = BnRelu::new(&init, c, relu);
+            grouped.groups = 2;
+            let mut single = BnRelu::new(&init, c, relu);
+            for bn in [&mut grouped, &mut single] {
+                bn.weight.value = vec![0.7, 1.3, -0.4];
+                bn.bias.value = vec![0.1, -0.2, 0.3];
+            }
+            // the second half shifted and scaled, so that its statistics differ from the first's
+            let mut x = random(&[n, c, h, w], 8);
+            x.data[n / 2 * plane..].iter_mut().for_each(|v| *v = 3.0 * *v + 2.0);
+            let dy = random(&[n, c, h, w], 9);
+            let y = grouped.forward(x.clone(), true);
+            let dx = grouped.backward(dy.clone());
+            let half = |t: &Tensor, k: usize| {
+                Tensor::new(
+                    vec![n / 2, c, h, w],
+                    t.data[k * n / 2 * plane..][..n / 2 * plane].to_vec(),
+                )
+            };
+            let mut want_y = Vec::new();
+            let mut want_dx = Vec::new();
+            for k in 0..2 {
+                want_y.extend(single.forward(half(&x, k), true).data);
+                want_dx.extend(single.backward(half(&dy, k)).data);
+            }
+            let close = |a: &[f32], b: &[f32], what: &str| {
+                assert_eq!(a.len(), b.len());
+                for (u, v) in a.iter().zip(b) {
+                    assert!((u - v).abs() <= 1e-5 * (1.0 + v.abs()), "{what}: {u} vs {v}");
+                }
+            };
+            close(&y.data, &want_y, "output");
+            close(&dx.data, &want_dx, "dx");
+            close(&grouped.weight.grad, &single.weight.grad, "dγ");
+            close(&grouped.bias.grad, &single.bias.grad, "dβ");
+            close(&grouped.running_mean.value, &single.running_mean.value, "running mean");
+            close(&grouped.running_var.value, &single.running_var.value, "running var");
+            // and one group over the whole batch is not the same thing
+            let mut whole = BnRelu::new(&init, c, relu);
+            whole.weight.value = vec![0.7, 1.3, -0.4];
+            whole.bias.value = vec![0.1, -0.2, 0.3];
+            let y1 = whole.forward(x.clone(), true);
+            assert!(y1.data.iter().zip(&y.data).any(|(a, b)| (a - b).abs() > 1e-2));
+            // evaluation ignores the groups
+            let e1 = grouped.forward(x.clone(), false);
+            single.running_mean.value = grouped.running_mean.value.clone();
+            single.running_var.value = grouped.running_var.value.clone();
+            close(&e1.data, &single.forward(x.clone(), false).data, "evaluation");
         }
     }
 }

@@ -18,6 +18,12 @@
 //!   parameters with C_in = 3.
 //! - `custom`: `stem_width`, `widths`, `blocks` given in the config.
 //!
+//! # Batch-norm statistics
+//! `bn_groups` G (default 1): in training, every batch-norm takes its statistics over G equal
+//! consecutive slices of the batch instead of the whole batch. The host sets it to the number
+//! of views for `train.batch_norm = "per_view"` (one slice per view: the maths of one encoder
+//! pass per view, as in lightly's examples); any other value is the user's own choice.
+//!
 //! Parameters are named as PyTorch would (`stem.conv.weight`, `stage1.0.bn1.running_mean`,
 //! `stage2.0.shortcut.conv.weight`) and counted as trainable weights plus batch-norm affine.
 
@@ -48,6 +54,9 @@ pub struct Config {
     pub blocks: Option<Vec<usize>>,
     /// A 3x3 stride-2 max-pool after the stem (ImageNet style); off for small images.
     pub stem_pool: bool,
+    /// Batch-norm training statistics per this many equal slices of the batch (1: the whole
+    /// batch; the number of views: per view).
+    pub bn_groups: usize,
 }
 
 impl Default for Config {
@@ -59,6 +68,7 @@ impl Default for Config {
             widths: None,
             blocks: None,
             stem_pool: false,
+            bn_groups: 1,
         }
     }
 }
@@ -78,6 +88,7 @@ impl Config {
     /// The architecture this config names, or an error a user can act on.
     pub fn arch(&self) -> anyhow::Result<Arch> {
         ensure!(self.in_channels >= 1, "in_channels must be at least 1, got {}", self.in_channels);
+        ensure!(self.bn_groups >= 1, "bn_groups must be at least 1, got {}", self.bn_groups);
         let preset = |s: usize, w: &[usize], b: &[usize]| Arch {
             stem_width: s,
             widths: w.to_vec(),
@@ -165,6 +176,9 @@ impl ConvBn {
         self.conv.visit_params(f);
         self.bn.visit_params(f);
     }
+    fn set_bn_groups(&mut self, groups: usize) {
+        self.bn.groups = groups;
+    }
 }
 
 /// Elements per parallel task of the element-wise passes.
@@ -246,6 +260,14 @@ impl BasicBlock {
             s.visit(f);
         }
     }
+
+    fn set_bn_groups(&mut self, groups: usize) {
+        self.a.set_bn_groups(groups);
+        self.b.set_bn_groups(groups);
+        if let Some(s) = &mut self.shortcut {
+            s.set_bn_groups(groups);
+        }
+    }
 }
 
 /// The `resnet` encoder.
@@ -319,7 +341,7 @@ impl Plugin for ResNet {
     fn new(cfg: Config, ctx: &Context) -> anyhow::Result<Self> {
         let arch = cfg.arch()?;
         let init = Init::new(ctx.seed);
-        let stem = ConvBn::new(
+        let mut stem = ConvBn::new(
             &init.pp("stem"),
             "conv",
             "bn",
@@ -329,6 +351,7 @@ impl Plugin for ResNet {
             1,
             true,
         );
+        stem.set_bn_groups(cfg.bn_groups);
         let pool = cfg.stem_pool.then(|| MaxPool2d::new(3, 2, 1));
         let mut blocks = Vec::new();
         let mut cin = arch.stem_width;
@@ -341,6 +364,7 @@ impl Plugin for ResNet {
                     w,
                     stride,
                 ));
+                blocks.last_mut().expect("just pushed").set_bn_groups(cfg.bn_groups);
                 cin = w;
             }
         }
@@ -389,6 +413,11 @@ impl EncoderPlugin for ResNet {
         ensure!(
             !train || n >= 2,
             "training a batch-norm network needs at least 2 images per batch, got {n}"
+        );
+        let g = self.cfg.bn_groups;
+        ensure!(
+            !train || (n % g == 0 && n / g >= 2),
+            "bn_groups = {g} takes batch-norm statistics per slice of the batch, but {n} images do not split into {g} slices of at least 2"
         );
         let y = self.run(|s| s.forward_inner(images, train));
         self.pending = train.then_some(n);
