@@ -63,20 +63,45 @@ def main():
         res["machine"].update(meta)
     rows = []  # (pair, metric, latent, reference, ratio text, goal text, met)
 
-    sl, st = load("step_latent.json"), load("step_torch.json")
-    if sl and st:
-        r = ratio(sl["views_per_s"], st["views_per_s"])
-        res["pairs"]["1_training_step"] = {"latent": sl, "pytorch": st, "speed_ratio": r, "goal": ">= 1.0", "met": r >= 1.0}
-        rows.append(("1 training step", "views/s", f"{sl['views_per_s']:.0f}", f"{st['views_per_s']:.0f}",
-                     f"{r:.2f}x speed", ">= 1.0x", r >= 1.0))
-        if sl.get("cpu_s_per_step") and st.get("cpu_s_per_step"):
-            rows.append(("1 CPU time per step (info)", "CPU-s", f"{sl['cpu_s_per_step']:.2f}", f"{st['cpu_s_per_step']:.2f}",
-                         f"{ratio(st['cpu_s_per_step'], sl['cpu_s_per_step']):.2f}x less", "-", None))
+    loads = {}
+    for pair in ("2", "3", "5", "5b"):
+        l = load(f"load_{pair}.json")
+        if l:
+            loads[pair] = l
+    res["loads"] = loads
+
+    def flag(label, reliable):
+        return label if reliable else f"{label} (UNRELIABLE: load >= 1)"
+
+    steps = {}
+    for key, label, goal in (("a", "1a step, resnet-mini", 1.5), ("b", "1b step, resnet-mini", 1.2),
+                             ("c", "1c step, resnet18-cifar", None)):
+        d = load(f"step_{key}.json")
+        if not d:
+            continue
+        steps[key] = d
+        sides = d["sides"]
+        lat, fast = sides["latent"], sides[d["fastest_pytorch"]]
+        r = d["speedup_vs_fastest_pytorch"]
+        met = r >= goal if goal else None
+        label = flag(f"{label}, {d['threads']} thr, load {d['load_at_start']:.2f}", d["reliable"])
+        rows.append((label, "views/s (median)", f"{lat['views_per_s']:.0f}",
+                     f"{fast['views_per_s']:.0f} ({d['fastest_pytorch']})", f"{r:.2f}x speed",
+                     f">= {goal}x" if goal else "-", met))
+        for n, sd in sides.items():
+            rows.append((f"  {n}", "s per step", f"{sd['median_step_s']:.3f} [{sd['q1_s']:.3f}-{sd['q3_s']:.3f}]",
+                         f"{sd['cpu_s_per_step']:.2f} CPU-s", f"{sd['fraction_of_gemm_limit'] * 100:.0f}% of gemm limit",
+                         f"limit {d['gemm_limit_gflops']:.0f} GFLOP/s", None))
+        if "speedup_latent_per_view_vs_torch_per_view" in d:
+            rows.append(("  same maths, per-view batch norm", "ratio", "", "",
+                         f"{d['speedup_latent_per_view_vs_torch_per_view']:.2f}x speed", "-", None))
+    if steps:
+        res["pairs"]["1_training_step"] = steps
     al, ll = load("augment_latent.json"), load("augment_lightly.json")
     if al and ll:
         r = ratio(al["views_per_s"], ll["views_per_s"])
         res["pairs"]["2_augmentation"] = {"latent": al, "lightly": ll, "speed_ratio": r, "goal": ">= 10", "met": r >= 10}
-        rows.append(("2 augmentation (1 core)", "views/s", f"{al['views_per_s']:.0f}", f"{ll['views_per_s']:.0f}",
+        rows.append((flag("2 augmentation (1 core)", loads.get("2", {}).get("reliable", True)), "views/s", f"{al['views_per_s']:.0f}", f"{ll['views_per_s']:.0f}",
                      f"{r:.1f}x speed", ">= 10x", r >= 10))
         if al.get("views_per_cpu_s") and ll.get("views_per_cpu_s"):
             rc = ratio(al["views_per_cpu_s"], ll["views_per_cpu_s"])
@@ -89,7 +114,7 @@ def main():
         res["pairs"]["3_abi_overhead"] = {**ab, "goal": "<= 2 %", "met": p <= 2.0}
         if not ab.get("same_build", True):
             print("warning: pair 3 compared plugin libraries and linked crates from different builds", file=sys.stderr)
-        rows.append(("3 ABI overhead", "% of a step", f"{ab['median_plugin_s'] * 1e3:.0f} ms",
+        rows.append((flag("3 ABI overhead", loads.get("3", {}).get("reliable", True)), "% of a step", f"{ab['median_plugin_s'] * 1e3:.0f} ms",
                      f"{ab['median_direct_s'] * 1e3:.0f} ms in-process", f"{p:+.2f} %", "<= 2 %", p <= 2.0))
         if "abi_overhead_cpu_pct" in ab:
             rows.append(("3 ABI overhead, CPU time", "% of a step", f"{statistics.median(ab['plugin_cpu_s']):.2f} CPU-s",
@@ -101,10 +126,13 @@ def main():
                          "<= 2 %", ab['param_sync_overhead_pct_of_step'] <= 2.0))
         rows.append(("3 of which call protocol", "% of a step", "", "", f"{ab['boundary_protocol_pct']:+.2f} %", "-", None))
     mem = {}
-    if sl and st:
-        r = ratio(sl["peak_rss_mib"], st["peak_rss_mib"])
-        mem["step"] = {"latent_mib": sl["peak_rss_mib"], "pytorch_mib": st["peak_rss_mib"], "ratio": r, "met": r <= 1.0}
-        rows.append(("4 peak RSS, step", "MiB", f"{sl['peak_rss_mib']:.0f}", f"{st['peak_rss_mib']:.0f}", f"{r:.2f}x", "<= 1.0x", r <= 1.0))
+    if "a" in steps:
+        sides = steps["a"]["sides"]
+        lat = sides["latent"]["peak_rss_mib"]
+        ref = min(v["peak_rss_mib"] for k, v in sides.items() if k.startswith("torch"))
+        r = ratio(lat, ref)
+        mem["step"] = {"latent_mib": lat, "pytorch_mib": ref, "ratio": r, "met": r <= 1.0}
+        rows.append(("4 peak RSS, step", "MiB", f"{lat:.0f}", f"{ref:.0f}", f"{r:.2f}x", "<= 1.0x", r <= 1.0))
     if al and ll:
         r = ratio(al["peak_rss_mib"], ll["peak_rss_mib"])
         mem["augmentation"] = {"latent_mib": al["peak_rss_mib"], "lightly_mib": ll["peak_rss_mib"], "ratio": r, "met": r <= 1.0}
@@ -120,8 +148,9 @@ def main():
         target = min(tl["knn_200"], tp["knn_200"])
         (sl_t, el), (sp_t, ep) = time_to(tl["per_epoch"], target), time_to(tp["per_epoch"], target)
         rt = ratio(sl_t, sp_t)
-        rows.append((f"5 time to kNN {target:.4f}", "s (training)", f"{sl_t:.1f} (ep {el})", f"{sp_t:.1f} (ep {ep})",
-                     f"{rt:.2f}x time", "<= 1.0x", rt <= 1.0))
+        reliable = all(loads.get(k, {}).get("reliable", True) for k in ("5", "5b"))
+        rows.append((flag(f"5 time to kNN {target:.4f}", reliable), "s (training)", f"{sl_t:.1f} (ep {el})",
+                     f"{sp_t:.1f} (ep {ep})", f"{rt:.2f}x time", "<= 0.5x", rt is not None and rt <= 0.5))
         if tproc:
             mem["train"] = {"latent_mib": tproc["peak_rss_mib"], "pytorch_main_mib": tp["peak_rss_mib"],
                             "pytorch_workers_max_mib": tp.get("workers_peak_rss_mib")}
@@ -129,8 +158,8 @@ def main():
                          f"{tp['peak_rss_mib']:.0f} + workers", f"{ratio(tproc['peak_rss_mib'], tp['peak_rss_mib']):.2f}x", "-", None))
         res["pairs"]["5_train_mnist5k"] = {"latent": tl, "pytorch": tp, "train_time_ratio": r, "knn_target": target,
                                            "latent_seconds_to_target": sl_t, "pytorch_seconds_to_target": sp_t,
-                                           "time_to_target_ratio": rt, "goal": "time to the same kNN <= PyTorch's",
-                                           "met": rt is not None and rt <= 1.0}
+                                           "time_to_target_ratio": rt, "goal": "time to the same kNN <= half of PyTorch's",
+                                           "met": rt is not None and rt <= 0.5}
     if mem:
         res["pairs"]["4_peak_memory"] = {**mem, "goal": "<= PyTorch's / lightly's",
                                          "met": all(m.get("met", True) for m in mem.values())}

@@ -30,13 +30,18 @@ class BasicBlock(nn.Module):
 
 
 class ResNetMini(nn.Module):
-    def __init__(self, cin=1, stem=32, widths=(32, 64, 128)):
+    """resnet-mini by default; ResNetMini(3, 64, (64, 128, 256, 512), (2, 2, 2, 2)) is the CIFAR
+    ResNet-18 (latent's `resnet18-cifar` preset)."""
+
+    def __init__(self, cin=1, stem=32, widths=(32, 64, 128), blocks=None):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(cin, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU())
-        blocks, c = [], stem
+        layers, c = [], stem
         for i, w in enumerate(widths):
-            blocks.append(BasicBlock(c, w, 2 if i > 0 else 1))
-            c = w
+            for j in range((blocks or [1] * len(widths))[i]):
+                layers.append(BasicBlock(c, w, 2 if i > 0 and j == 0 else 1))
+                c = w
+        blocks = layers
         self.blocks = nn.Sequential(*blocks)
 
     def forward(self, x):

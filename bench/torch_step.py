@@ -2,6 +2,14 @@
 bench/run (the `latent` side is `cargo run --release -p latent-bench --bin step`).
 
     python bench/torch_step.py [--threads 2] [--batch 256] [--steps 5] [--json FILE]
+    python bench/torch_step.py --serve [--workload resnet-mini|resnet18-cifar] [--variant joint|per_view]
+        pair 1 (bench/pair.py drives it): prints {"ready": ...}, then answers each `step` line on
+        stdin with one step and {"t", "cpu", "loss"}, and `quit` with {"peak_rss_mib"}.
+
+Variants: `joint` runs both views through the encoder as one batch of 2B (batch-norm statistics
+over both views, as SimCLR's reference code); `per_view` runs one encoder pass per view (B each,
+statistics per view, as lightly's examples do). `resnet18-cifar` is the CIFAR ResNet-18 on
+3x32x32 at batch 128 with head 512->512->128 (lightly's SimCLR example).
 
 resnet-mini (bench/torch_resnet_mini.py) on both views as one batch of 2 x 256 fixed random
 1x28x28 images, projection head Linear(128->256, no bias) BatchNorm1d ReLU Linear(256->128)
@@ -14,6 +22,7 @@ One step = zero_grad, forward, loss, backward, optimizer step. One warm-up step,
 import argparse
 import json
 import statistics
+import sys
 import time
 
 import torch
@@ -61,31 +70,103 @@ def peak_rss_mib():
     return float("nan")
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--json")
-    a = ap.parse_args()
-    torch.set_num_threads(a.threads)
+WORKLOADS = {
+    # name: (model kwargs, input shape, default batch, head dims)
+    "resnet-mini": (dict(cin=1), (1, 28, 28), 256, (128, 256, 128)),
+    "resnet18-cifar": (dict(cin=3, stem=64, widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2)),
+                       (3, 32, 32), 128, (512, 512, 128)),
+}
+
+
+def build(workload, batch, variant):
+    """The model, head, optimizer and a step function of one workload and variant."""
+    kwargs, shape, default_batch, dims = WORKLOADS[workload]
+    batch = batch or default_batch
     torch.manual_seed(0)
-    model = ResNetMini(cin=1).train()
-    head = projection_head().train()
+    model = ResNetMini(**kwargs).train()
+    head = projection_head(*dims).train()
     opt = torch.optim.SGD(param_groups(model, head), lr=0.06, momentum=0.9)
     g = torch.Generator().manual_seed(1)
-    x0 = torch.rand(a.batch, 1, 28, 28, generator=g)
-    x1 = torch.rand(a.batch, 1, 28, 28, generator=g)
+    x0 = torch.rand(batch, *shape, generator=g)
+    x1 = torch.rand(batch, *shape, generator=g)
 
     def step():
-        t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        h = model(torch.cat([x0, x1]))
-        h0, h1 = h[: a.batch], h[a.batch:]
+        if variant == "joint":
+            h = model(torch.cat([x0, x1]))
+            h0, h1 = h[:batch], h[batch:]
+        else:
+            h0, h1 = model(x0), model(x1)
         loss = nt_xent(head(h0), head(h1), 0.5)
         loss.backward()
         opt.step()
-        return time.perf_counter() - t0, loss.item()
+        return loss.item()
+
+    return step, batch, step_gflop(model, head, shape, batch)
+
+
+def step_gflop(model, head, shape, batch):
+    """Multiply-add work of one step in GFLOP: 2 FLOP per multiply-add of every convolution and
+    linear layer on the 2B views, times 3 (forward, input gradient, weight gradient)."""
+    macs = []
+
+    def count(m, inp, out):
+        if isinstance(m, nn.Conv2d):
+            k = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+            macs.append(out.numel() * k)
+        elif isinstance(m, nn.Linear):
+            macs.append(out.numel() * m.in_features)
+
+    hooks = [m.register_forward_hook(count) for m in list(model.modules()) + list(head.modules())]
+    with torch.no_grad():
+        model.eval(), head.eval()
+        head(model(torch.zeros(2, *shape)))
+        model.train(), head.train()
+    for h in hooks:
+        h.remove()
+    return 3 * 2 * sum(macs) / 2 * (2 * batch) / 1e9
+
+
+def serve(a):
+    torch.set_num_threads(a.threads)
+    step, batch, gflop = build(a.workload, a.batch, a.variant)
+    print(json.dumps({"ready": True, "step_gflop": gflop, "side": "pytorch", "workload": a.workload, "variant": a.variant,
+                      "batch": batch, "views_per_step": 2 * batch, "threads": a.threads, "torch": torch.__version__,
+                      "what": f"SimCLR step, {a.workload}, PyTorch {torch.__version__} CPU, "
+                              f"{'one batch of 2B' if a.variant == 'joint' else 'one encoder pass per view'}"}),
+          flush=True)
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd == "quit":
+            break
+        if cmd != "step":
+            raise SystemExit(f"serve: unknown command {cmd!r} (step or quit)")
+        c0, t0 = time.process_time(), time.perf_counter()
+        loss = step()
+        t = time.perf_counter() - t0
+        print(json.dumps({"t": t, "cpu": time.process_time() - c0, "loss": loss}), flush=True)
+    print(json.dumps({"peak_rss_mib": peak_rss_mib()}), flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--serve", action="store_true")
+    ap.add_argument("--workload", default="resnet-mini", choices=sorted(WORKLOADS))
+    ap.add_argument("--variant", default="joint", choices=["joint", "per_view"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=0, help="images per view (0: the workload's)")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    if a.serve:
+        return serve(a)
+    torch.set_num_threads(a.threads)
+    one, a.batch, _ = build(a.workload, a.batch, a.variant)
+
+    def step():
+        t0 = time.perf_counter()
+        loss = one()
+        return time.perf_counter() - t0, loss
 
     warm, first = step()
     times, losses = [], [first]

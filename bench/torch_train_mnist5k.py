@@ -158,6 +158,9 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--recipe", choices=["grey", "simclr"], default="grey")
     ap.add_argument("--method", choices=["simclr", "byol", "dino"], default="simclr")
+    ap.add_argument("--views", choices=["joint", "per_view"], default="joint",
+                    help="SimCLR: both views through the encoder as one batch (batch-norm statistics over "
+                         "both), or one pass per view (lightly's examples)")
     ap.add_argument("--data", choices=["mnist5k", "fashion"], default="mnist5k")
     ap.add_argument("--json")
     a = ap.parse_args()
@@ -241,7 +244,9 @@ def main():
             for g in opt.param_groups:
                 g["lr"] = lr
             opt.zero_grad(set_to_none=True)
-            if a.method == "simclr":
+            if a.method == "simclr" and a.views == "per_view":
+                loss = criterion(head(model(x0)), head(model(x1)))
+            elif a.method == "simclr":
                 h = model(torch.cat([x0, x1]))
                 loss = criterion(head(h[: len(x0)]), head(h[len(x0):]))
             elif a.method == "dino":
@@ -273,7 +278,7 @@ def main():
     del loader
     out = {
         "side": "pytorch",
-        "what": f"PyTorch {torch.__version__} + lightly {a.method} on {a.data} (4,000 / 1,000), recipe {a.recipe if a.method == 'simclr' else a.method + '-mnist.toml' if a.method == 'byol' else 'dino-resnet-mnist.toml'}, {a.threads} threads, {a.workers} loader workers",
+        "what": f"PyTorch {torch.__version__} + lightly {a.method} on {a.data} (4,000 / 1,000), recipe {a.recipe if a.method == 'simclr' else a.method + '-mnist.toml' if a.method == 'byol' else 'dino-resnet-mnist.toml'}, {a.threads} threads, {a.workers} loader workers, views {a.views}", "views": a.views,
         "recipe": a.recipe, "method": a.method, "data": a.data,
         "epochs": a.epochs, "steps": step, "train_seconds": train_s, "wall_seconds": time.perf_counter() - t_start,
         "knn_200": epochs[-1]["knn_200"] if epochs else None, "knn_20": epochs[-1]["knn_20"] if epochs else None,

@@ -71,6 +71,32 @@ pub fn spec_config() -> Config {
     }
 }
 
+/// A workload of pair 1: the encoder config, the image shape and the default batch.
+///
+/// - `resnet-mini`: ../shared/bench-spec.md (1x28x28, batch 256, head 128→256→128).
+/// - `resnet18-cifar`: the CIFAR ResNet-18 that solo-learn and lightly benchmark with, on
+///   3x32x32 at batch 128, head 512→512→128 (lightly's SimCLR example); the rest as the spec.
+///
+/// `per_view` sets `train.batch_norm = "per_view"` (statistics per view, one batch).
+pub fn workload(name: &str, per_view: bool) -> Result<(Config, [usize; 3], usize)> {
+    use latent_host::config::BatchNormScope;
+    let mut cfg = spec_config();
+    let (shape, batch) = match name {
+        "resnet-mini" => ([1, 28, 28], 256),
+        "resnet18-cifar" => {
+            cfg.encoder.config = serde_json::json!({"preset": "resnet18-cifar"});
+            cfg.objective.config =
+                serde_json::json!({"hidden_dim": 512, "output_dim": 128, "temperature": 0.5});
+            ([3, 32, 32], 128)
+        }
+        other => anyhow::bail!("--workload must be resnet-mini or resnet18-cifar, got {other:?}"),
+    };
+    if per_view {
+        cfg.train.batch_norm = BatchNormScope::PerView;
+    }
+    Ok((cfg, shape, batch))
+}
+
 /// Deterministic pseudo-random values in [0, 1) (xorshift64).
 pub fn uniform(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

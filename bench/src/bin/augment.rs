@@ -21,6 +21,7 @@ use serde_json::json;
 use std::time::Instant;
 
 fn main() -> Result<()> {
+    latent_host::memory::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let secs: f64 = arg(&args, "--seconds", 3.0)?;
     let reg = registry(plugin_dir(&args)?)?;

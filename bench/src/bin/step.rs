@@ -4,6 +4,14 @@
 //! step --mode plugin [--steps 5] [--batch 256] [--json FILE] [--plugin-dir DIR]
 //!     pairs 1 and 4: the real host `Learner` over plugins loaded from the built libraries;
 //!     one warm-up step, then the median of --steps; views/s = 2·batch / median; peak RSS
+//! step --mode serve [--workload resnet-mini|resnet18-cifar] [--batch B] [--bn all_views|per_view]
+//!     pair 1 (bench/pair.py drives it): builds the Learner, prints one JSON line {"ready": ...},
+//!     then answers each line `step` on stdin with one training step and one JSON line
+//!     {"t": wall s, "cpu": CPU s, "loss": ...}, and `quit` with {"peak_rss_mib": ...}
+//! step --mode gemm
+//!     the FLOP rate of latent's own matrix product as the convolutions run it: one
+//!     single-threaded 1024x1024x1024 product per rayon thread at once (the AVX-512 kernel
+//!     where the CPU has it), best of 3; prints {"gemm_gflops": ...}
 //! step --mode abi [--steps 5] ...
 //!     pair 3: three learners with identical weights, stepped in turn (A B C, then C B A, ...)
 //!     so that machine noise hits all three alike:
@@ -178,7 +186,84 @@ impl Direct {
     }
 }
 
+/// `--mode serve`: one step per `step` line on stdin, one JSON line per answer on stdout.
+fn serve(args: &[String]) -> Result<()> {
+    use std::io::BufRead;
+    let name: String = arg(args, "--workload", "resnet-mini".to_string())?;
+    let bn: String = arg(args, "--bn", "all_views".to_string())?;
+    ensure!(
+        bn == "all_views" || bn == "per_view",
+        "--bn must be all_views or per_view, got {bn:?}"
+    );
+    let (cfg, shape, default_batch) = workload(&name, bn == "per_view")?;
+    let batch: usize = arg(args, "--batch", default_batch)?;
+    let views = fixed_views(batch, shape);
+    let reg = registry(plugin_dir(args)?)?;
+    let mut l = Learner::build(&reg, &cfg, shape)?;
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into());
+    let params: usize = l
+        .enc_params
+        .iter()
+        .chain(&l.obj_params)
+        .map(|d| d.shape.iter().product::<u64>() as usize)
+        .sum();
+    println!(
+        "{}",
+        json!({"ready": true, "side": "latent", "workload": name, "batch_norm": bn, "batch": batch,
+               "views_per_step": 2 * batch, "input": shape, "rayon_threads": threads, "param_values": params,
+               "what": format!("SimCLR step, {name}, batch norm {bn}, plugins loaded from the built libraries (host Learner)")})
+    );
+    let mut s = 0u64;
+    for line in std::io::stdin().lock().lines() {
+        match line?.trim() {
+            "step" => {
+                let c0 = cpu_seconds();
+                let (t, o) = time(|| l.step(&views, &[], s, 1 << 40, cfg.optim.lr))?;
+                println!("{}", json!({"t": t, "cpu": cpu_seconds() - c0, "loss": o.loss}));
+                s += 1;
+            }
+            "quit" => break,
+            other => anyhow::bail!("serve: unknown command {other:?} (step or quit)"),
+        }
+    }
+    println!("{}", json!({"peak_rss_mib": peak_rss_mib()}));
+    Ok(())
+}
+
+/// `--mode gemm`: latent's matrix-product rate with every rayon thread busy, in GFLOP/s.
+fn gemm_rate() -> Result<()> {
+    use latent_sdk::kit::{ops, simd_gemm};
+    use rayon::prelude::*;
+    const N: usize = 1024;
+    let threads = rayon::current_num_threads();
+    let a = uniform(N * N, 7);
+    let b = uniform(N * N, 8);
+    let mut cs = vec![vec![0.0f32; N * N]; threads];
+    let mut best = f64::INFINITY;
+    for _ in 0..4 {
+        let (t, _) = time(|| {
+            cs.par_iter_mut().for_each(|c| {
+                if simd_gemm::available() {
+                    let view = simd_gemm::StridedA { data: &a, rs: N, cs: 1 };
+                    simd_gemm::gemm(N, N, N, view, &b, N, c, N, false);
+                } else {
+                    ops::matmul(ops::Mat::new(&a, N, N), ops::Mat::new(&b, N, N), c, false);
+                }
+            });
+            Ok(())
+        })?;
+        best = best.min(t);
+    }
+    let gflops = (threads * 2 * N * N * N) as f64 / best / 1e9;
+    println!(
+        "{}",
+        json!({"gemm_gflops": gflops, "threads": threads, "avx512": simd_gemm::available()})
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
+    latent_host::memory::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let mode: String = arg(&args, "--mode", "plugin".to_string())?;
     let steps: usize = arg(&args, "--steps", 5)?;
@@ -191,6 +276,8 @@ fn main() -> Result<()> {
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into());
 
     match mode.as_str() {
+        "serve" => serve(&args),
+        "gemm" => gemm_rate(),
         "plugin" => {
             let reg = registry(plugin_dir(&args)?)?;
             let mut l = Learner::build(&reg, &cfg, SHAPE)?;
@@ -314,6 +401,6 @@ fn main() -> Result<()> {
                 }),
             )
         }
-        other => anyhow::bail!("--mode must be plugin or abi, got {other:?}"),
+        other => anyhow::bail!("--mode must be serve, gemm, plugin or abi, got {other:?}"),
     }
 }

@@ -1,0 +1,187 @@
+"""Pair 1 of bench/run: the SimCLR training step of latent and PyTorch, interleaved.
+
+    python bench/pair.py --bin DIR [--workload resnet-mini|resnet18-cifar] [--threads 2]
+                         [--steps 10] [--warmup 3] [--settle 240] [--json FILE]
+
+Every side is a process that holds its model and answers one training step per request
+(`step --mode serve`, `torch_step.py --serve`). The sides:
+
+    latent             the host Learner over the plugins loaded from DIR, the views as one batch
+    latent per_view    the same with train.batch_norm = "per_view" (statistics per view)
+    pytorch joint      both views through the model as one batch of 2B
+    pytorch per_view   one model pass per view (lightly's examples)
+
+How the figures are kept honest on a shared machine:
+- before the pair, the 1-minute load average is recorded and the pair waits (at most --settle
+  seconds) for it to fall below 1.0; a pair that starts above 1.0 is marked unreliable;
+- the sides step in turn, A B C D, B C D A, ... (no side always follows the same one), with a
+  pause between steps so that one side's spinning threads do not run into the next side's step;
+- --warmup steps per side are not timed, then --steps steps per side are: the median, the
+  quartiles and the range are reported, with the load average seen before each round;
+- the machine's matrix-product limit is measured in the same run: PyTorch's sgemm on the same
+  threads (a 4096x4096 product, best of 3) and latent's own product as its convolutions run it
+  (`step --mode gemm`), the higher of the two taken as the limit; each side's FLOP rate (the
+  step's multiply-adds, counted by torch_step.py) is given as a fraction of it. On AMD CPUs
+  PyTorch's sgemm (MKL) is far below the FMA units' rate, so its figure alone flatters everyone.
+The headline ratio is latent's views/s over the faster PyTorch variant's.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from settle import settle
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def load1():
+    return os.getloadavg()[0]
+
+
+class Side:
+    def __init__(self, name, cmd, env):
+        self.name = name
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+                                     text=True, bufsize=1)
+        self.ready = self.read()
+        if not self.ready.get("ready"):
+            raise SystemExit(f"pair: side {name} did not start: {self.ready}")
+        self.t, self.cpu, self.loss = [], [], []
+
+    def read(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"pair: side {self.name} ended early (exit {self.proc.wait()})")
+        return json.loads(line)
+
+    def step(self, record):
+        self.proc.stdin.write("step\n")
+        r = self.read()
+        if record:
+            self.t.append(r["t"])
+            self.cpu.append(r["cpu"])
+        self.loss.append(r["loss"])
+
+    def quit(self):
+        self.proc.stdin.write("quit\n")
+        r = self.read()
+        self.proc.wait()
+        return r.get("peak_rss_mib")
+
+
+def sgemm_gflops(threads, n=4096, reps=3):
+    import torch
+    torch.set_num_threads(threads)
+    a, b = torch.rand(n, n), torch.rand(n, n)
+    a @ b
+    best = min(timed(lambda: a @ b) for _ in range(reps))
+    return 2 * n ** 3 / best / 1e9
+
+
+def timed(f):
+    t0 = time.perf_counter()
+    f()
+    return time.perf_counter() - t0
+
+
+def quartiles(xs):
+    q = statistics.quantiles(xs, n=4, method="inclusive")
+    return q[0], q[2]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True, help="target/release of latent (step and the plugins)")
+    ap.add_argument("--workload", default="resnet-mini", choices=["resnet-mini", "resnet18-cifar"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--settle", type=float, default=240, help="longest wait for load < 1 (s)")
+    ap.add_argument("--pause", type=float, default=0.2, help="seconds between two steps")
+    ap.add_argument("--sides", default="latent,latent_per_view,torch_joint,torch_per_view")
+    ap.add_argument("--json")
+    a = ap.parse_args()
+
+    load = settle(a.settle)
+    env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
+    step_bin = os.path.join(a.bin, "step")
+    cmds = {
+        "latent": [step_bin, "--mode", "serve", "--workload", a.workload, "--plugin-dir", a.bin],
+        "latent_per_view": [step_bin, "--mode", "serve", "--workload", a.workload, "--bn", "per_view",
+                            "--plugin-dir", a.bin],
+        "torch_joint": [sys.executable, os.path.join(HERE, "torch_step.py"), "--serve", "--workload",
+                        a.workload, "--variant", "joint", "--threads", str(a.threads)],
+        "torch_per_view": [sys.executable, os.path.join(HERE, "torch_step.py"), "--serve", "--workload",
+                           a.workload, "--variant", "per_view", "--threads", str(a.threads)],
+    }
+    names = a.sides.split(",")
+    sides = [Side(n, cmds[n], env) for n in names]
+    gflop = next(s.ready["step_gflop"] for s in sides if "step_gflop" in s.ready)
+    for _ in range(a.warmup):
+        for s in sides:
+            s.step(False)
+    round_loads = []
+    for r in range(a.steps):
+        round_loads.append(load1())
+        for s in sides[r % len(sides):] + sides[:r % len(sides)]:
+            time.sleep(a.pause)
+            s.step(True)
+    rss = {s.name: s.quit() for s in sides}
+    torch_gemm = sgemm_gflops(a.threads)
+    latent_gemm = json.loads(subprocess.run([step_bin, "--mode", "gemm"], env=env, check=True,
+                                            capture_output=True, text=True).stdout)["gemm_gflops"]
+    gemm = max(torch_gemm, latent_gemm)
+
+    out = {"workload": a.workload, "threads": a.threads, "steps": a.steps, "warmup": a.warmup,
+           **load, "round_loads": round_loads, "load_at_end": load1(),
+           "step_gflop": gflop, "sgemm_gflops_pytorch": torch_gemm, "gemm_gflops_latent": latent_gemm,
+           "gemm_limit_gflops": gemm, "sides": {}}
+    for s in sides:
+        med = statistics.median(s.t)
+        q1, q3 = quartiles(s.t)
+        out["sides"][s.name] = {
+            "what": s.ready["what"], "batch": s.ready["batch"], "views_per_step": s.ready["views_per_step"],
+            "step_s": s.t, "median_step_s": med, "q1_s": q1, "q3_s": q3, "min_s": min(s.t), "max_s": max(s.t),
+            "views_per_s": s.ready["views_per_step"] / med, "cpu_s_per_step": statistics.median(s.cpu),
+            "losses": s.loss, "peak_rss_mib": rss[s.name],
+            "gflops": gflop / med, "fraction_of_gemm_limit": gflop / med / gemm,
+        }
+    torch_sides = [n for n in out["sides"] if n.startswith("torch")]
+    if "latent" in out["sides"] and torch_sides:
+        fastest = min(torch_sides, key=lambda n: out["sides"][n]["median_step_s"])
+        out["fastest_pytorch"] = fastest
+        out["speedup_vs_fastest_pytorch"] = (out["sides"][fastest]["median_step_s"]
+                                             / out["sides"]["latent"]["median_step_s"])
+        for lat, ref in (("latent", "torch_joint"), ("latent_per_view", "torch_per_view")):
+            if lat in out["sides"] and ref in out["sides"]:
+                out[f"speedup_{lat}_vs_{ref}"] = (out["sides"][ref]["median_step_s"]
+                                                  / out["sides"][lat]["median_step_s"])
+    text = json.dumps(out, indent=2)
+    if a.json:
+        with open(a.json, "w") as f:
+            f.write(text)
+    print(summary(out))
+
+
+def summary(out):
+    lines = [f"{out['workload']}, {out['threads']} thread(s), {out['steps']} steps after {out['warmup']} warm-ups, "
+             f"load {out['load_at_start']:.2f} at start{'' if out['reliable'] else ' (UNRELIABLE: above 1.0)'}; "
+             f"gemm limit {out['gemm_limit_gflops']:.0f} GFLOP/s (PyTorch sgemm {out['sgemm_gflops_pytorch']:.0f}, "
+             f"latent {out['gemm_gflops_latent']:.0f}), step {out['step_gflop']:.0f} GFLOP"]
+    for n, s in out["sides"].items():
+        lines.append(f"  {n:16} median {s['median_step_s']:.3f} s (quartiles {s['q1_s']:.3f}-{s['q3_s']:.3f}, "
+                     f"range {s['min_s']:.3f}-{s['max_s']:.3f}), {s['views_per_s']:.0f} views/s, "
+                     f"{s['cpu_s_per_step']:.2f} CPU-s, {s['fraction_of_gemm_limit'] * 100:.0f}% of the limit, "
+                     f"peak {s['peak_rss_mib']:.0f} MiB")
+    if "speedup_vs_fastest_pytorch" in out:
+        lines.append(f"  latent / fastest PyTorch ({out['fastest_pytorch']}): "
+                     f"{out['speedup_vs_fastest_pytorch']:.2f}x the views/s")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
