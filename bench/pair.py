@@ -14,8 +14,9 @@ Every side is a process that holds its model and answers one training step per r
 How the figures are kept honest on a shared machine:
 - before the pair, the 1-minute load average is recorded and the pair waits (at most --settle
   seconds) for it to fall below 1.0; a pair that starts above 1.0 is marked unreliable;
-- the sides step in turn, A B C D, B C D A, ... (no side always follows the same one), with a
-  pause between steps so that one side's spinning threads do not run into the next side's step;
+- the sides step in turn, A B C D, D C B A, B C D A, A D C B, ... (forward and reversed
+  rotations alternate, so no side always follows the same one), with a pause between steps so
+  that one side's spinning threads do not run into the next side's step;
 - --warmup steps per side are not timed, then --steps steps per side are: the median, the
   quartiles and the range are reported, with the load average seen before each round;
 - the machine's matrix-product limit is measured in the same run: PyTorch's sgemm on the same
@@ -119,6 +120,12 @@ def main():
                            a.workload, "--variant", "per_view", "--threads", str(a.threads)],
     }
     names = a.sides.split(",")
+    unknown = [n for n in names if n not in cmds]
+    if unknown or not any(n.startswith("torch") for n in names):
+        raise SystemExit(f"pair: --sides {a.sides!r}: names from {sorted(cmds)}, at least one torch side "
+                         f"(it counts the step's FLOPs); unknown: {', '.join(unknown) or 'none'}")
+    if a.steps < 2:
+        raise SystemExit(f"pair: --steps {a.steps}: at least 2 timed steps (quartiles need two)")
     sides = [Side(n, cmds[n], env) for n in names]
     gflop = next(s.ready["step_gflop"] for s in sides if "step_gflop" in s.ready)
     for _ in range(a.warmup):
@@ -127,7 +134,9 @@ def main():
     round_loads = []
     for r in range(a.steps):
         round_loads.append(load1())
-        for s in sides[r % len(sides):] + sides[:r % len(sides)]:
+        k = r // 2 % len(sides)
+        order = sides[k:] + sides[:k]
+        for s in (order if r % 2 == 0 else order[::-1]):
             time.sleep(a.pause)
             s.step(True)
     rss = {s.name: s.quit() for s in sides}

@@ -179,7 +179,7 @@ def main():
     med = statistics.median(times)
     out = {
         "side": "pytorch",
-        "what": f"SimCLR training step, PyTorch {torch.__version__} CPU, {a.threads} threads",
+        "what": f"SimCLR training step, {a.workload}, {a.variant}, PyTorch {torch.__version__} CPU, {a.threads} threads",
         "torch": torch.__version__, "threads": a.threads, "batch": a.batch, "views_per_step": 2 * a.batch,
         "warmup_s": warm, "step_s": times, "median_step_s": med, "views_per_s": 2 * a.batch / med,
         "losses": losses, "cpu_s_per_step": cpu_per_step, "peak_rss_mib": peak_rss_mib(),

@@ -164,9 +164,10 @@ pub enum Command {
 
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> i32 {
-    crate::memory::keep_freed_memory();
+    let kept = crate::memory::keep_freed_memory();
     let cli = Cli::parse();
     init_tracing();
+    tracing::debug!("glibc keeps freed memory for reuse: {kept} (host/src/memory.rs)");
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

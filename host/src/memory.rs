@@ -8,19 +8,34 @@
 //! (2-core EPYC VM, `perf record -e cpu-clock`), that kernel work was about a third of the
 //! step's time: `native_write_msr` 16 %, `smp_call_function_many_cond` 7 %, page faults 4 %.
 //!
-//! [`keep_freed_memory`] tells glibc to serve large blocks from its heap and never to give
-//! freed memory back, so that the second step onward reuses the first step's pages. The
-//! peak resident memory is unchanged (it is the largest step's working set either way).
+//! [`keep_freed_memory`] tells glibc to serve large blocks from its heap and not to give freed
+//! memory back (below a trim threshold of 2 GiB), so that the second step onward reuses the
+//! first step's pages. The peak resident memory is unchanged (it is the largest step's working
+//! set either way). glibc's per-thread arenas still `mmap` single blocks above 64 MiB.
+
+/// The glibc tunables and environment variables that set what [`keep_freed_memory`] sets: when
+/// the user gave any of them, theirs stand.
+const USER_SETTINGS: [&str; 6] = [
+    "glibc.malloc.mmap_max",
+    "glibc.malloc.mmap_threshold",
+    "glibc.malloc.trim_threshold",
+    "MALLOC_MMAP_MAX_",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+];
 
 /// Serves large allocations from the heap and keeps freed memory for reuse
-/// (`mallopt(M_MMAP_MAX, 0)`, `mallopt(M_TRIM_THRESHOLD, ∞)`), for the whole process: the
-/// host and every plugin library share glibc's allocator. Left alone where `GLIBC_TUNABLES`
-/// already sets a `glibc.malloc` tunable, and on targets without glibc. Returns whether the
-/// settings were applied.
+/// (`mallopt(M_MMAP_MAX, 0)`, `mallopt(M_TRIM_THRESHOLD, 2 GiB)`), for the whole process: the
+/// host and every plugin library share glibc's allocator. Left alone where the user set one of
+/// these through `GLIBC_TUNABLES` or `MALLOC_*_` variables, and on targets without glibc.
+/// Returns whether the settings were applied.
 pub fn keep_freed_memory() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        if std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc")) {
+        let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+        if USER_SETTINGS.iter().any(|k| {
+            tunables.contains(k) || (k.starts_with("MALLOC_") && std::env::var_os(k).is_some())
+        }) {
             return false;
         }
         // SAFETY: mallopt only changes allocator parameters; it is safe to call at any time.
@@ -36,12 +51,15 @@ pub fn keep_freed_memory() -> bool {
 #[cfg(test)]
 mod tests {
     /// glibc takes both settings (mallopt answers 1), and large blocks still allocate and
-    /// free as before; a `glibc.malloc` tunable in the environment is left alone.
+    /// free as before; the user's own settings in the environment are left alone.
     #[test]
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    fn glibc_takes_the_settings_unless_tunables_say_otherwise() {
+    fn glibc_takes_the_settings_unless_the_user_set_them() {
         let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
-        assert_eq!(super::keep_freed_memory(), !tunables.contains("glibc.malloc"));
+        let user = super::USER_SETTINGS
+            .iter()
+            .any(|k| tunables.contains(k) || std::env::var_os(k).is_some());
+        assert_eq!(super::keep_freed_memory(), !user);
         for _ in 0..3 {
             let v = vec![1.0f32; 16 << 20]; // 64 MiB, above any mmap threshold
             assert!(v[0] == 1.0 && v[v.len() - 1] == 1.0);

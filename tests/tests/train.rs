@@ -675,6 +675,10 @@ fn per_view_batch_norm_sets_the_encoders_groups_or_says_why_not() {
     );
     let e = err(&["train.batch_norm=\"per_view\"", "encoder.config.bn_groups=3"]);
     assert!(e.contains("bn_groups") && e.contains("2 views") && e.contains("says 3"), "{e}");
+    let e = err(&["train.batch_norm=\"per_view\"", "encoder.config.bn_groups=\"2\""]);
+    assert!(e.contains("bn_groups") && e.contains("says \"2\""), "{e}");
+    let e = err(&["train.batch_norm=\"per_view\"", "encoder.plugin=resnt"]);
+    assert!(e.contains("encoder.plugin") && e.contains("'resnt'"), "{e}");
     let e = err(&["train.batch_norm=\"per_image\""]);
     assert!(e.contains("train.batch_norm") && e.contains("per_view"), "{e}");
 }

@@ -25,7 +25,7 @@ use crate::plugins::handles::ObjectiveResult;
 use crate::plugins::{Encoder, Objective, ParamAccess, Registry};
 use crate::train::optim::Optimizer;
 use anyhow::{bail, Context as _, Result};
-use latent_abi::{Context, ParamDesc, ParamRole};
+use latent_abi::{Context, ParamDesc, ParamRole, PluginKind};
 use latent_sdk::kit::Tensor;
 use std::collections::BTreeMap;
 
@@ -77,10 +77,10 @@ fn per_view_batch_norm(
     enc_cfg: &mut serde_json::Value,
 ) -> Result<()> {
     let views = cfg.augment.len();
-    let has_key = reg
-        .entries
-        .get(&cfg.encoder.plugin)
-        .and_then(|e| serde_json::from_str::<serde_json::Value>(&e.manifest.default_config).ok())
+    let entry =
+        reg.get(&cfg.encoder.plugin, PluginKind::Encoder).context("config key `encoder.plugin`")?;
+    let has_key = serde_json::from_str::<serde_json::Value>(&entry.manifest.default_config)
+        .ok()
         .is_some_and(|d| d.get("bn_groups").is_some());
     if !has_key {
         bail!(
@@ -89,13 +89,14 @@ fn per_view_batch_norm(
         );
     }
     let obj = enc_cfg.as_object_mut().context("config key `encoder`: not a table")?;
-    match obj.get("bn_groups").and_then(serde_json::Value::as_u64) {
-        Some(g) if g as usize != views => bail!(
-            "config key `train.batch_norm`: \"per_view\" sets the encoder's bn_groups to the {views} views, but `encoder.config.bn_groups` says {g}; leave one of them out"
-        ),
-        _ => {
+    match obj.get("bn_groups") {
+        None => {
             obj.insert("bn_groups".into(), serde_json::json!(views));
         }
+        Some(g) if g.as_u64() == Some(views as u64) => {}
+        Some(g) => bail!(
+            "config key `train.batch_norm`: \"per_view\" sets the encoder's bn_groups to the {views} views, but `encoder.config.bn_groups` says {g}; leave one of them out"
+        ),
     }
     Ok(())
 }
