@@ -15,6 +15,7 @@
 
 /// The glibc tunables and environment variables that set what [`keep_freed_memory`] sets: when
 /// the user gave any of them, theirs stand.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 const USER_SETTINGS: [&str; 6] = [
     "glibc.malloc.mmap_max",
     "glibc.malloc.mmap_threshold",
@@ -24,6 +25,15 @@ const USER_SETTINGS: [&str; 6] = [
     "MALLOC_TRIM_THRESHOLD_",
 ];
 
+/// Did the user set one of [`USER_SETTINGS`] (a tunable in `GLIBC_TUNABLES`, or the variable)?
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn user_set_malloc() -> bool {
+    let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+    USER_SETTINGS.iter().any(|k| {
+        tunables.contains(k) || (k.starts_with("MALLOC_") && std::env::var_os(k).is_some())
+    })
+}
+
 /// Serves large allocations from the heap and keeps freed memory for reuse
 /// (`mallopt(M_MMAP_MAX, 0)`, `mallopt(M_TRIM_THRESHOLD, 2 GiB)`), for the whole process: the
 /// host and every plugin library share glibc's allocator. Left alone where the user set one of
@@ -32,10 +42,7 @@ const USER_SETTINGS: [&str; 6] = [
 pub fn keep_freed_memory() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
-        if USER_SETTINGS.iter().any(|k| {
-            tunables.contains(k) || (k.starts_with("MALLOC_") && std::env::var_os(k).is_some())
-        }) {
+        if user_set_malloc() {
             return false;
         }
         // SAFETY: mallopt only changes allocator parameters; it is safe to call at any time.
@@ -55,11 +62,7 @@ mod tests {
     #[test]
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     fn glibc_takes_the_settings_unless_the_user_set_them() {
-        let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
-        let user = super::USER_SETTINGS
-            .iter()
-            .any(|k| tunables.contains(k) || std::env::var_os(k).is_some());
-        assert_eq!(super::keep_freed_memory(), !user);
+        assert_eq!(super::keep_freed_memory(), !super::user_set_malloc());
         for _ in 0..3 {
             let v = vec![1.0f32; 16 << 20]; // 64 MiB, above any mmap threshold
             assert!(v[0] == 1.0 && v[v.len() - 1] == 1.0);

@@ -22,7 +22,7 @@
 
 use crate::config::{BatchNormScope, Config, PluginConfig};
 use crate::plugins::handles::ObjectiveResult;
-use crate::plugins::{Encoder, Objective, ParamAccess, Registry};
+use crate::plugins::{Encoder, Entry, Objective, ParamAccess, Registry};
 use crate::train::optim::Optimizer;
 use anyhow::{bail, Context as _, Result};
 use latent_abi::{Context, ParamDesc, ParamRole, PluginKind};
@@ -52,16 +52,17 @@ pub struct Learner {
     pub target_is_online: bool,
 }
 
+/// Does the plugin's default config have `key`?
+fn has_config_key(entry: &Entry, key: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(&entry.manifest.default_config)
+        .is_ok_and(|d| d.get(key).is_some())
+}
+
 /// Fills `key` in a plugin config from the data when the plugin has that key and the user did
 /// not set it (e.g. the encoder's `in_channels`, the objective's `input_dim`).
 fn fill_default(reg: &Registry, pc: &PluginConfig, key: &str, value: usize) -> serde_json::Value {
     let mut cfg = pc.config.clone();
-    let has_key = reg
-        .entries
-        .get(&pc.plugin)
-        .and_then(|e| serde_json::from_str::<serde_json::Value>(&e.manifest.default_config).ok())
-        .is_some_and(|d| d.get(key).is_some());
-    if has_key {
+    if reg.entries.get(&pc.plugin).is_some_and(|e| has_config_key(e, key)) {
         if let Some(obj) = cfg.as_object_mut() {
             obj.entry(key.to_string()).or_insert(serde_json::json!(value));
         }
@@ -79,10 +80,7 @@ fn per_view_batch_norm(
     let views = cfg.augment.len();
     let entry =
         reg.get(&cfg.encoder.plugin, PluginKind::Encoder).context("config key `encoder.plugin`")?;
-    let has_key = serde_json::from_str::<serde_json::Value>(&entry.manifest.default_config)
-        .ok()
-        .is_some_and(|d| d.get("bn_groups").is_some());
-    if !has_key {
+    if !has_config_key(entry, "bn_groups") {
         bail!(
             "config key `train.batch_norm`: \"per_view\" needs an encoder with a `bn_groups` key, and encoder '{}' has none (use \"all_views\", or an encoder such as resnet)",
             cfg.encoder.plugin

@@ -47,7 +47,8 @@ struct Cache {
     /// Per (group, channel) in training, per channel in evaluation.
     mean: Vec<f32>,
     inv: Vec<f32>,
-    /// Images per statistics group (the batch in evaluation).
+    /// Images per statistics group (the whole batch in evaluation, so that a plane's index
+    /// [`stat_index`] is its channel).
     per_group: usize,
     train: bool,
 }
@@ -200,8 +201,7 @@ impl BnRelu {
                 .for_each(|(i, (d, v))| apply(i, d, v));
         }
         let y = Tensor::new(x.shape.clone(), y);
-        self.cache =
-            Some(Cache { x, mean, inv, per_group: if train { per_group } else { n }, train });
+        self.cache = Some(Cache { x, mean, inv, per_group, train });
         y
     }
 
@@ -212,8 +212,8 @@ impl BnRelu {
         assert_eq!(dy.shape, x.shape, "batch-norm backward: gradient shape");
         let (_, c, s) = self.layout(&x.shape);
         let (g, beta) = (&self.weight.value, &self.bias.value);
-        // statistics index of plane i: its (group, channel) in training, its channel in evaluation
-        let at = |i: usize| if train { stat_index(i, c, per_group) } else { i % c };
+        // statistics index of plane i: its (group, channel); its channel in evaluation
+        let at = |i: usize| stat_index(i, c, per_group);
         // one pass: g = dy ⊙ [z > 0] (z = a·x + b) written back, with Σ g and Σ g·(x − μ) = Σ g·x̂ / inv
         let relu = self.relu;
         let xd = &x.data;
@@ -233,8 +233,7 @@ impl BnRelu {
         } else {
             dy.data.chunks_mut(s).enumerate().map(|(i, p)| pass(i, p)).collect()
         };
-        // per (group, channel) in training; evaluation sums every image into its channel
-        let raw = per_channel(&pairs, c, if train { per_group } else { usize::MAX });
+        let raw = per_channel(&pairs, c, per_group);
         let m = (per_group * s) as f64;
         let mut mg = vec![0f32; raw.len()];
         let mut mgx = vec![0f32; raw.len()];
