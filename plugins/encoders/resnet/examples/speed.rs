@@ -10,8 +10,9 @@
 //! The `latent` binary has glibc keep freed memory for reuse (`latent_host::memory`); this
 //! example does not link the host, so to time what a training run sees, give it the same
 //! settings: `GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4000000000`.
-//! Without them every pass faults its buffers in again (on a 2-core EPYC VM: forward + backward
-//! 780–810 ms without, 600–640 ms with).
+//! Without them every pass faults its buffers in again (on a 2-core EPYC VM, two consecutive
+//! commands, not interleaved, load not recorded: forward + backward 780–810 ms without,
+//! 600–640 ms with).
 
 use latent_plugin_resnet::{bn::BnRelu, Config, ResNet};
 use latent_sdk::kit::gradcheck::random;
