@@ -43,7 +43,7 @@ use abi_stable::{
     library::RootModule,
     package_version_strings, sabi_trait,
     sabi_types::VersionStrings,
-    std_types::{RBox, ROption, RResult, RStr, RString, RVec},
+    std_types::{RBox, ROption, RResult, RSliceMut, RStr, RString, RVec},
     StableAbi,
 };
 use std::fmt;
@@ -220,12 +220,31 @@ pub struct Context {
     pub seed: u64,
     /// Worker threads the plugin may use (0: its own choice).
     pub threads: u32,
+    /// In a data-parallel run (`mpirun -np N latent train`), the ranks' collective, for a
+    /// plugin whose maths spans the global batch (the resnet's synchronised batch norm); none
+    /// in one process.
+    pub collective: ROption<Collective>,
 }
 
 impl Default for Context {
     fn default() -> Self {
-        Context { device: Device::CPU, seed: 0, threads: 0 }
+        Context { device: Device::CPU, seed: 0, threads: 0, collective: ROption::RNone }
     }
+}
+
+/// The ranks of a data-parallel run, as a plugin may use them. Every rank runs the same
+/// plugin calls in the same order, so a plugin that calls [`Collective::all_reduce_sum`] in
+/// one call must do so on every rank, with the same length, at the same point.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy)]
+pub struct Collective {
+    /// This process's rank, `0..world`.
+    pub rank: u32,
+    /// The number of ranks.
+    pub world: u32,
+    /// Sums `data` element-wise over every rank, in place (an MPI all-reduce). Returns false
+    /// when the communication failed (the host then ends the run).
+    pub all_reduce_sum: extern "C" fn(RSliceMut<'_, f64>) -> bool,
 }
 
 /// Why a plugin call failed.

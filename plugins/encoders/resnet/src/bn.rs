@@ -14,9 +14,15 @@
 //! once per slice in order: the same maths, gradients included, as G separate passes of
 //! PyTorch's `BatchNorm2d` (lightly's examples, one encoder pass per view; MoCo's
 //! `SplitBatchNorm`). Evaluation uses the running statistics whatever G is.
+//!
+//! With `sync` (a data-parallel run's [`Collective`]) the statistics of each slice span that
+//! slice on every rank, as PyTorch's `SyncBatchNorm`: the forward pass all-reduces
+//! (Σx, Σx², count) per (group, channel), the backward pass (Σg, Σg·(x − μ)). γ and β get
+//! this rank's share of their gradient only: the host's all-reduce of the encoder's gradients
+//! adds the ranks' shares.
 
 use latent_sdk::kit::{Init, Module, Param, Tensor};
-use latent_sdk::prelude::ParamRole;
+use latent_sdk::prelude::{Collective, ParamRole};
 use rayon::prelude::*;
 
 const PAR_MIN: usize = 1 << 15;
@@ -39,7 +45,27 @@ pub struct BnRelu {
     pub relu: bool,
     /// Training statistics per this many equal slices of the batch (1: the whole batch).
     pub groups: usize,
+    /// Training statistics over every rank of a data-parallel run (none: this process's batch).
+    pub sync: Option<Collective>,
     cache: Option<Cache>,
+}
+
+/// Sums `pairs` (and the count `m`, appended) over the ranks of `sync`, in place; returns the
+/// global count.
+fn all_reduce(sync: Option<Collective>, pairs: &mut [(f64, f64)], m: f64) -> f64 {
+    let Some(c) = sync else { return m };
+    let mut flat: Vec<f64> = pairs.iter().flat_map(|&(a, b)| [a, b]).collect();
+    flat.push(m);
+    // the host ends the run when the communication fails; the message says where
+    assert!(
+        (c.all_reduce_sum)(flat.as_mut_slice().into()),
+        "synchronised batch norm: the all-reduce across {} ranks failed",
+        c.world
+    );
+    for (k, p) in pairs.iter_mut().enumerate() {
+        *p = (flat[2 * k], flat[2 * k + 1]);
+    }
+    flat[flat.len() - 1]
 }
 
 struct Cache {
@@ -121,6 +147,7 @@ impl BnRelu {
             momentum: 0.1,
             relu,
             groups: 1,
+            sync: None,
             cache: None,
         }
     }
@@ -151,7 +178,8 @@ impl BnRelu {
                 "batch-norm in training needs more than one value per channel, got shape {:?}",
                 x.shape
             );
-            let sums = per_channel(&planes(&x.data, s, |p| dot_sums(p, p, 0.0)), c, per_group);
+            let mut sums = per_channel(&planes(&x.data, s, |p| dot_sums(p, p, 0.0)), c, per_group);
+            let m = all_reduce(self.sync, &mut sums, m as f64) as usize;
             let mo = self.momentum;
             let mut mean = Vec::with_capacity(sums.len());
             let mut inv = Vec::with_capacity(sums.len());
@@ -233,14 +261,18 @@ impl BnRelu {
         } else {
             dy.data.chunks_mut(s).enumerate().map(|(i, p)| pass(i, p)).collect()
         };
-        let raw = per_channel(&pairs, c, per_group);
+        let mut raw = per_channel(&pairs, c, per_group);
+        // this rank's share of dγ and dβ; the means below span every rank when synchronised
+        for (k, &(sg, sgx)) in raw.iter().enumerate() {
+            self.bias.grad[k % c] += sg as f32;
+            self.weight.grad[k % c] += (inv[k] as f64 * sgx) as f32;
+        }
         let m = (per_group * s) as f64;
+        let m = if train { all_reduce(self.sync, &mut raw, m) } else { m };
         let mut mg = vec![0f32; raw.len()];
         let mut mgx = vec![0f32; raw.len()];
         for (k, &(sg, sgx)) in raw.iter().enumerate() {
             let sgxhat = inv[k] as f64 * sgx;
-            self.bias.grad[k % c] += sg as f32;
-            self.weight.grad[k % c] += sgxhat as f32;
             mg[k] = (sg / m) as f32;
             mgx[k] = (sgxhat / m) as f32;
         }
@@ -389,6 +421,99 @@ mod tests {
             single.running_mean.value = grouped.running_mean.value.clone();
             single.running_var.value = grouped.running_var.value.clone();
             close(&e1.data, &single.forward(x.clone(), false).data, "evaluation");
+        }
+    }
+
+    /// A two-rank all-reduce inside one process: the two "ranks" are threads (their rank in
+    /// `RANK`) that leave their values in `SLOTS`, meet, sum, and meet again before the next
+    /// call may overwrite a slot.
+    static SLOTS: std::sync::Mutex<[Vec<f64>; 2]> = std::sync::Mutex::new([Vec::new(), Vec::new()]);
+    static MEET: std::sync::LazyLock<std::sync::Barrier> =
+        std::sync::LazyLock::new(|| std::sync::Barrier::new(2));
+    thread_local!(static RANK: std::cell::Cell<usize> = const { std::cell::Cell::new(0) });
+
+    extern "C" fn two_rank_sum(mut data: abi_stable::std_types::RSliceMut<'_, f64>) -> bool {
+        let r = RANK.with(|r| r.get());
+        SLOTS.lock().unwrap()[r] = data.to_vec();
+        MEET.wait();
+        let sum: Vec<f64> = {
+            let s = SLOTS.lock().unwrap();
+            s[0].iter().zip(&s[1]).map(|(a, b)| a + b).collect()
+        };
+        MEET.wait();
+        data.copy_from_slice(&sum);
+        true
+    }
+
+    /// Synchronised over two ranks that each hold half the batch, batch norm computes what
+    /// one process computes on the whole batch: outputs, input gradients and running
+    /// statistics, with γ and β getting each rank's share (their sum is the whole gradient).
+    #[test]
+    fn synchronised_over_two_ranks_is_one_pass_over_the_whole_batch() {
+        for groups in [1, 2] {
+            let (n, c, h, w) = (8, 3, 5, 4);
+            let half = n / 2 * c * h * w;
+            let init = Init::new(5);
+            let setup = |bn: &mut BnRelu| {
+                bn.weight.value = vec![0.7, 1.3, -0.4];
+                bn.bias.value = vec![0.1, -0.2, 0.3];
+                bn.groups = groups;
+            };
+            let mut x = random(&[n, c, h, w], 10);
+            x.data[half..].iter_mut().for_each(|v| *v = 2.0 * *v + 1.0);
+            let dy = random(&[n, c, h, w], 11);
+            let mut whole = BnRelu::new(&init, c, true);
+            setup(&mut whole);
+            // the whole batch, in the layout the ranks see: each rank's half of every group
+            let per = n / groups;
+            let rank_rows = |r: usize| -> Vec<usize> {
+                (0..groups)
+                    .flat_map(|g| g * per + r * per / 2..g * per + (r + 1) * per / 2)
+                    .collect()
+            };
+            let take = |t: &Tensor, rows: &[usize]| {
+                let p = c * h * w;
+                let data = rows.iter().flat_map(|&i| t.data[i * p..(i + 1) * p].to_vec()).collect();
+                Tensor::new(vec![rows.len(), c, h, w], data)
+            };
+            let y = whole.forward(x.clone(), true);
+            let dx = whole.backward(dy.clone());
+            let coll = Collective { rank: 0, world: 2, all_reduce_sum: two_rank_sum };
+            let ranks: Vec<_> = (0..2)
+                .map(|r| {
+                    let (xr, dyr) = (take(&x, &rank_rows(r)), take(&dy, &rank_rows(r)));
+                    let mut bn = BnRelu::new(&init, c, true);
+                    setup(&mut bn);
+                    bn.sync = Some(Collective { rank: r as u32, ..coll });
+                    std::thread::spawn(move || {
+                        RANK.with(|k| k.set(r));
+                        let y = bn.forward(xr, true);
+                        let dx = bn.backward(dyr);
+                        (y, dx, bn)
+                    })
+                })
+                .collect();
+            let ranks: Vec<_> = ranks.into_iter().map(|t| t.join().unwrap()).collect();
+            let close = |a: &[f32], b: &[f32], what: &str| {
+                assert_eq!(a.len(), b.len());
+                for (u, v) in a.iter().zip(b) {
+                    assert!(
+                        (u - v).abs() <= 1e-5 * (1.0 + v.abs()),
+                        "groups {groups}, {what}: {u} vs {v}"
+                    );
+                }
+            };
+            for (r, (yr, dxr, bn)) in ranks.iter().enumerate() {
+                close(&yr.data, &take(&y, &rank_rows(r)).data, "output");
+                close(&dxr.data, &take(&dx, &rank_rows(r)).data, "dx");
+                close(&bn.running_mean.value, &whole.running_mean.value, "running mean");
+                close(&bn.running_var.value, &whole.running_var.value, "running var");
+            }
+            let sum = |f: fn(&BnRelu) -> &Vec<f32>| -> Vec<f32> {
+                (0..c).map(|k| ranks.iter().map(|(_, _, bn)| f(bn)[k]).sum()).collect()
+            };
+            close(&sum(|b| &b.weight.grad), &whole.weight.grad, "dγ summed over ranks");
+            close(&sum(|b| &b.bias.grad), &whole.bias.grad, "dβ summed over ranks");
         }
     }
 }

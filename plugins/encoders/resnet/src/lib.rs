@@ -24,6 +24,11 @@
 //! of views for `train.batch_norm = "per_view"` (one slice per view: the maths of one encoder
 //! pass per view, as in lightly's examples); any other value is the user's own choice.
 //!
+//! `sync_batch_norm` (default false): in a data-parallel run (`mpirun -np N latent train`), the
+//! statistics of each slice span every rank's images, as PyTorch's `SyncBatchNorm`: the
+//! forward pass all-reduces Σx and Σx² per channel, the backward pass Σg and Σg·x̂. The host
+//! sets it for `train.sync_batchnorm = true`; in one process it changes nothing.
+//!
 //! Parameters are named as PyTorch would (`stem.conv.weight`, `stage1.0.bn1.running_mean`,
 //! `stage2.0.shortcut.conv.weight`) and counted as trainable weights plus batch-norm affine.
 
@@ -57,6 +62,10 @@ pub struct Config {
     /// Batch-norm training statistics per this many equal slices of the batch (1: the whole
     /// batch; the number of views: per view).
     pub bn_groups: usize,
+    /// In a data-parallel run, batch-norm training statistics over the global batch (every
+    /// rank's slice, through the host's collective) instead of this rank's slice; the host
+    /// sets it for `train.sync_batchnorm = true`. Nothing changes in one process.
+    pub sync_batch_norm: bool,
 }
 
 impl Default for Config {
@@ -69,6 +78,7 @@ impl Default for Config {
             blocks: None,
             stem_pool: false,
             bn_groups: 1,
+            sync_batch_norm: false,
         }
     }
 }
@@ -176,8 +186,9 @@ impl ConvBn {
         self.conv.visit_params(f);
         self.bn.visit_params(f);
     }
-    fn set_bn_groups(&mut self, groups: usize) {
+    fn set_bn(&mut self, groups: usize, sync: Option<Collective>) {
         self.bn.groups = groups;
+        self.bn.sync = sync;
     }
 }
 
@@ -261,11 +272,11 @@ impl BasicBlock {
         }
     }
 
-    fn set_bn_groups(&mut self, groups: usize) {
-        self.a.set_bn_groups(groups);
-        self.b.set_bn_groups(groups);
+    fn set_bn(&mut self, groups: usize, sync: Option<Collective>) {
+        self.a.set_bn(groups, sync);
+        self.b.set_bn(groups, sync);
         if let Some(s) = &mut self.shortcut {
-            s.set_bn_groups(groups);
+            s.set_bn(groups, sync);
         }
     }
 }
@@ -351,7 +362,9 @@ impl Plugin for ResNet {
             1,
             true,
         );
-        stem.set_bn_groups(cfg.bn_groups);
+        // synchronised batch norm: statistics over every rank's slice of a data-parallel batch
+        let sync = if cfg.sync_batch_norm { ctx.collective.into_option() } else { None };
+        stem.set_bn(cfg.bn_groups, sync);
         let pool = cfg.stem_pool.then(|| MaxPool2d::new(3, 2, 1));
         let mut blocks = Vec::new();
         let mut cin = arch.stem_width;
@@ -364,7 +377,7 @@ impl Plugin for ResNet {
                     w,
                     stride,
                 ));
-                blocks.last_mut().expect("just pushed").set_bn_groups(cfg.bn_groups);
+                blocks.last_mut().expect("just pushed").set_bn(cfg.bn_groups, sync);
                 cin = w;
             }
         }
