@@ -166,10 +166,26 @@ pub enum Command {
 pub fn main() -> i32 {
     let kept = crate::memory::keep_freed_memory();
     let cli = Cli::parse();
-    init_tracing();
+    // under mpirun: join the other ranks (before any thread pool starts)
+    let world = match crate::dist::init() {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return 1;
+        }
+    };
+    init_tracing(world.is_root());
     tracing::debug!("glibc keeps freed memory for reuse: {kept} (host/src/memory.rs)");
     match run(cli) {
-        Ok(code) => code,
+        Ok(code) => {
+            crate::dist::finalize();
+            code
+        }
+        Err(e) if world.is_distributed() => {
+            // one rank's error ends every rank (MPI_Abort), so none waits for it forever
+            eprintln!("error: rank {} of {}: {e:#}", world.rank(), world.size());
+            world.abort(1)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             1
@@ -177,9 +193,12 @@ pub fn main() -> i32 {
     }
 }
 
-fn init_tracing() {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("LATENT_LOG").unwrap_or_else(|_| "info".into());
+/// The log on stderr (`LATENT_LOG`); ranks other than 0 of a data-parallel run say only
+/// warnings and errors, unless `LATENT_LOG` asks for more.
+fn init_tracing(root: bool) {
+    let default = if root { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LATENT_LOG")
+        .unwrap_or_else(|_| default.into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

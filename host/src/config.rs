@@ -108,6 +108,11 @@ pub struct TrainConfig {
     /// `per_view` (statistics per view, the maths of one encoder pass per view as in lightly's
     /// examples). The views still go through the encoder as one batch either way.
     pub batch_norm: BatchNormScope,
+    /// In a data-parallel run (`mpirun -np N`), batch-norm statistics over the global batch
+    /// (every rank's images, as PyTorch's `SyncBatchNorm`) instead of each rank's own slice
+    /// (DDP's default). The host sets the encoder's `sync_batch_norm` key, so the encoder must
+    /// have it (the `resnet` plugin does). Nothing changes in one process.
+    pub sync_batchnorm: bool,
 }
 
 /// `train.batch_norm`: the images one batch-norm statistic spans during training.
@@ -134,6 +139,7 @@ impl Default for TrainConfig {
             classes_per_batch: 0,
             call_timeout_s: 600,
             batch_norm: BatchNormScope::AllViews,
+            sync_batchnorm: false,
         }
     }
 }

@@ -23,6 +23,7 @@
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod dist;
 pub mod eval;
 pub mod inspect;
 pub mod memory;

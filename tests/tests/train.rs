@@ -682,3 +682,38 @@ fn per_view_batch_norm_sets_the_encoders_groups_or_says_why_not() {
     let e = err(&["train.batch_norm=\"per_image\""]);
     assert!(e.contains("train.batch_norm") && e.contains("per_view"), "{e}");
 }
+
+/// Issue #18: `train.sync_batchnorm` sets the encoder's `sync_batch_norm`, changes nothing in
+/// one process (the world is this process), and is refused, naming the key, for an encoder
+/// without it or a config that says otherwise.
+#[test]
+fn sync_batchnorm_sets_the_encoders_key_and_changes_nothing_in_one_process() {
+    let reg = Registry::discover_in(vec![plugin_dir()]).unwrap();
+    let build = |extra: &[&str]| -> anyhow::Result<Learner> {
+        let mut sets = vec![
+            "objective.plugin=simclr".to_string(),
+            "encoder.plugin=resnet".to_string(),
+            "encoder.config={preset=\"custom\", widths=[4, 8], blocks=[1, 1]}".to_string(),
+        ];
+        sets.extend(extra.iter().map(|s| s.to_string()));
+        let cfg = Config::load(None, &sets)?;
+        Learner::build(&reg, &cfg, [1, 8, 8])
+    };
+    let views = [images(8, 1), images(8, 2)];
+    let losses = |mut l: Learner| -> Vec<f32> {
+        (0..3).map(|s| l.step(&views, &[], s, 10, 0.05).unwrap().loss).collect()
+    };
+    assert_eq!(losses(build(&["train.sync_batchnorm=true"]).unwrap()), losses(build(&[]).unwrap()));
+    let err = |extra: &[&str]| format!("{:#}", build(extra).err().expect("refused"));
+    let e = err(&[
+        "encoder.plugin=mlp",
+        "encoder.config={hidden=[32], out_dim=16}",
+        "train.sync_batchnorm=true",
+    ]);
+    assert!(
+        e.contains("train.sync_batchnorm") && e.contains("'mlp'") && e.contains("sync_batch_norm"),
+        "{e}"
+    );
+    let e = err(&["train.sync_batchnorm=true", "encoder.config.sync_batch_norm=false"]);
+    assert!(e.contains("train.sync_batchnorm") && e.contains("says false"), "{e}");
+}

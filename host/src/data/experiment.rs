@@ -97,14 +97,32 @@ pub fn loader_config(
     } else {
         data::loader::Sampler::Shuffle
     };
+    // a data-parallel run: the batch is global, and each rank builds the views of its slice
+    let world = crate::dist::world();
+    let global = match sampler {
+        data::loader::Sampler::ClassBalanced { classes, per_class } => classes * per_class,
+        _ => bs,
+    };
+    if !global.is_multiple_of(world.size()) {
+        bail!(
+            "config key `train.batch_size`: the global batch of {global} images does not split evenly among {} ranks (mpirun -np); choose a batch size that {} divides",
+            world.size(),
+            world.size()
+        );
+    }
+    let threads = match cfg.data.threads {
+        0 if world.is_distributed() => world.threads(),
+        t => t,
+    };
     Ok(data::loader::LoaderConfig {
         batch_size: bs,
         seed: cfg.train.seed,
         epoch: 0,
-        threads: cfg.data.threads,
+        threads,
         prefetch: cfg.data.prefetch.max(1),
         drop_last: true,
         sampler,
+        shard: (world.rank(), world.size()),
     })
 }
 

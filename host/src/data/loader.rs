@@ -36,7 +36,9 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-/// One batch: a tensor per view, the labels (empty when unlabeled) and the dataset indices.
+/// One batch: a tensor per view, the labels (empty when unlabeled) and the dataset indices
+/// of the images in the views (in a data-parallel run, the views and indices are this rank's
+/// slice, the labels the whole batch's).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
     /// `[B, C, H, W]` per view (the view's output shape).
@@ -81,6 +83,10 @@ pub struct LoaderConfig {
     pub drop_last: bool,
     /// Batch composition, default [`Sampler::Shuffle`].
     pub sampler: Sampler,
+    /// `(rank, ranks)` of a data-parallel run, default `(0, 1)`: the batches are the global
+    /// ones, and this rank builds views of its slice `rank·B/ranks..(rank+1)·B/ranks` of each
+    /// (the labels stay the whole batch's).
+    pub shard: (usize, usize),
 }
 
 impl Default for LoaderConfig {
@@ -93,6 +99,7 @@ impl Default for LoaderConfig {
             prefetch: 2,
             drop_last: true,
             sampler: Sampler::Shuffle,
+            shard: (0, 1),
         }
     }
 }
@@ -209,6 +216,15 @@ pub fn build_batch(
     cfg: &LoaderConfig,
     indices: Vec<usize>,
 ) -> Result<Batch> {
+    let labels = labels_of(data, &indices);
+    let (rank, ranks) = cfg.shard;
+    ensure!(
+        ranks >= 1 && rank < ranks && indices.len().is_multiple_of(ranks),
+        "a batch of {} images does not split evenly among {ranks} ranks",
+        indices.len()
+    );
+    let per = indices.len() / ranks;
+    let indices = indices[rank * per..(rank + 1) * per].to_vec();
     let x = decode(data, &indices);
     let mut out = Vec::with_capacity(views.len().max(1));
     if views.is_empty() {
@@ -220,7 +236,7 @@ pub fn build_batch(
             out.push(aug.apply(x.clone(), &seeds)?);
         }
     }
-    Ok(Batch { views: out, labels: labels_of(data, &indices), indices })
+    Ok(Batch { views: out, labels, indices })
 }
 
 /// Batches of one epoch, built by background threads, yielded in order.

@@ -103,6 +103,11 @@ pub fn set_step(step: u64) {
     STEP.store(step, Ordering::Relaxed);
 }
 
+/// The step [`set_step`] last named.
+pub fn step() -> u64 {
+    STEP.load(Ordering::Relaxed)
+}
+
 /// Times a plugin call until the guard is dropped (a no-op unless armed from this thread).
 #[must_use = "the call is timed until the guard is dropped"]
 pub struct CallGuard {

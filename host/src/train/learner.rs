@@ -21,6 +21,7 @@
 //! training mode it would give the same values bit for bit.
 
 use crate::config::{BatchNormScope, Config, PluginConfig};
+use crate::dist::{self, World};
 use crate::plugins::handles::ObjectiveResult;
 use crate::plugins::{Encoder, Entry, Objective, ParamAccess, Registry};
 use crate::train::optim::Optimizer;
@@ -99,16 +100,54 @@ fn per_view_batch_norm(
     Ok(())
 }
 
+/// `train.sync_batchnorm = true`: sets the encoder's `sync_batch_norm`, or says why it cannot.
+fn sync_batch_norm(reg: &Registry, cfg: &Config, enc_cfg: &mut serde_json::Value) -> Result<()> {
+    let entry =
+        reg.get(&cfg.encoder.plugin, PluginKind::Encoder).context("config key `encoder.plugin`")?;
+    if !has_config_key(entry, "sync_batch_norm") {
+        bail!(
+            "config key `train.sync_batchnorm`: needs an encoder with a `sync_batch_norm` key, and encoder '{}' has none (leave it false, or use an encoder such as resnet)",
+            cfg.encoder.plugin
+        );
+    }
+    let obj = enc_cfg.as_object_mut().context("config key `encoder`: not a table")?;
+    match obj.get("sync_batch_norm") {
+        None => {
+            obj.insert("sync_batch_norm".into(), serde_json::json!(true));
+        }
+        Some(v) if v.as_bool() == Some(true) => {}
+        Some(v) => bail!(
+            "config key `train.sync_batchnorm`: true sets the encoder's sync_batch_norm, but `encoder.config.sync_batch_norm` says {v}; leave one of them out"
+        ),
+    }
+    Ok(())
+}
+
+/// The context a plugin instance gets: its seed, and in a data-parallel run the ranks'
+/// collective and this rank's share of the machine's cores.
+pub fn plugin_context(seed: u64) -> Context {
+    let world = dist::world();
+    Context {
+        seed,
+        threads: if world.is_distributed() { world.threads() as u32 } else { 0 },
+        collective: world.collective().into(),
+        ..Default::default()
+    }
+}
+
 /// Builds an encoder from the config, for images of `input_shape`.
 pub fn build_encoder(
     reg: &Registry,
     cfg: &Config,
     input_shape: [usize; 3],
 ) -> Result<(Encoder, usize)> {
-    let ctx = Context { seed: cfg.train.seed, ..Default::default() };
+    let ctx = plugin_context(cfg.train.seed);
     let mut enc_cfg = fill_default(reg, &cfg.encoder, "in_channels", input_shape[0]);
     if cfg.train.batch_norm == BatchNormScope::PerView {
         per_view_batch_norm(reg, cfg, &mut enc_cfg)?;
+    }
+    if cfg.train.sync_batchnorm {
+        sync_batch_norm(reg, cfg, &mut enc_cfg)?;
     }
     let mut encoder =
         reg.encoder(&cfg.encoder.plugin, &enc_cfg, &ctx).context("config key `encoder`")?;
@@ -122,7 +161,7 @@ impl Learner {
     /// Loads and wires the plugins named in `cfg` for images of `input_shape` (after augmentation).
     pub fn build(reg: &Registry, cfg: &Config, input_shape: [usize; 3]) -> Result<Learner> {
         let (mut encoder, feat_dim) = build_encoder(reg, cfg, input_shape)?;
-        let ctx = Context { seed: cfg.train.seed.wrapping_add(1), ..Default::default() };
+        let ctx = plugin_context(cfg.train.seed.wrapping_add(1));
         let obj_cfg = fill_default(reg, &cfg.objective, "input_dim", feat_dim);
         let mut objective = reg
             .objective(&cfg.objective.plugin, &obj_cfg, &ctx)
@@ -149,9 +188,10 @@ impl Learner {
         })
     }
 
-    /// One training step on `views` (one `[B,C,H,W]` tensor per view). The answer is the
-    /// objective's, with the host's metrics added (`grad_norm` when clipping, `weight_decay`
-    /// on a schedule) and no gradients (they went into the encoder's backward).
+    /// One training step on `views` (one `[B,C,H,W]` tensor per view; in a data-parallel
+    /// run, this rank's slice of each view, with `labels` those of the global batch). The
+    /// answer is the objective's, with the host's metrics added (`grad_norm` when clipping,
+    /// `weight_decay` on a schedule) and no gradients (they went into the encoder's backward).
     pub fn step(
         &mut self,
         views: &[Tensor],
@@ -160,13 +200,14 @@ impl Learner {
         total: u64,
         lr: f64,
     ) -> Result<ObjectiveResult> {
-        let b = views[0].shape[0];
+        let world = dist::world();
+        let b = views[0].shape[0] * world.size();
         let x = concat(views)?;
         let feats = self.encoder.forward(x.clone(), true)?;
-        let hs = split(&feats, views.len());
+        let hs = gather_views(world, &feats, views.len());
         let targets = match &mut self.target {
             Some(_) if self.target_is_online => hs.clone(),
-            Some(t) => split(&t.forward(x, true)?, views.len()),
+            Some(t) => gather_views(world, &t.forward(x, true)?, views.len()),
             None => Vec::new(),
         };
         let labels: &[i64] = if self.objective.manifest.needs_labels { labels } else { &[] };
@@ -177,11 +218,14 @@ impl Learner {
             );
         }
         let res = self.objective.compute(&hs, &targets, labels, step, total, true)?;
-        self.encoder.backward(concat(&res.grads)?)?;
+        self.encoder.backward(concat(&own_rows(world, &res.grads))?)?;
         let tau = res.target_momentum;
         self.optim.begin_step();
         self.optim.wd = self.optim.cfg.weight_decay_at(step, total);
         let mut eg = take_grads(&mut self.encoder, &self.enc_params)?;
+        // each rank back-propagated its own rows of d loss / d features: their sum is the
+        // gradient of the global loss (the objective's heads saw the global batch everywhere)
+        all_reduce_grads(world, &self.enc_params, &mut eg);
         let mut og = take_grads(&mut self.objective, &self.obj_params)?;
         let mut trained: Vec<&mut [f32]> = trained_grads(&self.enc_params, &mut eg)
             .chain(trained_grads(&self.obj_params, &mut og))
@@ -202,6 +246,41 @@ impl Learner {
             metrics.push(("weight_decay".into(), self.optim.wd));
         }
         Ok(ObjectiveResult { loss: res.loss, grads: Vec::new(), metrics, target_momentum: tau })
+    }
+
+    /// In a data-parallel run, checks that every rank holds the same trained parameters
+    /// (encoder, objective with its EMA heads, target encoder): they get the same gradients
+    /// and updates, so a difference is a bug, said here rather than found in the results.
+    /// The objective's buffers (MoCo's queue) are compared too; the encoders' (batch-norm
+    /// running statistics) are per rank unless synchronised, and are not.
+    pub fn check_ranks_agree(&mut self, epoch: u64) -> Result<()> {
+        let world = dist::world();
+        if !world.is_distributed() {
+            return Ok(());
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let mut add = |descs: &[ParamDesc], vals: Vec<Tensor>, objective: bool| {
+            for (d, v) in descs.iter().zip(vals) {
+                if d.role != ParamRole::Buffer || objective {
+                    std::hash::Hash::hash(&d.name.as_str(), &mut h);
+                    v.data.iter().for_each(|x| std::hash::Hash::hash(&x.to_bits(), &mut h));
+                }
+            }
+        };
+        add(&self.enc_params, self.encoder.read_params()?, false);
+        add(&self.obj_params, self.objective.read_params()?, true);
+        if let Some(t) = &mut self.target {
+            add(&self.enc_params, t.read_params()?, false);
+        }
+        let all = world.gather_u64(std::hash::Hasher::finish(&h));
+        if let Some(r) = all.iter().position(|&x| x != all[0]) {
+            bail!(
+                "after epoch {epoch}, rank {r}'s parameters differ from rank 0's (fingerprints {:x} and {:x}): the ranks no longer train one model",
+                all[r],
+                all[0]
+            );
+        }
+        Ok(())
     }
 
     /// Features of `images` with the online encoder in evaluation mode.
@@ -320,6 +399,61 @@ fn check_finite(key: &str, t: &Tensor) -> Result<()> {
         bail!("checkpoint tensor {key} holds a non-finite value ({}) at index {i}", t.data[i]);
     }
     Ok(())
+}
+
+/// The global batch's features per view from this rank's `[V·b, D]`: view v is every rank's
+/// rows `v·b..(v+1)·b`, in rank order (the loader gave rank r the images `r·b..(r+1)·b` of
+/// each view). In one process, [`split`].
+fn gather_views(world: &World, feats: &Tensor, v: usize) -> Vec<Tensor> {
+    if !world.is_distributed() {
+        return split(feats, v);
+    }
+    let all = world.all_gather(&feats.data);
+    let (n, per_view) = (world.size(), feats.len() / v);
+    let b = feats.shape[0] / v;
+    let mut shape = feats.shape.clone();
+    shape[0] = b * n;
+    (0..v)
+        .map(|j| {
+            let mut data = Vec::with_capacity(per_view * n);
+            for r in 0..n {
+                let start = r * feats.len() + j * per_view;
+                data.extend_from_slice(&all[start..start + per_view]);
+            }
+            Tensor::new(shape.clone(), data)
+        })
+        .collect()
+}
+
+/// This rank's rows of each global `[B, D]` gradient (the inverse of [`gather_views`]).
+fn own_rows(world: &World, grads: &[Tensor]) -> Vec<Tensor> {
+    if !world.is_distributed() {
+        return grads.to_vec();
+    }
+    let (n, r) = (world.size(), world.rank());
+    grads
+        .iter()
+        .map(|g| {
+            let per = g.len() / n;
+            let mut shape = g.shape.clone();
+            shape[0] /= n;
+            Tensor::new(shape, g.data[r * per..(r + 1) * per].to_vec())
+        })
+        .collect()
+}
+
+/// Sums the trained parameters' gradients over the ranks, in one all-reduce.
+fn all_reduce_grads(world: &World, descs: &[ParamDesc], grads: &mut [Tensor]) {
+    if !world.is_distributed() {
+        return;
+    }
+    let mut flat: Vec<f32> = trained_grads(descs, grads).flat_map(|g| g.iter().copied()).collect();
+    world.all_reduce_sum(&mut flat);
+    let mut at = 0;
+    for g in trained_grads(descs, grads) {
+        g.copy_from_slice(&flat[at..at + g.len()]);
+        at += g.len();
+    }
 }
 
 /// Concatenates `[B, ...]` tensors along the first axis.

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 /// Appends records to a run's `metrics.jsonl`.
 pub struct MetricsLog {
     path: PathBuf,
-    out: BufWriter<File>,
+    /// None: a rank other than 0 of a data-parallel run, which writes nothing.
+    out: Option<BufWriter<File>>,
 }
 
 impl MetricsLog {
@@ -21,7 +22,12 @@ impl MetricsLog {
             .append(true)
             .open(&path)
             .with_context(|| format!("cannot open {}", path.display()))?;
-        Ok(MetricsLog { path, out: BufWriter::new(f) })
+        Ok(MetricsLog { path, out: Some(BufWriter::new(f)) })
+    }
+
+    /// A log that writes nothing (ranks other than 0 of a data-parallel run).
+    pub fn discard(dir: &Path) -> MetricsLog {
+        MetricsLog { path: dir.join("metrics.jsonl"), out: None }
     }
 
     /// Writes one record of `kind` with the given fields.
@@ -29,7 +35,8 @@ impl MetricsLog {
         let mut obj = Map::new();
         obj.insert("kind".into(), kind.into());
         obj.extend(fields);
-        writeln!(self.out, "{}", Value::Object(obj))
+        let Some(out) = &mut self.out else { return Ok(()) };
+        writeln!(out, "{}", Value::Object(obj))
             .with_context(|| format!("cannot write {}", self.path.display()))
     }
 
@@ -38,6 +45,9 @@ impl MetricsLog {
     /// repaired file. With `mid_epoch` (the checkpoint was taken inside an epoch, whose end will
     /// run again), the epoch and eval records of `step` itself go too.
     pub fn drop_after(&mut self, step: u64, mid_epoch: bool) -> Result<()> {
+        if self.out.is_none() {
+            return Ok(());
+        }
         self.flush()?;
         let Ok(text) = std::fs::read_to_string(&self.path) else { return Ok(()) };
         let keep: String = text
@@ -77,7 +87,8 @@ impl MetricsLog {
 
     /// Flushes to disk.
     pub fn flush(&mut self) -> Result<()> {
-        self.out.flush().with_context(|| format!("cannot write {}", self.path.display()))
+        let Some(out) = &mut self.out else { return Ok(()) };
+        out.flush().with_context(|| format!("cannot write {}", self.path.display()))
     }
 }
 

@@ -62,7 +62,14 @@ pub const LENGTH_KEYS: [&str; 2] = ["train.epochs", "train.max_steps"];
 /// directory and builds plugins, data and schedules; [`Run::restore`] reads the checkpoint on
 /// `--resume`; [`Run::train`] runs the epochs; [`Run::finish`] evaluates and reports.
 pub fn run(args: TrainArgs) -> Result<i32> {
-    let plan = resolve(&args)?;
+    let world = crate::dist::world();
+    let mut plan = resolve(&args)?;
+    if world.is_distributed() {
+        // one run directory: rank 0's (a default name has the time in it)
+        plan.out = PathBuf::from(world.broadcast_string(&plan.out.to_string_lossy()));
+        // every rank has read config.toml before rank 0 may rewrite it (an extension)
+        world.barrier();
+    }
     let mut run = Run::open(plan, &args)?;
     let at = if args.resume { run.restore()? } else { Position::default() };
     match run.train(at, args.stop_after)? {
@@ -166,7 +173,9 @@ pub struct Run {
     store: Store,
     log: MetricsLog,
     last_loss: Option<f32>,
-    _lock: run_dir::RunLock,
+    /// Rank 0 of a data-parallel run, or the only process: it writes the run directory.
+    root: bool,
+    _lock: Option<run_dir::RunLock>,
     _watchdog: Option<crate::plugins::watchdog::Armed>,
 }
 
@@ -175,9 +184,11 @@ impl Run {
     /// signal handlers and the watchdog, loads the plugins and the data, and sizes the run.
     pub fn open(plan: Plan, args: &TrainArgs) -> Result<Run> {
         let Plan { cfg, out, previous } = plan;
-        let lock = prepare_out(&out, args.resume)?;
+        // in a data-parallel run, rank 0 alone writes the run directory
+        let root = crate::dist::world().is_root();
+        let lock = if root { Some(prepare_out(&out, args.resume)?) } else { None };
         let config_text = cfg.to_toml()?;
-        if !args.resume {
+        if root && !args.resume {
             checkpoint::write_atomic(&out.join("config.toml"), config_text.as_bytes())?;
         }
         let hash = text_hash(&config_text);
@@ -213,8 +224,8 @@ impl Run {
         }
         let sched = Schedule::new(&cfg.optim, bs, total, steps_per_epoch);
         let store = Store::new(&out, cfg.train.keep_checkpoints);
-        let log = MetricsLog::open(&out)?;
-        if splits.test.is_none() {
+        let log = if root { MetricsLog::open(&out)? } else { MetricsLog::discard(&out) };
+        if root && splits.test.is_none() {
             tracing::info!("{} has no test split: the collapse monitor uses training images and there is no kNN evaluation", cfg.data.source);
         }
         Ok(Run {
@@ -235,6 +246,7 @@ impl Run {
             store,
             log,
             last_loss: None,
+            root,
             _lock: lock,
             _watchdog: watchdog,
         })
@@ -277,7 +289,7 @@ impl Run {
                 self.hash
             );
         }
-        if self.previous.is_some() {
+        if self.previous.is_some() && self.root {
             checkpoint::write_atomic(&out.join("config.toml"), self.config_text.as_bytes())?;
             let (a, b) = (self.sched.lr(ck.state.step), ck.state.total_steps);
             eprintln!(
@@ -307,8 +319,12 @@ impl Run {
         Ok(at)
     }
 
-    /// Writes a checkpoint of the run at `at`.
-    fn save(&mut self, at: Position) -> Result<PathBuf> {
+    /// Writes a checkpoint of the run at `at` (rank 0 of a data-parallel run; the others
+    /// write nothing and answer None).
+    fn save(&mut self, at: Position) -> Result<Option<PathBuf>> {
+        if !self.root {
+            return Ok(None);
+        }
         let state = TrainState {
             step: at.step,
             epoch: at.epoch,
@@ -321,7 +337,7 @@ impl Run {
             last_loss: self.last_loss,
             config: Some(self.config_text.clone()),
         };
-        self.store.save(&Checkpoint { tensors: self.learner.state_tensors()?, state })
+        self.store.save(&Checkpoint { tensors: self.learner.state_tensors()?, state }).map(Some)
     }
 
     /// Phase 4: the epochs from `at` to the end of the run, with a checkpoint after each
@@ -329,6 +345,7 @@ impl Run {
     /// after the current step with a checkpoint.
     pub fn train(&mut self, mut at: Position, stop_after: Option<u64>) -> Result<Ended> {
         let (total, spe) = (self.total, self.steps_per_epoch);
+        let world = crate::dist::world();
         tracing::info!(
             "training {} + {} on {} ({} images, {:?}) for {total} steps of {}; run directory {}",
             self.cfg.objective.plugin,
@@ -344,6 +361,9 @@ impl Run {
             indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  ETA {eta}")
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
+        if !self.root {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
         bar.set_position(at.step);
         // resumed inside an epoch: its mean loss counts the steps logged before the stop too
         let mut resumed_loss =
@@ -387,7 +407,7 @@ impl Run {
                 let step = at.step;
                 let dt = t_last.elapsed().as_secs_f64();
                 t_last = Instant::now();
-                let n_img = batch.views[0].shape[0];
+                let n_img = batch.views[0].shape[0] * world.size();
                 epoch_loss.0 += res.loss as f64;
                 epoch_loss.1 += 1;
                 self.last_loss = Some(res.loss);
@@ -399,6 +419,12 @@ impl Run {
                 f.insert("tau".into(), json!(res.target_momentum));
                 f.insert("images_per_s".into(), json!(n_img as f64 / dt));
                 f.insert("views_per_s".into(), json!((n_img * batch.views.len()) as f64 / dt));
+                if world.is_distributed() {
+                    // this rank's collectives in the step (rank 0's, as the log is its)
+                    let (bytes, secs) = world.take_traffic();
+                    f.insert("comm_bytes".into(), json!(bytes));
+                    f.insert("comm_s".into(), json!(secs));
+                }
                 for (k, v) in &res.metrics {
                     f.insert(k.clone(), json!(v));
                     // an objective raises `alarm_<what>` (DINO: `alarm_uniform`); warn once an epoch
@@ -420,13 +446,19 @@ impl Run {
                     self.save(at)?;
                 }
                 let stop = stop_after.is_some_and(|s| step >= s);
-                let signal = signals::received();
+                // a signal to any rank stops every rank after this same step
+                let signal = world.max_i32(signals::received());
                 if signal != 0 || stop {
                     self.log.flush()?;
                     bar.abandon();
-                    let p = self.save(at)?;
-                    eprintln!("stopped at step {step}; checkpoint {}", p.display());
-                    eprintln!("resume with: latent train --resume --out {}", self.out.display());
+                    if let Some(p) = self.save(at)? {
+                        eprintln!("stopped at step {step}; checkpoint {}", p.display());
+                        eprintln!(
+                            "resume with: latent train --resume --out {}",
+                            self.out.display()
+                        );
+                    }
+                    world.barrier(); // no rank exits before rank 0's checkpoint is complete
                     return Ok(Ended::Stopped(if signal == 0 { 0 } else { 128 + signal }));
                 }
             }
@@ -440,12 +472,13 @@ impl Run {
             f.insert("loss".into(), json!(mean));
             f.insert("seconds".into(), json!(t_epoch.elapsed().as_secs_f64()));
             self.log.write("epoch", f)?;
+            self.learner.check_ranks_agree(epoch)?;
             tracing::info!(
                 "epoch {epoch}: mean loss {mean:.4} ({:.1} s)",
                 t_epoch.elapsed().as_secs_f64()
             );
             let next_epoch = if finished_epoch && step < total { epoch + 1 } else { epoch };
-            if step < total {
+            if step < total && self.root {
                 let knn = self.cfg.eval.every_epochs > 0
                     && (epoch + 1).is_multiple_of(self.cfg.eval.every_epochs);
                 online_eval(
@@ -461,7 +494,8 @@ impl Run {
                 )?;
             }
             self.log.flush()?; // before the checkpoint, as above
-            if let Err(e) = crate::inspect::plots::write(&self.out) {
+            let plots = if self.root { crate::inspect::plots::write(&self.out) } else { Ok(()) };
+            if let Err(e) = plots {
                 tracing::warn!("the plots were not redrawn: {e:#}");
             }
             // the step budget ran out inside an epoch: record how far into it, so that a run
@@ -481,6 +515,9 @@ impl Run {
     /// Phase 5: the final evaluation (kNN, probe and baselines on the test split, into
     /// `eval.json` and the last point of `eval.png`), the plots, and the report printed.
     pub fn finish(mut self, at: Position) -> Result<i32> {
+        if !self.root {
+            return Ok(0); // rank 0 evaluates and reports
+        }
         let mut summary = String::new();
         if let Some(test) = &self.test {
             if !self.train.labels.is_empty() {

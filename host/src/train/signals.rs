@@ -27,11 +27,24 @@ pub fn install() {
     };
     std::thread::spawn(move || {
         for sig in signals.forever() {
+            // in a data-parallel run, say which rank and step (mpirun sends SIGTERM to every
+            // rank when one fails, and this is then the only word from a rank stuck waiting)
+            let world = crate::dist::world();
+            let who = if world.is_distributed() {
+                format!(
+                    "rank {} of {}, step {}: ",
+                    world.rank(),
+                    world.size(),
+                    crate::plugins::watchdog::step()
+                )
+            } else {
+                String::new()
+            };
             if SIGNAL.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst).is_err() {
-                eprintln!("\n{} again: exiting without a checkpoint", signal_name(sig));
+                eprintln!("\n{who}{} again: exiting without a checkpoint", signal_name(sig));
                 std::process::exit(128 + sig);
             }
-            eprintln!("\n{}: finishing the current step and writing a checkpoint (send it again to quit at once)", signal_name(sig));
+            eprintln!("\n{who}{}: finishing the current step and writing a checkpoint (send it again to quit at once)", signal_name(sig));
         }
     });
 }

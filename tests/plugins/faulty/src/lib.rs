@@ -25,11 +25,14 @@ pub struct Config {
     pub sleep_ms: u64,
     /// Output size of the encoder.
     pub dim: usize,
+    /// Encoder: misbehave only on this rank of a data-parallel run (none: on every rank, and
+    /// in one process).
+    pub rank: Option<u32>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { fault: "none".into(), at_step: 0, sleep_ms: 2000, dim: 8 }
+        Config { fault: "none".into(), at_step: 0, sleep_ms: 2000, dim: 8, rank: None }
     }
 }
 
@@ -114,8 +117,11 @@ impl Plugin for FaultyEncoder {
     type Config = Config;
     const NAME: &'static str = "faulty-encoder";
     const DESCRIPTION: &'static str = "test-only encoder that fails on purpose";
-    fn new(cfg: Config, _ctx: &Context) -> anyhow::Result<Self> {
+    fn new(mut cfg: Config, ctx: &Context) -> anyhow::Result<Self> {
         check(&cfg)?;
+        if cfg.rank.is_some_and(|r| ctx.collective.into_option().map(|c| c.rank) != Some(r)) {
+            cfg.fault = "none".into(); // another rank's fault
+        }
         Ok(FaultyEncoder { cfg, fc: None, calls: 0 })
     }
 }
