@@ -113,6 +113,10 @@ pub struct TrainConfig {
     /// (DDP's default). The host sets the encoder's `sync_batch_norm` key, so the encoder must
     /// have it (the `resnet` plugin does). Nothing changes in one process.
     pub sync_batchnorm: bool,
+    /// Multi-crop (DINO): the first `global_views` views of `[[augment]]` are the global
+    /// crops, which the EMA target (the teacher) sees; the others, which may be smaller, only
+    /// the online encoder sees. 0 (default): every view is global.
+    pub global_views: usize,
 }
 
 /// `train.batch_norm`: the images one batch-norm statistic spans during training.
@@ -140,6 +144,7 @@ impl Default for TrainConfig {
             call_timeout_s: 600,
             batch_norm: BatchNormScope::AllViews,
             sync_batchnorm: false,
+            global_views: 0,
         }
     }
 }
@@ -368,6 +373,13 @@ impl Config {
         }
         if self.augment.is_empty() {
             bail!("augment: give at least one view ([[augment]] plugin = \"pipeline\")");
+        }
+        if self.train.global_views > self.augment.len() {
+            bail!(
+                "train.global_views is {}, but [[augment]] gives {} views",
+                self.train.global_views,
+                self.augment.len()
+            );
         }
         if self.train.batch_size < 2 {
             bail!("train.batch_size must be at least 2, got {}", self.train.batch_size);

@@ -717,3 +717,84 @@ fn sync_batchnorm_sets_the_encoders_key_and_changes_nothing_in_one_process() {
     let e = err(&["train.sync_batchnorm=true", "encoder.config.sync_batch_norm=false"]);
     assert!(e.contains("train.sync_batchnorm") && e.contains("says false"), "{e}");
 }
+
+fn multi_crop_config() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/dino-multicrop.toml").display().to_string()
+}
+
+/// Issue #16, multi-crop: views of two sizes go through the encoder once per size (the
+/// running statistics are those of one pass per size, although the smaller views pass twice
+/// for their gradient), and the teacher (the EMA target) sees the global views only.
+#[test]
+fn multi_crop_runs_the_encoder_once_per_size_and_the_teacher_sees_only_the_globals() {
+    let reg = Registry::discover_in(vec![plugin_dir()]).unwrap();
+    let cfg = Config::load(Some(Path::new(&multi_crop_config())), &[]).unwrap();
+    let mut l = Learner::build(&reg, &cfg, [1, 16, 16]).unwrap();
+    let img = |n, s, seed| latent_sdk::kit::gradcheck::random(&[n, 1, s, s], seed);
+    let (globals, locals) = ([img(8, 16, 1), img(8, 16, 2)], [img(8, 8, 3), img(8, 8, 4)]);
+    let views: Vec<Tensor> = globals.iter().chain(&locals).cloned().collect();
+    let buffers = |e: &mut latent_host::plugins::Encoder, descs: &[latent_abi::ParamDesc]| {
+        let vals = e.read_params().unwrap();
+        descs
+            .iter()
+            .zip(vals)
+            .filter(|(d, _)| d.role == ParamRole::Buffer)
+            .map(|(_, v)| v.data)
+            .collect::<Vec<_>>()
+    };
+    // one training pass per size, from the same start: locals, then globals (the larger)
+    let (mut fresh, _) =
+        latent_host::train::learner::build_encoder(&reg, &cfg, [1, 16, 16]).unwrap();
+    fresh.write_params(l.encoder.read_params().unwrap()).unwrap();
+    let cat = |ts: &[Tensor]| latent_host::train::learner::concat(ts).unwrap();
+    fresh.forward(cat(&locals), true).unwrap();
+    fresh.forward(cat(&globals), true).unwrap();
+    let loss = l.step(&views, &[], 0, 10, 0.01).unwrap().loss;
+    assert!(loss.is_finite());
+    let descs = l.enc_params.clone();
+    assert_eq!(buffers(&mut l.encoder, &descs), buffers(&mut fresh, &descs));
+    // step 1: the target differs from the online encoder and runs, on the two globals only
+    assert!(!l.target_is_online);
+    let target_before = l.target.as_mut().unwrap().read_params().unwrap();
+    fresh.write_params(target_before).unwrap();
+    fresh.forward(cat(&globals), true).unwrap();
+    l.step(&views, &[], 1, 10, 0.01).unwrap();
+    assert_eq!(buffers(l.target.as_mut().unwrap(), &descs), buffers(&mut fresh, &descs));
+}
+
+/// Multi-crop through `latent train`: a stop and `--resume` give the uninterrupted run's
+/// losses bitwise, and an encoder batch-norm per view with views of two sizes is refused.
+#[test]
+fn multi_crop_dino_resumes_bitwise() {
+    let run = |dir: &Path, stop: Option<u64>| -> PathBuf {
+        let out = dir.join("run");
+        let mut args = vec![
+            "train".to_string(),
+            multi_crop_config(),
+            "--out".into(),
+            out.display().to_string(),
+        ];
+        if let Some(s) = stop {
+            args.extend(["--stop-after".into(), s.to_string()]);
+        }
+        let o = latent(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(o.status.success(), "{}", text(&o));
+        out
+    };
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let full = run(a.path(), None);
+    let stopped = run(b.path(), Some(5));
+    resume(&stopped);
+    let l = losses(&full);
+    assert_eq!(l.len(), 16);
+    assert_eq!(l, losses(&stopped), "resumed losses differ from the uninterrupted run");
+    let o = latent(&[
+        "train",
+        &multi_crop_config(),
+        "--out",
+        b.path().join("x").to_str().unwrap(),
+        "--set",
+        "train.batch_norm=\"per_view\"",
+    ]);
+    assert!(!o.status.success() && text(&o).contains("train.batch_norm"), "{}", text(&o));
+}

@@ -90,6 +90,7 @@ fn in_process_learner(cfg: &latent_host::config::Config) -> Result<Learner> {
         obj_params,
         input_shape: SHAPE,
         feat_dim,
+        global_views: 0,
     })
 }
 

@@ -60,14 +60,27 @@ pub fn recipe_warning(cfg: &Config, shape: [usize; 3]) -> Option<String> {
     })
 }
 
-/// The image shape after augmentation (every view must agree).
-pub fn view_shape(views: &[Augment], shape: [usize; 3]) -> Result<[usize; 3]> {
+/// The image shape after augmentation: every view's, or with `global_views` > 0 (multi-crop)
+/// the global views', which must agree; the other views may be of another size.
+pub fn view_shape(views: &[Augment], shape: [usize; 3], global_views: usize) -> Result<[usize; 3]> {
     let mut out = None;
     for (i, v) in views.iter().enumerate() {
         let s = v.output_shape(shape)?;
         match out {
             None => out = Some(s),
-            Some(o) if o != s => bail!("augment[{i}] gives images of shape {s:?} but augment[0] gives {o:?}: give every view the same size"),
+            Some(o) if o != s && (global_views == 0 || i < global_views) => {
+                let (which, fix) = if global_views == 0 {
+                    ("", "give every view the same size, or set train.global_views for multi-crop")
+                } else {
+                    (" (a global view)", "the global views must share one size")
+                };
+                bail!("augment[{i}]{which} gives images of shape {s:?} but augment[0] gives {o:?}: {fix}")
+            }
+            Some(o) if o[0] != s[0] => bail!(
+                "augment[{i}] gives images of {} channels but augment[0] gives {}",
+                s[0],
+                o[0]
+            ),
             _ => {}
         }
     }

@@ -51,6 +51,8 @@ pub struct Learner {
     /// The target's trained parameters equal the online encoder's, so its features would too
     /// and [`Learner::step`] skips its pass (false makes it run; without a target, unused).
     pub target_is_online: bool,
+    /// The first this many views are the global ones the target sees (multi-crop); 0: all.
+    pub global_views: usize,
 }
 
 /// Does the plugin's default config have `key`?
@@ -160,6 +162,10 @@ pub fn build_encoder(
 impl Learner {
     /// Loads and wires the plugins named in `cfg` for images of `input_shape` (after augmentation).
     pub fn build(reg: &Registry, cfg: &Config, input_shape: [usize; 3]) -> Result<Learner> {
+        let g = cfg.train.global_views;
+        if cfg.train.batch_norm == BatchNormScope::PerView && g > 0 && g < cfg.augment.len() {
+            bail!("config key `train.batch_norm`: \"per_view\" with multi-crop (train.global_views = {g} of {} views) is not supported yet: the encoder runs once per view size, and its statistics groups are set per run", cfg.augment.len());
+        }
         let (mut encoder, feat_dim) = build_encoder(reg, cfg, input_shape)?;
         let ctx = plugin_context(cfg.train.seed.wrapping_add(1));
         let obj_cfg = fill_default(reg, &cfg.objective, "input_dim", feat_dim);
@@ -185,6 +191,7 @@ impl Learner {
             input_shape,
             feat_dim,
             target_is_online: true,
+            global_views: cfg.train.global_views,
         })
     }
 
@@ -202,12 +209,24 @@ impl Learner {
     ) -> Result<ObjectiveResult> {
         let world = dist::world();
         let b = views[0].shape[0] * world.size();
-        let x = concat(views)?;
-        let feats = self.encoder.forward(x.clone(), true)?;
-        let hs = gather_views(world, &feats, views.len());
+        let nv = views.len();
+        // one encoder pass per view size (multi-crop), the largest group last
+        let groups = size_groups(views);
+        let mut local: Vec<Tensor> = vec![Tensor::new(vec![0], vec![]); nv];
+        for g in &groups {
+            let f = self.encoder.forward(concat(&pick(views, g))?, true)?;
+            for (k, t) in split(&f, g.len()).into_iter().enumerate() {
+                local[g[k]] = t;
+            }
+        }
+        // the running statistics of one pass per group (the smaller groups pass again below)
+        let kept = if groups.len() > 1 { Some(self.encoder.read_params()?) } else { None };
+        let hs = gather_views(world, &concat(&local)?, nv);
+        // the target (DINO's teacher) sees the global views only
+        let tv = if self.global_views == 0 { nv } else { self.global_views };
         let targets = match &mut self.target {
-            Some(_) if self.target_is_online => hs.clone(),
-            Some(t) => gather_views(world, &t.forward(x, true)?, views.len()),
+            Some(_) if self.target_is_online => hs[..tv].to_vec(),
+            Some(t) => gather_views(world, &t.forward(concat(&views[..tv])?, true)?, tv),
             None => Vec::new(),
         };
         let labels: &[i64] = if self.objective.manifest.needs_labels { labels } else { &[] };
@@ -218,7 +237,25 @@ impl Learner {
             );
         }
         let res = self.objective.compute(&hs, &targets, labels, step, total, true)?;
-        self.encoder.backward(concat(&own_rows(world, &res.grads))?)?;
+        let own = own_rows(world, &res.grads);
+        let (last, others) = groups.split_last().context("no views")?;
+        self.encoder.backward(concat(&pick(&own, last))?)?;
+        for g in others {
+            // the encoder keeps the state of its last forward only: pass this group again
+            let f = self.encoder.forward(concat(&pick(views, g))?, true)?;
+            if f.data != concat(&pick(&local, g))?.data {
+                bail!(
+                    "encoder '{}' gave other features for the same images in a second training forward: multi-crop passes the smaller views twice (once for the features, once for the gradient) and needs a training forward that depends only on its input and parameters",
+                    self.encoder.name
+                );
+            }
+            self.encoder.backward(concat(&pick(&own, g))?)?;
+        }
+        if let Some(kept) = kept {
+            self.encoder
+                .write_params(kept)
+                .context("restoring the encoder's running statistics")?;
+        }
         let tau = res.target_momentum;
         self.optim.begin_step();
         self.optim.wd = self.optim.cfg.weight_decay_at(step, total);
@@ -423,6 +460,29 @@ fn gather_views(world: &World, feats: &Tensor, v: usize) -> Vec<Tensor> {
             Tensor::new(shape.clone(), data)
         })
         .collect()
+}
+
+/// The views' indices grouped by image size, in order of first appearance, with the group of
+/// the most pixels last (its forward is the one the backward follows directly).
+fn size_groups(views: &[Tensor]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (i, v) in views.iter().enumerate() {
+        match groups.iter_mut().find(|g| views[g[0]].shape == v.shape) {
+            Some(g) => g.push(i),
+            None => groups.push(vec![i]),
+        }
+    }
+    let pixels = |g: &Vec<usize>| g.len() * views[g[0]].len();
+    if let Some(big) = (0..groups.len()).max_by_key(|&i| (pixels(&groups[i]), usize::MAX - i)) {
+        let g = groups.remove(big);
+        groups.push(g);
+    }
+    groups
+}
+
+/// The tensors `ts[i]` for each `i` of `idx`.
+fn pick(ts: &[Tensor], idx: &[usize]) -> Vec<Tensor> {
+    idx.iter().map(|&i| ts[i].clone()).collect()
 }
 
 /// This rank's rows of each global `[B, D]` gradient (the inverse of [`gather_views`]).

@@ -200,7 +200,7 @@ impl Run {
         let splits = open_data(&cfg)?;
         let train = Arc::new(splits.train);
         let views = build_views(&reg, &cfg)?;
-        let shape = view_shape(&views, train.shape)?;
+        let shape = view_shape(&views, train.shape, cfg.train.global_views)?;
         if let Some(w) = recipe_warning(&cfg, train.shape) {
             tracing::warn!("{w}");
         }
@@ -366,8 +366,11 @@ impl Run {
         }
         bar.set_position(at.step);
         // resumed inside an epoch: its mean loss counts the steps logged before the stop too
-        let mut resumed_loss =
-            if at.batch > 0 { self.log.epoch_losses(at.epoch, at.step) } else { (0.0, 0) };
+        let mut resumed_loss = if at.batch > 0 && self.root {
+            self.log.epoch_losses(at.epoch, at.step)
+        } else {
+            (0.0, 0)
+        };
         while at.step < total {
             let mut epoch_loss = std::mem::take(&mut resumed_loss);
             let mut alarms_told = std::collections::BTreeSet::new();
@@ -444,6 +447,9 @@ impl Run {
                     // metrics.jsonl holds every step up to the checkpoint, whatever ends the process later
                     self.log.flush()?;
                     self.save(at)?;
+                    // the other ranks wait here, not inside the next step's plugin calls,
+                    // where the watchdog would count rank 0's writing against them
+                    world.barrier();
                 }
                 let stop = stop_after.is_some_and(|s| step >= s);
                 // a signal to any rank stops every rank after this same step
@@ -506,6 +512,7 @@ impl Run {
                 at
             };
             self.save(saved)?;
+            world.barrier(); // rank 0's evaluation, plots and checkpoint (as above)
             at = Position { step, epoch: next_epoch, batch: 0 };
         }
         bar.finish_and_clear();

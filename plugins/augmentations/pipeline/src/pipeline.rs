@@ -5,8 +5,8 @@
 //! # Config (JSON; unknown keys refused)
 //! | key | default | meaning |
 //! |---|---|---|
-//! | `preset` | `"simclr"` | `"simclr"`, `"byol"`, `"grey"` or `"none"` |
-//! | `view` | `0` | BYOL's asymmetric view, 0 or 1 (ignored by the other presets) |
+//! | `preset` | `"simclr"` | `"simclr"`, `"byol"`, `"dino"`, `"grey"` or `"none"` |
+//! | `view` | `0` | BYOL's asymmetric view, 0 or 1; DINO's global view 0 or 1, or 2 for a local crop (ignored by the other presets) |
 //! | `size` | `null` | output side (square); `null`: the input's height and width |
 //! | `strength` | `1.0` | SimCLR's colour-jitter strength s (the paper used 0.5 for CIFAR-10) |
 //! | `ops` | `null` | explicit list of ops, replacing the preset |
@@ -25,6 +25,11 @@
 //! byol, view 0    crop(0.08–1) → flip(0.5) → jitter(0.4, 0.4, 0.2, 0.1; p 0.8) → grayscale(0.2)
 //!                 → blur(p 1.0) → solarize(p 0.0)
 //! byol, view 1    the same with blur(p 0.1) → solarize(p 0.2)
+//! dino, view 0    crop(0.4–1) → flip(0.5) → jitter(0.4, 0.4, 0.2, 0.1; p 0.8) → grayscale(0.2)
+//!                 → blur(p 1.0)                                   (the first global crop)
+//! dino, view 1    the same with blur(p 0.1) → solarize(p 0.2)     (the second global crop)
+//! dino, view 2    crop(0.05–0.4) → … → blur(p 0.5)                (a local crop: give it a
+//!                 smaller `size`, 96 for 224-pixel globals; 12 for 28, 16 for 32)
 //! grey            crop(GREY_SCALE–1, 3/4–4/3) → jitter(brightness GREY_JITTER, contrast GREY_JITTER; p 0.8)
 //! none            nothing (only the resize to `size` and `normalize`, when given)
 //! ```
@@ -122,6 +127,9 @@ pub enum Preset {
     Simclr,
     /// BYOL's two asymmetric views (Grill et al. 2020).
     Byol,
+    /// DINO's multi-crop views (Caron et al. 2021; lightly's `DINOTransform`): two global crops
+    /// (`view` 0 and 1) and local crops (`view` 2).
+    Dino,
     /// Small grey images such as MNIST digits: a milder crop, brightness and contrast only, no
     /// flip (a flipped digit is another symbol or none) and no blur (at 28 pixels a blur of
     /// σ up to 2 erases strokes). Chosen by measurement: bench/README.md, "The grey preset".
@@ -161,6 +169,30 @@ pub fn preset(name: Preset, view: u32, strength: f32) -> Vec<Op> {
                 Op::Blur(GaussianBlur { p: blur, ..Default::default() }),
                 Op::Solarize(RandomSolarize { threshold: 0.5, p: sol }),
             ]
+        }
+        Preset::Dino => {
+            let (scale, blur, sol) = match view {
+                0 => ([0.4, 1.0], 1.0, 0.0),
+                1 => ([0.4, 1.0], 0.1, 0.2),
+                _ => ([0.05, 0.4], 0.5, 0.0),
+            };
+            let mut ops = vec![
+                Op::Crop(RandomResizedCrop { scale, ..Default::default() }),
+                Op::Flip(HorizontalFlip { p: 0.5 }),
+                Op::Jitter(ColorJitter {
+                    brightness: 0.4,
+                    contrast: 0.4,
+                    saturation: 0.2,
+                    hue: 0.1,
+                    p: 0.8,
+                }),
+                Op::Grayscale(RandomGrayscale { p: 0.2 }),
+                Op::Blur(GaussianBlur { p: blur, ..Default::default() }),
+            ];
+            if sol > 0.0 {
+                ops.push(Op::Solarize(RandomSolarize { threshold: 0.5, p: sol }));
+            }
+            ops
         }
         Preset::Grey => vec![
             Op::Crop(RandomResizedCrop { scale: [GREY_SCALE, 1.0], ..Default::default() }),
@@ -235,10 +267,16 @@ impl Pipeline {
 impl Plugin for Pipeline {
     type Config = Config;
     const NAME: &'static str = "pipeline";
-    const DESCRIPTION: &'static str = "random crop, flip, colour jitter, grayscale, blur, solarize, normalize: simclr and byol presets or an explicit list";
+    const DESCRIPTION: &'static str = "random crop, flip, colour jitter, grayscale, blur, solarize, normalize: simclr, byol and dino presets or an explicit list";
 
     fn new(cfg: Config, _ctx: &Context) -> anyhow::Result<Self> {
-        ensure!(cfg.view <= 1, "view must be 0 or 1, got {}", cfg.view);
+        let views = if cfg.preset == Preset::Dino { 2 } else { 1 };
+        ensure!(
+            cfg.view <= views,
+            "view must be 0 or 1{}, got {}",
+            if views == 2 { " (global crops) or 2 (a local crop)" } else { "" },
+            cfg.view
+        );
         ensure!(
             cfg.strength >= 0.0 && cfg.strength.is_finite(),
             "strength must be >= 0, got {}",
