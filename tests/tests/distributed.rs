@@ -373,6 +373,14 @@ fn long_run(out: &Path) -> std::process::Child {
         .unwrap()
 }
 
+/// `--resume` the run in `out` on `ranks` ranks until step `until`; it must succeed.
+fn resume_a_few_steps(out: &Path, ranks: usize, until: u64) {
+    let mut args: Vec<String> = ["train", "--resume", "--out"].map(String::from).to_vec();
+    args.extend([out.display().to_string(), "--stop-after".into(), until.to_string()]);
+    let o = command(ranks, &args).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+}
+
 fn finish(child: std::process::Child, limit: Duration) -> Output {
     let t0 = Instant::now();
     let o = child.wait_with_output().unwrap();
@@ -392,23 +400,13 @@ fn a_killed_rank_ends_every_rank_and_the_latest_checkpoint_resumes() {
     let pid = rank_pid(&out, 1).expect("rank 1's process");
     assert!(Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
     let o = finish(child, Duration::from_secs(60));
-    assert!(!o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    // mpirun names the rank that died; rank 0, stopped by mpirun's SIGTERM, names the step
+    assert!(t.contains("process rank 1") && t.contains("rank 0 of 2, step "), "{t}");
     wait_ranks_gone(&out, 2, Duration::from_secs(30));
     let ck = checkpoint::load(&out).expect("a complete latest checkpoint");
-    let o = command(
-        1,
-        &[
-            "train".into(),
-            "--resume".into(),
-            "--out".into(),
-            out.display().to_string(),
-            "--stop-after".into(),
-            (ck.state.step + 1).to_string(),
-        ],
-    )
-    .output()
-    .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
+    resume_a_few_steps(&out, 1, ck.state.step + 1);
 }
 
 /// Ctrl-C on mpirun: every rank stops, and the latest checkpoint is complete and resumes.
@@ -425,18 +423,5 @@ fn ctrl_c_on_mpirun_leaves_the_last_complete_checkpoint() {
     wait_ranks_gone(&out, 2, Duration::from_secs(30));
     let ck = checkpoint::load(&out).unwrap_or_else(|e| panic!("{e:#}\n{}", text(&o)));
     assert!(ck.state.step >= 4);
-    let o = command(
-        2,
-        &[
-            "train".into(),
-            "--resume".into(),
-            "--out".into(),
-            out.display().to_string(),
-            "--stop-after".into(),
-            (ck.state.step + 2).to_string(),
-        ],
-    )
-    .output()
-    .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
+    resume_a_few_steps(&out, 2, ck.state.step + 2);
 }

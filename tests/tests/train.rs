@@ -638,19 +638,22 @@ fn dino_short_run_beats_random_init_without_collapse() {
 /// encoder's `bn_groups` to the number of views: its steps are those of `bn_groups = 2` set by
 /// hand, not those of statistics over both views; an encoder without the key, and a
 /// contradicting `bn_groups`, are refused with the key named.
+/// SimCLR on a tiny resnet (widths 4, 8) for 8×8 images, with `extra` `--set`s.
+fn tiny_resnet_simclr(extra: &[&str]) -> anyhow::Result<Learner> {
+    let reg = Registry::discover_in(vec![plugin_dir()]).unwrap();
+    let mut sets = vec![
+        "objective.plugin=simclr".to_string(),
+        "encoder.plugin=resnet".to_string(),
+        "encoder.config={preset=\"custom\", widths=[4, 8], blocks=[1, 1]}".to_string(),
+    ];
+    sets.extend(extra.iter().map(|s| s.to_string()));
+    let cfg = Config::load(None, &sets)?;
+    Learner::build(&reg, &cfg, [1, 8, 8])
+}
+
 #[test]
 fn per_view_batch_norm_sets_the_encoders_groups_or_says_why_not() {
-    let reg = Registry::discover_in(vec![plugin_dir()]).unwrap();
-    let build = |extra: &[&str]| -> anyhow::Result<Learner> {
-        let mut sets = vec![
-            "objective.plugin=simclr".to_string(),
-            "encoder.plugin=resnet".to_string(),
-            "encoder.config={preset=\"custom\", widths=[4, 8], blocks=[1, 1]}".to_string(),
-        ];
-        sets.extend(extra.iter().map(|s| s.to_string()));
-        let cfg = Config::load(None, &sets)?;
-        Learner::build(&reg, &cfg, [1, 8, 8])
-    };
+    let build = tiny_resnet_simclr;
     let views = [images(8, 1), images(8, 2)];
     let losses = |mut l: Learner| -> Vec<f32> {
         (0..3).map(|s| l.step(&views, &[], s, 10, 0.05).unwrap().loss).collect()
@@ -688,17 +691,7 @@ fn per_view_batch_norm_sets_the_encoders_groups_or_says_why_not() {
 /// without it or a config that says otherwise.
 #[test]
 fn sync_batchnorm_sets_the_encoders_key_and_changes_nothing_in_one_process() {
-    let reg = Registry::discover_in(vec![plugin_dir()]).unwrap();
-    let build = |extra: &[&str]| -> anyhow::Result<Learner> {
-        let mut sets = vec![
-            "objective.plugin=simclr".to_string(),
-            "encoder.plugin=resnet".to_string(),
-            "encoder.config={preset=\"custom\", widths=[4, 8], blocks=[1, 1]}".to_string(),
-        ];
-        sets.extend(extra.iter().map(|s| s.to_string()));
-        let cfg = Config::load(None, &sets)?;
-        Learner::build(&reg, &cfg, [1, 8, 8])
-    };
+    let build = tiny_resnet_simclr;
     let views = [images(8, 1), images(8, 2)];
     let losses = |mut l: Learner| -> Vec<f32> {
         (0..3).map(|s| l.step(&views, &[], s, 10, 0.05).unwrap().loss).collect()

@@ -73,53 +73,46 @@ fn fill_default(reg: &Registry, pc: &PluginConfig, key: &str, value: usize) -> s
     cfg
 }
 
-/// `train.batch_norm = "per_view"`: sets the encoder's `bn_groups` to the number of views, or
-/// says why it cannot.
-fn per_view_batch_norm(
+/// A train setting that the encoder carries out through one of its config keys
+/// (`train.batch_norm = "per_view"` → `bn_groups`, `train.sync_batchnorm` → `sync_batch_norm`).
+struct EncoderKey<'a> {
+    /// The train key and the value that asks for it, as the user wrote them.
+    setting: (&'a str, &'a str),
+    /// The encoder's key, its value, and that value in words.
+    key: &'a str,
+    value: serde_json::Value,
+    says: String,
+    /// What to do instead when the encoder has no such key.
+    otherwise: &'a str,
+}
+
+/// Sets the encoder's key for a train setting, or says why it cannot: the encoder has no such
+/// key, or the user's encoder config gives it another value.
+fn set_encoder_key(
     reg: &Registry,
     cfg: &Config,
     enc_cfg: &mut serde_json::Value,
+    k: EncoderKey,
 ) -> Result<()> {
-    let views = cfg.augment.len();
+    let ((setting, asked), key) = (k.setting, k.key);
     let entry =
         reg.get(&cfg.encoder.plugin, PluginKind::Encoder).context("config key `encoder.plugin`")?;
-    if !has_config_key(entry, "bn_groups") {
+    if !has_config_key(entry, key) {
         bail!(
-            "config key `train.batch_norm`: \"per_view\" needs an encoder with a `bn_groups` key, and encoder '{}' has none (use \"all_views\", or an encoder such as resnet)",
-            cfg.encoder.plugin
+            "config key `{setting}`: {asked} needs an encoder with a `{key}` key, and encoder '{}' has none ({})",
+            cfg.encoder.plugin,
+            k.otherwise
         );
     }
     let obj = enc_cfg.as_object_mut().context("config key `encoder`: not a table")?;
-    match obj.get("bn_groups") {
+    match obj.get(key) {
         None => {
-            obj.insert("bn_groups".into(), serde_json::json!(views));
+            obj.insert(key.into(), k.value);
         }
-        Some(g) if g.as_u64() == Some(views as u64) => {}
-        Some(g) => bail!(
-            "config key `train.batch_norm`: \"per_view\" sets the encoder's bn_groups to the {views} views, but `encoder.config.bn_groups` says {g}; leave one of them out"
-        ),
-    }
-    Ok(())
-}
-
-/// `train.sync_batchnorm = true`: sets the encoder's `sync_batch_norm`, or says why it cannot.
-fn sync_batch_norm(reg: &Registry, cfg: &Config, enc_cfg: &mut serde_json::Value) -> Result<()> {
-    let entry =
-        reg.get(&cfg.encoder.plugin, PluginKind::Encoder).context("config key `encoder.plugin`")?;
-    if !has_config_key(entry, "sync_batch_norm") {
-        bail!(
-            "config key `train.sync_batchnorm`: needs an encoder with a `sync_batch_norm` key, and encoder '{}' has none (leave it false, or use an encoder such as resnet)",
-            cfg.encoder.plugin
-        );
-    }
-    let obj = enc_cfg.as_object_mut().context("config key `encoder`: not a table")?;
-    match obj.get("sync_batch_norm") {
-        None => {
-            obj.insert("sync_batch_norm".into(), serde_json::json!(true));
-        }
-        Some(v) if v.as_bool() == Some(true) => {}
+        Some(v) if *v == k.value => {}
         Some(v) => bail!(
-            "config key `train.sync_batchnorm`: true sets the encoder's sync_batch_norm, but `encoder.config.sync_batch_norm` says {v}; leave one of them out"
+            "config key `{setting}`: {asked} sets the encoder's {key} to {}, but `encoder.config.{key}` says {v}; leave one of them out",
+            k.says
         ),
     }
     Ok(())
@@ -146,10 +139,25 @@ pub fn build_encoder(
     let ctx = plugin_context(cfg.train.seed);
     let mut enc_cfg = fill_default(reg, &cfg.encoder, "in_channels", input_shape[0]);
     if cfg.train.batch_norm == BatchNormScope::PerView {
-        per_view_batch_norm(reg, cfg, &mut enc_cfg)?;
+        let views = cfg.augment.len();
+        let k = EncoderKey {
+            setting: ("train.batch_norm", "\"per_view\""),
+            key: "bn_groups",
+            value: serde_json::json!(views),
+            says: format!("the {views} views"),
+            otherwise: "use \"all_views\", or an encoder such as resnet",
+        };
+        set_encoder_key(reg, cfg, &mut enc_cfg, k)?;
     }
     if cfg.train.sync_batchnorm {
-        sync_batch_norm(reg, cfg, &mut enc_cfg)?;
+        let k = EncoderKey {
+            setting: ("train.sync_batchnorm", "true"),
+            key: "sync_batch_norm",
+            value: serde_json::json!(true),
+            says: "true".into(),
+            otherwise: "leave it false, or use an encoder such as resnet",
+        };
+        set_encoder_key(reg, cfg, &mut enc_cfg, k)?;
     }
     let mut encoder =
         reg.encoder(&cfg.encoder.plugin, &enc_cfg, &ctx).context("config key `encoder`")?;

@@ -143,6 +143,10 @@ pub const GREY_SCALE: f32 = 0.3;
 /// Brightness and contrast strength of the `grey` preset.
 pub const GREY_JITTER: f32 = 0.4;
 
+/// BYOL's and DINO's colour jitter (brightness, contrast 0.4; saturation 0.2; hue 0.1; p 0.8).
+const BYOL_JITTER: ColorJitter =
+    ColorJitter { brightness: 0.4, contrast: 0.4, saturation: 0.2, hue: 0.1, p: 0.8 };
+
 /// The ops of a preset.
 pub fn preset(name: Preset, view: u32, strength: f32) -> Vec<Op> {
     match name {
@@ -158,13 +162,7 @@ pub fn preset(name: Preset, view: u32, strength: f32) -> Vec<Op> {
             vec![
                 Op::Crop(RandomResizedCrop::default()),
                 Op::Flip(HorizontalFlip { p: 0.5 }),
-                Op::Jitter(ColorJitter {
-                    brightness: 0.4,
-                    contrast: 0.4,
-                    saturation: 0.2,
-                    hue: 0.1,
-                    p: 0.8,
-                }),
+                Op::Jitter(BYOL_JITTER),
                 Op::Grayscale(RandomGrayscale { p: 0.2 }),
                 Op::Blur(GaussianBlur { p: blur, ..Default::default() }),
                 Op::Solarize(RandomSolarize { threshold: 0.5, p: sol }),
@@ -179,13 +177,7 @@ pub fn preset(name: Preset, view: u32, strength: f32) -> Vec<Op> {
             let mut ops = vec![
                 Op::Crop(RandomResizedCrop { scale, ..Default::default() }),
                 Op::Flip(HorizontalFlip { p: 0.5 }),
-                Op::Jitter(ColorJitter {
-                    brightness: 0.4,
-                    contrast: 0.4,
-                    saturation: 0.2,
-                    hue: 0.1,
-                    p: 0.8,
-                }),
+                Op::Jitter(BYOL_JITTER),
                 Op::Grayscale(RandomGrayscale { p: 0.2 }),
                 Op::Blur(GaussianBlur { p: blur, ..Default::default() }),
             ];
@@ -342,6 +334,50 @@ mod tests {
         assert!(build(r#"{"size": 8192}"#).is_ok());
     }
 
+    /// DINO's preset: the two global crops differ as lightly's `DINOTransform` (blur 1.0, then
+    /// blur 0.1 and solarize 0.2), the local crop takes 5–40 % of the image, and a fourth view
+    /// (or a third for another preset) is refused naming the choices.
+    #[test]
+    fn dino_preset_has_two_global_views_and_a_local_one() {
+        let ops = |v| preset(Preset::Dino, v, 1.0);
+        let blur = |o: &[Op]| {
+            o.iter().find_map(|o| match o {
+                Op::Blur(b) => Some(b.p),
+                _ => None,
+            })
+        };
+        let sol = |o: &[Op]| {
+            o.iter().find_map(|o| match o {
+                Op::Solarize(s) => Some(s.p),
+                _ => None,
+            })
+        };
+        let crop = |o: &[Op]| {
+            o.iter().find_map(|o| match o {
+                Op::Crop(c) => Some(c.scale),
+                _ => None,
+            })
+        };
+        assert_eq!(
+            (blur(&ops(0)), sol(&ops(0)), crop(&ops(0))),
+            (Some(1.0), None, Some([0.4, 1.0]))
+        );
+        assert_eq!(
+            (blur(&ops(1)), sol(&ops(1)), crop(&ops(1))),
+            (Some(0.1), Some(0.2), Some([0.4, 1.0]))
+        );
+        assert_eq!(
+            (blur(&ops(2)), sol(&ops(2)), crop(&ops(2))),
+            (Some(0.5), None, Some([0.05, 0.4]))
+        );
+        let e = build(r#"{"preset": "dino", "view": 3}"#).err().unwrap().to_string();
+        assert!(e.contains("2 (a local crop)"), "{e}");
+        let e = build(r#"{"preset": "byol", "view": 2}"#).err().unwrap().to_string();
+        assert!(e.contains("view must be 0 or 1, got 2"), "{e}");
+        let local = build(r#"{"preset": "dino", "view": 2, "size": 12}"#).unwrap();
+        assert_eq!(local.output_shape([1, 28, 28]).unwrap(), [1, 12, 12]);
+    }
+
     #[test]
     fn presets_are_deterministic_per_seed_and_stay_in_range() {
         for cfg in [
@@ -349,6 +385,8 @@ mod tests {
             r#"{"preset": "byol"}"#,
             r#"{"preset": "byol", "view": 1, "size": 16}"#,
             r#"{"preset": "grey"}"#,
+            r#"{"preset": "dino", "view": 1}"#,
+            r#"{"preset": "dino", "view": 2, "size": 12}"#,
         ] {
             let p = build(cfg).unwrap();
             for &(c, h, w) in &[(3usize, 32usize, 32usize), (1, 28, 28), (3, 7, 40)] {
