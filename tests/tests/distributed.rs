@@ -323,6 +323,30 @@ fn a_failing_rank_ends_every_rank_naming_rank_and_step() {
     assert_eq!(ck.state.step, 2, "the last checkpoint before the fault is the latest");
 }
 
+/// A rank whose parameters drift from the others' (a plugin with hidden state) is caught
+/// at the end of the epoch, naming the rank and the epoch.
+#[test]
+#[ignore = "needs mpirun and latent-mpi (.ci/run)"]
+fn ranks_whose_parameters_drift_apart_are_stopped_after_the_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = command(
+        2,
+        &train_args(
+            &dir.path().join("r"),
+            &[
+                "train.epochs=1",
+                "encoder.plugin=\"faulty-encoder\"",
+                "encoder.config={fault=\"drift\", at_step=2, rank=1}",
+            ],
+        ),
+    )
+    .output()
+    .unwrap();
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains("after epoch 0, rank 1's parameters differ from rank 0's"), "{t}");
+}
+
 /// Waits until the run in `out` has a checkpoint at `step` or later.
 fn wait_for_checkpoint(out: &Path, step: u64, child: &mut std::process::Child) {
     let t0 = Instant::now();

@@ -17,7 +17,8 @@ use latent_sdk::prelude::*;
 #[derive(Serialize, Deserialize, Clone, Debug)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// `none`, `panic`, `error`, `wrong-shape`, `wrong-length`, `huge-shape`, `nan`, `sleep`.
+    /// `none`, `panic`, `error`, `wrong-shape`, `wrong-length`, `huge-shape`, `nan`, `sleep`,
+    /// `drift` (encoder: its first weight moves by 1e-3 behind the optimizer's back).
     pub fault: String,
     /// First step (objective) or forward call (encoder) that misbehaves.
     pub at_step: u64,
@@ -37,8 +38,17 @@ impl Default for Config {
 }
 
 fn check(cfg: &Config) -> anyhow::Result<()> {
-    let ok =
-        ["none", "panic", "error", "wrong-shape", "wrong-length", "huge-shape", "nan", "sleep"];
+    let ok = [
+        "none",
+        "panic",
+        "error",
+        "wrong-shape",
+        "wrong-length",
+        "huge-shape",
+        "nan",
+        "sleep",
+        "drift",
+    ];
     ensure!(ok.contains(&cfg.fault.as_str()), "fault must be one of {ok:?}, got {:?}", cfg.fault);
     Ok(())
 }
@@ -160,6 +170,8 @@ impl EncoderPlugin for FaultyEncoder {
             "wrong-shape" if fire => y = Tensor::zeros(vec![n + 1, 3]),
             "wrong-length" if fire => y.data.truncate(y.data.len() / 2),
             "huge-shape" if fire => y.shape = vec![usize::MAX, usize::MAX],
+            // a plugin with hidden state of its own: its weights move by more than the update
+            "drift" if fire => fc.weight.value[0] += 1e-3,
             "sleep" if fire => {
                 std::thread::sleep(std::time::Duration::from_millis(self.cfg.sleep_ms))
             }
