@@ -790,4 +790,60 @@ fn multi_crop_dino_resumes_bitwise() {
         "train.batch_norm=\"per_view\"",
     ]);
     assert!(!o.status.success() && text(&o).contains("train.batch_norm"), "{}", text(&o));
+    // statistics groups set by hand, and an encoder that cannot take the local size
+    for (sets, says) in [
+        (&["encoder.config.bn_groups=2"][..], "encoder.config.bn_groups"),
+        (&["encoder.plugin=\"mlp\"", "encoder.config={}"], "cannot take the images of augment[2]"),
+    ] {
+        let mut args = vec!["train".to_string(), multi_crop_config(), "--out".into()];
+        args.push(b.path().join("y").display().to_string());
+        sets.iter().for_each(|s| args.extend(["--set".to_string(), s.to_string()]));
+        let o = latent(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(!o.status.success() && text(&o).contains(says), "{sets:?}: {}", text(&o));
+    }
+}
+
+/// Multi-crop's gradient: the encoder's SGD update (lr 1, no momentum or decay) after a step
+/// is minus the gradient of a hand-run pass per size group (globals, then the locals again)
+/// with the objective's own d loss / d features of every view.
+#[test]
+fn multi_crop_gradient_is_the_sum_of_one_backward_per_size_group() {
+    let reg = Registry::discover_in(vec![plugin_dir()]).unwrap();
+    let sets =
+        ["optim.name=\"sgd\"", "optim.momentum=0.0", "optim.weight_decay=0.0"].map(String::from);
+    let cfg = Config::load(Some(Path::new(&multi_crop_config())), &sets).unwrap();
+    let (mut l, mut r) = (
+        Learner::build(&reg, &cfg, [1, 16, 16]).unwrap(),
+        Learner::build(&reg, &cfg, [1, 16, 16]).unwrap(),
+    );
+    let img = |n, s, seed| latent_sdk::kit::gradcheck::random(&[n, 1, s, s], seed);
+    let (globals, locals) = ([img(8, 16, 1), img(8, 16, 2)], [img(8, 8, 3), img(8, 8, 4)]);
+    let views: Vec<Tensor> = globals.iter().chain(&locals).cloned().collect();
+    let cat = |ts: &[Tensor]| latent_host::train::learner::concat(ts).unwrap();
+    let split = latent_host::train::learner::split;
+    // by hand, on the twin learner r: a pass per size, the objective, a backward per size
+    let f_local = r.encoder.forward(cat(&locals), true).unwrap();
+    let f_global = r.encoder.forward(cat(&globals), true).unwrap();
+    let hs: Vec<Tensor> = split(&f_global, 2).into_iter().chain(split(&f_local, 2)).collect();
+    let res = r.objective.compute(&hs, &hs[..2], &[], 0, 10, true).unwrap();
+    r.encoder.backward(cat(&res.grads[..2])).unwrap();
+    r.encoder.forward(cat(&locals), true).unwrap();
+    r.encoder.backward(cat(&res.grads[2..])).unwrap();
+    let want = r.encoder.take_grads().unwrap();
+    // the host's step, and the gradient its update implies
+    let before = l.encoder.read_params().unwrap();
+    l.step(&views, &[], 0, 10, 1.0).unwrap();
+    let after = l.encoder.read_params().unwrap();
+    let mut checked = 0;
+    for (i, d) in l.enc_params.iter().enumerate() {
+        if !matches!(d.role, ParamRole::Weight | ParamRole::NoDecay) {
+            continue;
+        }
+        let scale = want[i].data.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for ((b, a), w) in before[i].data.iter().zip(&after[i].data).zip(&want[i].data) {
+            assert!((b - a - w).abs() <= 1e-3 * scale + 1e-6, "{}: {} vs {w}", d.name, b - a);
+        }
+        checked += 1;
+    }
+    assert!(checked > 5);
 }

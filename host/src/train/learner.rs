@@ -15,10 +15,19 @@
 //! statistics span all views (as SimCLR's reference implementation does) unless
 //! `train.batch_norm = "per_view"`, which has the encoder take them per view (its `bn_groups`).
 //!
+//! Multi-crop (`train.global_views` = G > 0): views of different sizes go through the encoder
+//! as one batch per size, the group with the most pixels last; after the objective that group
+//! is back-propagated directly and every other group passes through the encoder again for its
+//! gradient (the encoder keeps the state of its last forward only), which is checked to give
+//! the same features bit for bit, and the running statistics of one pass per group are put
+//! back. The target sees the first G views only. In a data-parallel run, each view's features
+//! are gathered from every rank and each rank back-propagates its own rows (docs/ARCHITECTURE.md).
+//!
 //! While the target's trained parameters equal the online ones (at the start, and after every
 //! step that returned τ = 0, as SimSiam's does: its target is the online network, detached),
 //! the target's features are the online features, so the second encoder pass is skipped: in
-//! training mode it would give the same values bit for bit.
+//! training mode it would give the same values bit for bit (with multi-crop, only when the
+//! global views went through the encoder as a batch of their own).
 
 use crate::config::{BatchNormScope, Config, PluginConfig};
 use crate::dist::{self, World};
@@ -170,9 +179,14 @@ pub fn build_encoder(
 impl Learner {
     /// Loads and wires the plugins named in `cfg` for images of `input_shape` (after augmentation).
     pub fn build(reg: &Registry, cfg: &Config, input_shape: [usize; 3]) -> Result<Learner> {
-        let g = cfg.train.global_views;
-        if cfg.train.batch_norm == BatchNormScope::PerView && g > 0 && g < cfg.augment.len() {
-            bail!("config key `train.batch_norm`: \"per_view\" with multi-crop (train.global_views = {g} of {} views) is not supported yet: the encoder runs once per view size, and its statistics groups are set per run", cfg.augment.len());
+        let (g, nv) = (cfg.train.global_views, cfg.augment.len());
+        if g > 0 && g < nv {
+            if cfg.train.batch_norm == BatchNormScope::PerView {
+                bail!("config key `train.batch_norm`: \"per_view\" with multi-crop (train.global_views = {g} of {nv} views) is not supported yet: the encoder runs once per view size, and its statistics groups are set per run");
+            }
+            if cfg.encoder.config.get("bn_groups").and_then(|v| v.as_u64()).is_some_and(|b| b > 1) {
+                bail!("config key `encoder.config.bn_groups`: statistics groups with multi-crop (train.global_views = {g} of {nv} views) are not supported yet: each pass holds the views of one size only");
+            }
         }
         let (mut encoder, feat_dim) = build_encoder(reg, cfg, input_shape)?;
         let ctx = plugin_context(cfg.train.seed.wrapping_add(1));
@@ -233,7 +247,8 @@ impl Learner {
         // the target (DINO's teacher) sees the global views only
         let tv = if self.global_views == 0 { nv } else { self.global_views };
         let targets = match &mut self.target {
-            Some(_) if self.target_is_online => hs[..tv].to_vec(),
+            // the online features are the target's only where the globals were a batch alone
+            Some(_) if self.target_is_online && globals_alone(&groups, tv, nv) => hs[..tv].to_vec(),
             Some(t) => gather_views(world, &t.forward(concat(&views[..tv])?, true)?, tv),
             None => Vec::new(),
         };
@@ -244,14 +259,20 @@ impl Learner {
                 self.objective.name
             );
         }
-        let res = self.objective.compute(&hs, &targets, labels, step, total, true)?;
+        let res = self.objective.compute(&hs, &targets, labels, step, total, true);
+        let res = if tv < nv {
+            res.with_context(|| format!("with train.global_views = {tv}, objective '{}' gets the features of all {nv} views and the target's of the first {tv}", self.objective.name))?
+        } else {
+            res?
+        };
         let own = own_rows(world, &res.grads);
         let (last, others) = groups.split_last().context("no views")?;
         self.encoder.backward(concat(&pick(&own, last))?)?;
         for g in others {
             // the encoder keeps the state of its last forward only: pass this group again
             let f = self.encoder.forward(concat(&pick(views, g))?, true)?;
-            if f.data != concat(&pick(&local, g))?.data {
+            let first = concat(&pick(&local, g))?;
+            if f.data.iter().zip(&first.data).any(|(a, b)| a.to_bits() != b.to_bits()) {
                 bail!(
                     "encoder '{}' gave other features for the same images in a second training forward: multi-crop passes the smaller views twice (once for the features, once for the gradient) and needs a training forward that depends only on its input and parameters",
                     self.encoder.name
@@ -486,6 +507,12 @@ fn size_groups(views: &[Tensor]) -> Vec<Vec<usize>> {
         groups.push(g);
     }
     groups
+}
+
+/// Did views `0..tv` go through the encoder as a batch of their own (all views, or one size
+/// group that is exactly the global views)?
+fn globals_alone(groups: &[Vec<usize>], tv: usize, nv: usize) -> bool {
+    tv == nv || groups.iter().any(|g| g.iter().copied().eq(0..tv))
 }
 
 /// The tensors `ts[i]` for each `i` of `idx`.

@@ -204,7 +204,22 @@ impl Run {
         if let Some(w) = recipe_warning(&cfg, train.shape) {
             tracing::warn!("{w}");
         }
-        let learner = Learner::build(&reg, &cfg, shape)?;
+        let mut learner = Learner::build(&reg, &cfg, shape)?;
+        // multi-crop: the encoder must take the other views' size too, with the same output
+        for (i, v) in views.iter().enumerate() {
+            let s = v.output_shape(train.shape)?;
+            if s != shape {
+                let d = learner.encoder.out_dim(s).with_context(|| {
+                    format!(
+                        "encoder '{}' cannot take the images of augment[{i}] ({s:?}), a local view",
+                        cfg.encoder.plugin
+                    )
+                })?;
+                if d != learner.feat_dim {
+                    bail!("encoder '{}' gives {d} features for the images of augment[{i}] ({s:?}) but {} for the global views ({shape:?})", cfg.encoder.plugin, learner.feat_dim);
+                }
+            }
+        }
         let needs_labels = learner.objective.manifest.needs_labels;
         if needs_labels && train.labels.is_empty() {
             bail!(
