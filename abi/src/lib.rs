@@ -3,7 +3,8 @@
 //! This crate holds only what crosses the boundary, and depends on nothing but abi_stable:
 //! - the `#[repr(C)]` + [`StableAbi`] types: tensors as [`TensorDesc`] (shape, f32 buffer,
 //!   device, in the spirit of DLPack), [`Manifest`], [`ParamDesc`], [`Metric`],
-//!   [`ObjectiveInput`] / [`ObjectiveOutput`], [`EpochInfo`], [`Context`];
+//!   [`ObjectiveInput`] / [`ObjectiveOutput`], [`EpochInfo`], [`Context`] (with a data-parallel
+//!   run's [`Collective`]);
 //! - the three plugin-object traits ([`EncoderAbi`], [`ObjectiveAbi`], [`AugmentationAbi`])
 //!   and their boxes;
 //! - the root module every library exports ([`PluginLib`]);
