@@ -37,6 +37,7 @@
 //! - dfdx's `normalize` is mean/std; [`Var::l2_normalize`] is `F.normalize` and clamps the
 //!   squared norm *before* the square root, so an all-zero row has a zero gradient, not NaN.
 
+pub mod attention;
 pub mod gradcheck;
 pub mod nn;
 pub mod ops;
@@ -50,6 +51,7 @@ use dfdx::tensor::{Merge, Tape};
 use std::cell::RefCell;
 use std::rc::Rc;
 
+pub use attention::attention;
 pub use ops::conv2d;
 
 type Tp = OwnedTape<f32, Cpu>;

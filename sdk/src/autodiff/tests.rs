@@ -466,3 +466,44 @@ fn no_grad_vars_are_constants_in_a_recording_graph() {
     let d = g.backward(&l).unwrap().of(&a);
     assert_eq!(d, c.values());
 }
+
+/// Attention against PyTorch's `scaled_dot_product_attention` in timm's layout (the output and
+/// the gradient of Σ out ⊙ w; fixtures/attention.py), and against finite differences.
+#[test]
+fn attention_matches_pytorch_and_finite_differences() {
+    use super::attention::attention;
+    let fx: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/attention.json")).expect("fixture");
+    let floats = |k: &str| crate::testing::floats(&fx[k]);
+    let (seqs, heads) =
+        (fx["seqs"].as_u64().unwrap() as usize, fx["heads"].as_u64().unwrap() as usize);
+    let qkv: Vec<f32> = floats("qkv").iter().map(|&v| v as f32).collect();
+    let w: Vec<f32> = floats("w").iter().map(|&v| v as f32).collect();
+    let cols = 18;
+    let rows = qkv.len() / cols;
+    let g = Graph::new(true);
+    let x = g.input(&Tensor::new(vec![rows, cols], qkv.clone())).unwrap();
+    let out = attention(&x, seqs, heads);
+    crate::testing::assert_close_floor(
+        "attention output",
+        &out.values(),
+        &floats("out"),
+        1e-5,
+        1e-3,
+    );
+    let wv = g.from_vec(rows, cols / 3, w);
+    let mut grads = g.backward(&(&out * &wv).sum()).unwrap();
+    crate::testing::assert_close_floor(
+        "d out / d qkv",
+        &grads.of(&x),
+        &floats("grad_qkv"),
+        1e-4,
+        1e-3,
+    );
+    // finite differences, a larger case: 3 sequences of 4 tokens, 3 heads of 2
+    let checked = check_fn(&[random(&[12, 18], 5)], 1e-2, |_, v| weigh(&attention(&v[0], 3, 3), 6));
+    assert_within("attention", &checked, 1e-2);
+    // a layout that does not split is refused by the SDK, not by a panic inside dfdx
+    let e = catch_op_errors(|| Ok(attention(&x, 3, heads))).unwrap_err().to_string();
+    assert!(e.contains("attention") && e.contains("sequences"), "{e}");
+}
