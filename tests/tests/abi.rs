@@ -47,6 +47,7 @@ fn plugins_json_lists_the_builtin_plugins() {
     assert_eq!(moco["default_config"]["version"], json!("v2"), "{moco}");
     assert_eq!(kind_of("resnet").as_deref(), Some("encoder"));
     assert_eq!(kind_of("mlp").as_deref(), Some("encoder"));
+    assert_eq!(kind_of("vit").as_deref(), Some("encoder"));
     assert_eq!(kind_of("pipeline").as_deref(), Some("augmentation"));
     let simclr = v["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "simclr").unwrap();
     assert!(simclr["file"].as_str().unwrap().contains("latent_plugin_simclr"));
