@@ -91,6 +91,7 @@ fn in_process_learner(cfg: &latent_host::config::Config) -> Result<Learner> {
         input_shape: SHAPE,
         feat_dim,
         global_views: 0,
+        online_drops_paths: false,
     })
 }
 

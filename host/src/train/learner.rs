@@ -62,6 +62,9 @@ pub struct Learner {
     pub target_is_online: bool,
     /// The first this many views are the global ones the target sees (multi-crop); 0: all.
     pub global_views: usize,
+    /// The online encoder drops paths at random in training (`drop_path` > 0), so its
+    /// features are never the target's, which runs without.
+    pub online_drops_paths: bool,
 }
 
 /// Does the plugin's default config have `key`?
@@ -196,8 +199,17 @@ impl Learner {
             .context("config key `objective`")?;
         let enc_params = encoder.params()?;
         let obj_params = objective.params()?;
+        let drop_path = |c: &Config| c.encoder.config.get("drop_path").and_then(|v| v.as_f64());
         let target = if objective.manifest.needs_target {
-            let (mut t, _) = build_encoder(reg, cfg, input_shape)?;
+            // the EMA target (DINO's teacher) runs without drop-path, as the reference's
+            let mut tcfg = cfg.clone();
+            let has_key = reg
+                .get(&cfg.encoder.plugin, PluginKind::Encoder)
+                .is_ok_and(|e| has_config_key(e, "drop_path"));
+            if let (true, Some(obj)) = (has_key, tcfg.encoder.config.as_object_mut()) {
+                obj.insert("drop_path".into(), serde_json::json!(0.0));
+            }
+            let (mut t, _) = build_encoder(reg, &tcfg, input_shape)?;
             t.write_params(encoder.read_params()?).context("initialising the target encoder")?;
             Some(t)
         } else {
@@ -214,6 +226,7 @@ impl Learner {
             feat_dim,
             target_is_online: true,
             global_views: cfg.train.global_views,
+            online_drops_paths: drop_path(cfg).is_some_and(|r| r > 0.0),
         })
     }
 
@@ -248,7 +261,13 @@ impl Learner {
         let tv = if self.global_views == 0 { nv } else { self.global_views };
         let targets = match &mut self.target {
             // the online features are the target's only where the globals were a batch alone
-            Some(_) if self.target_is_online && globals_alone(&groups, tv, nv) => hs[..tv].to_vec(),
+            Some(_)
+                if self.target_is_online
+                    && !self.online_drops_paths
+                    && globals_alone(&groups, tv, nv) =>
+            {
+                hs[..tv].to_vec()
+            }
             Some(t) => gather_views(world, &t.forward(concat(&views[..tv])?, true)?, tv),
             None => Vec::new(),
         };

@@ -20,7 +20,13 @@ use rayon::prelude::*;
 /// module docs for the layout. Returns `[N·T, D]`.
 pub fn attention(qkv: &Var, seqs: usize, heads: usize) -> Var {
     let (rows, cols) = qkv.dims();
-    if seqs == 0 || heads == 0 || rows % seqs != 0 || cols % (3 * heads) != 0 {
+    if seqs == 0
+        || heads == 0
+        || rows == 0
+        || cols == 0
+        || rows % seqs != 0
+        || cols % (3 * heads) != 0
+    {
         fail(format!(
             "attention: qkv of shape [{rows}, {cols}] does not hold {seqs} sequences of q, k, v for {heads} heads (rows must divide by the sequences, columns by 3 × heads)"
         ));

@@ -6,6 +6,7 @@
 //! tokens: [cls; patches] + position embeddings               [1 + T, D], T = (H/p)·(W/p)
 //! block × depth (pre-norm):  x += DropPath(Attention(LayerNorm(x)))
 //!                            x += DropPath(MLP(LayerNorm(x)))    MLP: Linear → GELU → Linear
+//!                            (each DropPath with its own mask)
 //! LayerNorm, then the class token                              [D]
 //! ```
 //! Parameters are named and shaped as timm's `VisionTransformer` (`cls_token` `[1, 1, D]`,
@@ -19,10 +20,12 @@
 //! views) get the embeddings interpolated bilinearly to their grid (DINO's
 //! `interpolate_pos_encoding` uses bicubic; solo-learn #154 is the trap of forgetting it).
 //!
-//! Drop-path (stochastic depth) drops a block's branch for whole images with probability
-//! `drop_path · i / (depth − 1)` in block i (timm's linear rule), with a mask drawn from the
-//! images' own values: the same images give the same mask, so a second forward of the same
-//! batch (multi-crop's) gives the same features.
+//! Drop-path (stochastic depth) drops each residual branch of block i for whole images with
+//! probability `drop_path · i / (depth − 1)` (timm's `linspace(0, drop_path, depth)`; 0 for a
+//! single block), each branch with its own mask, drawn from the images' own values: the same
+//! images give the same masks, so a second forward of the same batch (multi-crop's) gives the
+//! same features. Only in training; the host builds the EMA target without it (DINO's teacher
+//! has no drop-path).
 //!
 //! # Config (JSON; unknown keys refused)
 //! | key | default | meaning |
@@ -199,16 +202,17 @@ impl Block {
         }
     }
 
-    /// `x [N·T, D]` of `n` sequences; `mask`: drop-path's per-row scale, when it applies.
-    fn forward(&self, g: &Graph, x: &Var, n: usize, mask: Option<&Var>) -> Var {
-        let keep = |v: Var| match mask {
-            Some(m) => v * m,
+    /// `x [N·T, D]` of `n` sequences; `masks`: drop-path's per-row scales of the attention
+    /// and the MLP branch, when it applies.
+    fn forward(&self, g: &Graph, x: &Var, n: usize, masks: Option<&(Var, Var)>) -> Var {
+        let keep = |v: Var, second: bool| match masks {
+            Some((a, m)) => v * if second { m } else { a },
             None => v,
         };
         let a = attention(&self.qkv.forward(g, &self.norm1.forward(g, x)), n, self.heads);
-        let x = x + &keep(self.proj.forward(g, &a));
+        let x = x + &keep(self.proj.forward(g, &a), false);
         let h = self.fc1.forward(g, &self.norm2.forward(g, &x)).gelu();
-        &x + &keep(self.fc2.forward(g, &h))
+        &x + &keep(self.fc2.forward(g, &h), true)
     }
 }
 
@@ -285,7 +289,7 @@ impl Vit {
                 let rate = if a.depth > 1 {
                     self.cfg.drop_path * i as f32 / (a.depth - 1) as f32
                 } else {
-                    self.cfg.drop_path
+                    0.0 // linspace(0, r, 1)
                 };
                 Block::new(&init.pp(format!("blocks.{i}")), &a, rate)
             })
@@ -397,9 +401,9 @@ pub fn bilinear(gh: usize, gw: usize, th: usize, tw: usize) -> Vec<f32> {
     m
 }
 
-/// A per-image keep mask for drop-path, `[N·T, 1]` (0, or 1 / (1 − rate) for kept images),
-/// drawn from `seed`.
-fn drop_mask(g: &Graph, n: usize, t: usize, rate: f32, seed: u64) -> Var {
+/// A per-image keep mask for drop-path, `[N·T, 1]` (0, or 1 / (1 − rate) for kept images,
+/// the same for the `t` rows of an image), drawn from `seed`.
+pub fn drop_mask(g: &Graph, n: usize, t: usize, rate: f32, seed: u64) -> Var {
     let mut s = seed;
     let mut m = Vec::with_capacity(n * t);
     for _ in 0..n {
@@ -452,6 +456,7 @@ impl Encoder for Vit {
         self.build(chw)?;
         let (th, tw) = self.grid(chw)?;
         let (d, p, n) = (self.arch.dim, self.cfg.patch_size, images.rows());
+        ensure!(n >= 1, "vit: a batch of no images");
         let net = self.net.as_ref().expect("built above");
         let (gh, gw) = self.grid(net.shape)?;
         let patches = patchify(images, chw, p);
@@ -472,9 +477,10 @@ impl Encoder for Vit {
             (h ^ v.to_bits() as u64).wrapping_mul(0x0100_0000_01b3)
         });
         for (i, b) in net.blocks.iter().enumerate() {
-            let mask = (g.train() && b.drop > 0.0)
-                .then(|| drop_mask(g, n, t, b.drop, seed ^ (i as u64).wrapping_mul(0x9E37)));
-            x = b.forward(g, &x, n, mask.as_ref());
+            let mask = |k: u64| drop_mask(g, n, t, b.drop, seed ^ k.wrapping_mul(0x9E37_79B9));
+            let masks = (g.train() && b.drop > 0.0)
+                .then(|| (mask(2 * i as u64 + 1), mask(2 * i as u64 + 2)));
+            x = b.forward(g, &x, n, masks.as_ref());
         }
         let x = net.norm.forward(g, &x);
         Ok(class_tokens(&x, n))

@@ -25,7 +25,7 @@ fn matches_a_pytorch_vit_with_the_same_weights_at_its_size_and_interpolated() {
     let fx: serde_json::Value =
         serde_json::from_str(include_str!("fixtures/vit.json")).expect("fixture");
     let mut enc = encoder(&fx["config"].to_string());
-    assert_eq!(enc.out_dim(RVec::from(vec![1, 8, 8])).into_result().unwrap(), 8);
+    assert_eq!(enc.out_dim(RVec::from(vec![3, 8, 12])).into_result().unwrap(), 8);
     // the fixture's weights, by timm's names and shapes
     let params = enc.params().into_result().unwrap();
     let mut values = Vec::new();
@@ -38,17 +38,14 @@ fn matches_a_pytorch_vit_with_the_same_weights_at_its_size_and_interpolated() {
     }
     assert_eq!(params.len(), fx["weights"].as_object().unwrap().len());
     enc.write_params(RVec::from(values)).into_result().unwrap();
-    for (side, key) in [(8, "8"), (12, "12")] {
+    // its own size, then larger and smaller grids (position embeddings interpolated)
+    for (h, w) in [(8, 12), (12, 16), (4, 8)] {
+        let key = format!("{h}x{w}");
         let x: Vec<f32> = floats(&fx[format!("images{key}")]).iter().map(|&v| v as f32).collect();
-        let y = forward(&mut enc, &Tensor::new(vec![3, 1, side, side], x), false);
+        let y = forward(&mut enc, &Tensor::new(vec![3, 3, h, w], x), false);
         assert_eq!(y.shape, vec![3, 8]);
-        assert_close_floor(
-            &format!("output at {side}x{side}"),
-            &y.data,
-            &floats(&fx[format!("out{key}")]),
-            1e-4,
-            1e-3,
-        );
+        let want = floats(&fx[format!("out{key}")]);
+        assert_close_floor(&format!("output at {key}"), &y.data, &want, 1e-4, 1e-3);
     }
 }
 
@@ -104,6 +101,34 @@ fn drop_path_is_the_same_for_the_same_images_and_off_in_evaluation() {
     assert_eq!(forward(&mut enc, &x, false).data, forward(&mut plain, &x, false).data);
 }
 
+/// Drop-path's mask: whole images dropped at about the rate, the kept ones scaled by
+/// 1 / (1 − rate), every row of an image alike; the patches' backward against finite
+/// differences (the parameter check above does not reach the images).
+#[test]
+fn drop_mask_and_patchify_do_what_they_say() {
+    use latent_plugin_vit::{drop_mask, patchify};
+    use latent_sdk::autodiff::gradcheck::{assert_within, check_fn};
+    use latent_sdk::autodiff::Graph;
+    let g = Graph::new(true);
+    let m = drop_mask(&g, 2000, 3, 0.25, 7).values();
+    let per_image: Vec<f32> = m
+        .chunks(3)
+        .map(|c| {
+            assert!(c.iter().all(|&v| v == c[0]), "rows of one image differ: {c:?}");
+            c[0]
+        })
+        .collect();
+    assert!(per_image.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
+    let dropped = per_image.iter().filter(|&&v| v == 0.0).count() as f64 / 2000.0;
+    assert!((dropped - 0.25).abs() < 0.04, "dropped {dropped}");
+    let checked = check_fn(&[random(&[2, 2 * 8 * 12], 8)], 1e-2, |g, v| {
+        let p = patchify(&v[0], [2, 8, 12], 4);
+        let w = g.from_vec(p.rows(), p.cols(), random(&[p.rows(), p.cols()], 9).data);
+        (&p * &w).sum()
+    });
+    assert_within("patchify", &checked, 1e-3);
+}
+
 #[test]
 fn bilinear_interpolation_to_the_same_grid_is_the_identity_and_rows_sum_to_one() {
     let m = bilinear(3, 3, 3, 3);
@@ -116,6 +141,10 @@ fn bilinear_interpolation_to_the_same_grid_is_the_identity_and_rows_sum_to_one()
     for row in m.chunks(4) {
         assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
     }
+    // PyTorch's half-pixel rule in 1-d: 2 → 4 points sit at 0, 0.25, 0.75, 1 between the two
+    // sources (clamped at the edges); 4 → 2 averages neighbours
+    assert_eq!(bilinear(1, 2, 1, 4), vec![1.0, 0.0, 0.75, 0.25, 0.25, 0.75, 0.0, 1.0]);
+    assert_eq!(bilinear(1, 4, 1, 2), vec![0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.5, 0.5]);
 }
 
 #[test]
