@@ -248,15 +248,20 @@ impl Learner {
         // one encoder pass per view size (multi-crop), the largest group last
         let groups = size_groups(views);
         let mut local: Vec<Tensor> = vec![Tensor::new(vec![0], vec![]); nv];
-        for g in &groups {
-            let f = self.encoder.forward(concat(&pick(views, g))?, true)?;
+        // the features of every group but the last, which pass again below
+        let mut firsts = Vec::new();
+        for (i, g) in groups.iter().enumerate() {
+            let f = self.encoder.forward(concat_at(views, g)?, true)?;
             for (k, t) in split(&f, g.len()).into_iter().enumerate() {
                 local[g[k]] = t;
             }
+            if i + 1 < groups.len() {
+                firsts.push(f);
+            }
         }
-        // the running statistics of one pass per group (the smaller groups pass again below)
-        let kept = if groups.len() > 1 { Some(self.encoder.read_params()?) } else { None };
-        let hs = gather_views(world, &concat(&local)?, nv);
+        // the running statistics of one pass per group
+        let kept = if firsts.is_empty() { None } else { Some(self.encoder.read_params()?) };
+        let hs = gather_views(world, local)?;
         // the target (DINO's teacher) sees the global views only
         let tv = if self.global_views == 0 { nv } else { self.global_views };
         let targets = match &mut self.target {
@@ -268,7 +273,7 @@ impl Learner {
             {
                 hs[..tv].to_vec()
             }
-            Some(t) => gather_views(world, &t.forward(concat(&views[..tv])?, true)?, tv),
+            Some(t) => gather_views(world, split(&t.forward(concat(&views[..tv])?, true)?, tv))?,
             None => Vec::new(),
         };
         let labels: &[i64] = if self.objective.manifest.needs_labels { labels } else { &[] };
@@ -286,18 +291,17 @@ impl Learner {
         };
         let own = own_rows(world, &res.grads);
         let (last, others) = groups.split_last().context("no views")?;
-        self.encoder.backward(concat(&pick(&own, last))?)?;
-        for g in others {
+        self.encoder.backward(concat_at(&own, last)?)?;
+        for (g, first) in others.iter().zip(&firsts) {
             // the encoder keeps the state of its last forward only: pass this group again
-            let f = self.encoder.forward(concat(&pick(views, g))?, true)?;
-            let first = concat(&pick(&local, g))?;
+            let f = self.encoder.forward(concat_at(views, g)?, true)?;
             if f.data.iter().zip(&first.data).any(|(a, b)| a.to_bits() != b.to_bits()) {
                 bail!(
                     "encoder '{}' gave other features for the same images in a second training forward: multi-crop passes the smaller views twice (once for the features, once for the gradient) and needs a training forward that depends only on its input and parameters",
                     self.encoder.name
                 );
             }
-            self.encoder.backward(concat(&pick(&own, g))?)?;
+            self.encoder.backward(concat_at(&own, g)?)?;
         }
         if let Some(kept) = kept {
             self.encoder
@@ -486,19 +490,20 @@ fn check_finite(key: &str, t: &Tensor) -> Result<()> {
     Ok(())
 }
 
-/// The global batch's features per view from this rank's `[V·b, D]`: view v is every rank's
-/// rows `v·b..(v+1)·b`, in rank order (the loader gave rank r the images `r·b..(r+1)·b` of
-/// each view). In one process, [`split`].
-fn gather_views(world: &World, feats: &Tensor, v: usize) -> Vec<Tensor> {
+/// The global batch's features per view from this rank's `[b, D]` per view: view v is every
+/// rank's rows of it, in rank order (the loader gave rank r the images `r·b..(r+1)·b` of each
+/// view). In one process, `local` itself.
+fn gather_views(world: &World, local: Vec<Tensor>) -> Result<Vec<Tensor>> {
     if !world.is_distributed() {
-        return split(feats, v);
+        return Ok(local);
     }
+    let (v, feats) = (local.len(), concat(&local)?);
     let all = world.all_gather(&feats.data);
     let (n, per_view) = (world.size(), feats.len() / v);
     let b = feats.shape[0] / v;
     let mut shape = feats.shape.clone();
     shape[0] = b * n;
-    (0..v)
+    Ok((0..v)
         .map(|j| {
             let mut data = Vec::with_capacity(per_view * n);
             for r in 0..n {
@@ -507,7 +512,7 @@ fn gather_views(world: &World, feats: &Tensor, v: usize) -> Vec<Tensor> {
             }
             Tensor::new(shape.clone(), data)
         })
-        .collect()
+        .collect())
 }
 
 /// The views' indices grouped by image size, in order of first appearance, with the group of
@@ -532,11 +537,6 @@ fn size_groups(views: &[Tensor]) -> Vec<Vec<usize>> {
 /// group that is exactly the global views)?
 fn globals_alone(groups: &[Vec<usize>], tv: usize, nv: usize) -> bool {
     tv == nv || groups.iter().any(|g| g.iter().copied().eq(0..tv))
-}
-
-/// The tensors `ts[i]` for each `i` of `idx`.
-fn pick(ts: &[Tensor], idx: &[usize]) -> Vec<Tensor> {
-    idx.iter().map(|&i| ts[i].clone()).collect()
 }
 
 /// This rank's rows of each global `[B, D]` gradient (the inverse of [`gather_views`]).
@@ -572,6 +572,16 @@ fn all_reduce_grads(world: &World, descs: &[ParamDesc], grads: &mut [Tensor]) {
 
 /// Concatenates `[B, ...]` tensors along the first axis.
 pub fn concat(ts: &[Tensor]) -> Result<Tensor> {
+    concat_refs(&ts.iter().collect::<Vec<_>>())
+}
+
+/// [`concat`] of the tensors `ts[i]` for each `i` of `idx` (a size group of views), without
+/// copying them first.
+fn concat_at(ts: &[Tensor], idx: &[usize]) -> Result<Tensor> {
+    concat_refs(&idx.iter().map(|&i| &ts[i]).collect::<Vec<_>>())
+}
+
+fn concat_refs(ts: &[&Tensor]) -> Result<Tensor> {
     let first = ts.first().context("nothing to concatenate")?;
     let mut shape = first.shape.clone();
     let mut data = Vec::with_capacity(first.len() * ts.len());
