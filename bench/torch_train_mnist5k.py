@@ -35,12 +35,21 @@ cosine_schedule(step, total + 1, 0.996, 1.0) (latent's schedule exactly), the te
 views; views as the config (grey crop 0.4-1 and jitter; blur p 1.0 / 0.1; solarize p 0 /
 0.2); AdamW lr 1e-3, weight decay 0.04 on weights, cosine to 0 without warmup.
 
+`--method dino --encoder vit-mini` (examples/configs/dino-vit-mnist.toml): the `vit` plugin's
+vit-mini in PyTorch (bench/torch_vit.py: timm's layout and initialisation, 4x4 patches) without
+drop-path (`--drop-path` sets the student's; the teacher has none), batches of 128, lightly's DINOProjectionHead(64, 512, 64,
+2048, batch_norm=True, freeze_last_layer=1) and DINOLoss as above, AdamW lr 5e-4 with a linear
+warm-up of one epoch then cosine to 0, weight decay on a cosine from 0.04 to 0.4 per step (the
+reference's cosine_scheduler, latent's `weight_decay_end`), and each parameter's gradient
+clipped to norm 3.0 on its own (the reference's clip_gradients, latent's `clip_grad`).
+`--lr`, `--warmup-epochs`, `--drop-path` and `--momentum-base` override the recipe's values.
+
 `--data fashion` reads Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist, IDX
 files) and keeps the first 4,000 training and 1,000 test images, as `latent train` with
 data.max_train_images=4000 and data.max_test_images=1000.
 
     python bench/torch_train_mnist5k.py [--epochs 10] [--method simclr|byol|dino] [--data mnist5k|fashion]
-        [--recipe grey|simclr] [--workers 2] [--threads 2] [--json FILE]
+        [--encoder resnet-mini|vit-mini] [--recipe grey|simclr] [--workers 2] [--threads 2] [--json FILE]
 
 Epoch times count training only (loading, augmenting and stepping), not the evaluation.
 """
@@ -67,6 +76,7 @@ from lightly.transforms import SimCLRTransform
 from lightly.transforms.multi_view_transform import MultiViewTransform
 
 from torch_resnet_mini import ResNetMini
+from torch_vit import ViT
 from torch_step import param_groups, peak_rss_mib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -152,7 +162,7 @@ def features(model, images):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--batch", type=int, help="default 256 (128 with --encoder vit-mini)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -162,11 +172,19 @@ def main():
                     help="SimCLR: both views through the encoder as one batch (batch-norm statistics over "
                          "both), or one pass per view (lightly's examples)")
     ap.add_argument("--data", choices=["mnist5k", "fashion"], default="mnist5k")
+    ap.add_argument("--encoder", choices=["resnet-mini", "vit-mini"], default="resnet-mini")
+    ap.add_argument("--lr", type=float)
+    ap.add_argument("--warmup-epochs", type=float)
+    ap.add_argument("--drop-path", type=float, default=0.0)
+    ap.add_argument("--momentum-base", type=float, default=0.996)
+    ap.add_argument("--verbose", action="store_true", help="print each step's loss")
     ap.add_argument("--json")
     a = ap.parse_args()
     t_start = time.perf_counter()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
+    if a.batch is None:
+        a.batch = 128 if a.encoder == "vit-mini" else 256
     tr_x, tr_y, te_x, te_y = mnist_5k() if a.data == "mnist5k" else fashion()
     tr_yt, te_yt = torch.from_numpy(tr_y), torch.from_numpy(te_y)
     grey = [T.RandomResizedCrop(28, scale=(0.3, 1.0)),
@@ -187,7 +205,11 @@ def main():
     loader = torch.utils.data.DataLoader(
         Views(tr_x, transform), batch_size=a.batch, shuffle=True, drop_last=True, num_workers=a.workers,
         persistent_workers=a.workers > 0, generator=torch.Generator().manual_seed(a.seed))
-    model = ResNetMini(cin=1).train()
+    vit = a.encoder == "vit-mini"
+    if vit and a.method != "dino":
+        raise SystemExit("--encoder vit-mini is the reference of dino-vit-mnist.toml: use it with --method dino")
+    model = (ViT("vit-mini", cin=1, size=28, patch=4, drop_path=a.drop_path) if vit else ResNetMini(cin=1)).train()
+    wd_end, clip = None, None
     total = a.epochs * len(loader)
     if a.method == "simclr":
         head = SimCLRProjectionHead(128, 256, 128).train()
@@ -195,16 +217,20 @@ def main():
         base_lr, warmup = 0.06, 0
         opt = torch.optim.SGD(param_groups(model, head), lr=base_lr, momentum=0.9)
     elif a.method == "dino":
-        dino_head = lambda: DINOProjectionHead(128, 512, 64, 2048, batch_norm=True, freeze_last_layer=1).train()
+        dino_head = lambda: DINOProjectionHead(64 if vit else 128, 512, 64, 2048, batch_norm=True, freeze_last_layer=1).train()
         head = dino_head()
         # copy.deepcopy fails on weight_norm's computed weight (pytorch#103001): a twin instead
         teacher_head = dino_head()
         teacher_head.load_state_dict(head.state_dict())
         teacher_model = copy.deepcopy(model)
+        if vit:
+            teacher_model.without_drop_path()
         deactivate_requires_grad(teacher_model)
         deactivate_requires_grad(teacher_head)
         criterion = DINOLoss(output_dim=2048)
-        base_lr, warmup = 1e-3, 0
+        base_lr, warmup = (5e-4, len(loader)) if vit else (1e-3, 0)
+        if vit:
+            wd_end, clip = 0.4, 3.0
         opt = torch.optim.AdamW(param_groups(model, head, weight_decay=0.04), lr=base_lr)
     else:
         head = BYOLProjectionHead(128, 512, 128).train()
@@ -214,6 +240,11 @@ def main():
         deactivate_requires_grad(target_head)
         base_lr, warmup = 0.2, len(loader)
         opt = LARS(param_groups(model, head, predictor, weight_decay=1.5e-6), lr=base_lr, momentum=0.9, trust_coefficient=0.001)
+
+    if a.lr is not None:
+        base_lr = a.lr
+    if a.warmup_epochs is not None:
+        warmup = round(a.warmup_epochs * len(loader))
 
     def byol_loss(x0, x1, step):
         tau = cosine_schedule(step, total, 0.996, 1.0)
@@ -233,6 +264,9 @@ def main():
             return base_lr * (step + 1) / warmup
         return base_lr * (1 + math.cos(math.pi * (step - warmup) / (total - warmup))) / 2
 
+    tr_f, te_f = features(model, tr_x), features(model, te_x)
+    init = {"knn_200": knn_accuracy(tr_f, tr_yt, te_f, te_yt, 200, 0.1), "knn_20": knn_accuracy(tr_f, tr_yt, te_f, te_yt, 20, 0.07)}
+    print(f"random init: kNN-200 {init['knn_200']:.4f}, kNN-20 {init['knn_20']:.4f}", flush=True)
     step = 0
     epochs = []
     train_s = 0.0
@@ -243,6 +277,8 @@ def main():
             lr = lr_at(step)
             for g in opt.param_groups:
                 g["lr"] = lr
+                if wd_end is not None and g["weight_decay"] > 0:
+                    g["weight_decay"] = wd_end + (0.04 - wd_end) * (1 + math.cos(math.pi * step / total)) / 2
             opt.zero_grad(set_to_none=True)
             if a.method == "simclr" and a.views == "per_view":
                 loss = criterion(head(model(x0)), head(model(x1)))
@@ -259,13 +295,21 @@ def main():
                 loss = byol_loss(x0, x1, step)
             loss.backward()
             if a.method == "dino":
+                if clip is not None:
+                    for p in list(model.parameters()) + list(head.parameters()):
+                        if p.grad is not None:
+                            coef = clip / (p.grad.norm() + 1e-6)
+                            if coef < 1:
+                                p.grad.mul_(coef)
                 head.cancel_last_layer_gradients(current_epoch=epoch)
             opt.step()
             if a.method == "dino":
-                tau = cosine_schedule(step, total + 1, 0.996, 1.0)
+                tau = cosine_schedule(step, total + 1, a.momentum_base, 1.0)
                 update_momentum(model, teacher_model, tau)
                 update_momentum(head, teacher_head, tau)
             losses.append(loss.item())
+            if a.verbose:
+                print(f"step {step + 1}: loss {loss.item():.6f}, lr {lr:.3g}", flush=True)
             step += 1
         secs = time.perf_counter() - t0
         train_s += secs
@@ -278,11 +322,11 @@ def main():
     del loader
     out = {
         "side": "pytorch",
-        "what": f"PyTorch {torch.__version__} + lightly {a.method} on {a.data} (4,000 / 1,000), recipe {a.recipe if a.method == 'simclr' else a.method + '-mnist.toml' if a.method == 'byol' else 'dino-resnet-mnist.toml'}, {a.threads} threads, {a.workers} loader workers, views {a.views}", "views": a.views,
-        "recipe": a.recipe, "method": a.method, "data": a.data,
+        "what": f"PyTorch {torch.__version__} + lightly {a.method} on {a.data} (4,000 / 1,000), recipe {a.recipe if a.method == 'simclr' else a.method + '-mnist.toml' if a.method == 'byol' else 'dino-vit-mnist.toml' if vit else 'dino-resnet-mnist.toml'}, {a.threads} threads, {a.workers} loader workers, views {a.views}", "views": a.views,
+        "recipe": a.recipe, "method": a.method, "data": a.data, "encoder": a.encoder,
         "epochs": a.epochs, "steps": step, "train_seconds": train_s, "wall_seconds": time.perf_counter() - t_start,
         "knn_200": epochs[-1]["knn_200"] if epochs else None, "knn_20": epochs[-1]["knn_20"] if epochs else None,
-        "per_epoch": epochs,
+        "per_epoch": epochs, "random_init": init,
         "peak_rss_mib": peak_rss_mib(),
         "workers_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0,
     }
