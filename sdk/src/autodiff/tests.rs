@@ -171,6 +171,18 @@ fn matrix_ops_and_row_helpers_match_finite_differences() {
     );
     assert_within("t", &check_fn(std::slice::from_ref(&a), 1e-2, |_, v| weigh(&v[0].t(), 9)), 1e-2);
     assert_within(
+        "matmul_t of a tensor with itself",
+        &check_fn(std::slice::from_ref(&a), 1e-2, |_, v| weigh(&v[0].matmul_t(&v[0]), 9)),
+        1e-2,
+    );
+    // wide enough for gemm's blocked path, with the weight a strided view
+    let (x, w) = (random(&[16, 160], 6), random(&[24, 160], 7));
+    assert_within(
+        "matmul_t [16, 160] · [24, 160]ᵀ",
+        &check_fn(&[x, w], 1e-2, |_, v| weigh(&v[0].matmul_t(&v[1]), 9)),
+        2e-2,
+    );
+    assert_within(
         "l2_normalize",
         &check_fn(std::slice::from_ref(&a), 1e-3, |_, v| weigh(&v[0].l2_normalize(), 9)),
         1e-2,
@@ -506,4 +518,30 @@ fn attention_matches_pytorch_and_finite_differences() {
     // a layout that does not split is refused by the SDK, not by a panic inside dfdx
     let e = catch_op_errors(|| Ok(attention(&x, 3, heads))).unwrap_err().to_string();
     assert!(e.contains("attention") && e.contains("sequences"), "{e}");
+}
+
+/// The tiled transpose against the definition, at shapes that are not whole tiles, on its serial
+/// and its parallel path; its backward hands `dyᵀ` back.
+#[test]
+fn transpose_is_the_transpose_at_any_shape() {
+    for (r, c) in [(1, 1), (3, 70), (70, 45), (300, 259), (33, 2100)] {
+        let g = Graph::new(true);
+        let x = g.from_vec(r, c, random(&[r, c], 4).data);
+        let y = x.t();
+        assert_eq!(y.dims(), (c, r));
+        let (xv, yv) = (x.values(), y.values());
+        for i in 0..r {
+            for j in 0..c {
+                assert_eq!(yv[j * r + i], xv[i * c + j], "[{r}, {c}] at ({i}, {j})");
+            }
+        }
+        let w = random(&[c, r], 5).data;
+        let loss = (&y * &g.from_vec(c, r, w.clone())).sum();
+        let dx = g.backward(&loss).unwrap().of(&x);
+        for i in 0..r {
+            for j in 0..c {
+                assert_eq!(dx[i * c + j], w[j * r + i], "gradient of [{r}, {c}] at ({i}, {j})");
+            }
+        }
+    }
 }
