@@ -545,3 +545,70 @@ fn transpose_is_the_transpose_at_any_shape() {
         }
     }
 }
+
+/// GELU over more values than one parallel chunk equals its formula at every value.
+#[test]
+fn gelu_is_its_formula_across_chunks() {
+    let n = (1 << 14) * 2 + 77;
+    let x: Vec<f32> = (0..n).map(|i| (i as f32 / n as f32 - 0.5) * 8.0).collect();
+    let g = Graph::new(true);
+    let v = g.from_vec(1, n, x.clone());
+    let out = v.gelu();
+    let (y, d) = (out.values(), g.backward(&out.sum()).unwrap().of(&v));
+    for (k, &x) in x.iter().enumerate() {
+        let cdf = 0.5 * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2));
+        let pdf = (-0.5 * x * x).exp() / (2.0 * std::f32::consts::PI).sqrt();
+        assert!((y[k] - x * cdf).abs() < 1e-6, "gelu({x})");
+        assert!((d[k] - (cdf + x * pdf)).abs() < 1e-5, "gelu'({x})");
+    }
+}
+
+/// The fused layer norm against finite differences, and against the same maths from the
+/// element-wise ops (values and all three gradients) at a shape of several row blocks.
+#[test]
+fn layer_norm_matches_finite_differences_and_the_composed_ops() {
+    let (x, gm, bt) = (random(&[5, 7], 1), positive(&[1, 7], 2), random(&[1, 7], 3));
+    assert_within(
+        "layer_norm_rows",
+        &check_fn(&[x, gm, bt], 1e-2, |_, v| weigh(&v[0].layer_norm_rows(&v[1], &v[2], 1e-6), 9)),
+        2e-2,
+    );
+    let (r, c) = (300, 33);
+    let (x, gm, bt, w) =
+        (random(&[r, c], 4), positive(&[1, c], 5), random(&[1, c], 6), random(&[r, c], 7));
+    let run = |fused: bool| {
+        let g = Graph::new(true);
+        let (xv, gv, bv) = (
+            g.from_vec(r, c, x.data.clone()),
+            g.from_vec(1, c, gm.data.clone()),
+            g.from_vec(1, c, bt.data.clone()),
+        );
+        let y = if fused {
+            xv.layer_norm_rows(&gv, &bv, 1e-5)
+        } else {
+            let xc = &xv - &xv.mean_rows();
+            let var = xc.square().mean_rows();
+            (&xc / &(var + 1e-5).sqrt()) * &gv + &bv
+        };
+        let loss = (&y * &g.from_vec(r, c, w.data.clone())).sum();
+        let mut grads = g.backward(&loss).unwrap();
+        (y.values(), grads.of(&xv), grads.of(&gv), grads.of(&bv))
+    };
+    let (a, b) = (run(true), run(false));
+    for (name, p, q) in
+        [("y", &a.0, &b.0), ("dx", &a.1, &b.1), ("dγ", &a.2, &b.2), ("dβ", &a.3, &b.3)]
+    {
+        let worst =
+            p.iter().zip(q).map(|(p, q)| (p - q).abs() / (1.0 + q.abs())).fold(0.0, f32::max);
+        assert!(worst < 1e-4, "layer norm {name}: fused and composed differ by {worst}");
+    }
+    let g = Graph::new(true);
+    let bad = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        g.from_vec(2, 3, vec![0.0; 6]).layer_norm_rows(
+            &g.from_vec(1, 4, vec![1.0; 4]),
+            &g.from_vec(1, 3, vec![0.0; 3]),
+            1e-5,
+        )
+    }));
+    assert!(bad.is_err(), "a γ of the wrong width is refused");
+}

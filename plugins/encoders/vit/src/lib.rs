@@ -155,9 +155,7 @@ impl LayerNorm {
     }
 
     fn forward(&self, g: &Graph, x: &Var) -> Var {
-        let xc = x - &x.mean_rows();
-        let var = xc.square().mean_rows();
-        (&xc / &(var + 1e-6).sqrt()) * g.param(&self.weight) + g.param(&self.bias)
+        x.layer_norm_rows(&g.param(&self.weight), &g.param(&self.bias), 1e-6)
     }
 }
 
