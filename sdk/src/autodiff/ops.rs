@@ -9,34 +9,6 @@ use dfdx::prelude::{
 };
 use std::ops::{Add, Div, Mul, Neg, Sub};
 
-/// `y [c, r] += xᵀ` for `x [r, c]`, in tiles that stay in cache: the naive loop writes `y` with
-/// a stride of `r` floats, and for a 2048 × 2048 weight (`matmul_t` of a wide head) that took a
-/// fifth of a SimSiam step. Parallel over tiles of `y`'s rows.
-fn transpose_add(x: &[f32], r: usize, c: usize, y: &mut [f32]) {
-    use rayon::prelude::*;
-    const B: usize = 32;
-    if r == 0 || c == 0 {
-        return;
-    }
-    let tile = |(jb, yb): (usize, &mut [f32])| {
-        let j0 = jb * B;
-        let jn = yb.len() / r;
-        for i0 in (0..r).step_by(B) {
-            for i in i0..(i0 + B).min(r) {
-                let xr = &x[i * c + j0..i * c + j0 + jn];
-                for (j, &v) in xr.iter().enumerate() {
-                    yb[j * r + i] += v;
-                }
-            }
-        }
-    };
-    if r * c >= 1 << 16 {
-        y.par_chunks_mut(B * r).enumerate().for_each(tile);
-    } else {
-        y.chunks_mut(B * r).enumerate().for_each(tile);
-    }
-}
-
 fn expand(t: T2t, from: (usize, usize), to: (usize, usize)) -> T2t {
     match from {
         f if f == to => t,
@@ -310,13 +282,7 @@ impl Var {
         if k != k2 {
             fail(format!("matmul: [{n}, {k}] · [{k2}, {m}]: the inner dimensions differ"));
         }
-        let other = self.distinct(other);
-        let g = pick_graph(&[self, &other]).expect("two operands");
-        g.record(
-            self.traced()
-                .try_matmul(other.traced())
-                .unwrap_or_else(|e| fail(format!("matmul: {e:?}"))),
-        )
+        self.product(other, "matmul", false)
     }
     /// `self · otherᵀ` (`[N, K] · [M, K]ᵀ`): a similarity matrix of two sets of rows, or a
     /// linear layer with PyTorch's `[out, in]` weight.
@@ -325,24 +291,36 @@ impl Var {
         if k != k2 {
             fail(format!("matmul_t: [{n}, {k}] · [{m}, {k2}]ᵀ: the rows have different lengths"));
         }
-        // dfdx's permute is a strided view and its matmul hands the strides to gemm, so the
-        // weight is never copied (a transposed copy of a 2048 × 2048 weight per call cost more
-        // than the product). Distinct ids first: a product of a tensor with its own view panics
-        // in dfdx's backward.
+        self.product(other, "matmul_t", true)
+    }
+    /// dfdx's product of checked shapes, with `other` transposed as dfdx's permute: a strided
+    /// view that its matmul hands to gemm, so a weight is never copied (a transposed copy of a
+    /// 2048 × 2048 weight per call cost more than the product). Distinct ids first: a product
+    /// of a tensor with itself, or its own view, panics in dfdx's backward.
+    fn product(&self, other: &Var, op: &str, transpose: bool) -> Var {
         let other = self.distinct(other);
         let g = pick_graph(&[self, &other]).expect("two operands");
-        g.record(
-            self.traced()
-                .try_matmul(other.traced().permute::<(usize, usize), Axes2<1, 0>>())
-                .unwrap_or_else(|e| fail(format!("matmul_t: {e:?}"))),
-        )
+        let rhs = other.traced();
+        let rhs = if transpose { rhs.permute::<(usize, usize), Axes2<1, 0>>() } else { rhs };
+        g.record(self.traced().try_matmul(rhs).unwrap_or_else(|e| fail(format!("{op}: {e:?}"))))
     }
     /// The transpose, as a new contiguous tensor.
     pub fn t(&self) -> Var {
         let (r, c) = self.dims();
+        let x = self.values();
         let mut y = vec![0.0; r * c];
-        transpose_add(&self.values(), r, c, &mut y);
-        self.g.custom(&[self], c, r, y, move |dy, dx| transpose_add(dy, c, r, &mut dx[0]))
+        for i in 0..r {
+            for j in 0..c {
+                y[j * r + i] = x[i * c + j];
+            }
+        }
+        self.g.custom(&[self], c, r, y, move |dy, dx| {
+            for i in 0..r {
+                for j in 0..c {
+                    dx[0][i * c + j] += dy[j * r + i];
+                }
+            }
+        })
     }
 
     /// Each row scaled to unit length: `x / max(‖x‖, 1e-12)` (`F.normalize`). The squared norm

@@ -520,8 +520,8 @@ fn attention_matches_pytorch_and_finite_differences() {
     assert!(e.contains("attention") && e.contains("sequences"), "{e}");
 }
 
-/// The tiled transpose against the definition, at shapes that are not whole tiles, on its serial
-/// and its parallel path; its backward hands `dyᵀ` back.
+/// The transpose against the definition at square, wide and tall shapes; its backward hands
+/// `dyᵀ` back.
 #[test]
 fn transpose_is_the_transpose_at_any_shape() {
     for (r, c) in [(1, 1), (3, 70), (70, 45), (300, 259), (33, 2100)] {
