@@ -299,12 +299,24 @@ fn flat_span(
 
 /// Zeroes the columns outside `xlo..xhi` of rows `ylo..yhi` of a `[.., ow]` plane.
 fn zero_edges(d: &mut [f32], ow: usize, (xlo, xhi): (usize, usize), (ylo, yhi): (usize, usize)) {
-    if xlo == 0 && xhi == ow {
-        return;
-    }
-    for oy in ylo..yhi {
-        zero_short(&mut d[oy * ow..oy * ow + xlo]);
-        zero_short(&mut d[oy * ow + xhi..(oy + 1) * ow]);
+    let rows = d[ylo * ow..yhi * ow].chunks_exact_mut(ow);
+    match (xlo, ow - xhi) {
+        (0, 0) => {}
+        // a 3×3 kernel's left or right column: one store a row
+        (1, 0) => rows.for_each(|r| {
+            if let Some(v) = r.first_mut() {
+                *v = 0.0
+            }
+        }),
+        (0, 1) => rows.for_each(|r| {
+            if let Some(v) = r.last_mut() {
+                *v = 0.0
+            }
+        }),
+        _ => rows.for_each(|r| {
+            zero_short(&mut r[..xlo]);
+            zero_short(&mut r[xhi..]);
+        }),
     }
 }
 
@@ -391,18 +403,7 @@ fn acc_dw(
         return;
     }
     let t = resize(dyt, width * og);
-    // transposed in 16x16 blocks
-    const B: usize = 16;
-    for o0 in (0..og).step_by(B) {
-        for c0 in (0..width).step_by(B) {
-            for oc in o0..(o0 + B).min(og) {
-                let row = &dyg.data[oc * width..(oc + 1) * width];
-                for col in c0..(c0 + B).min(width) {
-                    t[col * og + oc] = row[col];
-                }
-            }
-        }
-    }
+    super::simd_gemm::transpose(og, width, dyg.data, width, t, og);
     let a = super::simd_gemm::StridedA { data: cols, rs: width, cs: 1 };
     super::simd_gemm::gemm(k, og, width, a, t, og, dwg, og, true);
 }
