@@ -408,6 +408,21 @@ fn acc_dw(
     super::simd_gemm::gemm(k, og, width, a, t, og, dwg, og, true);
 }
 
+/// `parts[0] + parts[1] + …`, element by element in that order (so the same parts give the same
+/// bits), in parallel over stretches of the elements.
+fn sum_in_order(parts: Vec<Vec<f32>>) -> Vec<f32> {
+    let mut parts = parts.into_iter();
+    let mut acc = parts.next().unwrap_or_default();
+    let rest: Vec<Vec<f32>> = parts.collect();
+    const STRETCH: usize = 1 << 12;
+    acc.par_chunks_mut(STRETCH).enumerate().for_each(|(j, a)| {
+        for p in &rest {
+            a.iter_mut().zip(&p[j * STRETCH..]).for_each(|(u, v)| *u += v);
+        }
+    });
+    acc
+}
+
 /// Is `cols` just the input itself (1x1 kernel, stride 1, no padding, one image, one group)?
 fn is_identity(g: &Geom, nb: usize) -> bool {
     g.kh == 1 && g.kw == 1 && g.s == 1 && g.pad == 0 && nb == 1 && g.groups == 1
@@ -573,32 +588,31 @@ impl Conv2d {
             dw
         };
         let dw = if n > nb {
-            dx.par_chunks_mut(nb * g.in_len())
+            // Chunks in fixed, contiguous groups (a few per thread), each group's weight gradient
+            // accumulated in one buffer, the groups' buffers then summed in group order: the
+            // result does not depend on which thread ran what, so training is bitwise
+            // reproducible (and `--resume` exact), and the sum at the end is over a handful of
+            // buffers, in parallel, not one buffer per chunk on one thread while the others sleep.
+            let chunks = n.div_ceil(nb);
+            let per_group = chunks.div_ceil(4 * rayon::current_num_threads()).max(1);
+            let parts: Vec<Vec<f32>> = dx
+                .par_chunks_mut(nb * g.in_len())
                 .zip(x.data.par_chunks(nb * g.in_len()))
                 .zip(dy.data.par_chunks(nb * g.out_len()))
-                .map(|((dxc, xc), dyc)| body(Vec::new(), dxc, xc, dyc))
-                .collect::<Vec<_>>()
-                // Sum the chunks' weight gradients in chunk order, whatever thread made them,
-                // so that training is bitwise reproducible (and `--resume` exact).
-                .into_iter()
-                .reduce(|mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(u, v)| *u += v);
-                    a
-                })
-                .unwrap_or_default()
+                .fold_chunks(per_group, Vec::new, |dw, ((dxc, xc), dyc)| body(dw, dxc, xc, dyc))
+                .collect();
+            sum_in_order(parts)
         } else {
             body(Vec::new(), &mut dx, &x.data, &dy.data)
         };
         if dw_t {
             // the accumulators hold dWᵀ per group, [groups][k][og]
+            let mut t = vec![0.0f32; og * k];
             for grp in 0..g.groups {
                 let src = &dw[grp * og * k..(grp + 1) * og * k];
+                super::simd_gemm::transpose(k, og, src, og, &mut t, k);
                 let dst = &mut self.weight.grad[grp * og * k..(grp + 1) * og * k];
-                for oc in 0..og {
-                    for kk in 0..k {
-                        dst[oc * k + kk] += src[kk * og + oc];
-                    }
-                }
+                dst.iter_mut().zip(&t).for_each(|(a, b)| *a += b);
             }
         } else {
             self.weight.grad.iter_mut().zip(&dw).for_each(|(a, b)| *a += b);
