@@ -114,6 +114,7 @@ unsafe fn gemm_avx512(
 ) {
     const MR: usize = 8;
     const NR: usize = 32;
+    const KC: usize = 256;
     let mut j = 0;
     while j < n {
         let w = (n - j).min(NR);
@@ -125,22 +126,30 @@ unsafe fn gemm_avx512(
         } else {
             0
         };
-        let bj = b.add(j);
-        let mut i = 0;
-        while i < m {
-            let ai = a.add(i * a_rs);
-            let ci = c.add(i * ldc + j);
-            match (m - i).min(MR) {
-                8 => tile::<8>(k, ai, a_rs, a_cs, bj, ldb, ci, ldc, m0, m1, accumulate),
-                7 => tile::<7>(k, ai, a_rs, a_cs, bj, ldb, ci, ldc, m0, m1, accumulate),
-                6 => tile::<6>(k, ai, a_rs, a_cs, bj, ldb, ci, ldc, m0, m1, accumulate),
-                5 => tile::<5>(k, ai, a_rs, a_cs, bj, ldb, ci, ldc, m0, m1, accumulate),
-                4 => tile::<4>(k, ai, a_rs, a_cs, bj, ldb, ci, ldc, m0, m1, accumulate),
-                3 => tile::<3>(k, ai, a_rs, a_cs, bj, ldb, ci, ldc, m0, m1, accumulate),
-                2 => tile::<2>(k, ai, a_rs, a_cs, bj, ldb, ci, ldc, m0, m1, accumulate),
-                _ => tile::<1>(k, ai, a_rs, a_cs, bj, ldb, ci, ldc, m0, m1, accumulate),
+        // k in blocks of KC rows, so that the block of B's panel (KC x 32 floats, 32 KiB) stays
+        // in L1 while every row tile of A passes over it; blocks after the first add onto C
+        let mut p0 = 0;
+        while p0 < k {
+            let kc = (k - p0).min(KC);
+            let acc = accumulate || p0 > 0;
+            let bj = b.add(p0 * ldb + j);
+            let mut i = 0;
+            while i < m {
+                let ai = a.add(i * a_rs + p0 * a_cs);
+                let ci = c.add(i * ldc + j);
+                match (m - i).min(MR) {
+                    8 => tile::<8>(kc, ai, a_rs, a_cs, bj, ldb, ci, ldc, m0, m1, acc),
+                    7 => tile::<7>(kc, ai, a_rs, a_cs, bj, ldb, ci, ldc, m0, m1, acc),
+                    6 => tile::<6>(kc, ai, a_rs, a_cs, bj, ldb, ci, ldc, m0, m1, acc),
+                    5 => tile::<5>(kc, ai, a_rs, a_cs, bj, ldb, ci, ldc, m0, m1, acc),
+                    4 => tile::<4>(kc, ai, a_rs, a_cs, bj, ldb, ci, ldc, m0, m1, acc),
+                    3 => tile::<3>(kc, ai, a_rs, a_cs, bj, ldb, ci, ldc, m0, m1, acc),
+                    2 => tile::<2>(kc, ai, a_rs, a_cs, bj, ldb, ci, ldc, m0, m1, acc),
+                    _ => tile::<1>(kc, ai, a_rs, a_cs, bj, ldb, ci, ldc, m0, m1, acc),
+                }
+                i += MR;
             }
-            i += MR;
+            p0 += kc;
         }
         j += NR;
     }
