@@ -54,7 +54,39 @@ pub struct Conv2d {
     pub bias: Option<Param>,
     /// Stride, padding, groups.
     pub cfg: Conv2dConfig,
+    /// Also compute, in a training forward, each output plane's [`plane_sums`] while the
+    /// chunk is still in cache (a batch norm after the convolution then needs no pass of its
+    /// own over the output for its statistics); read them with [`Conv2d::take_plane_sums`].
+    pub want_plane_sums: bool,
     input: Option<Arc<Tensor>>,
+    sums: Vec<(f32, f32)>,
+}
+
+/// (Σ x, Σ x·(y − μ)) of two equal-length slices, 8 lanes at a time, in f32; with `y = x` and
+/// `μ = 0`, a plane's sum and sum of squares, as a batch norm's statistics want them.
+#[inline]
+pub fn dot_sums(x: &[f32], y: &[f32], mu: f32) -> (f32, f32) {
+    let (mut a, mut b) = ([0f32; 8], [0f32; 8]);
+    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    let (xr, yr) = (xc.remainder(), yc.remainder());
+    for (u, v) in xc.zip(yc) {
+        for i in 0..8 {
+            a[i] += u[i];
+            b[i] += u[i] * (v[i] - mu);
+        }
+    }
+    let (mut s, mut t) = (a.iter().sum::<f32>(), b.iter().sum::<f32>());
+    for (u, v) in xr.iter().zip(yr) {
+        s += u;
+        t += u * (v - mu);
+    }
+    (s, t)
+}
+
+/// (Σ x, Σ x²) of one plane: [`dot_sums`]`(p, p, 0)`.
+#[inline]
+pub fn plane_sums(p: &[f32]) -> (f32, f32) {
+    dot_sums(p, p, 0.0)
 }
 
 /// Sizes of one convolution call.
@@ -136,7 +168,7 @@ impl Conv2d {
             b.role = crate::abi::ParamRole::NoDecay;
             b
         });
-        Conv2d { weight, bias, cfg, input: None }
+        Conv2d { weight, bias, cfg, want_plane_sums: false, input: None, sums: Vec::new() }
     }
 
     /// Output `[O, OH, OW]` for an input `[C, H, W]`, or an error if it does not fit.
@@ -262,10 +294,13 @@ fn im2col(x: &[f32], nb: usize, grp: usize, g: &Geom, cols: &mut [f32]) {
                         let srow = &src[x0..x0 + (n - 1) * g.s + 1];
                         match g.s {
                             1 => drow[xlo..xhi].copy_from_slice(srow),
-                            2 => drow[xlo..xhi]
-                                .iter_mut()
-                                .zip(srow.chunks(2))
-                                .for_each(|(d, v)| *d = v[0]),
+                            2 => {
+                                // exact lengths, so that the loop has no bounds checks
+                                let (d, src) = (&mut drow[xlo..xhi], &srow[..2 * n - 1]);
+                                for (t, v) in d.iter_mut().enumerate() {
+                                    *v = src[2 * t];
+                                }
+                            }
                             s => drow[xlo..xhi]
                                 .iter_mut()
                                 .enumerate()
@@ -529,15 +564,36 @@ impl Conv2d {
                 }
             }
         };
-        if n > nb {
+        let want_sums = train && self.want_plane_sums;
+        // the chunk's output planes' sums, taken while the chunk is in cache
+        let sums_of = |yc: &[f32]| -> Vec<(f32, f32)> {
+            if want_sums {
+                yc.chunks(p).map(plane_sums).collect()
+            } else {
+                Vec::new()
+            }
+        };
+        let sums: Vec<(f32, f32)> = if n > nb {
             y.par_chunks_mut(nb * g.out_len())
                 .zip(x.data.par_chunks(nb * g.in_len()))
-                .for_each(|(yc, xc)| with_scratch(|s| body(s, yc, xc)));
+                .flat_map_iter(|(yc, xc)| {
+                    with_scratch(|s| body(s, yc, xc));
+                    sums_of(yc)
+                })
+                .collect()
         } else {
             with_scratch(|s| body(s, &mut y, &x.data));
-        }
+            sums_of(&y)
+        };
+        self.sums = sums;
         self.input = train.then_some(keep);
         Tensor::new(vec![n, g.o, g.oh, g.ow], y)
+    }
+
+    /// The output planes' `(Σ y, Σ y²)` of the last training forward, plane `i = image · O +
+    /// channel`, when [`Conv2d::want_plane_sums`] is set (empty otherwise).
+    pub fn take_plane_sums(&mut self) -> Vec<(f32, f32)> {
+        std::mem::take(&mut self.sums)
     }
 
     fn backward_inner(&mut self, dy: &Tensor) -> Tensor {
@@ -736,6 +792,33 @@ mod tests {
         }
         for (a, b) in dw.iter().zip(&dw1) {
             assert!((a - b).abs() < 1e-3 * (1.0 + b.abs()), "dw {a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn plane_sums_of_a_training_forward_are_those_of_its_output() {
+        // chunked (40 images) and one chunk (1 image); none unless asked, none in evaluation
+        for n in [40, 1] {
+            let mut conv = Conv2d::new(&Init::new(9), 3, 8, 3, cfg(1, 1, 1, true));
+            let x = random(&[n, 3, 9, 11], 5);
+            conv.forward(&x, true);
+            assert!(conv.take_plane_sums().is_empty());
+            conv.want_plane_sums = true;
+            let y = conv.forward(&x, true);
+            let want: Vec<(f32, f32)> = y.data.chunks(99).map(plane_sums).collect();
+            assert_eq!(want.len(), n * 8);
+            assert_eq!(conv.take_plane_sums(), want);
+            let (s, q) = want[3];
+            let plane = &y.data[3 * 99..4 * 99];
+            let (s64, q64) = plane
+                .iter()
+                .fold((0f64, 0f64), |(a, b), &v| (a + v as f64, b + (v as f64).powi(2)));
+            assert!(
+                (s as f64 - s64).abs() < 1e-4 * (1.0 + s64.abs())
+                    && (q as f64 - q64).abs() < 1e-4 * q64
+            );
+            conv.forward(&x, false);
+            assert!(conv.take_plane_sums().is_empty());
         }
     }
 

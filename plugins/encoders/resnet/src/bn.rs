@@ -21,6 +21,7 @@
 //! this rank's share of their gradient only: the host's all-reduce of the encoder's gradients
 //! adds the ranks' shares.
 
+use latent_sdk::kit::conv::{dot_sums, plane_sums};
 use latent_sdk::kit::{Init, Module, Param, Tensor};
 use latent_sdk::prelude::{Collective, ParamRole};
 use rayon::prelude::*;
@@ -77,26 +78,6 @@ struct Cache {
     /// [`stat_index`] is its channel).
     per_group: usize,
     train: bool,
-}
-
-/// (Σ x, Σ x·(y − μ)) of two equal-length slices, 8 lanes at a time.
-#[inline]
-fn dot_sums(x: &[f32], y: &[f32], mu: f32) -> (f32, f32) {
-    let (mut a, mut b) = ([0f32; 8], [0f32; 8]);
-    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
-    let (xr, yr) = (xc.remainder(), yc.remainder());
-    for (u, v) in xc.zip(yc) {
-        for i in 0..8 {
-            a[i] += u[i];
-            b[i] += u[i] * (v[i] - mu);
-        }
-    }
-    let (mut s, mut t) = (a.iter().sum::<f32>(), b.iter().sum::<f32>());
-    for (u, v) in xr.iter().zip(yr) {
-        s += u;
-        t += u * (v - mu);
-    }
-    (s, t)
 }
 
 /// Runs `f(plane)` over the `[S]` planes of `data`, in parallel when large.
@@ -164,6 +145,13 @@ impl BnRelu {
     /// Normalises `x` (consumed; kept for backward when `train`). In training the batch must
     /// split into [`BnRelu::groups`] equal slices.
     pub fn forward(&mut self, x: Tensor, train: bool) -> Tensor {
+        self.forward_with_sums(x, train, Vec::new())
+    }
+
+    /// As [`BnRelu::forward`], with each plane's `(Σ x, Σ x²)` already taken (by the
+    /// convolution that made `x`: [`latent_sdk::kit::Conv2d::want_plane_sums`]), in plane
+    /// order; an empty `sums` has them computed here.
+    pub fn forward_with_sums(&mut self, x: Tensor, train: bool, sums: Vec<(f32, f32)>) -> Tensor {
         let (n, c, s) = self.layout(&x.shape);
         let groups = if train { self.groups.max(1) } else { 1 };
         assert!(
@@ -178,7 +166,8 @@ impl BnRelu {
                 "batch-norm in training needs more than one value per channel, got shape {:?}",
                 x.shape
             );
-            let mut sums = per_channel(&planes(&x.data, s, |p| dot_sums(p, p, 0.0)), c, per_group);
+            let pairs = if sums.len() == n * c { sums } else { planes(&x.data, s, plane_sums) };
+            let mut sums = per_channel(&pairs, c, per_group);
             let m = all_reduce(self.sync, &mut sums, m as f64) as usize;
             let mo = self.momentum;
             let mut mean = Vec::with_capacity(sums.len());

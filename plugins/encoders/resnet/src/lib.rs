@@ -169,14 +169,15 @@ impl ConvBn {
         relu: bool,
     ) -> ConvBn {
         let cfg = Conv2dConfig { stride, padding: kernel / 2, groups: 1, bias: false };
-        ConvBn {
-            conv: Conv2d::new(&init.pp(conv), cin, cout, kernel, cfg),
-            bn: BnRelu::new(&init.pp(bn), cout, relu),
-        }
+        let mut conv = Conv2d::new(&init.pp(conv), cin, cout, kernel, cfg);
+        // the norm's statistics are taken by the convolution while its output is in cache
+        conv.want_plane_sums = true;
+        ConvBn { conv, bn: BnRelu::new(&init.pp(bn), cout, relu) }
     }
     fn forward(&mut self, x: &Arc<Tensor>, train: bool) -> Tensor {
         let h = self.conv.forward_arc(x.clone(), train);
-        self.bn.forward(h, train)
+        let sums = self.conv.take_plane_sums();
+        self.bn.forward_with_sums(h, train, sums)
     }
     fn backward(&mut self, dy: Tensor) -> Tensor {
         let g = self.bn.backward(dy);
