@@ -123,7 +123,9 @@ fn trained(name: &str) -> bool {
 /// A wrong gradient (a scale of 1/world_size, a missing term, per-rank batch norm where it
 /// should be synchronised) moves them by 1e-2 and more from the first steps on.
 const LOSS_TOL_2: f64 = 1e-6; // the first 2 steps' losses, relative
-const LOSS_TOL: f64 = 1e-4; // every step's loss, relative
+                              // every step's loss, relative; since the conv's k blocking and grouped dW sums (8a41cef) the
+                              // SimCLR 2-rank run matches one process bitwise for 2 steps, then by 7.5e-7, 5.8e-5 and 4e-4
+const LOSS_TOL: f64 = 1e-3;
 const TOL: f64 = 1e-3; // the weights after 5 steps (see max_rel_diff)
 
 /// `ranks` ranks against one process on the same global batch: step losses and final
@@ -401,13 +403,24 @@ fn rank_pid(out: &Path, rank: usize) -> Option<u32> {
     })
 }
 
-/// Waits (at most `limit`) until no rank of the run in `out` is left.
+/// Waits (at most `limit`) until no rank of the run in `out` is left and its lock is free.
 fn wait_ranks_gone(out: &Path, ranks: usize, limit: Duration) {
     let t0 = Instant::now();
     while (0..ranks).any(|r| rank_pid(out, r).is_some()) {
         assert!(
             t0.elapsed() < limit,
             "a rank of {} is still running after {limit:?}",
+            out.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // and until the run's lock is free: a rank whose memory is already gone from /proc (so
+    // that its command line no longer shows) may still be closing its files, the lock among
+    // them (CI once resumed in that window and was refused "in use by another latent process")
+    while latent_host::train::run_dir::lock_run(out).is_err() {
+        assert!(
+            t0.elapsed() < limit,
+            "the lock of {} is still held after {limit:?}",
             out.display()
         );
         std::thread::sleep(Duration::from_millis(100));
