@@ -463,6 +463,9 @@ fn acc_dw(
     super::simd_gemm::gemm(k, og, width, a, t, og, dwg, og, true);
 }
 
+/// Chunks whose weight gradients the backward pass accumulates in one buffer.
+const DW_GROUP: usize = 4;
+
 /// `parts[0] + parts[1] + …`, element by element in that order (so the same parts give the same
 /// bits), in parallel over stretches of the elements.
 fn sum_in_order(parts: Vec<Vec<f32>>) -> Vec<f32> {
@@ -664,18 +667,19 @@ impl Conv2d {
             dw
         };
         let dw = if n > nb {
-            // Chunks in fixed, contiguous groups (a few per thread), each group's weight gradient
+            // Chunks in fixed, contiguous groups of DW_GROUP, each group's weight gradient
             // accumulated in one buffer, the groups' buffers then summed in group order: the
             // result does not depend on which thread ran what, so training is bitwise
-            // reproducible (and `--resume` exact), and the sum at the end is over a handful of
-            // buffers, in parallel, not one buffer per chunk on one thread while the others sleep.
-            let chunks = n.div_ceil(nb);
-            let per_group = chunks.div_ceil(4 * rayon::current_num_threads()).max(1);
+            // reproducible (and `--resume` exact); the sum at the end is over a quarter as many
+            // buffers as chunks, in parallel, not one buffer per chunk on one thread while the
+            // others sleep. The groups do not depend on the batch size, so the first half of a
+            // batch groups as a data-parallel rank's half does, and the sums differ between
+            // one process and two ranks only in their last addition.
             let parts: Vec<Vec<f32>> = dx
                 .par_chunks_mut(nb * g.in_len())
                 .zip(x.data.par_chunks(nb * g.in_len()))
                 .zip(dy.data.par_chunks(nb * g.out_len()))
-                .fold_chunks(per_group, Vec::new, |dw, ((dxc, xc), dyc)| body(dw, dxc, xc, dyc))
+                .fold_chunks(DW_GROUP, Vec::new, |dw, ((dxc, xc), dyc)| body(dw, dxc, xc, dyc))
                 .collect();
             sum_in_order(parts)
         } else {
