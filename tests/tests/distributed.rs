@@ -123,7 +123,12 @@ fn trained(name: &str) -> bool {
 /// A wrong gradient (a scale of 1/world_size, a missing term, per-rank batch norm where it
 /// should be synchronised) moves them by 1e-2 and more from the first steps on.
 const LOSS_TOL_2: f64 = 1e-6; // the first 2 steps' losses, relative
-const LOSS_TOL: f64 = 1e-4; // every step's loss, relative
+/// Every step's loss, relative. At step 4 the rounding carried by momentum reaches a few 1e-4:
+/// SimCLR on 2 and on 3 ranks, over six variants of the conv's summation order (2026-12-03),
+/// differed from one process by 0 to 3e-7 in the first three steps and by 4e-6 to 5.4e-4 at
+/// step 4, each variant passing one of the two tests at 1e-4 and failing the other; as the
+/// weights' TOL below, and far under the 1e-2 of a wrong gradient.
+const LOSS_TOL: f64 = 1e-3;
 const TOL: f64 = 1e-3; // the weights after 5 steps (see max_rel_diff)
 
 /// `ranks` ranks against one process on the same global batch: step losses and final

@@ -229,10 +229,6 @@ impl Conv2d {
 fn chunking(n: usize, g: &Geom) -> (usize, gemm::Parallelism) {
     let threads = rayon::current_num_threads();
     let nb = (CHUNK_COLS / g.p().max(1)).clamp(1, n.div_ceil(2 * threads).max(1));
-    // as many chunks as that, rounded up to a multiple of twice the threads, so that the
-    // threads get equal shares (256 images of 7 × 7 in 13 chunks of 20 left one thread a
-    // chunk short of the other; 16 chunks of 16 do not)
-    let nb = n.div_ceil(n.div_ceil(nb).next_multiple_of(2 * threads)).max(1);
     let chunks = n.div_ceil(nb);
     let flops = g.og() * g.k() * nb * g.p();
     let par = if chunks >= 2 * threads || threads == 1 || flops < (1 << 20) {
@@ -463,9 +459,6 @@ fn acc_dw(
     super::simd_gemm::gemm(k, og, width, a, t, og, dwg, og, true);
 }
 
-/// Chunks whose weight gradients the backward pass accumulates in one buffer.
-const DW_GROUP: usize = 4;
-
 /// `parts[0] + parts[1] + …`, element by element in that order (so the same parts give the same
 /// bits), in parallel over stretches of the elements.
 fn sum_in_order(parts: Vec<Vec<f32>>) -> Vec<f32> {
@@ -667,19 +660,15 @@ impl Conv2d {
             dw
         };
         let dw = if n > nb {
-            // Chunks in fixed, contiguous groups of DW_GROUP, each group's weight gradient
-            // accumulated in one buffer, the groups' buffers then summed in group order: the
-            // result does not depend on which thread ran what, so training is bitwise
-            // reproducible (and `--resume` exact); the sum at the end is over a quarter as many
-            // buffers as chunks, in parallel, not one buffer per chunk on one thread while the
-            // others sleep. The groups do not depend on the batch size, so the first half of a
-            // batch groups as a data-parallel rank's half does, and the sums differ between
-            // one process and two ranks only in their last addition.
+            // One weight gradient per chunk, summed in chunk order whatever thread made it, so
+            // that training is bitwise reproducible (and `--resume` exact), and a data-parallel
+            // rank's chunks sum as the same chunks of one process do; the sum runs in parallel
+            // over the elements (summed on one thread, it left the other asleep)
             let parts: Vec<Vec<f32>> = dx
                 .par_chunks_mut(nb * g.in_len())
                 .zip(x.data.par_chunks(nb * g.in_len()))
                 .zip(dy.data.par_chunks(nb * g.out_len()))
-                .fold_chunks(DW_GROUP, Vec::new, |dw, ((dxc, xc), dyc)| body(dw, dxc, xc, dyc))
+                .map(|((dxc, xc), dyc)| body(Vec::new(), dxc, xc, dyc))
                 .collect();
             sum_in_order(parts)
         } else {
