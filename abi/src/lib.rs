@@ -55,7 +55,8 @@ use std::fmt;
 pub enum DeviceKind {
     /// Host memory; `TensorDesc::data` holds the values.
     Cpu,
-    /// A CUDA device (reserved: no plugin or host implements it yet).
+    /// A CUDA device: tensors cross as [`DeviceTensorDesc`] (pointers into its memory), on the
+    /// stream of the host's [`DeviceBinding`].
     Cuda,
 }
 
@@ -96,6 +97,53 @@ pub struct TensorDesc {
     pub data: RVec<f32>,
     /// Where `data` lives.
     pub device: Device,
+}
+
+/// The host's CUDA device as an encoder receives it ([`EncoderAbi::bind_device`]): raw driver
+/// handles that the host keeps alive for its whole life.
+///
+/// Both sides run in one process, so the plugin's own CUDA library calls act on the same
+/// device; the plugin queues its work on `stream`, and so does the host, which orders every
+/// call's work after the previous one without a synchronisation.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceBinding {
+    /// The device (`cuda:N`).
+    pub device: Device,
+    /// The device's primary context (a `CUcontext`), retained by the host.
+    pub context: u64,
+    /// The stream (a `CUstream`) all work of the calls is queued on.
+    pub stream: u64,
+}
+
+/// A dense, row-major f32 tensor in device memory, in the spirit of DLPack: a pointer, a
+/// shape, the device and the stream on which its values are ready. Nothing is copied.
+///
+/// Ownership: the caller owns what it passes, for the call only; a plugin owns what it
+/// returns, valid until its next call of the same method (or its drop).
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct DeviceTensorDesc {
+    /// Dimensions, outermost first.
+    pub shape: RVec<u64>,
+    /// The device address (a `CUdeviceptr`) of `shape.iter().product()` f32 values.
+    pub ptr: u64,
+    /// Where `ptr` points.
+    pub device: Device,
+    /// The stream (a `CUstream`) whose queued work writes the values.
+    pub stream: u64,
+}
+
+impl DeviceTensorDesc {
+    /// The number of values.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product::<u64>() as usize
+    }
+
+    /// Whether it holds no value.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// The kinds of plugin.
@@ -337,6 +385,40 @@ pub trait EncoderAbi: Send {
     /// Accumulated gradients, in `params` order, then zeroes them.
     #[sabi(last_prefix_field)]
     fn take_grads(&mut self) -> PResult<RVec<TensorDesc>>;
+    /// Offers the host's device (ABI 0.3.1). `true`: the encoder runs there from now on, its
+    /// parameters live there, and the host calls [`forward_device`](Self::forward_device) and
+    /// [`backward_device`](Self::backward_device); the parameter calls above still move host
+    /// copies. `false`, the default (and what a library built before 0.3.1 answers): the
+    /// encoder stays on the CPU, and the host copies its inputs and outputs.
+    fn bind_device(&mut self, binding: DeviceBinding) -> PResult<bool> {
+        let _ = binding;
+        RResult::ROk(false)
+    }
+    /// [`forward`](Self::forward) on the bound device: images `[N, C, H, W]` to features
+    /// `[N, D]`, both in device memory.
+    fn forward_device(
+        &mut self,
+        images: DeviceTensorDesc,
+        train: bool,
+    ) -> PResult<DeviceTensorDesc> {
+        let _ = (images, train);
+        RResult::RErr(cpu_only("forward_device"))
+    }
+    /// [`backward`](Self::backward) on the bound device: accumulates parameter gradients for
+    /// d loss / d features (in device memory) of the last training forward.
+    fn backward_device(&mut self, grad: DeviceTensorDesc) -> PResult<()> {
+        let _ = grad;
+        RResult::RErr(cpu_only("backward_device"))
+    }
+}
+
+fn cpu_only(call: &str) -> PluginError {
+    PluginError::new(
+        ErrorKind::Input,
+        "encoder",
+        call,
+        "this encoder runs on the cpu only (it did not accept the device in `bind_device`)",
+    )
 }
 
 /// Where a run is, for schedules counted in epochs (DINO's teacher temperature and

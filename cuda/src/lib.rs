@@ -1,0 +1,412 @@
+//! # latent-cuda: the CUDA device, for the host and for plugins
+//!
+//! The host opens the device named by the config's `device = "cuda:N"` key with
+//! [`Gpu::open`], and hands it to encoders as a [`DeviceBinding`] (raw context and stream);
+//! a plugin turns that back into a [`Gpu`] with [`Gpu::from_binding`]. Both sides then queue
+//! their work on the one stream, and tensors cross as [`DeviceTensorDesc`] pointers
+//! ([`Gpu::borrow`] views one without copying or freeing it).
+//!
+//! Nothing here links against CUDA. The driver (`libcuda.so.1`), cuBLAS, cuDNN and NVRTC are
+//! loaded when a device is opened (cudarc's `dynamic-loading`), so a build needs no CUDA
+//! toolkit and a machine without a driver gets an [`OpenError`] saying what is missing:
+//!
+//! ```
+//! // On a machine without a driver (CI), opening fails with a message, never a crash.
+//! match latent_cuda::Gpu::open(0) {
+//!     Ok(gpu) => println!("opened {}", gpu.describe()),
+//!     Err(e) => println!("no GPU: {e}"),
+//! }
+//! ```
+//!
+//! Small kernels are CUDA C compiled at run time by NVRTC for the device's architecture and
+//! cached per [`Gpu`] ([`Gpu::function`]); [`kernels`] holds the ones the host and the SDK
+//! share (elementwise ops, reductions, the optimizer updates).
+
+#![deny(missing_docs)]
+
+pub mod kernels;
+
+pub use cudarc;
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream};
+use latent_abi::{Device, DeviceBinding, DeviceKind, DeviceTensorDesc};
+use std::collections::HashMap;
+use std::fmt;
+use std::mem::ManuallyDrop;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex};
+
+/// Why a CUDA device could not be opened. Each message names what is missing and what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenError {
+    /// No NVIDIA driver library could be loaded.
+    NoDriver,
+    /// A CUDA library the device path needs could not be loaded.
+    NoLibrary {
+        /// Which one (`cuBLAS`, `cuDNN`, `NVRTC`).
+        what: &'static str,
+        /// The file searched for.
+        file: &'static str,
+        /// Where it usually comes from.
+        hint: &'static str,
+    },
+    /// The driver loaded but refused to start (`cuInit`).
+    Init(String),
+    /// The ordinal is past the devices the driver sees.
+    NoSuchDevice {
+        /// The ordinal asked for.
+        ordinal: u32,
+        /// How many devices there are.
+        count: u32,
+    },
+    /// Creating the context or stream failed.
+    Context(String),
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::NoDriver => write!(
+                f,
+                "no NVIDIA driver on this machine: libcuda.so.1 could not be loaded (install the \
+                 NVIDIA driver, or train on the cpu with device = \"cpu\")"
+            ),
+            OpenError::NoLibrary { what, file, hint } => write!(
+                f,
+                "the NVIDIA driver is here but {what} is not: {file} could not be loaded ({hint}; \
+                 add its folder to LD_LIBRARY_PATH)"
+            ),
+            OpenError::Init(e) => write!(f, "the NVIDIA driver did not start (cuInit: {e})"),
+            OpenError::NoSuchDevice { ordinal, count: 0 } => {
+                write!(f, "cuda:{ordinal} asked for, but the driver sees no CUDA device")
+            }
+            OpenError::NoSuchDevice { ordinal, count } => write!(
+                f,
+                "cuda:{ordinal} asked for, but this machine has {count} CUDA device{} (cuda:0{})",
+                if *count == 1 { "" } else { "s" },
+                if *count == 1 { String::new() } else { format!(" to cuda:{}", count - 1) }
+            ),
+            OpenError::Context(e) => write!(f, "could not create a CUDA context: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+/// Whether the NVIDIA driver library can be loaded here (no device is touched).
+pub fn driver_present() -> bool {
+    // SAFETY: only tries `dlopen` on the driver's library names.
+    catch_unwind(|| unsafe { cudarc::driver::sys::is_culib_present() }).unwrap_or(false)
+}
+
+/// Checks that the libraries the device path needs beside the driver can be loaded.
+fn check_libraries() -> Result<(), OpenError> {
+    // SAFETY: each only tries `dlopen` on the library's names.
+    let present = |f: unsafe fn() -> bool| catch_unwind(|| unsafe { f() }).unwrap_or(false);
+    let pip = "pip's nvidia-*-cu13 packages put it under site-packages/nvidia/*/lib";
+    if !present(cudarc::cublas::sys::is_culib_present) {
+        return Err(OpenError::NoLibrary { what: "cuBLAS", file: "libcublas.so.13", hint: pip });
+    }
+    if !present(cudarc::nvrtc::sys::is_culib_present) {
+        return Err(OpenError::NoLibrary { what: "NVRTC", file: "libnvrtc.so.13", hint: pip });
+    }
+    if !present(cudarc::cudnn::sys::is_culib_present) {
+        return Err(OpenError::NoLibrary { what: "cuDNN", file: "libcudnn.so.9", hint: pip });
+    }
+    Ok(())
+}
+
+/// The number of CUDA devices the driver sees, or why it cannot say.
+pub fn device_count() -> Result<u32, OpenError> {
+    if !driver_present() {
+        return Err(OpenError::NoDriver);
+    }
+    let r = catch_unwind(|| {
+        cudarc::driver::result::init().map_err(|e| OpenError::Init(e.to_string()))?;
+        CudaContext::device_count().map(|n| n as u32).map_err(|e| OpenError::Init(e.to_string()))
+    });
+    r.unwrap_or_else(|p| Err(OpenError::Init(panic_text(&p))))
+}
+
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic in the CUDA bindings".into())
+}
+
+/// An error of a device call, with what was being done.
+#[derive(Debug)]
+pub struct DeviceError(pub String);
+
+impl fmt::Display for DeviceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DeviceError {}
+
+/// Attaches what was being done to a CUDA error.
+pub trait Doing<T> {
+    /// `Err(e)` becomes "`what`: e".
+    fn doing(self, what: &str) -> Result<T, DeviceError>;
+}
+
+impl<T, E: fmt::Display> Doing<T> for Result<T, E> {
+    fn doing(self, what: &str) -> Result<T, DeviceError> {
+        self.map_err(|e| DeviceError(format!("{what}: {e}")))
+    }
+}
+
+/// An open CUDA device: its primary context, the stream all work goes on, and the kernels
+/// compiled for it so far.
+pub struct Gpu {
+    ordinal: u32,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+}
+
+impl fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Gpu(cuda:{})", self.ordinal)
+    }
+}
+
+impl Gpu {
+    /// Opens `cuda:ordinal` for the host: loads the driver and libraries, retains the
+    /// device's primary context and creates a stream.
+    pub fn open(ordinal: u32) -> Result<Gpu, OpenError> {
+        let count = device_count()?;
+        if ordinal >= count {
+            return Err(OpenError::NoSuchDevice { ordinal, count });
+        }
+        check_libraries()?;
+        let r = catch_unwind(|| -> Result<Gpu, OpenError> {
+            let ctx = CudaContext::new(ordinal as usize)
+                .map_err(|e| OpenError::Context(e.to_string()))?;
+            // One stream carries all work, so cudarc's per-buffer events are not needed.
+            // SAFETY: no buffer of this context exists yet.
+            unsafe { ctx.disable_event_tracking() };
+            let stream = ctx.new_stream().map_err(|e| OpenError::Context(e.to_string()))?;
+            Ok(Gpu { ordinal, ctx, stream, modules: Mutex::new(HashMap::new()) })
+        });
+        r.unwrap_or_else(|p| Err(OpenError::Context(panic_text(&p))))
+    }
+
+    /// The device a host handed over, on the plugin's side of the boundary: the same primary
+    /// context (retained once more), and the host's stream, borrowed.
+    ///
+    /// # Safety
+    /// `binding` must come from a live [`Gpu`] of this process ([`Gpu::binding`]), which must
+    /// outlive the returned one.
+    pub unsafe fn from_binding(binding: &DeviceBinding) -> Result<Gpu, DeviceError> {
+        if binding.device.kind != DeviceKind::Cuda {
+            return Err(DeviceError(format!("{} is not a CUDA device", binding.device)));
+        }
+        let ordinal = binding.device.ordinal;
+        let r = catch_unwind(AssertUnwindSafe(|| -> Result<Gpu, DeviceError> {
+            let ctx = CudaContext::new(ordinal as usize).doing("retaining the primary context")?;
+            if ctx.cu_ctx() as u64 != binding.context {
+                return Err(DeviceError(format!(
+                    "the host's context for cuda:{ordinal} is not the device's primary context"
+                )));
+            }
+            ctx.disable_event_tracking();
+            let stream = ctx.wrap_borrowed_stream(binding.stream as cudarc::driver::sys::CUstream);
+            Ok(Gpu { ordinal, ctx, stream, modules: Mutex::new(HashMap::new()) })
+        }));
+        r.unwrap_or_else(|p| Err(DeviceError(panic_text(&p))))
+    }
+
+    /// The handles a plugin needs ([`Gpu::from_binding`]).
+    pub fn binding(&self) -> DeviceBinding {
+        DeviceBinding {
+            device: self.device(),
+            context: self.ctx.cu_ctx() as u64,
+            stream: self.stream.cu_stream() as u64,
+        }
+    }
+
+    /// `cuda:N`.
+    pub fn device(&self) -> Device {
+        Device { kind: DeviceKind::Cuda, ordinal: self.ordinal }
+    }
+
+    /// The context.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The stream all work is queued on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// "cuda:0 (NVIDIA H200, compute 9.0, 139.8 GiB)".
+    pub fn describe(&self) -> String {
+        let name = self.ctx.name().unwrap_or_else(|_| "?".into());
+        let (ma, mi) = self.ctx.compute_capability().unwrap_or((0, 0));
+        let gib = self.ctx.total_mem().unwrap_or(0) as f64 / (1u64 << 30) as f64;
+        format!("cuda:{} ({name}, compute {ma}.{mi}, {gib:.1} GiB)", self.ordinal)
+    }
+
+    /// Waits for all work queued so far.
+    pub fn synchronize(&self) -> Result<(), DeviceError> {
+        self.stream.synchronize().doing("waiting for the device")
+    }
+
+    /// Kernel `name` of module `module`, compiled from CUDA C `src` by NVRTC for this device
+    /// the first time it is asked for (errors carry NVRTC's log).
+    pub fn function(
+        &self,
+        module: &'static str,
+        src: &str,
+        name: &str,
+    ) -> Result<CudaFunction, DeviceError> {
+        let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        let m = match modules.get(module) {
+            Some(m) => m.clone(),
+            None => {
+                let (ma, mi) = self.ctx.compute_capability().doing("reading the architecture")?;
+                let opts = cudarc::nvrtc::CompileOptions {
+                    options: vec![format!("--gpu-architecture=compute_{ma}{mi}")],
+                    name: Some(format!("{module}.cu")),
+                    ..Default::default()
+                };
+                let ptx = cudarc::nvrtc::compile_ptx_with_opts(src, opts)
+                    .map_err(|e| DeviceError(format!("compiling kernels `{module}`: {e:?}")))?;
+                let m = self.ctx.load_module(ptx).doing("loading kernels")?;
+                modules.insert(module, m.clone());
+                m
+            }
+        };
+        m.load_function(name).doing(&format!("kernel `{name}` of `{module}`"))
+    }
+
+    /// A new zeroed buffer of `len` values.
+    pub fn zeros(&self, len: usize) -> Result<CudaSlice<f32>, DeviceError> {
+        self.stream.alloc_zeros::<f32>(len.max(1)).doing("allocating device memory")
+    }
+
+    /// A copy of `host` on the device.
+    pub fn upload(&self, host: &[f32]) -> Result<CudaSlice<f32>, DeviceError> {
+        if host.is_empty() {
+            return self.zeros(1);
+        }
+        self.stream.clone_htod(host).doing("copying to the device")
+    }
+
+    /// Copies `host` into `dst` (same length).
+    pub fn upload_into(&self, host: &[f32], dst: &mut CudaSlice<f32>) -> Result<(), DeviceError> {
+        if host.is_empty() {
+            return Ok(());
+        }
+        let mut view = dst.slice_mut(0..host.len());
+        self.stream.memcpy_htod(host, &mut view).doing("copying to the device")
+    }
+
+    /// The first `len` values of `src`, copied to the host (waits for them).
+    pub fn download(&self, src: &CudaSlice<f32>, len: usize) -> Result<Vec<f32>, DeviceError> {
+        let mut out = vec![0.0f32; len];
+        if len > 0 {
+            self.stream
+                .memcpy_dtoh(&src.slice(0..len), &mut out)
+                .doing("copying from the device")?;
+        }
+        Ok(out)
+    }
+
+    /// A descriptor of the first `len` values of `buf` seen as `shape`.
+    pub fn desc(&self, buf: &CudaSlice<f32>, shape: &[usize]) -> DeviceTensorDesc {
+        use cudarc::driver::DevicePtr;
+        let (ptr, _sync) = buf.device_ptr(&self.stream);
+        DeviceTensorDesc {
+            shape: shape.iter().map(|&d| d as u64).collect(),
+            ptr: ptr as u64,
+            device: self.device(),
+            stream: self.stream.cu_stream() as u64,
+        }
+    }
+
+    /// A buffer view of a tensor someone else owns; it is never freed through this view.
+    ///
+    /// # Safety
+    /// `d.ptr` must point to `d.len()` f32 values on this device that outlive the view.
+    pub unsafe fn borrow(&self, d: &DeviceTensorDesc) -> Result<Borrowed, DeviceError> {
+        if d.device != self.device() {
+            return Err(DeviceError(format!(
+                "a tensor on {} given to {}",
+                d.device,
+                self.device()
+            )));
+        }
+        let len = d.len();
+        Ok(Borrowed(ManuallyDrop::new(self.stream.upgrade_device_ptr(d.ptr, len))))
+    }
+}
+
+/// A device buffer owned elsewhere ([`Gpu::borrow`]): usable as a `CudaSlice`, never freed.
+pub struct Borrowed(ManuallyDrop<CudaSlice<f32>>);
+
+impl std::ops::Deref for Borrowed {
+    type Target = CudaSlice<f32>;
+    fn deref(&self) -> &CudaSlice<f32> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Borrowed {
+    fn deref_mut(&mut self) -> &mut CudaSlice<f32> {
+        &mut self.0
+    }
+}
+
+/// Parses a config's device: `cpu`, `cuda` (device 0) or `cuda:N`.
+///
+/// ```
+/// use latent_abi::{Device, DeviceKind};
+/// assert_eq!(latent_cuda::parse_device("cpu").unwrap(), Device::CPU);
+/// assert_eq!(latent_cuda::parse_device("cuda:1").unwrap(), Device { kind: DeviceKind::Cuda, ordinal: 1 });
+/// assert!(latent_cuda::parse_device("gpu").is_err());
+/// ```
+pub fn parse_device(s: &str) -> Result<Device, String> {
+    let s = s.trim();
+    match s {
+        "cpu" => return Ok(Device::CPU),
+        "cuda" => return Ok(Device { kind: DeviceKind::Cuda, ordinal: 0 }),
+        _ => {}
+    }
+    if let Some(n) = s.strip_prefix("cuda:") {
+        if let Ok(ordinal) = n.parse::<u32>() {
+            return Ok(Device { kind: DeviceKind::Cuda, ordinal });
+        }
+    }
+    Err(format!("{s:?} is not a device: write \"cpu\", \"cuda\" or \"cuda:N\" (N = 0, 1, ...)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_say_what_is_missing() {
+        assert!(OpenError::NoDriver.to_string().contains("libcuda.so.1"));
+        let e = OpenError::NoSuchDevice { ordinal: 3, count: 2 }.to_string();
+        assert!(
+            e.contains("cuda:3") && e.contains("2 CUDA devices") && e.contains("cuda:1"),
+            "{e}"
+        );
+        let e = OpenError::NoSuchDevice { ordinal: 1, count: 1 }.to_string();
+        assert!(e.contains("1 CUDA device (cuda:0)"), "{e}");
+    }
+
+    #[test]
+    fn opening_without_a_driver_is_an_error_not_a_crash() {
+        if driver_present() {
+            return; // a GPU machine: tests/gpu/run covers it
+        }
+        assert_eq!(Gpu::open(0).unwrap_err(), OpenError::NoDriver);
+        assert_eq!(device_count().unwrap_err(), OpenError::NoDriver);
+    }
+}
