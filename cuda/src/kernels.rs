@@ -8,6 +8,7 @@
 use crate::{DeviceError, Doing, Gpu};
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use std::sync::Arc;
 
 /// The CUDA C source of module `elementwise`.
 pub const ELEMENTWISE: &str = r#"
@@ -104,16 +105,21 @@ macro_rules! launch {
 }
 
 /// The kernels of [`ELEMENTWISE`] and cuBLAS, on one device.
-pub struct Ops<'g> {
-    gpu: &'g Gpu,
+pub struct Ops {
+    gpu: Arc<Gpu>,
     blas: CudaBlas,
 }
 
-impl<'g> Ops<'g> {
+impl Ops {
     /// cuBLAS on `gpu`'s stream.
-    pub fn new(gpu: &'g Gpu) -> Result<Ops<'g>, DeviceError> {
+    pub fn new(gpu: Arc<Gpu>) -> Result<Ops, DeviceError> {
         let blas = CudaBlas::new(gpu.stream().clone()).doing("creating the cuBLAS handle")?;
         Ok(Ops { gpu, blas })
+    }
+
+    /// The device.
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
     }
 
     /// `c[m, n] = beta·c + a[m, k] · op(b)`, row-major, where `op(b)` is `b[k, n]`, or

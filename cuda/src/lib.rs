@@ -323,7 +323,7 @@ impl Gpu {
         let (ptr, _sync) = buf.device_ptr(&self.stream);
         DeviceTensorDesc {
             shape: shape.iter().map(|&d| d as u64).collect(),
-            ptr: ptr as u64,
+            ptr,
             device: self.device(),
             stream: self.stream.cu_stream() as u64,
         }

@@ -11,7 +11,8 @@ use std::path::Path;
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// `cpu` (the only device today; `cuda:N` is refused with a clear message).
+    /// `cpu`, or `cuda:N` (`cuda` is `cuda:0`): where encoders run (docs/ARCHITECTURE.md,
+    /// "Devices"). A machine without that GPU refuses it, naming what is missing.
     pub device: String,
     /// Where the images come from.
     pub data: DataConfig,
@@ -365,11 +366,8 @@ impl Config {
                 bail!("key `{key}.config{at}`: nan and inf cannot be passed to a plugin (its config crosses as JSON)");
             }
         }
-        if self.device != "cpu" {
-            bail!(
-                "device {:?} is not available: this build runs on the cpu only (device = \"cpu\")",
-                self.device
-            );
+        if let Err(e) = latent_cuda::parse_device(&self.device) {
+            bail!("config key `device`: {e}");
         }
         if self.augment.is_empty() {
             bail!("augment: give at least one view ([[augment]] plugin = \"pipeline\")");
@@ -516,8 +514,10 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused() {
-        let e = Config::load(None, &["device=\"cuda:0\"".into()]).unwrap_err();
-        assert!(format!("{e:#}").contains("cpu only"), "{e:#}");
+        let e = Config::load(None, &["device=\"gpu\"".into()]).unwrap_err();
+        assert!(format!("{e:#}").contains("config key `device`"), "{e:#}");
+        // a CUDA device parses; opening it is the run's business (device::open)
+        Config::load(None, &["device=\"cuda:1\"".into()]).unwrap();
         let e = Config::load(None, &["train.batch_size=1".into()]).unwrap_err();
         assert!(format!("{e:#}").contains("train.batch_size"));
     }

@@ -7,6 +7,7 @@
 //!
 //! One folder per concern, in the order a run meets them:
 //! - [`cli`]: the `latent` commands; [`config`]: the TOML experiment config and `--set`.
+//! - [`device`]: the config's `device`, a CUDA GPU opened once (or a clear error).
 //! - [`plugins`]: the search path and loading, checked handles around plugin objects, the
 //!   watchdog on every call, `check-plugin --deep` and `new-plugin`.
 //! - [`data`]: dataset readers, the threaded reproducible loader, and what a config asks of
@@ -23,6 +24,7 @@
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod device;
 pub mod dist;
 pub mod eval;
 pub mod inspect;

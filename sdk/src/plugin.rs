@@ -88,6 +88,45 @@ pub trait EncoderPlugin: Plugin + Module {
     fn forward(&mut self, images: Tensor, train: bool) -> anyhow::Result<Tensor>;
     /// Accumulates parameter gradients for d loss / d features of the last training forward.
     fn backward(&mut self, grad: Tensor) -> anyhow::Result<()>;
+
+    /// Offers the host's CUDA device (see `latent_cuda::Gpu::from_binding`). Return `true` to
+    /// run there from now on: the host then calls [`forward_device`](Self::forward_device) and
+    /// [`backward_device`](Self::backward_device), and the parameters live on the device, moved
+    /// to and from the [`Module`]'s `Param`s by the three `*_host`/`*_device` calls below.
+    /// Default: `false`, the encoder stays on the CPU and the host copies.
+    fn bind_device(&mut self, binding: DeviceBinding) -> anyhow::Result<bool> {
+        let _ = binding;
+        Ok(false)
+    }
+    /// [`forward`](Self::forward) with images and features in device memory.
+    fn forward_device(
+        &mut self,
+        images: DeviceTensorDesc,
+        train: bool,
+    ) -> anyhow::Result<DeviceTensorDesc> {
+        let _ = (images, train);
+        anyhow::bail!("{} runs on the cpu only", Self::NAME)
+    }
+    /// [`backward`](Self::backward) with d loss / d features in device memory.
+    fn backward_device(&mut self, grad: DeviceTensorDesc) -> anyhow::Result<()> {
+        let _ = grad;
+        anyhow::bail!("{} runs on the cpu only", Self::NAME)
+    }
+    /// On a device: copy the parameter values (buffers included) into the `Param`s. The SDK
+    /// calls it before it reads them (`read_params`).
+    fn params_to_host(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// On a device: copy the `Param`s' values to the device. The SDK calls it after it wrote
+    /// them (`write_params`).
+    fn params_to_device(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// On a device: add the accumulated gradients into the `Param`s' `grad` and zero them on
+    /// the device. The SDK calls it before it takes the gradients (`take_grads`).
+    fn grads_to_host(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// An augmentation: a pure function of one image `[C, H, W]` and a seed.
@@ -601,7 +640,44 @@ impl<P: EncoderPlugin> EncoderAbi for Wrapped<P> {
             p.backward(g).map_err(failed(P::NAME, "backward"))
         })
     }
-    param_calls!();
+    fn params(&mut self) -> PResult<RVec<ParamDesc>> {
+        self.g("params", |p| Ok(param_descs(p)))
+    }
+    fn read_params(&mut self) -> PResult<RVec<TensorDesc>> {
+        self.g("read_params", |p| {
+            p.params_to_host().map_err(failed(P::NAME, "read_params"))?;
+            Ok(read_params(p))
+        })
+    }
+    fn write_params(&mut self, values: RVec<TensorDesc>) -> PResult<()> {
+        self.g("write_params", |p| {
+            write_params(P::NAME, p, values)?;
+            p.params_to_device().map_err(failed(P::NAME, "write_params"))
+        })
+    }
+    fn take_grads(&mut self) -> PResult<RVec<TensorDesc>> {
+        self.g("take_grads", |p| {
+            p.grads_to_host().map_err(failed(P::NAME, "take_grads"))?;
+            Ok(take_grads(p))
+        })
+    }
+    fn bind_device(&mut self, binding: DeviceBinding) -> PResult<bool> {
+        self.g("bind_device", |p| p.bind_device(binding).map_err(failed(P::NAME, "bind_device")))
+    }
+    fn forward_device(
+        &mut self,
+        images: DeviceTensorDesc,
+        train: bool,
+    ) -> PResult<DeviceTensorDesc> {
+        self.g("forward_device", |p| {
+            p.forward_device(images, train).map_err(failed(P::NAME, "forward_device"))
+        })
+    }
+    fn backward_device(&mut self, grad: DeviceTensorDesc) -> PResult<()> {
+        self.g("backward_device", |p| {
+            p.backward_device(grad).map_err(failed(P::NAME, "backward_device"))
+        })
+    }
 }
 
 /// Builds encoder `P` from a JSON config as an ABI object.

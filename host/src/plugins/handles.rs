@@ -3,13 +3,16 @@
 //! and what comes back is checked (shapes, lengths, finite values).
 
 use super::registry::pres;
+use crate::device::HostDevice;
 use abi_stable::std_types::RVec;
 use anyhow::{bail, Context as _, Result};
 use latent_abi::*;
+use latent_cuda::{cudarc::driver::CudaSlice, Gpu};
 use latent_sdk::kit::Tensor;
 /// An objective's answer in owned form, the SDK's type: loss, d loss / d views, metrics, τ.
 pub use latent_sdk::plugin::ObjectiveResult;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 fn to_tensor(plugin: &str, call: &str, d: TensorDesc) -> Result<Tensor> {
     // A shape whose product overflows would panic the host in Tensor::from_desc.
@@ -86,12 +89,63 @@ pub struct Encoder {
     /// Plugin name.
     pub name: String,
     obj: EncoderBox,
+    dev: Option<OnDevice>,
+}
+
+/// An encoder that accepted the device: the host's input and gradient buffers there, and the
+/// time its copies took.
+struct OnDevice {
+    gpu: Arc<Gpu>,
+    images: Option<CudaSlice<f32>>,
+    grad: Option<CudaSlice<f32>>,
+    copy_s: f64,
+}
+
+/// Copies `t` into `buf` on the device, growing it when too small.
+fn stage(gpu: &Gpu, buf: &mut Option<CudaSlice<f32>>, t: &[f32]) -> Result<()> {
+    if buf.as_ref().is_none_or(|b| b.len() < t.len()) {
+        *buf = Some(gpu.zeros(t.len())?);
+    }
+    gpu.upload_into(t, buf.as_mut().expect("allocated above"))?;
+    Ok(())
 }
 
 impl Encoder {
     /// Wraps an encoder object (loaded, or linked in-process).
     pub fn new(name: &str, obj: EncoderBox) -> Encoder {
-        Encoder { name: name.to_string(), obj }
+        Encoder { name: name.to_string(), obj, dev: None }
+    }
+
+    /// Offers the run's device. An encoder that refuses a GPU stays on the CPU: the log says
+    /// so once per plugin.
+    pub fn bind(&mut self, device: &HostDevice) -> Result<()> {
+        let HostDevice::Cuda(gpu) = device else { return Ok(()) };
+        let _w = super::watchdog::enter(&self.name, "bind_device");
+        if pres(self.obj.bind_device(gpu.binding()))? {
+            self.dev = Some(OnDevice { gpu: gpu.clone(), images: None, grad: None, copy_s: 0.0 });
+        } else {
+            static SAID: Mutex<Vec<String>> = Mutex::new(Vec::new());
+            let mut said = SAID.lock().unwrap_or_else(|p| p.into_inner());
+            if !said.contains(&self.name) {
+                said.push(self.name.clone());
+                tracing::warn!(
+                    "encoder '{}' runs on the cpu only: it stays there on {}, and so does the step",
+                    self.name,
+                    gpu.device()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the encoder runs on a GPU.
+    pub fn on_device(&self) -> bool {
+        self.dev.is_some()
+    }
+
+    /// Seconds spent copying images and gradients to the device and features back, so far.
+    pub fn copy_seconds(&self) -> f64 {
+        self.dev.as_ref().map_or(0.0, |d| d.copy_s)
     }
 
     /// Output dimension for images of shape `[C, H, W]`.
@@ -103,10 +157,14 @@ impl Encoder {
     /// Forward; checks that `[N, D]` comes back with finite values.
     pub fn forward(&mut self, images: Tensor, train: bool) -> Result<Tensor> {
         let n = images.shape[0];
-        let w = super::watchdog::enter(&self.name, "forward");
-        let y = pres(self.obj.forward(images.into_desc(), train));
-        drop(w);
-        let y = to_tensor(&self.name, "forward", y?)?;
+        let y = if self.dev.is_some() {
+            self.forward_on_device(&images, train)?
+        } else {
+            let w = super::watchdog::enter(&self.name, "forward");
+            let y = pres(self.obj.forward(images.into_desc(), train));
+            drop(w);
+            to_tensor(&self.name, "forward", y?)?
+        };
         if y.shape.len() != 2 || y.shape[0] != n {
             bail!(
                 "plugin '{}' returned features of shape {:?} from `forward`, expected [{n}, D]",
@@ -120,8 +178,44 @@ impl Encoder {
 
     /// Backward.
     pub fn backward(&mut self, grad: Tensor) -> Result<()> {
+        if let Some(d) = self.dev.as_mut() {
+            let t = Instant::now();
+            stage(&d.gpu, &mut d.grad, &grad.data)?;
+            d.copy_s += t.elapsed().as_secs_f64();
+            let desc = d.gpu.desc(d.grad.as_ref().expect("staged"), &grad.shape);
+            let _w = super::watchdog::enter(&self.name, "backward_device");
+            return pres(self.obj.backward_device(desc));
+        }
         let _w = super::watchdog::enter(&self.name, "backward");
         pres(self.obj.backward(grad.into_desc()))
+    }
+
+    /// The forward of an encoder on the device: images in, features back, through the
+    /// host's buffers.
+    fn forward_on_device(&mut self, images: &Tensor, train: bool) -> Result<Tensor> {
+        let d = self.dev.as_mut().expect("on a device");
+        let t = Instant::now();
+        stage(&d.gpu, &mut d.images, &images.data)?;
+        d.copy_s += t.elapsed().as_secs_f64();
+        let desc = d.gpu.desc(d.images.as_ref().expect("staged"), &images.shape);
+        let w = super::watchdog::enter(&self.name, "forward_device");
+        let y = pres(self.obj.forward_device(desc, train));
+        drop(w);
+        let y = y?;
+        if y.device != d.gpu.device() {
+            bail!(
+                "plugin '{}' returned features on {} from `forward_device`, expected {}",
+                self.name,
+                y.device,
+                d.gpu.device()
+            );
+        }
+        let t = Instant::now();
+        // SAFETY: the plugin owns the features until its next forward (the ABI's contract).
+        let view = unsafe { d.gpu.borrow(&y) }?;
+        let data = d.gpu.download(&view, y.len())?;
+        d.copy_s += t.elapsed().as_secs_f64();
+        Ok(Tensor::new(y.shape.iter().map(|&x| x as usize).collect::<Vec<_>>(), data))
     }
 }
 param_access!(Encoder);

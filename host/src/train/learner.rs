@@ -176,6 +176,7 @@ pub fn build_encoder(
     let dim = encoder.out_dim(input_shape).with_context(|| {
         format!("encoder '{}' cannot take images of shape {input_shape:?}", cfg.encoder.plugin)
     })?;
+    encoder.bind(&crate::device::open(&cfg.device)?)?;
     Ok((encoder, dim))
 }
 

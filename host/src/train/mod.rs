@@ -184,6 +184,8 @@ impl Run {
     /// signal handlers and the watchdog, loads the plugins and the data, and sizes the run.
     pub fn open(plan: Plan, args: &TrainArgs) -> Result<Run> {
         let Plan { cfg, out, previous } = plan;
+        // the device first: a missing GPU is said before the run directory is touched
+        crate::device::open(&cfg.device)?;
         // in a data-parallel run, rank 0 alone writes the run directory
         let root = crate::dist::world().is_root();
         let lock = if root { Some(prepare_out(&out, args.resume)?) } else { None };

@@ -9,6 +9,11 @@
 //! The input size is known only once the host calls `out_dim([C, H, W])` (or at the first
 //! forward); the layers are built then, from `ctx.seed`. Parameters: `hidden.<i>.linear.*`,
 //! `hidden.<i>.bn.*`, `out.weight`, `out.bias`.
+//!
+//! With `device = "cuda:N"` the host offers its GPU and the mlp accepts: the same layers run
+//! there ([`cuda`]), with cuBLAS products and the batch-norm kernels of `latent-cuda`.
+
+pub mod cuda;
 
 use latent_sdk::kit::{Flatten, Sequential};
 use latent_sdk::prelude::*;
@@ -39,6 +44,8 @@ pub struct Mlp {
     net: Option<(usize, Sequential)>,
     /// Batch size of the training forward waiting for its backward.
     pending: Option<usize>,
+    /// The network on the host's GPU, once bound.
+    gpu: Option<cuda::OnGpu>,
 }
 
 impl Mlp {
@@ -79,7 +86,7 @@ impl Plugin for Mlp {
             "every hidden size must be at least 1, got {:?}",
             cfg.hidden
         );
-        Ok(Mlp { cfg, seed: ctx.seed, net: None, pending: None })
+        Ok(Mlp { cfg, seed: ctx.seed, net: None, pending: None, gpu: None })
     }
 }
 
@@ -98,6 +105,7 @@ impl EncoderPlugin for Mlp {
     }
 
     fn forward(&mut self, images: Tensor, train: bool) -> anyhow::Result<Tensor> {
+        ensure!(self.gpu.is_none(), "mlp is bound to a GPU: use forward_device");
         let (n, c, h, w) = images.dims4("images")?;
         ensure!(
             !train || !self.cfg.batch_norm || self.cfg.hidden.is_empty() || n >= 2,
@@ -119,6 +127,52 @@ impl EncoderPlugin for Mlp {
         let (_, net) = self.net.as_mut().context("backward before any forward")?;
         net.backward(&grad);
         Ok(())
+    }
+
+    fn bind_device(&mut self, binding: DeviceBinding) -> anyhow::Result<bool> {
+        let (input, net) = self.net.as_mut().context("bind_device before out_dim")?;
+        let mut layers = Vec::new();
+        let mut d = *input;
+        for &h in &self.cfg.hidden {
+            layers.push((d, h, !self.cfg.batch_norm, self.cfg.batch_norm));
+            d = h;
+        }
+        let on = cuda::OnGpu::new(&binding, net, &layers, self.cfg.out_dim)?;
+        self.gpu = Some(on);
+        Ok(true)
+    }
+
+    fn forward_device(
+        &mut self,
+        images: DeviceTensorDesc,
+        train: bool,
+    ) -> anyhow::Result<DeviceTensorDesc> {
+        self.gpu.as_mut().context("forward_device before bind_device")?.forward(&images, train)
+    }
+
+    fn backward_device(&mut self, grad: DeviceTensorDesc) -> anyhow::Result<()> {
+        self.gpu.as_mut().context("backward_device before bind_device")?.backward(&grad)
+    }
+
+    fn params_to_host(&mut self) -> anyhow::Result<()> {
+        match (&self.gpu, &mut self.net) {
+            (Some(g), Some((_, net))) => g.values_to_host(net),
+            _ => Ok(()),
+        }
+    }
+
+    fn params_to_device(&mut self) -> anyhow::Result<()> {
+        match (&mut self.gpu, &mut self.net) {
+            (Some(g), Some((_, net))) => g.values_to_device(net),
+            _ => Ok(()),
+        }
+    }
+
+    fn grads_to_host(&mut self) -> anyhow::Result<()> {
+        match (&mut self.gpu, &mut self.net) {
+            (Some(g), Some((_, net))) => g.grads_to_host(net),
+            _ => Ok(()),
+        }
     }
 }
 
