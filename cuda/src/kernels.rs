@@ -7,7 +7,7 @@
 
 use crate::{DeviceError, Doing, Gpu};
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchConfig};
 use std::sync::Arc;
 
 /// The CUDA C source of module `elementwise`.
@@ -83,7 +83,8 @@ extern "C" __global__ void bn_train_bwd(float* dx, float* dgamma, float* dbeta,
 }
 "#;
 
-fn grid(len: usize) -> LaunchConfig {
+/// One thread per element.
+pub fn grid(len: usize) -> LaunchConfig {
     LaunchConfig::for_num_elems(len.max(1) as u32)
 }
 
@@ -91,17 +92,11 @@ fn dim(v: usize, what: &str) -> Result<i32, DeviceError> {
     i32::try_from(v).map_err(|_| DeviceError(format!("{what} = {v} is too large for a kernel")))
 }
 
-/// Launches kernel `$name` of [`ELEMENTWISE`] over `$len` threads with the arguments given.
-/// SAFETY (of the `unsafe` inside): every launcher below passes the kernel's arguments in its
-/// order and types, with buffers of at least the lengths the kernel reads and writes.
+/// Launches `$name` of [`ELEMENTWISE`] over `$len` threads.
 macro_rules! launch {
-    ($self:ident, $name:literal, $len:expr, [$($arg:expr),* $(,)?]) => {{
-        let func = $self.gpu.function("elementwise", ELEMENTWISE, $name)?;
-        let mut b = $self.gpu.stream().launch_builder(&func);
-        $( b.arg($arg); )*
-        unsafe { b.launch(grid($len)) }.doing(concat!("launching `", $name, "`"))?;
-        Ok(())
-    }};
+    ($self:ident, $name:literal, $len:expr, [$($arg:expr),* $(,)?]) => {
+        $crate::launch!($self.gpu, "elementwise", ELEMENTWISE, $name, grid($len), [$($arg),*])
+    };
 }
 
 /// The kernels of [`ELEMENTWISE`] and cuBLAS, on one device.

@@ -362,6 +362,27 @@ impl std::ops::DerefMut for Borrowed {
     }
 }
 
+/// Launches kernel `$name` of module `$module` (CUDA C source `$src`, compiled on first use
+/// by [`Gpu::function`]) on `$gpu`'s stream with launch config `$cfg` and the arguments given
+/// (device buffers by reference, scalars by reference); `?` returns a [`DeviceError`].
+///
+/// The caller vouches, as for any kernel launch, that the arguments match the kernel's
+/// parameters in order and type and that the buffers hold what it reads and writes.
+#[macro_export]
+macro_rules! launch {
+    ($gpu:expr, $module:literal, $src:expr, $name:literal, $cfg:expr, [$($arg:expr),* $(,)?]) => {{
+        use $crate::cudarc::driver::PushKernelArg as _;
+        let func = $gpu.function($module, $src, $name)?;
+        let mut b = $gpu.stream().launch_builder(&func);
+        $( b.arg($arg); )*
+        let cfg: $crate::cudarc::driver::LaunchConfig = $cfg;
+        // SAFETY: the caller's, as the macro's documentation says.
+        unsafe { b.launch(cfg) }
+            .map_err(|e| $crate::DeviceError(format!(concat!("launching `", $name, "`: {}"), e)))?;
+        Ok::<(), $crate::DeviceError>(())
+    }};
+}
+
 /// Parses a config's device: `cpu`, `cuda` (device 0) or `cuda:N`.
 ///
 /// ```

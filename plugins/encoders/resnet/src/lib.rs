@@ -29,6 +29,10 @@
 //! forward pass all-reduces Σx and Σx² per channel, the backward pass Σg and Σg·x̂. The host
 //! sets it for `train.sync_batchnorm = true`; in one process it changes nothing.
 //!
+//! With `device = "cuda:N"` the host offers its GPU and the resnet accepts: the same maths run
+//! there ([`cuda`]: cuDNN convolutions, NVRTC kernels for the rest), except `stem_pool`, which
+//! is refused on a GPU for now.
+//!
 //! Parameters are named as PyTorch would (`stem.conv.weight`, `stage1.0.bn1.running_mean`,
 //! `stage2.0.shortcut.conv.weight`) and counted as trainable weights plus batch-norm affine.
 
@@ -36,6 +40,7 @@ use latent_sdk::kit::{Conv2d, Conv2dConfig, GlobalAvgPool, MaxPool2d};
 use latent_sdk::prelude::*;
 
 pub mod bn;
+pub mod cuda;
 use bn::BnRelu;
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -295,9 +300,30 @@ pub struct ResNet {
     threads: Option<rayon::ThreadPool>,
     /// Batch size of the training forward waiting for its backward.
     pending: Option<usize>,
+    /// The network on the host's GPU, once bound.
+    gpu: Option<cuda::OnGpu>,
+}
+
+/// The CPU layers as one [`Module`] (the parameters in their order), for the device copies.
+struct CpuLayers<'a> {
+    stem: &'a mut ConvBn,
+    blocks: &'a mut [BasicBlock],
+}
+
+impl Module for CpuLayers<'_> {
+    fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        self.stem.visit(f);
+        for b in self.blocks.iter_mut() {
+            b.visit(f);
+        }
+    }
 }
 
 impl ResNet {
+    fn cpu_layers(&mut self) -> (Option<&mut cuda::OnGpu>, CpuLayers<'_>) {
+        (self.gpu.as_mut(), CpuLayers { stem: &mut self.stem, blocks: &mut self.blocks })
+    }
+
     /// The resolved architecture.
     pub fn arch(&self) -> &Arch {
         &self.arch
@@ -402,6 +428,7 @@ impl Plugin for ResNet {
             gap: GlobalAvgPool::new(),
             threads,
             pending: None,
+            gpu: None,
         })
     }
 }
@@ -423,6 +450,7 @@ impl EncoderPlugin for ResNet {
     }
 
     fn forward(&mut self, images: Tensor, train: bool) -> anyhow::Result<Tensor> {
+        ensure!(self.gpu.is_none(), "resnet is bound to a GPU: use forward_device");
         let (n, c, h, w) = images.dims4("images")?;
         self.check_channels(c)?;
         ensure!(h >= 1 && w >= 1, "images must be at least 1x1, got {h}x{w}");
@@ -451,6 +479,55 @@ impl EncoderPlugin for ResNet {
         self.pending = None;
         self.run(|s| drop(s.backward_inner(&grad)));
         Ok(())
+    }
+
+    fn bind_device(&mut self, binding: DeviceBinding) -> anyhow::Result<bool> {
+        ensure!(
+            !self.cfg.stem_pool,
+            "stem_pool = true does not run on a GPU yet: set device = \"cpu\", or stem_pool = false"
+        );
+        ensure!(
+            !self.cfg.sync_batch_norm,
+            "sync_batch_norm does not run on a GPU yet: set device = \"cpu\""
+        );
+        let (arch, c_in, groups) = (self.arch.clone(), self.cfg.in_channels, self.cfg.bn_groups);
+        let (_, mut layers) = self.cpu_layers();
+        let on = cuda::OnGpu::new(&binding, &mut layers, &arch, c_in, groups)?;
+        self.gpu = Some(on);
+        Ok(true)
+    }
+
+    fn forward_device(
+        &mut self,
+        images: DeviceTensorDesc,
+        train: bool,
+    ) -> anyhow::Result<DeviceTensorDesc> {
+        self.gpu.as_mut().context("forward_device before bind_device")?.forward(&images, train)
+    }
+
+    fn backward_device(&mut self, grad: DeviceTensorDesc) -> anyhow::Result<()> {
+        self.gpu.as_mut().context("backward_device before bind_device")?.backward(&grad)
+    }
+
+    fn params_to_host(&mut self) -> anyhow::Result<()> {
+        match self.cpu_layers() {
+            (Some(g), mut layers) => g.values_to_host(&mut layers),
+            _ => Ok(()),
+        }
+    }
+
+    fn params_to_device(&mut self) -> anyhow::Result<()> {
+        match self.cpu_layers() {
+            (Some(g), mut layers) => g.values_to_device(&mut layers),
+            _ => Ok(()),
+        }
+    }
+
+    fn grads_to_host(&mut self) -> anyhow::Result<()> {
+        match self.cpu_layers() {
+            (Some(g), mut layers) => g.grads_to_host(&mut layers),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -1,0 +1,725 @@
+//! The `resnet` on a CUDA device: cuDNN convolutions (forward, backward data, backward
+//! filter), and NVRTC kernels for the batch norm with its fused ReLU, the residual add and
+//! the global average pool. The maths are those of the CPU path ([`crate::bn`]): training
+//! statistics per `bn_groups` slice summed in f64, running statistics updated slice by slice,
+//! the ReLU masks taken from the pre-activation.
+//!
+//! Parameters and their gradients live on the device; the host's `Param`s are copies, moved
+//! by [`OnGpu::values_to_host`], [`OnGpu::values_to_device`] and [`OnGpu::grads_to_host`].
+//! Not on the device yet: `stem_pool` (cuDNN's safe bindings have no pooling backward) and
+//! `sync_batch_norm` (the host refuses data-parallel GPU runs).
+
+use latent_cuda::cudarc::cudnn::{
+    sys as dnn, ConvBackwardData, ConvBackwardFilter, ConvDescriptor, ConvForward, Cudnn,
+    FilterDescriptor, TensorDescriptor,
+};
+use latent_cuda::cudarc::driver::{CudaSlice, LaunchConfig};
+use latent_cuda::kernels::grid;
+use latent_cuda::{launch, DeviceError, Doing, Gpu};
+use latent_sdk::abi::{DeviceBinding, DeviceTensorDesc};
+use latent_sdk::prelude::*;
+use std::sync::Arc;
+
+/// Kernels of module `resnet`: NCHW, statistics index k = group·C + channel.
+pub const KERNELS: &str = r#"
+#define BLOCK 256
+__device__ double block_sum(double v, double* sh) {
+    sh[threadIdx.x] = v;
+    __syncthreads();
+    for (int o = BLOCK / 2; o > 0; o >>= 1) {
+        if (threadIdx.x < o) sh[threadIdx.x] += sh[threadIdx.x + o];
+        __syncthreads();
+    }
+    double r = sh[0];
+    __syncthreads();
+    return r;
+}
+// one block per (group, channel): out[2k] = sum x, out[2k + 1] = sum x^2 over the slice
+extern "C" __global__ void bn_sums(double* out, const float* x, int c, int s, int per_group) {
+    __shared__ double sh[BLOCK];
+    int k = blockIdx.x, g = k / c, ch = k % c;
+    long m = (long)per_group * s;
+    double a = 0.0, b = 0.0;
+    for (long i = threadIdx.x; i < m; i += BLOCK) {
+        long img = (long)g * per_group + i / s;
+        float v = x[(img * c + ch) * s + i % s];
+        a += v; b += (double)v * v;
+    }
+    a = block_sum(a, sh); b = block_sum(b, sh);
+    if (threadIdx.x == 0) { out[2 * k] = a; out[2 * k + 1] = b; }
+}
+// one thread a channel, groups in order (the running statistics move once per slice)
+extern "C" __global__ void bn_finish(float* mean, float* inv, float* rm, float* rv,
+        const double* sums, int c, int groups, double m, float eps, float mo) {
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= c) return;
+    for (int g = 0; g < groups; ++g) {
+        int k = g * c + ch;
+        double mu = sums[2 * k] / m;
+        double var = sums[2 * k + 1] / m - mu * mu;
+        if (var < 0.0) var = 0.0;
+        rm[ch] = (1.0f - mo) * rm[ch] + mo * (float)mu;
+        rv[ch] = (1.0f - mo) * rv[ch] + mo * (float)(var * m / (m - 1.0));
+        mean[k] = (float)mu;
+        inv[k] = 1.0f / sqrtf((float)var + eps);
+    }
+}
+extern "C" __global__ void bn_eval_stats(float* mean, float* inv, const float* rm,
+        const float* rv, int c, float eps) {
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= c) return;
+    mean[ch] = rm[ch];
+    inv[ch] = 1.0f / sqrtf(rv[ch] + eps);
+}
+__device__ int stat_index(long i, int c, int s, int per_group) {
+    long plane = i / s;
+    int ch = (int)(plane % c);
+    long img = plane / c;
+    return (int)(img / per_group) * c + ch;
+}
+// y = a x + b with a = gamma inv, b = beta - mean a; then ReLU if relu
+extern "C" __global__ void bn_apply(float* y, const float* x, const float* mean,
+        const float* inv, const float* gamma, const float* beta, long len, int c, int s,
+        int per_group, int relu) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= len) return;
+    int k = stat_index(i, c, s, per_group), ch = (int)((i / s) % c);
+    float a = gamma[ch] * inv[k];
+    float b = beta[ch] - mean[k] * a;
+    float z = a * x[i] + b;
+    y[i] = relu && !(z > 0.0f) ? 0.0f : z;
+}
+// one block per (group, channel): dy := dy [a x + b > 0] (with relu), then
+// out[2k] = sum dy, out[2k + 1] = sum dy (x - mean)
+extern "C" __global__ void bn_bwd_sums(double* out, float* dy, const float* x,
+        const float* mean, const float* inv, const float* gamma, const float* beta,
+        int c, int s, int per_group, int relu) {
+    __shared__ double sh[BLOCK];
+    int k = blockIdx.x, g = k / c, ch = k % c;
+    long m = (long)per_group * s;
+    float a = gamma[ch] * inv[k];
+    float b = beta[ch] - mean[k] * a;
+    double sg = 0.0, sgx = 0.0;
+    for (long i = threadIdx.x; i < m; i += BLOCK) {
+        long img = (long)g * per_group + i / s;
+        long at = (img * c + ch) * s + i % s;
+        float v = x[at];
+        float d = dy[at];
+        if (relu && !(a * v + b > 0.0f)) { d = 0.0f; dy[at] = 0.0f; }
+        sg += d; sgx += (double)d * (v - mean[k]);
+    }
+    sg = block_sum(sg, sh); sgx = block_sum(sgx, sh);
+    if (threadIdx.x == 0) { out[2 * k] = sg; out[2 * k + 1] = sgx; }
+}
+extern "C" __global__ void bn_bwd_finish(float* dgamma, float* dbeta, float* mg, float* mgx,
+        const double* sums, const float* inv, int c, int groups, double m) {
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= c) return;
+    for (int g = 0; g < groups; ++g) {
+        int k = g * c + ch;
+        double sg = sums[2 * k], sgxhat = (double)inv[k] * sums[2 * k + 1];
+        dbeta[ch] += (float)sg;
+        dgamma[ch] += (float)sgxhat;
+        mg[k] = (float)(sg / m);
+        mgx[k] = (float)(sgxhat / m);
+    }
+}
+// dx = gamma inv (dy - mean(dy) - xhat mean(dy xhat)), in place in dy
+extern "C" __global__ void bn_bwd_apply(float* dy, const float* x, const float* mean,
+        const float* inv, const float* gamma, const float* mg, const float* mgx, long len,
+        int c, int s, int per_group) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= len) return;
+    int k = stat_index(i, c, s, per_group), ch = (int)((i / s) % c);
+    float is = inv[k];
+    dy[i] = gamma[ch] * is * (dy[i] - mg[k] - (x[i] - mean[k]) * is * mgx[k]);
+}
+// y = ReLU(y + r)
+extern "C" __global__ void add_relu(float* y, const float* r, long len) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= len) return;
+    float z = y[i] + r[i];
+    y[i] = z > 0.0f ? z : 0.0f;
+}
+// g := g [y > 0] and a copy into g2 (y: the block's output, positive where z was)
+extern "C" __global__ void relu_mask_copy(float* g, float* g2, const float* y, long len) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= len) return;
+    float d = y[i] > 0.0f ? g[i] : 0.0f;
+    g[i] = d; g2[i] = d;
+}
+extern "C" __global__ void add_into(float* a, const float* b, long len) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < len) a[i] += b[i];
+}
+// out[p] = mean of plane p (one thread a plane, in order)
+extern "C" __global__ void gap_fwd(float* out, const float* x, int planes, int s) {
+    int p = blockIdx.x * blockDim.x + threadIdx.x;
+    if (p >= planes) return;
+    float acc = 0.0f;
+    for (int i = 0; i < s; ++i) acc += x[(long)p * s + i];
+    out[p] = acc / s;
+}
+extern "C" __global__ void gap_bwd(float* dx, const float* dy, long len, int s) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < len) dx[i] = dy[i / s] / s;
+}
+"#;
+
+const BLOCK: u32 = 256;
+
+fn per_block(blocks: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+}
+
+fn err(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
+}
+
+type Act = Arc<CudaSlice<f32>>;
+
+/// The device's shared state: cuDNN, the convolution workspace.
+struct Dev {
+    gpu: Arc<Gpu>,
+    dnn: Arc<Cudnn>,
+    workspace: Option<CudaSlice<u8>>,
+}
+
+// SAFETY: cuDNN allows a handle on any thread as long as no two threads use it at once; the
+// handle is reached only through `&mut OnGpu`, so one call at a time uses it.
+unsafe impl Send for Dev {}
+
+impl Dev {
+    fn workspace(&mut self, bytes: usize) -> Result<&mut CudaSlice<u8>, DeviceError> {
+        if self.workspace.as_ref().is_none_or(|w| w.len() < bytes) {
+            let w = self
+                .gpu
+                .stream()
+                .alloc_zeros::<u8>(bytes.max(1))
+                .doing("allocating the cuDNN workspace")?;
+            self.workspace = Some(w);
+        }
+        Ok(self.workspace.as_mut().expect("allocated above"))
+    }
+
+    fn tensor(&self, [n, c, h, w]: [usize; 4]) -> Result<TensorDescriptor<f32>, DeviceError> {
+        self.dnn
+            .create_4d_tensor::<f32>(
+                dnn::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
+                [n as i32, c as i32, h as i32, w as i32],
+            )
+            .doing("a cuDNN tensor descriptor")
+    }
+}
+
+/// A convolution's cuDNN descriptors (input, filter, convolution, output) and output shape.
+type ConvDescs = (
+    TensorDescriptor<f32>,
+    FilterDescriptor<f32>,
+    ConvDescriptor<f32>,
+    TensorDescriptor<f32>,
+    [usize; 4],
+);
+
+/// conv (no bias) → batch norm → ReLU if `relu`, with what the backward needs.
+struct ConvBn {
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    relu: bool,
+    /// Parameter indices: conv weight, γ, β, running mean, running variance.
+    w: usize,
+    bn: usize,
+    saved: Option<Saved>,
+}
+
+struct Saved {
+    x: Act,
+    x_shape: [usize; 4],
+    z: CudaSlice<f32>,
+    mean: CudaSlice<f32>,
+    inv: CudaSlice<f32>,
+    per_group: usize,
+}
+
+struct Net {
+    values: Vec<CudaSlice<f32>>,
+    grads: Vec<CudaSlice<f32>>,
+    groups: usize,
+}
+
+impl ConvBn {
+    fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
+        let p = self.k / 2;
+        ((h + 2 * p - self.k) / self.stride + 1, (w + 2 * p - self.k) / self.stride + 1)
+    }
+
+    fn descs(
+        &self,
+        dev: &Dev,
+        x_shape: [usize; 4],
+    ) -> Result<ConvDescs, DeviceError> {
+        let [n, _, h, w] = x_shape;
+        let (ho, wo) = self.out_hw(h, w);
+        let p = (self.k / 2) as i32;
+        let s = self.stride as i32;
+        let xd = dev.tensor(x_shape)?;
+        let wd = dev
+            .dnn
+            .create_4d_filter::<f32>(
+                dnn::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
+                [self.cout as i32, self.cin as i32, self.k as i32, self.k as i32],
+            )
+            .doing("a cuDNN filter descriptor")?;
+        let cd = dev
+            .dnn
+            .create_conv2d::<f32>(
+                [p, p],
+                [s, s],
+                [1, 1],
+                dnn::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+            )
+            .doing("a cuDNN convolution descriptor")?;
+        let y_shape = [n, self.cout, ho, wo];
+        let yd = dev.tensor(y_shape)?;
+        Ok((xd, wd, cd, yd, y_shape))
+    }
+
+    fn forward(
+        &mut self,
+        dev: &mut Dev,
+        net: &mut Net,
+        x: Act,
+        x_shape: [usize; 4],
+        train: bool,
+    ) -> Result<(CudaSlice<f32>, [usize; 4]), DeviceError> {
+        let (xd, wd, cd, yd, y_shape) = self.descs(dev, x_shape)?;
+        let len: usize = y_shape.iter().product();
+        let mut z = dev.gpu.zeros(len)?;
+        {
+            let op = ConvForward { conv: &cd, x: &xd, w: &wd, y: &yd };
+            let algo = op.pick_algorithm().doing("choosing a convolution")?;
+            let bytes = op.get_workspace_size(algo).doing("sizing a convolution")?;
+            let ws = dev.workspace(bytes)?;
+            // SAFETY: the buffers have the descriptors' shapes (NCHW, f32).
+            unsafe {
+                op.launch(algo, Some(ws), (1.0f32, 0.0f32), &*x, &net.values[self.w], &mut z)
+            }
+            .doing("cuDNN convolution forward")?;
+        }
+        let [n, c, h, w] = y_shape;
+        let s = h * w;
+        let groups = if train { net.groups } else { 1 };
+        let per_group = n / groups;
+        let gpu = dev.gpu.clone();
+        let mut mean = gpu.zeros(groups * c)?;
+        let mut inv = gpu.zeros(groups * c)?;
+        let (ci, si, pg) = (c as i32, s as i32, per_group as i32);
+        let b = self.bn;
+        if train {
+            let mut sums = gpu.stream().alloc_zeros::<f64>(2 * groups * c).doing("allocating")?;
+            launch!(
+                gpu,
+                "resnet",
+                KERNELS,
+                "bn_sums",
+                per_block(groups * c),
+                [&mut sums, &z, &ci, &si, &pg]
+            )?;
+            let m = (per_group * s) as f64;
+            let gi = groups as i32;
+            let (eps, mo) = (1e-5f32, 0.1f32);
+            let [_, _, rm, rv] = &mut net.values[b..b + 4] else { unreachable!() };
+            launch!(
+                gpu,
+                "resnet",
+                KERNELS,
+                "bn_finish",
+                grid(c),
+                [&mut mean, &mut inv, rm, rv, &sums, &ci, &gi, &m, &eps, &mo]
+            )?;
+        } else {
+            let eps = 1e-5f32;
+            let v = &net.values;
+            launch!(
+                gpu,
+                "resnet",
+                KERNELS,
+                "bn_eval_stats",
+                grid(c),
+                [&mut mean, &mut inv, &v[b + 2], &v[b + 3], &ci, &eps]
+            )?;
+        }
+        let mut y = gpu.zeros(len)?;
+        let (li, relu) = (len as i64, self.relu as i32);
+        let v = &net.values;
+        launch!(
+            gpu,
+            "resnet",
+            KERNELS,
+            "bn_apply",
+            grid(len),
+            [&mut y, &z, &mean, &inv, &v[b], &v[b + 1], &li, &ci, &si, &pg, &relu]
+        )?;
+        if train {
+            self.saved = Some(Saved { x, x_shape, z, mean, inv, per_group });
+        }
+        Ok((y, y_shape))
+    }
+
+    /// d loss / d input for d loss / d output `dy` (consumed).
+    fn backward(
+        &mut self,
+        dev: &mut Dev,
+        net: &mut Net,
+        mut dy: CudaSlice<f32>,
+    ) -> Result<CudaSlice<f32>, DeviceError> {
+        let Saved { x, x_shape, z, mean, inv, per_group } = self
+            .saved
+            .take()
+            .ok_or_else(|| DeviceError("backward without a training forward".into()))?;
+        let (xd, wd, cd, yd, y_shape) = self.descs(dev, x_shape)?;
+        let [n, c, h, w] = y_shape;
+        let (s, groups, len) = (h * w, n / per_group, n * c * h * w);
+        let gpu = dev.gpu.clone();
+        let (ci, si, pg, li, relu) =
+            (c as i32, s as i32, per_group as i32, len as i64, self.relu as i32);
+        let b = self.bn;
+        let mut sums = gpu.stream().alloc_zeros::<f64>(2 * groups * c).doing("allocating")?;
+        {
+            let v = &net.values;
+            launch!(
+                gpu,
+                "resnet",
+                KERNELS,
+                "bn_bwd_sums",
+                per_block(groups * c),
+                [&mut sums, &mut dy, &z, &mean, &inv, &v[b], &v[b + 1], &ci, &si, &pg, &relu]
+            )?;
+        }
+        let mut mg = gpu.zeros(groups * c)?;
+        let mut mgx = gpu.zeros(groups * c)?;
+        let m = (per_group * s) as f64;
+        let gi = groups as i32;
+        {
+            let [dg, db] = &mut net.grads[b..b + 2] else { unreachable!() };
+            launch!(
+                gpu,
+                "resnet",
+                KERNELS,
+                "bn_bwd_finish",
+                grid(c),
+                [dg, db, &mut mg, &mut mgx, &sums, &inv, &ci, &gi, &m]
+            )?;
+        }
+        launch!(
+            gpu,
+            "resnet",
+            KERNELS,
+            "bn_bwd_apply",
+            grid(len),
+            [&mut dy, &z, &mean, &inv, &net.values[b], &mg, &mgx, &li, &ci, &si, &pg]
+        )?;
+        // dW += conv_bwd_filter(x, dz); dx = conv_bwd_data(W, dz)
+        {
+            let op = ConvBackwardFilter { conv: &cd, x: &xd, dw: &wd, dy: &yd };
+            let algo = op.pick_algorithm().doing("choosing a weight-gradient convolution")?;
+            let bytes = op.get_workspace_size(algo).doing("sizing a convolution")?;
+            let ws = dev.workspace(bytes)?;
+            // SAFETY: the buffers have the descriptors' shapes.
+            unsafe {
+                op.launch(algo, Some(ws), (1.0f32, 1.0f32), &*x, &mut net.grads[self.w], &dy)
+            }
+            .doing("cuDNN convolution backward (filter)")?;
+        }
+        let mut dx = gpu.zeros(x_shape.iter().product())?;
+        {
+            let op = ConvBackwardData { conv: &cd, dx: &xd, w: &wd, dy: &yd };
+            let algo = op.pick_algorithm().doing("choosing an input-gradient convolution")?;
+            let bytes = op.get_workspace_size(algo).doing("sizing a convolution")?;
+            let ws = dev.workspace(bytes)?;
+            // SAFETY: as above.
+            unsafe {
+                op.launch(algo, Some(ws), (1.0f32, 0.0f32), &mut dx, &net.values[self.w], &dy)
+            }
+            .doing("cuDNN convolution backward (data)")?;
+        }
+        Ok(dx)
+    }
+}
+
+struct Block {
+    a: ConvBn,
+    b: ConvBn,
+    shortcut: Option<ConvBn>,
+    out: Option<CudaSlice<f32>>,
+}
+
+/// The network on the device.
+pub struct OnGpu {
+    dev: Dev,
+    net: Net,
+    lens: Vec<usize>,
+    stem: ConvBn,
+    blocks: Vec<Block>,
+    in_channels: usize,
+    /// The last training forward's batch and final activation shape.
+    pending: Option<[usize; 4]>,
+    features: Option<CudaSlice<f32>>,
+}
+
+impl OnGpu {
+    /// Binds to the host's device and copies the parameters of `net` there; `arch` and
+    /// `in_channels` give the layers, `groups` the batch-norm slices.
+    pub fn new(
+        binding: &DeviceBinding,
+        params: &mut dyn Module,
+        arch: &crate::Arch,
+        in_channels: usize,
+        groups: usize,
+    ) -> anyhow::Result<OnGpu> {
+        // SAFETY: the binding comes from the host, which keeps its device open for its life.
+        let gpu = Arc::new(unsafe { Gpu::from_binding(binding) }.map_err(err)?);
+        let dnn = Cudnn::new(gpu.stream().clone())
+            .map_err(|e| anyhow::anyhow!("creating the cuDNN handle: {e}"))?;
+        let mut values = Vec::new();
+        let mut lens = Vec::new();
+        let mut failed = None;
+        params.visit_params(&mut |p| match gpu.upload(&p.value) {
+            Ok(b) => {
+                values.push(b);
+                lens.push(p.value.len());
+            }
+            Err(e) => failed = Some(e),
+        });
+        if let Some(e) = failed {
+            return Err(err(e));
+        }
+        let grads =
+            lens.iter().map(|&l| gpu.zeros(l)).collect::<Result<Vec<_>, _>>().map_err(err)?;
+        // the CPU path's visit order: each ConvBn is conv.weight, then γ, β, mean, variance
+        let mut at = 0;
+        let mut conv_bn = |cin, cout, k, stride, relu| {
+            let c = ConvBn { cin, cout, k, stride, relu, w: at, bn: at + 1, saved: None };
+            at += 5;
+            c
+        };
+        let stem = conv_bn(in_channels, arch.stem_width, 3, 1, true);
+        let mut blocks = Vec::new();
+        let mut cin = arch.stem_width;
+        for (i, (&w, &nb)) in arch.widths.iter().zip(&arch.blocks).enumerate() {
+            for j in 0..nb {
+                let stride = if i > 0 && j == 0 { 2 } else { 1 };
+                let a = conv_bn(cin, w, 3, stride, true);
+                let b = conv_bn(w, w, 3, 1, false);
+                let shortcut = (stride != 1 || cin != w).then(|| conv_bn(cin, w, 1, stride, false));
+                blocks.push(Block { a, b, shortcut, out: None });
+                cin = w;
+            }
+        }
+        ensure!(
+            at == values.len(),
+            "resnet: {} parameters on the device, the layers name {at}",
+            values.len()
+        );
+        Ok(OnGpu {
+            dev: Dev { gpu, dnn, workspace: None },
+            net: Net { values, grads, groups },
+            lens,
+            stem,
+            blocks,
+            in_channels,
+            pending: None,
+            features: None,
+        })
+    }
+
+    /// Images `[N, C, H, W]` on the device to features `[N, D]` there.
+    pub fn forward(
+        &mut self,
+        images: &DeviceTensorDesc,
+        train: bool,
+    ) -> anyhow::Result<DeviceTensorDesc> {
+        let shape: Vec<usize> = images.shape.iter().map(|&d| d as usize).collect();
+        let [n, c, h, w] = shape[..] else { bail!("expected images [N, C, H, W], got {shape:?}") };
+        ensure!(
+            c == self.in_channels,
+            "resnet was configured for in_channels = {} but the images have {c} channels",
+            self.in_channels
+        );
+        let g = self.net.groups;
+        ensure!(!train || (n % g == 0 && n / g >= 2), "bn_groups = {g} takes batch-norm statistics per slice of the batch, but {n} images do not split into {g} slices of at least 2");
+        let gpu = self.dev.gpu.clone();
+        // SAFETY: the host owns the images for this call; they are copied, as it reuses them.
+        let view = unsafe { gpu.borrow(images) }.map_err(err)?;
+        let mut x = gpu.zeros(images.len()).map_err(err)?;
+        gpu.stream().memcpy_dtod(&view.slice(0..images.len()), &mut x).map_err(err)?;
+        let (mut h_, mut shape) = self
+            .stem
+            .forward(&mut self.dev, &mut self.net, Arc::new(x), [n, c, h, w], train)
+            .map_err(err)?;
+        for bl in &mut self.blocks {
+            let x: Act = Arc::new(h_);
+            let (a, sa) =
+                bl.a.forward(&mut self.dev, &mut self.net, x.clone(), shape, train).map_err(err)?;
+            let (mut y, sy) =
+                bl.b.forward(&mut self.dev, &mut self.net, Arc::new(a), sa, train).map_err(err)?;
+            let len = sy.iter().product::<usize>() as i64;
+            match &mut bl.shortcut {
+                Some(sc) => {
+                    let (r, _) =
+                        sc.forward(&mut self.dev, &mut self.net, x, shape, train).map_err(err)?;
+                    launch_add_relu(&gpu, &mut y, &r, len).map_err(err)?;
+                }
+                None => launch_add_relu(&gpu, &mut y, &x, len).map_err(err)?,
+            }
+            if train {
+                bl.out = Some(y.clone());
+            }
+            h_ = y;
+            shape = sy;
+        }
+        let [_, cf, hf, wf] = shape;
+        let mut f = gpu.zeros(n * cf).map_err(err)?;
+        let (planes, s) = ((n * cf) as i32, (hf * wf) as i32);
+        launch_gap(&gpu, &mut f, &h_, planes, s).map_err(err)?;
+        let desc = gpu.desc(&f, &[n, cf]);
+        self.features = Some(f);
+        self.pending = train.then_some(shape);
+        Ok(desc)
+    }
+
+    /// Accumulates the gradients for d loss / d features of the last training forward.
+    pub fn backward(&mut self, grad: &DeviceTensorDesc) -> anyhow::Result<()> {
+        let shape = self.pending.take().context("backward without a training forward before it")?;
+        let [n, c, h, w] = shape;
+        let want = [n as u64, c as u64];
+        ensure!(
+            grad.shape.as_slice() == want,
+            "feature gradient has shape {:?}, the last training forward gave {want:?}",
+            grad.shape.as_slice()
+        );
+        let gpu = self.dev.gpu.clone();
+        // SAFETY: the host owns the gradient for this call.
+        let dy = unsafe { gpu.borrow(grad) }.map_err(err)?;
+        let len = n * c * h * w;
+        let mut g = gpu.zeros(len).map_err(err)?;
+        let (li, s) = (len as i64, (h * w) as i32);
+        launch_gap_bwd(&gpu, &mut g, &dy, li, s).map_err(err)?;
+        for bl in self.blocks.iter_mut().rev() {
+            let out = bl.out.take().context("no saved block output")?;
+            let len = out.len() as i64;
+            let mut g2 = gpu.zeros(out.len()).map_err(err)?;
+            launch_mask_copy(&gpu, &mut g, &mut g2, &out, len).map_err(err)?;
+            let dh = bl.b.backward(&mut self.dev, &mut self.net, g2).map_err(err)?;
+            let mut dx = bl.a.backward(&mut self.dev, &mut self.net, dh).map_err(err)?;
+            let ds = match &mut bl.shortcut {
+                Some(sc) => sc.backward(&mut self.dev, &mut self.net, g).map_err(err)?,
+                None => g,
+            };
+            let l = dx.len() as i64;
+            launch_add_into(&gpu, &mut dx, &ds, l).map_err(err)?;
+            g = dx;
+        }
+        drop(self.stem.backward(&mut self.dev, &mut self.net, g).map_err(err)?);
+        Ok(())
+    }
+
+    /// Copies the device's values into the `Param`s.
+    pub fn values_to_host(&self, net: &mut dyn Module) -> anyhow::Result<()> {
+        let gpu = &self.dev.gpu;
+        let mut i = 0;
+        let mut failed = None;
+        net.visit_params(&mut |p| {
+            match gpu.download(&self.net.values[i], self.lens[i]) {
+                Ok(v) => p.value = v,
+                Err(e) => failed = Some(e),
+            }
+            i += 1;
+        });
+        failed.map_or(Ok(()), |e| Err(err(e)))
+    }
+
+    /// Copies the `Param`s' values to the device.
+    pub fn values_to_device(&mut self, net: &mut dyn Module) -> anyhow::Result<()> {
+        let gpu = self.dev.gpu.clone();
+        let values = &mut self.net.values;
+        let mut i = 0;
+        let mut failed = None;
+        net.visit_params(&mut |p| {
+            if let Err(e) = gpu.upload_into(&p.value, &mut values[i]) {
+                failed = Some(e);
+            }
+            i += 1;
+        });
+        failed.map_or(Ok(()), |e| Err(err(e)))
+    }
+
+    /// Adds the device's gradients into the `Param`s' and zeroes them on the device.
+    pub fn grads_to_host(&mut self, net: &mut dyn Module) -> anyhow::Result<()> {
+        let gpu = self.dev.gpu.clone();
+        let (grads, lens) = (&mut self.net.grads, &self.lens);
+        let mut i = 0;
+        let mut failed = None;
+        net.visit_params(&mut |p| {
+            match gpu.download(&grads[i], lens[i]) {
+                Ok(g) => p.grad.iter_mut().zip(g).for_each(|(a, b)| *a += b),
+                Err(e) => failed = Some(e),
+            }
+            if let Err(e) = gpu.stream().memset_zeros(&mut grads[i]) {
+                failed = Some(DeviceError(e.to_string()));
+            }
+            i += 1;
+        });
+        failed.map_or(Ok(()), |e| Err(err(e)))
+    }
+}
+
+fn launch_add_relu(
+    gpu: &Gpu,
+    y: &mut CudaSlice<f32>,
+    r: &CudaSlice<f32>,
+    len: i64,
+) -> Result<(), DeviceError> {
+    launch!(gpu, "resnet", KERNELS, "add_relu", grid(len as usize), [y, r, &len])
+}
+
+fn launch_mask_copy(
+    gpu: &Gpu,
+    g: &mut CudaSlice<f32>,
+    g2: &mut CudaSlice<f32>,
+    y: &CudaSlice<f32>,
+    len: i64,
+) -> Result<(), DeviceError> {
+    launch!(gpu, "resnet", KERNELS, "relu_mask_copy", grid(len as usize), [g, g2, y, &len])
+}
+
+fn launch_add_into(
+    gpu: &Gpu,
+    a: &mut CudaSlice<f32>,
+    b: &CudaSlice<f32>,
+    len: i64,
+) -> Result<(), DeviceError> {
+    launch!(gpu, "resnet", KERNELS, "add_into", grid(len as usize), [a, b, &len])
+}
+
+fn launch_gap(
+    gpu: &Gpu,
+    out: &mut CudaSlice<f32>,
+    x: &CudaSlice<f32>,
+    planes: i32,
+    s: i32,
+) -> Result<(), DeviceError> {
+    launch!(gpu, "resnet", KERNELS, "gap_fwd", grid(planes as usize), [out, x, &planes, &s])
+}
+
+fn launch_gap_bwd(
+    gpu: &Gpu,
+    dx: &mut CudaSlice<f32>,
+    dy: &CudaSlice<f32>,
+    len: i64,
+    s: i32,
+) -> Result<(), DeviceError> {
+    launch!(gpu, "resnet", KERNELS, "gap_bwd", grid(len as usize), [dx, dy, &len, &s])
+}
