@@ -3,6 +3,7 @@ bench/run (the `latent` side is `cargo run --release -p latent-bench --bin step`
 
     python bench/torch_step.py [--threads 2] [--batch 256] [--steps 5] [--json FILE]
     python bench/torch_step.py --serve [--workload resnet-mini|resnet18-cifar] [--variant joint|per_view]
+                               [--device cpu|cuda:N]
         pair 1 (bench/pair.py drives it): prints {"ready": ...}, then answers each `step` line on
         stdin with one step and {"t", "cpu", "loss"}, and `quit` with {"peak_rss_mib"}.
 
@@ -78,17 +79,18 @@ WORKLOADS = {
 }
 
 
-def build(workload, batch, variant):
-    """The model, head, optimizer and a step function of one workload and variant."""
+def build(workload, batch, variant, device="cpu"):
+    """The model, head, optimizer and a step function of one workload and variant. On a CUDA
+    device, `loss.item()` waits for the step's kernels, so a step's time is all of its work."""
     kwargs, shape, default_batch, dims = WORKLOADS[workload]
     batch = batch or default_batch
     torch.manual_seed(0)
-    model = ResNetMini(**kwargs).train()
-    head = projection_head(*dims).train()
+    model = ResNetMini(**kwargs).train().to(device)
+    head = projection_head(*dims).train().to(device)
     opt = torch.optim.SGD(param_groups(model, head), lr=0.06, momentum=0.9)
     g = torch.Generator().manual_seed(1)
-    x0 = torch.rand(batch, *shape, generator=g)
-    x1 = torch.rand(batch, *shape, generator=g)
+    x0 = torch.rand(batch, *shape, generator=g).to(device)
+    x1 = torch.rand(batch, *shape, generator=g).to(device)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -120,7 +122,8 @@ def step_gflop(model, head, shape, batch):
     hooks = [m.register_forward_hook(count) for m in list(model.modules()) + list(head.modules())]
     with torch.no_grad():
         model.eval(), head.eval()
-        head(model(torch.zeros(2, *shape)))
+        dev = next(model.parameters()).device
+        head(model(torch.zeros(2, *shape, device=dev)))
         model.train(), head.train()
     for h in hooks:
         h.remove()
@@ -129,10 +132,12 @@ def step_gflop(model, head, shape, batch):
 
 def serve(a):
     torch.set_num_threads(a.threads)
-    step, batch, gflop = build(a.workload, a.batch, a.variant)
+    step, batch, gflop = build(a.workload, a.batch, a.variant, a.device)
+    where = "CPU" if a.device == "cpu" else f"{a.device} ({torch.cuda.get_device_name(a.device)})"
     print(json.dumps({"ready": True, "step_gflop": gflop, "side": "pytorch", "workload": a.workload, "variant": a.variant,
                       "batch": batch, "views_per_step": 2 * batch, "threads": a.threads, "torch": torch.__version__,
-                      "what": f"SimCLR step, {a.workload}, PyTorch {torch.__version__} CPU, "
+                      "device": a.device,
+                      "what": f"SimCLR step, {a.workload}, PyTorch {torch.__version__} {where}, "
                               f"{'one batch of 2B' if a.variant == 'joint' else 'one encoder pass per view'}"}),
           flush=True)
     for line in sys.stdin:
@@ -157,11 +162,12 @@ def main():
     ap.add_argument("--batch", type=int, default=0, help="images per view (0: the workload's)")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--json")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N (tests/gpu/run)")
     a = ap.parse_args()
     if a.serve:
         return serve(a)
     torch.set_num_threads(a.threads)
-    one, a.batch, _ = build(a.workload, a.batch, a.variant)
+    one, a.batch, _ = build(a.workload, a.batch, a.variant, a.device)
 
     def step():
         t0 = time.perf_counter()

@@ -52,6 +52,27 @@ pub enum Command {
         #[arg(long, value_name = "STEPS")]
         stop_after: Option<u64>,
     },
+    /// Check that the encoder computes on a GPU what it computes on the CPU: the same weights
+    /// and batch through both, features, loss, gradients and running statistics compared
+    CheckDevice {
+        /// TOML config file (none: the default experiment)
+        config: Option<PathBuf>,
+        /// Override a config key, as for `latent train`
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// The device compared with the CPU
+        #[arg(long, default_value = "cuda:0")]
+        device: String,
+        /// Images per view
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// The largest relative L2 error allowed (‖device − cpu‖ / ‖cpu‖)
+        #[arg(long, default_value_t = 1e-3)]
+        tol: f64,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Evaluate a trained encoder: kNN, linear probe, and two baselines
     Eval {
         /// A run directory, checkpoint directory or model.safetensors
@@ -231,6 +252,29 @@ fn run(cli: Cli) -> Result<i32> {
                 stop_after,
                 plugin_dirs: cli.plugin_dirs,
             })
+        }
+        Command::CheckDevice { config, sets, device, batch, tol, json } => {
+            let reg = Registry::discover(&cli.plugin_dirs)?;
+            let cfg = crate::config::Config::load(config.as_deref(), &sets)?;
+            let rows = crate::device::check(&reg, &cfg, &device, batch, tol)?;
+            let ok = rows.iter().all(|r| r.ok);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"device": device, "tol": tol, "ok": ok, "rows": rows})
+                );
+            } else {
+                println!(
+                    "{} against the cpu, encoder '{}', {} images per view (relative L2 error, tolerance {tol:e}):",
+                    device, cfg.encoder.plugin, batch
+                );
+                for r in &rows {
+                    let mark = if r.ok { "ok  " } else { "FAIL" };
+                    println!("  {mark} {:<36} {:.3e}  {}", r.what, r.rel_err, r.worst);
+                }
+                println!("{}", if ok { "agree" } else { "DISAGREE" });
+            }
+            Ok(if ok { 0 } else { 1 })
         }
         Command::Eval { run, data, json } => {
             let reg = Registry::discover(&cli.plugin_dirs)?;

@@ -63,3 +63,153 @@ mod tests {
         }
     }
 }
+
+/// How far a device's answer is from the CPU's: `‖a − b‖ / max(‖b‖, tiny)` over a tensor.
+pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    let (mut d, mut n) = (0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        d += (x as f64 - y as f64).powi(2);
+        n += (y as f64).powi(2);
+    }
+    if a.len() != b.len() {
+        return f64::INFINITY;
+    }
+    d.sqrt() / n.sqrt().max(1e-30)
+}
+
+/// One compared quantity of [`check`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Agreement {
+    /// What was compared (`features`, `loss`, `encoder gradients`, `running statistics`).
+    pub what: String,
+    /// The relative L2 error of the device against the CPU (the worst tensor's, for groups).
+    pub rel_err: f64,
+    /// The worst tensor, for groups.
+    pub worst: String,
+    /// Within the tolerance.
+    pub ok: bool,
+}
+
+/// `latent check-device`: the config's encoder built twice with the same weights, on the CPU
+/// and on `device`; one training batch of the config's views (all views in one pass) through
+/// both; the objective (on the CPU) on each one's features; the CPU objective's d loss /
+/// d features back through both encoders. Compared: features, loss, every trained gradient,
+/// the batch-norm running statistics. `device = "cpu"` compares the CPU with itself (the
+/// answers are then identical: the test of this check).
+pub fn check(
+    reg: &crate::plugins::Registry,
+    cfg: &crate::config::Config,
+    device: &str,
+    batch: usize,
+    tol: f64,
+) -> Result<Vec<Agreement>> {
+    use crate::data::experiment::{build_views, open_data, view_shape};
+    use crate::plugins::ParamAccess;
+    use crate::train::learner::{concat, split, Learner};
+    use anyhow::Context as _;
+    use latent_sdk::kit::Tensor;
+
+    anyhow::ensure!(batch >= 2, "--batch must be at least 2, got {batch}");
+    let mut on_cpu = cfg.clone();
+    on_cpu.device = "cpu".into();
+    let mut on_dev = cfg.clone();
+    on_dev.device = device.into();
+    let dev = open(device)?;
+    let splits = open_data(cfg)?;
+    let data = splits.train;
+    anyhow::ensure!(
+        data.len() >= batch,
+        "the dataset has {} images, --batch is {batch}",
+        data.len()
+    );
+    let views = build_views(reg, cfg)?;
+    anyhow::ensure!(
+        cfg.train.global_views == 0 || cfg.train.global_views == views.len(),
+        "check-device runs configs whose views share one size (no multi-crop)"
+    );
+    let shape = view_shape(&views, data.shape, cfg.train.global_views)?;
+    let [c, h, w] = data.shape;
+    let images: Vec<f32> =
+        data.images[..batch * c * h * w].iter().map(|&b| b as f32 / 255.0).collect();
+    let images = Tensor::new(vec![batch, c, h, w], images);
+    let seeds: Vec<u64> = (0..batch as u64).collect();
+    let xs = views
+        .iter()
+        .enumerate()
+        .map(|(v, a)| {
+            let s: Vec<u64> = seeds.iter().map(|&s| s * 1_000 + v as u64).collect();
+            a.apply(images.clone(), &s)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut a = Learner::build(reg, &on_cpu, shape).context("building the CPU side")?;
+    let mut b = Learner::build(reg, &on_dev, shape).context("building the device side")?;
+    if let HostDevice::Cuda(g) = &dev {
+        anyhow::ensure!(
+            b.encoder.on_device(),
+            "encoder '{}' did not accept {}: it runs on the cpu only",
+            b.encoder.name,
+            g.device()
+        );
+    }
+    b.load_state(&a.state_tensors()?, 0).context("copying the CPU side's weights")?;
+    let nv = xs.len();
+    let x = concat(&xs)?;
+    let fa = a.encoder.forward(x.clone(), true)?;
+    let fb = b.encoder.forward(x, true)?;
+    let mut out = Vec::new();
+    let mut push = |what: &str, rel_err: f64, worst: String| {
+        out.push(Agreement { what: what.into(), rel_err, worst, ok: rel_err <= tol })
+    };
+    push("features", rel_l2(&fb.data, &fa.data), String::new());
+    let labels: Vec<i64> = if a.objective.manifest.needs_labels {
+        anyhow::ensure!(data.is_labeled(), "objective needs labels and the dataset has none");
+        data.labels[..batch].to_vec()
+    } else {
+        Vec::new()
+    };
+    let (ha, hb) = (split(&fa, nv), split(&fb, nv));
+    let targets = |h: &[Tensor], on: bool| if on { h.to_vec() } else { Vec::new() };
+    let needs_t = a.objective.manifest.needs_target;
+    let ra = a.objective.compute(&ha, &targets(&ha, needs_t), &labels, 0, 1, true)?;
+    let rb = b.objective.compute(&hb, &targets(&hb, needs_t), &labels, 0, 1, true)?;
+    push("loss", rel_l2(&[rb.loss], &[ra.loss]), format!("{} vs {}", rb.loss, ra.loss));
+    let g = concat(&ra.grads)?;
+    a.encoder.backward(g.clone())?;
+    b.encoder.backward(g)?;
+    let (ga, gb) = (a.encoder.take_grads()?, b.encoder.take_grads()?);
+    let worst = |names: &[String], xa: &[Tensor], xb: &[Tensor]| {
+        let mut w = (0.0f64, String::new());
+        for ((n, ta), tb) in names.iter().zip(xa).zip(xb) {
+            let e = rel_l2(&tb.data, &ta.data);
+            if e > w.0 || (e.is_nan() && !w.0.is_nan()) {
+                w = (e, n.clone());
+            }
+        }
+        w
+    };
+    let names: Vec<String> = a.enc_params.iter().map(|d| d.name.to_string()).collect();
+    let (e, n) = worst(&names, &ga, &gb);
+    push("encoder gradients", e, n);
+    let (pa, pb) = (a.encoder.read_params()?, b.encoder.read_params()?);
+    let (e, n) = worst(&names, &pa, &pb);
+    push("parameters and running statistics", e, n);
+    if let HostDevice::Cuda(_) = dev {
+        tracing::info!("device copies took {:.3} s", b.encoder.copy_seconds());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod check_tests {
+    use super::rel_l2;
+
+    #[test]
+    fn relative_error_is_the_norm_of_the_difference_over_the_reference() {
+        assert_eq!(rel_l2(&[1.0, 2.0], &[1.0, 2.0]), 0.0);
+        let e = rel_l2(&[3.0, 4.0], &[0.0, 5.0]);
+        assert!((e - 10f64.sqrt() / 5.0).abs() < 1e-12, "{e}"); // ‖(3, −1)‖ / ‖(0, 5)‖
+        assert!(rel_l2(&[1.0], &[1.0, 2.0]).is_infinite(), "lengths differ");
+        assert!(rel_l2(&[f32::NAN], &[1.0]).is_nan(), "a NaN is not agreement");
+        assert!(rel_l2(&[1e-3], &[0.0]) > 1e20, "a zero reference is not a free pass");
+    }
+}

@@ -5,6 +5,7 @@
 //!     pairs 1 and 4: the real host `Learner` over plugins loaded from the built libraries;
 //!     one warm-up step, then the median of --steps; views/s = 2·batch / median; peak RSS
 //! step --mode serve [--workload resnet-mini|resnet18-cifar] [--batch B] [--bn all_views|per_view]
+//!            [--device cpu|cuda:N]
 //!     pair 1 (bench/pair.py drives it): builds the Learner, prints one JSON line {"ready": ...},
 //!     then answers each line `step` on stdin with one training step and one JSON line
 //!     {"t": wall s, "cpu": CPU s, "loss": ...}, and `quit` with {"peak_rss_mib": ...}
@@ -198,7 +199,9 @@ fn serve(args: &[String]) -> Result<()> {
         bn == "all_views" || bn == "per_view",
         "--bn must be all_views or per_view, got {bn:?}"
     );
-    let (cfg, shape, default_batch) = workload(&name, bn == "per_view")?;
+    let (mut cfg, shape, default_batch) = workload(&name, bn == "per_view")?;
+    // the device the encoder runs on (`cuda:0`: tests/gpu/run); the objective stays on the CPU
+    cfg.device = arg(args, "--device", "cpu".to_string())?;
     let batch: usize = arg(args, "--batch", default_batch)?;
     let views = fixed_views(batch, shape);
     let reg = registry(plugin_dir(args)?)?;
@@ -212,7 +215,7 @@ fn serve(args: &[String]) -> Result<()> {
         .sum();
     println!(
         "{}",
-        json!({"ready": true, "side": "latent", "workload": name, "batch_norm": bn, "batch": batch,
+        json!({"ready": true, "side": "latent", "workload": name, "batch_norm": bn, "batch": batch, "device": cfg.device,
                "views_per_step": 2 * batch, "input": shape, "rayon_threads": threads, "param_values": params,
                "what": format!("SimCLR step, {name}, batch norm {bn}, plugins loaded from the built libraries (host Learner)")})
     );

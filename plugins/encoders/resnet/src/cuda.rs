@@ -255,11 +255,7 @@ impl ConvBn {
         ((h + 2 * p - self.k) / self.stride + 1, (w + 2 * p - self.k) / self.stride + 1)
     }
 
-    fn descs(
-        &self,
-        dev: &Dev,
-        x_shape: [usize; 4],
-    ) -> Result<ConvDescs, DeviceError> {
+    fn descs(&self, dev: &Dev, x_shape: [usize; 4]) -> Result<ConvDescs, DeviceError> {
         let [n, _, h, w] = x_shape;
         let (ho, wo) = self.out_hw(h, w);
         let p = (self.k / 2) as i32;

@@ -1,0 +1,94 @@
+"""One workload's SimCLR step on a GPU, latent against PyTorch, interleaved in one call.
+
+    python3 step_ratio.py --step ./step --torch ./bench/torch_step.py --workload resnet-mini
+                          [--batch B] [--device cuda:0] [--warmup 3] [--steps 10] [--json FILE]
+
+Each side is a process holding its model (`step --mode serve --device D`, `torch_step.py --serve
+--device D`) that answers one training step per `step` line; the sides step in turn (A B, B A,
+...), --warmup steps each untimed, then --steps each timed. A step's time is all of its work:
+latent's ends with the features copied back and the host's optimizer done, PyTorch's with
+`loss.item()`, which waits for the GPU. PyTorch runs both of its variants (one batch of 2B, one
+pass per view); latent is compared with the faster. Prints one JSON object.
+"""
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+
+
+class Side:
+    def __init__(self, name, cmd):
+        self.name = name
+        self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.ready = self.read()
+        if not self.ready.get("ready"):
+            raise SystemExit(f"{name}: did not start: {self.ready}")
+        self.times, self.losses = [], []
+
+    def read(self):
+        line = self.p.stdout.readline()
+        if not line:
+            raise SystemExit(f"{self.name}: the process ended (exit {self.p.wait()})")
+        return json.loads(line)
+
+    def step(self, timed):
+        self.p.stdin.write("step\n")
+        r = self.read()
+        if timed:
+            self.times.append(r["t"])
+        self.losses.append(r["loss"])
+
+    def quit(self):
+        self.p.stdin.write("quit\n")
+        r = self.read()
+        self.p.wait()
+        return r
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--step", required=True, help="latent's `step` binary")
+    ap.add_argument("--torch", required=True, help="bench/torch_step.py")
+    ap.add_argument("--workload", default="resnet-mini")
+    ap.add_argument("--batch", type=int, default=0)
+    ap.add_argument("--device", default="cuda:0")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    batch = ["--batch", str(a.batch)] if a.batch else []
+    sides = [
+        Side("latent", [a.step, "--mode", "serve", "--workload", a.workload, "--device", a.device] + batch),
+        Side("pytorch joint", [sys.executable, a.torch, "--serve", "--workload", a.workload, "--variant", "joint",
+                               "--device", a.device, "--threads", "4"] + batch),
+        Side("pytorch per_view", [sys.executable, a.torch, "--serve", "--workload", a.workload, "--variant",
+                                  "per_view", "--device", a.device, "--threads", "4"] + batch),
+    ]
+    for i in range(a.warmup + a.steps):
+        order = sides if i % 2 == 0 else sides[::-1]
+        for s in order:
+            s.step(i >= a.warmup)
+    out = {"workload": a.workload, "device": a.device, "warmup": a.warmup, "steps": a.steps, "sides": {}}
+    for s in sides:
+        end = s.quit()
+        med = statistics.median(s.times)
+        views = s.ready.get("views_per_step", 0)
+        out["sides"][s.name] = {
+            "what": s.ready.get("what"), "median_step_s": med, "min_step_s": min(s.times),
+            "max_step_s": max(s.times), "views_per_s": views / med, "first_losses": s.losses[:3],
+            "peak_rss_mib": end.get("peak_rss_mib"),
+        }
+    lat = out["sides"]["latent"]["median_step_s"]
+    faster = min(("pytorch joint", "pytorch per_view"), key=lambda k: out["sides"][k]["median_step_s"])
+    out["faster_pytorch"] = faster
+    out["ratio_latent_over_pytorch_views_per_s"] = out["sides"][faster]["median_step_s"] / lat
+    text = json.dumps(out, indent=1)
+    if a.json:
+        with open(a.json, "w") as f:
+            f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
