@@ -83,9 +83,14 @@ extern "C" __global__ void bn_train_bwd(float* dx, float* dgamma, float* dbeta,
 }
 "#;
 
-/// One thread per element.
+/// One thread per element, in blocks of 256.
 pub fn grid(len: usize) -> LaunchConfig {
-    LaunchConfig::for_num_elems(len.max(1) as u32)
+    let len = len.max(1) as u32;
+    LaunchConfig {
+        grid_dim: (len.div_ceil(256), 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 fn dim(v: usize, what: &str) -> Result<i32, DeviceError> {
@@ -145,8 +150,8 @@ impl Ops {
             n: dim(m, "m")?,
             k: dim(k, "k")?,
             alpha: 1.0f32,
-            lda: dim(if b_t { k } else { n }, "ldb")?,
-            ldb: dim(if a_t { m } else { k }, "lda")?,
+            lda: dim(if b_t { k } else { n }, "b's leading dimension")?,
+            ldb: dim(if a_t { m } else { k }, "a's leading dimension")?,
             beta,
             ldc: dim(n, "ldc")?,
         };

@@ -92,6 +92,25 @@ impl fmt::Display for OpenError {
 
 impl std::error::Error for OpenError {}
 
+/// Keeps memory freed with `cuMemFreeAsync` in the device's pool instead of returning it to
+/// the driver at every synchronisation (the pool's default threshold is 0), so that each step
+/// reuses the last one's memory, as the CPU side keeps its pages (`host/src/memory.rs`).
+fn keep_freed_memory(ctx: &CudaContext) {
+    use cudarc::driver::sys;
+    // SAFETY: plain driver queries on a live device; failures leave the default behaviour.
+    unsafe {
+        let mut pool = std::ptr::null_mut();
+        if sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()).result().is_ok() {
+            let mut max = u64::MAX;
+            let _ = sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut max as *mut u64).cast(),
+            );
+        }
+    }
+}
+
 /// Whether the NVIDIA driver library can be loaded here (no device is touched).
 pub fn driver_present() -> bool {
     // SAFETY: only tries `dlopen` on the driver's library names.
@@ -188,6 +207,7 @@ impl Gpu {
             // One stream carries all work, so cudarc's per-buffer events are not needed.
             // SAFETY: no buffer of this context exists yet.
             unsafe { ctx.disable_event_tracking() };
+            keep_freed_memory(&ctx);
             let stream = ctx.new_stream().map_err(|e| OpenError::Context(e.to_string()))?;
             Ok(Gpu { ordinal, ctx, stream, modules: Mutex::new(HashMap::new()) })
         });
@@ -269,14 +289,8 @@ impl Gpu {
             Some(m) => m.clone(),
             None => {
                 let (ma, mi) = self.ctx.compute_capability().doing("reading the architecture")?;
-                let opts = cudarc::nvrtc::CompileOptions {
-                    options: vec![format!("--gpu-architecture=compute_{ma}{mi}")],
-                    name: Some(format!("{module}.cu")),
-                    ..Default::default()
-                };
-                let ptx = cudarc::nvrtc::compile_ptx_with_opts(src, opts)
-                    .map_err(|e| DeviceError(format!("compiling kernels `{module}`: {e:?}")))?;
-                let m = self.ctx.load_module(ptx).doing("loading kernels")?;
+                let image = compile(module, src, ma, mi)?;
+                let m = self.ctx.load_module(image).doing("loading kernels")?;
                 modules.insert(module, m.clone());
                 m
             }
@@ -346,8 +360,54 @@ impl Gpu {
     }
 }
 
+/// Compiles CUDA C `src` with NVRTC to machine code (a cubin) for `sm_{ma}{mi}`, so that the
+/// driver need not understand the PTX of a newer NVRTC; errors carry NVRTC's log.
+fn compile(module: &str, src: &str, ma: i32, mi: i32) -> Result<cudarc::nvrtc::Ptx, DeviceError> {
+    use cudarc::nvrtc::{result as nr, sys as ns};
+    use std::ffi::CString;
+    let code = CString::new(src).map_err(|_| DeviceError("a NUL in kernel source".into()))?;
+    let name = CString::new(format!("{module}.cu")).expect("no NUL in a module name");
+    let prog = nr::create_program(&code, Some(&name))
+        .map_err(|e| DeviceError(format!("NVRTC, kernels `{module}`: {e:?}")))?;
+    let opts = [format!("--gpu-architecture=sm_{ma}{mi}"), "--std=c++17".to_string()];
+    // SAFETY: `prog` was created above and is destroyed once, at the end.
+    let out = unsafe {
+        match nr::compile_program(prog, &opts) {
+            Err(e) => {
+                let log = nr::get_program_log(prog).unwrap_or_default();
+                let log: Vec<u8> = log.iter().map(|&c| c as u8).take_while(|&c| c != 0).collect();
+                Err(DeviceError(format!(
+                    "compiling kernels `{module}` for sm_{ma}{mi}: {e:?}\n{}",
+                    String::from_utf8_lossy(&log)
+                )))
+            }
+            Ok(()) => {
+                let mut size = 0usize;
+                let mut bin = Vec::new();
+                let r = ns::nvrtcGetCUBINSize(prog, &mut size).result().and_then(|_| {
+                    bin = vec![0u8; size];
+                    ns::nvrtcGetCUBIN(prog, bin.as_mut_ptr().cast()).result()
+                });
+                r.map(|_| cudarc::nvrtc::Ptx::from_binary(bin))
+                    .map_err(|e| DeviceError(format!("NVRTC's cubin of `{module}`: {e:?}")))
+            }
+        }
+    };
+    // SAFETY: as above.
+    let _ = unsafe { nr::destroy_program(prog) };
+    out
+}
+
 /// A device buffer owned elsewhere ([`Gpu::borrow`]): usable as a `CudaSlice`, never freed.
 pub struct Borrowed(ManuallyDrop<CudaSlice<f32>>);
+
+impl Drop for Borrowed {
+    fn drop(&mut self) {
+        // SAFETY: taken once, here; `leak` drops the slice's stream reference without freeing
+        // the memory, which its owner frees.
+        let _ = unsafe { ManuallyDrop::take(&mut self.0) }.leak();
+    }
+}
 
 impl std::ops::Deref for Borrowed {
     type Target = CudaSlice<f32>;

@@ -210,6 +210,14 @@ impl Encoder {
                 d.gpu.device()
             );
         }
+        if y.shape.len() != 2 || y.shape[0] != images.shape[0] as u64 {
+            bail!(
+                "plugin '{}' returned features of shape {:?} from `forward_device`, expected [{}, D]",
+                self.name,
+                y.shape.as_slice(),
+                images.shape[0]
+            );
+        }
         let t = Instant::now();
         // SAFETY: the plugin owns the features until its next forward (the ABI's contract).
         let view = unsafe { d.gpu.borrow(&y) }?;

@@ -38,6 +38,8 @@ pub struct OnGpu {
     last_input: Option<CudaSlice<f32>>,
     features: Option<CudaSlice<f32>>,
     pending: Option<usize>,
+    /// Values per image the network was built for.
+    input: usize,
 }
 
 fn err(e: DeviceError) -> anyhow::Error {
@@ -50,6 +52,7 @@ impl OnGpu {
     pub fn new(
         binding: &DeviceBinding,
         net: &mut dyn Module,
+        input: usize,
         layers: &[(usize, usize, bool, bool)],
         out_dim: usize,
     ) -> anyhow::Result<OnGpu> {
@@ -113,6 +116,7 @@ impl OnGpu {
             last_input: None,
             features: None,
             pending: None,
+            input,
         })
     }
 
@@ -127,8 +131,16 @@ impl OnGpu {
         train: bool,
     ) -> anyhow::Result<DeviceTensorDesc> {
         let n = *images.shape.first().context("images with no shape")? as usize;
-        let d0 = self.hidden.first().map_or(0, |h| h.d_in);
         ensure!(n >= 1, "an empty batch");
+        ensure!(
+            images.len() == n * self.input,
+            "mlp was built for images of {} values, got {:?}",
+            self.input,
+            images.shape.as_slice()
+        );
+        // an evaluation forward ends any training forward's wait for its backward
+        self.pending = None;
+        self.last_input = None;
         ensure!(
             !train || n >= 2 || self.hidden.iter().all(|h| h.bn.is_none()),
             "training with batch norm needs at least 2 images per batch, got {n}"
@@ -141,12 +153,6 @@ impl OnGpu {
             .stream()
             .memcpy_dtod(&x.slice(0..images.len()), &mut h)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let dims_in = if self.hidden.is_empty() { images.len() / n } else { d0 };
-        ensure!(
-            images.len() == n * dims_in,
-            "mlp was built for images of {dims_in} values, got {:?}",
-            images.shape
-        );
         for i in 0..self.hidden.len() {
             let (d_in, d_out) = (self.hidden[i].d_in, self.hidden[i].d_out);
             let mut z = self.gpu().zeros(n * d_out).map_err(err)?;

@@ -137,7 +137,7 @@ impl EncoderPlugin for Mlp {
             layers.push((d, h, !self.cfg.batch_norm, self.cfg.batch_norm));
             d = h;
         }
-        let on = cuda::OnGpu::new(&binding, net, &layers, self.cfg.out_dim)?;
+        let on = cuda::OnGpu::new(&binding, net, *input, &layers, self.cfg.out_dim)?;
         self.gpu = Some(on);
         Ok(true)
     }

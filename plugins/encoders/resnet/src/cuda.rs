@@ -232,7 +232,26 @@ struct ConvBn {
     w: usize,
     bn: usize,
     saved: Option<Saved>,
+    /// cuDNN's descriptors and algorithms, per input shape met so far.
+    plans: Vec<Plan>,
 }
+
+/// A convolution at one input shape: cuDNN's descriptors and the forward algorithm (chosen once
+/// by cuDNN's heuristics). The backward algorithms are fixed to ALGO_1, which is deterministic
+/// (the heuristics' first choice may accumulate with atomics, in another order every run).
+struct Plan {
+    x_shape: [usize; 4],
+    descs: ConvDescs,
+    fwd: dnn::cudnnConvolutionFwdAlgo_t,
+}
+
+// SAFETY: as `Dev`: descriptors are plain cuDNN objects used by one call at a time.
+unsafe impl Send for Plan {}
+
+const BWD_DATA: dnn::cudnnConvolutionBwdDataAlgo_t =
+    dnn::cudnnConvolutionBwdDataAlgo_t::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1;
+const BWD_FILTER: dnn::cudnnConvolutionBwdFilterAlgo_t =
+    dnn::cudnnConvolutionBwdFilterAlgo_t::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1;
 
 struct Saved {
     x: Act,
@@ -253,6 +272,19 @@ impl ConvBn {
     fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
         let p = self.k / 2;
         ((h + 2 * p - self.k) / self.stride + 1, (w + 2 * p - self.k) / self.stride + 1)
+    }
+
+    /// The index of the plan for inputs of `x_shape`, made on first use.
+    fn plan(&mut self, dev: &Dev, x_shape: [usize; 4]) -> Result<usize, DeviceError> {
+        if let Some(i) = self.plans.iter().position(|p| p.x_shape == x_shape) {
+            return Ok(i);
+        }
+        let descs = self.descs(dev, x_shape)?;
+        let (xd, wd, cd, yd, _) = &descs;
+        let op = ConvForward { conv: cd, x: xd, w: wd, y: yd };
+        let fwd = op.pick_algorithm().doing("choosing a convolution")?;
+        self.plans.push(Plan { x_shape, descs, fwd });
+        Ok(self.plans.len() - 1)
     }
 
     fn descs(&self, dev: &Dev, x_shape: [usize; 4]) -> Result<ConvDescs, DeviceError> {
@@ -290,12 +322,13 @@ impl ConvBn {
         x_shape: [usize; 4],
         train: bool,
     ) -> Result<(CudaSlice<f32>, [usize; 4]), DeviceError> {
-        let (xd, wd, cd, yd, y_shape) = self.descs(dev, x_shape)?;
+        let pi = self.plan(dev, x_shape)?;
+        let Plan { descs: (xd, wd, cd, yd, y_shape), fwd: algo, .. } = &self.plans[pi];
+        let (y_shape, algo) = (*y_shape, *algo);
         let len: usize = y_shape.iter().product();
         let mut z = dev.gpu.zeros(len)?;
         {
-            let op = ConvForward { conv: &cd, x: &xd, w: &wd, y: &yd };
-            let algo = op.pick_algorithm().doing("choosing a convolution")?;
+            let op = ConvForward { conv: cd, x: xd, w: wd, y: yd };
             let bytes = op.get_workspace_size(algo).doing("sizing a convolution")?;
             let ws = dev.workspace(bytes)?;
             // SAFETY: the buffers have the descriptors' shapes (NCHW, f32).
@@ -364,19 +397,21 @@ impl ConvBn {
         Ok((y, y_shape))
     }
 
-    /// d loss / d input for d loss / d output `dy` (consumed).
+    /// d loss / d input for d loss / d output `dy` (consumed); none unless `need_dx` (the
+    /// stem's input is the images).
     fn backward(
         &mut self,
         dev: &mut Dev,
         net: &mut Net,
         mut dy: CudaSlice<f32>,
-    ) -> Result<CudaSlice<f32>, DeviceError> {
+        need_dx: bool,
+    ) -> Result<Option<CudaSlice<f32>>, DeviceError> {
         let Saved { x, x_shape, z, mean, inv, per_group } = self
             .saved
             .take()
             .ok_or_else(|| DeviceError("backward without a training forward".into()))?;
-        let (xd, wd, cd, yd, y_shape) = self.descs(dev, x_shape)?;
-        let [n, c, h, w] = y_shape;
+        let pi = self.plan(dev, x_shape)?;
+        let [n, c, h, w] = self.plans[pi].descs.4;
         let (s, groups, len) = (h * w, n / per_group, n * c * h * w);
         let gpu = dev.gpu.clone();
         let (ci, si, pg, li, relu) =
@@ -418,9 +453,10 @@ impl ConvBn {
             [&mut dy, &z, &mean, &inv, &net.values[b], &mg, &mgx, &li, &ci, &si, &pg]
         )?;
         // dW += conv_bwd_filter(x, dz); dx = conv_bwd_data(W, dz)
+        let (xd, wd, cd, yd, _) = &self.plans[pi].descs;
         {
-            let op = ConvBackwardFilter { conv: &cd, x: &xd, dw: &wd, dy: &yd };
-            let algo = op.pick_algorithm().doing("choosing a weight-gradient convolution")?;
+            let op = ConvBackwardFilter { conv: cd, x: xd, dw: wd, dy: yd };
+            let algo = BWD_FILTER;
             let bytes = op.get_workspace_size(algo).doing("sizing a convolution")?;
             let ws = dev.workspace(bytes)?;
             // SAFETY: the buffers have the descriptors' shapes.
@@ -429,10 +465,13 @@ impl ConvBn {
             }
             .doing("cuDNN convolution backward (filter)")?;
         }
+        if !need_dx {
+            return Ok(None);
+        }
         let mut dx = gpu.zeros(x_shape.iter().product())?;
         {
-            let op = ConvBackwardData { conv: &cd, dx: &xd, w: &wd, dy: &yd };
-            let algo = op.pick_algorithm().doing("choosing an input-gradient convolution")?;
+            let op = ConvBackwardData { conv: cd, dx: xd, w: wd, dy: yd };
+            let algo = BWD_DATA;
             let bytes = op.get_workspace_size(algo).doing("sizing a convolution")?;
             let ws = dev.workspace(bytes)?;
             // SAFETY: as above.
@@ -441,7 +480,7 @@ impl ConvBn {
             }
             .doing("cuDNN convolution backward (data)")?;
         }
-        Ok(dx)
+        Ok(Some(dx))
     }
 }
 
@@ -497,7 +536,17 @@ impl OnGpu {
         // the CPU path's visit order: each ConvBn is conv.weight, then γ, β, mean, variance
         let mut at = 0;
         let mut conv_bn = |cin, cout, k, stride, relu| {
-            let c = ConvBn { cin, cout, k, stride, relu, w: at, bn: at + 1, saved: None };
+            let c = ConvBn {
+                cin,
+                cout,
+                k,
+                stride,
+                relu,
+                w: at,
+                bn: at + 1,
+                saved: None,
+                plans: Vec::new(),
+            };
             at += 5;
             c
         };
@@ -608,17 +657,23 @@ impl OnGpu {
             let len = out.len() as i64;
             let mut g2 = gpu.zeros(out.len()).map_err(err)?;
             launch_mask_copy(&gpu, &mut g, &mut g2, &out, len).map_err(err)?;
-            let dh = bl.b.backward(&mut self.dev, &mut self.net, g2).map_err(err)?;
-            let mut dx = bl.a.backward(&mut self.dev, &mut self.net, dh).map_err(err)?;
+            let dh = bl.b.backward(&mut self.dev, &mut self.net, g2, true).map_err(err)?;
+            let dh = dh.context("an input gradient")?;
+            let dx = bl.a.backward(&mut self.dev, &mut self.net, dh, true).map_err(err)?;
+            let mut dx = dx.context("an input gradient")?;
             let ds = match &mut bl.shortcut {
-                Some(sc) => sc.backward(&mut self.dev, &mut self.net, g).map_err(err)?,
+                Some(sc) => sc
+                    .backward(&mut self.dev, &mut self.net, g, true)
+                    .map_err(err)?
+                    .context("an input gradient")?,
                 None => g,
             };
             let l = dx.len() as i64;
             launch_add_into(&gpu, &mut dx, &ds, l).map_err(err)?;
             g = dx;
         }
-        drop(self.stem.backward(&mut self.dev, &mut self.net, g).map_err(err)?);
+        // the images need no gradient
+        self.stem.backward(&mut self.dev, &mut self.net, g, false).map_err(err)?;
         Ok(())
     }
 
