@@ -97,6 +97,31 @@ fn dim(v: usize, what: &str) -> Result<i32, DeviceError> {
     i32::try_from(v).map_err(|_| DeviceError(format!("{what} = {v} is too large for a kernel")))
 }
 
+/// cuBLAS's (column-major) arguments for the row-major product `c[m, n] = beta·c + op(a)·op(b)`:
+/// a row-major matrix is its transpose in column-major order, so `Cᵀ = op(b)ᵀ·op(a)ᵀ` is asked
+/// for, with `b` as cuBLAS's first operand. Called with `(b, a, c)`.
+pub fn row_major(
+    (m, n, k): (usize, usize, usize),
+    a_t: bool,
+    b_t: bool,
+    beta: f32,
+) -> Result<GemmConfig<f32>, DeviceError> {
+    let op =
+        |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
+    Ok(GemmConfig {
+        transa: op(b_t),
+        transb: op(a_t),
+        m: dim(n, "n")?,
+        n: dim(m, "m")?,
+        k: dim(k, "k")?,
+        alpha: 1.0f32,
+        lda: dim(if b_t { k } else { n }, "b's leading dimension")?,
+        ldb: dim(if a_t { m } else { k }, "a's leading dimension")?,
+        beta,
+        ldc: dim(n, "ldc")?,
+    })
+}
+
 /// Launches `$name` of [`ELEMENTWISE`] over `$len` threads.
 macro_rules! launch {
     ($self:ident, $name:literal, $len:expr, [$($arg:expr),* $(,)?]) => {
@@ -135,26 +160,7 @@ impl Ops {
         beta: f32,
         c: &mut CudaSlice<f32>,
     ) -> Result<(), DeviceError> {
-        // Row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ: swap the operands and m, n.
-        let op = |t: bool| {
-            if t {
-                cublasOperation_t::CUBLAS_OP_T
-            } else {
-                cublasOperation_t::CUBLAS_OP_N
-            }
-        };
-        let cfg = GemmConfig {
-            transa: op(b_t),
-            transb: op(a_t),
-            m: dim(n, "n")?,
-            n: dim(m, "m")?,
-            k: dim(k, "k")?,
-            alpha: 1.0f32,
-            lda: dim(if b_t { k } else { n }, "b's leading dimension")?,
-            ldb: dim(if a_t { m } else { k }, "a's leading dimension")?,
-            beta,
-            ldc: dim(n, "ldc")?,
-        };
+        let cfg = row_major((m, n, k), a_t, b_t, beta)?;
         // SAFETY: the leading dimensions above describe dense row-major buffers of the sizes
         // the caller passes.
         unsafe { self.blas.gemm(cfg, b, a, c) }.doing("cuBLAS sgemm")
@@ -258,5 +264,259 @@ impl Ops {
     ) -> Result<(), DeviceError> {
         let (ni, di) = (dim(n, "n")?, dim(d, "d")?);
         launch!(self, "bn_train_bwd", d, [dx, grads.0, grads.1, dy, xhat, inv_std, gamma, &ni, &di])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::emulate::Emulated;
+    use latent_sdk::kit::{BatchNorm, Init, Layer, Tensor};
+
+    fn data(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn close(a: &[f32], b: &[f32], tol: f32, what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{what}[{i}]: {x} vs {y}");
+        }
+    }
+
+    /// cuBLAS's sgemm as its documentation defines it: column-major, `C = α·op(A)·op(B) + β·C`.
+    #[allow(clippy::too_many_arguments)]
+    fn sgemm_reference(cfg: &GemmConfig<f32>, a: &[f32], b: &[f32], c: &mut [f32]) {
+        let (m, n, k) = (cfg.m as usize, cfg.n as usize, cfg.k as usize);
+        let (lda, ldb, ldc) = (cfg.lda as usize, cfg.ldb as usize, cfg.ldc as usize);
+        let ta = cfg.transa == cublasOperation_t::CUBLAS_OP_T;
+        let tb = cfg.transb == cublasOperation_t::CUBLAS_OP_T;
+        for j in 0..n {
+            for i in 0..m {
+                let mut acc = 0.0f32;
+                for p in 0..k {
+                    let av = if ta { a[p + i * lda] } else { a[i + p * lda] };
+                    let bv = if tb { b[j + p * ldb] } else { b[p + j * ldb] };
+                    acc += av * bv;
+                }
+                c[i + j * ldc] = cfg.alpha * acc + cfg.beta * c[i + j * ldc];
+            }
+        }
+    }
+
+    #[test]
+    fn the_row_major_gemm_is_the_row_major_product_in_all_four_layouts() {
+        let (m, n, k) = (5, 7, 3);
+        for (a_t, b_t) in [(false, false), (true, false), (false, true), (true, true)] {
+            let a = data(m * k, 1); // [m, k], or [k, m] when a_t
+            let b = data(k * n, 2); // [k, n], or [n, k] when b_t
+            let at = |i: usize, p: usize| if a_t { a[p * m + i] } else { a[i * k + p] };
+            let bt = |p: usize, j: usize| if b_t { b[j * k + p] } else { b[p * n + j] };
+            let c0 = data(m * n, 3);
+            let want: Vec<f32> = (0..m * n)
+                .map(|ij| {
+                    let (i, j) = (ij / n, ij % n);
+                    0.5 * c0[ij] + (0..k).map(|p| at(i, p) * bt(p, j)).sum::<f32>()
+                })
+                .collect();
+            let cfg = row_major((m, n, k), a_t, b_t, 0.5).unwrap();
+            let mut c = c0.clone();
+            // cuBLAS is called with (b, a, c)
+            sgemm_reference(&cfg, &b, &a, &mut c);
+            close(&c, &want, 1e-6, &format!("a_t {a_t}, b_t {b_t}"));
+        }
+    }
+
+    type Bn = unsafe extern "C" fn(
+        u32,
+        u32,
+        *mut f32,
+        *mut f32,
+        *mut f32,
+        *mut f32,
+        *mut f32,
+        *const f32,
+        *const f32,
+        *const f32,
+        i32,
+        i32,
+        f32,
+        f32,
+    );
+    type BnBack = unsafe extern "C" fn(
+        u32,
+        u32,
+        *mut f32,
+        *mut f32,
+        *mut f32,
+        *const f32,
+        *const f32,
+        *const f32,
+        *const f32,
+        i32,
+        i32,
+    );
+
+    #[test]
+    fn the_batch_norm_kernels_compute_what_the_kit_computes() {
+        let k = Emulated::compile(ELEMENTWISE).unwrap();
+        let (n, d) = (37, 19);
+        let x = data(n * d, 4);
+        let mut bn = BatchNorm::new(&Init::new(0).pp("bn"), d);
+        bn.weight.value = data(d, 5).iter().map(|v| 1.0 + 0.5 * v).collect();
+        bn.bias.value = data(d, 6);
+        let (gamma, beta) = (bn.weight.value.clone(), bn.bias.value.clone());
+        let (mut rm, mut rv) = (bn.running_mean.value.clone(), bn.running_var.value.clone());
+        let want = bn.forward(&Tensor::new(vec![n, d], x.clone()), true);
+        let (mut y, mut xhat, mut inv) = (vec![0.0; n * d], vec![0.0; n * d], vec![0.0; d]);
+        let g = grid(d);
+        unsafe {
+            k.get::<Bn>("bn_train_fwd").unwrap()(
+                g.grid_dim.0,
+                g.block_dim.0,
+                y.as_mut_ptr(),
+                xhat.as_mut_ptr(),
+                inv.as_mut_ptr(),
+                rm.as_mut_ptr(),
+                rv.as_mut_ptr(),
+                x.as_ptr(),
+                gamma.as_ptr(),
+                beta.as_ptr(),
+                n as i32,
+                d as i32,
+                1e-5,
+                0.1,
+            )
+        };
+        close(&y, &want.data, 1e-5, "y");
+        close(&rm, &bn.running_mean.value, 1e-6, "running mean");
+        close(&rv, &bn.running_var.value, 1e-6, "running variance");
+        // backward: dx, and dγ, dβ accumulated onto what is there
+        let dy = data(n * d, 7);
+        let dx_want = bn.backward(&Tensor::new(vec![n, d], dy.clone()));
+        let (mut dx, mut dg, mut db) = (vec![0.0; n * d], vec![0.25; d], vec![-0.5; d]);
+        unsafe {
+            k.get::<BnBack>("bn_train_bwd").unwrap()(
+                g.grid_dim.0,
+                g.block_dim.0,
+                dx.as_mut_ptr(),
+                dg.as_mut_ptr(),
+                db.as_mut_ptr(),
+                dy.as_ptr(),
+                xhat.as_ptr(),
+                inv.as_ptr(),
+                gamma.as_ptr(),
+                n as i32,
+                d as i32,
+            )
+        };
+        close(&dx, &dx_want.data, 1e-5, "dx");
+        let dg_want: Vec<f32> = bn.weight.grad.iter().map(|g| g + 0.25).collect();
+        let db_want: Vec<f32> = bn.bias.grad.iter().map(|g| g - 0.5).collect();
+        close(&dg, &dg_want, 1e-5, "dgamma");
+        close(&db, &db_want, 1e-5, "dbeta");
+        // evaluation, with the running statistics
+        let want = bn.forward(&Tensor::new(vec![n, d], x.clone()), false);
+        type Eval = unsafe extern "C" fn(
+            u32,
+            u32,
+            *mut f32,
+            *const f32,
+            *const f32,
+            *const f32,
+            *const f32,
+            *const f32,
+            i32,
+            i32,
+            f32,
+        );
+        let g = grid(n * d);
+        unsafe {
+            k.get::<Eval>("bn_eval_fwd").unwrap()(
+                g.grid_dim.0,
+                g.block_dim.0,
+                y.as_mut_ptr(),
+                x.as_ptr(),
+                rm.as_ptr(),
+                rv.as_ptr(),
+                gamma.as_ptr(),
+                beta.as_ptr(),
+                n as i32,
+                d as i32,
+                1e-5,
+            )
+        };
+        close(&y, &want.data, 1e-5, "evaluation y");
+    }
+
+    #[test]
+    fn the_elementwise_kernels_do_what_they_say() {
+        let k = Emulated::compile(ELEMENTWISE).unwrap();
+        let (n, d) = (9, 5);
+        let x = data(n * d, 8);
+        let b = data(d, 9);
+        let g = grid(n * d);
+        let mut y = x.clone();
+        type Bias = unsafe extern "C" fn(u32, u32, *mut f32, *const f32, i32, i32);
+        unsafe {
+            k.get::<Bias>("add_bias_rows").unwrap()(
+                g.grid_dim.0,
+                g.block_dim.0,
+                y.as_mut_ptr(),
+                b.as_ptr(),
+                n as i32,
+                d as i32,
+            )
+        };
+        let want: Vec<f32> = x.iter().enumerate().map(|(i, v)| v + b[i % d]).collect();
+        close(&y, &want, 0.0, "add_bias_rows");
+        type Relu = unsafe extern "C" fn(u32, u32, *mut f32, i32);
+        unsafe {
+            k.get::<Relu>("relu_fwd").unwrap()(
+                g.grid_dim.0,
+                g.block_dim.0,
+                y.as_mut_ptr(),
+                (n * d) as i32,
+            )
+        };
+        let want: Vec<f32> = want.iter().map(|v| v.max(0.0)).collect();
+        close(&y, &want, 0.0, "relu_fwd");
+        let mut gr = data(n * d, 10);
+        let g0 = gr.clone();
+        type ReluB = unsafe extern "C" fn(u32, u32, *mut f32, *const f32, i32);
+        unsafe {
+            k.get::<ReluB>("relu_bwd").unwrap()(
+                g.grid_dim.0,
+                g.block_dim.0,
+                gr.as_mut_ptr(),
+                y.as_ptr(),
+                (n * d) as i32,
+            )
+        };
+        let want: Vec<f32> =
+            g0.iter().zip(&y).map(|(g, y)| if *y > 0.0 { *g } else { 0.0 }).collect();
+        close(&gr, &want, 0.0, "relu_bwd");
+        let mut sums = vec![1.0f32; d];
+        type Cols = unsafe extern "C" fn(u32, u32, *mut f32, *const f32, i32, i32);
+        let gd = grid(d);
+        unsafe {
+            k.get::<Cols>("col_sum_acc").unwrap()(
+                gd.grid_dim.0,
+                gd.block_dim.0,
+                sums.as_mut_ptr(),
+                x.as_ptr(),
+                n as i32,
+                d as i32,
+            )
+        };
+        let want: Vec<f32> =
+            (0..d).map(|j| 1.0 + (0..n).map(|i| x[i * d + j]).sum::<f32>()).collect();
+        close(&sums, &want, 1e-6, "col_sum_acc");
     }
 }

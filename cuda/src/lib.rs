@@ -20,10 +20,12 @@
 //!
 //! Small kernels are CUDA C compiled at run time by NVRTC for the device's architecture and
 //! cached per [`Gpu`] ([`Gpu::function`]); [`kernels`] holds the ones the host and the SDK
-//! share (elementwise ops, reductions, the optimizer updates).
+//! share (elementwise ops, batch norm, cuBLAS products). [`emulate`] runs kernel sources on the
+//! CPU, so that their arithmetic is tested on machines without a GPU.
 
 #![deny(missing_docs)]
 
+pub mod emulate;
 pub mod kernels;
 
 pub use cudarc;
