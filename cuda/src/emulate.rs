@@ -79,7 +79,7 @@ fn wrappers(src: &str) -> Result<String, String> {
         let params = rest[open + 1..close].split_whitespace().collect::<Vec<_>>().join(" ");
         let names: Vec<&str> = params
             .split(',')
-            .map(|p| p.trim().rsplit(|c: char| c == ' ' || c == '*').next().unwrap_or(""))
+            .map(|p| p.trim().rsplit([' ', '*']).next().unwrap_or(""))
             .filter(|n| !n.is_empty())
             .collect();
         out.push_str(&format!(
