@@ -774,3 +774,321 @@ fn launch_gap_bwd(
 ) -> Result<(), DeviceError> {
     launch!(gpu, "resnet", KERNELS, "gap_bwd", grid(len as usize), [dx, dy, &len, &s])
 }
+
+#[cfg(test)]
+mod tests {
+    //! The kernels of [`KERNELS`] run on the CPU ([`latent_cuda::emulate`]) against the CPU
+    //! path's layers: batch norm with its ReLU in groups ([`crate::bn::BnRelu`]), the global
+    //! average pool, the residual add and its mask.
+    use super::*;
+    use crate::bn::BnRelu;
+    use latent_cuda::emulate::Emulated;
+    use latent_sdk::kit::{GlobalAvgPool, Init, Layer, Tensor};
+
+    fn data(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn close(a: &[f32], b: &[f32], tol: f32, what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{what}[{i}]: {x} vs {y}");
+        }
+    }
+
+    type Sums = unsafe extern "C" fn(u32, u32, *mut f64, *const f32, i32, i32, i32);
+    type Finish = unsafe extern "C" fn(
+        u32,
+        u32,
+        *mut f32,
+        *mut f32,
+        *mut f32,
+        *mut f32,
+        *const f64,
+        i32,
+        i32,
+        f64,
+        f32,
+        f32,
+    );
+    type Apply = unsafe extern "C" fn(
+        u32,
+        u32,
+        *mut f32,
+        *const f32,
+        *const f32,
+        *const f32,
+        *const f32,
+        *const f32,
+        i64,
+        i32,
+        i32,
+        i32,
+        i32,
+    );
+    type BwdSums = unsafe extern "C" fn(
+        u32,
+        u32,
+        *mut f64,
+        *mut f32,
+        *const f32,
+        *const f32,
+        *const f32,
+        *const f32,
+        *const f32,
+        i32,
+        i32,
+        i32,
+        i32,
+    );
+    type BwdFinish = unsafe extern "C" fn(
+        u32,
+        u32,
+        *mut f32,
+        *mut f32,
+        *mut f32,
+        *mut f32,
+        *const f64,
+        *const f32,
+        i32,
+        i32,
+        f64,
+    );
+    type BwdApply = unsafe extern "C" fn(
+        u32,
+        u32,
+        *mut f32,
+        *const f32,
+        *const f32,
+        *const f32,
+        *const f32,
+        *const f32,
+        *const f32,
+        i64,
+        i32,
+        i32,
+        i32,
+    );
+
+    /// One training forward and backward of the batch norm in `groups` slices, by the kernels
+    /// as `ConvBn` launches them, against `BnRelu`.
+    fn batch_norm_agrees(relu: bool, groups: usize) {
+        let k = Emulated::compile(KERNELS).unwrap();
+        let (n, c, h, w) = (6, 3, 4, 5);
+        let (s, len, per_group) = (h * w, n * c * h * w, n / groups);
+        let x = data(len, 1).iter().map(|v| 0.7 * v + 0.2).collect::<Vec<_>>();
+        let mut bn = BnRelu::new(&Init::new(0).pp("bn"), c, relu);
+        bn.groups = groups;
+        bn.weight.value = vec![1.3, 0.6, -0.8];
+        bn.bias.value = vec![0.1, -0.2, 0.3];
+        bn.running_mean.value = vec![0.05, -0.1, 0.2];
+        let (gamma, beta) = (bn.weight.value.clone(), bn.bias.value.clone());
+        let (mut rm, mut rv) = (bn.running_mean.value.clone(), bn.running_var.value.clone());
+        let want = bn.forward(Tensor::new(vec![n, c, h, w], x.clone()), true);
+        let (ci, si, pg, gi, li) =
+            (c as i32, s as i32, per_group as i32, groups as i32, len as i64);
+        let m = (per_group * s) as f64;
+        let mut sums = vec![0f64; 2 * groups * c];
+        let (mut mean, mut inv, mut y) =
+            (vec![0f32; groups * c], vec![0f32; groups * c], vec![0f32; len]);
+        let (pb, gc, gl) = (per_block(groups * c), grid(c), grid(len));
+        unsafe {
+            k.get::<Sums>("bn_sums").unwrap()(
+                pb.grid_dim.0,
+                pb.block_dim.0,
+                sums.as_mut_ptr(),
+                x.as_ptr(),
+                ci,
+                si,
+                pg,
+            );
+            k.get::<Finish>("bn_finish").unwrap()(
+                gc.grid_dim.0,
+                gc.block_dim.0,
+                mean.as_mut_ptr(),
+                inv.as_mut_ptr(),
+                rm.as_mut_ptr(),
+                rv.as_mut_ptr(),
+                sums.as_ptr(),
+                ci,
+                gi,
+                m,
+                1e-5,
+                0.1,
+            );
+            k.get::<Apply>("bn_apply").unwrap()(
+                gl.grid_dim.0,
+                gl.block_dim.0,
+                y.as_mut_ptr(),
+                x.as_ptr(),
+                mean.as_ptr(),
+                inv.as_ptr(),
+                gamma.as_ptr(),
+                beta.as_ptr(),
+                li,
+                ci,
+                si,
+                pg,
+                relu as i32,
+            );
+        }
+        let what = format!("relu {relu}, groups {groups}");
+        close(&y, &want.data, 1e-5, &format!("y, {what}"));
+        close(&rm, &bn.running_mean.value, 1e-6, &format!("running mean, {what}"));
+        close(&rv, &bn.running_var.value, 1e-6, &format!("running variance, {what}"));
+        let dy0 = data(len, 2);
+        let dx_want = bn.backward(Tensor::new(vec![n, c, h, w], dy0.clone()));
+        let mut dy = dy0;
+        let (mut dg, mut db) = (vec![0.5f32; c], vec![-0.25f32; c]);
+        let (mut mg, mut mgx) = (vec![0f32; groups * c], vec![0f32; groups * c]);
+        unsafe {
+            k.get::<BwdSums>("bn_bwd_sums").unwrap()(
+                pb.grid_dim.0,
+                pb.block_dim.0,
+                sums.as_mut_ptr(),
+                dy.as_mut_ptr(),
+                x.as_ptr(),
+                mean.as_ptr(),
+                inv.as_ptr(),
+                gamma.as_ptr(),
+                beta.as_ptr(),
+                ci,
+                si,
+                pg,
+                relu as i32,
+            );
+            k.get::<BwdFinish>("bn_bwd_finish").unwrap()(
+                gc.grid_dim.0,
+                gc.block_dim.0,
+                dg.as_mut_ptr(),
+                db.as_mut_ptr(),
+                mg.as_mut_ptr(),
+                mgx.as_mut_ptr(),
+                sums.as_ptr(),
+                inv.as_ptr(),
+                ci,
+                gi,
+                m,
+            );
+            k.get::<BwdApply>("bn_bwd_apply").unwrap()(
+                gl.grid_dim.0,
+                gl.block_dim.0,
+                dy.as_mut_ptr(),
+                x.as_ptr(),
+                mean.as_ptr(),
+                inv.as_ptr(),
+                gamma.as_ptr(),
+                mg.as_ptr(),
+                mgx.as_ptr(),
+                li,
+                ci,
+                si,
+                pg,
+            );
+        }
+        close(&dy, &dx_want.data, 1e-4, &format!("dx, {what}"));
+        let dg_want: Vec<f32> = bn.weight.grad.iter().map(|g| g + 0.5).collect();
+        let db_want: Vec<f32> = bn.bias.grad.iter().map(|g| g - 0.25).collect();
+        close(&dg, &dg_want, 1e-5, &format!("dgamma, {what}"));
+        close(&db, &db_want, 1e-5, &format!("dbeta, {what}"));
+    }
+
+    #[test]
+    fn the_batch_norm_kernels_compute_what_the_cpu_path_computes() {
+        for relu in [true, false] {
+            for groups in [1, 2] {
+                batch_norm_agrees(relu, groups);
+            }
+        }
+    }
+
+    #[test]
+    fn pooling_and_the_residual_kernels_compute_what_the_cpu_path_computes() {
+        let k = Emulated::compile(KERNELS).unwrap();
+        let (n, c, h, w) = (2, 3, 3, 4);
+        let (len, s) = (n * c * h * w, h * w);
+        let x = data(len, 3);
+        let mut gap = GlobalAvgPool::new();
+        let want = gap.forward(&Tensor::new(vec![n, c, h, w], x.clone()), true);
+        let mut out = vec![0f32; n * c];
+        let (gp, gl) = (grid(n * c), grid(len));
+        type Gap = unsafe extern "C" fn(u32, u32, *mut f32, *const f32, i32, i32);
+        type GapB = unsafe extern "C" fn(u32, u32, *mut f32, *const f32, i64, i32);
+        unsafe {
+            k.get::<Gap>("gap_fwd").unwrap()(
+                gp.grid_dim.0,
+                gp.block_dim.0,
+                out.as_mut_ptr(),
+                x.as_ptr(),
+                (n * c) as i32,
+                s as i32,
+            )
+        };
+        close(&out, &want.data, 1e-6, "gap forward");
+        let dy = data(n * c, 4);
+        let want = gap.backward(&Tensor::new(vec![n, c], dy.clone()));
+        let mut dx = vec![0f32; len];
+        unsafe {
+            k.get::<GapB>("gap_bwd").unwrap()(
+                gl.grid_dim.0,
+                gl.block_dim.0,
+                dx.as_mut_ptr(),
+                dy.as_ptr(),
+                len as i64,
+                s as i32,
+            )
+        };
+        close(&dx, &want.data, 1e-6, "gap backward");
+        // y = ReLU(y + r); then the gradient masked where y > 0, in place and copied
+        let r = data(len, 5);
+        let mut y = x.clone();
+        type Two = unsafe extern "C" fn(u32, u32, *mut f32, *const f32, i64);
+        unsafe {
+            k.get::<Two>("add_relu").unwrap()(
+                gl.grid_dim.0,
+                gl.block_dim.0,
+                y.as_mut_ptr(),
+                r.as_ptr(),
+                len as i64,
+            )
+        };
+        let want: Vec<f32> = x.iter().zip(&r).map(|(a, b)| (a + b).max(0.0)).collect();
+        close(&y, &want, 0.0, "add_relu");
+        let mut g = data(len, 6);
+        let g0 = g.clone();
+        let mut g2 = vec![0f32; len];
+        type Mask = unsafe extern "C" fn(u32, u32, *mut f32, *mut f32, *const f32, i64);
+        unsafe {
+            k.get::<Mask>("relu_mask_copy").unwrap()(
+                gl.grid_dim.0,
+                gl.block_dim.0,
+                g.as_mut_ptr(),
+                g2.as_mut_ptr(),
+                y.as_ptr(),
+                len as i64,
+            )
+        };
+        let want: Vec<f32> =
+            g0.iter().zip(&y).map(|(g, y)| if *y > 0.0 { *g } else { 0.0 }).collect();
+        close(&g, &want, 0.0, "masked gradient");
+        close(&g2, &want, 0.0, "its copy");
+        let mut a = g.clone();
+        unsafe {
+            k.get::<Two>("add_into").unwrap()(
+                gl.grid_dim.0,
+                gl.block_dim.0,
+                a.as_mut_ptr(),
+                r.as_ptr(),
+                len as i64,
+            )
+        };
+        let want: Vec<f32> = g.iter().zip(&r).map(|(a, b)| a + b).collect();
+        close(&a, &want, 0.0, "add_into");
+    }
+}
