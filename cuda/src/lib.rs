@@ -29,7 +29,9 @@ pub mod emulate;
 pub mod kernels;
 
 pub use cudarc;
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, PinnedHostSlice,
+};
 use latent_abi::{Device, DeviceBinding, DeviceKind, DeviceTensorDesc};
 use std::collections::HashMap;
 use std::fmt;
@@ -320,6 +322,30 @@ impl Gpu {
         }
         let mut view = dst.slice_mut(0..host.len());
         self.stream.memcpy_htod(host, &mut view).doing("copying to the device")
+    }
+
+    /// Copies `host` into `dst` through the page-locked buffer `staging` (made or remade to
+    /// `host.len()`): the device copy is queued on the stream and returns at once. `staging` is
+    /// not written again until that copy is done (cudarc waits on its event).
+    pub fn upload_pinned(
+        &self,
+        host: &[f32],
+        staging: &mut Option<PinnedHostSlice<f32>>,
+        dst: &mut CudaSlice<f32>,
+    ) -> Result<(), DeviceError> {
+        if host.is_empty() {
+            return Ok(());
+        }
+        if staging.as_ref().is_none_or(|p| p.len() != host.len()) {
+            // SAFETY: the buffer is written in full below before any copy reads it.
+            let p = unsafe { self.ctx.alloc_pinned::<f32>(host.len()) }
+                .doing("allocating page-locked memory")?;
+            *staging = Some(p);
+        }
+        let p = staging.as_mut().expect("allocated above");
+        p.as_mut_slice().doing("waiting for the last copy")?.copy_from_slice(host);
+        let mut view = dst.slice_mut(0..host.len());
+        self.stream.memcpy_htod(&*p, &mut view).doing("copying to the device")
     }
 
     /// The first `len` values of `src`, copied to the host (waits for them).

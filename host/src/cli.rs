@@ -69,6 +69,9 @@ pub enum Command {
         /// The largest relative L2 error allowed (‖device − cpu‖ / ‖cpu‖)
         #[arg(long, default_value_t = 1e-3)]
         tol: f64,
+        /// Also compare every gradient and parameter alone, in the encoder's order
+        #[arg(long)]
+        verbose: bool,
         /// Print JSON
         #[arg(long)]
         json: bool,
@@ -253,10 +256,10 @@ fn run(cli: Cli) -> Result<i32> {
                 plugin_dirs: cli.plugin_dirs,
             })
         }
-        Command::CheckDevice { config, sets, device, batch, tol, json } => {
+        Command::CheckDevice { config, sets, device, batch, tol, verbose, json } => {
             let reg = Registry::discover(&cli.plugin_dirs)?;
             let cfg = crate::config::Config::load(config.as_deref(), &sets)?;
-            let rows = crate::device::check(&reg, &cfg, &device, batch, tol)?;
+            let rows = crate::device::check(&reg, &cfg, &device, batch, tol, verbose)?;
             let ok = rows.iter().all(|r| r.ok);
             if json {
                 println!(

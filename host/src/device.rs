@@ -94,7 +94,7 @@ pub struct Agreement {
 /// and on `device`; one training batch of the config's views (all views in one pass) through
 /// both; the objective (on the CPU) on each one's features; the CPU objective's d loss /
 /// d features back through both encoders. Compared: features, loss, every trained gradient,
-/// the batch-norm running statistics. `device = "cpu"` compares the CPU with itself (the
+/// the batch-norm running statistics (with `verbose`, every tensor's too). `device = "cpu"` compares the CPU with itself (the
 /// answers are then identical: the test of this check).
 pub fn check(
     reg: &crate::plugins::Registry,
@@ -102,6 +102,7 @@ pub fn check(
     device: &str,
     batch: usize,
     tol: f64,
+    verbose: bool,
 ) -> Result<Vec<Agreement>> {
     use crate::data::experiment::{build_views, open_data, view_shape};
     use crate::plugins::ParamAccess;
@@ -193,6 +194,15 @@ pub fn check(
     let (pa, pb) = (a.encoder.read_params()?, b.encoder.read_params()?);
     let (e, n) = worst(&names, &pa, &pb);
     push("parameters and running statistics", e, n);
+    if verbose {
+        // every tensor, in the encoder's order: the first that disagrees points at the layer
+        for (i, name) in names.iter().enumerate() {
+            if !ga[i].data.is_empty() {
+                push("  gradient", rel_l2(&gb[i].data, &ga[i].data), name.clone());
+            }
+            push("  value", rel_l2(&pb[i].data, &pa[i].data), name.clone());
+        }
+    }
     if let HostDevice::Cuda(_) = dev {
         tracing::info!("device copies took {:.3} s", b.encoder.copy_seconds());
     }

@@ -7,7 +7,8 @@ use crate::device::HostDevice;
 use abi_stable::std_types::RVec;
 use anyhow::{bail, Context as _, Result};
 use latent_abi::*;
-use latent_cuda::{cudarc::driver::CudaSlice, Gpu};
+use latent_cuda::cudarc::driver::{CudaSlice, PinnedHostSlice};
+use latent_cuda::Gpu;
 use latent_sdk::kit::Tensor;
 /// An objective's answer in owned form, the SDK's type: loss, d loss / d views, metrics, τ.
 pub use latent_sdk::plugin::ObjectiveResult;
@@ -96,17 +97,24 @@ pub struct Encoder {
 /// time its copies took.
 struct OnDevice {
     gpu: Arc<Gpu>,
-    images: Option<CudaSlice<f32>>,
-    grad: Option<CudaSlice<f32>>,
+    images: Staged,
+    grad: Staged,
     copy_s: f64,
 }
 
-/// Copies `t` into `buf` on the device, growing it when too small.
-fn stage(gpu: &Gpu, buf: &mut Option<CudaSlice<f32>>, t: &[f32]) -> Result<()> {
-    if buf.as_ref().is_none_or(|b| b.len() < t.len()) {
-        *buf = Some(gpu.zeros(t.len())?);
+/// A device buffer the host fills through a page-locked one.
+#[derive(Default)]
+struct Staged {
+    pinned: Option<PinnedHostSlice<f32>>,
+    device: Option<CudaSlice<f32>>,
+}
+
+/// Copies `t` into `buf` on the device (grown when too small), through page-locked memory.
+fn stage(gpu: &Gpu, buf: &mut Staged, t: &[f32]) -> Result<()> {
+    if buf.device.as_ref().is_none_or(|b| b.len() < t.len()) {
+        buf.device = Some(gpu.zeros(t.len())?);
     }
-    gpu.upload_into(t, buf.as_mut().expect("allocated above"))?;
+    gpu.upload_pinned(t, &mut buf.pinned, buf.device.as_mut().expect("allocated above"))?;
     Ok(())
 }
 
@@ -122,7 +130,12 @@ impl Encoder {
         let HostDevice::Cuda(gpu) = device else { return Ok(()) };
         let _w = super::watchdog::enter(&self.name, "bind_device");
         if pres(self.obj.bind_device(gpu.binding()))? {
-            self.dev = Some(OnDevice { gpu: gpu.clone(), images: None, grad: None, copy_s: 0.0 });
+            self.dev = Some(OnDevice {
+                gpu: gpu.clone(),
+                images: Staged::default(),
+                grad: Staged::default(),
+                copy_s: 0.0,
+            });
         } else {
             static SAID: Mutex<Vec<String>> = Mutex::new(Vec::new());
             let mut said = SAID.lock().unwrap_or_else(|p| p.into_inner());
@@ -182,7 +195,7 @@ impl Encoder {
             let t = Instant::now();
             stage(&d.gpu, &mut d.grad, &grad.data)?;
             d.copy_s += t.elapsed().as_secs_f64();
-            let desc = d.gpu.desc(d.grad.as_ref().expect("staged"), &grad.shape);
+            let desc = d.gpu.desc(d.grad.device.as_ref().expect("staged"), &grad.shape);
             let _w = super::watchdog::enter(&self.name, "backward_device");
             return pres(self.obj.backward_device(desc));
         }
@@ -197,7 +210,7 @@ impl Encoder {
         let t = Instant::now();
         stage(&d.gpu, &mut d.images, &images.data)?;
         d.copy_s += t.elapsed().as_secs_f64();
-        let desc = d.gpu.desc(d.images.as_ref().expect("staged"), &images.shape);
+        let desc = d.gpu.desc(d.images.device.as_ref().expect("staged"), &images.shape);
         let w = super::watchdog::enter(&self.name, "forward_device");
         let y = pres(self.obj.forward_device(desc, train));
         drop(w);
