@@ -134,6 +134,18 @@ pub struct DeviceTensorDesc {
     pub stream: u64,
 }
 
+/// One parameter of an encoder bound to a device, in device memory
+/// ([`EncoderAbi::device_params`]): its values and its accumulated gradient (`grad.ptr` 0 when
+/// it has none).
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct DeviceParam {
+    /// The values.
+    pub value: DeviceTensorDesc,
+    /// The gradient, same length.
+    pub grad: DeviceTensorDesc,
+}
+
 impl DeviceTensorDesc {
     /// The number of values.
     pub fn len(&self) -> usize {
@@ -409,6 +421,14 @@ pub trait EncoderAbi: Send {
     fn backward_device(&mut self, grad: DeviceTensorDesc) -> PResult<()> {
         let _ = grad;
         RResult::RErr(cpu_only("backward_device"))
+    }
+    /// On the bound device: every parameter's values and gradient in device memory, in
+    /// `params` order, valid for the encoder's life. The host then updates the values and
+    /// zeroes the gradients in place on the binding's stream (its optimizer and EMA on the
+    /// device) instead of moving them through `take_grads` and `write_params`. Default: empty,
+    /// the host moves them through those calls.
+    fn device_params(&mut self) -> PResult<RVec<DeviceParam>> {
+        RResult::ROk(RVec::new())
     }
 }
 

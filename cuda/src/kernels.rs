@@ -81,6 +81,36 @@ extern "C" __global__ void bn_train_bwd(float* dx, float* dgamma, float* dbeta,
         dx[k] = sc * (dy[k] - mdy - xhat[k] * mdyx);
     }
 }
+// The host optimizer's updates (host/src/train/optim.rs), in its order of f32 operations (NVRTC
+// compiles with --fmad=false, so no multiply-add is fused that the CPU rounds twice). Each
+// reads the gradient once and zeroes it, as take_grads would.
+extern "C" __global__ void sgd_update(float* w, float* g, float* m, int n, float lr, float mu,
+        float wd, int first, int nesterov) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float gi = g[i] + wd * w[i];
+    float b = first ? gi : mu * m[i] + gi;
+    m[i] = b;
+    float d = nesterov ? gi + mu * b : b;
+    w[i] -= lr * d;
+    g[i] = 0.0f;
+}
+extern "C" __global__ void adamw_update(float* w, float* g, float* m, float* v, int n,
+        float lr, float wd, float b1, float b2, float eps, float step, float bc2s) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float gi = g[i];
+    w[i] *= 1.0f - lr * wd;
+    m[i] = b1 * m[i] + (1.0f - b1) * gi;
+    v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
+    w[i] -= step * m[i] / (sqrtf(v[i]) / bc2s + eps);
+    g[i] = 0.0f;
+}
+// target := t target + o online (the EMA of a target network)
+extern "C" __global__ void ema_update(float* target, const float* online, int n, float t, float o) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) target[i] = t * target[i] + o * online[i];
+}
 "#;
 
 /// One thread per element, in blocks of 256.
@@ -205,6 +235,51 @@ impl Ops {
     ) -> Result<(), DeviceError> {
         let (ni, di) = (dim(n, "n")?, dim(d, "d")?);
         launch!(self, "col_sum_acc", d, [out, x, &ni, &di])
+    }
+
+    /// One SGD step of `w` (`n` values) from gradient `g`, which is zeroed, with momentum
+    /// buffer `m` (`first`: the buffer is empty, as PyTorch's first step).
+    #[allow(clippy::too_many_arguments)]
+    pub fn sgd_update(
+        &self,
+        w: &mut CudaSlice<f32>,
+        g: &mut CudaSlice<f32>,
+        m: &mut CudaSlice<f32>,
+        n: usize,
+        (lr, mu, wd): (f32, f32, f32),
+        first: bool,
+        nesterov: bool,
+    ) -> Result<(), DeviceError> {
+        let (ni, fi, ne) = (dim(n, "n")?, first as i32, nesterov as i32);
+        launch!(self, "sgd_update", n, [w, g, m, &ni, &lr, &mu, &wd, &fi, &ne])
+    }
+
+    /// One AdamW step (`step` = lr / (1 − β₁ᵗ), `bc2s` = √(1 − β₂ᵗ)); `g` is zeroed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn adamw_update(
+        &self,
+        w: &mut CudaSlice<f32>,
+        g: &mut CudaSlice<f32>,
+        (m, v): (&mut CudaSlice<f32>, &mut CudaSlice<f32>),
+        n: usize,
+        (lr, wd): (f32, f32),
+        (b1, b2, eps): (f32, f32, f32),
+        (step, bc2s): (f32, f32),
+    ) -> Result<(), DeviceError> {
+        let ni = dim(n, "n")?;
+        launch!(self, "adamw_update", n, [w, g, m, v, &ni, &lr, &wd, &b1, &b2, &eps, &step, &bc2s])
+    }
+
+    /// `target := t·target + o·online`.
+    pub fn ema(
+        &self,
+        target: &mut CudaSlice<f32>,
+        online: &CudaSlice<f32>,
+        n: usize,
+        (t, o): (f32, f32),
+    ) -> Result<(), DeviceError> {
+        let ni = dim(n, "n")?;
+        launch!(self, "ema_update", n, [target, online, &ni, &t, &o])
     }
 
     /// Training batch norm of `x[n, d]` over `n`: `y`, and `xhat`, `inv_std` for the backward;

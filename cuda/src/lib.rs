@@ -397,7 +397,9 @@ fn compile(module: &str, src: &str, ma: i32, mi: i32) -> Result<cudarc::nvrtc::P
     let name = CString::new(format!("{module}.cu")).expect("no NUL in a module name");
     let prog = nr::create_program(&code, Some(&name))
         .map_err(|e| DeviceError(format!("NVRTC, kernels `{module}`: {e:?}")))?;
-    let opts = [format!("--gpu-architecture=sm_{ma}{mi}"), "--std=c++17".to_string()];
+    // no fused multiply-adds: the kernels round as the CPU path does (check-device compares)
+    let opts =
+        [format!("--gpu-architecture=sm_{ma}{mi}"), "--std=c++17".into(), "--fmad=false".into()];
     // SAFETY: `prog` was created above and is destroyed once, at the end.
     let out = unsafe {
         match nr::compile_program(prog, &opts) {

@@ -208,7 +208,7 @@ pub mod testing;
 /// Everything a plugin file usually needs.
 pub mod prelude {
     pub use crate::abi::{
-        Collective, Context, DeviceBinding, DeviceTensorDesc, EpochInfo, ParamRole,
+        Collective, Context, DeviceBinding, DeviceParam, DeviceTensorDesc, EpochInfo, ParamRole,
     };
     pub use crate::autodiff::nn::{Activation, Block, DinoHead, Head};
     pub use crate::autodiff::ops::{cat_rows, cross_entropy};

@@ -127,6 +127,12 @@ pub trait EncoderPlugin: Plugin + Module {
     fn grads_to_host(&mut self) -> anyhow::Result<()> {
         Ok(())
     }
+    /// On a device: every parameter's value and gradient buffer there, in `visit_params`
+    /// order, for the host's optimizer to update in place (the ABI's `device_params`).
+    /// Default: none, the host moves parameters through the three calls above.
+    fn device_params(&mut self) -> anyhow::Result<Vec<DeviceParam>> {
+        Ok(Vec::new())
+    }
 }
 
 /// An augmentation: a pure function of one image `[C, H, W]` and a seed.
@@ -676,6 +682,11 @@ impl<P: EncoderPlugin> EncoderAbi for Wrapped<P> {
     fn backward_device(&mut self, grad: DeviceTensorDesc) -> PResult<()> {
         self.g("backward_device", |p| {
             p.backward_device(grad).map_err(failed(P::NAME, "backward_device"))
+        })
+    }
+    fn device_params(&mut self) -> PResult<RVec<DeviceParam>> {
+        self.g("device_params", |p| {
+            p.device_params().map(RVec::from).map_err(failed(P::NAME, "device_params"))
         })
     }
 }

@@ -94,6 +94,7 @@ fn in_process_learner(cfg: &latent_host::config::Config) -> Result<Learner> {
         feat_dim,
         global_views: 0,
         online_drops_paths: false,
+        on_device: None,
     })
 }
 

@@ -156,6 +156,44 @@ impl Encoder {
         self.dev.is_some()
     }
 
+    /// The GPU the encoder runs on, if it accepted one.
+    pub fn gpu(&self) -> Option<&Arc<Gpu>> {
+        self.dev.as_ref().map(|d| &d.gpu)
+    }
+
+    /// On a GPU: every parameter's value and gradient buffer there, in `params` order, checked
+    /// against `descs` (empty when the encoder does not offer them).
+    pub fn device_params(&mut self, descs: &[ParamDesc]) -> Result<Vec<DeviceParam>> {
+        let Some(d) = &self.dev else { return Ok(Vec::new()) };
+        let _w = super::watchdog::enter(&self.name, "device_params");
+        let ps = pres(self.obj.device_params())?.into_vec();
+        if ps.is_empty() {
+            return Ok(ps);
+        }
+        if ps.len() != descs.len() {
+            bail!(
+                "plugin '{}' gave {} device parameters for {} parameters",
+                self.name,
+                ps.len(),
+                descs.len()
+            );
+        }
+        for (p, dsc) in ps.iter().zip(descs) {
+            let n = dsc.shape.iter().product::<u64>() as usize;
+            if p.value.len() != n || p.grad.len() != n || p.value.device != d.gpu.device() {
+                bail!(
+                    "plugin '{}' gave device parameter {} of {} values on {}, expected {n} on {}",
+                    self.name,
+                    dsc.name,
+                    p.value.len(),
+                    p.value.device,
+                    d.gpu.device()
+                );
+            }
+        }
+        Ok(ps)
+    }
+
     /// Seconds spent copying images and gradients to the device and features back, so far.
     pub fn copy_seconds(&self) -> f64 {
         self.dev.as_ref().map_or(0.0, |d| d.copy_s)

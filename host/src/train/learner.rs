@@ -33,9 +33,10 @@ use crate::config::{BatchNormScope, Config, PluginConfig};
 use crate::dist::{self, World};
 use crate::plugins::handles::ObjectiveResult;
 use crate::plugins::{Encoder, Entry, Objective, ParamAccess, Registry};
+use crate::train::device_optim::DeviceOptim;
 use crate::train::optim::Optimizer;
 use anyhow::{bail, Context as _, Result};
-use latent_abi::{Context, ParamDesc, ParamRole, PluginKind};
+use latent_abi::{Context, DeviceParam, ParamDesc, ParamRole, PluginKind};
 use latent_sdk::kit::Tensor;
 use std::collections::BTreeMap;
 
@@ -65,6 +66,19 @@ pub struct Learner {
     /// The online encoder drops paths at random in training (`drop_path` > 0), so its
     /// features are never the target's, which runs without.
     pub online_drops_paths: bool,
+    /// On a GPU: the optimizer and the EMA there, on the encoders' own buffers (none: the
+    /// parameters go through the host, as on the CPU).
+    pub on_device: Option<OnDevice>,
+}
+
+/// The encoders' parameters on the GPU, and the optimizer that updates them there.
+pub struct OnDevice {
+    /// The optimizer.
+    pub optim: DeviceOptim,
+    /// The online encoder's parameters there.
+    pub online: Vec<DeviceParam>,
+    /// The target encoder's, when it has them (else its EMA goes through the host).
+    pub target: Vec<DeviceParam>,
 }
 
 /// Does the plugin's default config have `key`?
@@ -201,7 +215,7 @@ impl Learner {
         let enc_params = encoder.params()?;
         let obj_params = objective.params()?;
         let drop_path = |c: &Config| c.encoder.config.get("drop_path").and_then(|v| v.as_f64());
-        let target = if objective.manifest.needs_target {
+        let mut target = if objective.manifest.needs_target {
             // the EMA target (DINO's teacher) runs without drop-path, as the reference's
             let mut tcfg = cfg.clone();
             let has_key = reg
@@ -216,7 +230,34 @@ impl Learner {
         } else {
             None
         };
+        let on_device = match encoder.gpu().cloned() {
+            Some(gpu) if DeviceOptim::handles(&cfg.optim, &enc_params) => {
+                let online = encoder.device_params(&enc_params)?;
+                if online.is_empty() {
+                    None
+                } else {
+                    let target = match target.as_mut() {
+                        Some(t) => t.device_params(&enc_params)?,
+                        None => Vec::new(),
+                    };
+                    Some(OnDevice { optim: DeviceOptim::new(gpu)?, online, target })
+                }
+            }
+            _ => None,
+        };
+        if let Some(gpu) = encoder.gpu() {
+            tracing::info!(
+                "optimizer of encoder '{}': {}",
+                encoder.name,
+                if on_device.is_some() {
+                    format!("on {} with its parameters", gpu.device())
+                } else {
+                    "on the host, parameters copied each step (LARS, clipping, or an encoder without device parameters)".into()
+                }
+            );
+        }
         Ok(Learner {
+            on_device,
             encoder,
             objective,
             target,
@@ -312,7 +353,12 @@ impl Learner {
         let tau = res.target_momentum;
         self.optim.begin_step();
         self.optim.wd = self.optim.cfg.weight_decay_at(step, total);
-        let mut eg = take_grads(&mut self.encoder, &self.enc_params)?;
+        // on a GPU with its optimizer there, the encoder's gradients stay there
+        let mut eg = if self.on_device.is_some() {
+            Vec::new()
+        } else {
+            take_grads(&mut self.encoder, &self.enc_params)?
+        };
         // each rank back-propagated its own rows of d loss / d features: their sum is the
         // gradient of the global loss (the objective's heads saw the global batch everywhere)
         all_reduce_grads(world, &self.enc_params, &mut eg);
@@ -321,10 +367,26 @@ impl Learner {
             .chain(trained_grads(&self.obj_params, &mut og))
             .collect();
         let grad_norm = self.optim.cfg.clip(&mut trained);
-        update(&mut self.optim, &mut self.encoder, &self.enc_params, eg, "encoder", lr, tau)?;
+        match &mut self.on_device {
+            Some(d) => d.optim.update(&self.optim, "encoder", &self.enc_params, &d.online, lr)?,
+            None => update(
+                &mut self.optim,
+                &mut self.encoder,
+                &self.enc_params,
+                eg,
+                "encoder",
+                lr,
+                tau,
+            )?,
+        }
         update(&mut self.optim, &mut self.objective, &self.obj_params, og, "objective", lr, tau)?;
         if let Some(t) = &mut self.target {
-            ema_encoder(t, &mut self.encoder, &self.enc_params, tau)?;
+            match &self.on_device {
+                Some(d) if !d.target.is_empty() => {
+                    d.optim.ema(&self.enc_params, &d.target, &d.online, tau)?
+                }
+                _ => ema_encoder(t, &mut self.encoder, &self.enc_params, tau)?,
+            }
             // τ = 0 copies the online parameters exactly (0·ξ + 1·θ = θ)
             self.target_is_online = tau == 0.0;
         }
@@ -392,6 +454,9 @@ impl Learner {
                 out.insert(format!("target_encoder.{}", d.name), v);
             }
         }
+        if let Some(d) = &self.on_device {
+            d.optim.to_host(&mut self.optim.state)?;
+        }
         for (name, st) in &self.optim.state {
             if !st.m.is_empty() {
                 out.insert(format!("optim.m.{name}"), Tensor::new(vec![st.m.len()], st.m.clone()));
@@ -454,6 +519,9 @@ impl Learner {
             }
         }
         self.optim.t = optim_t;
+        if let Some(d) = &mut self.on_device {
+            d.optim.from_host(&self.optim.state, "encoder")?;
+        }
         Ok(())
     }
 }

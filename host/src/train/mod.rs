@@ -11,6 +11,7 @@
 //! current step, writes a checkpoint and exits with code 130 and the command to resume.
 
 pub mod checkpoint;
+pub mod device_optim;
 pub mod learner;
 pub mod metrics;
 pub mod online_eval;

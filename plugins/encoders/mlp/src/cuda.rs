@@ -5,7 +5,7 @@
 use latent_cuda::cudarc::driver::CudaSlice;
 use latent_cuda::kernels::Ops;
 use latent_cuda::{DeviceError, Gpu};
-use latent_sdk::abi::{DeviceBinding, DeviceTensorDesc};
+use latent_sdk::abi::{DeviceBinding, DeviceParam, DeviceTensorDesc};
 use latent_sdk::prelude::*;
 use std::sync::Arc;
 
@@ -284,6 +284,16 @@ impl OnGpu {
             }
         }
         Ok(())
+    }
+
+    /// Every parameter's value and gradient buffer, in `visit_params` order (flat shapes).
+    pub fn device_params(&self) -> Vec<DeviceParam> {
+        (0..self.lens.len())
+            .map(|i| DeviceParam {
+                value: self.gpu().desc(&self.values[i], &[self.lens[i]]),
+                grad: self.gpu().desc(&self.grads[i], &[self.lens[i]]),
+            })
+            .collect()
     }
 
     /// Copies the device's values into the `Param`s.

@@ -168,6 +168,10 @@ impl EncoderPlugin for Mlp {
         }
     }
 
+    fn device_params(&mut self) -> anyhow::Result<Vec<DeviceParam>> {
+        Ok(self.gpu.as_ref().map(|g| g.device_params()).unwrap_or_default())
+    }
+
     fn grads_to_host(&mut self) -> anyhow::Result<()> {
         match (&mut self.gpu, &mut self.net) {
             (Some(g), Some((_, net))) => g.grads_to_host(net),

@@ -16,7 +16,7 @@ use latent_cuda::cudarc::cudnn::{
 use latent_cuda::cudarc::driver::{CudaSlice, LaunchConfig};
 use latent_cuda::kernels::grid;
 use latent_cuda::{launch, DeviceError, Doing, Gpu};
-use latent_sdk::abi::{DeviceBinding, DeviceTensorDesc};
+use latent_sdk::abi::{DeviceBinding, DeviceParam, DeviceTensorDesc};
 use latent_sdk::prelude::*;
 use std::sync::Arc;
 
@@ -675,6 +675,16 @@ impl OnGpu {
         // the images need no gradient
         self.stem.backward(&mut self.dev, &mut self.net, g, false).map_err(err)?;
         Ok(())
+    }
+
+    /// Every parameter's value and gradient buffer, in `visit_params` order (flat shapes).
+    pub fn device_params(&self) -> Vec<DeviceParam> {
+        (0..self.lens.len())
+            .map(|i| DeviceParam {
+                value: self.dev.gpu.desc(&self.net.values[i], &[self.lens[i]]),
+                grad: self.dev.gpu.desc(&self.net.grads[i], &[self.lens[i]]),
+            })
+            .collect()
     }
 
     /// Copies the device's values into the `Param`s.

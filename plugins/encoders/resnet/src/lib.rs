@@ -523,6 +523,10 @@ impl EncoderPlugin for ResNet {
         }
     }
 
+    fn device_params(&mut self) -> anyhow::Result<Vec<DeviceParam>> {
+        Ok(self.gpu.as_ref().map(|g| g.device_params()).unwrap_or_default())
+    }
+
     fn grads_to_host(&mut self) -> anyhow::Result<()> {
         match self.cpu_layers() {
             (Some(g), mut layers) => g.grads_to_host(&mut layers),
