@@ -273,7 +273,7 @@ fn run(cli: Cli) -> Result<i32> {
                 );
                 for r in &rows {
                     let mark = if r.ok { "ok  " } else { "FAIL" };
-                    println!("  {mark} {:<36} {:.3e}  {}", r.what, r.rel_err, r.worst);
+                    println!("  {mark} {:<52} {:.3e}  {}", r.what, r.rel_err, r.worst);
                 }
                 println!("{}", if ok { "agree" } else { "DISAGREE" });
             }

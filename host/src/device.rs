@@ -203,6 +203,25 @@ pub fn check(
             push("  value", rel_l2(&pb[i].data, &pa[i].data), name.clone());
         }
     }
+    // one whole training step each (the optimizer, on the device where it runs there), then
+    // every parameter compared again
+    let lr = cfg.optim.lr;
+    let sa = a.step(&xs, &labels, 1, 10, lr)?;
+    let sb = b.step(&xs, &labels, 1, 10, lr)?;
+    let mut out = out;
+    let mut push = |what: &str, rel_err: f64, worst: String| {
+        out.push(Agreement { what: what.into(), rel_err, worst, ok: rel_err <= tol })
+    };
+    push(
+        "loss of a training step",
+        rel_l2(&[sb.loss], &[sa.loss]),
+        format!("{} vs {}", sb.loss, sa.loss),
+    );
+    let (pa, pb) = (a.encoder.read_params()?, b.encoder.read_params()?);
+    let (e, n) = worst(&names, &pa, &pb);
+    let opt =
+        if b.on_device.is_some() { "optimizer on the device" } else { "optimizer on the host" };
+    push(&format!("parameters after the step ({opt})"), e, n);
     if let HostDevice::Cuda(_) = dev {
         tracing::info!("device copies took {:.3} s", b.encoder.copy_seconds());
     }

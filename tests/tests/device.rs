@@ -44,7 +44,14 @@ fn check_device_compares_the_cpu_with_itself_exactly() {
     let what: Vec<&str> = rows.iter().map(|r| r["what"].as_str().unwrap()).collect();
     assert_eq!(
         what,
-        ["features", "loss", "encoder gradients", "parameters and running statistics"]
+        [
+            "features",
+            "loss",
+            "encoder gradients",
+            "parameters and running statistics",
+            "loss of a training step",
+            "parameters after the step (optimizer on the host)"
+        ]
     );
     // the same code on the same weights and batch: bitwise the same answers
     assert!(rows.iter().all(|r| r["rel_err"] == 0.0), "{v}");
