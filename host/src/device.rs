@@ -208,7 +208,6 @@ pub fn check(
     let lr = cfg.optim.lr;
     let sa = a.step(&xs, &labels, 1, 10, lr)?;
     let sb = b.step(&xs, &labels, 1, 10, lr)?;
-    let mut out = out;
     let mut push = |what: &str, rel_err: f64, worst: String| {
         out.push(Agreement { what: what.into(), rel_err, worst, ok: rel_err <= tol })
     };
