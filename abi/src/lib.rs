@@ -425,8 +425,10 @@ pub trait EncoderAbi: Send {
     /// On the bound device: every parameter's values and gradient in device memory, in
     /// `params` order, valid for the encoder's life. The host then updates the values and
     /// zeroes the gradients in place on the binding's stream (its optimizer and EMA on the
-    /// device) instead of moving them through `take_grads` and `write_params`. Default: empty,
-    /// the host moves them through those calls.
+    /// device) instead of moving them through `take_grads` and `write_params`; every trained
+    /// parameter is updated every step, so an encoder that leaves some alone for a while
+    /// (PyTorch's `grad = None`) must not offer them. Default: empty, the host moves them
+    /// through those calls.
     fn device_params(&mut self) -> PResult<RVec<DeviceParam>> {
         RResult::ROk(RVec::new())
     }

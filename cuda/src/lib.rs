@@ -30,7 +30,7 @@ pub mod kernels;
 
 pub use cudarc;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, PinnedHostSlice,
+    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, PinnedHostSlice,
 };
 use latent_abi::{Device, DeviceBinding, DeviceKind, DeviceTensorDesc};
 use std::collections::HashMap;
@@ -324,28 +324,39 @@ impl Gpu {
         self.stream.memcpy_htod(host, &mut view).doing("copying to the device")
     }
 
-    /// Copies `host` into `dst` through the page-locked buffer `staging` (made or remade to
-    /// `host.len()`): the device copy is queued on the stream and returns at once. `staging` is
-    /// not written again until that copy is done (cudarc waits on its event).
+    /// Copies `host` into `dst` through a page-locked buffer of `staging` (one per length met,
+    /// kept): the device copy is queued on the stream and returns at once; the buffer is not
+    /// written again before that copy is done (its own event, recorded after the copy).
     pub fn upload_pinned(
         &self,
         host: &[f32],
-        staging: &mut Option<PinnedHostSlice<f32>>,
+        staging: &mut Staging,
         dst: &mut CudaSlice<f32>,
     ) -> Result<(), DeviceError> {
         if host.is_empty() {
             return Ok(());
         }
-        if staging.as_ref().is_none_or(|p| p.len() != host.len()) {
-            // SAFETY: the buffer is written in full below before any copy reads it.
-            let p = unsafe { self.ctx.alloc_pinned::<f32>(host.len()) }
-                .doing("allocating page-locked memory")?;
-            *staging = Some(p);
+        let slot = match staging.slots.iter().position(|s| s.0.len() == host.len()) {
+            Some(i) => i,
+            None => {
+                // SAFETY: the buffer is written in full below before any copy reads it.
+                let p = unsafe { self.ctx.alloc_pinned::<f32>(host.len()) }
+                    .doing("allocating page-locked memory")?;
+                let e = self.ctx.new_event(None).doing("creating an event")?;
+                staging.slots.push((p, e, false));
+                staging.slots.len() - 1
+            }
+        };
+        let (p, done, pending) = &mut staging.slots[slot];
+        if *pending {
+            done.synchronize().doing("waiting for the last copy")?;
         }
-        let p = staging.as_mut().expect("allocated above");
-        p.as_mut_slice().doing("waiting for the last copy")?.copy_from_slice(host);
+        p.as_mut_slice().doing("page-locked memory")?.copy_from_slice(host);
         let mut view = dst.slice_mut(0..host.len());
-        self.stream.memcpy_htod(&*p, &mut view).doing("copying to the device")
+        self.stream.memcpy_htod(&*p, &mut view).doing("copying to the device")?;
+        done.record(&self.stream).doing("recording the copy")?;
+        *pending = true;
+        Ok(())
     }
 
     /// The first `len` values of `src`, copied to the host (waits for them).
@@ -426,6 +437,23 @@ fn compile(module: &str, src: &str, ma: i32, mi: i32) -> Result<cudarc::nvrtc::P
     // SAFETY: as above.
     let _ = unsafe { nr::destroy_program(prog) };
     out
+}
+
+/// Page-locked buffers for [`Gpu::upload_pinned`], one per length, each with the event of its
+/// last copy; dropping it waits for those copies.
+#[derive(Default)]
+pub struct Staging {
+    slots: Vec<(PinnedHostSlice<f32>, CudaEvent, bool)>,
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        for (_, e, pending) in &self.slots {
+            if *pending {
+                let _ = e.synchronize();
+            }
+        }
+    }
 }
 
 /// A device buffer owned elsewhere ([`Gpu::borrow`]): usable as a `CudaSlice`, never freed.

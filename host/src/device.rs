@@ -203,24 +203,54 @@ pub fn check(
             push("  value", rel_l2(&pb[i].data, &pa[i].data), name.clone());
         }
     }
-    // one whole training step each (the optimizer, on the device where it runs there), then
-    // every parameter compared again
+    // two whole training steps each (the optimizer on the device where it runs there: SGD's
+    // first step and a step with momentum, Adam's bias corrections at t = 1 and 2, the EMA),
+    // then what the steps changed in every trained parameter, compared
     let lr = cfg.optim.lr;
-    let sa = a.step(&xs, &labels, 1, 10, lr)?;
-    let sb = b.step(&xs, &labels, 1, 10, lr)?;
+    let mut losses = (Vec::new(), Vec::new());
+    for s in 1..=2u64 {
+        losses.0.push(a.step(&xs, &labels, s, 10, lr)?.loss);
+        losses.1.push(b.step(&xs, &labels, s, 10, lr)?.loss);
+    }
     let mut push = |what: &str, rel_err: f64, worst: String| {
         out.push(Agreement { what: what.into(), rel_err, worst, ok: rel_err <= tol })
     };
     push(
-        "loss of a training step",
-        rel_l2(&[sb.loss], &[sa.loss]),
-        format!("{} vs {}", sb.loss, sa.loss),
+        "losses of two training steps",
+        rel_l2(&losses.1, &losses.0),
+        format!("{:?} vs {:?}", losses.1, losses.0),
     );
-    let (pa, pb) = (a.encoder.read_params()?, b.encoder.read_params()?);
-    let (e, n) = worst(&names, &pa, &pb);
+    let (qa, qb) = (a.encoder.read_params()?, b.encoder.read_params()?);
+    let change = |after: &[Tensor], before: &[Tensor]| -> Vec<Tensor> {
+        after
+            .iter()
+            .zip(before)
+            .map(|(x, y)| {
+                let d = x.data.iter().zip(&y.data).map(|(x, y)| x - y).collect::<Vec<_>>();
+                Tensor::new(x.shape.clone(), d)
+            })
+            .collect()
+    };
+    let (da, db) = (change(&qa, &pa), change(&qb, &pb));
+    let trained: Vec<usize> = (0..names.len())
+        .filter(|&i| {
+            matches!(
+                a.enc_params[i].role,
+                latent_abi::ParamRole::Weight | latent_abi::ParamRole::NoDecay
+            )
+        })
+        .collect();
+    let pick = |v: &[Tensor]| trained.iter().map(|&i| v[i].clone()).collect::<Vec<_>>();
+    let tnames: Vec<String> = trained.iter().map(|&i| names[i].clone()).collect();
+    let (e, n) = worst(&tnames, &pick(&da), &pick(&db));
     let opt =
         if b.on_device.is_some() { "optimizer on the device" } else { "optimizer on the host" };
-    push(&format!("parameters after the step ({opt})"), e, n);
+    push(&format!("parameter updates of the two steps ({opt})"), e, n);
+    if let (Some(ta), Some(tb)) = (a.target.as_mut(), b.target.as_mut()) {
+        let (ta, tb) = (ta.read_params()?, tb.read_params()?);
+        let (e, n) = worst(&tnames, &pick(&ta), &pick(&tb));
+        push("target encoder (EMA) after the steps", e, n);
+    }
     if let HostDevice::Cuda(_) = dev {
         tracing::info!("device copies took {:.3} s", b.encoder.copy_seconds());
     }

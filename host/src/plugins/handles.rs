@@ -7,8 +7,8 @@ use crate::device::HostDevice;
 use abi_stable::std_types::RVec;
 use anyhow::{bail, Context as _, Result};
 use latent_abi::*;
-use latent_cuda::cudarc::driver::{CudaSlice, PinnedHostSlice};
-use latent_cuda::Gpu;
+use latent_cuda::cudarc::driver::CudaSlice;
+use latent_cuda::{Gpu, Staging};
 use latent_sdk::kit::Tensor;
 /// An objective's answer in owned form, the SDK's type: loss, d loss / d views, metrics, τ.
 pub use latent_sdk::plugin::ObjectiveResult;
@@ -102,10 +102,10 @@ struct OnDevice {
     copy_s: f64,
 }
 
-/// A device buffer the host fills through a page-locked one.
+/// A device buffer the host fills through page-locked ones.
 #[derive(Default)]
 struct Staged {
-    pinned: Option<PinnedHostSlice<f32>>,
+    pinned: Staging,
     device: Option<CudaSlice<f32>>,
 }
 
@@ -180,6 +180,14 @@ impl Encoder {
         }
         for (p, dsc) in ps.iter().zip(descs) {
             let n = dsc.shape.iter().product::<u64>() as usize;
+            let trained = matches!(dsc.role, ParamRole::Weight | ParamRole::NoDecay);
+            if trained && p.grad.ptr == 0 && n > 0 {
+                bail!(
+                    "plugin '{}' gave no device gradient for the trained parameter {}",
+                    self.name,
+                    dsc.name
+                );
+            }
             if p.value.len() != n || p.grad.len() != n || p.value.device != d.gpu.device() {
                 bail!(
                     "plugin '{}' gave device parameter {} of {} values on {}, expected {n} on {}",

@@ -19,6 +19,8 @@ use std::sync::Arc;
 
 /// Moments of one parameter on the device.
 struct Moments {
+    /// Values of the parameter (the buffers hold at least one).
+    n: usize,
     m: CudaSlice<f32>,
     v: Option<CudaSlice<f32>>,
     /// SGD's buffer holds a step (PyTorch's first step takes the gradient itself).
@@ -74,7 +76,7 @@ impl DeviceOptim {
             if !self.moments.contains_key(&name) {
                 let m = gpu.zeros(n)?;
                 let v = if adam { Some(gpu.zeros(n)?) } else { None };
-                self.moments.insert(name.clone(), Moments { m, v, started: false });
+                self.moments.insert(name.clone(), Moments { n, m, v, started: false });
             }
             let st = self.moments.get_mut(&name).expect("inserted above");
             let (mut w, mut g) = (view(&gpu, &p.value)?, view(&gpu, &p.grad)?);
@@ -145,13 +147,10 @@ impl DeviceOptim {
         for (name, st) in &self.moments {
             let e = state.entry(name.clone()).or_default();
             // an SGD buffer that holds no step yet is saved as none, as the host's would be
-            e.m = if st.started || st.v.is_some() {
-                gpu.download(&st.m, st.m.len())?
-            } else {
-                Vec::new()
-            };
+            e.m =
+                if st.started || st.v.is_some() { gpu.download(&st.m, st.n)? } else { Vec::new() };
             e.v = match &st.v {
-                Some(v) => gpu.download(v, v.len())?,
+                Some(v) => gpu.download(v, st.n)?,
                 None => Vec::new(),
             };
         }
@@ -169,7 +168,7 @@ impl DeviceOptim {
             }
             let m = gpu.upload(&st.m)?;
             let v = if st.v.is_empty() { None } else { Some(gpu.upload(&st.v)?) };
-            self.moments.insert(name.clone(), Moments { m, v, started: true });
+            self.moments.insert(name.clone(), Moments { n: st.m.len(), m, v, started: true });
         }
         Ok(())
     }
