@@ -24,7 +24,7 @@ class Side:
         self.ready = self.read()
         if not self.ready.get("ready"):
             raise SystemExit(f"{name}: did not start: {self.ready}")
-        self.times, self.losses = [], []
+        self.times, self.losses, self.copy, self.objective = [], [], [], []
 
     def read(self):
         line = self.p.stdout.readline()
@@ -37,6 +37,9 @@ class Side:
         r = self.read()
         if timed:
             self.times.append(r["t"])
+            if "copy_s" in r:
+                self.copy.append(r["copy_s"])
+                self.objective.append(r["objective_s"])
         self.losses.append(r["loss"])
 
     def quit(self):
@@ -79,6 +82,10 @@ def main():
             "max_step_s": max(s.times), "views_per_s": views / med, "first_losses": s.losses[:3],
             "peak_rss_mib": end.get("peak_rss_mib"),
         }
+        if s.copy:
+            # latent on a device: the share of its step in host copies and in the CPU objective
+            out["sides"][s.name]["copy_share"] = statistics.median(c / t for c, t in zip(s.copy, s.times))
+            out["sides"][s.name]["objective_share"] = statistics.median(o / t for o, t in zip(s.objective, s.times))
     lat = out["sides"]["latent"]["median_step_s"]
     faster = min(("pytorch joint", "pytorch per_view"), key=lambda k: out["sides"][k]["median_step_s"])
     out["faster_pytorch"] = faster

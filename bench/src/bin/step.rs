@@ -95,6 +95,7 @@ fn in_process_learner(cfg: &latent_host::config::Config) -> Result<Learner> {
         global_views: 0,
         online_drops_paths: false,
         on_device: None,
+        last_objective_s: 0.0,
     })
 }
 
@@ -224,9 +225,15 @@ fn serve(args: &[String]) -> Result<()> {
     for line in std::io::stdin().lock().lines() {
         match line?.trim() {
             "step" => {
-                let c0 = cpu_seconds();
+                let (c0, copy0) = (cpu_seconds(), l.encoder.copy_seconds());
                 let (t, o) = time(|| l.step(&views, &[], s, 1 << 40, cfg.optim.lr))?;
-                println!("{}", json!({"t": t, "cpu": cpu_seconds() - c0, "loss": o.loss}));
+                // on a device: the host's copies and the objective (on the CPU) of this step
+                let copy = l.encoder.copy_seconds() - copy0;
+                println!(
+                    "{}",
+                    json!({"t": t, "cpu": cpu_seconds() - c0, "loss": o.loss,
+                           "copy_s": copy, "objective_s": l.last_objective_s})
+                );
                 s += 1;
             }
             "quit" => break,

@@ -69,6 +69,9 @@ pub struct Learner {
     /// On a GPU: the optimizer and the EMA there, on the encoders' own buffers (none: the
     /// parameters go through the host, as on the CPU).
     pub on_device: Option<OnDevice>,
+    /// Seconds the objective took in the last step (with the target's features, on the CPU):
+    /// with the encoder on a GPU, the part of the step still on the host.
+    pub last_objective_s: f64,
 }
 
 /// The encoders' parameters on the GPU, and the optimizer that updates them there.
@@ -257,6 +260,7 @@ impl Learner {
             );
         }
         Ok(Learner {
+            last_objective_s: 0.0,
             on_device,
             encoder,
             objective,
@@ -325,7 +329,9 @@ impl Learner {
                 self.objective.name
             );
         }
+        let t_obj = std::time::Instant::now();
         let res = self.objective.compute(&hs, &targets, labels, step, total, true);
+        self.last_objective_s = t_obj.elapsed().as_secs_f64();
         let res = if tv < nv {
             res.with_context(|| format!("with train.global_views = {tv}, objective '{}' gets the features of all {nv} views and the target's of the first {tv}", self.objective.name))?
         } else {
