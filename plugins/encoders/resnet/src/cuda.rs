@@ -34,29 +34,39 @@ __device__ double block_sum(double v, double* sh) {
     __syncthreads();
     return r;
 }
-// one block per (group, channel): out[2k] = sum x, out[2k + 1] = sum x^2 over the slice
-extern "C" __global__ void bn_sums(double* out, const float* x, int c, int s, int per_group) {
+// `parts` blocks per (group, channel) k, block p summing part p of the slice:
+// out[2(k parts + p)] = sum x, out[2(k parts + p) + 1] = sum x^2 (bn_finish adds the parts in order)
+extern "C" __global__ void bn_sums(double* out, const float* x, int c, int s, int per_group,
+        int parts) {
     __shared__ double sh[BLOCK];
-    int k = blockIdx.x, g = k / c, ch = k % c;
+    int k = blockIdx.x / parts, p = blockIdx.x % parts, g = k / c, ch = k % c;
     long m = (long)per_group * s;
+    long lo = m * p / parts, hi = m * (p + 1) / parts;
     double a = 0.0, b = 0.0;
-    for (long i = threadIdx.x; i < m; i += BLOCK) {
+    for (long i = lo + threadIdx.x; i < hi; i += BLOCK) {
         long img = (long)g * per_group + i / s;
         float v = x[(img * c + ch) * s + i % s];
         a += v; b += (double)v * v;
     }
     a = block_sum(a, sh); b = block_sum(b, sh);
-    if (threadIdx.x == 0) { out[2 * k] = a; out[2 * k + 1] = b; }
+    if (threadIdx.x == 0) { out[2 * blockIdx.x] = a; out[2 * blockIdx.x + 1] = b; }
+}
+// the parts of (group, channel) k added in order
+__device__ void part_sums(const double* sums, int k, int parts, double* a, double* b) {
+    *a = 0.0; *b = 0.0;
+    for (int p = 0; p < parts; ++p) { *a += sums[2 * (k * parts + p)]; *b += sums[2 * (k * parts + p) + 1]; }
 }
 // one thread a channel, groups in order (the running statistics move once per slice)
 extern "C" __global__ void bn_finish(float* mean, float* inv, float* rm, float* rv,
-        const double* sums, int c, int groups, double m, float eps, float mo) {
+        const double* sums, int c, int groups, int parts, double m, float eps, float mo) {
     int ch = blockIdx.x * blockDim.x + threadIdx.x;
     if (ch >= c) return;
     for (int g = 0; g < groups; ++g) {
         int k = g * c + ch;
-        double mu = sums[2 * k] / m;
-        double var = sums[2 * k + 1] / m - mu * mu;
+        double sx, sxx;
+        part_sums(sums, k, parts, &sx, &sxx);
+        double mu = sx / m;
+        double var = sxx / m - mu * mu;
         if (var < 0.0) var = 0.0;
         rm[ch] = (1.0f - mo) * rm[ch] + mo * (float)mu;
         rv[ch] = (1.0f - mo) * rv[ch] + mo * (float)(var * m / (m - 1.0));
@@ -89,18 +99,19 @@ extern "C" __global__ void bn_apply(float* y, const float* x, const float* mean,
     float z = a * x[i] + b;
     y[i] = relu && !(z > 0.0f) ? 0.0f : z;
 }
-// one block per (group, channel): dy := dy [a x + b > 0] (with relu), then
-// out[2k] = sum dy, out[2k + 1] = sum dy (x - mean)
+// `parts` blocks per (group, channel), as bn_sums: dy := dy [a x + b > 0] (with relu), then
+// the part's sum dy and sum dy (x - mean)
 extern "C" __global__ void bn_bwd_sums(double* out, float* dy, const float* x,
         const float* mean, const float* inv, const float* gamma, const float* beta,
-        int c, int s, int per_group, int relu) {
+        int c, int s, int per_group, int relu, int parts) {
     __shared__ double sh[BLOCK];
-    int k = blockIdx.x, g = k / c, ch = k % c;
+    int k = blockIdx.x / parts, p = blockIdx.x % parts, g = k / c, ch = k % c;
     long m = (long)per_group * s;
+    long lo = m * p / parts, hi = m * (p + 1) / parts;
     float a = gamma[ch] * inv[k];
     float b = beta[ch] - mean[k] * a;
     double sg = 0.0, sgx = 0.0;
-    for (long i = threadIdx.x; i < m; i += BLOCK) {
+    for (long i = lo + threadIdx.x; i < hi; i += BLOCK) {
         long img = (long)g * per_group + i / s;
         long at = (img * c + ch) * s + i % s;
         float v = x[at];
@@ -109,15 +120,17 @@ extern "C" __global__ void bn_bwd_sums(double* out, float* dy, const float* x,
         sg += d; sgx += (double)d * (v - mean[k]);
     }
     sg = block_sum(sg, sh); sgx = block_sum(sgx, sh);
-    if (threadIdx.x == 0) { out[2 * k] = sg; out[2 * k + 1] = sgx; }
+    if (threadIdx.x == 0) { out[2 * blockIdx.x] = sg; out[2 * blockIdx.x + 1] = sgx; }
 }
 extern "C" __global__ void bn_bwd_finish(float* dgamma, float* dbeta, float* mg, float* mgx,
-        const double* sums, const float* inv, int c, int groups, double m) {
+        const double* sums, const float* inv, int c, int groups, int parts, double m) {
     int ch = blockIdx.x * blockDim.x + threadIdx.x;
     if (ch >= c) return;
     for (int g = 0; g < groups; ++g) {
         int k = g * c + ch;
-        double sg = sums[2 * k], sgxhat = (double)inv[k] * sums[2 * k + 1];
+        double sg, sgx;
+        part_sums(sums, k, parts, &sg, &sgx);
+        double sgxhat = (double)inv[k] * sgx;
         dbeta[ch] += (float)sg;
         dgamma[ch] += (float)sgxhat;
         mg[k] = (float)(sg / m);
@@ -167,6 +180,12 @@ extern "C" __global__ void gap_bwd(float* dx, const float* dy, long len, int s) 
 "#;
 
 const BLOCK: u32 = 256;
+
+/// Blocks per (group, channel) of the batch-norm sums: about 1,024 blocks in all, so that a
+/// layer of few channels still fills the GPU, and parts of at least 4,096 values.
+fn parts(slices: usize, values: usize) -> usize {
+    1024usize.div_ceil(slices.max(1)).min(values.div_ceil(4096)).max(1)
+}
 
 fn per_block(blocks: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
@@ -347,14 +366,17 @@ impl ConvBn {
         let (ci, si, pg) = (c as i32, s as i32, per_group as i32);
         let b = self.bn;
         if train {
-            let mut sums = gpu.stream().alloc_zeros::<f64>(2 * groups * c).doing("allocating")?;
+            let parts = parts(groups * c, per_group * s);
+            let pi = parts as i32;
+            let mut sums =
+                gpu.stream().alloc_zeros::<f64>(2 * groups * c * parts).doing("allocating")?;
             launch!(
                 gpu,
                 "resnet",
                 KERNELS,
                 "bn_sums",
-                per_block(groups * c),
-                [&mut sums, &z, &ci, &si, &pg]
+                per_block(groups * c * parts),
+                [&mut sums, &z, &ci, &si, &pg, &pi]
             )?;
             let m = (per_group * s) as f64;
             let gi = groups as i32;
@@ -366,7 +388,7 @@ impl ConvBn {
                 KERNELS,
                 "bn_finish",
                 grid(c),
-                [&mut mean, &mut inv, rm, rv, &sums, &ci, &gi, &m, &eps, &mo]
+                [&mut mean, &mut inv, rm, rv, &sums, &ci, &gi, &pi, &m, &eps, &mo]
             )?;
         } else {
             let eps = 1e-5f32;
@@ -417,7 +439,10 @@ impl ConvBn {
         let (ci, si, pg, li, relu) =
             (c as i32, s as i32, per_group as i32, len as i64, self.relu as i32);
         let b = self.bn;
-        let mut sums = gpu.stream().alloc_zeros::<f64>(2 * groups * c).doing("allocating")?;
+        let parts = parts(groups * c, per_group * s);
+        let np = parts as i32;
+        let mut sums =
+            gpu.stream().alloc_zeros::<f64>(2 * groups * c * parts).doing("allocating")?;
         {
             let v = &net.values;
             launch!(
@@ -425,8 +450,8 @@ impl ConvBn {
                 "resnet",
                 KERNELS,
                 "bn_bwd_sums",
-                per_block(groups * c),
-                [&mut sums, &mut dy, &z, &mean, &inv, &v[b], &v[b + 1], &ci, &si, &pg, &relu]
+                per_block(groups * c * parts),
+                [&mut sums, &mut dy, &z, &mean, &inv, &v[b], &v[b + 1], &ci, &si, &pg, &relu, &np]
             )?;
         }
         let mut mg = gpu.zeros(groups * c)?;
@@ -441,7 +466,7 @@ impl ConvBn {
                 KERNELS,
                 "bn_bwd_finish",
                 grid(c),
-                [dg, db, &mut mg, &mut mgx, &sums, &inv, &ci, &gi, &m]
+                [dg, db, &mut mg, &mut mgx, &sums, &inv, &ci, &gi, &np, &m]
             )?;
         }
         launch!(
@@ -812,7 +837,7 @@ mod tests {
         }
     }
 
-    type Sums = unsafe extern "C" fn(u32, u32, *mut f64, *const f32, i32, i32, i32);
+    type Sums = unsafe extern "C" fn(u32, u32, *mut f64, *const f32, i32, i32, i32, i32);
     type Finish = unsafe extern "C" fn(
         u32,
         u32,
@@ -821,6 +846,7 @@ mod tests {
         *mut f32,
         *mut f32,
         *const f64,
+        i32,
         i32,
         i32,
         f64,
@@ -856,6 +882,7 @@ mod tests {
         i32,
         i32,
         i32,
+        i32,
     );
     type BwdFinish = unsafe extern "C" fn(
         u32,
@@ -866,6 +893,7 @@ mod tests {
         *mut f32,
         *const f64,
         *const f32,
+        i32,
         i32,
         i32,
         f64,
@@ -888,7 +916,7 @@ mod tests {
 
     /// One training forward and backward of the batch norm in `groups` slices, by the kernels
     /// as `ConvBn` launches them, against `BnRelu`.
-    fn batch_norm_agrees(relu: bool, groups: usize) {
+    fn batch_norm_agrees(relu: bool, groups: usize, parts: usize) {
         let k = Emulated::compile(KERNELS).unwrap();
         let (n, c, h, w) = (6, 3, 4, 5);
         let (s, len, per_group) = (h * w, n * c * h * w, n / groups);
@@ -904,10 +932,11 @@ mod tests {
         let (ci, si, pg, gi, li) =
             (c as i32, s as i32, per_group as i32, groups as i32, len as i64);
         let m = (per_group * s) as f64;
-        let mut sums = vec![0f64; 2 * groups * c];
+        let mut sums = vec![0f64; 2 * groups * c * parts];
+        let np = parts as i32;
         let (mut mean, mut inv, mut y) =
             (vec![0f32; groups * c], vec![0f32; groups * c], vec![0f32; len]);
-        let (pb, gc, gl) = (per_block(groups * c), grid(c), grid(len));
+        let (pb, gc, gl) = (per_block(groups * c * parts), grid(c), grid(len));
         unsafe {
             k.get::<Sums>("bn_sums").unwrap()(
                 pb.grid_dim.0,
@@ -917,6 +946,7 @@ mod tests {
                 ci,
                 si,
                 pg,
+                np,
             );
             k.get::<Finish>("bn_finish").unwrap()(
                 gc.grid_dim.0,
@@ -928,6 +958,7 @@ mod tests {
                 sums.as_ptr(),
                 ci,
                 gi,
+                np,
                 m,
                 1e-5,
                 0.1,
@@ -948,7 +979,7 @@ mod tests {
                 relu as i32,
             );
         }
-        let what = format!("relu {relu}, groups {groups}");
+        let what = format!("relu {relu}, groups {groups}, parts {parts}");
         close(&y, &want.data, 1e-5, &format!("y, {what}"));
         close(&rm, &bn.running_mean.value, 1e-6, &format!("running mean, {what}"));
         close(&rv, &bn.running_var.value, 1e-6, &format!("running variance, {what}"));
@@ -972,6 +1003,7 @@ mod tests {
                 si,
                 pg,
                 relu as i32,
+                np,
             );
             k.get::<BwdFinish>("bn_bwd_finish").unwrap()(
                 gc.grid_dim.0,
@@ -984,6 +1016,7 @@ mod tests {
                 inv.as_ptr(),
                 ci,
                 gi,
+                np,
                 m,
             );
             k.get::<BwdApply>("bn_bwd_apply").unwrap()(
@@ -1011,10 +1044,9 @@ mod tests {
 
     #[test]
     fn the_batch_norm_kernels_compute_what_the_cpu_path_computes() {
-        for relu in [true, false] {
-            for groups in [1, 2] {
-                batch_norm_agrees(relu, groups);
-            }
+        // (ReLU, statistics groups, blocks per group and channel: 3 are added in order)
+        for (relu, groups, parts) in [(true, 1, 1), (false, 2, 1), (true, 2, 3), (false, 1, 3)] {
+            batch_norm_agrees(relu, groups, parts);
         }
     }
 
