@@ -21,12 +21,17 @@
 //! rules: the same major version, and for 0.x the same minor), then checks the layout of
 //! every type reachable from the root module.
 //!
-//! The root module [`PluginLib`] is a prefix type: a later minor version may add fields
-//! *below* the `last_prefix_field`, and a host built with it still loads libraries built with
-//! an older one (it sees the missing fields as absent). The plugin-object traits also mark
-//! their last version-1 method, so methods may be appended the same way ([`ObjectiveAbi`]'s
-//! `begin_epoch` was). Changing or removing any existing field, variant or method is a
-//! breaking version.
+//! The root module [`PluginLib`] is a prefix type, and the plugin-object traits mark their
+//! last version-1 method (`last_prefix_field`), so a later minor version may append fields and
+//! methods below it (0.3.1 appended [`EncoderAbi`]'s device methods). What abi_stable 0.11's
+//! layout check then allows is one direction only, checked on 2026-12-03 with the `mlp` plugin:
+//! - a library built against a **newer** minor version loads into an older host, which does
+//!   not see the appended methods (a 0.3.1 library in a 0.3.0 host: loaded and ran);
+//! - a library built against an **older** one is refused by a newer host ("incompatible type
+//!   layout ... too many fields", a 0.3.0 library in a 0.3.1 host), so it must be rebuilt;
+//!   its source needs no change, since the appended methods have default bodies.
+//!
+//! Changing or removing any existing field, variant or method is a breaking version.
 //!
 //! ```
 //! use latent_abi::{Device, TensorDesc};
@@ -400,8 +405,8 @@ pub trait EncoderAbi: Send {
     /// Offers the host's device (ABI 0.3.1). `true`: the encoder runs there from now on, its
     /// parameters live there, and the host calls [`forward_device`](Self::forward_device) and
     /// [`backward_device`](Self::backward_device); the parameter calls above still move host
-    /// copies. `false`, the default (and what a library built before 0.3.1 answers): the
-    /// encoder stays on the CPU, and the host copies its inputs and outputs.
+    /// copies. `false`, the default: the encoder stays on the CPU, and the host copies its
+    /// inputs and outputs.
     fn bind_device(&mut self, binding: DeviceBinding) -> PResult<bool> {
         let _ = binding;
         RResult::ROk(false)
@@ -462,9 +467,9 @@ pub struct EpochInfo {
 /// head gradients (read with `take_grads`) and returning d loss / d embeddings (one per view:
 /// with multi-crop, the global views come first and `targets` holds only theirs).
 ///
-/// Methods below `take_grads` were added after SDK 0.1.0's first layout: a plugin built before
-/// them still loads, and calling one on it runs the default body written here (abi_stable's
-/// default-method fallback).
+/// Methods below `take_grads` were added after SDK 0.1.0's first layout, with default bodies:
+/// a plugin that does not implement one gets the body written here (see "Versioning" in the
+/// crate docs for which builds load into which hosts).
 #[sabi_trait]
 pub trait ObjectiveAbi: Send {
     /// Loss, input gradients and metrics for one batch.
