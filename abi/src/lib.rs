@@ -6,7 +6,9 @@
 //!   [`ObjectiveInput`] / [`ObjectiveOutput`], [`EpochInfo`], [`Context`] (with a data-parallel
 //!   run's [`Collective`]);
 //! - the three plugin-object traits ([`EncoderAbi`], [`ObjectiveAbi`], [`AugmentationAbi`])
-//!   and their boxes;
+//!   and their boxes, and [`DeviceEncoderAbi`], an encoder with the calls that run it on a GPU
+//!   ([`DeviceBinding`], [`DeviceTensorDesc`], [`DeviceParam`]), exported apart
+//!   ([`DeviceExport`]) so that older libraries keep loading;
 //! - the root module every library exports ([`PluginLib`]);
 //! - the error that crosses ([`PluginError`]).
 //!
@@ -22,14 +24,17 @@
 //! every type reachable from the root module.
 //!
 //! The root module [`PluginLib`] is a prefix type, and the plugin-object traits mark their
-//! last version-1 method (`last_prefix_field`), so a later minor version may append fields and
-//! methods below it (0.3.1 appended [`EncoderAbi`]'s device methods). What abi_stable 0.11's
-//! layout check then allows is one direction only, checked on 2026-12-03 with the `mlp` plugin:
-//! - a library built against a **newer** minor version loads into an older host, which does
-//!   not see the appended methods (a 0.3.1 library in a 0.3.0 host: loaded and ran);
-//! - a library built against an **older** one is refused by a newer host ("incompatible type
-//!   layout ... too many fields", a 0.3.0 library in a 0.3.1 host), so it must be rebuilt;
-//!   its source needs no change, since the appended methods have default bodies.
+//! last version-1 method (`last_prefix_field`). abi_stable 0.11's layout check lets a library
+//! built against a **newer** minor version load into an older host (which does not see what
+//! was appended), but refuses a library whose vtable is **shorter** than the host's ("too many
+//! fields"; checked on 2026-12-03 with the `mlp` plugin built at 0.3.0 against a host whose
+//! `EncoderAbi` had four more methods). Appending to an existing trait therefore makes every
+//! older library unloadable, and 0.3.1 does not: the device calls are a new trait
+//! ([`DeviceEncoderAbi`]) exported beside the root module ([`DeviceExport`], its own layout
+//! check), which a host uses where a library has it. A 0.3.0 library loads into a 0.3.1 host
+//! and trains on the CPU; a 0.3.1 library loads into a 0.3.0 host. ([`ObjectiveAbi`]'s
+//! `begin_epoch`, appended after its first layout, made libraries built before it unloadable
+//! by the same rule: inferred, not checked.)
 //!
 //! Changing or removing any existing field, variant or method is a breaking version.
 //!
@@ -402,50 +407,83 @@ pub trait EncoderAbi: Send {
     /// Accumulated gradients, in `params` order, then zeroes them.
     #[sabi(last_prefix_field)]
     fn take_grads(&mut self) -> PResult<RVec<TensorDesc>>;
-    /// Offers the host's device (ABI 0.3.1). `true`: the encoder runs there from now on, its
-    /// parameters live there, and the host calls [`forward_device`](Self::forward_device) and
+}
+
+/// An encoder with the device calls: [`EncoderAbi`]'s methods, then those that run it on the
+/// host's GPU. Libraries built with SDK 0.3.1 or later build their encoders as this object
+/// through [`DeviceFns`], exported beside the root module ([`DeviceExport`]); the host takes
+/// it where a library has it, and an [`EncoderBox`] from [`PluginLib::new_encoder`] where not
+/// (an older library: it runs on the CPU). [`EncoderAbi`] itself is unchanged, so libraries
+/// built before keep loading.
+#[sabi_trait]
+pub trait DeviceEncoderAbi: Send {
+    /// As [`EncoderAbi::out_dim`].
+    fn out_dim(&mut self, input: RVec<u64>) -> PResult<u64>;
+    /// As [`EncoderAbi::forward`].
+    fn forward(&mut self, images: TensorDesc, train: bool) -> PResult<TensorDesc>;
+    /// As [`EncoderAbi::backward`].
+    fn backward(&mut self, grad: TensorDesc) -> PResult<()>;
+    /// As [`EncoderAbi::params`].
+    fn params(&mut self) -> PResult<RVec<ParamDesc>>;
+    /// As [`EncoderAbi::read_params`].
+    fn read_params(&mut self) -> PResult<RVec<TensorDesc>>;
+    /// As [`EncoderAbi::write_params`].
+    fn write_params(&mut self, values: RVec<TensorDesc>) -> PResult<()>;
+    /// As [`EncoderAbi::take_grads`].
+    fn take_grads(&mut self) -> PResult<RVec<TensorDesc>>;
+    /// Offers the host's device. `true`: the encoder runs there from now on, its parameters
+    /// live there, and the host calls [`forward_device`](Self::forward_device) and
     /// [`backward_device`](Self::backward_device); the parameter calls above still move host
-    /// copies. `false`, the default: the encoder stays on the CPU, and the host copies its
-    /// inputs and outputs.
-    fn bind_device(&mut self, binding: DeviceBinding) -> PResult<bool> {
-        let _ = binding;
-        RResult::ROk(false)
-    }
+    /// copies. `false`: the encoder stays on the CPU, and the host copies its inputs and
+    /// outputs.
+    fn bind_device(&mut self, binding: DeviceBinding) -> PResult<bool>;
     /// [`forward`](Self::forward) on the bound device: images `[N, C, H, W]` to features
     /// `[N, D]`, both in device memory.
     fn forward_device(
         &mut self,
         images: DeviceTensorDesc,
         train: bool,
-    ) -> PResult<DeviceTensorDesc> {
-        let _ = (images, train);
-        RResult::RErr(cpu_only("forward_device"))
-    }
+    ) -> PResult<DeviceTensorDesc>;
     /// [`backward`](Self::backward) on the bound device: accumulates parameter gradients for
     /// d loss / d features (in device memory) of the last training forward.
-    fn backward_device(&mut self, grad: DeviceTensorDesc) -> PResult<()> {
-        let _ = grad;
-        RResult::RErr(cpu_only("backward_device"))
-    }
+    fn backward_device(&mut self, grad: DeviceTensorDesc) -> PResult<()>;
     /// On the bound device: every parameter's values and gradient in device memory, in
     /// `params` order, valid for the encoder's life. The host then updates the values and
     /// zeroes the gradients in place on the binding's stream (its optimizer and EMA on the
     /// device) instead of moving them through `take_grads` and `write_params`; every trained
     /// parameter is updated every step, so an encoder that leaves some alone for a while
-    /// (PyTorch's `grad = None`) must not offer them. Default: empty, the host moves them
-    /// through those calls.
-    fn device_params(&mut self) -> PResult<RVec<DeviceParam>> {
-        RResult::ROk(RVec::new())
-    }
+    /// (PyTorch's `grad = None`) must not offer them. Empty: the host moves them through
+    /// those calls.
+    #[sabi(last_prefix_field)]
+    fn device_params(&mut self) -> PResult<RVec<DeviceParam>>;
 }
 
-fn cpu_only(call: &str) -> PluginError {
-    PluginError::new(
-        ErrorKind::Input,
-        "encoder",
-        call,
-        "this encoder runs on the cpu only (it did not accept the device in `bind_device`)",
-    )
+/// An owned encoder object with the device calls.
+pub type DeviceEncoderBox = DeviceEncoderAbi_TO<'static, RBox<()>>;
+
+/// What a library exports for the device calls ([`DeviceExport::fns`]); its layout is checked
+/// against the host's before use, as the root module's is.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy)]
+pub struct DeviceFns {
+    /// Builds an encoder with the device calls: (plugin name, config JSON, context).
+    pub new_encoder: extern "C" fn(RStr<'_>, RStr<'_>, &Context) -> PResult<DeviceEncoderBox>,
+}
+
+/// The symbol [`DeviceExport`] is exported under, beside abi_stable's root module.
+pub const DEVICE_EXPORT_SYMBOL: &[u8] = b"latent_device_plugins_v1\0";
+
+/// The static a library exports as [`DEVICE_EXPORT_SYMBOL`] (`latent_sdk::export_plugins!`
+/// writes it). This struct never changes (a new one would get a new symbol); what it points
+/// to is checked through `layout`, the library's layout of [`DeviceFns`].
+#[repr(C)]
+pub struct DeviceExport {
+    /// The ABI version the library was built with.
+    pub abi_version: RStr<'static>,
+    /// The library's layout of [`DeviceFns`].
+    pub layout: &'static abi_stable::type_layout::TypeLayout,
+    /// The constructors.
+    pub fns: DeviceFns,
 }
 
 /// Where a run is, for schedules counted in epochs (DINO's teacher temperature and

@@ -667,6 +667,32 @@ impl<P: EncoderPlugin> EncoderAbi for Wrapped<P> {
             Ok(take_grads(p))
         })
     }
+}
+
+/// The same encoder with the device calls ([`DeviceEncoderAbi`]): the encoder calls as above,
+/// then the device ones.
+impl<P: EncoderPlugin> DeviceEncoderAbi for Wrapped<P> {
+    fn out_dim(&mut self, input: RVec<u64>) -> PResult<u64> {
+        EncoderAbi::out_dim(self, input)
+    }
+    fn forward(&mut self, images: TensorDesc, train: bool) -> PResult<TensorDesc> {
+        EncoderAbi::forward(self, images, train)
+    }
+    fn backward(&mut self, grad: TensorDesc) -> PResult<()> {
+        EncoderAbi::backward(self, grad)
+    }
+    fn params(&mut self) -> PResult<RVec<ParamDesc>> {
+        EncoderAbi::params(self)
+    }
+    fn read_params(&mut self) -> PResult<RVec<TensorDesc>> {
+        EncoderAbi::read_params(self)
+    }
+    fn write_params(&mut self, values: RVec<TensorDesc>) -> PResult<()> {
+        EncoderAbi::write_params(self, values)
+    }
+    fn take_grads(&mut self) -> PResult<RVec<TensorDesc>> {
+        EncoderAbi::take_grads(self)
+    }
     fn bind_device(&mut self, binding: DeviceBinding) -> PResult<bool> {
         self.g("bind_device", |p| p.bind_device(binding).map_err(failed(P::NAME, "bind_device")))
     }
@@ -689,6 +715,16 @@ impl<P: EncoderPlugin> EncoderAbi for Wrapped<P> {
             p.device_params().map(RVec::from).map_err(failed(P::NAME, "device_params"))
         })
     }
+}
+
+/// Builds encoder `P` with the device calls (used by the export macro's [`DeviceFns`]).
+pub fn new_device_encoder<P: EncoderPlugin>(
+    config: RStr<'_>,
+    ctx: &Context,
+) -> PResult<DeviceEncoderBox> {
+    guard(P::NAME, "new", None, || {
+        Ok(DeviceEncoderAbi_TO::from_value(Wrapped::<P>::build(config, ctx)?, TD_Opaque))
+    })
 }
 
 /// Builds encoder `P` from a JSON config as an ABI object.
@@ -819,6 +855,23 @@ macro_rules! export_plugins {
             let _ = (config, ctx);
             ::abi_stable::std_types::RErr($crate::plugin::not_found($crate::abi::PluginKind::Encoder, name))
         }
+
+        extern "C" fn __latent_new_device_encoder(
+            name: ::abi_stable::std_types::RStr<'_>, config: ::abi_stable::std_types::RStr<'_>, ctx: &$crate::abi::Context,
+        ) -> $crate::abi::PResult<$crate::abi::DeviceEncoderBox> {
+            $( if name.as_str() == <$e as $crate::plugin::Plugin>::NAME { return $crate::plugin::new_device_encoder::<$e>(config, ctx); } )*
+            let _ = (config, ctx);
+            ::abi_stable::std_types::RErr($crate::plugin::not_found($crate::abi::PluginKind::Encoder, name))
+        }
+
+        /// The device calls, beside the root module (latent_abi::DeviceExport).
+        #[no_mangle]
+        #[allow(non_upper_case_globals)]
+        pub static latent_device_plugins_v1: $crate::abi::DeviceExport = $crate::abi::DeviceExport {
+            abi_version: ::abi_stable::std_types::RStr::from_str($crate::abi::ABI_VERSION),
+            layout: <$crate::abi::DeviceFns as ::abi_stable::StableAbi>::LAYOUT,
+            fns: $crate::abi::DeviceFns { new_encoder: __latent_new_device_encoder },
+        };
 
         extern "C" fn __latent_new_augmentation(
             name: ::abi_stable::std_types::RStr<'_>, config: ::abi_stable::std_types::RStr<'_>, ctx: &$crate::abi::Context,

@@ -3,7 +3,10 @@
 //! comparison, runs its CPU side; and tests/gpu/run, the script a GPU machine runs, passes its
 //! CPU dry run. The CUDA kernels themselves are checked only by tests/gpu/run on a GPU.
 
-use latent_tests::{build_dir, latent, text};
+use latent_abi::Context;
+use latent_host::plugins::Registry;
+use latent_sdk::kit::Tensor;
+use latent_tests::{build_dir, latent, plugin_dir, text};
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
@@ -79,4 +82,29 @@ fn the_gpu_script_passes_its_cpu_dry_run() {
     assert!(o.status.success() && s.contains("tests/gpu/run: PASSED"), "{s}");
     assert!(s.contains("ok: beats random init"), "{s}");
     assert_eq!(s.matches("\nagree").count(), 3, "{s}");
+}
+
+#[test]
+fn a_library_built_without_the_device_calls_loads_and_runs_on_the_cpu() {
+    // tests/plugins/no-device-calls: latent's root module and an EncoderAbi, no DeviceExport,
+    // as a library built before ABI 0.3.1
+    let reg = Registry::discover_in(vec![plugin_dir()]).unwrap();
+    let ctx = Context::default();
+    let mut flat = reg.encoder("flat", &serde_json::json!({}), &ctx).unwrap();
+    assert!(!flat.has_device_calls());
+    assert!(flat.device_params(&[]).unwrap().is_empty());
+    let x = Tensor::new(vec![2, 1, 2, 2], vec![0., 1., 2., 3., 4., 4., 4., 4.]);
+    assert_eq!(flat.forward(x, false).unwrap().data, [1.5, 3.0, 4.0, 4.0]);
+    // the SDK's libraries build their encoders with the device calls
+    let mlp = reg.encoder("mlp", &serde_json::json!({}), &ctx).unwrap();
+    assert!(mlp.has_device_calls());
+    let o = latent(&[
+        "check-plugin",
+        build_dir().join("liblatent_test_no_device_calls.so").to_str().unwrap(),
+    ]);
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("ok"),
+        "{}",
+        text(&o)
+    );
 }

@@ -4,7 +4,7 @@
 
 use super::registry::pres;
 use crate::device::HostDevice;
-use abi_stable::std_types::RVec;
+use abi_stable::std_types::{RErr, ROk, RVec};
 use anyhow::{bail, Context as _, Result};
 use latent_abi::*;
 use latent_cuda::cudarc::driver::CudaSlice;
@@ -89,8 +89,81 @@ macro_rules! param_access {
 pub struct Encoder {
     /// Plugin name.
     pub name: String,
-    obj: EncoderBox,
+    obj: EncoderObj,
     dev: Option<OnDevice>,
+}
+
+/// An encoder object: with the device calls (a library built with them), or without (an older
+/// library: it answers the device calls as a CPU-only encoder would).
+enum EncoderObj {
+    Plain(EncoderBox),
+    Device(DeviceEncoderBox),
+}
+
+macro_rules! either {
+    ($o:expr, $m:ident($($a:expr),*)) => {
+        match $o {
+            EncoderObj::Plain(x) => x.$m($($a),*),
+            EncoderObj::Device(x) => x.$m($($a),*),
+        }
+    };
+}
+
+impl EncoderObj {
+    fn out_dim(&mut self, s: RVec<u64>) -> PResult<u64> {
+        either!(self, out_dim(s))
+    }
+    fn forward(&mut self, x: TensorDesc, train: bool) -> PResult<TensorDesc> {
+        either!(self, forward(x, train))
+    }
+    fn backward(&mut self, g: TensorDesc) -> PResult<()> {
+        either!(self, backward(g))
+    }
+    fn params(&mut self) -> PResult<RVec<ParamDesc>> {
+        either!(self, params())
+    }
+    fn read_params(&mut self) -> PResult<RVec<TensorDesc>> {
+        either!(self, read_params())
+    }
+    fn write_params(&mut self, v: RVec<TensorDesc>) -> PResult<()> {
+        either!(self, write_params(v))
+    }
+    fn take_grads(&mut self) -> PResult<RVec<TensorDesc>> {
+        either!(self, take_grads())
+    }
+    fn bind_device(&mut self, b: DeviceBinding) -> PResult<bool> {
+        match self {
+            EncoderObj::Plain(_) => ROk(false),
+            EncoderObj::Device(x) => x.bind_device(b),
+        }
+    }
+    fn forward_device(&mut self, x: DeviceTensorDesc, train: bool) -> PResult<DeviceTensorDesc> {
+        match self {
+            EncoderObj::Plain(_) => RErr(cpu_only("forward_device")),
+            EncoderObj::Device(e) => e.forward_device(x, train),
+        }
+    }
+    fn backward_device(&mut self, g: DeviceTensorDesc) -> PResult<()> {
+        match self {
+            EncoderObj::Plain(_) => RErr(cpu_only("backward_device")),
+            EncoderObj::Device(e) => e.backward_device(g),
+        }
+    }
+    fn device_params(&mut self) -> PResult<RVec<DeviceParam>> {
+        match self {
+            EncoderObj::Plain(_) => ROk(RVec::new()),
+            EncoderObj::Device(e) => e.device_params(),
+        }
+    }
+}
+
+fn cpu_only(call: &str) -> PluginError {
+    PluginError::new(
+        ErrorKind::Input,
+        "encoder",
+        call,
+        "built before the device calls: it runs on the cpu only",
+    )
 }
 
 /// An encoder that accepted the device: the host's input and gradient buffers there, and the
@@ -121,7 +194,12 @@ fn stage(gpu: &Gpu, buf: &mut Staged, t: &[f32]) -> Result<()> {
 impl Encoder {
     /// Wraps an encoder object (loaded, or linked in-process).
     pub fn new(name: &str, obj: EncoderBox) -> Encoder {
-        Encoder { name: name.to_string(), obj, dev: None }
+        Encoder { name: name.to_string(), obj: EncoderObj::Plain(obj), dev: None }
+    }
+
+    /// Wraps an encoder object that has the device calls.
+    pub fn with_device_calls(name: &str, obj: DeviceEncoderBox) -> Encoder {
+        Encoder { name: name.to_string(), obj: EncoderObj::Device(obj), dev: None }
     }
 
     /// Offers the run's device. An encoder that refuses a GPU stays on the CPU: the log says
@@ -154,6 +232,12 @@ impl Encoder {
     /// Whether the encoder runs on a GPU.
     pub fn on_device(&self) -> bool {
         self.dev.is_some()
+    }
+
+    /// Whether the library built the encoder with the device calls (`DeviceEncoderAbi`); one
+    /// built before them has none, and runs on the CPU.
+    pub fn has_device_calls(&self) -> bool {
+        matches!(self.obj, EncoderObj::Device(_))
     }
 
     /// The GPU the encoder runs on, if it accepted one.

@@ -17,6 +17,9 @@ pub struct Entry {
     /// The library file it came from.
     pub file: PathBuf,
     lib: PluginLibRef,
+    /// The library's device calls (`latent_abi::DeviceExport`); none in a library built
+    /// before them, whose encoders then run on the CPU.
+    device: Option<DeviceFns>,
 }
 
 /// All plugins found on the search path.
@@ -77,6 +80,37 @@ pub fn load_library(file: &Path) -> Result<PluginLibRef> {
         .with_context(|| format!("{}: cannot resolve the path", file.display()))?;
     let header = lib_header_from_path(&abs).map_err(|e| explain(file, e))?;
     header.init_root_module::<PluginLibRef>().map_err(|e| explain(file, e))
+}
+
+/// The device calls a library exports beside its root module, layout-checked as the root
+/// module is; none when it exports none (built before them). Call after [`load_library`].
+pub fn load_device_fns(file: &Path) -> Result<Option<DeviceFns>> {
+    let abs = file
+        .canonicalize()
+        .with_context(|| format!("{}: cannot resolve the path", file.display()))?;
+    let raw = abi_stable::library::RawLibrary::load_at(&abs).map_err(|e| explain(file, e))?;
+    // the library stays loaded for the process's life, as every plugin library does
+    let raw: &'static abi_stable::library::RawLibrary = Box::leak(Box::new(raw));
+    // SAFETY: the symbol, when present, is the `DeviceExport` static that
+    // `latent_sdk::export_plugins!` writes (the struct never changes; a new one gets a new
+    // symbol), and what it points to is used only after its layout check below.
+    let export: &'static DeviceExport =
+        match unsafe { raw.get::<*const DeviceExport>(DEVICE_EXPORT_SYMBOL) } {
+            Ok(sym) => unsafe { &**sym },
+            Err(_) => return Ok(None),
+        };
+    abi_stable::abi_stability::abi_checking::check_layout_compatibility(
+        <DeviceFns as abi_stable::StableAbi>::LAYOUT,
+        export.layout,
+    )
+    .map_err(|e| {
+        anyhow!(
+            "{}: its device calls were built against a latent ABI ({}) that differs from this host's ({ABI_VERSION}); rebuild it against this latent-sdk:\n{e}",
+            file.display(),
+            export.abi_version
+        )
+    })?;
+    Ok(Some(export.fns))
 }
 
 fn explain(file: &Path, e: LibraryError) -> anyhow::Error {
@@ -152,8 +186,10 @@ impl Registry {
                 if !seen.insert(file_id(&file)) {
                     continue;
                 }
-                match load_library(&file).and_then(|lib| Ok((lib, manifests(lib, &file)?))) {
-                    Ok((lib, ms)) => {
+                let loaded = load_library(&file)
+                    .and_then(|lib| Ok((lib, manifests(lib, &file)?, load_device_fns(&file)?)));
+                match loaded {
+                    Ok((lib, ms, device)) => {
                         for m in ms {
                             let name = m.name.to_string();
                             if let Some(prev) = reg.entries.get(&name) {
@@ -165,8 +201,10 @@ impl Registry {
                                 reg.shadowed.push((name, prev.file.clone(), file.clone()));
                                 continue;
                             }
-                            reg.entries
-                                .insert(name, Entry { manifest: m, file: file.clone(), lib });
+                            reg.entries.insert(
+                                name,
+                                Entry { manifest: m, file: file.clone(), lib, device },
+                            );
                         }
                     }
                     Err(e) => {
@@ -221,8 +259,11 @@ impl Registry {
     ) -> Result<Encoder> {
         let e = self.get(name, PluginKind::Encoder)?;
         let cfg = config_json(config);
-        let obj = pres((e.lib.new_encoder())(RStr::from_str(name), RStr::from_str(&cfg), ctx))?;
-        Ok(Encoder::new(name, obj))
+        let (name_, cfg_) = (RStr::from_str(name), RStr::from_str(&cfg));
+        Ok(match e.device {
+            Some(d) => Encoder::with_device_calls(name, pres((d.new_encoder)(name_, cfg_, ctx))?),
+            None => Encoder::new(name, pres((e.lib.new_encoder())(name_, cfg_, ctx))?),
+        })
     }
 
     /// Builds an objective.
