@@ -346,24 +346,8 @@ impl Ops {
 mod tests {
     use super::*;
     use crate::emulate::Emulated;
+    use crate::emulate::{assert_close as close, random as data};
     use latent_sdk::kit::{BatchNorm, Init, Layer, Tensor};
-
-    fn data(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
-
-    fn close(a: &[f32], b: &[f32], tol: f32, what: &str) {
-        assert_eq!(a.len(), b.len(), "{what}: lengths");
-        for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{what}[{i}]: {x} vs {y}");
-        }
-    }
 
     /// cuBLAS's sgemm as its documentation defines it: column-major, `C = α·op(A)·op(B) + β·C`.
     #[allow(clippy::too_many_arguments)]

@@ -32,7 +32,7 @@ pub use cudarc;
 use cudarc::driver::{
     CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, PinnedHostSlice,
 };
-use latent_abi::{Device, DeviceBinding, DeviceKind, DeviceTensorDesc};
+use latent_abi::{Device, DeviceBinding, DeviceKind, DeviceParam, DeviceTensorDesc};
 use std::collections::HashMap;
 use std::fmt;
 use std::mem::ManuallyDrop;
@@ -437,6 +437,104 @@ fn compile(module: &str, src: &str, ma: i32, mi: i32) -> Result<cudarc::nvrtc::P
     // SAFETY: as above.
     let _ = unsafe { nr::destroy_program(prog) };
     out
+}
+
+/// Visits a module's parameters in order, each as (values, accumulated gradient) on the host:
+/// `&mut |f| net.visit_params(&mut |p| f(&mut p.value, &mut p.grad))` for an SDK module.
+pub type VisitParams<'a> = &'a mut dyn FnMut(OnParam<'_>);
+
+/// What [`VisitParams`] calls for each parameter: (values, accumulated gradient).
+pub type OnParam<'a> = &'a mut dyn FnMut(&mut Vec<f32>, &mut Vec<f32>);
+
+/// A module's parameters on the device: each one's values and gradient, in the module's
+/// order, and the copies to and from the host's `Param`s that the SDK's parameter calls need.
+pub struct ParamBuffers {
+    /// The values.
+    pub values: Vec<CudaSlice<f32>>,
+    /// The accumulated gradients (zero after [`ParamBuffers::grads_to_host`]).
+    pub grads: Vec<CudaSlice<f32>>,
+    lens: Vec<usize>,
+}
+
+impl ParamBuffers {
+    /// Copies every parameter's values to `gpu`, with zeroed gradients.
+    pub fn upload(gpu: &Gpu, visit: VisitParams<'_>) -> Result<ParamBuffers, DeviceError> {
+        let (mut values, mut lens, mut failed) = (Vec::new(), Vec::new(), None);
+        visit(&mut |v, _| match gpu.upload(v) {
+            Ok(b) => {
+                values.push(b);
+                lens.push(v.len());
+            }
+            Err(e) => failed = Some(e),
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let grads = lens.iter().map(|&l| gpu.zeros(l)).collect::<Result<Vec<_>, _>>()?;
+        Ok(ParamBuffers { values, grads, lens })
+    }
+
+    /// The number of parameters.
+    pub fn count(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// Each parameter's values and gradient as descriptors (flat shapes).
+    pub fn descs(&self, gpu: &Gpu) -> Vec<DeviceParam> {
+        (0..self.lens.len())
+            .map(|i| DeviceParam {
+                value: gpu.desc(&self.values[i], &[self.lens[i]]),
+                grad: gpu.desc(&self.grads[i], &[self.lens[i]]),
+            })
+            .collect()
+    }
+
+    /// Copies the values into the host's parameters.
+    pub fn values_to_host(&self, gpu: &Gpu, visit: VisitParams<'_>) -> Result<(), DeviceError> {
+        let (mut i, mut failed) = (0, None);
+        visit(&mut |v, _| {
+            match gpu.download(&self.values[i], self.lens[i]) {
+                Ok(d) => *v = d,
+                Err(e) => failed = Some(e),
+            }
+            i += 1;
+        });
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Copies the host's parameter values to the device.
+    pub fn values_to_device(
+        &mut self,
+        gpu: &Gpu,
+        visit: VisitParams<'_>,
+    ) -> Result<(), DeviceError> {
+        let (mut i, mut failed) = (0, None);
+        let values = &mut self.values;
+        visit(&mut |v, _| {
+            if let Err(e) = gpu.upload_into(v, &mut values[i]) {
+                failed = Some(e);
+            }
+            i += 1;
+        });
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Adds the gradients into the host's and zeroes them on the device.
+    pub fn grads_to_host(&mut self, gpu: &Gpu, visit: VisitParams<'_>) -> Result<(), DeviceError> {
+        let (mut i, mut failed) = (0, None);
+        let (grads, lens) = (&mut self.grads, &self.lens);
+        visit(&mut |_, g| {
+            match gpu.download(&grads[i], lens[i]) {
+                Ok(d) => g.iter_mut().zip(d).for_each(|(a, b)| *a += b),
+                Err(e) => failed = Some(e),
+            }
+            if let Err(e) = gpu.stream().memset_zeros(&mut grads[i]) {
+                failed = Some(DeviceError(e.to_string()));
+            }
+            i += 1;
+        });
+        failed.map_or(Ok(()), Err)
+    }
 }
 
 /// Page-locked buffers for [`Gpu::upload_pinned`], one per length, each with the event of its

@@ -179,18 +179,9 @@ mod tests {
     //! The update kernels run on the CPU (`latent_cuda::emulate`) against [`Optimizer::update`]:
     //! the same f32 operations in the same order, so the same bits.
     use super::*;
+    use latent_cuda::emulate::random as data;
     use latent_cuda::emulate::Emulated;
     use latent_cuda::kernels::{grid, ELEMENTWISE};
-
-    fn data(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     fn optimizer(name: OptimizerKind, nesterov: bool) -> Optimizer {
         let cfg =

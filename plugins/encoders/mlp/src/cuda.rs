@@ -4,7 +4,7 @@
 
 use latent_cuda::cudarc::driver::CudaSlice;
 use latent_cuda::kernels::Ops;
-use latent_cuda::{DeviceError, Gpu};
+use latent_cuda::{DeviceError, Gpu, OnParam, ParamBuffers};
 use latent_sdk::abi::{DeviceBinding, DeviceParam, DeviceTensorDesc};
 use latent_sdk::prelude::*;
 use std::sync::Arc;
@@ -27,9 +27,7 @@ struct Hidden {
 /// The network on the device.
 pub struct OnGpu {
     ops: Ops,
-    values: Vec<CudaSlice<f32>>,
-    grads: Vec<CudaSlice<f32>>,
-    lens: Vec<usize>,
+    p: ParamBuffers,
     hidden: Vec<Hidden>,
     out_weight: usize,
     out_bias: usize,
@@ -58,21 +56,10 @@ impl OnGpu {
     ) -> anyhow::Result<OnGpu> {
         // SAFETY: the binding comes from the host, which keeps its device open for its life.
         let gpu = Arc::new(unsafe { Gpu::from_binding(binding) }.map_err(err)?);
-        let mut values = Vec::new();
-        let mut lens = Vec::new();
-        let mut failed = None;
-        net.visit_params(&mut |p| match gpu.upload(&p.value) {
-            Ok(b) => {
-                values.push(b);
-                lens.push(p.value.len());
-            }
-            Err(e) => failed = Some(e),
-        });
-        if let Some(e) = failed {
-            return Err(err(e));
-        }
-        let grads =
-            lens.iter().map(|&l| gpu.zeros(l)).collect::<Result<Vec<_>, _>>().map_err(err)?;
+        let p = ParamBuffers::upload(&gpu, &mut |f| {
+            net.visit_params(&mut |q| f(&mut q.value, &mut q.grad))
+        })
+        .map_err(err)?;
         let mut at = 0;
         let mut take = |k: usize| {
             let i = at;
@@ -99,16 +86,14 @@ impl OnGpu {
         let out_weight = take(1);
         let out_bias = take(1);
         ensure!(
-            out_bias + 1 == values.len(),
+            out_bias + 1 == p.count(),
             "mlp: {} parameters on the device, the layers name {}",
-            values.len(),
+            p.count(),
             out_bias + 1
         );
         Ok(OnGpu {
             ops: Ops::new(gpu).map_err(err)?,
-            values,
-            grads,
-            lens,
+            p,
             hidden,
             out_weight,
             out_bias,
@@ -158,10 +143,10 @@ impl OnGpu {
             let mut z = self.gpu().zeros(n * d_out).map_err(err)?;
             let l = &self.hidden[i];
             self.ops
-                .gemm((n, d_out, d_in), &h, false, &self.values[l.weight], true, 0.0, &mut z)
+                .gemm((n, d_out, d_in), &h, false, &self.p.values[l.weight], true, 0.0, &mut z)
                 .map_err(err)?;
             if let Some(b) = l.bias {
-                self.ops.add_bias_rows(&mut z, &self.values[b], n, d_out).map_err(err)?;
+                self.ops.add_bias_rows(&mut z, &self.p.values[b], n, d_out).map_err(err)?;
             }
             let mut y = if let Some([g, be, rm, rv]) = l.bn {
                 let mut y = self.gpu().zeros(n * d_out).map_err(err)?;
@@ -169,7 +154,7 @@ impl OnGpu {
                     let mut xhat = self.gpu().zeros(n * d_out).map_err(err)?;
                     let mut inv = self.gpu().zeros(d_out).map_err(err)?;
                     debug_assert!(be == g + 1 && rm == g + 2 && rv == g + 3);
-                    let [gv, bv, mv, vv] = &mut self.values[g..g + 4] else {
+                    let [gv, bv, mv, vv] = &mut self.p.values[g..g + 4] else {
                         unreachable!("four batch-norm parameters")
                     };
                     self.ops
@@ -187,7 +172,7 @@ impl OnGpu {
                     self.hidden[i].xhat = Some(xhat);
                     self.hidden[i].inv_std = Some(inv);
                 } else {
-                    let v = &self.values;
+                    let v = &self.p.values;
                     self.ops
                         .bn_eval(&mut y, &z, (&v[rm], &v[rv]), (&v[g], &v[be]), (n, d_out), 1e-5)
                         .map_err(err)?;
@@ -205,7 +190,7 @@ impl OnGpu {
         }
         let d_last = h.len() / n;
         let mut f = self.gpu().zeros(n * self.out_dim).map_err(err)?;
-        let (w, b) = (&self.values[self.out_weight], &self.values[self.out_bias]);
+        let (w, b) = (&self.p.values[self.out_weight], &self.p.values[self.out_bias]);
         self.ops.gemm((n, self.out_dim, d_last), &h, false, w, true, 0.0, &mut f).map_err(err)?;
         self.ops.add_bias_rows(&mut f, b, n, self.out_dim).map_err(err)?;
         let desc = self.gpu().desc(&f, &[n, self.out_dim]);
@@ -232,15 +217,15 @@ impl OnGpu {
         let d_last = h.len() / n;
         let (ow, ob, od) = (self.out_weight, self.out_bias, self.out_dim);
         self.ops
-            .gemm((od, d_last, n), &g, true, &h, false, 1.0, &mut self.grads[ow])
+            .gemm((od, d_last, n), &g, true, &h, false, 1.0, &mut self.p.grads[ow])
             .map_err(err)?;
-        self.ops.col_sum_acc(&mut self.grads[ob], &g, n, od).map_err(err)?;
+        self.ops.col_sum_acc(&mut self.p.grads[ob], &g, n, od).map_err(err)?;
         if self.hidden.is_empty() {
             return Ok(());
         }
         let mut dh = self.gpu().zeros(n * d_last).map_err(err)?;
         self.ops
-            .gemm((n, d_last, od), &g, false, &self.values[ow], false, 0.0, &mut dh)
+            .gemm((n, d_last, od), &g, false, &self.p.values[ow], false, 0.0, &mut dh)
             .map_err(err)?;
         for i in (0..self.hidden.len()).rev() {
             let l = &mut self.hidden[i];
@@ -252,7 +237,7 @@ impl OnGpu {
                 let xhat = l.xhat.take().context("no saved x̂")?;
                 let inv = l.inv_std.take().context("no saved 1/σ")?;
                 let mut dz = self.gpu().zeros(n * d_out).map_err(err)?;
-                let (lo, hi) = self.grads.split_at_mut(b_);
+                let (lo, hi) = self.p.grads.split_at_mut(b_);
                 self.ops
                     .bn_train_backward(
                         &mut dz,
@@ -260,7 +245,7 @@ impl OnGpu {
                         &dh,
                         &xhat,
                         &inv,
-                        &self.values[g_],
+                        &self.p.values[g_],
                         (n, d_out),
                     )
                     .map_err(err)?;
@@ -270,16 +255,16 @@ impl OnGpu {
             };
             let l = &self.hidden[i];
             if let Some(b) = l.bias {
-                self.ops.col_sum_acc(&mut self.grads[b], &dz, n, d_out).map_err(err)?;
+                self.ops.col_sum_acc(&mut self.p.grads[b], &dz, n, d_out).map_err(err)?;
             }
             let w = l.weight;
             self.ops
-                .gemm((d_out, d_in, n), &dz, true, &input, false, 1.0, &mut self.grads[w])
+                .gemm((d_out, d_in, n), &dz, true, &input, false, 1.0, &mut self.p.grads[w])
                 .map_err(err)?;
             dh = self.gpu().zeros(n * d_in).map_err(err)?;
             if i > 0 {
                 self.ops
-                    .gemm((n, d_in, d_out), &dz, false, &self.values[w], false, 0.0, &mut dh)
+                    .gemm((n, d_in, d_out), &dz, false, &self.p.values[w], false, 0.0, &mut dh)
                     .map_err(err)?;
             }
         }
@@ -288,57 +273,28 @@ impl OnGpu {
 
     /// Every parameter's value and gradient buffer, in `visit_params` order (flat shapes).
     pub fn device_params(&self) -> Vec<DeviceParam> {
-        (0..self.lens.len())
-            .map(|i| DeviceParam {
-                value: self.gpu().desc(&self.values[i], &[self.lens[i]]),
-                grad: self.gpu().desc(&self.grads[i], &[self.lens[i]]),
-            })
-            .collect()
+        self.p.descs(self.gpu())
     }
 
     /// Copies the device's values into the `Param`s.
     pub fn values_to_host(&self, net: &mut dyn Module) -> anyhow::Result<()> {
-        let mut i = 0;
-        let mut failed = None;
-        net.visit_params(&mut |p| {
-            match self.gpu().download(&self.values[i], self.lens[i]) {
-                Ok(v) => p.value = v,
-                Err(e) => failed = Some(e),
-            }
-            i += 1;
-        });
-        failed.map_or(Ok(()), |e| Err(err(e)))
+        self.p.values_to_host(self.gpu(), &mut visit(net)).map_err(err)
     }
 
     /// Copies the `Param`s' values to the device.
     pub fn values_to_device(&mut self, net: &mut dyn Module) -> anyhow::Result<()> {
-        let mut i = 0;
-        let mut failed = None;
-        let (gpu, values) = (self.ops.gpu().clone(), &mut self.values);
-        net.visit_params(&mut |p| {
-            if let Err(e) = gpu.upload_into(&p.value, &mut values[i]) {
-                failed = Some(e);
-            }
-            i += 1;
-        });
-        failed.map_or(Ok(()), |e| Err(err(e)))
+        let gpu = self.ops.gpu().clone();
+        self.p.values_to_device(&gpu, &mut visit(net)).map_err(err)
     }
 
     /// Adds the device's gradients into the `Param`s' and zeroes them on the device.
     pub fn grads_to_host(&mut self, net: &mut dyn Module) -> anyhow::Result<()> {
-        let mut i = 0;
-        let mut failed = None;
-        let (gpu, grads, lens) = (self.ops.gpu().clone(), &mut self.grads, &self.lens);
-        net.visit_params(&mut |p| {
-            match gpu.download(&grads[i], lens[i]) {
-                Ok(g) => p.grad.iter_mut().zip(g).for_each(|(a, b)| *a += b),
-                Err(e) => failed = Some(e),
-            }
-            if let Err(e) = gpu.stream().memset_zeros(&mut grads[i]) {
-                failed = Some(DeviceError(e.to_string()));
-            }
-            i += 1;
-        });
-        failed.map_or(Ok(()), |e| Err(err(e)))
+        let gpu = self.ops.gpu().clone();
+        self.p.grads_to_host(&gpu, &mut visit(net)).map_err(err)
     }
+}
+
+/// `net`'s parameters as (values, gradient) pairs, for [`ParamBuffers`].
+fn visit(net: &mut dyn Module) -> impl FnMut(OnParam<'_>) + '_ {
+    move |f| net.visit_params(&mut |q| f(&mut q.value, &mut q.grad))
 }

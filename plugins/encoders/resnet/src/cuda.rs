@@ -15,7 +15,7 @@ use latent_cuda::cudarc::cudnn::{
 };
 use latent_cuda::cudarc::driver::{CudaSlice, LaunchConfig};
 use latent_cuda::kernels::grid;
-use latent_cuda::{launch, DeviceError, Doing, Gpu};
+use latent_cuda::{launch, DeviceError, Doing, Gpu, OnParam, ParamBuffers};
 use latent_sdk::abi::{DeviceBinding, DeviceParam, DeviceTensorDesc};
 use latent_sdk::prelude::*;
 use std::sync::Arc;
@@ -282,8 +282,7 @@ struct Saved {
 }
 
 struct Net {
-    values: Vec<CudaSlice<f32>>,
-    grads: Vec<CudaSlice<f32>>,
+    p: ParamBuffers,
     groups: usize,
 }
 
@@ -352,7 +351,7 @@ impl ConvBn {
             let ws = dev.workspace(bytes)?;
             // SAFETY: the buffers have the descriptors' shapes (NCHW, f32).
             unsafe {
-                op.launch(algo, Some(ws), (1.0f32, 0.0f32), &*x, &net.values[self.w], &mut z)
+                op.launch(algo, Some(ws), (1.0f32, 0.0f32), &*x, &net.p.values[self.w], &mut z)
             }
             .doing("cuDNN convolution forward")?;
         }
@@ -381,7 +380,7 @@ impl ConvBn {
             let m = (per_group * s) as f64;
             let gi = groups as i32;
             let (eps, mo) = (1e-5f32, 0.1f32);
-            let [_, _, rm, rv] = &mut net.values[b..b + 4] else { unreachable!() };
+            let [_, _, rm, rv] = &mut net.p.values[b..b + 4] else { unreachable!() };
             launch!(
                 gpu,
                 "resnet",
@@ -392,7 +391,7 @@ impl ConvBn {
             )?;
         } else {
             let eps = 1e-5f32;
-            let v = &net.values;
+            let v = &net.p.values;
             launch!(
                 gpu,
                 "resnet",
@@ -404,7 +403,7 @@ impl ConvBn {
         }
         let mut y = gpu.zeros(len)?;
         let (li, relu) = (len as i64, self.relu as i32);
-        let v = &net.values;
+        let v = &net.p.values;
         launch!(
             gpu,
             "resnet",
@@ -444,7 +443,7 @@ impl ConvBn {
         let mut sums =
             gpu.stream().alloc_zeros::<f64>(2 * groups * c * parts).doing("allocating")?;
         {
-            let v = &net.values;
+            let v = &net.p.values;
             launch!(
                 gpu,
                 "resnet",
@@ -459,7 +458,7 @@ impl ConvBn {
         let m = (per_group * s) as f64;
         let gi = groups as i32;
         {
-            let [dg, db] = &mut net.grads[b..b + 2] else { unreachable!() };
+            let [dg, db] = &mut net.p.grads[b..b + 2] else { unreachable!() };
             launch!(
                 gpu,
                 "resnet",
@@ -475,7 +474,7 @@ impl ConvBn {
             KERNELS,
             "bn_bwd_apply",
             grid(len),
-            [&mut dy, &z, &mean, &inv, &net.values[b], &mg, &mgx, &li, &ci, &si, &pg]
+            [&mut dy, &z, &mean, &inv, &net.p.values[b], &mg, &mgx, &li, &ci, &si, &pg]
         )?;
         // dW += conv_bwd_filter(x, dz); dx = conv_bwd_data(W, dz)
         let (xd, wd, cd, yd, _) = &self.plans[pi].descs;
@@ -486,7 +485,7 @@ impl ConvBn {
             let ws = dev.workspace(bytes)?;
             // SAFETY: the buffers have the descriptors' shapes.
             unsafe {
-                op.launch(algo, Some(ws), (1.0f32, 1.0f32), &*x, &mut net.grads[self.w], &dy)
+                op.launch(algo, Some(ws), (1.0f32, 1.0f32), &*x, &mut net.p.grads[self.w], &dy)
             }
             .doing("cuDNN convolution backward (filter)")?;
         }
@@ -501,7 +500,7 @@ impl ConvBn {
             let ws = dev.workspace(bytes)?;
             // SAFETY: as above.
             unsafe {
-                op.launch(algo, Some(ws), (1.0f32, 0.0f32), &mut dx, &net.values[self.w], &dy)
+                op.launch(algo, Some(ws), (1.0f32, 0.0f32), &mut dx, &net.p.values[self.w], &dy)
             }
             .doing("cuDNN convolution backward (data)")?;
         }
@@ -520,7 +519,6 @@ struct Block {
 pub struct OnGpu {
     dev: Dev,
     net: Net,
-    lens: Vec<usize>,
     stem: ConvBn,
     blocks: Vec<Block>,
     in_channels: usize,
@@ -543,21 +541,7 @@ impl OnGpu {
         let gpu = Arc::new(unsafe { Gpu::from_binding(binding) }.map_err(err)?);
         let dnn = Cudnn::new(gpu.stream().clone())
             .map_err(|e| anyhow::anyhow!("creating the cuDNN handle: {e}"))?;
-        let mut values = Vec::new();
-        let mut lens = Vec::new();
-        let mut failed = None;
-        params.visit_params(&mut |p| match gpu.upload(&p.value) {
-            Ok(b) => {
-                values.push(b);
-                lens.push(p.value.len());
-            }
-            Err(e) => failed = Some(e),
-        });
-        if let Some(e) = failed {
-            return Err(err(e));
-        }
-        let grads =
-            lens.iter().map(|&l| gpu.zeros(l)).collect::<Result<Vec<_>, _>>().map_err(err)?;
+        let p = ParamBuffers::upload(&gpu, &mut visit(params)).map_err(err)?;
         // the CPU path's visit order: each ConvBn is conv.weight, then γ, β, mean, variance
         let mut at = 0;
         let mut conv_bn = |cin, cout, k, stride, relu| {
@@ -589,14 +573,13 @@ impl OnGpu {
             }
         }
         ensure!(
-            at == values.len(),
+            at == p.count(),
             "resnet: {} parameters on the device, the layers name {at}",
-            values.len()
+            p.count()
         );
         Ok(OnGpu {
             dev: Dev { gpu, dnn, workspace: None },
-            net: Net { values, grads, groups },
-            lens,
+            net: Net { p, groups },
             stem,
             blocks,
             in_channels,
@@ -704,62 +687,28 @@ impl OnGpu {
 
     /// Every parameter's value and gradient buffer, in `visit_params` order (flat shapes).
     pub fn device_params(&self) -> Vec<DeviceParam> {
-        (0..self.lens.len())
-            .map(|i| DeviceParam {
-                value: self.dev.gpu.desc(&self.net.values[i], &[self.lens[i]]),
-                grad: self.dev.gpu.desc(&self.net.grads[i], &[self.lens[i]]),
-            })
-            .collect()
+        self.net.p.descs(&self.dev.gpu)
     }
 
     /// Copies the device's values into the `Param`s.
     pub fn values_to_host(&self, net: &mut dyn Module) -> anyhow::Result<()> {
-        let gpu = &self.dev.gpu;
-        let mut i = 0;
-        let mut failed = None;
-        net.visit_params(&mut |p| {
-            match gpu.download(&self.net.values[i], self.lens[i]) {
-                Ok(v) => p.value = v,
-                Err(e) => failed = Some(e),
-            }
-            i += 1;
-        });
-        failed.map_or(Ok(()), |e| Err(err(e)))
+        self.net.p.values_to_host(&self.dev.gpu, &mut visit(net)).map_err(err)
     }
 
     /// Copies the `Param`s' values to the device.
     pub fn values_to_device(&mut self, net: &mut dyn Module) -> anyhow::Result<()> {
-        let gpu = self.dev.gpu.clone();
-        let values = &mut self.net.values;
-        let mut i = 0;
-        let mut failed = None;
-        net.visit_params(&mut |p| {
-            if let Err(e) = gpu.upload_into(&p.value, &mut values[i]) {
-                failed = Some(e);
-            }
-            i += 1;
-        });
-        failed.map_or(Ok(()), |e| Err(err(e)))
+        self.net.p.values_to_device(&self.dev.gpu, &mut visit(net)).map_err(err)
     }
 
     /// Adds the device's gradients into the `Param`s' and zeroes them on the device.
     pub fn grads_to_host(&mut self, net: &mut dyn Module) -> anyhow::Result<()> {
-        let gpu = self.dev.gpu.clone();
-        let (grads, lens) = (&mut self.net.grads, &self.lens);
-        let mut i = 0;
-        let mut failed = None;
-        net.visit_params(&mut |p| {
-            match gpu.download(&grads[i], lens[i]) {
-                Ok(g) => p.grad.iter_mut().zip(g).for_each(|(a, b)| *a += b),
-                Err(e) => failed = Some(e),
-            }
-            if let Err(e) = gpu.stream().memset_zeros(&mut grads[i]) {
-                failed = Some(DeviceError(e.to_string()));
-            }
-            i += 1;
-        });
-        failed.map_or(Ok(()), |e| Err(err(e)))
+        self.net.p.grads_to_host(&self.dev.gpu, &mut visit(net)).map_err(err)
     }
+}
+
+/// `net`'s parameters as (values, gradient) pairs, for [`ParamBuffers`].
+fn visit(net: &mut dyn Module) -> impl FnMut(OnParam<'_>) + '_ {
+    move |f| net.visit_params(&mut |q| f(&mut q.value, &mut q.grad))
 }
 
 fn launch_add_relu(
@@ -818,24 +767,8 @@ mod tests {
     use super::*;
     use crate::bn::BnRelu;
     use latent_cuda::emulate::Emulated;
+    use latent_cuda::emulate::{assert_close as close, random as data};
     use latent_sdk::kit::{GlobalAvgPool, Init, Layer, Tensor};
-
-    fn data(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
-
-    fn close(a: &[f32], b: &[f32], tol: f32, what: &str) {
-        assert_eq!(a.len(), b.len(), "{what}: lengths");
-        for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{what}[{i}]: {x} vs {y}");
-        }
-    }
 
     type Sums = unsafe extern "C" fn(u32, u32, *mut f64, *const f32, i32, i32, i32, i32);
     type Finish = unsafe extern "C" fn(
