@@ -462,6 +462,18 @@ fn cmd_check(file: &std::path::Path, deep: bool) -> Result<i32> {
     for m in &ms {
         println!("  {} ({}, version {}): {}", m.name, m.kind.as_str(), m.version, m.description);
     }
+    if ms.iter().any(|m| m.kind == latent_abi::PluginKind::Encoder) {
+        match crate::plugins::registry::load_device_fns(file) {
+            Ok(Some(_)) => println!("  device calls: yes (its encoders may accept a GPU)"),
+            Ok(None) => println!(
+                "  device calls: none (built before ABI 0.3.1): its encoders run on the cpu"
+            ),
+            Err(e) => {
+                println!("cannot load its device calls: {e:#}");
+                return Ok(2);
+            }
+        }
+    }
     if deep && !crate::plugins::deep_check::run(lib, &ms)? {
         return Ok(1);
     }
