@@ -109,7 +109,7 @@ pub struct TensorDesc {
     pub device: Device,
 }
 
-/// The host's CUDA device as an encoder receives it ([`EncoderAbi::bind_device`]): raw driver
+/// The host's CUDA device as an encoder receives it ([`DeviceEncoderAbi::bind_device`]): raw driver
 /// handles that the host keeps alive for its whole life.
 ///
 /// Both sides run in one process, so the plugin's own CUDA library calls act on the same
@@ -145,7 +145,7 @@ pub struct DeviceTensorDesc {
 }
 
 /// One parameter of an encoder bound to a device, in device memory
-/// ([`EncoderAbi::device_params`]): its values and its accumulated gradient (`grad.ptr` 0 when
+/// ([`DeviceEncoderAbi::device_params`]): its values and its accumulated gradient (`grad.ptr` 0 when
 /// it has none).
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq)]
