@@ -8,6 +8,7 @@
 use crate::{DeviceError, Doing, Gpu};
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::{CudaSlice, LaunchConfig};
+use std::cell::OnceCell;
 use std::sync::Arc;
 
 /// The CUDA C source of module `elementwise`.
@@ -162,14 +163,14 @@ macro_rules! launch {
 /// The kernels of [`ELEMENTWISE`] and cuBLAS, on one device.
 pub struct Ops {
     gpu: Arc<Gpu>,
-    blas: CudaBlas,
+    /// Made by the first [`Ops::gemm`]: users of the kernels alone (the optimizer) need none.
+    blas: OnceCell<CudaBlas>,
 }
 
 impl Ops {
-    /// cuBLAS on `gpu`'s stream.
-    pub fn new(gpu: Arc<Gpu>) -> Result<Ops, DeviceError> {
-        let blas = CudaBlas::new(gpu.stream().clone()).doing("creating the cuBLAS handle")?;
-        Ok(Ops { gpu, blas })
+    /// The kernels on `gpu`'s stream.
+    pub fn new(gpu: Arc<Gpu>) -> Ops {
+        Ops { gpu, blas: OnceCell::new() }
     }
 
     /// The device.
@@ -191,9 +192,17 @@ impl Ops {
         c: &mut CudaSlice<f32>,
     ) -> Result<(), DeviceError> {
         let cfg = row_major((m, n, k), a_t, b_t, beta)?;
+        let blas = match self.blas.get() {
+            Some(blas) => blas,
+            None => {
+                let blas =
+                    CudaBlas::new(self.gpu.stream().clone()).doing("creating the cuBLAS handle")?;
+                self.blas.get_or_init(|| blas)
+            }
+        };
         // SAFETY: the leading dimensions above describe dense row-major buffers of the sizes
         // the caller passes.
-        unsafe { self.blas.gemm(cfg, b, a, c) }.doing("cuBLAS sgemm")
+        unsafe { blas.gemm(cfg, b, a, c) }.doing("cuBLAS sgemm")
     }
 
     /// `y[n, d] += b[d]` on every row.

@@ -257,11 +257,6 @@ impl Gpu {
         Device { kind: DeviceKind::Cuda, ordinal: self.ordinal }
     }
 
-    /// The context.
-    pub fn context(&self) -> &Arc<CudaContext> {
-        &self.ctx
-    }
-
     /// The stream all work is queued on.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
@@ -273,11 +268,6 @@ impl Gpu {
         let (ma, mi) = self.ctx.compute_capability().unwrap_or((0, 0));
         let gib = self.ctx.total_mem().unwrap_or(0) as f64 / (1u64 << 30) as f64;
         format!("cuda:{} ({name}, compute {ma}.{mi}, {gib:.1} GiB)", self.ordinal)
-    }
-
-    /// Waits for all work queued so far.
-    pub fn synchronize(&self) -> Result<(), DeviceError> {
-        self.stream.synchronize().doing("waiting for the device")
     }
 
     /// Kernel `name` of module `module`, compiled from CUDA C `src` by NVRTC for this device

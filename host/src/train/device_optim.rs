@@ -50,8 +50,8 @@ impl DeviceOptim {
     }
 
     /// An optimizer on `gpu`.
-    pub fn new(gpu: Arc<Gpu>) -> Result<DeviceOptim> {
-        Ok(DeviceOptim { ops: Ops::new(gpu)?, moments: HashMap::new() })
+    pub fn new(gpu: Arc<Gpu>) -> DeviceOptim {
+        DeviceOptim { ops: Ops::new(gpu), moments: HashMap::new() }
     }
 
     /// One update of every trained parameter of `params` (named `prefix.NAME` as on the host),

@@ -243,7 +243,7 @@ impl Learner {
                         Some(t) => t.device_params(&enc_params)?,
                         None => Vec::new(),
                     };
-                    Some(OnDevice { optim: DeviceOptim::new(gpu)?, online, target })
+                    Some(OnDevice { optim: DeviceOptim::new(gpu), online, target })
                 }
             }
             _ => None,

@@ -92,7 +92,7 @@ impl OnGpu {
             out_bias + 1
         );
         Ok(OnGpu {
-            ops: Ops::new(gpu).map_err(err)?,
+            ops: Ops::new(gpu),
             p,
             hidden,
             out_weight,
