@@ -94,8 +94,10 @@ pub struct Agreement {
 /// and on `device`; one training batch of the config's views (all views in one pass) through
 /// both; the objective (on the CPU) on each one's features; the CPU objective's d loss /
 /// d features back through both encoders. Compared: features, loss, every trained gradient,
-/// the batch-norm running statistics (with `verbose`, every tensor's too). `device = "cpu"` compares the CPU with itself (the
-/// answers are then identical: the test of this check).
+/// the batch-norm running statistics (with `verbose`, every tensor's too), then the losses of
+/// two training steps and what they change in every trained parameter and an EMA target.
+/// `device = "cpu"` compares the CPU with itself (the answers are then identical: the test of
+/// this check).
 pub fn check(
     reg: &crate::plugins::Registry,
     cfg: &crate::config::Config,
@@ -158,10 +160,13 @@ pub fn check(
     let fa = a.encoder.forward(x.clone(), true)?;
     let fb = b.encoder.forward(x, true)?;
     let mut out = Vec::new();
-    let mut push = |what: &str, rel_err: f64, worst: String| {
-        out.push(Agreement { what: what.into(), rel_err, worst, ok: rel_err <= tol })
+    let agree = |what: &str, rel_err: f64, worst: String| Agreement {
+        what: what.into(),
+        rel_err,
+        worst,
+        ok: rel_err <= tol,
     };
-    push("features", rel_l2(&fb.data, &fa.data), String::new());
+    out.push(agree("features", rel_l2(&fb.data, &fa.data), String::new()));
     let labels: Vec<i64> = if a.objective.manifest.needs_labels {
         anyhow::ensure!(data.is_labeled(), "objective needs labels and the dataset has none");
         data.labels[..batch].to_vec()
@@ -173,7 +178,7 @@ pub fn check(
     let needs_t = a.objective.manifest.needs_target;
     let ra = a.objective.compute(&ha, &targets(&ha, needs_t), &labels, 0, 1, true)?;
     let rb = b.objective.compute(&hb, &targets(&hb, needs_t), &labels, 0, 1, true)?;
-    push("loss", rel_l2(&[rb.loss], &[ra.loss]), format!("{} vs {}", rb.loss, ra.loss));
+    out.push(agree("loss", rel_l2(&[rb.loss], &[ra.loss]), format!("{} vs {}", rb.loss, ra.loss)));
     let g = concat(&ra.grads)?;
     a.encoder.backward(g.clone())?;
     b.encoder.backward(g)?;
@@ -190,17 +195,17 @@ pub fn check(
     };
     let names: Vec<String> = a.enc_params.iter().map(|d| d.name.to_string()).collect();
     let (e, n) = worst(&names, &ga, &gb);
-    push("encoder gradients", e, n);
+    out.push(agree("encoder gradients", e, n));
     let (pa, pb) = (a.encoder.read_params()?, b.encoder.read_params()?);
     let (e, n) = worst(&names, &pa, &pb);
-    push("parameters and running statistics", e, n);
+    out.push(agree("parameters and running statistics", e, n));
     if verbose {
         // every tensor, in the encoder's order: the first that disagrees points at the layer
         for (i, name) in names.iter().enumerate() {
             if !ga[i].data.is_empty() {
-                push("  gradient", rel_l2(&gb[i].data, &ga[i].data), name.clone());
+                out.push(agree("  gradient", rel_l2(&gb[i].data, &ga[i].data), name.clone()));
             }
-            push("  value", rel_l2(&pb[i].data, &pa[i].data), name.clone());
+            out.push(agree("  value", rel_l2(&pb[i].data, &pa[i].data), name.clone()));
         }
     }
     // two whole training steps each (the optimizer on the device where it runs there: SGD's
@@ -212,14 +217,11 @@ pub fn check(
         losses.0.push(a.step(&xs, &labels, s, 10, lr)?.loss);
         losses.1.push(b.step(&xs, &labels, s, 10, lr)?.loss);
     }
-    let mut push = |what: &str, rel_err: f64, worst: String| {
-        out.push(Agreement { what: what.into(), rel_err, worst, ok: rel_err <= tol })
-    };
-    push(
+    out.push(agree(
         "losses of two training steps",
         rel_l2(&losses.1, &losses.0),
         format!("{:?} vs {:?}", losses.1, losses.0),
-    );
+    ));
     let (qa, qb) = (a.encoder.read_params()?, b.encoder.read_params()?);
     let change = |after: &[Tensor], before: &[Tensor]| -> Vec<Tensor> {
         after
@@ -245,11 +247,11 @@ pub fn check(
     let (e, n) = worst(&tnames, &pick(&da), &pick(&db));
     let opt =
         if b.on_device.is_some() { "optimizer on the device" } else { "optimizer on the host" };
-    push(&format!("parameter updates of the two steps ({opt})"), e, n);
+    out.push(agree(&format!("parameter updates of the two steps ({opt})"), e, n));
     if let (Some(ta), Some(tb)) = (a.target.as_mut(), b.target.as_mut()) {
         let (ta, tb) = (ta.read_params()?, tb.read_params()?);
         let (e, n) = worst(&tnames, &pick(&ta), &pick(&tb));
-        push("target encoder (EMA) after the steps", e, n);
+        out.push(agree("target encoder (EMA) after the steps", e, n));
     }
     if let HostDevice::Cuda(_) = dev {
         tracing::info!("device copies took {:.3} s", b.encoder.copy_seconds());

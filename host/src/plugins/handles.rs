@@ -182,13 +182,17 @@ struct Staged {
     device: Option<CudaSlice<f32>>,
 }
 
-/// Copies `t` into `buf` on the device (grown when too small), through page-locked memory.
-fn stage(gpu: &Gpu, buf: &mut Staged, t: &[f32]) -> Result<()> {
+/// Copies `t` into `buf` on the device (grown when too small), through page-locked memory,
+/// adding the time it took to `copy_s`; the descriptor of the copy there.
+fn stage(gpu: &Gpu, buf: &mut Staged, copy_s: &mut f64, t: &Tensor) -> Result<DeviceTensorDesc> {
+    let start = Instant::now();
     if buf.device.as_ref().is_none_or(|b| b.len() < t.len()) {
         buf.device = Some(gpu.zeros(t.len())?);
     }
-    gpu.upload_pinned(t, &mut buf.pinned, buf.device.as_mut().expect("allocated above"))?;
-    Ok(())
+    let dst = buf.device.as_mut().expect("allocated above");
+    gpu.upload_pinned(&t.data, &mut buf.pinned, dst)?;
+    *copy_s += start.elapsed().as_secs_f64();
+    Ok(gpu.desc(dst, &t.shape))
 }
 
 impl Encoder {
@@ -322,10 +326,7 @@ impl Encoder {
     /// Backward.
     pub fn backward(&mut self, grad: Tensor) -> Result<()> {
         if let Some(d) = self.dev.as_mut() {
-            let t = Instant::now();
-            stage(&d.gpu, &mut d.grad, &grad.data)?;
-            d.copy_s += t.elapsed().as_secs_f64();
-            let desc = d.gpu.desc(d.grad.device.as_ref().expect("staged"), &grad.shape);
+            let desc = stage(&d.gpu, &mut d.grad, &mut d.copy_s, &grad)?;
             let _w = super::watchdog::enter(&self.name, "backward_device");
             return pres(self.obj.backward_device(desc));
         }
@@ -337,10 +338,7 @@ impl Encoder {
     /// host's buffers.
     fn forward_on_device(&mut self, images: &Tensor, train: bool) -> Result<Tensor> {
         let d = self.dev.as_mut().expect("on a device");
-        let t = Instant::now();
-        stage(&d.gpu, &mut d.images, &images.data)?;
-        d.copy_s += t.elapsed().as_secs_f64();
-        let desc = d.gpu.desc(d.images.device.as_ref().expect("staged"), &images.shape);
+        let desc = stage(&d.gpu, &mut d.images, &mut d.copy_s, images)?;
         let w = super::watchdog::enter(&self.name, "forward_device");
         let y = pres(self.obj.forward_device(desc, train));
         drop(w);
