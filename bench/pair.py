@@ -60,12 +60,14 @@ class Side:
         return json.loads(line)
 
     def step(self, record):
+        """One step; its answer (tests/gpu/step_ratio.py reads more of it)."""
         self.proc.stdin.write("step\n")
         r = self.read()
         if record:
             self.t.append(r["t"])
             self.cpu.append(r["cpu"])
         self.loss.append(r["loss"])
+        return r
 
     def quit(self):
         self.proc.stdin.write("quit\n")

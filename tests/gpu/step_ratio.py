@@ -12,40 +12,27 @@ pass per view); latent is compared with the faster. Prints one JSON object.
 """
 import argparse
 import json
+import os
 import statistics
-import subprocess
 import sys
 
+# the serve protocol's driver is bench/pair.py's
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench"))
+import pair  # noqa: E402
 
-class Side:
+
+class Side(pair.Side):
+    """pair.py's side, keeping latent's breakdown of a step on a device as well."""
+
     def __init__(self, name, cmd):
-        self.name = name
-        self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
-        self.ready = self.read()
-        if not self.ready.get("ready"):
-            raise SystemExit(f"{name}: did not start: {self.ready}")
-        self.times, self.losses, self.copy, self.objective = [], [], [], []
+        super().__init__(name, cmd, os.environ.copy())
+        self.copy, self.objective = [], []
 
-    def read(self):
-        line = self.p.stdout.readline()
-        if not line:
-            raise SystemExit(f"{self.name}: the process ended (exit {self.p.wait()})")
-        return json.loads(line)
-
-    def step(self, timed):
-        self.p.stdin.write("step\n")
-        r = self.read()
-        if timed:
-            self.times.append(r["t"])
-            if "copy_s" in r:
-                self.copy.append(r["copy_s"])
-                self.objective.append(r["objective_s"])
-        self.losses.append(r["loss"])
-
-    def quit(self):
-        self.p.stdin.write("quit\n")
-        r = self.read()
-        self.p.wait()
+    def step(self, record):
+        r = super().step(record)
+        if record and "copy_s" in r:
+            self.copy.append(r["copy_s"])
+            self.objective.append(r["objective_s"])
         return r
 
 
@@ -74,18 +61,18 @@ def main():
             s.step(i >= a.warmup)
     out = {"workload": a.workload, "device": a.device, "warmup": a.warmup, "steps": a.steps, "sides": {}}
     for s in sides:
-        end = s.quit()
-        med = statistics.median(s.times)
+        peak = s.quit()
+        med = statistics.median(s.t)
         views = s.ready.get("views_per_step", 0)
         out["sides"][s.name] = {
-            "what": s.ready.get("what"), "median_step_s": med, "min_step_s": min(s.times),
-            "max_step_s": max(s.times), "views_per_s": views / med, "first_losses": s.losses[:3],
-            "peak_rss_mib": end.get("peak_rss_mib"),
+            "what": s.ready.get("what"), "median_step_s": med, "min_step_s": min(s.t),
+            "max_step_s": max(s.t), "views_per_s": views / med, "first_losses": s.loss[:3],
+            "peak_rss_mib": peak,
         }
         if s.copy:
             # latent on a device: the share of its step in host copies and in the CPU objective
-            out["sides"][s.name]["copy_share"] = statistics.median(c / t for c, t in zip(s.copy, s.times))
-            out["sides"][s.name]["objective_share"] = statistics.median(o / t for o, t in zip(s.objective, s.times))
+            out["sides"][s.name]["copy_share"] = statistics.median(c / t for c, t in zip(s.copy, s.t))
+            out["sides"][s.name]["objective_share"] = statistics.median(o / t for o, t in zip(s.objective, s.t))
     lat = out["sides"]["latent"]["median_step_s"]
     faster = min(("pytorch joint", "pytorch per_view"), key=lambda k: out["sides"][k]["median_step_s"])
     out["faster_pytorch"] = faster
