@@ -18,10 +18,10 @@ struct Hidden {
     /// γ, β, running mean, running variance.
     bn: Option<[usize; 4]>,
     /// The layer's input (for dW), the batch norm's x̂ and 1/σ, the ReLU's output.
-    input: Option<CudaSlice<f32>>,
+    input: Option<Act>,
     xhat: Option<CudaSlice<f32>>,
     inv_std: Option<CudaSlice<f32>>,
-    out: Option<CudaSlice<f32>>,
+    out: Option<Act>,
 }
 
 /// The network on the device.
@@ -33,12 +33,15 @@ pub struct OnGpu {
     out_bias: usize,
     out_dim: usize,
     /// The output layer's input, the features returned last.
-    last_input: Option<CudaSlice<f32>>,
+    last_input: Option<Act>,
     features: Option<CudaSlice<f32>>,
     pending: Option<usize>,
     /// Values per image the network was built for.
     input: usize,
 }
+
+/// An activation kept for the backward, shared where one layer's output is the next's input.
+type Act = Arc<CudaSlice<f32>>;
 
 fn err(e: DeviceError) -> anyhow::Error {
     anyhow::anyhow!("{e}")
@@ -133,11 +136,13 @@ impl OnGpu {
         // SAFETY: the host owns the images for this call.
         let x = unsafe { self.gpu().borrow(images) }.map_err(err)?;
         // The first layer's input is kept for dW: a copy, as the host reuses its buffer.
-        let mut h = self.gpu().zeros(images.len()).map_err(err)?;
+        let mut h0 = self.gpu().zeros(images.len()).map_err(err)?;
         self.gpu()
             .stream()
-            .memcpy_dtod(&x.slice(0..images.len()), &mut h)
+            .memcpy_dtod(&x.slice(0..images.len()), &mut h0)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        // each layer's output is the next one's input, kept once for both backward uses
+        let mut h: Act = Arc::new(h0);
         for i in 0..self.hidden.len() {
             let (d_in, d_out) = (self.hidden[i].d_in, self.hidden[i].d_out);
             let mut z = self.gpu().zeros(n * d_out).map_err(err)?;
@@ -182,7 +187,7 @@ impl OnGpu {
                 z
             };
             self.ops.relu(&mut y, n * d_out).map_err(err)?;
-            let input = std::mem::replace(&mut h, y);
+            let input = std::mem::replace(&mut h, Arc::new(y));
             if train {
                 self.hidden[i].input = Some(input);
                 self.hidden[i].out = Some(h.clone());

@@ -512,7 +512,8 @@ struct Block {
     a: ConvBn,
     b: ConvBn,
     shortcut: Option<ConvBn>,
-    out: Option<CudaSlice<f32>>,
+    /// The block's output, kept for the mask of its ReLU (shared with the next block's input).
+    out: Option<Act>,
 }
 
 /// The network on the device.
@@ -608,12 +609,13 @@ impl OnGpu {
         let view = unsafe { gpu.borrow(images) }.map_err(err)?;
         let mut x = gpu.zeros(images.len()).map_err(err)?;
         gpu.stream().memcpy_dtod(&view.slice(0..images.len()), &mut x).map_err(err)?;
-        let (mut h_, mut shape) = self
+        let (h0, mut shape) = self
             .stem
             .forward(&mut self.dev, &mut self.net, Arc::new(x), [n, c, h, w], train)
             .map_err(err)?;
+        let mut h_: Act = Arc::new(h0);
         for bl in &mut self.blocks {
-            let x: Act = Arc::new(h_);
+            let x = h_;
             let (a, sa) =
                 bl.a.forward(&mut self.dev, &mut self.net, x.clone(), shape, train).map_err(err)?;
             let (mut y, sy) =
@@ -627,6 +629,7 @@ impl OnGpu {
                 }
                 None => launch_add_relu(&gpu, &mut y, &x, len).map_err(err)?,
             }
+            let y = Arc::new(y);
             if train {
                 bl.out = Some(y.clone());
             }
