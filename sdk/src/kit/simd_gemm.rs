@@ -44,6 +44,30 @@ pub struct StridedA<'a> {
     pub cs: usize,
 }
 
+/// How the rows of an operand are found: at a fixed step, or at the offsets of a table (the
+/// rows of an implicit convolution's patch matrix are shifted views of one padded plane).
+#[derive(Clone, Copy)]
+pub enum Rows<'a> {
+    /// Row `r` starts at `r · step`.
+    Step(usize),
+    /// Row `r` starts at `table[r]`.
+    Table(&'a [usize]),
+}
+
+impl Rows<'_> {
+    /// The largest start among the first `count` rows (`count` > 0); panics if the table is
+    /// shorter.
+    fn last_start(&self, count: usize) -> usize {
+        match self {
+            Rows::Step(s) => (count - 1) * s,
+            Rows::Table(t) => {
+                assert!(t.len() >= count, "simd gemm: {} row offsets for {count} rows", t.len());
+                t[..count].iter().copied().max().unwrap_or(0)
+            }
+        }
+    }
+}
+
 /// `C = A · B` (or `C += A · B`) for `A [m, k]`, `B [k, n]` (row stride `ldb`), `C [m, n]` (row
 /// stride `ldc`). Panics if a view is out of bounds or AVX-512 is missing.
 #[allow(clippy::too_many_arguments)]
@@ -58,6 +82,23 @@ pub fn gemm(
     ldc: usize,
     accumulate: bool,
 ) {
+    assert!(ldb >= n, "simd gemm: row stride {ldb} of B shorter than {n} columns");
+    gemm_rows(m, n, k, (a.data, Rows::Step(a.rs), a.cs), (b, Rows::Step(ldb)), c, ldc, accumulate);
+}
+
+/// As [`gemm()`], with the rows of A (element (i, p) at `a[rows(i) + p·cs]`) and of B (element
+/// (p, j) at `b[rows(p) + j]`) found by [`Rows`].
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_rows(
+    m: usize,
+    n: usize,
+    k: usize,
+    (a, a_rows, a_cs): (&[f32], Rows, usize),
+    (b, b_rows): (&[f32], Rows),
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
     #[cfg(target_arch = "x86_64")]
     assert!(std::arch::is_x86_feature_detected!("avx512f"), "simd gemm without AVX-512");
     #[cfg(not(target_arch = "x86_64"))]
@@ -65,49 +106,105 @@ pub fn gemm(
     if m == 0 || n == 0 {
         return;
     }
-    let last = |rows: usize, rs: usize, cols: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
-    assert!(ldb >= n && ldc >= n, "simd gemm: row strides {ldb}, {ldc} shorter than {n} columns");
-    assert!(c.len() > last(m, ldc, n, 1), "simd gemm: C too short");
+    assert!(ldc >= n, "simd gemm: row stride {ldc} of C shorter than {n} columns");
+    assert!(c.len() > (m - 1) * ldc + n - 1, "simd gemm: C too short");
     if k == 0 {
         if !accumulate {
             (0..m).for_each(|i| c[i * ldc..i * ldc + n].fill(0.0));
         }
         return;
     }
-    assert!(a.data.len() > last(m, a.rs, k, a.cs), "simd gemm: A too short");
-    assert!(b.len() > last(k, ldb, n, 1), "simd gemm: B too short");
+    assert!(a.len() > a_rows.last_start(m) + (k - 1) * a_cs, "simd gemm: A too short");
+    assert!(b.len() > b_rows.last_start(k) + n - 1, "simd gemm: B too short");
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX-512 is present (asserted); the asserts above bound every element read or
-    // written; masked loads and stores touch only the columns below n.
+    // written (every row start of A and B, and the tables' lengths, are checked); masked loads
+    // and stores touch only the columns below n.
     unsafe {
-        gemm_avx512(
-            m,
-            n,
-            k,
-            a.data.as_ptr(),
-            a.rs,
-            a.cs,
-            b.as_ptr(),
-            ldb,
-            c.as_mut_ptr(),
-            ldc,
-            accumulate,
-        )
+        let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+        match (a_rows, b_rows) {
+            (Rows::Step(ar), Rows::Step(br)) => {
+                gemm_avx512(m, n, k, (a, Step(ar), a_cs), (b, Step(br)), c, ldc, accumulate)
+            }
+            (Rows::Step(ar), Rows::Table(bt)) => gemm_avx512(
+                m,
+                n,
+                k,
+                (a, Step(ar), a_cs),
+                (b, Table(bt.as_ptr())),
+                c,
+                ldc,
+                accumulate,
+            ),
+            (Rows::Table(at), Rows::Step(br)) => gemm_avx512(
+                m,
+                n,
+                k,
+                (a, Table(at.as_ptr()), a_cs),
+                (b, Step(br)),
+                c,
+                ldc,
+                accumulate,
+            ),
+            (Rows::Table(at), Rows::Table(bt)) => gemm_avx512(
+                m,
+                n,
+                k,
+                (a, Table(at.as_ptr()), a_cs),
+                (b, Table(bt.as_ptr())),
+                c,
+                ldc,
+                accumulate,
+            ),
+        }
+    }
+}
+
+/// [`Rows`] inside the kernel, one type each so that the stepped case compiles as it always did.
+trait RowAt: Copy {
+    /// Offset of row `r` from the view's base.
+    unsafe fn at(self, r: usize) -> usize;
+    /// The view from row `r` on: its base moves by the returned offset.
+    unsafe fn from(self, r: usize) -> (Self, usize);
+}
+
+#[derive(Clone, Copy)]
+struct Step(usize);
+
+#[derive(Clone, Copy)]
+struct Table(*const usize);
+
+impl RowAt for Step {
+    #[inline(always)]
+    unsafe fn at(self, r: usize) -> usize {
+        r * self.0
+    }
+    #[inline(always)]
+    unsafe fn from(self, r: usize) -> (Self, usize) {
+        (self, r * self.0)
+    }
+}
+
+impl RowAt for Table {
+    #[inline(always)]
+    unsafe fn at(self, r: usize) -> usize {
+        *self.0.add(r)
+    }
+    #[inline(always)]
+    unsafe fn from(self, r: usize) -> (Self, usize) {
+        (Table(self.0.add(r)), 0)
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_avx512(
+unsafe fn gemm_avx512<RA: RowAt, RB: RowAt>(
     m: usize,
     n: usize,
     k: usize,
-    a: *const f32,
-    a_rs: usize,
-    a_cs: usize,
-    b: *const f32,
-    ldb: usize,
+    (a, a_rows, a_cs): (*const f32, RA, usize),
+    (b, b_rows): (*const f32, RB),
     c: *mut f32,
     ldc: usize,
     accumulate: bool,
@@ -132,20 +229,23 @@ unsafe fn gemm_avx512(
         while p0 < k {
             let kc = (k - p0).min(KC);
             let acc = accumulate || p0 > 0;
-            let bj = b.add(p0 * ldb + j);
+            let (bv, boff) = b_rows.from(p0);
+            let bj = b.add(boff + j);
             let mut i = 0;
             while i < m {
-                let ai = a.add(i * a_rs + p0 * a_cs);
+                let (av, aoff) = a_rows.from(i);
+                let ai = a.add(aoff + p0 * a_cs);
                 let ci = c.add(i * ldc + j);
+                let (a_, b_) = ((ai, av, a_cs), (bj, bv));
                 match (m - i).min(MR) {
-                    8 => tile::<8>(kc, ai, a_rs, a_cs, bj, ldb, ci, ldc, m0, m1, acc),
-                    7 => tile::<7>(kc, ai, a_rs, a_cs, bj, ldb, ci, ldc, m0, m1, acc),
-                    6 => tile::<6>(kc, ai, a_rs, a_cs, bj, ldb, ci, ldc, m0, m1, acc),
-                    5 => tile::<5>(kc, ai, a_rs, a_cs, bj, ldb, ci, ldc, m0, m1, acc),
-                    4 => tile::<4>(kc, ai, a_rs, a_cs, bj, ldb, ci, ldc, m0, m1, acc),
-                    3 => tile::<3>(kc, ai, a_rs, a_cs, bj, ldb, ci, ldc, m0, m1, acc),
-                    2 => tile::<2>(kc, ai, a_rs, a_cs, bj, ldb, ci, ldc, m0, m1, acc),
-                    _ => tile::<1>(kc, ai, a_rs, a_cs, bj, ldb, ci, ldc, m0, m1, acc),
+                    8 => tile::<8, _, _>(kc, a_, b_, ci, ldc, m0, m1, acc),
+                    7 => tile::<7, _, _>(kc, a_, b_, ci, ldc, m0, m1, acc),
+                    6 => tile::<6, _, _>(kc, a_, b_, ci, ldc, m0, m1, acc),
+                    5 => tile::<5, _, _>(kc, a_, b_, ci, ldc, m0, m1, acc),
+                    4 => tile::<4, _, _>(kc, a_, b_, ci, ldc, m0, m1, acc),
+                    3 => tile::<3, _, _>(kc, a_, b_, ci, ldc, m0, m1, acc),
+                    2 => tile::<2, _, _>(kc, a_, b_, ci, ldc, m0, m1, acc),
+                    _ => tile::<1, _, _>(kc, a_, b_, ci, ldc, m0, m1, acc),
                 }
                 i += MR;
             }
@@ -155,18 +255,15 @@ unsafe fn gemm_avx512(
     }
 }
 
-/// One `R x 32` tile of C over the whole of k.
+/// One `R x 32` tile of C over `k` rows of B.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const R: usize>(
+unsafe fn tile<const R: usize, RA: RowAt, RB: RowAt>(
     k: usize,
-    a: *const f32,
-    a_rs: usize,
-    a_cs: usize,
-    b: *const f32,
-    ldb: usize,
+    (a, a_rows, a_cs): (*const f32, RA, usize),
+    (b, b_rows): (*const f32, RB),
     c: *mut f32,
     ldc: usize,
     m0: __mmask16,
@@ -176,12 +273,12 @@ unsafe fn tile<const R: usize>(
     let mut acc0 = [_mm512_setzero_ps(); R];
     let mut acc1 = [_mm512_setzero_ps(); R];
     for p in 0..k {
-        let bp = b.add(p * ldb);
+        let bp = b.add(b_rows.at(p));
         let b0 = _mm512_maskz_loadu_ps(m0, bp);
         let b1 = _mm512_maskz_loadu_ps(m1, bp.add(16));
         let ap = a.add(p * a_cs);
         for r in 0..R {
-            let av = _mm512_set1_ps(*ap.add(r * a_rs));
+            let av = _mm512_set1_ps(*ap.add(a_rows.at(r)));
             acc0[r] = _mm512_fmadd_ps(av, b0, acc0[r]);
             acc1[r] = _mm512_fmadd_ps(av, b1, acc1[r]);
         }
