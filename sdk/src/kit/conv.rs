@@ -1,4 +1,4 @@
-//! 2-d convolution (`Conv2d`), as im2col + matrix multiply.
+//! 2-d convolution (`Conv2d`), as an implicit matrix product (or im2col + matrix multiply).
 //!
 //! ```text
 //! y[n, o, i, j] = b[o] + Σ_{c ∈ group(o)} Σ_{p<kh} Σ_{q<kw}
@@ -10,7 +10,12 @@
 //! x `[N, C, H, W]`, W `[O, C/groups, kh, kw]` (PyTorch layout), b `[O]`, y `[N, O, OH, OW]`.
 //!
 //! # How
-//! For a chunk of `nb` images and one group, im2col gathers the patches into
+//! On CPUs with AVX-512, a convolution of one group is an implicit matrix product: each image
+//! is copied once into zero-padded phase planes, and the matrix kernel reads the patch matrix's
+//! rows in place, at offsets into those planes (see `Shifted` in the source). Elsewhere (and
+//! for grouped convolutions, or small planes where the implicit product's wrap columns would
+//! cost more than the copies), for a chunk of `nb` images and one group, im2col gathers the
+//! patches into
 //! `cols [K = C/groups·kh·kw, nb·OH·OW]`, and then
 //! ```text
 //! forward:  Y_g  = W_g [O/groups, K] · cols                 (scattered back to [nb, O, OH, OW])
@@ -479,84 +484,234 @@ fn is_identity(g: &Geom, nb: usize) -> bool {
     g.kh == 1 && g.kw == 1 && g.s == 1 && g.pad == 0 && nb == 1 && g.groups == 1
 }
 
-/// The implicit matrix product of a stride-1 "same" convolution (odd square kernel, padding
-/// half the kernel, one group), where im2col's copies were a quarter of a resnet step.
+/// The implicit matrix product of a convolution (one group), where im2col's copies were a
+/// quarter of a resnet step.
 ///
-/// Each image's planes are copied once into zero-padded planes of `hp × wp`. Output position
-/// (y, x) is computed at `t = y·wp + x`: patch row (c, ki, kj) is then padded plane c read from
-/// `ki·wp + kj + t`, so the kernel reads B's rows in place through a table of offsets. The
-/// `2·pad` wrap columns at the end of each output row (x ≥ W) are computed and dropped: the
-/// product runs over `span = (H − 1)·wp + W` columns instead of `H·W` (7 % more at 28 × 28).
-/// The backward is the same product twice: `dX` is the convolution of the padded `dY` with the
-/// flipped, transposed kernel, and `dWᵀ += patchesᵀ · dYᵀ` reads the patches in place as A's
-/// rows, with `dY` read where its padding puts zeros under the wrap columns.
+/// Each image's planes are copied once into zero-padded phase planes of `hp × wp`: for stride
+/// `s`, phase (a, b) holds the input's rows `s·r + a` and columns `s·q + b`, so that kernel tap
+/// (ki, kj) reads one phase plane at a fixed shift for every output position. Output (y, x) is
+/// computed at `t = y·wp + x`, and patch row (c, ki, kj) is phase plane (c, a, b) read from
+/// `shift + t`: the kernel reads B's rows in place through a table of offsets. The wrap columns
+/// at the end of each output row (x ≥ OW) are computed and dropped: the product runs over
+/// `span = (OH − 1)·wp + OW` columns instead of `OH·OW` (7 % more at 28 × 28, stride 1).
+/// The backward is the same product again: `dX`'s phase (a, b) is the convolution of a padded
+/// `dY` with the kernel's taps of that phase, flipped and transposed, and `dWᵀ += patchesᵀ ·
+/// dYᵀ` reads the patches in place as A's rows, with `dY` laid on the output grid (zeros under
+/// the wrap columns).
 #[derive(Clone, Copy, Debug)]
 struct Shifted {
-    pad: usize,
+    s: usize,
+    y: Axis,
+    x: Axis,
+    /// Forward grid width and phase-plane size `hp · wp`.
     wp: usize,
-    /// One padded plane, `hp · wp`.
     pp: usize,
     span: usize,
+    /// `dX`'s padded `dY` planes: width and size.
+    wq: usize,
+    pq: usize,
 }
 
-/// The largest `span / (H·W)` for which [`Shifted`] is used; it costs more than im2col on small
-/// planes with many channels.
+/// One axis of a [`Shifted`] convolution: tap `ki` reads phase `a` at shift `d`, input index
+/// `s·(o + d) + a` for output `o`; `d` runs over `dmin..=dmax`.
+#[derive(Clone, Copy, Debug)]
+struct Axis {
+    s: usize,
+    pad: usize,
+    size: usize,
+    out: usize,
+    dmin: isize,
+    dmax: isize,
+}
+
+impl Axis {
+    fn new(s: usize, pad: usize, k: usize, size: usize, out: usize) -> Axis {
+        let (s_, pad_) = (s as isize, pad as isize);
+        Axis {
+            s,
+            pad,
+            size,
+            out,
+            dmin: (-pad_).div_euclid(s_),
+            dmax: (k as isize - 1 - pad_).div_euclid(s_),
+        }
+    }
+    fn tap(&self, ki: usize) -> (usize, isize) {
+        let v = ki as isize - self.pad as isize;
+        (v.rem_euclid(self.s as isize) as usize, v.div_euclid(self.s as isize))
+    }
+    /// The forward grid: `out + dmax − dmin` (rows `dmin..out + dmax` of a phase).
+    fn grid(&self) -> usize {
+        self.out + (self.dmax - self.dmin) as usize
+    }
+    /// How many input positions phase `a` has.
+    fn phase_len(&self, a: usize) -> usize {
+        self.size.saturating_sub(a).div_ceil(self.s)
+    }
+    /// `dX`'s padded `dY`: `before` positions of zeros, then `dY`, on a grid of `dgrid()`.
+    fn before(&self) -> usize {
+        self.dmax as usize
+    }
+    fn dgrid(&self) -> usize {
+        self.out.max(self.phase_len(0)) + (self.dmax - self.dmin) as usize
+    }
+}
+
+/// The largest `span / (OH·OW)` for which [`Shifted`] is used; it costs more than im2col on
+/// small planes with many channels.
 const SHIFTED_MAX_WASTE: f32 = 1.5;
 
 impl Shifted {
     fn new(g: &Geom) -> Option<Shifted> {
-        let fits = g.s == 1
-            && g.groups == 1
-            && g.kh == g.kw
-            && g.kh % 2 == 1
-            && g.kh > 1
-            && g.pad == g.kh / 2
+        let fits = g.groups == 1
+            && g.pad < g.kh.min(g.kw)
+            && !(g.kh * g.kw == 1 && g.s == 1)
             && super::simd_gemm::available();
         #[cfg(test)]
         let fits = fits && !SHIFTED_DISABLED.load(std::sync::atomic::Ordering::SeqCst);
-        let (wp, hp) = (g.w + 2 * g.pad, g.h + 2 * g.pad);
-        let span = (g.h - 1) * wp + g.w;
-        (fits && span as f32 <= SHIFTED_MAX_WASTE * g.p() as f32).then_some(Shifted {
-            pad: g.pad,
-            wp,
-            pp: hp * wp,
-            span,
-        })
+        let y = Axis::new(g.s, g.pad, g.kh, g.h, g.oh);
+        let x = Axis::new(g.s, g.pad, g.kw, g.w, g.ow);
+        let (wp, wq) = (x.grid(), x.dgrid());
+        let span = (g.oh - 1) * wp + g.ow;
+        let sh = Shifted { s: g.s, y, x, wp, pp: y.grid() * wp, span, wq, pq: y.dgrid() * wq };
+        (fits && span as f32 <= SHIFTED_MAX_WASTE * g.p() as f32).then_some(sh)
     }
 
-    /// Offsets of patch rows (c, ki, kj), `c < channels`, in an image's padded planes.
-    fn offsets(&self, channels: usize, kh: usize) -> Vec<usize> {
-        let mut v = Vec::with_capacity(channels * kh * kh);
-        for c in 0..channels {
-            for ki in 0..kh {
-                for kj in 0..kh {
-                    v.push(c * self.pp + ki * self.wp + kj);
+    /// An image's phase planes: `[C][s·s][hp × wp]`.
+    fn image_len(&self, c: usize) -> usize {
+        c * self.s * self.s * self.pp
+    }
+
+    /// Offsets of patch rows (c, ki, kj) in an image's phase planes.
+    fn offsets(&self, g: &Geom) -> Vec<usize> {
+        let mut v = Vec::with_capacity(g.k());
+        for c in 0..g.c {
+            for ki in 0..g.kh {
+                for kj in 0..g.kw {
+                    let ((a, di), (b, dj)) = (self.y.tap(ki), self.x.tap(kj));
+                    let shift = (di - self.y.dmin) as usize * self.wp + (dj - self.x.dmin) as usize;
+                    v.push((c * self.s * self.s + a * self.s + b) * self.pp + shift);
                 }
             }
         }
         v
     }
 
-    /// `src`'s planes of `h × w` into `dst`'s zero-padded planes.
-    fn pad_planes(&self, src: &[f32], (h, w): (usize, usize), dst: &mut [f32]) {
-        let (p, wp) = (self.pad, self.wp);
-        for (s, d) in src.chunks_exact(h * w).zip(dst.chunks_exact_mut(self.pp)) {
-            d[..p * wp + p].fill(0.0);
-            for (y, row) in s.chunks_exact(w).enumerate() {
-                let at = (y + p) * wp + p;
-                d[at..at + w].copy_from_slice(row);
-                let end = if y + 1 < h { at + w + 2 * p } else { self.pp };
-                zero_short(&mut d[at + w..end]);
+    /// An image's input planes `x` into its phase planes.
+    fn pad_input(&self, g: &Geom, x: &[f32], dst: &mut [f32]) {
+        let (s, origin) = (self.s, (self.y.dmin, self.x.dmin));
+        let mut planes = dst.chunks_exact_mut(self.pp);
+        for src in x.chunks_exact(g.h * g.w).take(g.c) {
+            for a in 0..s {
+                for b in 0..s {
+                    let d = planes.next().expect("conv2d: phase planes too short");
+                    fill_grid(src, (g.h, g.w), (s, a, b), origin, self.wp, d);
+                }
             }
         }
     }
 
-    /// Rows of a product `[rows, span]` into planes of `h × w`, dropping the wrap columns.
-    fn unpad(&self, t: &[f32], (h, w): (usize, usize), dst: &mut [f32]) {
-        for (r, plane) in dst.chunks_exact_mut(h * w).enumerate() {
-            let row = &t[r * self.span..];
-            for (y, d) in plane.chunks_exact_mut(w).enumerate() {
-                d.copy_from_slice(&row[y * self.wp..y * self.wp + w]);
+    /// `dX` phase by phase: (a, b, R, Q, the kernel's taps of the phase as `[C, O·taps]`,
+    /// offsets of (o, tap) in an image's padded `dY` planes).
+    #[allow(clippy::type_complexity)]
+    fn dx_phases(
+        &self,
+        g: &Geom,
+        w: &[f32],
+    ) -> Vec<(usize, usize, usize, usize, Vec<f32>, Vec<usize>)> {
+        let (t, l) = (self.y.before() as isize, self.x.before() as isize);
+        let mut out = Vec::new();
+        for a in 0..self.s {
+            for b in 0..self.s {
+                let taps: Vec<(usize, usize, isize, isize)> = (0..g.kh)
+                    .flat_map(|ki| (0..g.kw).map(move |kj| (ki, kj)))
+                    .filter_map(|(ki, kj)| {
+                        let ((a_, di), (b_, dj)) = (self.y.tap(ki), self.x.tap(kj));
+                        (a_ == a && b_ == b).then_some((ki, kj, di, dj))
+                    })
+                    .collect();
+                let (r, q) = (self.y.phase_len(a), self.x.phase_len(b));
+                if taps.is_empty() || r == 0 || q == 0 {
+                    continue;
+                }
+                let kt = g.o * taps.len();
+                let mut wab = vec![0.0f32; g.c * kt];
+                let mut offs = Vec::with_capacity(kt);
+                for o in 0..g.o {
+                    for (n, &(ki, kj, di, dj)) in taps.iter().enumerate() {
+                        for c in 0..g.c {
+                            wab[c * kt + o * taps.len() + n] =
+                                w[((o * g.c + c) * g.kh + ki) * g.kw + kj];
+                        }
+                        let shift = (t - di) as usize * self.wq + (l - dj) as usize;
+                        offs.push(o * self.pq + shift);
+                    }
+                }
+                out.push((a, b, r, q, wab, offs));
+            }
+        }
+        out
+    }
+}
+
+/// `dst[i, j] = src[s·(i + r0) + a, s·(j + q0) + b]` for a plane `dst` of `cols` columns, 0
+/// where that is outside `src` (`h × w`).
+fn fill_grid(
+    src: &[f32],
+    (h, w): (usize, usize),
+    (s, a, b): (usize, usize, usize),
+    (r0, q0): (isize, isize),
+    cols: usize,
+    dst: &mut [f32],
+) {
+    let rows = dst.len() / cols;
+    let valid = |o: isize, n: usize, len: usize| -> (usize, usize) {
+        let hi = (n as isize - o).clamp(0, len as isize) as usize;
+        (((-o).max(0) as usize).min(hi), hi)
+    };
+    let (ilo, ihi) = valid(r0, h.saturating_sub(a).div_ceil(s), rows);
+    let (jlo, jhi) = valid(q0, w.saturating_sub(b).div_ceil(s), cols);
+    dst[..ilo * cols].fill(0.0);
+    dst[ihi * cols..].fill(0.0);
+    let n = jhi - jlo;
+    for i in ilo..ihi {
+        let row = &mut dst[i * cols..(i + 1) * cols];
+        zero_short(&mut row[..jlo]);
+        zero_short(&mut row[jhi..]);
+        if n == 0 {
+            continue;
+        }
+        let sy = (s as isize * (i as isize + r0)) as usize + a;
+        let x0 = sy * w + (s as isize * (jlo as isize + q0)) as usize + b;
+        let srow = &src[x0..x0 + (n - 1) * s + 1];
+        let d = &mut row[jlo..jhi];
+        match s {
+            1 => d.copy_from_slice(srow),
+            2 => d.iter_mut().zip(srow.iter().step_by(2)).for_each(|(u, v)| *u = *v),
+            _ => d.iter_mut().zip(srow.iter().step_by(s)).for_each(|(u, v)| *u = *v),
+        }
+    }
+}
+
+/// `dst[c][s·r + a, s·q + b] = t[c·span + r·cols + q]` for `r < R`, `q < Q` and each plane `c`
+/// of `dst` (`h × w`): the rows of a product on a grid, wrap columns dropped.
+#[allow(clippy::too_many_arguments)]
+fn scatter_grid(
+    t: &[f32],
+    span: usize,
+    cols: usize,
+    (rr, qq): (usize, usize),
+    (s, a, b): (usize, usize, usize),
+    (h, w): (usize, usize),
+    dst: &mut [f32],
+) {
+    for (c, plane) in dst.chunks_exact_mut(h * w).enumerate() {
+        let src = &t[c * span..];
+        for r in 0..rr {
+            let (srow, at) = (&src[r * cols..r * cols + qq], (s * r + a) * w + b);
+            match s {
+                1 => plane[at..at + qq].copy_from_slice(srow),
+                _ => plane[at..].iter_mut().step_by(s).zip(srow).for_each(|(u, v)| *u = *v),
             }
         }
     }
@@ -572,9 +727,10 @@ struct Scratch {
     cols: Vec<f32>,
     tmp: Vec<f32>,
     dyt: Vec<f32>,
-    /// [`Shifted`]'s padded planes of the input, and of `dY`.
+    /// [`Shifted`]'s phase planes of the input, `dX`'s padded `dY`, and `dY` on the output grid.
     xpad: Vec<f32>,
     dypad: Vec<f32>,
+    dygrid: Vec<f32>,
 }
 
 thread_local! {
@@ -635,19 +791,20 @@ impl Conv2d {
         let w = &self.weight.value;
         let mut y = vec![0.0f32; n * g.out_len()];
         let shifted = Shifted::new(&g).filter(|_| matches!(par, gemm::Parallelism::None));
-        let offs = shifted.map(|sh| sh.offsets(g.c, g.kh)).unwrap_or_default();
+        let offs = shifted.map(|sh| sh.offsets(&g)).unwrap_or_default();
         let body = |s: &mut Scratch, yc: &mut [f32], xc: &[f32]| {
             let nbl = xc.len() / g.in_len();
             if let Some(sh) = shifted {
                 use super::simd_gemm::{gemm_rows, Rows};
-                let xp = resize(&mut s.xpad, nbl * g.c * sh.pp);
-                sh.pad_planes(xc, (g.h, g.w), xp);
+                let il = sh.image_len(g.c);
+                let xp = resize(&mut s.xpad, nbl * il);
                 let t = resize(&mut s.tmp, g.o * sh.span);
                 for (i, yi) in yc.chunks_exact_mut(g.out_len()).enumerate() {
-                    let xi = &xp[i * g.c * sh.pp..];
-                    let (a, b) = ((&w[..], Rows::Step(k), 1), (xi, Rows::Table(&offs)));
+                    let xi = &mut xp[i * il..(i + 1) * il];
+                    sh.pad_input(&g, &xc[i * g.in_len()..(i + 1) * g.in_len()], xi);
+                    let (a, b) = ((&w[..], Rows::Step(k), 1), (&xi[..], Rows::Table(&offs)));
                     gemm_rows(g.o, sh.span, k, a, b, t, sh.span, false);
-                    sh.unpad(t, (g.h, g.w), yi);
+                    scatter_grid(t, sh.span, sh.wp, (g.oh, g.ow), (1, 0, 0), (g.oh, g.ow), yi);
                 }
             }
             for grp in (0..g.groups).filter(|_| shifted.is_none()) {
@@ -724,81 +881,88 @@ impl Conv2d {
         let mut dx = vec![0.0f32; x.len()];
         let dw_t = matches!(par, gemm::Parallelism::None) && super::simd_gemm::available();
         let shifted = Shifted::new(&g).filter(|_| dw_t);
-        // for Shifted: patch-row offsets in x's and in dY's padded planes, and the kernel
-        // flipped and transposed, [C, O·kh·kw] with W'[c, (o, ki, kj)] = W[o, c, kh−1−ki, kw−1−kj]
-        let (offs_x, offs_dy, wflip) = match shifted {
-            Some(sh) => {
-                let kk = g.kh * g.kw;
-                let mut wf = vec![0.0f32; w.len()];
-                for o in 0..g.o {
-                    for c in 0..g.c {
-                        for q in 0..kk {
-                            wf[(c * g.o + o) * kk + q] = w[(o * g.c + c) * kk + kk - 1 - q];
-                        }
-                    }
-                }
-                (sh.offsets(g.c, g.kh), sh.offsets(g.o, g.kh), wf)
-            }
+        let (offs, phases) = match shifted {
+            Some(sh) => (sh.offsets(&g), sh.dx_phases(&g, w)),
             None => Default::default(),
         };
-        let body_in =
-            |s: &mut Scratch, dw: &mut Vec<f32>, dxc: &mut [f32], xc: &[f32], dyc: &[f32]| {
-                let nbl = xc.len() / g.in_len();
-                if dw.len() != wlen {
-                    *dw = vec![0.0; wlen];
+        let body_in = |s: &mut Scratch,
+                       dw: &mut Vec<f32>,
+                       dxc: &mut [f32],
+                       xc: &[f32],
+                       dyc: &[f32]| {
+            let nbl = xc.len() / g.in_len();
+            if dw.len() != wlen {
+                *dw = vec![0.0; wlen];
+            }
+            if let Some(sh) = shifted {
+                use super::simd_gemm::{gemm_rows, transpose, Rows};
+                let il = sh.image_len(g.c);
+                let plane = g.oh * g.ow;
+                let xp = resize(&mut s.xpad, il);
+                let dyp = resize(&mut s.dypad, g.o * sh.pq);
+                let dyg = resize(&mut s.dygrid, g.o * g.oh * sh.wp);
+                for i in 0..nbl {
+                    let (xi, dxi) = (
+                        i * g.in_len()..(i + 1) * g.in_len(),
+                        &mut dxc[i * g.in_len()..(i + 1) * g.in_len()],
+                    );
+                    let dyi = &dyc[i * g.out_len()..(i + 1) * g.out_len()];
+                    sh.pad_input(&g, &xc[xi], xp);
+                    // dX, phase by phase, from dY padded by `before` on each axis
+                    let origin = (-(sh.y.before() as isize), -(sh.x.before() as isize));
+                    for (src, d) in dyi.chunks_exact(plane).zip(dyp.chunks_exact_mut(sh.pq)) {
+                        fill_grid(src, (g.oh, g.ow), (1, 0, 0), origin, sh.wq, d);
+                    }
+                    for (a, b, rr, qq, wab, offs_dy) in &phases {
+                        let span = (rr - 1) * sh.wq + qq;
+                        let t = resize(&mut s.tmp, g.c * span);
+                        let ka = offs_dy.len();
+                        let (av, bv) =
+                            ((&wab[..], Rows::Step(ka), 1), (&dyp[..], Rows::Table(offs_dy)));
+                        gemm_rows(g.c, span, ka, av, bv, t, span, false);
+                        scatter_grid(t, span, sh.wq, (*rr, *qq), (sh.s, *a, *b), (g.h, g.w), dxi);
+                    }
+                    // dWᵀ += patchesᵀ · dYᵀ, dY on the output grid as [span, O]
+                    for (src, d) in dyi.chunks_exact(plane).zip(dyg.chunks_exact_mut(g.oh * sh.wp))
+                    {
+                        fill_grid(src, (g.oh, g.ow), (1, 0, 0), (0, 0), sh.wp, d);
+                    }
+                    let dyt = resize(&mut s.dyt, sh.span * g.o);
+                    transpose(g.o, sh.span, dyg, g.oh * sh.wp, dyt, g.o);
+                    let a = (&xp[..], Rows::Table(&offs), 1);
+                    gemm_rows(k, g.o, sh.span, a, (&dyt[..], Rows::Step(g.o)), dw, g.o, true);
                 }
-                if let Some(sh) = shifted {
-                    use super::simd_gemm::{gemm_rows, transpose, Rows};
-                    let xp = resize(&mut s.xpad, nbl * g.c * sh.pp);
-                    sh.pad_planes(xc, (g.h, g.w), xp);
-                    let dyp = resize(&mut s.dypad, nbl * g.o * sh.pp);
-                    sh.pad_planes(dyc, (g.h, g.w), dyp);
-                    let ko = g.o * g.kh * g.kw;
+            }
+            for grp in (0..g.groups).filter(|_| shifted.is_none()) {
+                let wg = Mat::new(&w[grp * og * k..(grp + 1) * og * k], og, k);
+                // dY_g as [og, nbl·P]
+                let dyg: &[f32] = if nbl == 1 {
+                    &dyc[grp * og * p..(grp + 1) * og * p]
+                } else {
+                    let t = resize(&mut s.tmp, og * nbl * p);
                     for i in 0..nbl {
-                        let (xi, dyi) = (&xp[i * g.c * sh.pp..], &dyp[i * g.o * sh.pp..]);
-                        let t = resize(&mut s.tmp, g.c * sh.span);
-                        let (a, b) =
-                            ((&wflip[..], Rows::Step(ko), 1), (dyi, Rows::Table(&offs_dy)));
-                        gemm_rows(g.c, sh.span, ko, a, b, t, sh.span, false);
-                        sh.unpad(t, (g.h, g.w), &mut dxc[i * g.in_len()..(i + 1) * g.in_len()]);
-                        // dY at the output positions t (zeros under the wrap columns), as [span, O]
-                        let dyt = resize(&mut s.dyt, sh.span * g.o);
-                        let first = sh.pad * sh.wp + sh.pad;
-                        transpose(g.o, sh.span, &dyi[first..], sh.pp, dyt, g.o);
-                        let a = (xi, Rows::Table(&offs_x), 1);
-                        gemm_rows(k, g.o, sh.span, a, (&dyt[..], Rows::Step(g.o)), dw, g.o, true);
-                    }
-                }
-                for grp in (0..g.groups).filter(|_| shifted.is_none()) {
-                    let wg = Mat::new(&w[grp * og * k..(grp + 1) * og * k], og, k);
-                    // dY_g as [og, nbl·P]
-                    let dyg: &[f32] = if nbl == 1 {
-                        &dyc[grp * og * p..(grp + 1) * og * p]
-                    } else {
-                        let t = resize(&mut s.tmp, og * nbl * p);
-                        for i in 0..nbl {
-                            for oc in 0..og {
-                                let src = (i * g.o + grp * og + oc) * p;
-                                t[(oc * nbl + i) * p..][..p].copy_from_slice(&dyc[src..src + p]);
-                            }
+                        for oc in 0..og {
+                            let src = (i * g.o + grp * og + oc) * p;
+                            t[(oc * nbl + i) * p..][..p].copy_from_slice(&dyc[src..src + p]);
                         }
-                        t
-                    };
-                    let dyg = Mat::new(dyg, og, nbl * p);
-                    let dwg = &mut dw[grp * og * k..(grp + 1) * og * k];
-                    if is_identity(&g, nbl) {
-                        acc_dw(dw_t, xc, k, dyg, &mut s.dyt, dwg, par);
-                        gemm_into(wg.t(), dyg, dxc, true, par);
-                        continue;
                     }
-                    let cols = resize(&mut s.cols, k * nbl * p);
-                    im2col(xc, nbl, grp, &g, cols);
-                    acc_dw(dw_t, cols, k, dyg, &mut s.dyt, dwg, par);
-                    // dcols overwrites cols
-                    gemm_into(wg.t(), dyg, cols, false, par);
-                    col2im(cols, nbl, grp, &g, dxc);
+                    t
+                };
+                let dyg = Mat::new(dyg, og, nbl * p);
+                let dwg = &mut dw[grp * og * k..(grp + 1) * og * k];
+                if is_identity(&g, nbl) {
+                    acc_dw(dw_t, xc, k, dyg, &mut s.dyt, dwg, par);
+                    gemm_into(wg.t(), dyg, dxc, true, par);
+                    continue;
                 }
-            };
+                let cols = resize(&mut s.cols, k * nbl * p);
+                im2col(xc, nbl, grp, &g, cols);
+                acc_dw(dw_t, cols, k, dyg, &mut s.dyt, dwg, par);
+                // dcols overwrites cols
+                gemm_into(wg.t(), dyg, cols, false, par);
+                col2im(cols, nbl, grp, &g, dxc);
+            }
+        };
         let body = |mut dw: Vec<f32>, dxc: &mut [f32], xc: &[f32], dyc: &[f32]| -> Vec<f32> {
             with_scratch(|s| body_in(s, &mut dw, dxc, xc, dyc));
             dw
@@ -843,6 +1007,9 @@ impl Conv2d {
 mod tests {
     use super::*;
     use crate::kit::gradcheck::{check_layer, random};
+
+    /// Held by the tests that switch a path off, so that one does not switch the other's off.
+    static SWITCHES: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     /// The defining sum, written out.
     fn direct(conv: &Conv2d, x: &Tensor) -> Tensor {
@@ -950,29 +1117,39 @@ mod tests {
 
     #[test]
     fn shifted_planes_agree_with_im2col_forward_and_backward() {
+        let _only_this_test_switches_paths = SWITCHES.lock().unwrap_or_else(|e| e.into_inner());
         if !crate::kit::simd_gemm::available() {
             eprintln!("no AVX-512 here: nothing to test");
             return;
         }
-        // (images, channels in, out, size h x w, kernel): one chunk and many, 3x3 and 5x5, one
-        // input channel (the stem), planes down to 1 x 1 (only padding around each value)
-        for (seed, (n, c, o, (h, w), kk)) in [
-            (1, 3, 4, (5, 5), 3),
-            (2, 1, 32, (28, 28), 3),
-            (40, 8, 16, (7, 7), 3),
-            (3, 4, 5, (9, 12), 5),
-            (6, 3, 2, (1, 1), 3),
-            (2, 2, 3, (2, 5), 5),
+        // (images, channels in, out, size h x w, kernel h x w, stride, padding): one chunk and
+        // many, 3x3 and 5x5, one input channel (the stem), planes down to 1 x 1, strides 2 and
+        // 3 (phase planes), 1x1 stride 2 (a resnet's shortcut), padding other than half the
+        // kernel, rectangular kernels
+        for (seed, (n, c, o, (h, w), (kh, kw), st, pad)) in [
+            (1, 3, 4, (5, 5), (3, 3), 1, 1),
+            (2, 1, 32, (28, 28), (3, 3), 1, 1),
+            (40, 8, 16, (7, 7), (3, 3), 1, 1),
+            (3, 4, 5, (9, 12), (5, 5), 1, 2),
+            (6, 3, 2, (1, 1), (3, 3), 1, 1),
+            (2, 2, 3, (2, 5), (5, 5), 1, 2),
+            (2, 4, 8, (28, 28), (3, 3), 2, 1),
+            (30, 6, 8, (14, 13), (3, 3), 2, 1),
+            (3, 4, 6, (28, 28), (1, 1), 2, 0),
+            (2, 3, 4, (11, 10), (3, 2), 3, 1),
+            (2, 3, 4, (9, 9), (3, 3), 1, 0),
+            (2, 3, 4, (8, 9), (4, 4), 2, 1),
         ]
         .into_iter()
         .enumerate()
         {
             let mut conv =
-                Conv2d::new(&Init::new(seed as u64), c, o, kk, cfg(1, kk / 2, 1, seed % 2 == 0));
+                Conv2d::rect(&Init::new(seed as u64), c, o, kh, kw, cfg(st, pad, 1, seed % 2 == 0));
             let g = conv.geom(&[n, c, h, w]);
             assert!(Shifted::new(&g).is_some(), "case {seed} takes the im2col path");
+            let [_, oh, ow] = conv.out_shape(c, h, w).unwrap();
             let x = random(&[n, c, h, w], 60 + seed as u64);
-            let dy = random(&[n, o, h, w], 70 + seed as u64);
+            let dy = random(&[n, o, oh, ow], 70 + seed as u64);
             let mut run = |off: bool| {
                 SHIFTED_DISABLED.store(off, std::sync::atomic::Ordering::SeqCst);
                 conv.weight.grad.fill(0.0);
@@ -1045,6 +1222,7 @@ mod tests {
     #[test]
     fn portable_gemm_path_agrees_too() {
         // with the AVX-512 kernel off (other tests may run either path meanwhile: both are right)
+        let _only_this_test_switches_paths = SWITCHES.lock().unwrap_or_else(|e| e.into_inner());
         crate::kit::simd_gemm::DISABLED.store(true, std::sync::atomic::Ordering::SeqCst);
         for (seed, (shape, o, kh, kw, c)) in cases().into_iter().enumerate().take(4) {
             let mut conv = Conv2d::rect(&Init::new(seed as u64), shape[1], o, kh, kw, c);
