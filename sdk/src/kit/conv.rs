@@ -65,6 +65,9 @@ pub struct Conv2d {
     pub want_plane_sums: bool,
     input: Option<Arc<Tensor>>,
     sums: Vec<(f32, f32)>,
+    /// The last training forward's phase planes ([`Shifted`]), which its backward reads again;
+    /// the buffer is kept across steps.
+    planes: Vec<f32>,
 }
 
 /// (Σ x, Σ x·(y − μ)) of two equal-length slices in f32, in two independent sets of 16 lanes
@@ -189,7 +192,15 @@ impl Conv2d {
             b.role = crate::abi::ParamRole::NoDecay;
             b
         });
-        Conv2d { weight, bias, cfg, want_plane_sums: false, input: None, sums: Vec::new() }
+        Conv2d {
+            weight,
+            bias,
+            cfg,
+            want_plane_sums: false,
+            input: None,
+            sums: Vec::new(),
+            planes: Vec::new(),
+        }
     }
 
     /// Output `[O, OH, OW]` for an input `[C, H, W]`, or an error if it does not fit.
@@ -796,12 +807,23 @@ impl Conv2d {
         let mut y = vec![0.0f32; n * g.out_len()];
         let shifted = Shifted::new(&g).filter(|_| matches!(par, gemm::Parallelism::None));
         let offs = shifted.map(|sh| sh.offsets(&g)).unwrap_or_default();
-        let body = |s: &mut Scratch, yc: &mut [f32], xc: &[f32]| {
+        // a training forward keeps its phase planes for the backward
+        let il = shifted.map_or(0, |sh| sh.image_len(g.c));
+        let mut planes = std::mem::take(&mut self.planes);
+        let mut kept: Vec<Option<&mut [f32]>> = if train && shifted.is_some() {
+            planes.resize(n * il, 0.0);
+            planes.chunks_mut(nb * il).map(Some).collect()
+        } else {
+            (0..n.div_ceil(nb)).map(|_| None).collect()
+        };
+        let body = |s: &mut Scratch, yc: &mut [f32], xc: &[f32], kept: Option<&mut [f32]>| {
             let nbl = xc.len() / g.in_len();
             if let Some(sh) = shifted {
                 use super::simd_gemm::{gemm_rows, Rows};
-                let il = sh.image_len(g.c);
-                let xp = resize(&mut s.xpad, nbl * il);
+                let xp = match kept {
+                    Some(k) => k,
+                    None => resize(&mut s.xpad, nbl * il),
+                };
                 let t = resize(&mut s.tmp, g.o * sh.span);
                 for (i, yi) in yc.chunks_exact_mut(g.out_len()).enumerate() {
                     let xi = &mut xp[i * il..(i + 1) * il];
@@ -853,15 +875,18 @@ impl Conv2d {
         let sums: Vec<(f32, f32)> = if n > nb {
             y.par_chunks_mut(nb * g.out_len())
                 .zip(x.data.par_chunks(nb * g.in_len()))
-                .flat_map_iter(|(yc, xc)| {
-                    with_scratch(|s| body(s, yc, xc));
+                .zip(kept.par_iter_mut())
+                .flat_map_iter(|((yc, xc), kept)| {
+                    with_scratch(|s| body(s, yc, xc, kept.take()));
                     sums_of(yc)
                 })
                 .collect()
         } else {
-            with_scratch(|s| body(s, &mut y, &x.data));
+            with_scratch(|s| body(s, &mut y, &x.data, kept[0].take()));
             sums_of(&y)
         };
+        drop(kept);
+        self.planes = planes;
         self.sums = sums;
         self.input = train.then_some(keep);
         Tensor::new(vec![n, g.o, g.oh, g.ow], y)
@@ -889,20 +914,23 @@ impl Conv2d {
             Some(sh) => (sh.offsets(&g), sh.dx_phases(&g, w)),
             None => Default::default(),
         };
+        let il = shifted.map_or(0, |sh| sh.image_len(g.c));
+        // the forward's phase planes (absent only if a test switched paths in between)
+        let planes = std::mem::take(&mut self.planes);
+        let kept = shifted.is_some() && planes.len() == n * il;
         let body_in = |s: &mut Scratch,
                        dw: &mut Vec<f32>,
                        dxc: &mut [f32],
                        xc: &[f32],
-                       dyc: &[f32]| {
+                       dyc: &[f32],
+                       pc: &[f32]| {
             let nbl = xc.len() / g.in_len();
             if dw.len() != wlen {
                 *dw = vec![0.0; wlen];
             }
             if let Some(sh) = shifted {
                 use super::simd_gemm::{gemm_rows, transpose, Rows};
-                let il = sh.image_len(g.c);
                 let plane = g.oh * g.ow;
-                let xp = resize(&mut s.xpad, il);
                 let dyp = resize(&mut s.dypad, g.o * sh.pq);
                 for i in 0..nbl {
                     let (xi, dxi) = (
@@ -910,7 +938,13 @@ impl Conv2d {
                         &mut dxc[i * g.in_len()..(i + 1) * g.in_len()],
                     );
                     let dyi = &dyc[i * g.out_len()..(i + 1) * g.out_len()];
-                    sh.pad_input(&g, &xc[xi], xp);
+                    let xp: &[f32] = if kept {
+                        &pc[i * il..(i + 1) * il]
+                    } else {
+                        let xp = resize(&mut s.xpad, il);
+                        sh.pad_input(&g, &xc[xi], xp);
+                        xp
+                    };
                     // dX, phase by phase, from dY padded by `before` on each axis
                     let origin = (-(sh.y.before() as isize), -(sh.x.before() as isize));
                     for (src, d) in dyi.chunks_exact(plane).zip(dyp.chunks_exact_mut(sh.pq)) {
@@ -940,7 +974,7 @@ impl Conv2d {
                     };
                     let dyt = resize(&mut s.dyt, sh.span * g.o);
                     transpose(g.o, sh.span, grid, ld, dyt, g.o);
-                    let a = (&xp[..], Rows::Table(&offs), 1);
+                    let a = (xp, Rows::Table(&offs), 1);
                     gemm_rows(k, g.o, sh.span, a, (&dyt[..], Rows::Step(g.o)), dw, g.o, true);
                 }
             }
@@ -974,10 +1008,12 @@ impl Conv2d {
                 col2im(cols, nbl, grp, &g, dxc);
             }
         };
-        let body = |mut dw: Vec<f32>, dxc: &mut [f32], xc: &[f32], dyc: &[f32]| -> Vec<f32> {
-            with_scratch(|s| body_in(s, &mut dw, dxc, xc, dyc));
+        let body = |mut dw: Vec<f32>, dxc: &mut [f32], xc: &[f32], dyc: &[f32], pc: &[f32]| {
+            with_scratch(|s| body_in(s, &mut dw, dxc, xc, dyc, pc));
             dw
         };
+        let chunk_planes: Vec<&[f32]> =
+            if kept { planes.chunks(nb * il).collect() } else { vec![&[]; n.div_ceil(nb)] };
         let dw = if n > nb {
             // One weight gradient per chunk, summed in chunk order whatever thread made it, so
             // that training is bitwise reproducible (and `--resume` exact), and a data-parallel
@@ -987,12 +1023,15 @@ impl Conv2d {
                 .par_chunks_mut(nb * g.in_len())
                 .zip(x.data.par_chunks(nb * g.in_len()))
                 .zip(dy.data.par_chunks(nb * g.out_len()))
-                .map(|((dxc, xc), dyc)| body(Vec::new(), dxc, xc, dyc))
+                .zip(chunk_planes.par_iter())
+                .map(|(((dxc, xc), dyc), pc)| body(Vec::new(), dxc, xc, dyc, pc))
                 .collect();
             sum_in_order(parts)
         } else {
-            body(Vec::new(), &mut dx, &x.data, &dy.data)
+            body(Vec::new(), &mut dx, &x.data, &dy.data, chunk_planes[0])
         };
+        drop(chunk_planes);
+        self.planes = planes;
         if dw_t {
             // the accumulators hold dWᵀ per group, [groups][k][og]
             let mut t = vec![0.0f32; og * k];
@@ -1161,22 +1200,30 @@ mod tests {
             let [_, oh, ow] = conv.out_shape(c, h, w).unwrap();
             let x = random(&[n, c, h, w], 60 + seed as u64);
             let dy = random(&[n, o, oh, ow], 70 + seed as u64);
-            let mut run = |off: bool| {
-                SHIFTED_DISABLED.store(off, std::sync::atomic::Ordering::SeqCst);
+            // (im2col forward, im2col backward): both paths, and the implicit backward of an
+            // im2col forward (which has no phase planes to read again, so makes its own)
+            let mut run = |(fwd_off, bwd_off): (bool, bool)| {
+                SHIFTED_DISABLED.store(fwd_off, std::sync::atomic::Ordering::SeqCst);
                 conv.weight.grad.fill(0.0);
                 let y = conv.forward(&x, true);
+                SHIFTED_DISABLED.store(bwd_off, std::sync::atomic::Ordering::SeqCst);
                 let dx = conv.backward(&dy);
                 SHIFTED_DISABLED.store(false, std::sync::atomic::Ordering::SeqCst);
                 (y, dx, conv.weight.grad.clone())
             };
-            let (y0, dx0, dw0) = run(true);
-            let (y1, dx1, dw1) = run(false);
-            // the forward sums in the same order: the same bits
-            assert_eq!(y0.data, y1.data, "case {seed}: forward");
-            for (name, a, b) in [("dx", &dx0.data, &dx1.data), ("dw", &dw0, &dw1)] {
-                let scale = a.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-                for (u, v) in a.iter().zip(b.iter()) {
-                    assert!((u - v).abs() <= 1e-5 * scale, "case {seed}: {name} {u} vs {v}");
+            let (y0, dx0, dw0) = run((true, true));
+            for mode in [(false, false), (true, false)] {
+                let (y1, dx1, dw1) = run(mode);
+                // the forward sums in the same order: the same bits
+                assert_eq!(y0.data, y1.data, "case {seed}: forward");
+                for (name, a, b) in [("dx", &dx0.data, &dx1.data), ("dw", &dw0, &dw1)] {
+                    let scale = a.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+                    for (u, v) in a.iter().zip(b.iter()) {
+                        assert!(
+                            (u - v).abs() <= 1e-5 * scale,
+                            "case {seed}, {mode:?}: {name} {u} vs {v}"
+                        );
+                    }
                 }
             }
         }
