@@ -25,6 +25,7 @@ use latent_sdk::kit::conv::{dot_sums, plane_sums};
 use latent_sdk::kit::{Init, Module, Param, Tensor};
 use latent_sdk::prelude::{Collective, ParamRole};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 const PAR_MIN: usize = 1 << 15;
 
@@ -196,27 +197,33 @@ impl BnRelu {
         let b: Vec<f32> =
             (0..mean.len()).map(|k| self.bias.value[k % c] - mean[k] * a[k]).collect();
         let relu = self.relu;
-        let apply = |i: usize, dst: &mut [f32], src: &[f32]| {
+        let apply = |i: usize, dst: &mut [MaybeUninit<f32>], src: &[f32]| {
             let k = stat_index(i, c, per_group);
             let (a, b) = (a[k], b[k]);
             if relu {
-                dst.iter_mut().zip(src).for_each(|(d, &v)| *d = (a * v + b).max(0.0));
+                dst.iter_mut().zip(src).for_each(|(d, &v)| _ = d.write((a * v + b).max(0.0)));
             } else {
-                dst.iter_mut().zip(src).for_each(|(d, &v)| *d = a * v + b);
+                dst.iter_mut().zip(src).for_each(|(d, &v)| _ = d.write(a * v + b));
             }
         };
-        let mut y = vec![0.0f32; x.len()];
-        if y.len() >= PAR_MIN {
-            y.par_chunks_mut(s)
+        // written once, without zeroing it first (the zeroing was a pass of its own over
+        // every output, as memset)
+        let mut y: Vec<f32> = Vec::with_capacity(x.len());
+        let out = &mut y.spare_capacity_mut()[..x.len()];
+        if x.len() >= PAR_MIN {
+            out.par_chunks_mut(s)
                 .zip(x.data.par_chunks(s))
                 .enumerate()
                 .for_each(|(i, (d, v))| apply(i, d, v));
         } else {
-            y.chunks_mut(s)
+            out.chunks_mut(s)
                 .zip(x.data.chunks(s))
                 .enumerate()
                 .for_each(|(i, (d, v))| apply(i, d, v));
         }
+        // SAFETY: the chunks of `s` cover all x.len() = n·c·s values of `out`, and `apply`
+        // writes every value of its chunk (src and dst have the same length s)
+        unsafe { y.set_len(x.len()) };
         let y = Tensor::new(x.shape.clone(), y);
         self.cache = Some(Cache { x, mean, inv, per_group, train });
         y
