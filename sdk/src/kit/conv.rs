@@ -842,26 +842,27 @@ impl Conv2d {
                     gemm_rows(g.o, sh.span, k, a, b, t, sh.span, false);
                     scatter_grid(t, sh.span, sh.wp, (g.oh, g.ow), (1, 0, 0), (g.oh, g.ow), yi);
                 }
-            }
-            for grp in (0..g.groups).filter(|_| shifted.is_none()) {
-                let wg = Mat::new(&w[grp * og * k..(grp + 1) * og * k], og, k);
-                let cols: &[f32] = if is_identity(&g, nbl) {
-                    xc
-                } else {
-                    let c = resize(&mut s.cols, k * nbl * p);
-                    im2col(xc, nbl, grp, &g, c);
-                    c
-                };
-                let b = Mat::new(cols, k, nbl * p);
-                if nbl == 1 {
-                    gemm_into(wg, b, &mut yc[grp * og * p..(grp + 1) * og * p], false, par);
-                } else {
-                    let t = resize(&mut s.tmp, og * nbl * p);
-                    gemm_into(wg, b, t, false, par);
-                    for i in 0..nbl {
-                        for oc in 0..og {
-                            let dst = (i * g.o + grp * og + oc) * p;
-                            yc[dst..dst + p].copy_from_slice(&t[(oc * nbl + i) * p..][..p]);
+            } else {
+                for grp in 0..g.groups {
+                    let wg = Mat::new(&w[grp * og * k..(grp + 1) * og * k], og, k);
+                    let cols: &[f32] = if is_identity(&g, nbl) {
+                        xc
+                    } else {
+                        let c = resize(&mut s.cols, k * nbl * p);
+                        im2col(xc, nbl, grp, &g, c);
+                        c
+                    };
+                    let b = Mat::new(cols, k, nbl * p);
+                    if nbl == 1 {
+                        gemm_into(wg, b, &mut yc[grp * og * p..(grp + 1) * og * p], false, par);
+                    } else {
+                        let t = resize(&mut s.tmp, og * nbl * p);
+                        gemm_into(wg, b, t, false, par);
+                        for i in 0..nbl {
+                            for oc in 0..og {
+                                let dst = (i * g.o + grp * og + oc) * p;
+                                yc[dst..dst + p].copy_from_slice(&t[(oc * nbl + i) * p..][..p]);
+                            }
                         }
                     }
                 }
@@ -987,35 +988,36 @@ impl Conv2d {
                     let a = (xp, Rows::Table(&offs), 1);
                     gemm_rows(k, g.o, sh.span, a, (&dyt[..], Rows::Step(g.o)), dw, g.o, true);
                 }
-            }
-            for grp in (0..g.groups).filter(|_| shifted.is_none()) {
-                let wg = Mat::new(&w[grp * og * k..(grp + 1) * og * k], og, k);
-                // dY_g as [og, nbl·P]
-                let dyg: &[f32] = if nbl == 1 {
-                    &dyc[grp * og * p..(grp + 1) * og * p]
-                } else {
-                    let t = resize(&mut s.tmp, og * nbl * p);
-                    for i in 0..nbl {
-                        for oc in 0..og {
-                            let src = (i * g.o + grp * og + oc) * p;
-                            t[(oc * nbl + i) * p..][..p].copy_from_slice(&dyc[src..src + p]);
+            } else {
+                for grp in 0..g.groups {
+                    let wg = Mat::new(&w[grp * og * k..(grp + 1) * og * k], og, k);
+                    // dY_g as [og, nbl·P]
+                    let dyg: &[f32] = if nbl == 1 {
+                        &dyc[grp * og * p..(grp + 1) * og * p]
+                    } else {
+                        let t = resize(&mut s.tmp, og * nbl * p);
+                        for i in 0..nbl {
+                            for oc in 0..og {
+                                let src = (i * g.o + grp * og + oc) * p;
+                                t[(oc * nbl + i) * p..][..p].copy_from_slice(&dyc[src..src + p]);
+                            }
                         }
+                        t
+                    };
+                    let dyg = Mat::new(dyg, og, nbl * p);
+                    let dwg = &mut dw[grp * og * k..(grp + 1) * og * k];
+                    if is_identity(&g, nbl) {
+                        acc_dw(dw_t, xc, k, dyg, &mut s.dyt, dwg, par);
+                        gemm_into(wg.t(), dyg, dxc, true, par);
+                        continue;
                     }
-                    t
-                };
-                let dyg = Mat::new(dyg, og, nbl * p);
-                let dwg = &mut dw[grp * og * k..(grp + 1) * og * k];
-                if is_identity(&g, nbl) {
-                    acc_dw(dw_t, xc, k, dyg, &mut s.dyt, dwg, par);
-                    gemm_into(wg.t(), dyg, dxc, true, par);
-                    continue;
+                    let cols = resize(&mut s.cols, k * nbl * p);
+                    im2col(xc, nbl, grp, &g, cols);
+                    acc_dw(dw_t, cols, k, dyg, &mut s.dyt, dwg, par);
+                    // dcols overwrites cols
+                    gemm_into(wg.t(), dyg, cols, false, par);
+                    col2im(cols, nbl, grp, &g, dxc);
                 }
-                let cols = resize(&mut s.cols, k * nbl * p);
-                im2col(xc, nbl, grp, &g, cols);
-                acc_dw(dw_t, cols, k, dyg, &mut s.dyt, dwg, par);
-                // dcols overwrites cols
-                gemm_into(wg.t(), dyg, cols, false, par);
-                col2im(cols, nbl, grp, &g, dxc);
             }
         };
         let body = |mut dw: Vec<f32>, dxc: &mut [f32], xc: &[f32], dyc: &[f32], pc: &[f32]| {
