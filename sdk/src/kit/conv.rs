@@ -707,8 +707,8 @@ fn fill_grid(
 }
 
 /// `dst[t] = src[stride · t]` for every `t` of `dst` (a `memcpy` at stride 1: an AVX-512 loop
-/// of unaligned loads and stores instead made these copies 15 % of a resnet step on an AMD
-/// EPYC).
+/// of loads and stores in its place was 21–23 % of a resnet step's samples on an AMD EPYC,
+/// against 7 % for memmove).
 fn copy_strided(dst: &mut [f32], src: &[f32], stride: usize) {
     match stride {
         1 => dst.copy_from_slice(&src[..dst.len()]),
