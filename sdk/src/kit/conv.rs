@@ -498,13 +498,16 @@ fn is_identity(g: &Geom, nb: usize) -> bool {
 /// The implicit matrix product of a convolution (one group), where im2col's copies were a
 /// quarter of a resnet step.
 ///
-/// Each image's planes are copied once into zero-padded phase planes of `hp × wp`: for stride
+/// Each image's planes are copied once into zero-padded phase planes with rows of `wp`: for stride
 /// `s`, phase (a, b) holds the input's rows `s·r + a` and columns `s·q + b`, so that kernel tap
 /// (ki, kj) reads one phase plane at a fixed shift for every output position. Output (y, x) is
 /// computed at `t = y·wp + x`, and patch row (c, ki, kj) is phase plane (c, a, b) read from
 /// `shift + t`: the kernel reads B's rows in place through a table of offsets. The wrap columns
 /// at the end of each output row (x ≥ OW) are computed and dropped: the product runs over
-/// `span = (OH − 1)·wp + OW` columns instead of `OH·OW` (7 % more at 28 × 28, stride 1).
+/// `span = (OH − 1)·wp + OW` columns instead of `OH·OW`. Two rows share their zero columns
+/// (see [`Axis::width`]), so a 3 × 3 convolution has one wrap column per row: 3.4 % more
+/// products at 28 × 28, 6.6 % at 14 × 14, 12 % at 7 × 7 (with a zero column on each side of
+/// a row it was 7, 13 and 24 %).
 /// The backward is the same product again: `dX`'s phase (a, b) is the convolution of a padded
 /// `dY` with the kernel's taps of that phase, flipped and transposed, and `dWᵀ += patchesᵀ ·
 /// dYᵀ` reads the patches in place as A's rows, with `dY` laid on the output grid (zeros under
@@ -514,12 +517,11 @@ struct Shifted {
     s: usize,
     y: Axis,
     x: Axis,
-    /// Forward grid width and phase-plane size `hp · wp`.
+    /// Row width of every plane (forward and backward) and the forward's phase-plane size.
     wp: usize,
     pp: usize,
     span: usize,
-    /// `dX`'s padded `dY` planes: width and size.
-    wq: usize,
+    /// Size of `dX`'s padded `dY` planes.
     pq: usize,
 }
 
@@ -566,12 +568,24 @@ impl Axis {
     fn dgrid(&self) -> usize {
         self.out.max(self.phase_len(0)) + (self.dmax - self.dmin) as usize
     }
+    /// The row width of the planes along x, forward and backward alike: the zero columns
+    /// between two rows are the right padding of one and the left padding of the next, so a
+    /// read past a row's end lands in the next row's leading zeros. The forward's data sit at
+    /// columns `−dmin..q − dmin` (q = the widest phase) and its reads reach column `out − 1 +
+    /// dmax − dmin`; `dY`'s sit at `dmax..out + dmax` and `dX`'s reads reach `q − 1 + dmax −
+    /// dmin`. Both need `max(q − dmin, out + dmax)`: 29 for a 3 × 3 convolution of 28 × 28
+    /// planes, where padding each row on both sides took 30.
+    fn width(&self) -> usize {
+        (self.phase_len(0) as isize - self.dmin).max(self.out as isize + self.dmax) as usize
+    }
 }
 
 /// The largest `span / (OH·OW)` for which [`Shifted`] is used. The wrap columns cost more
-/// than im2col's copies on small planes with many channels: with 1.5, resnet18-cifar's 8 × 8
-/// and 4 × 4 layers (256 and 512 channels, 22 % and 38 % more products) made its step 0.91×
-/// PyTorch's instead of 1.1×; resnet-mini's 7 × 7 layer (24 %) was even either way.
+/// than im2col's copies on small planes with many channels: with 1.5 (and a zero column on
+/// each side of a row), resnet18-cifar's 8 × 8 and 4 × 4 layers (256 and 512 channels, 22 % and
+/// 38 % more products) made its step 0.91× PyTorch's instead of 1.1×. With the rows' shared
+/// zero columns, 3 × 3 layers of 7 × 7 and 8 × 8 planes add 12 % and 11 % and take this path;
+/// 4 × 4 (19 %) stays with im2col.
 const SHIFTED_MAX_WASTE: f32 = 1.15;
 
 impl Shifted {
@@ -584,9 +598,14 @@ impl Shifted {
         let fits = fits && !SHIFTED_DISABLED.load(std::sync::atomic::Ordering::SeqCst);
         let y = Axis::new(g.s, g.pad, g.kh, g.h, g.oh);
         let x = Axis::new(g.s, g.pad, g.kw, g.w, g.ow);
-        let (wp, wq) = (x.grid(), x.dgrid());
+        let wp = x.width();
         let span = (g.oh - 1) * wp + g.ow;
-        let sh = Shifted { s: g.s, y, x, wp, pp: y.grid() * wp, span, wq, pq: y.dgrid() * wq };
+        // the last row's reads may run past its end into one more row's leading zeros
+        let reach = |rows: usize, cols: usize| (rows * wp).max((rows - 1) * wp + cols);
+        let xr = (x.dmax - x.dmin) as usize;
+        let pp = reach(y.grid(), g.ow + xr);
+        let pq = reach(y.dgrid(), x.phase_len(0) + xr);
+        let sh = Shifted { s: g.s, y, x, wp, pp, span, pq };
         #[allow(unused_mut)]
         let mut limit = SHIFTED_MAX_WASTE;
         #[cfg(test)]
@@ -662,7 +681,7 @@ impl Shifted {
                             wab[c * kt + o * taps.len() + n] =
                                 w[((o * g.c + c) * g.kh + ki) * g.kw + kj];
                         }
-                        let shift = (t - di) as usize * self.wq + (l - dj) as usize;
+                        let shift = (t - di) as usize * self.wp + (l - dj) as usize;
                         offs.push(o * self.pq + shift);
                     }
                 }
@@ -752,10 +771,9 @@ struct Scratch {
     cols: Vec<f32>,
     tmp: Vec<f32>,
     dyt: Vec<f32>,
-    /// [`Shifted`]'s phase planes of the input, `dX`'s padded `dY`, and `dY` on the output grid.
+    /// [`Shifted`]'s phase planes of the input and `dX`'s padded `dY`.
     xpad: Vec<f32>,
     dypad: Vec<f32>,
-    dygrid: Vec<f32>,
 }
 
 thread_local! {
@@ -959,32 +977,23 @@ impl Conv2d {
                     // dX, phase by phase, from dY padded by `before` on each axis
                     let origin = (-(sh.y.before() as isize), -(sh.x.before() as isize));
                     for (src, d) in dyi.chunks_exact(plane).zip(dyp.chunks_exact_mut(sh.pq)) {
-                        fill_grid(src, (g.oh, g.ow), (1, 0, 0), origin, sh.wq, d);
+                        fill_grid(src, (g.oh, g.ow), (1, 0, 0), origin, sh.wp, d);
                     }
                     for (a, b, rr, qq, wab, offs_dy) in &phases {
-                        let span = (rr - 1) * sh.wq + qq;
+                        let span = (rr - 1) * sh.wp + qq;
                         let t = resize(&mut s.tmp, g.c * span);
                         let ka = offs_dy.len();
                         let (av, bv) =
                             ((&wab[..], Rows::Step(ka), 1), (&dyp[..], Rows::Table(offs_dy)));
                         gemm_rows(g.c, span, ka, av, bv, t, span, false);
-                        scatter_grid(t, span, sh.wq, (*rr, *qq), (sh.s, *a, *b), (g.h, g.w), dxi);
+                        scatter_grid(t, span, sh.wp, (*rr, *qq), (sh.s, *a, *b), (g.h, g.w), dxi);
                     }
                     // dWᵀ += patchesᵀ · dYᵀ, dY on the output grid as [span, O]: dX's padded
-                    // dY where its rows are as wide as the grid (the cells under the wrap
-                    // columns are then its padding), else a copy laid on the grid
-                    let (grid, ld): (&[f32], usize) = if sh.wq == sh.wp {
-                        (&dyp[sh.y.before() * sh.wq + sh.x.before()..], sh.pq)
-                    } else {
-                        let ld = g.oh * sh.wp;
-                        let dyg = resize(&mut s.dygrid, g.o * ld);
-                        for (src, d) in dyi.chunks_exact(plane).zip(dyg.chunks_exact_mut(ld)) {
-                            fill_grid(src, (g.oh, g.ow), (1, 0, 0), (0, 0), sh.wp, d);
-                        }
-                        (dyg, ld)
-                    };
+                    // dY, whose rows are as wide as the grid (the cells under the wrap columns
+                    // are its padding)
+                    let grid = &dyp[sh.y.before() * sh.wp + sh.x.before()..];
                     let dyt = resize(&mut s.dyt, sh.span * g.o);
-                    transpose(g.o, sh.span, grid, ld, dyt, g.o);
+                    transpose(g.o, sh.span, grid, sh.pq, dyt, g.o);
                     let a = (xp, Rows::Table(&offs), 1);
                     gemm_rows(k, g.o, sh.span, a, (&dyt[..], Rows::Step(g.o)), dw, g.o, true);
                 }
