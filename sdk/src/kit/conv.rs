@@ -10,7 +10,12 @@
 //! x `[N, C, H, W]`, W `[O, C/groups, kh, kw]` (PyTorch layout), b `[O]`, y `[N, O, OH, OW]`.
 //!
 //! # How
-//! On CPUs with AVX-512, a convolution of one group is an implicit matrix product: each image
+//! On CPUs with AVX-512, a 3 × 3, stride-1, padding-1 convolution of at least 64 channels in
+//! and out takes Winograd's F(2×2, 3×3) for its forward and its input gradient (16 products
+//! over the channels instead of 36 multiply-adds per 2 × 2 outputs; see `kit/winograd.rs`;
+//! source), and the implicit product below for its weight gradient.
+//!
+//! Other convolutions of one group are an implicit matrix product: each image
 //! is copied once into zero-padded phase planes, and the matrix kernel reads the patch matrix's
 //! rows in place, at offsets into those planes (see `Shifted` in the source). Elsewhere (and
 //! for grouped convolutions, or small planes where the implicit product's wrap columns would
@@ -764,6 +769,9 @@ fn scatter_grid(
 static SHIFTED_DISABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 #[cfg(test)]
 static SHIFTED_ALWAYS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Chunks the forward ran on [`Shifted`]'s path, so that tests can tell that they took it.
+#[cfg(test)]
+static SHIFTED_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Per-thread scratch buffers.
 #[derive(Default)]
@@ -774,6 +782,7 @@ struct Scratch {
     /// [`Shifted`]'s phase planes of the input and `dX`'s padded `dY`.
     xpad: Vec<f32>,
     dypad: Vec<f32>,
+    wino: super::winograd::Scratch,
 }
 
 thread_local! {
@@ -833,7 +842,10 @@ impl Conv2d {
         let (og, k, p) = (g.og(), g.k(), g.p());
         let w = &self.weight.value;
         let mut y = vec![0.0f32; n * g.out_len()];
-        let shifted = Shifted::new(&g).filter(|_| matches!(par, gemm::Parallelism::None));
+        let serial = matches!(par, gemm::Parallelism::None);
+        let wino = serial && super::winograd::fits(g.c, g.o, (g.kh, g.kw), (g.s, g.pad, g.groups));
+        let u = if wino { super::winograd::weights(w, g.o, g.c, false) } else { Vec::new() };
+        let shifted = Shifted::new(&g).filter(|_| serial && !wino);
         let offs = shifted.map(|sh| sh.offsets(&g)).unwrap_or_default();
         // a training forward keeps its phase planes for the backward
         let il = shifted.map_or(0, |sh| sh.image_len(g.c));
@@ -846,8 +858,12 @@ impl Conv2d {
         };
         let body = |s: &mut Scratch, yc: &mut [f32], xc: &[f32], kept: Option<&mut [f32]>| {
             let nbl = xc.len() / g.in_len();
-            if let Some(sh) = shifted {
+            if wino {
+                super::winograd::conv(xc, (nbl, g.c, g.h, g.w), &u, g.o, yc, &mut s.wino);
+            } else if let Some(sh) = shifted {
                 use super::simd_gemm::{gemm_rows, Rows};
+                #[cfg(test)]
+                SHIFTED_CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let xp = match kept {
                     Some(k) => k,
                     None => resize(&mut s.xpad, nbl * il),
@@ -939,7 +955,12 @@ impl Conv2d {
         let mut dx = vec![0.0f32; x.len()];
         let dw_t = matches!(par, gemm::Parallelism::None) && super::simd_gemm::available();
         let shifted = Shifted::new(&g).filter(|_| dw_t);
+        // dX by Winograd's products where they apply, dW by the implicit product
+        let wino = shifted.is_some()
+            && super::winograd::fits(g.c, g.o, (g.kh, g.kw), (g.s, g.pad, g.groups));
+        let ut = if wino { super::winograd::weights(w, g.o, g.c, true) } else { Vec::new() };
         let (offs, phases) = match shifted {
+            Some(sh) if wino => (sh.offsets(&g), Vec::new()),
             Some(sh) => (sh.offsets(&g), sh.dx_phases(&g, w)),
             None => Default::default(),
         };
@@ -996,6 +1017,9 @@ impl Conv2d {
                     transpose(g.o, sh.span, grid, sh.pq, dyt, g.o);
                     let a = (xp, Rows::Table(&offs), 1);
                     gemm_rows(k, g.o, sh.span, a, (&dyt[..], Rows::Step(g.o)), dw, g.o, true);
+                }
+                if wino {
+                    super::winograd::conv(dyc, (nbl, g.o, g.oh, g.ow), &ut, g.c, dxc, &mut s.wino);
                 }
             } else {
                 for grp in 0..g.groups {
@@ -1186,6 +1210,83 @@ mod tests {
         }
     }
 
+    /// Winograd's path off until dropped.
+    struct NoWinograd;
+    impl NoWinograd {
+        fn set() -> NoWinograd {
+            crate::kit::winograd::DISABLED.store(true, std::sync::atomic::Ordering::SeqCst);
+            NoWinograd
+        }
+    }
+    impl Drop for NoWinograd {
+        fn drop(&mut self) {
+            crate::kit::winograd::DISABLED.store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn winograd_agrees_with_im2col_forward_and_backward() {
+        let _only_this_test_switches_paths = SWITCHES.lock().unwrap_or_else(|e| e.into_inner());
+        if !crate::kit::simd_gemm::available() {
+            eprintln!("no AVX-512 here: nothing to test");
+            return;
+        }
+        // (images, channels in, out, h, w): odd and even sides (a half tile at the edge), 1 x 1
+        // and 1 x 2 planes, more than 16 tiles in a row (two steps of the transforms), channel
+        // counts that are not multiples of the kernel's tiles, batches of one chunk and of many
+        for (seed, (n, c, o, h, w)) in [
+            (2, 64, 64, 5, 5),
+            (1, 64, 64, 28, 28),
+            (20, 64, 72, 7, 7),
+            (3, 65, 64, 1, 1),
+            (2, 64, 66, 1, 2),
+            (1, 64, 64, 33, 35),
+            (8, 72, 64, 8, 9),
+            (2, 128, 64, 14, 14),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut conv =
+                Conv2d::new(&Init::new(seed as u64), c, o, 3, cfg(1, 1, 1, seed % 2 == 1));
+            let g = conv.geom(&[n, c, h, w]);
+            assert!(crate::kit::winograd::fits(g.c, g.o, (g.kh, g.kw), (g.s, g.pad, g.groups)));
+            let x = random(&[n, c, h, w], 80 + seed as u64);
+            let dy = random(&[n, o, h, w], 90 + seed as u64);
+            let mut run = |off: bool| {
+                let _paths = off.then(NoWinograd::set);
+                SHIFTED_DISABLED.store(off, std::sync::atomic::Ordering::SeqCst);
+                conv.weight.grad.fill(0.0);
+                let y = conv.forward(&x, true);
+                let dx = conv.backward(&dy);
+                SHIFTED_DISABLED.store(false, std::sync::atomic::Ordering::SeqCst);
+                (y.data, dx.data, conv.weight.grad.clone())
+            };
+            // one thread: chunks run one after the other, each with a single-threaded product
+            // (on more threads a batch of few chunks takes the parallel gemm of im2col)
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+            let (y0, dx0, dw0) = pool.install(|| run(true));
+            let calls = crate::kit::winograd::CALLS.load(std::sync::atomic::Ordering::SeqCst);
+            let (y1, dx1, dw1) = pool.install(|| run(false));
+            let now = crate::kit::winograd::CALLS.load(std::sync::atomic::Ordering::SeqCst);
+            assert!(
+                now >= calls + 2,
+                "case {seed}: the forward and dX did not take Winograd's path"
+            );
+            // and bitwise the same when run again
+            assert_eq!(pool.install(|| run(false)).0, y1, "case {seed}: a second forward");
+            for (name, a, b) in [("y", &y0, &y1), ("dx", &dx0, &dx1), ("dw", &dw0, &dw1)] {
+                let scale = a.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+                for (i, (u, v)) in a.iter().zip(b.iter()).enumerate() {
+                    assert!(
+                        (u - v).abs() <= 2e-6 * scale,
+                        "case {seed}: {name}[{i}] {v} (winograd) vs {u} (im2col)"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn shifted_planes_agree_with_im2col_forward_and_backward() {
         let _only_this_test_switches_paths = SWITCHES.lock().unwrap_or_else(|e| e.into_inner());
@@ -1198,6 +1299,8 @@ mod tests {
         }
         SHIFTED_ALWAYS.store(true, std::sync::atomic::Ordering::SeqCst);
         let _always = Always;
+        // and the implicit path where Winograd's would take its place
+        let _no_winograd = NoWinograd::set();
         if !crate::kit::simd_gemm::available() {
             eprintln!("no AVX-512 here: nothing to test");
             return;
@@ -1241,9 +1344,17 @@ mod tests {
                 SHIFTED_DISABLED.store(false, std::sync::atomic::Ordering::SeqCst);
                 (y, dx, conv.weight.grad.clone())
             };
-            let (y0, dx0, dw0) = run((true, true));
+            // one thread: chunks run one after the other, each with a single-threaded product
+            // (on more threads a batch of few chunks takes the parallel gemm of im2col)
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+            let (y0, dx0, dw0) = pool.install(|| run((true, true)));
             for mode in [(false, false), (true, false)] {
-                let (y1, dx1, dw1) = run(mode);
+                let calls = SHIFTED_CALLS.load(std::sync::atomic::Ordering::SeqCst);
+                let (y1, dx1, dw1) = pool.install(|| run(mode));
+                if !mode.0 {
+                    let now = SHIFTED_CALLS.load(std::sync::atomic::Ordering::SeqCst);
+                    assert!(now > calls, "case {seed}: the forward did not take the implicit path");
+                }
                 // the forward sums in the same order: the same bits
                 assert_eq!(y0.data, y1.data, "case {seed}: forward");
                 for (name, a, b) in [("dx", &dx0.data, &dx1.data), ("dw", &dw0, &dw1)] {

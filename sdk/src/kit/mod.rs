@@ -17,6 +17,7 @@ pub mod pool;
 pub mod relu;
 pub mod simd_gemm;
 pub mod tensor;
+pub(crate) mod winograd;
 
 pub use batchnorm::BatchNorm;
 pub use conv::{Conv2d, Conv2dConfig};
