@@ -12,8 +12,8 @@
 //! # How
 //! On CPUs with AVX-512, a 3 × 3, stride-1, padding-1 convolution of at least 64 channels in
 //! and out takes Winograd's F(2×2, 3×3) for its forward and its input gradient (16 products
-//! over the channels instead of 36 multiply-adds per 2 × 2 outputs; see `kit/winograd.rs`;
-//! source), and the implicit product below for its weight gradient.
+//! over the channels instead of 36 multiply-adds per 2 × 2 outputs; see `kit/winograd.rs`
+//! in the source), and the implicit product below for its weight gradient.
 //!
 //! Other convolutions of one group are an implicit matrix product: each image
 //! is copied once into zero-padded phase planes, and the matrix kernel reads the patch matrix's
