@@ -20,8 +20,9 @@
 
 /// The fewest input and output channels for which this path is taken. The transforms cost the
 /// same per channel whatever the channel count, the products grow with it: at 32 channels of
-/// 28 × 28 (64 images, one thread, Zen 5) the forward took 6.2 ms against 5.4 for the
-/// implicit product (input transform 2.5 ms, products 2.2, output transform 1.3); at 64 of
+/// 28 × 28 (64 images, one thread, Zen 5) the forward took 5.0–5.2 ms against 5.0–5.1 for
+/// the implicit product (6.2 before the input rows were prefetched: input transform 2.5 ms,
+/// products 2.2, output transform 1.3), and resnet-mini's step was no faster; at 64 of
 /// 14 × 14 (128 images) 8.7 against 10.6, at 64 of 32 × 32 (16 images) 4.6–4.9 against 6.3,
 /// at 256 of 8 × 8 (64 images) 18.3 against 32.6.
 pub(crate) const MIN_CHANNELS: usize = 64;
@@ -236,6 +237,15 @@ unsafe fn input_tiles(
             }
             q0 += 16;
         }
+    }
+    // the rows the next block of tile rows will read, fetched while this block's products run:
+    // a block reads a few rows of each of its channels' planes, too many streams at once for
+    // the hardware's prefetcher (without this, half of this function waited on those loads)
+    let next = ((2 * ty1 + 1).min(h) * w, (4 * ty1 - 2 * ty0 + 1).min(h) * w);
+    let mut at_line = next.0;
+    while at_line < next.1 {
+        _mm_prefetch::<_MM_HINT_T1>(plane.as_ptr().add(at_line) as *const i8);
+        at_line += 16;
     }
     let (rtp, vp) = (rt.as_ptr(), v.as_mut_ptr());
     for ty in 0..ty1 - ty0 {
