@@ -1104,7 +1104,7 @@ mod tests {
     use crate::kit::gradcheck::{check_layer, random};
 
     /// Held by the tests that switch a path off, so that one does not switch the other's off.
-    static SWITCHES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    pub(super) static SWITCHES: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     /// The defining sum, written out.
     fn direct(conv: &Conv2d, x: &Tensor) -> Tensor {
@@ -1243,6 +1243,8 @@ mod tests {
             (1, 64, 64, 33, 35),
             (8, 72, 64, 8, 9),
             (2, 128, 64, 14, 14),
+            (3, 16, 32, 28, 28),
+            (2, 32, 17, 9, 6),
         ]
         .into_iter()
         .enumerate()
@@ -1250,6 +1252,9 @@ mod tests {
             let mut conv =
                 Conv2d::new(&Init::new(seed as u64), c, o, 3, cfg(1, 1, 1, seed % 2 == 1));
             let g = conv.geom(&[n, c, h, w]);
+            // the last two cases are below the path's channel threshold, taken here all the same
+            let below = c.min(o) < crate::kit::winograd::MIN_CHANNELS;
+            crate::kit::winograd::ANY_CHANNELS.store(below, std::sync::atomic::Ordering::SeqCst);
             assert!(crate::kit::winograd::fits(g.c, g.o, (g.kh, g.kw), (g.s, g.pad, g.groups)));
             let x = random(&[n, c, h, w], 80 + seed as u64);
             let dy = random(&[n, o, h, w], 90 + seed as u64);
@@ -1285,6 +1290,7 @@ mod tests {
                 }
             }
         }
+        crate::kit::winograd::ANY_CHANNELS.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     #[test]
@@ -1450,5 +1456,60 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("expects 4 input channels, got 3"));
+    }
+}
+
+/// A measurement, not a check: the forward and backward of one layer on one thread, with
+/// Winograd's path and without, for the layer shapes of resnet-mini and resnet18-cifar
+/// (`cargo test --release -p latent-sdk time_winograd_layers -- --ignored --nocapture`). The
+/// figures in `winograd.rs` and bench/README.md come from it.
+#[cfg(test)]
+mod timing {
+    use super::*;
+    use crate::kit::gradcheck::random;
+
+    #[test]
+    #[ignore]
+    fn time_winograd_layers() {
+        let _only_this_test_switches_paths =
+            tests::SWITCHES.lock().unwrap_or_else(|e| e.into_inner());
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let shapes =
+            [(64, 32, 28), (128, 64, 14), (256, 128, 7), (16, 64, 32), (32, 128, 16), (64, 256, 8)];
+        for (n, c, h) in shapes {
+            let cfg = Conv2dConfig { stride: 1, padding: 1, groups: 1, bias: false };
+            let mut conv = Conv2d::new(&Init::new(1), c, c, 3, cfg);
+            let (x, dy) = (random(&[n, c, h, h], 1), random(&[n, c, h, h], 2));
+            let mut outputs = Vec::new();
+            // Winograd's path at 32 channels too, to show why it starts at 64
+            crate::kit::winograd::ANY_CHANNELS.store(true, std::sync::atomic::Ordering::SeqCst);
+            for winograd in [false, true, false, true] {
+                crate::kit::winograd::DISABLED
+                    .store(!winograd, std::sync::atomic::Ordering::SeqCst);
+                let (mut tf, mut tb, mut y) = (f64::MAX, f64::MAX, Vec::new());
+                pool.install(|| {
+                    for _ in 0..5 {
+                        let t = std::time::Instant::now();
+                        y = conv.forward(&x, true).data;
+                        tf = tf.min(t.elapsed().as_secs_f64());
+                        let t = std::time::Instant::now();
+                        conv.backward(&dy);
+                        tb = tb.min(t.elapsed().as_secs_f64());
+                    }
+                });
+                outputs.push(y);
+                eprintln!(
+                    "{n} x {c} x {h} x {h}, winograd {winograd:5}: forward {:.2} ms, backward {:.2} ms (best of 5)",
+                    tf * 1e3,
+                    tb * 1e3
+                );
+            }
+            crate::kit::winograd::DISABLED.store(false, std::sync::atomic::Ordering::SeqCst);
+            crate::kit::winograd::ANY_CHANNELS.store(false, std::sync::atomic::Ordering::SeqCst);
+            let scale = outputs[0].iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+            for (a, b) in outputs[0].iter().zip(&outputs[1]) {
+                assert!((a - b).abs() <= 2e-6 * scale, "the two paths disagree: {a} vs {b}");
+            }
+        }
     }
 }

@@ -35,8 +35,14 @@ pub(crate) fn fits(
     (kh, kw): (usize, usize),
     (s, pad, groups): (usize, usize, usize),
 ) -> bool {
+    #[allow(unused_mut)]
+    let mut min = MIN_CHANNELS;
+    #[cfg(test)]
+    if ANY_CHANNELS.load(std::sync::atomic::Ordering::SeqCst) {
+        min = 1;
+    }
     let fits = (kh, kw, s, pad, groups) == (3, 3, 1, 1, 1)
-        && c.min(o) >= MIN_CHANNELS
+        && c.min(o) >= min
         && super::simd_gemm::available();
     #[cfg(test)]
     let fits = fits && !DISABLED.load(std::sync::atomic::Ordering::SeqCst);
@@ -46,6 +52,11 @@ pub(crate) fn fits(
 /// Tests turn this path off to compare it with the others.
 #[cfg(test)]
 pub(crate) static DISABLED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Tests take this path whatever the channel count.
+#[cfg(test)]
+pub(crate) static ANY_CHANNELS: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
 /// Calls of [`conv`], so that tests can tell that they took this path.
@@ -170,6 +181,20 @@ pub(crate) fn conv(
     }
 }
 
+/// `Bᵀ (d0, d1, d2, d3)`, lane by lane: `(d0 − d2, d1 + d2, d2 − d1, d1 − d3)`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn bt(
+    d0: std::arch::x86_64::__m512,
+    d1: std::arch::x86_64::__m512,
+    d2: std::arch::x86_64::__m512,
+    d3: std::arch::x86_64::__m512,
+) -> [std::arch::x86_64::__m512; 4] {
+    use std::arch::x86_64::*;
+    [_mm512_sub_ps(d0, d2), _mm512_add_ps(d1, d2), _mm512_sub_ps(d2, d1), _mm512_sub_ps(d1, d3)]
+}
+
 /// Tile rows `ty0..ty1` of one plane, `Bᵀ d B`, into `v[ξ·stride + at + (ty − ty0)·tx_n + tx]`,
 /// 16 tiles of a row per step: first `d·B` for each input row they read (`rt`, row `k` holding
 /// input row `2·ty0 + k − 1`), then `Bᵀ` down the rows of each row of tiles.
@@ -226,13 +251,7 @@ unsafe fn input_tiles(
             // next
             let (d0, d1) = pair(2 * q0 as isize - 1);
             let (d2, d3) = pair(2 * q0 as isize + 1);
-            let t = [
-                _mm512_sub_ps(d0, d2),
-                _mm512_add_ps(d1, d2),
-                _mm512_sub_ps(d2, d1),
-                _mm512_sub_ps(d1, d3),
-            ];
-            for (j, tj) in t.into_iter().enumerate() {
+            for (j, tj) in bt(d0, d1, d2, d3).into_iter().enumerate() {
                 _mm512_mask_storeu_ps(out.add(j * tx_n + q0), m, tj);
             }
             q0 += 16;
@@ -257,15 +276,7 @@ unsafe fn input_tiles(
                 let r = |i: usize| {
                     _mm512_maskz_loadu_ps(m, rtp.add(((2 * ty + i) * 4 + j) * tx_n + q0))
                 };
-                let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
-                // Bᵀ's rows: d0 − d2, d1 + d2, d2 − d1, d1 − d3
-                let cols = [
-                    _mm512_sub_ps(r0, r2),
-                    _mm512_add_ps(r1, r2),
-                    _mm512_sub_ps(r2, r1),
-                    _mm512_sub_ps(r1, r3),
-                ];
-                for (i, c) in cols.into_iter().enumerate() {
+                for (i, c) in bt(r(0), r(1), r(2), r(3)).into_iter().enumerate() {
                     _mm512_mask_storeu_ps(vp.add((i * 4 + j) * stride + base + q0), m, c);
                 }
             }
