@@ -10,7 +10,7 @@
 //! x `[N, C, H, W]`, W `[O, C/groups, kh, kw]` (PyTorch layout), b `[O]`, y `[N, O, OH, OW]`.
 //!
 //! # How
-//! On CPUs with AVX-512, a 3 × 3, stride-1, padding-1 convolution of at least 64 channels in
+//! On CPUs with AVX-512, a 3 × 3, stride-1, padding-1 convolution of at least 32 channels in
 //! and out takes Winograd's F(2×2, 3×3) for its forward and its input gradient (16 products
 //! over the channels instead of 36 multiply-adds per 2 × 2 outputs; see `kit/winograd.rs`
 //! in the source), and the implicit product below for its weight gradient.
@@ -1243,6 +1243,7 @@ mod tests {
             (1, 64, 64, 33, 35),
             (8, 72, 64, 8, 9),
             (2, 128, 64, 14, 14),
+            (5, 32, 32, 28, 28),
             (3, 16, 32, 28, 28),
             (2, 32, 17, 9, 6),
         ]

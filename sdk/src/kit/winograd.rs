@@ -19,13 +19,14 @@
 //! the direct sums to about 1e-6 of their scale, and are bitwise the same from run to run.
 
 /// The fewest input and output channels for which this path is taken. The transforms cost the
-/// same per channel whatever the channel count, the products grow with it: at 32 channels of
-/// 28 × 28 (64 images, one thread, Zen 5) the forward took 5.0–5.2 ms against 5.0–5.1 for
-/// the implicit product (6.2 before the input rows were prefetched: input transform 2.5 ms,
-/// products 2.2, output transform 1.3), and resnet-mini's step was no faster; at 64 of
-/// 14 × 14 (128 images) 8.7 against 10.6, at 64 of 32 × 32 (16 images) 4.6–4.9 against 6.3,
-/// at 256 of 8 × 8 (64 images) 18.3 against 32.6.
-pub(crate) const MIN_CHANNELS: usize = 64;
+/// same per channel whatever the channel count, the products grow with it. At 32 channels of
+/// 28 × 28 (64 images, one thread) the forward takes 8.0–8.8 ms against 12.9–13.8 for the
+/// implicit product, the backward 17.4–18.9 against 21.2–21.9 (Zen 4, with the blocks of
+/// [`block_tiles`]; with blocks of 64 tiles the two paths were level on Zen 5). At 64 of
+/// 14 × 14 (128 images) 13.5–14.0 against 21.7–23.0, at 128 of 7 × 7 (256 images) 36.6–40.8
+/// against 46.8–48.4 (Zen 4); on Zen 5, at 64 of 32 × 32 (16 images) 4.6–4.9 against 6.3, at
+/// 256 of 8 × 8 (64 images) 18.3 against 32.6.
+pub(crate) const MIN_CHANNELS: usize = 32;
 
 /// True when a convolution of `c` channels into `o` with this geometry takes this path (and
 /// AVX-512 is here).
@@ -92,8 +93,16 @@ pub(crate) fn weights(w: &[f32], o: usize, c: usize, flip: bool) -> Vec<f32> {
     u
 }
 
-/// Tiles per block of the transforms and products.
-const BLOCK_TILES: usize = 64;
+/// Tiles per block of the transforms and products: a block's transformed input and its
+/// products, `16 · tiles · (cin + cout)` floats, about 1 MiB, so that they stay in a core's
+/// cache between the passes. Larger blocks make each of the 16 products wider and re-read
+/// fewer input rows (a block of `r` tile rows reads `2r + 2` input rows). At 32 channels of
+/// 28 × 28 (one thread, Zen 4), 64-tile blocks took 11.6–12.4 ms for the forward, 128 tiles
+/// 8.7–9.0, 256 tiles (this rule) 8.0–8.8; at 64 and 128 channels the rule's 128 and 64 tiles
+/// were level with 64-tile blocks.
+fn block_tiles(cin: usize, cout: usize) -> usize {
+    (16384 / (cin + cout)).max(16)
+}
 
 /// Scratch of one thread, kept across calls.
 #[derive(Default)]
@@ -127,9 +136,8 @@ pub(crate) fn conv(
     assert_eq!(y.len(), nb * cout * h * w, "winograd convolution: output length");
     assert_eq!(u.len(), 16 * cout * cin, "winograd convolution: kernel length");
     let (ty_n, tx_n) = (h.div_ceil(2), w.div_ceil(2));
-    // tile rows in blocks of about BLOCK_TILES tiles (whole rows, across images), so that a
-    // block's transformed input and products stay in the core's cache between the passes
-    let per_block = (BLOCK_TILES / tx_n).max(1);
+    // tile rows in blocks of about block_tiles tiles (whole rows, across images)
+    let per_block = (block_tiles(cin, cout) / tx_n).max(1);
     let total = nb * ty_n;
     let mut r0 = 0;
     while r0 < total {
