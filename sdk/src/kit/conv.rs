@@ -800,6 +800,19 @@ fn with_scratch<T>(f: impl FnOnce(&mut Scratch) -> T) -> T {
     })
 }
 
+/// A vector of `len` zeros, written by all of the pool's threads when it is large. The
+/// allocator hands back memory freed by the previous step (`keep_freed_memory`), which it must
+/// clear: on one thread, that memset of a layer's output or input gradient (25 MB for
+/// resnet-mini's first stage) left the other threads idle.
+fn zeroed(len: usize) -> Vec<f32> {
+    if len < 1 << 16 {
+        return vec![0.0; len];
+    }
+    let mut v = Vec::with_capacity(len);
+    v.par_extend(rayon::iter::repeat_n(0.0f32, len));
+    v
+}
+
 fn resize(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     v.resize(n, 0.0);
     &mut v[..n]
@@ -841,7 +854,7 @@ impl Conv2d {
         let (nb, par) = chunking(n, &g);
         let (og, k, p) = (g.og(), g.k(), g.p());
         let w = &self.weight.value;
-        let mut y = vec![0.0f32; n * g.out_len()];
+        let mut y = zeroed(n * g.out_len());
         let serial = matches!(par, gemm::Parallelism::None);
         let wino = serial && super::winograd::fits(g.c, g.o, (g.kh, g.kw), (g.s, g.pad, g.groups));
         let u = if wino { super::winograd::weights(w, g.o, g.c, false) } else { Vec::new() };
@@ -952,7 +965,7 @@ impl Conv2d {
         let (og, k, p) = (g.og(), g.k(), g.p());
         let w = &self.weight.value;
         let wlen = w.len();
-        let mut dx = vec![0.0f32; x.len()];
+        let mut dx = zeroed(x.len());
         let dw_t = matches!(par, gemm::Parallelism::None) && super::simd_gemm::available();
         let shifted = Shifted::new(&g).filter(|_| dw_t);
         // dX by Winograd's products where they apply, dW by the implicit product
