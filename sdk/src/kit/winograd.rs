@@ -189,6 +189,16 @@ pub(crate) fn conv(
     }
 }
 
+/// Whether `len` floats hold the 16 strided copies of tile rows `ty0..ty1` at `at`, the bound
+/// the unsafe transforms rely on: checked arithmetic, so that no overflow can pass it.
+fn holds(len: usize, stride: usize, at: usize, (ty0, ty1, tx_n): (usize, usize, usize)) -> bool {
+    let need = (|| {
+        let rows = ty1.checked_sub(ty0)?;
+        15usize.checked_mul(stride)?.checked_add(at)?.checked_add(rows.checked_mul(tx_n)?)
+    })();
+    need.is_some_and(|n| n <= len)
+}
+
 /// `Bᵀ (d0, d1, d2, d3)`, lane by lane: `(d0 − d2, d1 + d2, d2 − d1, d1 − d3)`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
@@ -220,7 +230,7 @@ unsafe fn input_tiles(
 ) {
     use std::arch::x86_64::*;
     assert!(plane.len() >= h * w, "winograd: input plane too short");
-    assert!(v.len() >= 15 * stride + at + (ty1 - ty0) * tx_n, "winograd: tiles too short");
+    assert!(holds(v.len(), stride, at, (ty0, ty1, tx_n)), "winograd: tiles too short");
     let rows = 2 * (ty1 - ty0) + 2;
     let rt = resize(rt, rows * 4 * tx_n);
     let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -307,7 +317,7 @@ unsafe fn output_tiles(
     plane: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    assert!(m.len() >= 15 * stride + at + (ty1 - ty0) * tx_n, "winograd: products too short");
+    assert!(holds(m.len(), stride, at, (ty0, ty1, tx_n)), "winograd: products too short");
     assert!(plane.len() >= h * w, "winograd: output plane too short");
     let lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     let hi_idx = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
@@ -371,4 +381,20 @@ unsafe fn output_tiles(
     _: &mut [f32],
 ) {
     unreachable!("winograd convolution without AVX-512")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::holds;
+
+    #[test]
+    fn the_transforms_bound_refuses_what_would_overflow_or_not_fit() {
+        // 16 copies of 2 rows of 7 tiles, 100 apart, from 3: the last tile is at 1516
+        assert!(holds(1517, 100, 3, (4, 6, 7)));
+        assert!(!holds(1516, 100, 3, (4, 6, 7)));
+        // rows the wrong way round, and sizes whose bound wraps around usize
+        assert!(!holds(usize::MAX, 100, 3, (6, 4, 7)));
+        assert!(!holds(usize::MAX, usize::MAX / 8, 0, (0, 1, 1)));
+        assert!(!holds(usize::MAX, 1, usize::MAX - 8, (0, 1, 16)));
+    }
 }
