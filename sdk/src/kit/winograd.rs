@@ -98,8 +98,8 @@ pub(crate) fn weights(w: &[f32], o: usize, c: usize, flip: bool) -> Vec<f32> {
 /// cache between the passes. Larger blocks make each of the 16 products wider and re-read
 /// fewer input rows (a block of `r` tile rows reads `2r + 2` input rows). At 32 channels of
 /// 28 × 28 (one thread, Zen 4), 64-tile blocks took 11.6–12.4 ms for the forward, 128 tiles
-/// 8.7–9.0, 256 tiles (this rule) 8.0–8.8; at 64 and 128 channels the rule's 128 and 64 tiles
-/// were level with 64-tile blocks.
+/// 8.7–11.7 (two sweeps), 256 tiles (this rule) 8.0–8.8; at 64 and 128 channels the rule's
+/// 128 and 64 tiles were level with 64-tile blocks.
 fn block_tiles(cin: usize, cout: usize) -> usize {
     (16384 / (cin + cout)).max(16)
 }
