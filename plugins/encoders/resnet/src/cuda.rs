@@ -256,12 +256,15 @@ struct ConvBn {
 }
 
 /// A convolution at one input shape: cuDNN's descriptors and the forward algorithm (chosen once
-/// by cuDNN's heuristics). The backward algorithms are fixed to ALGO_1, which is deterministic
-/// (the heuristics' first choice may accumulate with atomics, in another order every run).
+/// by cuDNN's heuristics). The backward algorithms are ALGO_1, which is deterministic (the
+/// heuristics' first choice may accumulate with atomics, in another order every run), unless
+/// cuDNN refuses ALGO_1 for this shape: then its heuristics choose.
 struct Plan {
     x_shape: [usize; 4],
     descs: ConvDescs,
     fwd: dnn::cudnnConvolutionFwdAlgo_t,
+    bwd_data: dnn::cudnnConvolutionBwdDataAlgo_t,
+    bwd_filter: dnn::cudnnConvolutionBwdFilterAlgo_t,
 }
 
 // SAFETY: as `Dev`: descriptors are plain cuDNN objects used by one call at a time.
@@ -301,7 +304,19 @@ impl ConvBn {
         let (xd, wd, cd, yd, _) = &descs;
         let op = ConvForward { conv: cd, x: xd, w: wd, y: yd };
         let fwd = op.pick_algorithm().doing("choosing a convolution")?;
-        self.plans.push(Plan { x_shape, descs, fwd });
+        let data = ConvBackwardData { conv: cd, dx: xd, w: wd, dy: yd };
+        let bwd_data = match data.get_workspace_size(BWD_DATA) {
+            Ok(_) => BWD_DATA,
+            Err(_) => data.pick_algorithm().doing("choosing a convolution's backward (data)")?,
+        };
+        let filter = ConvBackwardFilter { conv: cd, x: xd, dw: wd, dy: yd };
+        let bwd_filter = match filter.get_workspace_size(BWD_FILTER) {
+            Ok(_) => BWD_FILTER,
+            Err(_) => {
+                filter.pick_algorithm().doing("choosing a convolution's backward (filter)")?
+            }
+        };
+        self.plans.push(Plan { x_shape, descs, fwd, bwd_data, bwd_filter });
         Ok(self.plans.len() - 1)
     }
 
@@ -480,7 +495,7 @@ impl ConvBn {
         let (xd, wd, cd, yd, _) = &self.plans[pi].descs;
         {
             let op = ConvBackwardFilter { conv: cd, x: xd, dw: wd, dy: yd };
-            let algo = BWD_FILTER;
+            let algo = self.plans[pi].bwd_filter;
             let bytes = op.get_workspace_size(algo).doing("sizing a convolution")?;
             let ws = dev.workspace(bytes)?;
             // SAFETY: the buffers have the descriptors' shapes.
@@ -495,7 +510,7 @@ impl ConvBn {
         let mut dx = gpu.zeros(x_shape.iter().product())?;
         {
             let op = ConvBackwardData { conv: cd, dx: xd, w: wd, dy: yd };
-            let algo = BWD_DATA;
+            let algo = self.plans[pi].bwd_data;
             let bytes = op.get_workspace_size(algo).doing("sizing a convolution")?;
             let ws = dev.workspace(bytes)?;
             // SAFETY: as above.
