@@ -50,14 +50,50 @@ fn check_device_compares_the_cpu_with_itself_exactly() {
         [
             "features",
             "loss",
-            "encoder gradients",
+            "encoder gradients (the worst tensor)",
             "parameters and running statistics",
+            "two updates from the same gradients (optimizer on the host)",
             "losses of two training steps",
-            "parameter updates of the two steps (optimizer on the host)"
+            "what the training steps changed (optimizer on the host)"
         ]
     );
     // the same code on the same weights and batch: bitwise the same answers
     assert!(rows.iter().all(|r| r["rel_err"] == 0.0), "{v}");
+    // weights perturbed at the level of rounding (what a GPU's other summation orders do):
+    // every row within its tolerance, though not exact
+    let o = latent(&[
+        "check-device",
+        &small_config(),
+        "--device",
+        "cpu",
+        "--batch",
+        "8",
+        "--perturb",
+        "3e-7",
+        "--json",
+    ]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(o.status.success(), "{v}");
+    let moved = |what: &str| {
+        v["rows"].as_array().unwrap().iter().find(|r| r["what"] == what).unwrap()["rel_err"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(moved("features") > 0.0, "{v}");
+    // and a real difference fails the check, naming the rows
+    let o = latent(&[
+        "check-device",
+        &small_config(),
+        "--device",
+        "cpu",
+        "--batch",
+        "8",
+        "--perturb",
+        "1e-2",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("FAIL features") && out.contains("DISAGREE"), "{out}");
     // and a GPU that is not there is said so, not compared
     if !latent_cuda::driver_present() {
         let o = latent(&["check-device", &small_config(), "--device", "cuda:0"]);

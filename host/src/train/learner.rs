@@ -357,8 +357,6 @@ impl Learner {
                 .context("restoring the encoder's running statistics")?;
         }
         let tau = res.target_momentum;
-        self.optim.begin_step();
-        self.optim.wd = self.optim.cfg.weight_decay_at(step, total);
         // on a GPU with its optimizer there, the encoder's gradients stay there
         let mut eg = if self.on_device.is_some() {
             Vec::new()
@@ -368,7 +366,33 @@ impl Learner {
         // each rank back-propagated its own rows of d loss / d features: their sum is the
         // gradient of the global loss (the objective's heads saw the global batch everywhere)
         all_reduce_grads(world, &self.enc_params, &mut eg);
-        let mut og = take_grads(&mut self.objective, &self.obj_params)?;
+        let og = take_grads(&mut self.objective, &self.obj_params)?;
+        let grad_norm = self.apply(eg, og, step, total, lr, tau)?;
+        let mut metrics = res.metrics;
+        if self.optim.cfg.clip_grad.is_some() || self.optim.cfg.clip_grad_norm.is_some() {
+            metrics.push(("grad_norm".into(), grad_norm));
+        }
+        if self.optim.cfg.weight_decay_end.is_some() {
+            metrics.push(("weight_decay".into(), self.optim.wd));
+        }
+        Ok(ObjectiveResult { loss: res.loss, grads: Vec::new(), metrics, target_momentum: tau })
+    }
+
+    /// The optimizer step from the gradients of a step: the encoder's `eg` (empty where they
+    /// stay on the device with its optimizer) and the objective's `og` (empty: the objective is
+    /// left alone), then the EMA of the target with momentum `tau`. Returns the gradient norm
+    /// when clipping.
+    fn apply(
+        &mut self,
+        mut eg: Vec<Tensor>,
+        mut og: Vec<Tensor>,
+        step: u64,
+        total: u64,
+        lr: f64,
+        tau: f64,
+    ) -> Result<f64> {
+        self.optim.begin_step();
+        self.optim.wd = self.optim.cfg.weight_decay_at(step, total);
         let mut trained: Vec<&mut [f32]> = trained_grads(&self.enc_params, &mut eg)
             .chain(trained_grads(&self.obj_params, &mut og))
             .collect();
@@ -385,7 +409,17 @@ impl Learner {
                 tau,
             )?,
         }
-        update(&mut self.optim, &mut self.objective, &self.obj_params, og, "objective", lr, tau)?;
+        if !og.is_empty() {
+            update(
+                &mut self.optim,
+                &mut self.objective,
+                &self.obj_params,
+                og,
+                "objective",
+                lr,
+                tau,
+            )?;
+        }
         if let Some(t) = &mut self.target {
             match &self.on_device {
                 Some(d) if !d.target.is_empty() => {
@@ -396,14 +430,49 @@ impl Learner {
             // τ = 0 copies the online parameters exactly (0·ξ + 1·θ = θ)
             self.target_is_online = tau == 0.0;
         }
-        let mut metrics = res.metrics;
-        if self.optim.cfg.clip_grad.is_some() || self.optim.cfg.clip_grad_norm.is_some() {
-            metrics.push(("grad_norm".into(), grad_norm));
+        Ok(grad_norm)
+    }
+
+    /// One optimizer step of the encoder alone, from `grads` (in `params` order, as
+    /// `take_grads` gives them), and the target's EMA with momentum `tau`. With the optimizer
+    /// on a GPU, the gradients are copied into the encoder's buffers there first. `check-device`
+    /// runs it on both sides with the same numbers: the device's optimizer against the host's.
+    pub fn step_with_grads(
+        &mut self,
+        grads: Vec<Tensor>,
+        step: u64,
+        total: u64,
+        lr: f64,
+        tau: f64,
+    ) -> Result<()> {
+        if grads.len() != self.enc_params.len() {
+            bail!("{} gradients for {} parameters", grads.len(), self.enc_params.len());
         }
-        if self.optim.cfg.weight_decay_end.is_some() {
-            metrics.push(("weight_decay".into(), self.optim.wd));
-        }
-        Ok(ObjectiveResult { loss: res.loss, grads: Vec::new(), metrics, target_momentum: tau })
+        let eg = match (&self.on_device, self.encoder.gpu()) {
+            (Some(d), Some(gpu)) => {
+                for ((p, g), desc) in d.online.iter().zip(&grads).zip(&self.enc_params) {
+                    if matches!(desc.role, ParamRole::Weight | ParamRole::NoDecay) && !g.is_empty()
+                    {
+                        if g.len() != p.grad.len() {
+                            bail!(
+                                "gradient of {} has {} values, expected {}",
+                                desc.name,
+                                g.len(),
+                                p.grad.len()
+                            );
+                        }
+                        // SAFETY: the encoder owns its gradient buffers for its whole life
+                        // (the ABI's contract for `device_params`).
+                        let mut view = unsafe { gpu.borrow(&p.grad) }?;
+                        gpu.upload_into(&g.data, &mut view)?;
+                    }
+                }
+                Vec::new()
+            }
+            _ => grads,
+        };
+        self.apply(eg, Vec::new(), step, total, lr, tau)?;
+        Ok(())
     }
 
     /// In a data-parallel run, checks that every rank holds the same trained parameters
