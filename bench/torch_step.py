@@ -50,7 +50,7 @@ def nt_xent(z0, z1, temperature=0.5):
     z = F.normalize(torch.cat([z0, z1]), dim=1)
     logits = z @ z.t() / temperature
     logits.fill_diagonal_(float("-inf"))
-    target = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)])
+    target = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(z.device)
     return F.cross_entropy(logits, target)
 
 
