@@ -118,6 +118,7 @@ fn the_gpu_script_passes_its_cpu_dry_run() {
     assert!(o.status.success() && s.contains("tests/gpu/run: PASSED"), "{s}");
     assert!(s.contains("ok: beats random init"), "{s}");
     assert_eq!(s.matches("\nagree").count(), 3, "{s}");
+    assert_eq!(s.matches("last checkpoint holds run a's").count(), 2, "{s}");
 }
 
 #[test]
