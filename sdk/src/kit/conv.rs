@@ -13,7 +13,8 @@
 //! On CPUs with AVX-512, a 3 × 3, stride-1, padding-1 convolution of at least 32 channels in
 //! and out takes Winograd's F(2×2, 3×3) for its forward and its input gradient (16 products
 //! over the channels instead of 36 multiply-adds per 2 × 2 outputs; see `kit/winograd.rs`
-//! in the source), and the implicit product below for its weight gradient.
+//! in the source), and for its weight gradient too where the planes' sides are even and at
+//! least 8 (elsewhere, the implicit product below).
 //!
 //! Other convolutions of one group are an implicit matrix product: each image
 //! is copied once into zero-padded phase planes, and the matrix kernel reads the patch matrix's
@@ -967,10 +968,23 @@ impl Conv2d {
         let wlen = w.len();
         let mut dx = zeroed(x.len());
         let dw_t = matches!(par, gemm::Parallelism::None) && super::simd_gemm::available();
-        let shifted = Shifted::new(&g).filter(|_| dw_t);
-        // dX by Winograd's products where they apply, dW by the implicit product
-        let wino = shifted.is_some()
-            && super::winograd::fits(g.c, g.o, (g.kh, g.kw), (g.s, g.pad, g.groups));
+        // Winograd's products for dX where they apply, and for dW too where the planes' sides
+        // are even and at least 8. On odd sides the tiles' padding is a large share (at 7 × 7,
+        // 64 outputs per 49): 256 × 128 × 7 × 7 on one Zen 4 thread took 77.5–80.4 ms for the
+        // backward with the implicit product's dW, 84.2–85.6 with Winograd's. At 4 × 4 a row
+        // of tiles fills an eighth of a vector: 128 × 512 × 4 × 4, 229–235 against 233–245.
+        // Where it is taken (`time_winograd_layers`, the same build, dW alone switched): 28 × 28
+        // at 32 channels 2 % faster, 14 × 14 at 64 7 %, 32 × 32 at 64 3 %, 16 × 16 at 128 10 %,
+        // 8 × 8 at 256 13–16 %.
+        let fits = dw_t && super::winograd::fits(g.c, g.o, (g.kh, g.kw), (g.s, g.pad, g.groups));
+        #[allow(unused_mut)]
+        let mut wino_dw = fits && g.h.is_multiple_of(2) && g.w.is_multiple_of(2) && g.w >= 8;
+        #[cfg(test)]
+        if super::winograd::DW_DISABLED.load(std::sync::atomic::Ordering::SeqCst) {
+            wino_dw = false;
+        }
+        let shifted = Shifted::new(&g).filter(|_| dw_t && !wino_dw);
+        let wino = fits && (wino_dw || shifted.is_some());
         let ut = if wino { super::winograd::weights(w, g.o, g.c, true) } else { Vec::new() };
         let (offs, phases) = match shifted {
             Some(sh) if wino => (sh.offsets(&g), Vec::new()),
@@ -991,7 +1005,11 @@ impl Conv2d {
             if dw.len() != wlen {
                 *dw = vec![0.0; wlen];
             }
-            if let Some(sh) = shifted {
+            if wino_dw {
+                // dX and dW both by Winograd's products, from the unpadded planes
+                super::winograd::weight_grad(xc, (nbl, g.c, g.h, g.w), dyc, g.o, dw, &mut s.wino);
+                super::winograd::conv(dyc, (nbl, g.o, g.oh, g.ow), &ut, g.c, dxc, &mut s.wino);
+            } else if let Some(sh) = shifted {
                 use super::simd_gemm::{gemm_rows, transpose, Rows};
                 let plane = g.oh * g.ow;
                 let dyp = resize(&mut s.dypad, g.o * sh.pq);
@@ -1244,8 +1262,9 @@ mod tests {
             eprintln!("no AVX-512 here: nothing to test");
             return;
         }
-        // (images, channels in, out, h, w): odd and even sides (a half tile at the edge), 1 x 1
-        // and 1 x 2 planes, more than 16 tiles in a row (two steps of the transforms), channel
+        // (images, channels in, out, h, w): odd and even sides (a half tile at the edge; dW on
+        // Winograd's path for even sides of 8 or more only), 1 x 1 and 1 x 2 planes, more than 16 tiles in a
+        // row (two steps of the transforms), channel
         // counts that are not multiples of the kernel's tiles, batches of one chunk and of many
         for (seed, (n, c, o, h, w)) in [
             (2, 64, 64, 5, 5),
@@ -1259,6 +1278,7 @@ mod tests {
             (5, 32, 32, 28, 28),
             (3, 16, 32, 28, 28),
             (2, 32, 17, 9, 6),
+            (2, 48, 40, 36, 34),
         ]
         .into_iter()
         .enumerate()
@@ -1286,11 +1306,19 @@ mod tests {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
             let (y0, dx0, dw0) = pool.install(|| run(true));
             let calls = crate::kit::winograd::CALLS.load(std::sync::atomic::Ordering::SeqCst);
+            let dw_calls = crate::kit::winograd::DW_CALLS.load(std::sync::atomic::Ordering::SeqCst);
             let (y1, dx1, dw1) = pool.install(|| run(false));
             let now = crate::kit::winograd::CALLS.load(std::sync::atomic::Ordering::SeqCst);
             assert!(
                 now >= calls + 2,
                 "case {seed}: the forward and dX did not take Winograd's path"
+            );
+            // dW takes it on planes of even sides, 8 wide or more
+            assert!(
+                (h % 2 == 1 || w % 2 == 1 || w < 8)
+                    || crate::kit::winograd::DW_CALLS.load(std::sync::atomic::Ordering::SeqCst)
+                        > dw_calls,
+                "case {seed}: dW did not take Winograd's path"
             );
             // and bitwise the same when run again
             assert_eq!(pool.install(|| run(false)).0, y1, "case {seed}: a second forward");
@@ -1488,8 +1516,15 @@ mod timing {
         let _only_this_test_switches_paths =
             tests::SWITCHES.lock().unwrap_or_else(|e| e.into_inner());
         let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-        let shapes =
-            [(64, 32, 28), (128, 64, 14), (256, 128, 7), (16, 64, 32), (32, 128, 16), (64, 256, 8)];
+        let shapes = [
+            (64, 32, 28),
+            (128, 64, 14),
+            (256, 128, 7),
+            (16, 64, 32),
+            (32, 128, 16),
+            (64, 256, 8),
+            (128, 512, 4),
+        ];
         for (n, c, h) in shapes {
             let cfg = Conv2dConfig { stride: 1, padding: 1, groups: 1, bias: false };
             let mut conv = Conv2d::new(&Init::new(1), c, c, 3, cfg);
@@ -1519,6 +1554,26 @@ mod timing {
                 );
             }
             crate::kit::winograd::DISABLED.store(false, std::sync::atomic::Ordering::SeqCst);
+            // dW alone: Winograd's against the implicit product, dX by Winograd in both
+            for implicit in [true, false, true, false] {
+                crate::kit::winograd::DW_DISABLED
+                    .store(implicit, std::sync::atomic::Ordering::SeqCst);
+                let mut tb = f64::MAX;
+                pool.install(|| {
+                    for _ in 0..5 {
+                        conv.forward(&x, true);
+                        let t = std::time::Instant::now();
+                        conv.backward(&dy);
+                        tb = tb.min(t.elapsed().as_secs_f64());
+                    }
+                });
+                let how = if implicit { "implicit" } else { "winograd" };
+                eprintln!(
+                    "{n} x {c} x {h} x {h}, dW {how}: backward {:.2} ms (best of 5)",
+                    tb * 1e3
+                );
+            }
+            crate::kit::winograd::DW_DISABLED.store(false, std::sync::atomic::Ordering::SeqCst);
             crate::kit::winograd::ANY_CHANNELS.store(false, std::sync::atomic::Ordering::SeqCst);
             let scale = outputs[0].iter().fold(1e-6f32, |m, v| m.max(v.abs()));
             for (a, b) in outputs[0].iter().zip(&outputs[1]) {

@@ -11,9 +11,11 @@
 //! The sum over input channels is 16 matrix products, one per tile position ξ:
 //! `M_ξ [O, tiles] = U_ξ [O, C] · V_ξ [C, tiles]`, by [`super::simd_gemm`]. A convolution's
 //! input gradient is the same convolution of `dY` with the kernel flipped and its channels
-//! swapped ([`weights`] with `flip`), so both the forward and `dX` take this path; `dW` stays
-//! with the implicit product. The transforms run over rows of tiles, so that the compiler
-//! vectorises them: each input row is split into its even and odd columns first.
+//! swapped ([`weights`] with `flip`), so both the forward and `dX` take this path. The kernel
+//! gradient ([`weight_grad`]) is the adjoint: `dU_ξ [C, O] = Σ_tiles V_ξ · (A dY Aᵀ)_ξᵀ`, 16
+//! products over the tiles, then `dW = Gᵀ dU G`. The transforms run over rows of tiles, so
+//! that the compiler vectorises them: each input row is split into its even and odd columns
+//! first.
 //!
 //! The products are the same sums in another basis, rounded differently: results agree with
 //! the direct sums to about 1e-6 of their scale, and are bitwise the same from run to run.
@@ -64,6 +66,15 @@ pub(crate) static ANY_CHANNELS: std::sync::atomic::AtomicBool =
 #[cfg(test)]
 pub(crate) static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// Tests turn Winograd's dW off (the implicit product's instead) to time the two.
+#[cfg(test)]
+pub(crate) static DW_DISABLED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Calls of [`weight_grad`], likewise.
+#[cfg(test)]
+pub(crate) static DW_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// `U [16][O][C]` of a kernel `w [O, C, 3, 3]`; with `flip`, the kernel of the input gradient,
 /// `w'[c, o, p, q] = w[o, c, 2 − p, 2 − q]`, as `[16][C][O]`.
 pub(crate) fn weights(w: &[f32], o: usize, c: usize, flip: bool) -> Vec<f32> {
@@ -110,6 +121,8 @@ pub(crate) struct Scratch {
     v: Vec<f32>,
     m: Vec<f32>,
     rt: Vec<f32>,
+    mt: Vec<f32>,
+    du: Vec<f32>,
 }
 
 fn resize(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
@@ -186,6 +199,103 @@ pub(crate) fn conv(
             }
         }
         r0 = r1;
+    }
+}
+
+/// `dwt [cin·9, cout] +=` the kernel gradient (transposed, as the implicit product's
+/// accumulators in `conv.rs` hold it) of the 3 × 3, padding-1 convolution of
+/// `x [nb, cin, h, w]` whose output gradient is `dy [nb, cout, h, w]`: with `V = Bᵀ d B` the
+/// input's tiles as in the forward and `Ŷ = A dY Aᵀ` the output gradient's (the adjoint of
+/// `Aᵀ M A`), `dU_ξ [C, O] = Σ_tiles V_ξ · Ŷ_ξᵀ` (16 products over the tiles), then
+/// `dW = Gᵀ dU G`. Panics without AVX-512 or on slices of the wrong length.
+pub(crate) fn weight_grad(
+    x: &[f32],
+    (nb, cin, h, w): (usize, usize, usize, usize),
+    dy: &[f32],
+    cout: usize,
+    dwt: &mut [f32],
+    s: &mut Scratch,
+) {
+    assert!(super::simd_gemm::available(), "winograd weight gradient without AVX-512");
+    #[cfg(test)]
+    DW_CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(x.len(), nb * cin * h * w, "winograd weight gradient: input length");
+    assert_eq!(dy.len(), nb * cout * h * w, "winograd weight gradient: gradient length");
+    assert_eq!(dwt.len(), cout * cin * 9, "winograd weight gradient: kernel length");
+    let (ty_n, tx_n) = (h.div_ceil(2), w.div_ceil(2));
+    let per_block = (block_tiles(cin, cout) / tx_n).max(1);
+    let total = nb * ty_n;
+    let du = resize(&mut s.du, 16 * cin * cout);
+    du.fill(0.0);
+    let mut r0 = 0;
+    while r0 < total {
+        let r1 = (r0 + per_block).min(total);
+        let nt = (r1 - r0) * tx_n;
+        let segments: Vec<(usize, usize, usize, usize)> = (r0 / ty_n..=(r1 - 1) / ty_n)
+            .map(|img| {
+                let ty0 = r0.max(img * ty_n) - img * ty_n;
+                let ty1 = r1.min((img + 1) * ty_n) - img * ty_n;
+                (img, ty0, ty1, (img * ty_n + ty0 - r0) * tx_n)
+            })
+            .collect();
+        let v = resize(&mut s.v, 16 * cin * nt);
+        let m = resize(&mut s.m, 16 * cout * nt);
+        for &(img, ty0, ty1, off) in &segments {
+            for c in 0..cin {
+                let plane = &x[(img * cin + c) * h * w..][..h * w];
+                // SAFETY: AVX-512 is present (asserted above); the function asserts its bounds.
+                unsafe {
+                    input_tiles(
+                        plane,
+                        (h, w),
+                        (ty0, ty1, tx_n),
+                        &mut s.rt,
+                        v,
+                        c * nt + off,
+                        cin * nt,
+                    )
+                };
+            }
+            for o in 0..cout {
+                let plane = &dy[(img * cout + o) * h * w..][..h * w];
+                // SAFETY: as above.
+                unsafe { grad_tiles(plane, (h, w), (ty0, ty1, tx_n), m, o * nt + off, cout * nt) };
+            }
+        }
+        // Ŷ_ξ as [tiles, O], the rows the product's right-hand side reads
+        let mt = resize(&mut s.mt, 16 * nt * cout);
+        for xi in 0..16 {
+            let (src, dst) =
+                (&m[xi * cout * nt..][..cout * nt], &mut mt[xi * nt * cout..][..nt * cout]);
+            super::simd_gemm::transpose(cout, nt, src, nt, dst, cout);
+        }
+        for xi in 0..16 {
+            use super::simd_gemm::{gemm_rows, Rows};
+            let a = (&v[xi * cin * nt..(xi + 1) * cin * nt], Rows::Step(nt), 1);
+            let b = (&mt[xi * nt * cout..(xi + 1) * nt * cout], Rows::Step(cout));
+            gemm_rows(cin, cout, nt, a, b, &mut du[xi * cin * cout..][..cin * cout], cout, true);
+        }
+        r0 = r1;
+    }
+    // dW[o, c] += Gᵀ dU[c, o] G, written as dWᵀ[c·9 + 3p + q, o]
+    const G: [[f32; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
+    for c in 0..cin {
+        for o in 0..cout {
+            let at = |xi: usize| du[xi * cin * cout + c * cout + o];
+            // (dU G)[i][q], then Gᵀ (dU G)
+            let mut ug = [[0.0f32; 3]; 4];
+            for (i, row) in ug.iter_mut().enumerate() {
+                for (q, v) in row.iter_mut().enumerate() {
+                    *v = (0..4).map(|j| at(i * 4 + j) * G[j][q]).sum();
+                }
+            }
+            for p in 0..3 {
+                for q in 0..3 {
+                    dwt[(c * 9 + p * 3 + q) * cout + o] +=
+                        (0..4).map(|i| G[i][p] * ug[i][q]).sum::<f32>();
+                }
+            }
+        }
     }
 }
 
@@ -357,6 +467,67 @@ unsafe fn output_tiles(
     }
 }
 
+/// Tile rows `ty0..ty1` of one output-gradient plane, `A dY Aᵀ` (`A = [1 0; 1 1; 1 −1; 0 −1]`,
+/// the adjoint of [`output_tiles`]' `Aᵀ M A`), into `m[ξ·stride + at + (ty − ty0)·tx_n + tx]`,
+/// 16 tiles of a row per step; the outputs of a tile past the plane's edge count as zeros.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn grad_tiles(
+    plane: &[f32],
+    (h, w): (usize, usize),
+    (ty0, ty1, tx_n): (usize, usize, usize),
+    m: &mut [f32],
+    at: usize,
+    stride: usize,
+) {
+    use std::arch::x86_64::*;
+    assert!(plane.len() >= h * w, "winograd: gradient plane too short");
+    assert!(holds(m.len(), stride, at, (ty0, ty1, tx_n)), "winograd: gradient tiles too short");
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    let first = |n: usize| -> __mmask16 { ((1u32 << n.min(16)) - 1) as u16 };
+    let mp = m.as_mut_ptr();
+    for ty in ty0..ty1 {
+        let base = at + (ty - ty0) * tx_n;
+        let mut q0 = 0;
+        while q0 < tx_n {
+            let mask = first(tx_n - q0);
+            // (a, a + b, a − b, −b) of each row's (even, odd) columns, for rows 2ty and 2ty + 1
+            let cols = |yy: usize| -> [__m512; 4] {
+                if yy >= h {
+                    return [_mm512_setzero_ps(); 4];
+                }
+                let x0 = 2 * q0;
+                let left = w - x0;
+                let p = plane.as_ptr().add(yy * w + x0);
+                let lo = _mm512_maskz_loadu_ps(first(left), p);
+                let hi = if left > 16 {
+                    _mm512_maskz_loadu_ps(first(left - 16), p.add(16))
+                } else {
+                    _mm512_setzero_ps()
+                };
+                let (a, b) =
+                    (_mm512_permutex2var_ps(lo, even, hi), _mm512_permutex2var_ps(lo, odd, hi));
+                [a, _mm512_add_ps(a, b), _mm512_sub_ps(a, b), _mm512_sub_ps(_mm512_setzero_ps(), b)]
+            };
+            let (r0, r1) = (cols(2 * ty), cols(2 * ty + 1));
+            for j in 0..4 {
+                let (p, q) = (r0[j], r1[j]);
+                let rows = [
+                    p,
+                    _mm512_add_ps(p, q),
+                    _mm512_sub_ps(p, q),
+                    _mm512_sub_ps(_mm512_setzero_ps(), q),
+                ];
+                for (i, v) in rows.into_iter().enumerate() {
+                    _mm512_mask_storeu_ps(mp.add((i * 4 + j) * stride + base + q0), mask, v);
+                }
+            }
+            q0 += 16;
+        }
+    }
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
 unsafe fn input_tiles(
@@ -383,6 +554,18 @@ unsafe fn output_tiles(
     unreachable!("winograd convolution without AVX-512")
 }
 
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn grad_tiles(
+    _: &[f32],
+    _: (usize, usize),
+    _: (usize, usize, usize),
+    _: &mut [f32],
+    _: usize,
+    _: usize,
+) {
+    unreachable!("winograd weight gradient without AVX-512")
+}
+
 #[cfg(test)]
 mod tests {
     use super::holds;
@@ -396,5 +579,58 @@ mod tests {
         assert!(!holds(usize::MAX, 100, 3, (6, 4, 7)));
         assert!(!holds(usize::MAX, usize::MAX / 8, 0, (0, 1, 1)));
         assert!(!holds(usize::MAX, 1, usize::MAX - 8, (0, 1, 16)));
+    }
+}
+
+#[cfg(test)]
+mod dw_tests {
+    /// Small planes (a half tile at the right and bottom edges, more than 16 tiles in a row)
+    /// against the direct sum, in f64.
+    #[test]
+    fn weight_grad_is_the_direct_sum() {
+        if !crate::kit::simd_gemm::available() {
+            return;
+        }
+        for (nb, c, o, h, w) in
+            [(1, 1, 1, 2, 2), (1, 1, 1, 5, 5), (2, 3, 2, 5, 7), (1, 2, 3, 4, 33)]
+        {
+            let x: Vec<f32> =
+                (0..nb * c * h * w).map(|i| ((i * 7919 % 101) as f32 - 50.0) / 50.0).collect();
+            let dy: Vec<f32> =
+                (0..nb * o * h * w).map(|i| ((i * 104729 % 97) as f32 - 48.0) / 48.0).collect();
+            let mut dw = vec![0.0f32; o * c * 9];
+            super::weight_grad(&x, (nb, c, h, w), &dy, o, &mut dw, &mut Default::default());
+            for oi in 0..o {
+                for ci in 0..c {
+                    for p in 0..3 {
+                        for q in 0..3 {
+                            let mut s = 0.0f64;
+                            for n in 0..nb {
+                                for r in 0..h {
+                                    for t in 0..w {
+                                        let (yy, xx) = (
+                                            r as isize + p as isize - 1,
+                                            t as isize + q as isize - 1,
+                                        );
+                                        if yy < 0 || xx < 0 || yy >= h as isize || xx >= w as isize
+                                        {
+                                            continue;
+                                        }
+                                        s += (dy[((n * o + oi) * h + r) * w + t]
+                                            * x[((n * c + ci) * h + yy as usize) * w + xx as usize])
+                                            as f64;
+                                    }
+                                }
+                            }
+                            let got = dw[(ci * 9 + p * 3 + q) * o + oi];
+                            assert!(
+                                (got as f64 - s).abs() < 1e-4,
+                                "{nb} {c} {o} {h} {w}: dw[{oi},{ci},{p},{q}] {got} vs {s}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 }
