@@ -61,17 +61,11 @@ fn check_device_compares_the_cpu_with_itself_exactly() {
     assert!(rows.iter().all(|r| r["rel_err"] == 0.0), "{v}");
     // weights perturbed at the level of rounding (what a GPU's other summation orders do):
     // every row within its tolerance, though not exact
-    let o = latent(&[
-        "check-device",
-        &small_config(),
-        "--device",
-        "cpu",
-        "--batch",
-        "8",
-        "--perturb",
-        "3e-7",
-        "--json",
-    ]);
+    let perturbed = |eps: &str| {
+        let args = ["check-device", &small_config(), "--device", "cpu", "--batch", "8"];
+        latent(&[&args[..], &["--perturb", eps, "--json"]].concat())
+    };
+    let o = perturbed("3e-7");
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(o.status.success(), "{v}");
     let moved = |what: &str| {
@@ -81,19 +75,19 @@ fn check_device_compares_the_cpu_with_itself_exactly() {
     };
     assert!(moved("features") > 0.0, "{v}");
     // and a real difference fails the check, naming the rows
-    let o = latent(&[
-        "check-device",
-        &small_config(),
-        "--device",
-        "cpu",
-        "--batch",
-        "8",
-        "--perturb",
-        "1e-2",
-    ]);
+    let o = perturbed("1e-2");
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("FAIL features") && out.contains("DISAGREE"), "{out}");
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ok"], false, "{v}");
+    let failed: Vec<&str> = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["ok"] == false)
+        .map(|r| r["what"].as_str().unwrap())
+        .collect();
+    let out = failed.join(", ");
+    assert!(failed.contains(&"features"), "{out}");
     // and a GPU that is not there is said so, not compared
     if !latent_cuda::driver_present() {
         let o = latent(&["check-device", &small_config(), "--device", "cuda:0"]);

@@ -130,6 +130,54 @@ fn resize(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     &mut v[..n]
 }
 
+/// A block of tile rows: its tile count, and its segments `(image, that image's tile rows
+/// ty0..ty1, their first tile in the block)`.
+struct Block {
+    nt: usize,
+    segments: Vec<(usize, usize, usize, usize)>,
+}
+
+/// The tile rows of `nb` images of `h × w` in blocks of about [`block_tiles`] tiles (whole
+/// rows, across images).
+fn blocks(
+    nb: usize,
+    (h, w): (usize, usize),
+    (cin, cout): (usize, usize),
+) -> impl Iterator<Item = Block> {
+    let (ty_n, tx_n) = (h.div_ceil(2), w.div_ceil(2));
+    let per_block = (block_tiles(cin, cout) / tx_n).max(1);
+    let total = nb * ty_n;
+    (0..total).step_by(per_block).map(move |r0| {
+        let r1 = (r0 + per_block).min(total);
+        let segments = (r0 / ty_n..=(r1 - 1) / ty_n)
+            .map(|img| {
+                let ty0 = r0.max(img * ty_n) - img * ty_n;
+                let ty1 = r1.min((img + 1) * ty_n) - img * ty_n;
+                (img, ty0, ty1, (img * ty_n + ty0 - r0) * tx_n)
+            })
+            .collect();
+        Block { nt: (r1 - r0) * tx_n, segments }
+    })
+}
+
+/// One block's input tiles, `V [16][cin][nt]` into `v`, from `x [.., cin, h, w]`.
+fn input_block(
+    x: &[f32],
+    (cin, h, w): (usize, usize, usize),
+    (segments, nt): (&[(usize, usize, usize, usize)], usize),
+    rt: &mut Vec<f32>,
+    v: &mut [f32],
+) {
+    let tx_n = w.div_ceil(2);
+    for &(img, ty0, ty1, off) in segments {
+        for c in 0..cin {
+            let plane = &x[(img * cin + c) * h * w..][..h * w];
+            // SAFETY: the callers asserted AVX-512; the function asserts its bounds.
+            unsafe { input_tiles(plane, (h, w), (ty0, ty1, tx_n), rt, v, c * nt + off, cin * nt) };
+        }
+    }
+}
+
 /// `y [nb, cout, h, w]` = the 3 × 3, padding-1 convolution of `x [nb, cin, h, w]` with the
 /// transformed kernel `u [16][cout][cin]` ([`weights`]). Panics without AVX-512 or on slices of
 /// the wrong length.
@@ -148,40 +196,10 @@ pub(crate) fn conv(
     assert_eq!(x.len(), nb * cin * h * w, "winograd convolution: input length");
     assert_eq!(y.len(), nb * cout * h * w, "winograd convolution: output length");
     assert_eq!(u.len(), 16 * cout * cin, "winograd convolution: kernel length");
-    let (ty_n, tx_n) = (h.div_ceil(2), w.div_ceil(2));
-    // tile rows in blocks of about block_tiles tiles (whole rows, across images)
-    let per_block = (block_tiles(cin, cout) / tx_n).max(1);
-    let total = nb * ty_n;
-    let mut r0 = 0;
-    while r0 < total {
-        let r1 = (r0 + per_block).min(total);
-        let nt = (r1 - r0) * tx_n;
-        // (image, its tile rows ty0..ty1, their first column in the block)
-        let segments: Vec<(usize, usize, usize, usize)> = (r0 / ty_n..=(r1 - 1) / ty_n)
-            .map(|img| {
-                let ty0 = r0.max(img * ty_n) - img * ty_n;
-                let ty1 = r1.min((img + 1) * ty_n) - img * ty_n;
-                (img, ty0, ty1, (img * ty_n + ty0 - r0) * tx_n)
-            })
-            .collect();
+    let tx_n = w.div_ceil(2);
+    for Block { nt, segments } in blocks(nb, (h, w), (cin, cout)) {
         let v = resize(&mut s.v, 16 * cin * nt);
-        for &(img, ty0, ty1, off) in &segments {
-            for c in 0..cin {
-                let plane = &x[(img * cin + c) * h * w..][..h * w];
-                // SAFETY: AVX-512 is present (asserted above); the function asserts its bounds.
-                unsafe {
-                    input_tiles(
-                        plane,
-                        (h, w),
-                        (ty0, ty1, tx_n),
-                        &mut s.rt,
-                        v,
-                        c * nt + off,
-                        cin * nt,
-                    )
-                };
-            }
-        }
+        input_block(x, (cin, h, w), (&segments, nt), &mut s.rt, v);
         let m = resize(&mut s.m, 16 * cout * nt);
         for xi in 0..16 {
             use super::simd_gemm::{gemm_rows, Rows};
@@ -192,13 +210,12 @@ pub(crate) fn conv(
         for &(img, ty0, ty1, off) in &segments {
             for o in 0..cout {
                 let plane = &mut y[(img * cout + o) * h * w..][..h * w];
-                // SAFETY: as above.
+                // SAFETY: AVX-512 is present (asserted above); the function asserts its bounds.
                 unsafe {
                     output_tiles(m, o * nt + off, cout * nt, (ty0, ty1, tx_n), (h, w), plane)
                 };
             }
         }
-        r0 = r1;
     }
 }
 
@@ -222,43 +239,17 @@ pub(crate) fn weight_grad(
     assert_eq!(x.len(), nb * cin * h * w, "winograd weight gradient: input length");
     assert_eq!(dy.len(), nb * cout * h * w, "winograd weight gradient: gradient length");
     assert_eq!(dwt.len(), cout * cin * 9, "winograd weight gradient: kernel length");
-    let (ty_n, tx_n) = (h.div_ceil(2), w.div_ceil(2));
-    let per_block = (block_tiles(cin, cout) / tx_n).max(1);
-    let total = nb * ty_n;
+    let tx_n = w.div_ceil(2);
     let du = resize(&mut s.du, 16 * cin * cout);
     du.fill(0.0);
-    let mut r0 = 0;
-    while r0 < total {
-        let r1 = (r0 + per_block).min(total);
-        let nt = (r1 - r0) * tx_n;
-        let segments: Vec<(usize, usize, usize, usize)> = (r0 / ty_n..=(r1 - 1) / ty_n)
-            .map(|img| {
-                let ty0 = r0.max(img * ty_n) - img * ty_n;
-                let ty1 = r1.min((img + 1) * ty_n) - img * ty_n;
-                (img, ty0, ty1, (img * ty_n + ty0 - r0) * tx_n)
-            })
-            .collect();
+    for Block { nt, segments } in blocks(nb, (h, w), (cin, cout)) {
         let v = resize(&mut s.v, 16 * cin * nt);
+        input_block(x, (cin, h, w), (&segments, nt), &mut s.rt, v);
         let m = resize(&mut s.m, 16 * cout * nt);
         for &(img, ty0, ty1, off) in &segments {
-            for c in 0..cin {
-                let plane = &x[(img * cin + c) * h * w..][..h * w];
-                // SAFETY: AVX-512 is present (asserted above); the function asserts its bounds.
-                unsafe {
-                    input_tiles(
-                        plane,
-                        (h, w),
-                        (ty0, ty1, tx_n),
-                        &mut s.rt,
-                        v,
-                        c * nt + off,
-                        cin * nt,
-                    )
-                };
-            }
             for o in 0..cout {
                 let plane = &dy[(img * cout + o) * h * w..][..h * w];
-                // SAFETY: as above.
+                // SAFETY: AVX-512 is present (asserted above); the function asserts its bounds.
                 unsafe { grad_tiles(plane, (h, w), (ty0, ty1, tx_n), m, o * nt + off, cout * nt) };
             }
         }
@@ -275,7 +266,6 @@ pub(crate) fn weight_grad(
             let b = (&mt[xi * nt * cout..(xi + 1) * nt * cout], Rows::Step(cout));
             gemm_rows(cin, cout, nt, a, b, &mut du[xi * cin * cout..][..cin * cout], cout, true);
         }
-        r0 = r1;
     }
     // dW[o, c] += Gᵀ dU[c, o] G, written as dWᵀ[c·9 + 3p + q, o]
     const G: [[f32; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
