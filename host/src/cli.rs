@@ -67,7 +67,7 @@ pub enum Command {
         #[arg(long, default_value_t = 64)]
         batch: usize,
         /// The largest relative L2 error allowed (‖device − cpu‖ / ‖cpu‖); rows that are
-        /// ill-conditioned under rounding allow 10 times it, and say so
+        /// ill-conditioned under rounding allow 10 or 100 times it, and print their own
         #[arg(long, default_value_t = 1e-3)]
         tol: f64,
         /// Perturb the device side's weights by this relative amount before comparing: with

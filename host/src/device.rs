@@ -95,9 +95,9 @@ pub struct Agreement {
 /// `latent check-device`: the config's encoder built twice with the same weights, on the CPU
 /// and on `device`; one training batch of the config's views (all views in one pass) through
 /// both; the objective (on the CPU) on each one's features; the CPU objective's d loss /
-/// d features back through both encoders. Compared: features, loss, the gradients (all
-/// together, and the worst tensor), the batch-norm running statistics (with `verbose`, every
-/// tensor alone too); then two optimizer updates from the same gradients (the CPU's, copied
+/// d features back through both encoders. Compared: features, loss, the gradients (the worst
+/// tensor), the parameters and batch-norm running statistics (with `verbose`, every tensor
+/// alone too); then two optimizer updates from the same gradients (the CPU's, copied
 /// to the device where its optimizer runs) and the EMA target after them; then the losses of
 /// two training steps and what those changed in the trained parameters, all together.
 /// `device = "cpu"` compares the CPU with itself (the answers are then identical: the test of
@@ -178,8 +178,9 @@ pub fn check(
     let fb = b.encoder.forward(x, true)?;
     let mut out = Vec::new();
     // Each row's tolerance is `tol` times a factor. Factors above 1 are for quantities that
-    // are ill-conditioned under rounding: the CPU against itself with weights perturbed by one
-    // part in 10⁷ (`--perturb 1e-7`) moves them by what the factor allows (docs/CUDA.md).
+    // are ill-conditioned under rounding: the CPU against itself with weights perturbed at the
+    // level of rounding (`--perturb` 1e-7 to 1e-6) stays inside what the factor allows
+    // (docs/ARCHITECTURE.md, "Devices").
     let agree = |what: &str, rel_err: f64, worst: String, factor: f64| Agreement {
         what: what.into(),
         rel_err,

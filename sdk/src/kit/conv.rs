@@ -968,21 +968,9 @@ impl Conv2d {
         let wlen = w.len();
         let mut dx = zeroed(x.len());
         let dw_t = matches!(par, gemm::Parallelism::None) && super::simd_gemm::available();
-        // Winograd's products for dX where they apply, and for dW too where the planes' sides
-        // are even and at least 8. On odd sides the tiles' padding is a large share (at 7 × 7,
-        // 64 outputs per 49): 256 × 128 × 7 × 7 on one Zen 4 thread took 77.5–80.4 ms for the
-        // backward with the implicit product's dW, 84.2–85.6 with Winograd's. At 4 × 4 a row
-        // of tiles fills an eighth of a vector: 128 × 512 × 4 × 4, 229–235 against 233–245.
-        // Where it is taken (`time_winograd_layers`, the same build, dW alone switched): 28 × 28
-        // at 32 channels 2 % faster, 14 × 14 at 64 7 %, 32 × 32 at 64 3 %, 16 × 16 at 128 10 %,
-        // 8 × 8 at 256 13–16 %.
+        // Winograd's products for dX where they apply, and for dW too where its rule says
         let fits = dw_t && super::winograd::fits(g.c, g.o, (g.kh, g.kw), (g.s, g.pad, g.groups));
-        #[allow(unused_mut)]
-        let mut wino_dw = fits && g.h.is_multiple_of(2) && g.w.is_multiple_of(2) && g.w >= 8;
-        #[cfg(test)]
-        if super::winograd::DW_DISABLED.load(std::sync::atomic::Ordering::SeqCst) {
-            wino_dw = false;
-        }
+        let wino_dw = fits && super::winograd::dw_fits(g.h, g.w);
         let shifted = Shifted::new(&g).filter(|_| dw_t && !wino_dw);
         let wino = fits && (wino_dw || shifted.is_some());
         let ut = if wino { super::winograd::weights(w, g.o, g.c, true) } else { Vec::new() };
@@ -1263,9 +1251,9 @@ mod tests {
             return;
         }
         // (images, channels in, out, h, w): odd and even sides (a half tile at the edge; dW on
-        // Winograd's path for even sides of 8 or more only), 1 x 1 and 1 x 2 planes, more than 16 tiles in a
-        // row (two steps of the transforms), channel
-        // counts that are not multiples of the kernel's tiles, batches of one chunk and of many
+        // Winograd's path for even sides of 8 or more only), 1 x 1 and 1 x 2 planes, more than
+        // 16 tiles in a row (two steps of the transforms), channel counts that are not
+        // multiples of the kernel's tiles, batches of one chunk and of many
         for (seed, (n, c, o, h, w)) in [
             (2, 64, 64, 5, 5),
             (1, 64, 64, 28, 28),
@@ -1313,9 +1301,9 @@ mod tests {
                 now >= calls + 2,
                 "case {seed}: the forward and dX did not take Winograd's path"
             );
-            // dW takes it on planes of even sides, 8 wide or more
+            // dW takes it where its rule says
             assert!(
-                (h % 2 == 1 || w % 2 == 1 || w < 8)
+                !crate::kit::winograd::dw_fits(h, w)
                     || crate::kit::winograd::DW_CALLS.load(std::sync::atomic::Ordering::SeqCst)
                         > dw_calls,
                 "case {seed}: dW did not take Winograd's path"
@@ -1530,7 +1518,7 @@ mod timing {
             let mut conv = Conv2d::new(&Init::new(1), c, c, 3, cfg);
             let (x, dy) = (random(&[n, c, h, h], 1), random(&[n, c, h, h], 2));
             let mut outputs = Vec::new();
-            // Winograd's path at 32 channels too, to show why it starts at 64
+            // Winograd's path whatever the channel count (the 32-channel layer is at its threshold)
             crate::kit::winograd::ANY_CHANNELS.store(true, std::sync::atomic::Ordering::SeqCst);
             for winograd in [false, true, false, true] {
                 crate::kit::winograd::DISABLED

@@ -52,6 +52,23 @@ pub(crate) fn fits(
     fits
 }
 
+/// True when a layer that [`fits`] also takes [`weight_grad`] for its kernel gradient: planes
+/// of even sides, at least 8 wide. On odd sides the tiles' padding is a large share (at 7 × 7,
+/// 64 outputs per 49): 256 × 128 × 7 × 7 on one Zen 4 thread took 77.5–80.4 ms for the
+/// backward with the implicit product's dW, 84.2–85.6 with this one. At 4 × 4 a row of tiles
+/// fills an eighth of a vector: 128 × 512 × 4 × 4, 229–235 against 233–245. Where it is taken
+/// (`time_winograd_layers`, the same build, dW alone switched): 28 × 28 at 32 channels 2 %
+/// faster, 14 × 14 at 64 7 %, 32 × 32 at 64 3 %, 16 × 16 at 128 10 %, 8 × 8 at 256 13–16 %.
+pub(crate) fn dw_fits(h: usize, w: usize) -> bool {
+    #[allow(unused_mut)]
+    let mut fits = h.is_multiple_of(2) && w.is_multiple_of(2) && w >= 8;
+    #[cfg(test)]
+    if DW_DISABLED.load(std::sync::atomic::Ordering::SeqCst) {
+        fits = false;
+    }
+    fits
+}
+
 /// Tests turn this path off to compare it with the others.
 #[cfg(test)]
 pub(crate) static DISABLED: std::sync::atomic::AtomicBool =
@@ -75,10 +92,13 @@ pub(crate) static DW_DISABLED: std::sync::atomic::AtomicBool =
 #[cfg(test)]
 pub(crate) static DW_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// The kernel transform `G` (`U = G g Gᵀ`); its transpose takes the kernel gradient back
+/// (`dW = Gᵀ dU G`).
+const G: [[f32; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
+
 /// `U [16][O][C]` of a kernel `w [O, C, 3, 3]`; with `flip`, the kernel of the input gradient,
 /// `w'[c, o, p, q] = w[o, c, 2 − p, 2 − q]`, as `[16][C][O]`.
 pub(crate) fn weights(w: &[f32], o: usize, c: usize, flip: bool) -> Vec<f32> {
-    const G: [[f32; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
     let (rows, cols) = if flip { (c, o) } else { (o, c) };
     let mut u = vec![0.0f32; 16 * rows * cols];
     for oi in 0..o {
@@ -268,7 +288,6 @@ pub(crate) fn weight_grad(
         }
     }
     // dW[o, c] += Gᵀ dU[c, o] G, written as dWᵀ[c·9 + 3p + q, o]
-    const G: [[f32; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
     for c in 0..cin {
         for o in 0..cout {
             let at = |xi: usize| du[xi * cin * cout + c * cout + o];
@@ -297,6 +316,26 @@ fn holds(len: usize, stride: usize, at: usize, (ty0, ty1, tx_n): (usize, usize, 
         15usize.checked_mul(stride)?.checked_add(at)?.checked_add(rows.checked_mul(tx_n)?)
     })();
     need.is_some_and(|n| n <= len)
+}
+
+/// The first `n` of 16 lanes (all 16 for `n` ≥ 16).
+#[cfg(target_arch = "x86_64")]
+fn first(n: usize) -> u16 {
+    ((1u32 << n.min(16)) - 1) as u16
+}
+
+/// The even and the odd elements of the 32 in `(lo, hi)`, 16 each.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn even_odd(
+    lo: std::arch::x86_64::__m512,
+    hi: std::arch::x86_64::__m512,
+) -> (std::arch::x86_64::__m512, std::arch::x86_64::__m512) {
+    use std::arch::x86_64::*;
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    (_mm512_permutex2var_ps(lo, even, hi), _mm512_permutex2var_ps(lo, odd, hi))
 }
 
 /// `Bᵀ (d0, d1, d2, d3)`, lane by lane: `(d0 − d2, d1 + d2, d2 − d1, d1 − d3)`.
@@ -333,9 +372,6 @@ unsafe fn input_tiles(
     assert!(holds(v.len(), stride, at, (ty0, ty1, tx_n)), "winograd: tiles too short");
     let rows = 2 * (ty1 - ty0) + 2;
     let rt = resize(rt, rows * 4 * tx_n);
-    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    let first = |n: usize| -> __mmask16 { ((1u32 << n.min(16)) - 1) as u16 };
     for k in 0..rows {
         let out = rt.as_mut_ptr().add(k * 4 * tx_n);
         let y = (2 * ty0 + k) as isize - 1;
@@ -360,7 +396,7 @@ unsafe fn input_tiles(
             let p = src.as_ptr().wrapping_offset(c);
             let lo = _mm512_maskz_loadu_ps(inside(c), p);
             let hi = _mm512_maskz_loadu_ps(inside(c + 16), p.wrapping_add(16));
-            (_mm512_permutex2var_ps(lo, even, hi), _mm512_permutex2var_ps(lo, odd, hi))
+            even_odd(lo, hi)
         };
         let mut q0 = 0;
         while q0 < tx_n {
@@ -421,7 +457,6 @@ unsafe fn output_tiles(
     assert!(plane.len() >= h * w, "winograd: output plane too short");
     let lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     let hi_idx = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-    let first = |n: usize| -> __mmask16 { ((1u32 << n.min(16)) - 1) as u16 };
     for ty in ty0..ty1 {
         let base = at + (ty - ty0) * tx_n;
         let mut tx0 = 0;
@@ -473,9 +508,6 @@ unsafe fn grad_tiles(
     use std::arch::x86_64::*;
     assert!(plane.len() >= h * w, "winograd: gradient plane too short");
     assert!(holds(m.len(), stride, at, (ty0, ty1, tx_n)), "winograd: gradient tiles too short");
-    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    let first = |n: usize| -> __mmask16 { ((1u32 << n.min(16)) - 1) as u16 };
     let mp = m.as_mut_ptr();
     for ty in ty0..ty1 {
         let base = at + (ty - ty0) * tx_n;
@@ -496,8 +528,7 @@ unsafe fn grad_tiles(
                 } else {
                     _mm512_setzero_ps()
                 };
-                let (a, b) =
-                    (_mm512_permutex2var_ps(lo, even, hi), _mm512_permutex2var_ps(lo, odd, hi));
+                let (a, b) = even_odd(lo, hi);
                 [a, _mm512_add_ps(a, b), _mm512_sub_ps(a, b), _mm512_sub_ps(_mm512_setzero_ps(), b)]
             };
             let (r0, r1) = (cols(2 * ty), cols(2 * ty + 1));
@@ -570,10 +601,7 @@ mod tests {
         assert!(!holds(usize::MAX, usize::MAX / 8, 0, (0, 1, 1)));
         assert!(!holds(usize::MAX, 1, usize::MAX - 8, (0, 1, 16)));
     }
-}
 
-#[cfg(test)]
-mod dw_tests {
     /// Small planes (a half tile at the right and bottom edges, more than 16 tiles in a row)
     /// against the direct sum, in f64.
     #[test]
