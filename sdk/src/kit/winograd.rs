@@ -23,8 +23,9 @@
 /// The fewest input and output channels for which this path is taken. The transforms cost the
 /// same per channel whatever the channel count, the products grow with it. At 32 channels of
 /// 28 × 28 (64 images, one thread) the forward takes 8.0–8.8 ms against 12.9–13.8 for the
-/// implicit product, the backward 17.4–18.9 against 21.2–21.9 (Zen 4, with the blocks of
-/// [`block_tiles`]; with blocks of 64 tiles the two paths were level on Zen 5). At 64 of
+/// implicit product, the backward (its dW still implicit then) 17.4–18.9 against 21.2–21.9
+/// (Zen 4, with the blocks of [`block_tiles`]; with blocks of 64 tiles the two paths were
+/// level on Zen 5). At 64 of
 /// 14 × 14 (128 images) 13.5–14.0 against 21.7–23.0, at 128 of 7 × 7 (256 images) 36.6–40.8
 /// against 46.8–48.4 (Zen 4); on Zen 5, at 64 of 32 × 32 (16 images) 4.6–4.9 against 6.3, at
 /// 256 of 8 × 8 (64 images) 18.3 against 32.6.
