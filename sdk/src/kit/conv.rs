@@ -988,7 +988,7 @@ impl Conv2d {
         let planes = std::mem::take(&mut self.planes);
         let kept = shifted.is_some() && planes.len() == n * il;
         let body_in = |s: &mut Scratch,
-                       dw: &mut Vec<f32>,
+                       (dw, du): &mut (Vec<f32>, Vec<f32>),
                        dxc: &mut [f32],
                        xc: &[f32],
                        dyc: &[f32],
@@ -998,8 +998,12 @@ impl Conv2d {
                 *dw = vec![0.0; wlen];
             }
             if wino_dw {
-                // dX and dW both by Winograd's products, from the unpadded planes
-                super::winograd::weight_grad(xc, (nbl, g.c, g.h, g.w), dyc, g.o, dw, &mut s.wino);
+                // dX and dW both by Winograd's products, from the unpadded planes; dW in
+                // Winograd's basis until the task's chunks are done (`finish`)
+                if du.is_empty() {
+                    *du = vec![0.0; 16 * g.c * g.o];
+                }
+                super::winograd::weight_grad(xc, (nbl, g.c, g.h, g.w), dyc, g.o, du, &mut s.wino);
                 super::winograd::conv(dyc, (nbl, g.o, g.oh, g.ow), &ut, g.c, dxc, &mut s.wino);
             } else if let Some(sh) = shifted {
                 use super::simd_gemm::{gemm_rows, transpose, Rows};
@@ -1076,8 +1080,13 @@ impl Conv2d {
                 }
             }
         };
-        let body = |mut dw: Vec<f32>, dxc: &mut [f32], xc: &[f32], dyc: &[f32], pc: &[f32]| {
-            with_scratch(|s| body_in(s, &mut dw, dxc, xc, dyc, pc));
+        let body = |acc: &mut (Vec<f32>, Vec<f32>), dxc: &mut [f32], xc: &[f32], dyc, pc| {
+            with_scratch(|s| body_in(s, acc, dxc, xc, dyc, pc));
+        };
+        let finish = |(mut dw, du): (Vec<f32>, Vec<f32>)| {
+            if !du.is_empty() {
+                super::winograd::kernel_grad_into(&du, (g.c, g.o), &mut dw);
+            }
             dw
         };
         let dw = if n > nb {
@@ -1102,7 +1111,7 @@ impl Conv2d {
                 .zip(dy.data.par_chunks(to))
                 .zip(task_planes.par_iter())
                 .map(|(((dxt, xt), dyt), pt)| {
-                    let mut dw = Vec::new();
+                    let mut acc = Default::default();
                     let (ci, co) = (nb * g.in_len(), nb * g.out_len());
                     for (j, ((dxc, xc), dyc)) in
                         dxt.chunks_mut(ci).zip(xt.chunks(ci)).zip(dyt.chunks(co)).enumerate()
@@ -1112,15 +1121,17 @@ impl Conv2d {
                         } else {
                             &[][..]
                         };
-                        dw = body(dw, dxc, xc, dyc, pc);
+                        body(&mut acc, dxc, xc, dyc, pc);
                     }
-                    dw
+                    finish(acc)
                 })
                 .collect();
             sum_in_order(parts)
         } else {
             let pc = if kept { &planes[..] } else { &[][..] };
-            body(Vec::new(), &mut dx, &x.data, &dy.data, pc)
+            let mut acc = Default::default();
+            body(&mut acc, &mut dx, &x.data, &dy.data, pc);
+            finish(acc)
         };
         self.planes = planes;
         if dw_t {

@@ -143,7 +143,6 @@ pub(crate) struct Scratch {
     m: Vec<f32>,
     rt: Vec<f32>,
     mt: Vec<f32>,
-    du: Vec<f32>,
 }
 
 fn resize(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
@@ -240,18 +239,18 @@ pub(crate) fn conv(
     }
 }
 
-/// `dwt [cin·9, cout] +=` the kernel gradient (transposed, as the implicit product's
-/// accumulators in `conv.rs` hold it) of the 3 × 3, padding-1 convolution of
-/// `x [nb, cin, h, w]` whose output gradient is `dy [nb, cout, h, w]`: with `V = Bᵀ d B` the
-/// input's tiles as in the forward and `Ŷ = A dY Aᵀ` the output gradient's (the adjoint of
-/// `Aᵀ M A`), `dU_ξ [C, O] = Σ_tiles V_ξ · Ŷ_ξᵀ` (16 products over the tiles), then
-/// `dW = Gᵀ dU G`. Panics without AVX-512 or on slices of the wrong length.
+/// `du [16][cin][cout] +=` the kernel gradient in Winograd's basis of the 3 × 3, padding-1
+/// convolution of `x [nb, cin, h, w]` whose output gradient is `dy [nb, cout, h, w]`: with
+/// `V = Bᵀ d B` the input's tiles as in the forward and `Ŷ = A dY Aᵀ` the output gradient's
+/// (the adjoint of `Aᵀ M A`), `dU_ξ [C, O] += Σ_tiles V_ξ · Ŷ_ξᵀ` (16 products over the
+/// tiles). [`kernel_grad_into`] takes the sum of several calls back to `dW = Gᵀ dU G` once.
+/// Panics without AVX-512 or on slices of the wrong length.
 pub(crate) fn weight_grad(
     x: &[f32],
     (nb, cin, h, w): (usize, usize, usize, usize),
     dy: &[f32],
     cout: usize,
-    dwt: &mut [f32],
+    du: &mut [f32],
     s: &mut Scratch,
 ) {
     assert!(super::simd_gemm::available(), "winograd weight gradient without AVX-512");
@@ -259,10 +258,8 @@ pub(crate) fn weight_grad(
     DW_CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(x.len(), nb * cin * h * w, "winograd weight gradient: input length");
     assert_eq!(dy.len(), nb * cout * h * w, "winograd weight gradient: gradient length");
-    assert_eq!(dwt.len(), cout * cin * 9, "winograd weight gradient: kernel length");
+    assert_eq!(du.len(), 16 * cout * cin, "winograd weight gradient: accumulator length");
     let tx_n = w.div_ceil(2);
-    let du = resize(&mut s.du, 16 * cin * cout);
-    du.fill(0.0);
     for Block { nt, segments } in blocks(nb, (h, w), (cin, cout)) {
         let v = resize(&mut s.v, 16 * cin * nt);
         input_block(x, (cin, h, w), (&segments, nt), &mut s.rt, v);
@@ -288,12 +285,21 @@ pub(crate) fn weight_grad(
             gemm_rows(cin, cout, nt, a, b, &mut du[xi * cin * cout..][..cin * cout], cout, true);
         }
     }
+}
+
+/// `dwt [cin·9, cout] +=` the kernel gradient (transposed, as the implicit product's
+/// accumulators in `conv.rs` hold it) whose transform [`weight_grad`] summed into `du`. Panics
+/// without AVX-512 or on slices of the wrong length.
+pub(crate) fn kernel_grad_into(du: &[f32], (cin, cout): (usize, usize), dwt: &mut [f32]) {
+    assert!(super::simd_gemm::available(), "winograd weight gradient without AVX-512");
+    assert_eq!(du.len(), 16 * cout * cin, "winograd weight gradient: accumulator length");
+    assert_eq!(dwt.len(), cout * cin * 9, "winograd weight gradient: kernel length");
     // SAFETY: AVX-512 is present (asserted above); the function indexes its slices.
     unsafe { kernel_grad(du, (cin, cout), dwt) };
 }
 
 /// `dW[o, c] += Gᵀ dU[c, o] G`, written as `dWᵀ[c·9 + 3p + q, o]`, 16 output channels at a
-/// time (this ran once per chunk of images, and scalar it was 3 % of a resnet-mini step).
+/// time (scalar and once per chunk of images, it was 3 % of a resnet-mini step).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn kernel_grad(du: &[f32], (cin, cout): (usize, usize), dwt: &mut [f32]) {
@@ -647,8 +653,9 @@ mod tests {
                 (0..nb * c * h * w).map(|i| ((i * 7919 % 101) as f32 - 50.0) / 50.0).collect();
             let dy: Vec<f32> =
                 (0..nb * o * h * w).map(|i| ((i * 104729 % 97) as f32 - 48.0) / 48.0).collect();
-            let mut dw = vec![0.0f32; o * c * 9];
-            super::weight_grad(&x, (nb, c, h, w), &dy, o, &mut dw, &mut Default::default());
+            let (mut du, mut dw) = (vec![0.0f32; 16 * o * c], vec![0.0f32; o * c * 9]);
+            super::weight_grad(&x, (nb, c, h, w), &dy, o, &mut du, &mut Default::default());
+            super::kernel_grad_into(&du, (c, o), &mut dw);
             for oi in 0..o {
                 for ci in 0..c {
                     for p in 0..3 {
