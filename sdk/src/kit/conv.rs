@@ -930,7 +930,7 @@ impl Conv2d {
         // the chunk's output planes' sums, taken while the chunk is in cache
         let sums_of = |yc: &[f32]| -> Vec<(f32, f32)> {
             if want_sums {
-                yc.chunks(p).map(plane_sums).collect()
+                yc.chunks(p).map(|q| super::simd_gemm::with_avx512(|| plane_sums(q))).collect()
             } else {
                 Vec::new()
             }

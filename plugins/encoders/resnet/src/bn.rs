@@ -22,6 +22,7 @@
 //! adds the ranks' shares.
 
 use latent_sdk::kit::conv::{dot_sums, plane_sums};
+use latent_sdk::kit::simd_gemm::with_avx512;
 use latent_sdk::kit::{Init, Module, Param, Tensor};
 use latent_sdk::prelude::{Collective, ParamRole};
 use rayon::prelude::*;
@@ -167,7 +168,11 @@ impl BnRelu {
                 "batch-norm in training needs more than one value per channel, got shape {:?}",
                 x.shape
             );
-            let pairs = if sums.len() == n * c { sums } else { planes(&x.data, s, plane_sums) };
+            let pairs = if sums.len() == n * c {
+                sums
+            } else {
+                planes(&x.data, s, |p| with_avx512(|| plane_sums(p)))
+            };
             let mut sums = per_channel(&pairs, c, per_group);
             let m = all_reduce(self.sync, &mut sums, m as f64) as usize;
             let mo = self.momentum;
@@ -214,12 +219,12 @@ impl BnRelu {
             out.par_chunks_mut(s)
                 .zip(x.data.par_chunks(s))
                 .enumerate()
-                .for_each(|(i, (d, v))| apply(i, d, v));
+                .for_each(|(i, (d, v))| with_avx512(|| apply(i, d, v)));
         } else {
             out.chunks_mut(s)
                 .zip(x.data.chunks(s))
                 .enumerate()
-                .for_each(|(i, (d, v))| apply(i, d, v));
+                .for_each(|(i, (d, v))| with_avx512(|| apply(i, d, v)));
         }
         // SAFETY: the chunks of `s` cover all x.len() = n·c·s values of `out`, and `apply`
         // writes every value of its chunk (src and dst have the same length s)
@@ -253,9 +258,9 @@ impl BnRelu {
             dot_sums(p, xs, mean[k])
         };
         let pairs: Vec<(f32, f32)> = if dy.len() >= PAR_MIN {
-            dy.data.par_chunks_mut(s).enumerate().map(|(i, p)| pass(i, p)).collect()
+            dy.data.par_chunks_mut(s).enumerate().map(|(i, p)| with_avx512(|| pass(i, p))).collect()
         } else {
-            dy.data.chunks_mut(s).enumerate().map(|(i, p)| pass(i, p)).collect()
+            dy.data.chunks_mut(s).enumerate().map(|(i, p)| with_avx512(|| pass(i, p))).collect()
         };
         let mut raw = per_channel(&pairs, c, per_group);
         // this rank's share of dγ and dβ; the means below span every rank when synchronised
@@ -277,9 +282,11 @@ impl BnRelu {
                 let (ch, k) = (i % c, at(i));
                 let (kk, mu, is) = (g[ch] * inv[k], mean[k], inv[k]);
                 let (m0, m1) = (mg[k], mgx[k]);
-                for (d, &v) in p.iter_mut().zip(&xd[i * s..(i + 1) * s]) {
-                    *d = kk * (*d - m0 - (v - mu) * is * m1);
-                }
+                with_avx512(|| {
+                    for (d, &v) in p.iter_mut().zip(&xd[i * s..(i + 1) * s]) {
+                        *d = kk * (*d - m0 - (v - mu) * is * m1);
+                    }
+                })
             });
         } else {
             planes_mut(&mut dy.data, s, |i, p| {
