@@ -862,7 +862,7 @@ impl Conv2d {
         let mut y = zeroed(n * g.out_len());
         let serial = matches!(par, gemm::Parallelism::None);
         let wino = serial && super::winograd::fits(g.c, g.o, (g.kh, g.kw), (g.s, g.pad, g.groups));
-        let u = if wino { super::winograd::weights(w, g.o, g.c, false) } else { Vec::new() };
+        let u = wino.then(|| super::winograd::Kernel::new(w, (g.o, g.c), false, (g.h, g.w)));
         let shifted = Shifted::new(&g).filter(|_| serial && !wino);
         let offs = shifted.map(|sh| sh.offsets(&g)).unwrap_or_default();
         // a training forward keeps its phase planes for the backward
@@ -877,7 +877,8 @@ impl Conv2d {
         let body = |s: &mut Scratch, yc: &mut [f32], xc: &[f32], kept: Option<&mut [f32]>| {
             let nbl = xc.len() / g.in_len();
             if wino {
-                super::winograd::conv(xc, (nbl, g.c, g.h, g.w), &u, g.o, yc, &mut s.wino);
+                let u = u.as_ref().expect("winograd kernel");
+                u.conv(xc, (nbl, g.c, g.h, g.w), g.o, yc, &mut s.wino);
             } else if let Some(sh) = shifted {
                 use super::simd_gemm::{gemm_rows, Rows};
                 #[cfg(test)]
@@ -977,7 +978,7 @@ impl Conv2d {
         let wino_dw = fits && super::winograd::dw_fits(g.h, g.w);
         let shifted = Shifted::new(&g).filter(|_| dw_t && !wino_dw);
         let wino = fits && (wino_dw || shifted.is_some());
-        let ut = if wino { super::winograd::weights(w, g.o, g.c, true) } else { Vec::new() };
+        let ut = wino.then(|| super::winograd::Kernel::new(w, (g.o, g.c), true, (g.oh, g.ow)));
         let (offs, phases) = match shifted {
             Some(sh) if wino => (sh.offsets(&g), Vec::new()),
             Some(sh) => (sh.offsets(&g), sh.dx_phases(&g, w)),
@@ -1004,7 +1005,13 @@ impl Conv2d {
                     *du = vec![0.0; 16 * g.c * g.o];
                 }
                 super::winograd::weight_grad(xc, (nbl, g.c, g.h, g.w), dyc, g.o, du, &mut s.wino);
-                super::winograd::conv(dyc, (nbl, g.o, g.oh, g.ow), &ut, g.c, dxc, &mut s.wino);
+                ut.as_ref().expect("winograd kernel").conv(
+                    dyc,
+                    (nbl, g.o, g.oh, g.ow),
+                    g.c,
+                    dxc,
+                    &mut s.wino,
+                );
             } else if let Some(sh) = shifted {
                 use super::simd_gemm::{gemm_rows, transpose, Rows};
                 let plane = g.oh * g.ow;
@@ -1046,7 +1053,13 @@ impl Conv2d {
                     gemm_rows(k, g.o, sh.span, a, (&dyt[..], Rows::Step(g.o)), dw, g.o, true);
                 }
                 if wino {
-                    super::winograd::conv(dyc, (nbl, g.o, g.oh, g.ow), &ut, g.c, dxc, &mut s.wino);
+                    ut.as_ref().expect("winograd kernel").conv(
+                        dyc,
+                        (nbl, g.o, g.oh, g.ow),
+                        g.c,
+                        dxc,
+                        &mut s.wino,
+                    );
                 }
             } else {
                 for grp in 0..g.groups {
@@ -1305,6 +1318,8 @@ mod tests {
             (3, 16, 32, 28, 28),
             (2, 32, 17, 9, 6),
             (2, 48, 40, 36, 34),
+            (2, 40, 32, 11, 25),
+            (1, 32, 48, 32, 32),
         ]
         .into_iter()
         .enumerate()
@@ -1331,10 +1346,15 @@ mod tests {
             // (on more threads a batch of few chunks takes the parallel gemm of im2col)
             let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
             let (y0, dx0, dw0) = pool.install(|| run(true));
-            let calls = crate::kit::winograd::CALLS.load(std::sync::atomic::Ordering::SeqCst);
+            // calls of F(2×2) and F(4×4)
+            let wino_calls = || {
+                crate::kit::winograd::CALLS.load(std::sync::atomic::Ordering::SeqCst)
+                    + crate::kit::winograd4::CALLS.load(std::sync::atomic::Ordering::SeqCst)
+            };
+            let calls = wino_calls();
             let dw_calls = crate::kit::winograd::DW_CALLS.load(std::sync::atomic::Ordering::SeqCst);
             let (y1, dx1, dw1) = pool.install(|| run(false));
-            let now = crate::kit::winograd::CALLS.load(std::sync::atomic::Ordering::SeqCst);
+            let now = wino_calls();
             assert!(
                 now >= calls + 2,
                 "case {seed}: the forward and dX did not take Winograd's path"
@@ -1348,11 +1368,13 @@ mod tests {
             );
             // and bitwise the same when run again
             assert_eq!(pool.install(|| run(false)).0, y1, "case {seed}: a second forward");
+            // F(4×4)'s larger tile rounds more (its module's doc)
+            let tol = if crate::kit::winograd4::fits(h, w) { 2e-5 } else { 2e-6 };
             for (name, a, b) in [("y", &y0, &y1), ("dx", &dx0, &dx1), ("dw", &dw0, &dw1)] {
                 let scale = a.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
                 for (i, (u, v)) in a.iter().zip(b.iter()).enumerate() {
                     assert!(
-                        (u - v).abs() <= 2e-6 * scale,
+                        (u - v).abs() <= tol * scale,
                         "case {seed}: {name}[{i}] {v} (winograd) vs {u} (im2col)"
                     );
                 }
@@ -1558,9 +1580,11 @@ mod timing {
             let mut outputs = Vec::new();
             // Winograd's path whatever the channel count (the 32-channel layer is at its threshold)
             crate::kit::winograd::ANY_CHANNELS.store(true, std::sync::atomic::Ordering::SeqCst);
-            for winograd in [false, true, false, true] {
+            // the implicit product, F(2×2) and F(4×4) (where `winograd4::fits`), twice
+            for (winograd, f4) in [(false, false), (true, false), (true, true)].repeat(2) {
                 crate::kit::winograd::DISABLED
                     .store(!winograd, std::sync::atomic::Ordering::SeqCst);
+                crate::kit::winograd4::DISABLED.store(!f4, std::sync::atomic::Ordering::SeqCst);
                 let (mut tf, mut tb, mut y) = (f64::MAX, f64::MAX, Vec::new());
                 pool.install(|| {
                     for _ in 0..5 {
@@ -1574,12 +1598,18 @@ mod timing {
                 });
                 outputs.push(y);
                 eprintln!(
-                    "{n} x {c} x {h} x {h}, winograd {winograd:5}: forward {:.2} ms, backward {:.2} ms (best of 5)",
+                    "{n} x {c} x {h} x {h}, {}: forward {:.2} ms, backward {:.2} ms (best of 5)",
+                    match (winograd, f4 && crate::kit::winograd4::fits(h, h)) {
+                        (false, _) => "implicit",
+                        (true, false) => "F(2x2)  ",
+                        (true, true) => "F(4x4)  ",
+                    },
                     tf * 1e3,
                     tb * 1e3
                 );
             }
             crate::kit::winograd::DISABLED.store(false, std::sync::atomic::Ordering::SeqCst);
+            crate::kit::winograd4::DISABLED.store(false, std::sync::atomic::Ordering::SeqCst);
             // dW alone: Winograd's against the implicit product, dX by Winograd in both
             for implicit in [true, false, true, false] {
                 crate::kit::winograd::DW_DISABLED
@@ -1602,8 +1632,10 @@ mod timing {
             crate::kit::winograd::DW_DISABLED.store(false, std::sync::atomic::Ordering::SeqCst);
             crate::kit::winograd::ANY_CHANNELS.store(false, std::sync::atomic::Ordering::SeqCst);
             let scale = outputs[0].iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-            for (a, b) in outputs[0].iter().zip(&outputs[1]) {
-                assert!((a - b).abs() <= 2e-6 * scale, "the two paths disagree: {a} vs {b}");
+            for (out, tol) in [(&outputs[1], 2e-6), (&outputs[2], 2e-5)] {
+                for (a, b) in outputs[0].iter().zip(out) {
+                    assert!((a - b).abs() <= tol * scale, "the paths disagree: {a} vs {b}");
+                }
             }
         }
     }

@@ -18,6 +18,7 @@ pub mod relu;
 pub mod simd_gemm;
 pub mod tensor;
 pub(crate) mod winograd;
+pub(crate) mod winograd4;
 
 pub use batchnorm::BatchNorm;
 pub use conv::{Conv2d, Conv2dConfig};

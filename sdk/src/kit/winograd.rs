@@ -125,6 +125,47 @@ pub(crate) fn weights(w: &[f32], o: usize, c: usize, flip: bool) -> Vec<f32> {
     u
 }
 
+/// A kernel transformed for the forward or the input gradient of a layer that [`fits`]: by
+/// F(4×4, 3×3) on the planes where [`super::winograd4::fits`] says so, else by F(2×2, 3×3).
+pub(crate) enum Kernel {
+    /// `U [16][rows][cols]` ([`weights`]).
+    F2(Vec<f32>),
+    /// `U [36][rows][cols]` ([`super::winograd4::weights`]).
+    F4(Vec<f32>),
+}
+
+impl Kernel {
+    /// The kernel `w [o, c, 3, 3]` (with `flip`, that of the input gradient) for planes of
+    /// `h × w`.
+    pub(crate) fn new(
+        k: &[f32],
+        (o, c): (usize, usize),
+        flip: bool,
+        (h, w): (usize, usize),
+    ) -> Kernel {
+        if super::winograd4::fits(h, w) {
+            Kernel::F4(super::winograd4::weights(k, o, c, flip))
+        } else {
+            Kernel::F2(weights(k, o, c, flip))
+        }
+    }
+
+    /// [`conv`] or [`super::winograd4::conv`] with this kernel.
+    pub(crate) fn conv(
+        &self,
+        x: &[f32],
+        dims: (usize, usize, usize, usize),
+        cout: usize,
+        y: &mut [f32],
+        s: &mut Scratch,
+    ) {
+        match self {
+            Kernel::F2(u) => conv(x, dims, u, cout, y, s),
+            Kernel::F4(u) => super::winograd4::conv(x, dims, u, cout, y, s),
+        }
+    }
+}
+
 /// Tiles per block of the transforms and products: a block's transformed input and its
 /// products, `16 · tiles · (cin + cout)` floats, about 1 MiB, so that they stay in a core's
 /// cache between the passes. Larger blocks make each of the 16 products wider and re-read
@@ -139,33 +180,39 @@ fn block_tiles(cin: usize, cout: usize) -> usize {
 /// Scratch of one thread, kept across calls.
 #[derive(Default)]
 pub(crate) struct Scratch {
-    v: Vec<f32>,
-    m: Vec<f32>,
-    rt: Vec<f32>,
+    pub(super) v: Vec<f32>,
+    pub(super) m: Vec<f32>,
+    pub(super) rt: Vec<f32>,
     mt: Vec<f32>,
 }
 
-fn resize(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+pub(super) fn resize(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     v.resize(n, 0.0);
     &mut v[..n]
 }
 
 /// A block of tile rows: its tile count, and its segments `(image, that image's tile rows
 /// ty0..ty1, their first tile in the block)`.
-struct Block {
-    nt: usize,
-    segments: Vec<(usize, usize, usize, usize)>,
+pub(super) struct Block {
+    pub(super) nt: usize,
+    pub(super) segments: Vec<(usize, usize, usize, usize)>,
 }
 
 /// The tile rows of `nb` images of `h × w` in blocks of about [`block_tiles`] tiles (whole
-/// rows, across images).
-fn blocks(
+/// rows, across images), for tiles of `tile × tile` outputs (2, or 4 for `winograd4`), whose
+/// transforms hold `(tile + 2)²` values.
+pub(super) fn blocks(
+    tile: usize,
     nb: usize,
     (h, w): (usize, usize),
     (cin, cout): (usize, usize),
 ) -> impl Iterator<Item = Block> {
-    let (ty_n, tx_n) = (h.div_ceil(2), w.div_ceil(2));
-    let per_block = (block_tiles(cin, cout) / tx_n).max(1);
+    let (ty_n, tx_n) = (h.div_ceil(tile), w.div_ceil(tile));
+    // F(4×4)'s blocks hold twice the floats of F(2×2)'s: at 64 channels of 32 × 32 (16
+    // images, one thread, Zen 4) its forward took 6.8–6.9 ms against 7.7–7.8 with the same
+    // budget, the backward 15.9–16.0 against 17.6–17.7; F(2×2) 7.9–8.2 and 17.1–18.0
+    let budget = if tile == 4 { 2 * block_tiles(cin, cout) } else { block_tiles(cin, cout) };
+    let per_block = (budget * 16 / (tile + 2).pow(2) / tx_n).max(1);
     let total = nb * ty_n;
     (0..total).step_by(per_block).map(move |r0| {
         let r1 = (r0 + per_block).min(total);
@@ -217,7 +264,7 @@ pub(crate) fn conv(
     assert_eq!(y.len(), nb * cout * h * w, "winograd convolution: output length");
     assert_eq!(u.len(), 16 * cout * cin, "winograd convolution: kernel length");
     let tx_n = w.div_ceil(2);
-    for Block { nt, segments } in blocks(nb, (h, w), (cin, cout)) {
+    for Block { nt, segments } in blocks(2, nb, (h, w), (cin, cout)) {
         let v = resize(&mut s.v, 16 * cin * nt);
         input_block(x, (cin, h, w), (&segments, nt), &mut s.rt, v);
         let m = resize(&mut s.m, 16 * cout * nt);
@@ -260,7 +307,7 @@ pub(crate) fn weight_grad(
     assert_eq!(dy.len(), nb * cout * h * w, "winograd weight gradient: gradient length");
     assert_eq!(du.len(), 16 * cout * cin, "winograd weight gradient: accumulator length");
     let tx_n = w.div_ceil(2);
-    for Block { nt, segments } in blocks(nb, (h, w), (cin, cout)) {
+    for Block { nt, segments } in blocks(2, nb, (h, w), (cin, cout)) {
         let v = resize(&mut s.v, 16 * cin * nt);
         input_block(x, (cin, h, w), (&segments, nt), &mut s.rt, v);
         let m = resize(&mut s.m, 16 * cout * nt);
@@ -342,17 +389,37 @@ unsafe fn kernel_grad(du: &[f32], (cin, cout): (usize, usize), dwt: &mut [f32]) 
 
 /// Whether `len` floats hold the 16 strided copies of tile rows `ty0..ty1` at `at`, the bound
 /// the unsafe transforms rely on: checked arithmetic, so that no overflow can pass it.
-fn holds(len: usize, stride: usize, at: usize, (ty0, ty1, tx_n): (usize, usize, usize)) -> bool {
+pub(super) fn holds(
+    len: usize,
+    stride: usize,
+    at: usize,
+    (ty0, ty1, tx_n): (usize, usize, usize),
+) -> bool {
+    holds_copies(16, len, stride, at, (ty0, ty1, tx_n))
+}
+
+/// [`holds`] for `copies` strided copies.
+pub(super) fn holds_copies(
+    copies: usize,
+    len: usize,
+    stride: usize,
+    at: usize,
+    (ty0, ty1, tx_n): (usize, usize, usize),
+) -> bool {
     let need = (|| {
         let rows = ty1.checked_sub(ty0)?;
-        15usize.checked_mul(stride)?.checked_add(at)?.checked_add(rows.checked_mul(tx_n)?)
+        copies
+            .checked_sub(1)?
+            .checked_mul(stride)?
+            .checked_add(at)?
+            .checked_add(rows.checked_mul(tx_n)?)
     })();
     need.is_some_and(|n| n <= len)
 }
 
 /// The first `n` of 16 lanes (all 16 for `n` ≥ 16).
 #[cfg(target_arch = "x86_64")]
-fn first(n: usize) -> u16 {
+pub(super) fn first(n: usize) -> u16 {
     ((1u32 << n.min(16)) - 1) as u16
 }
 

@@ -1,0 +1,430 @@
+//! Winograd's F(4×4, 3×3) for the forward and the input gradient of 3 × 3, stride-1,
+//! padding-1 convolutions on planes 25 to 32 wide: 36 multiplications per 4 × 4 outputs and
+//! input channel, against 64 for [`super::winograd`]'s F(2×2, 3×3) and 144 for the direct sum
+//! (Lavin & Gray, arXiv:1509.09308, section 4).
+//!
+//! ```text
+//! per 6 × 6 input tile d (rows 4·ty − 1 .., columns 4·tx − 1 .., zeros outside the image):
+//! V = Bᵀ d B,  U = G g Gᵀ,  Y[4 × 4] = Aᵀ (Σ_c U ⊙ V) A
+//! Bᵀ = [4 0 −5 0 1 0; 0 −4 −4 1 1 0; 0 4 −4 −1 1 0; 0 −2 −1 2 1 0; 0 2 −1 −2 1 0; 0 4 0 −5 0 1]
+//! G = [¼ 0 0; −⅙ −⅙ −⅙; −⅙ ⅙ −⅙; 1⁄24 1⁄12 ⅙; 1⁄24 −1⁄12 ⅙; 0 0 1]
+//! Aᵀ = [1 1 1 1 1 0; 0 1 −1 2 −2 0; 0 1 1 4 4 0; 0 1 −1 8 −8 1]
+//! ```
+//! The sum over input channels is 36 matrix products, `M_ξ [O, tiles] = U_ξ [O, C] · V_ξ [C,
+//! tiles]`, as in F(2×2). A row of at most 8 tiles fills half a vector: each input row is
+//! split into the 6 columns of its tiles by two permutations of 32 values, and an output row
+//! of 32 columns is interleaved back from the 4 outputs of its tiles. The kernel gradient
+//! stays with F(2×2) ([`super::winograd::weight_grad`]).
+//!
+//! The larger tile rounds more: results agree with the direct sums to about 1e-5 of their
+//! scale (F(2×2): 1e-6), and are bitwise the same from run to run.
+
+use super::winograd::{blocks, resize, Block, Scratch};
+
+/// True when a layer that [`super::winograd::fits`] takes this path: planes 25 to 32 wide,
+/// whose row of 7 or 8 tiles fills half a vector.
+pub(crate) fn fits(_h: usize, w: usize) -> bool {
+    #[allow(unused_mut)]
+    let mut fits = (25..=32).contains(&w);
+    #[cfg(test)]
+    if DISABLED.load(std::sync::atomic::Ordering::SeqCst) {
+        fits = false;
+    }
+    fits
+}
+
+/// Tests turn this path off (F(2×2) instead) to compare the two.
+#[cfg(test)]
+pub(crate) static DISABLED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Calls of [`conv`], so that tests can tell that they took this path.
+#[cfg(test)]
+pub(crate) static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The kernel transform `G` (`U = G g Gᵀ`).
+const G: [[f32; 3]; 6] = [
+    [0.25, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+    [0.0, 0.0, 1.0],
+];
+
+/// `U [36][O][C]` of a kernel `w [O, C, 3, 3]`; with `flip`, the kernel of the input gradient,
+/// `w'[c, o, p, q] = w[o, c, 2 − p, 2 − q]`, as `[36][C][O]`.
+pub(crate) fn weights(w: &[f32], o: usize, c: usize, flip: bool) -> Vec<f32> {
+    let (rows, cols) = if flip { (c, o) } else { (o, c) };
+    let mut u = vec![0.0f32; 36 * rows * cols];
+    for oi in 0..o {
+        for ci in 0..c {
+            let g = &w[(oi * c + ci) * 9..][..9];
+            let at = |p: usize, q: usize| if flip { g[(2 - p) * 3 + 2 - q] } else { g[p * 3 + q] };
+            // G g in f64, then (G g) Gᵀ, rounded once
+            let mut gg = [[0.0f64; 3]; 6];
+            for (i, row) in gg.iter_mut().enumerate() {
+                for (q, v) in row.iter_mut().enumerate() {
+                    *v = (0..3).map(|p| G[i][p] as f64 * at(p, q) as f64).sum();
+                }
+            }
+            let (r, k) = if flip { (ci, oi) } else { (oi, ci) };
+            for i in 0..6 {
+                for j in 0..6 {
+                    let v: f64 = (0..3).map(|q| gg[i][q] * G[j][q] as f64).sum();
+                    u[(i * 6 + j) * rows * cols + r * cols + k] = v as f32;
+                }
+            }
+        }
+    }
+    u
+}
+
+/// `y [nb, cout, h, w]` = the 3 × 3, padding-1 convolution of `x [nb, cin, h, w]` with the
+/// transformed kernel `u [36][cout][cin]` ([`weights`]). Panics without AVX-512, on planes that
+/// do not [`fits`], or on slices of the wrong length.
+pub(crate) fn conv(
+    x: &[f32],
+    (nb, cin, h, w): (usize, usize, usize, usize),
+    u: &[f32],
+    cout: usize,
+    y: &mut [f32],
+    s: &mut Scratch,
+) {
+    assert!(super::simd_gemm::available(), "winograd convolution without AVX-512");
+    #[cfg(test)]
+    CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    assert!(w <= 32, "winograd F(4×4): planes {w} wide");
+    assert_eq!(x.len(), nb * cin * h * w, "winograd convolution: input length");
+    assert_eq!(y.len(), nb * cout * h * w, "winograd convolution: output length");
+    assert_eq!(u.len(), 36 * cout * cin, "winograd convolution: kernel length");
+    let tx_n = w.div_ceil(4);
+    for Block { nt, segments } in blocks(4, nb, (h, w), (cin, cout)) {
+        let v = resize(&mut s.v, 36 * cin * nt);
+        for &(img, ty0, ty1, off) in &segments {
+            for c in 0..cin {
+                let plane = &x[(img * cin + c) * h * w..][..h * w];
+                // SAFETY: AVX-512 is present (asserted above); the function asserts its bounds.
+                unsafe {
+                    input_tiles(
+                        plane,
+                        (h, w),
+                        (ty0, ty1, tx_n),
+                        &mut s.rt,
+                        v,
+                        c * nt + off,
+                        cin * nt,
+                    )
+                };
+            }
+        }
+        let m = resize(&mut s.m, 36 * cout * nt);
+        for xi in 0..36 {
+            use super::simd_gemm::{gemm_rows, Rows};
+            let a = (&u[xi * cout * cin..(xi + 1) * cout * cin], Rows::Step(cin), 1);
+            let b = (&v[xi * cin * nt..(xi + 1) * cin * nt], Rows::Step(nt));
+            gemm_rows(cout, nt, cin, a, b, &mut m[xi * cout * nt..(xi + 1) * cout * nt], nt, false);
+        }
+        for &(img, ty0, ty1, off) in &segments {
+            for o in 0..cout {
+                let plane = &mut y[(img * cout + o) * h * w..][..h * w];
+                // SAFETY: AVX-512 is present (asserted above); the function asserts its bounds.
+                unsafe {
+                    output_tiles(m, o * nt + off, cout * nt, (ty0, ty1, tx_n), (h, w), plane)
+                };
+            }
+        }
+    }
+}
+
+/// `Bᵀ (d0 .. d5)`, lane by lane.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn bt(d: [std::arch::x86_64::__m512; 6]) -> [std::arch::x86_64::__m512; 6] {
+    use std::arch::x86_64::*;
+    let k = _mm512_set1_ps;
+    let (s12, d12) = (_mm512_add_ps(d[1], d[2]), _mm512_sub_ps(d[1], d[2]));
+    let (s34, d43) = (_mm512_add_ps(d[3], d[4]), _mm512_sub_ps(d[4], d[3]));
+    let (d42, d31) = (_mm512_sub_ps(d[4], d[2]), _mm512_sub_ps(d[3], d[1]));
+    [
+        _mm512_fmadd_ps(k(4.0), d[0], _mm512_fmadd_ps(k(-5.0), d[2], d[4])),
+        _mm512_fmadd_ps(k(-4.0), s12, s34),
+        _mm512_fmadd_ps(k(4.0), d12, d43),
+        _mm512_fmadd_ps(k(2.0), d31, d42),
+        _mm512_fmadd_ps(k(-2.0), d31, d42),
+        _mm512_fmadd_ps(k(4.0), d[1], _mm512_fmadd_ps(k(-5.0), d[3], d[5])),
+    ]
+}
+
+/// `Aᵀ (m0 .. m5)`, lane by lane.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn at(m: [std::arch::x86_64::__m512; 6]) -> [std::arch::x86_64::__m512; 4] {
+    use std::arch::x86_64::*;
+    let k = _mm512_set1_ps;
+    let (a, b) = (_mm512_add_ps(m[1], m[2]), _mm512_sub_ps(m[1], m[2]));
+    let (c, d) = (_mm512_add_ps(m[3], m[4]), _mm512_sub_ps(m[3], m[4]));
+    [
+        _mm512_add_ps(_mm512_add_ps(m[0], a), c),
+        _mm512_fmadd_ps(k(2.0), d, b),
+        _mm512_fmadd_ps(k(4.0), c, a),
+        _mm512_add_ps(_mm512_fmadd_ps(k(8.0), d, b), m[5]),
+    ]
+}
+
+/// Tile rows `ty0..ty1` of one plane, `Bᵀ d B`, into `v[ξ·stride + at + (ty − ty0)·tx_n + tx]`:
+/// first `d·B` for each input row they read (`rt`, row `k` holding input row `4·ty0 + k − 1`,
+/// 6 vectors of a row's tiles), then `Bᵀ` down the rows of each row of tiles.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn input_tiles(
+    plane: &[f32],
+    (h, w): (usize, usize),
+    (ty0, ty1, tx_n): (usize, usize, usize),
+    rt: &mut Vec<f32>,
+    v: &mut [f32],
+    at: usize,
+    stride: usize,
+) {
+    use std::arch::x86_64::*;
+    assert!(w <= 32 && tx_n == w.div_ceil(4), "winograd F(4×4): planes {w} wide");
+    assert!(plane.len() >= h * w, "winograd: input plane too short");
+    assert!(
+        super::winograd::holds_copies(36, v.len(), stride, at, (ty0, ty1, tx_n)),
+        "winograd: tiles too short"
+    );
+    let rows = 4 * (ty1 - ty0) + 2;
+    let rt = resize(rt, rows * 6 * 16);
+    // lane l of phase j reads column 4l + j of a 32-column window
+    let phase = |j: i32| {
+        _mm512_setr_epi32(
+            j,
+            4 + j,
+            8 + j,
+            12 + j,
+            16 + j,
+            20 + j,
+            24 + j,
+            28 + j,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+        )
+    };
+    let inside = |c: isize| -> __mmask16 {
+        let lo = (-c).clamp(0, 16) as u32;
+        let hi = (w as isize - c).clamp(0, 16) as u32;
+        if hi <= lo {
+            0
+        } else {
+            (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u16
+        }
+    };
+    for k in 0..rows {
+        let out = rt.as_mut_ptr().add(k * 6 * 16);
+        let y = (4 * ty0 + k) as isize - 1;
+        if y < 0 || y as usize >= h {
+            std::ptr::write_bytes(out, 0, 6 * 16);
+            continue;
+        }
+        let src = plane.as_ptr().add(y as usize * w);
+        // columns c .. c + 31, zeros outside the row (masked-off lanes are not read)
+        let window = |c: isize| {
+            let p = src.wrapping_offset(c);
+            (
+                _mm512_maskz_loadu_ps(inside(c), p),
+                _mm512_maskz_loadu_ps(inside(c + 16), p.wrapping_add(16)),
+            )
+        };
+        // tile tx reads columns 4tx − 1 ..= 4tx + 4: d0..d3 from the window at −1, d4, d5 from
+        // the one at 3
+        let (a0, a1) = window(-1);
+        let (b0, b1) = window(3);
+        let d = [
+            _mm512_permutex2var_ps(a0, phase(0), a1),
+            _mm512_permutex2var_ps(a0, phase(1), a1),
+            _mm512_permutex2var_ps(a0, phase(2), a1),
+            _mm512_permutex2var_ps(a0, phase(3), a1),
+            _mm512_permutex2var_ps(b0, phase(0), b1),
+            _mm512_permutex2var_ps(b0, phase(1), b1),
+        ];
+        for (j, t) in bt(d).into_iter().enumerate() {
+            _mm512_storeu_ps(out.add(j * 16), t);
+        }
+    }
+    let m = super::winograd::first(tx_n);
+    let (rtp, vp) = (rt.as_ptr(), v.as_mut_ptr());
+    for ty in 0..ty1 - ty0 {
+        let base = at + ty * tx_n;
+        for j in 0..6 {
+            let r = |i: usize| _mm512_loadu_ps(rtp.add(((4 * ty + i) * 6 + j) * 16));
+            let col = bt([r(0), r(1), r(2), r(3), r(4), r(5)]);
+            for (i, c) in col.into_iter().enumerate() {
+                _mm512_mask_storeu_ps(vp.add((i * 6 + j) * stride + base), m, c);
+            }
+        }
+    }
+}
+
+/// Tile rows `ty0..ty1` of one output plane from their products `m[ξ·stride + at + (ty −
+/// ty0)·tx_n + tx]`: `Aᵀ M A`, a row of tiles at a time, their 4 × 4 outputs interleaved into
+/// four rows of up to 32 columns.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn output_tiles(
+    m: &[f32],
+    at_: usize,
+    stride: usize,
+    (ty0, ty1, tx_n): (usize, usize, usize),
+    (h, w): (usize, usize),
+    plane: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    assert!(w <= 32 && tx_n == w.div_ceil(4), "winograd F(4×4): planes {w} wide");
+    assert!(
+        super::winograd::holds_copies(36, m.len(), stride, at_, (ty0, ty1, tx_n)),
+        "winograd: products too short"
+    );
+    assert!(plane.len() >= h * w, "winograd: output plane too short");
+    // (y0[l], y1[l]) pairs, then (y0, y1, y2, y3) of tiles 0..3 and 4..7
+    let pairs = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    let lo_idx = _mm512_setr_epi32(0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23);
+    let hi_idx = _mm512_setr_epi32(8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31);
+    let mask = super::winograd::first(tx_n);
+    for ty in ty0..ty1 {
+        let base = at_ + (ty - ty0) * tx_n;
+        let mv = |xi: usize| _mm512_maskz_loadu_ps(mask, m.as_ptr().add(xi * stride + base));
+        // Aᵀ down each column j: s[r][j]
+        let mut s = [[_mm512_setzero_ps(); 6]; 4];
+        for j in 0..6 {
+            let col = at([mv(j), mv(6 + j), mv(12 + j), mv(18 + j), mv(24 + j), mv(30 + j)]);
+            for (row, v) in s.iter_mut().zip(col) {
+                row[j] = v;
+            }
+        }
+        for (r, sr) in s.iter().enumerate() {
+            let yy = 4 * ty + r;
+            if yy >= h {
+                break;
+            }
+            let y = at(*sr);
+            let p01 = _mm512_permutex2var_ps(y[0], pairs, y[1]);
+            let p23 = _mm512_permutex2var_ps(y[2], pairs, y[3]);
+            let row = plane.as_mut_ptr().add(yy * w);
+            let lo = _mm512_permutex2var_ps(p01, lo_idx, p23);
+            _mm512_mask_storeu_ps(row, super::winograd::first(w), lo);
+            if w > 16 {
+                let hi = _mm512_permutex2var_ps(p01, hi_idx, p23);
+                _mm512_mask_storeu_ps(row.add(16), super::winograd::first(w - 16), hi);
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn input_tiles(
+    _: &[f32],
+    _: (usize, usize),
+    _: (usize, usize, usize),
+    _: &mut Vec<f32>,
+    _: &mut [f32],
+    _: usize,
+    _: usize,
+) {
+    unreachable!("winograd convolution without AVX-512")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn output_tiles(
+    _: &[f32],
+    _: usize,
+    _: usize,
+    _: (usize, usize, usize),
+    _: (usize, usize),
+    _: &mut [f32],
+) {
+    unreachable!("winograd convolution without AVX-512")
+}
+
+#[cfg(test)]
+mod tests {
+    /// Planes of 25 to 32 columns and a few rows (a partial tile at the bottom and the right
+    /// edge), the forward and the flipped kernel, against the direct sum in f64.
+    #[test]
+    fn conv_is_the_direct_sum() {
+        if !crate::kit::simd_gemm::available() {
+            return;
+        }
+        for (nb, c, o, h, w, flip) in [
+            (1, 1, 1, 1, 25, false),
+            (2, 3, 2, 5, 28, false),
+            (1, 2, 3, 7, 32, true),
+            (3, 4, 5, 9, 27, true),
+            (2, 16, 17, 28, 28, false),
+        ] {
+            let x: Vec<f32> = (0..nb * c.max(o) * h * w)
+                .map(|i| ((i * 7919 % 101) as f32 - 50.0) / 50.0)
+                .collect();
+            let k: Vec<f32> =
+                (0..o * c * 9).map(|i| ((i * 104729 % 97) as f32 - 48.0) / 48.0).collect();
+            // with `flip`, the kernel of the input gradient: c and o swapped
+            let (cin, cout) = if flip { (o, c) } else { (c, o) };
+            let x = &x[..nb * cin * h * w];
+            let u = super::weights(&k, o, c, flip);
+            let mut y = vec![0.0f32; nb * cout * h * w];
+            super::conv(x, (nb, cin, h, w), &u, cout, &mut y, &mut Default::default());
+            let tap = |oo: usize, ci: usize, p: usize, q: usize| {
+                if flip {
+                    k[(ci * c + oo) * 9 + (2 - p) * 3 + 2 - q]
+                } else {
+                    k[(oo * c + ci) * 9 + p * 3 + q]
+                }
+            };
+            let mut scale = 0.0f64;
+            let mut worst = 0.0f64;
+            for n in 0..nb {
+                for oo in 0..cout {
+                    for r in 0..h {
+                        for t in 0..w {
+                            let mut s = 0.0f64;
+                            for ci in 0..cin {
+                                for p in 0..3 {
+                                    for q in 0..3 {
+                                        let (yy, xx) = (
+                                            r as isize + p as isize - 1,
+                                            t as isize + q as isize - 1,
+                                        );
+                                        if yy < 0 || xx < 0 || yy >= h as isize || xx >= w as isize
+                                        {
+                                            continue;
+                                        }
+                                        s += tap(oo, ci, p, q) as f64
+                                            * x[((n * cin + ci) * h + yy as usize) * w
+                                                + xx as usize]
+                                                as f64;
+                                    }
+                                }
+                            }
+                            let got = y[((n * cout + oo) * h + r) * w + t] as f64;
+                            scale = scale.max(s.abs());
+                            worst = worst.max((got - s).abs());
+                        }
+                    }
+                }
+            }
+            assert!(
+                worst <= 1e-5 * scale.max(1.0),
+                "{nb} {c} {o} {h} {w} {flip}: worst error {worst} at scale {scale}"
+            );
+        }
+    }
+}
