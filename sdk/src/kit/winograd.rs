@@ -19,6 +19,9 @@
 //!
 //! The products are the same sums in another basis, rounded differently: results agree with
 //! the direct sums to about 1e-6 of their scale, and are bitwise the same from run to run.
+//!
+//! Planes 25 to 32 wide take F(4×4, 3×3) for the forward and `dX` instead
+//! ([`super::winograd4`]); [`Kernel`] holds the transformed kernel of either.
 
 /// The fewest input and output channels for which this path is taken. The transforms cost the
 /// same per channel whatever the channel count, the products grow with it. At 32 channels of
