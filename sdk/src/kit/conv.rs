@@ -988,6 +988,12 @@ impl Conv2d {
         // the forward's phase planes (absent only if a test switched paths in between)
         let planes = std::mem::take(&mut self.planes);
         let kept = shifted.is_some() && planes.len() == n * il;
+        // dX of a chunk by Winograd's products (the kernel flipped)
+        let dx_by_winograd = |s: &mut Scratch, dyc: &[f32], dxc: &mut [f32]| {
+            let nbl = dyc.len() / g.out_len();
+            let ut = ut.as_ref().expect("winograd kernel");
+            ut.conv(dyc, (nbl, g.o, g.oh, g.ow), g.c, dxc, &mut s.wino);
+        };
         let body_in = |s: &mut Scratch,
                        (dw, du): &mut (Vec<f32>, Vec<f32>),
                        dxc: &mut [f32],
@@ -1005,13 +1011,7 @@ impl Conv2d {
                     *du = vec![0.0; 16 * g.c * g.o];
                 }
                 super::winograd::weight_grad(xc, (nbl, g.c, g.h, g.w), dyc, g.o, du, &mut s.wino);
-                ut.as_ref().expect("winograd kernel").conv(
-                    dyc,
-                    (nbl, g.o, g.oh, g.ow),
-                    g.c,
-                    dxc,
-                    &mut s.wino,
-                );
+                dx_by_winograd(s, dyc, dxc);
             } else if let Some(sh) = shifted {
                 use super::simd_gemm::{gemm_rows, transpose, Rows};
                 let plane = g.oh * g.ow;
@@ -1053,13 +1053,7 @@ impl Conv2d {
                     gemm_rows(k, g.o, sh.span, a, (&dyt[..], Rows::Step(g.o)), dw, g.o, true);
                 }
                 if wino {
-                    ut.as_ref().expect("winograd kernel").conv(
-                        dyc,
-                        (nbl, g.o, g.oh, g.ow),
-                        g.c,
-                        dxc,
-                        &mut s.wino,
-                    );
+                    dx_by_winograd(s, dyc, dxc);
                 }
             } else {
                 for grp in 0..g.groups {

@@ -103,24 +103,36 @@ const G: [[f32; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0
 /// `U [16][O][C]` of a kernel `w [O, C, 3, 3]`; with `flip`, the kernel of the input gradient,
 /// `w'[c, o, p, q] = w[o, c, 2 − p, 2 − q]`, as `[16][C][O]`.
 pub(crate) fn weights(w: &[f32], o: usize, c: usize, flip: bool) -> Vec<f32> {
+    transform_kernel(&G, w, (o, c), flip)
+}
+
+/// `U = G g Gᵀ` of every 3 × 3 kernel of `w [O, C, 3, 3]` for a transform `G` of `T` rows,
+/// as `[T·T][O][C]` (with `flip`, of the input gradient's kernel `w'[c, o, p, q] = w[o, c,
+/// 2 − p, 2 − q]`, as `[T·T][C][O]`), in f64 and rounded once.
+pub(super) fn transform_kernel<const T: usize>(
+    gm: &[[f32; 3]; T],
+    w: &[f32],
+    (o, c): (usize, usize),
+    flip: bool,
+) -> Vec<f32> {
     let (rows, cols) = if flip { (c, o) } else { (o, c) };
-    let mut u = vec![0.0f32; 16 * rows * cols];
+    let mut u = vec![0.0f32; T * T * rows * cols];
     for oi in 0..o {
         for ci in 0..c {
             let g = &w[(oi * c + ci) * 9..][..9];
             let at = |p: usize, q: usize| if flip { g[(2 - p) * 3 + 2 - q] } else { g[p * 3 + q] };
             // G g, then (G g) Gᵀ
-            let mut gg = [[0.0f32; 3]; 4];
+            let mut gg = [[0.0f64; 3]; T];
             for (i, row) in gg.iter_mut().enumerate() {
                 for (q, v) in row.iter_mut().enumerate() {
-                    *v = (0..3).map(|p| G[i][p] * at(p, q)).sum();
+                    *v = (0..3).map(|p| gm[i][p] as f64 * at(p, q) as f64).sum();
                 }
             }
             let (r, k) = if flip { (ci, oi) } else { (oi, ci) };
-            for i in 0..4 {
-                for j in 0..4 {
-                    let v: f32 = (0..3).map(|q| gg[i][q] * G[j][q]).sum();
-                    u[(i * 4 + j) * rows * cols + r * cols + k] = v;
+            for (i, ggi) in gg.iter().enumerate() {
+                for (j, gj) in gm.iter().enumerate() {
+                    let v: f64 = (0..3).map(|q| ggi[q] * gj[q] as f64).sum();
+                    u[(i * T + j) * rows * cols + r * cols + k] = v as f32;
                 }
             }
         }
@@ -251,8 +263,50 @@ fn input_block(
 /// `y [nb, cout, h, w]` = the 3 × 3, padding-1 convolution of `x [nb, cin, h, w]` with the
 /// transformed kernel `u [16][cout][cin]` ([`weights`]). Panics without AVX-512 or on slices of
 /// the wrong length.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn conv(
+    x: &[f32],
+    dims: (usize, usize, usize, usize),
+    u: &[f32],
+    cout: usize,
+    y: &mut [f32],
+    s: &mut Scratch,
+) {
+    #[cfg(test)]
+    CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let f2 = Transforms { tile: 2, input: input_tiles, output: output_tiles };
+    conv_with(&f2, x, dims, u, cout, y, s);
+}
+
+/// (plane, (h, w), (ty0, ty1, tx_n), row scratch, tiles, at, stride)
+pub(super) type InputTiles = unsafe fn(
+    &[f32],
+    (usize, usize),
+    (usize, usize, usize),
+    &mut Vec<f32>,
+    &mut [f32],
+    usize,
+    usize,
+);
+/// (products, at, stride, (ty0, ty1, tx_n), (h, w), plane)
+pub(super) type OutputTiles =
+    unsafe fn(&[f32], usize, usize, (usize, usize, usize), (usize, usize), &mut [f32]);
+
+/// The tile transforms of one of Winograd's algorithms (F(2×2) here, F(4×4) in
+/// [`super::winograd4`]), with the signatures of this module's [`input_tiles`] and
+/// [`output_tiles`].
+pub(super) struct Transforms {
+    /// Outputs per side of a tile; its transforms hold `(tile + 2)²` values.
+    pub(super) tile: usize,
+    /// `input_tiles`: tile rows of one plane into the transformed tiles.
+    pub(super) input: InputTiles,
+    /// `output_tiles`: tile rows of one output plane from their products.
+    pub(super) output: OutputTiles,
+}
+
+/// [`conv`] with the transforms `t` (and a kernel `u [(tile + 2)²][cout][cin]`): per block of
+/// tile rows, the input's tiles, one product per tile position, the outputs.
+pub(super) fn conv_with(
+    t: &Transforms,
     x: &[f32],
     (nb, cin, h, w): (usize, usize, usize, usize),
     u: &[f32],
@@ -261,17 +315,23 @@ pub(crate) fn conv(
     s: &mut Scratch,
 ) {
     assert!(super::simd_gemm::available(), "winograd convolution without AVX-512");
-    #[cfg(test)]
-    CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let positions = (t.tile + 2) * (t.tile + 2);
     assert_eq!(x.len(), nb * cin * h * w, "winograd convolution: input length");
     assert_eq!(y.len(), nb * cout * h * w, "winograd convolution: output length");
-    assert_eq!(u.len(), 16 * cout * cin, "winograd convolution: kernel length");
-    let tx_n = w.div_ceil(2);
-    for Block { nt, segments } in blocks(2, nb, (h, w), (cin, cout)) {
-        let v = resize(&mut s.v, 16 * cin * nt);
-        input_block(x, (cin, h, w), (&segments, nt), &mut s.rt, v);
-        let m = resize(&mut s.m, 16 * cout * nt);
-        for xi in 0..16 {
+    assert_eq!(u.len(), positions * cout * cin, "winograd convolution: kernel length");
+    let tx_n = w.div_ceil(t.tile);
+    for Block { nt, segments } in blocks(t.tile, nb, (h, w), (cin, cout)) {
+        let v = resize(&mut s.v, positions * cin * nt);
+        for &(img, ty0, ty1, off) in &segments {
+            for c in 0..cin {
+                let plane = &x[(img * cin + c) * h * w..][..h * w];
+                let (dims, rows) = ((h, w), (ty0, ty1, tx_n));
+                // SAFETY: AVX-512 is present (asserted above); the function asserts its bounds.
+                unsafe { (t.input)(plane, dims, rows, &mut s.rt, v, c * nt + off, cin * nt) };
+            }
+        }
+        let m = resize(&mut s.m, positions * cout * nt);
+        for xi in 0..positions {
             use super::simd_gemm::{gemm_rows, Rows};
             let a = (&u[xi * cout * cin..(xi + 1) * cout * cin], Rows::Step(cin), 1);
             let b = (&v[xi * cin * nt..(xi + 1) * cin * nt], Rows::Step(nt));
@@ -280,10 +340,9 @@ pub(crate) fn conv(
         for &(img, ty0, ty1, off) in &segments {
             for o in 0..cout {
                 let plane = &mut y[(img * cout + o) * h * w..][..h * w];
+                let rows = (ty0, ty1, tx_n);
                 // SAFETY: AVX-512 is present (asserted above); the function asserts its bounds.
-                unsafe {
-                    output_tiles(m, o * nt + off, cout * nt, (ty0, ty1, tx_n), (h, w), plane)
-                };
+                unsafe { (t.output)(m, o * nt + off, cout * nt, rows, (h, w), plane) };
             }
         }
     }
@@ -653,7 +712,7 @@ unsafe fn grad_tiles(
 
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
-unsafe fn input_tiles(
+pub(super) unsafe fn input_tiles(
     _: &[f32],
     _: (usize, usize),
     _: (usize, usize, usize),
@@ -666,7 +725,7 @@ unsafe fn input_tiles(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn output_tiles(
+pub(super) unsafe fn output_tiles(
     _: &[f32],
     _: usize,
     _: usize,

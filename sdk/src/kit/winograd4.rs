@@ -19,7 +19,7 @@
 //! The larger tile rounds more: results agree with the direct sums to about 1e-5 of their
 //! scale (F(2×2): 1e-6), and are bitwise the same from run to run.
 
-use super::winograd::{blocks, resize, Block, Scratch};
+use super::winograd::{conv_with, resize, Scratch, Transforms};
 
 /// True when a layer that [`super::winograd::fits`] takes this path: planes 25 to 32 wide,
 /// whose row of 7 or 8 tiles fills half a vector.
@@ -55,29 +55,7 @@ const G: [[f32; 3]; 6] = [
 /// `U [36][O][C]` of a kernel `w [O, C, 3, 3]`; with `flip`, the kernel of the input gradient,
 /// `w'[c, o, p, q] = w[o, c, 2 − p, 2 − q]`, as `[36][C][O]`.
 pub(crate) fn weights(w: &[f32], o: usize, c: usize, flip: bool) -> Vec<f32> {
-    let (rows, cols) = if flip { (c, o) } else { (o, c) };
-    let mut u = vec![0.0f32; 36 * rows * cols];
-    for oi in 0..o {
-        for ci in 0..c {
-            let g = &w[(oi * c + ci) * 9..][..9];
-            let at = |p: usize, q: usize| if flip { g[(2 - p) * 3 + 2 - q] } else { g[p * 3 + q] };
-            // G g in f64, then (G g) Gᵀ, rounded once
-            let mut gg = [[0.0f64; 3]; 6];
-            for (i, row) in gg.iter_mut().enumerate() {
-                for (q, v) in row.iter_mut().enumerate() {
-                    *v = (0..3).map(|p| G[i][p] as f64 * at(p, q) as f64).sum();
-                }
-            }
-            let (r, k) = if flip { (ci, oi) } else { (oi, ci) };
-            for i in 0..6 {
-                for j in 0..6 {
-                    let v: f64 = (0..3).map(|q| gg[i][q] * G[j][q] as f64).sum();
-                    u[(i * 6 + j) * rows * cols + r * cols + k] = v as f32;
-                }
-            }
-        }
-    }
-    u
+    super::winograd::transform_kernel(&G, w, (o, c), flip)
 }
 
 /// `y [nb, cout, h, w]` = the 3 × 3, padding-1 convolution of `x [nb, cin, h, w]` with the
@@ -85,56 +63,17 @@ pub(crate) fn weights(w: &[f32], o: usize, c: usize, flip: bool) -> Vec<f32> {
 /// do not [`fits`], or on slices of the wrong length.
 pub(crate) fn conv(
     x: &[f32],
-    (nb, cin, h, w): (usize, usize, usize, usize),
+    dims: (usize, usize, usize, usize),
     u: &[f32],
     cout: usize,
     y: &mut [f32],
     s: &mut Scratch,
 ) {
-    assert!(super::simd_gemm::available(), "winograd convolution without AVX-512");
     #[cfg(test)]
     CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    assert!(w <= 32, "winograd F(4×4): planes {w} wide");
-    assert_eq!(x.len(), nb * cin * h * w, "winograd convolution: input length");
-    assert_eq!(y.len(), nb * cout * h * w, "winograd convolution: output length");
-    assert_eq!(u.len(), 36 * cout * cin, "winograd convolution: kernel length");
-    let tx_n = w.div_ceil(4);
-    for Block { nt, segments } in blocks(4, nb, (h, w), (cin, cout)) {
-        let v = resize(&mut s.v, 36 * cin * nt);
-        for &(img, ty0, ty1, off) in &segments {
-            for c in 0..cin {
-                let plane = &x[(img * cin + c) * h * w..][..h * w];
-                // SAFETY: AVX-512 is present (asserted above); the function asserts its bounds.
-                unsafe {
-                    input_tiles(
-                        plane,
-                        (h, w),
-                        (ty0, ty1, tx_n),
-                        &mut s.rt,
-                        v,
-                        c * nt + off,
-                        cin * nt,
-                    )
-                };
-            }
-        }
-        let m = resize(&mut s.m, 36 * cout * nt);
-        for xi in 0..36 {
-            use super::simd_gemm::{gemm_rows, Rows};
-            let a = (&u[xi * cout * cin..(xi + 1) * cout * cin], Rows::Step(cin), 1);
-            let b = (&v[xi * cin * nt..(xi + 1) * cin * nt], Rows::Step(nt));
-            gemm_rows(cout, nt, cin, a, b, &mut m[xi * cout * nt..(xi + 1) * cout * nt], nt, false);
-        }
-        for &(img, ty0, ty1, off) in &segments {
-            for o in 0..cout {
-                let plane = &mut y[(img * cout + o) * h * w..][..h * w];
-                // SAFETY: AVX-512 is present (asserted above); the function asserts its bounds.
-                unsafe {
-                    output_tiles(m, o * nt + off, cout * nt, (ty0, ty1, tx_n), (h, w), plane)
-                };
-            }
-        }
-    }
+    assert!(dims.3 <= 32, "winograd F(4×4): planes {} wide", dims.3);
+    let f4 = Transforms { tile: 4, input: input_tiles, output: output_tiles };
+    conv_with(&f4, x, dims, u, cout, y, s);
 }
 
 /// `Bᵀ (d0 .. d5)`, lane by lane.
@@ -329,31 +268,9 @@ unsafe fn output_tiles(
     }
 }
 
+// without AVX-512 (where `conv` panics first), the other module's stubs
 #[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn input_tiles(
-    _: &[f32],
-    _: (usize, usize),
-    _: (usize, usize, usize),
-    _: &mut Vec<f32>,
-    _: &mut [f32],
-    _: usize,
-    _: usize,
-) {
-    unreachable!("winograd convolution without AVX-512")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn output_tiles(
-    _: &[f32],
-    _: usize,
-    _: usize,
-    _: (usize, usize, usize),
-    _: (usize, usize),
-    _: &mut [f32],
-) {
-    unreachable!("winograd convolution without AVX-512")
-}
+use super::winograd::{input_tiles, output_tiles};
 
 #[cfg(test)]
 mod tests {
