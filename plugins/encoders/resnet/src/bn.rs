@@ -104,10 +104,14 @@ fn planes_mut(data: &mut [f32], s: usize, f: impl Fn(usize, &mut [f32]) + Sync +
 fn per_channel(pairs: &[(f32, f32)], c: usize, per_group: usize) -> Vec<(f64, f64)> {
     let groups = (pairs.len() / c).div_ceil(per_group).max(1);
     let mut out = vec![(0f64, 0f64); groups * c];
-    for (i, &(a, b)) in pairs.iter().enumerate() {
-        let k = stat_index(i, c, per_group);
-        out[k].0 += a as f64;
-        out[k].1 += b as f64;
+    // image by image, in plane order as `stat_index` numbers them (two divisions per plane
+    // made this 2.5 ms of a resnet-mini step, on one thread while the others waited)
+    for (img, planes) in pairs.chunks(c).enumerate() {
+        let k0 = img / per_group * c;
+        for (o, &(a, b)) in out[k0..k0 + planes.len()].iter_mut().zip(planes) {
+            o.0 += a as f64;
+            o.1 += b as f64;
+        }
     }
     out
 }

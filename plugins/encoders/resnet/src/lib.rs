@@ -224,8 +224,9 @@ impl BasicBlock {
         drop(h);
         let sc = self.shortcut.as_mut().map(|s| s.forward(x, train));
         let add = sc.as_ref().unwrap_or(x);
-        // y = ReLU(y + shortcut), keeping the mask
-        self.mask.clear();
+        // y = ReLU(y + shortcut), keeping the mask (every element written below: the mask of
+        // the step before is not cleared first, a serial memset of 12.8 MB at resnet-mini's
+        // first stage)
         self.mask.resize(if train { y.len() } else { 0 }, false);
         let pairs = y.data.par_chunks_mut(CHUNK).zip(add.data.par_chunks(CHUNK));
         if train {
