@@ -149,7 +149,13 @@ impl Layer for GlobalAvgPool {
         let (n, c, h, w) = x.dims4("global average pool input").unwrap_or_else(|e| panic!("{e:#}"));
         let s = h * w;
         assert!(s > 0, "global average pool of an empty {h}x{w} plane");
-        let y = x.data.chunks(s).map(|p| p.iter().sum::<f32>() / s as f32).collect();
+        let mean = |p: &[f32]| p.iter().sum::<f32>() / s as f32;
+        // in parallel when large (on one thread, the others waited on it)
+        let y = if x.len() >= PAR_MIN {
+            x.data.par_chunks(s).map(mean).collect()
+        } else {
+            x.data.chunks(s).map(mean).collect()
+        };
         if train {
             self.shape = Some(x.shape.clone());
         }
@@ -162,10 +168,18 @@ impl Layer for GlobalAvgPool {
         assert_eq!(dy.shape, shape[..2], "global average pool backward: gradient shape");
         let s = shape[2] * shape[3];
         let inv = 1.0 / s as f32;
-        let mut dx = Vec::with_capacity(dy.len() * s);
-        for &g in &dy.data {
-            dx.resize(dx.len() + s, g * inv);
+        let mut dx: Vec<f32> = Vec::with_capacity(dy.len() * s);
+        let out = &mut dx.spare_capacity_mut()[..dy.len() * s];
+        let fill = |(p, &g): (&mut [std::mem::MaybeUninit<f32>], &f32)| {
+            p.iter_mut().for_each(|v| _ = v.write(g * inv));
+        };
+        if out.len() >= PAR_MIN {
+            out.par_chunks_mut(s).zip(dy.data.par_iter()).for_each(fill);
+        } else {
+            out.chunks_mut(s).zip(&dy.data).for_each(fill);
         }
+        // SAFETY: the chunks of `s` cover all dy.len()·s values, each written above
+        unsafe { dx.set_len(dy.len() * s) };
         Tensor::new(shape, dx)
     }
 }
