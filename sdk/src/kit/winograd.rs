@@ -204,9 +204,9 @@ fn block_tiles(cin: usize, cout: usize) -> usize {
 /// Scratch of one thread, kept across calls.
 #[derive(Default)]
 pub(crate) struct Scratch {
-    pub(super) v: Vec<f32>,
-    pub(super) m: Vec<f32>,
-    pub(super) rt: Vec<f32>,
+    v: Vec<f32>,
+    m: Vec<f32>,
+    rt: Vec<f32>,
     mt: Vec<f32>,
 }
 
@@ -217,15 +217,15 @@ pub(super) fn resize(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
 
 /// A block of tile rows: its tile count, and its segments `(image, that image's tile rows
 /// ty0..ty1, their first tile in the block)`.
-pub(super) struct Block {
-    pub(super) nt: usize,
-    pub(super) segments: Vec<(usize, usize, usize, usize)>,
+struct Block {
+    nt: usize,
+    segments: Vec<(usize, usize, usize, usize)>,
 }
 
 /// The tile rows of `nb` images of `h × w` in blocks of about [`block_tiles`] tiles (whole
 /// rows, across images), for tiles of `tile × tile` outputs (2, or 4 for `winograd4`), whose
 /// transforms hold `(tile + 2)²` values.
-pub(super) fn blocks(
+fn blocks(
     tile: usize,
     nb: usize,
     (h, w): (usize, usize),
