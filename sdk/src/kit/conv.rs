@@ -69,6 +69,11 @@ pub struct Conv2d {
     /// chunk is still in cache (a batch norm after the convolution then needs no pass of its
     /// own over the output for its statistics); read them with [`Conv2d::take_plane_sums`].
     pub want_plane_sums: bool,
+    /// Compute the input's gradient in the backward (true unless set otherwise). A first layer
+    /// whose input is data sets it false: its backward then computes the weight gradient only
+    /// and returns zeros of the input's shape (for resnet's stem, one input channel, that
+    /// product was more than half of the layer's backward).
+    pub input_grad: bool,
     input: Option<Arc<Tensor>>,
     sums: Vec<(f32, f32)>,
     /// The last training forward's phase planes ([`Shifted`]), which its backward reads again;
@@ -207,6 +212,7 @@ impl Conv2d {
             bias,
             cfg,
             want_plane_sums: false,
+            input_grad: true,
             input: None,
             sums: Vec::new(),
             planes: Vec::new(),
@@ -533,6 +539,9 @@ struct Shifted {
     span: usize,
     /// Size of `dX`'s padded `dY` planes.
     pq: usize,
+    /// Bit `a·s + b` set when a kernel tap reads phase (a, b): a 1 × 1 convolution of stride
+    /// 2 reads one phase of four, and the others are not copied.
+    used: u64,
 }
 
 /// One axis of a [`Shifted`] convolution: tap `ki` reads phase `a` at shift `d`, input index
@@ -602,6 +611,7 @@ impl Shifted {
     fn new(g: &Geom) -> Option<Shifted> {
         let fits = g.groups == 1
             && g.pad < g.kh.min(g.kw)
+            && g.s <= 8
             && !(g.kh * g.kw == 1 && g.s == 1)
             && super::simd_gemm::available();
         #[cfg(test)]
@@ -615,7 +625,14 @@ impl Shifted {
         let xr = (x.dmax - x.dmin) as usize;
         let pp = reach(y.grid(), g.ow + xr);
         let pq = reach(y.dgrid(), x.phase_len(0) + xr);
-        let sh = Shifted { s: g.s, y, x, wp, pp, span, pq };
+        let mut used = 0u64;
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let (a, b) = (y.tap(ki).0, x.tap(kj).0);
+                used |= 1 << (a * g.s + b);
+            }
+        }
+        let sh = Shifted { s: g.s, y, x, wp, pp, span, pq, used };
         #[allow(unused_mut)]
         let mut limit = SHIFTED_MAX_WASTE;
         #[cfg(test)]
@@ -645,7 +662,8 @@ impl Shifted {
         v
     }
 
-    /// An image's input planes `x` into its phase planes.
+    /// An image's input planes `x` into its phase planes (those that no tap reads are left
+    /// as they were).
     fn pad_input(&self, g: &Geom, x: &[f32], dst: &mut [f32]) {
         let (s, origin) = (self.s, (self.y.dmin, self.x.dmin));
         let mut planes = dst.chunks_exact_mut(self.pp);
@@ -653,7 +671,9 @@ impl Shifted {
             for a in 0..s {
                 for b in 0..s {
                     let d = planes.next().expect("conv2d: phase planes too short");
-                    fill_grid(src, (g.h, g.w), (s, a, b), origin, self.wp, d);
+                    if self.used >> (a * s + b) & 1 == 1 {
+                        fill_grid(src, (g.h, g.w), (s, a, b), origin, self.wp, d);
+                    }
                 }
             }
         }
@@ -892,8 +912,14 @@ impl Conv2d {
                     let xi = &mut xp[i * il..(i + 1) * il];
                     sh.pad_input(&g, &xc[i * g.in_len()..(i + 1) * g.in_len()], xi);
                     let (a, b) = ((&w[..], Rows::Step(k), 1), (&xi[..], Rows::Table(&offs)));
-                    gemm_rows(g.o, sh.span, k, a, b, t, sh.span, false);
-                    scatter_grid(t, sh.span, sh.wp, (g.oh, g.ow), (1, 0, 0), (g.oh, g.ow), yi);
+                    if sh.span == p {
+                        // no wrap columns (a 1 × 1 kernel): the product is the output
+                        gemm_rows(g.o, p, k, a, b, yi, p, false);
+                    } else {
+                        gemm_rows(g.o, sh.span, k, a, b, t, sh.span, false);
+                        let (rows, s1) = ((g.oh, g.ow), (1, 0, 0));
+                        scatter_grid(t, sh.span, sh.wp, rows, s1, (g.oh, g.ow), yi);
+                    }
                 }
             } else {
                 for grp in 0..g.groups {
@@ -972,6 +998,7 @@ impl Conv2d {
         let w = &self.weight.value;
         let wlen = w.len();
         let mut dx = zeroed(x.len());
+        let want_dx = self.input_grad;
         let dw_t = matches!(par, gemm::Parallelism::None) && super::simd_gemm::available();
         // Winograd's products for dX where they apply, and for dW too where its rule says
         let fits = dw_t && super::winograd::fits(g.c, g.o, (g.kh, g.kw), (g.s, g.pad, g.groups));
@@ -1011,7 +1038,9 @@ impl Conv2d {
                     *du = vec![0.0; 16 * g.c * g.o];
                 }
                 super::winograd::weight_grad(xc, (nbl, g.c, g.h, g.w), dyc, g.o, du, &mut s.wino);
-                dx_by_winograd(s, dyc, dxc);
+                if want_dx {
+                    dx_by_winograd(s, dyc, dxc);
+                }
             } else if let Some(sh) = shifted {
                 use super::simd_gemm::{gemm_rows, transpose, Rows};
                 let plane = g.oh * g.ow;
@@ -1034,7 +1063,7 @@ impl Conv2d {
                     for (src, d) in dyi.chunks_exact(plane).zip(dyp.chunks_exact_mut(sh.pq)) {
                         fill_grid(src, (g.oh, g.ow), (1, 0, 0), origin, sh.wp, d);
                     }
-                    for (a, b, rr, qq, wab, offs_dy) in &phases {
+                    for (a, b, rr, qq, wab, offs_dy) in phases.iter().filter(|_| want_dx) {
                         let span = (rr - 1) * sh.wp + qq;
                         let t = resize(&mut s.tmp, g.c * span);
                         let ka = offs_dy.len();
@@ -1052,7 +1081,7 @@ impl Conv2d {
                     let a = (xp, Rows::Table(&offs), 1);
                     gemm_rows(k, g.o, sh.span, a, (&dyt[..], Rows::Step(g.o)), dw, g.o, true);
                 }
-                if wino {
+                if wino && want_dx {
                     dx_by_winograd(s, dyc, dxc);
                 }
             } else {
@@ -1075,15 +1104,19 @@ impl Conv2d {
                     let dwg = &mut dw[grp * og * k..(grp + 1) * og * k];
                     if is_identity(&g, nbl) {
                         acc_dw(dw_t, xc, k, dyg, &mut s.dyt, dwg, par);
-                        gemm_into(wg.t(), dyg, dxc, true, par);
+                        if want_dx {
+                            gemm_into(wg.t(), dyg, dxc, true, par);
+                        }
                         continue;
                     }
                     let cols = resize(&mut s.cols, k * nbl * p);
                     im2col(xc, nbl, grp, &g, cols);
                     acc_dw(dw_t, cols, k, dyg, &mut s.dyt, dwg, par);
-                    // dcols overwrites cols
-                    gemm_into(wg.t(), dyg, cols, false, par);
-                    col2im(cols, nbl, grp, &g, dxc);
+                    if want_dx {
+                        // dcols overwrites cols
+                        gemm_into(wg.t(), dyg, cols, false, par);
+                        col2im(cols, nbl, grp, &g, dxc);
+                    }
                 }
             }
         };
@@ -1497,6 +1530,45 @@ mod tests {
             );
             conv.forward(&x, false);
             assert!(conv.take_plane_sums().is_empty());
+        }
+    }
+
+    /// Without the input's gradient, the backward returns zeros and the same weight gradient,
+    /// bit for bit, on each path: a stem of one channel (the implicit product), Winograd's
+    /// (32 channels of 28 × 28 and 8 × 8), a 1 × 1 stride-2 shortcut, a grouped one (im2col).
+    #[test]
+    fn weight_gradient_alone_is_the_same() {
+        // the same paths for both runs of a case
+        let _no_test_switches_paths_meanwhile = SWITCHES.lock().unwrap_or_else(|e| e.into_inner());
+        for (seed, (shape, o, k, c)) in [
+            (vec![40, 1, 28, 28], 32, 3, cfg(1, 1, 1, false)),
+            (vec![6, 32, 28, 28], 32, 3, cfg(1, 1, 1, false)),
+            (vec![6, 32, 8, 8], 32, 3, cfg(1, 1, 1, true)),
+            (vec![24, 32, 28, 28], 64, 1, cfg(2, 0, 1, false)),
+            (vec![5, 4, 9, 9], 6, 3, cfg(1, 1, 2, true)),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let x = random(&shape, 40 + seed as u64);
+            let mut conv = Conv2d::new(&Init::new(seed as u64), shape[1], o, k, c);
+            let dy = random(&conv.forward(&x, true).shape, 50 + seed as u64);
+            let mut grads = |input_grad: bool| {
+                conv.input_grad = input_grad;
+                conv.visit_params(&mut |p| p.grad.fill(0.0));
+                conv.forward(&x, true);
+                let dx = conv.backward(&dy);
+                let mut g = Vec::new();
+                conv.visit_params(&mut |p| g.extend_from_slice(&p.grad));
+                (dx, g)
+            };
+            let (dx, all) = grads(true);
+            let (zeros, alone) = grads(false);
+            assert!(dx.data.iter().any(|&v| v != 0.0), "case {seed}: no input gradient");
+            assert_eq!(zeros.shape, dx.shape, "case {seed}");
+            assert!(zeros.data.iter().all(|&v| v == 0.0), "case {seed}: input gradient computed");
+            assert!(all.iter().any(|&v| v != 0.0), "case {seed}: no weight gradient");
+            assert_eq!(all, alone, "case {seed}: weight gradient");
         }
     }
 

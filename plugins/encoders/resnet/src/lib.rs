@@ -395,6 +395,8 @@ impl Plugin for ResNet {
         // synchronised batch norm: statistics over every rank's slice of a data-parallel batch
         let sync = if cfg.sync_batch_norm { ctx.collective.into_option() } else { None };
         stem.set_bn(cfg.bn_groups, sync);
+        // the images' gradient is never read: the stem's backward computes its weights' only
+        stem.conv.input_grad = false;
         let pool = cfg.stem_pool.then(|| MaxPool2d::new(3, 2, 1));
         let mut blocks = Vec::new();
         let mut cin = arch.stem_width;
