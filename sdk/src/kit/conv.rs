@@ -13,8 +13,9 @@
 //! On CPUs with AVX-512, a 3 × 3, stride-1, padding-1 convolution of at least 32 channels in
 //! and out takes Winograd's F(2×2, 3×3) for its forward and its input gradient (16 products
 //! over the channels instead of 36 multiply-adds per 2 × 2 outputs; see `kit/winograd.rs`
-//! in the source), and for its weight gradient too where the planes' sides are even and at
-//! least 8 (elsewhere, the implicit product below).
+//! in the source), and, on AMD Zen 4, for its weight gradient too where the planes' sides are
+//! even and at least 8 (elsewhere, the implicit product below, the faster on CPUs whose
+//! 512-bit units are full width).
 //!
 //! Other convolutions of one group are an implicit matrix product: each image
 //! is copied once into zero-padded phase planes, and the matrix kernel reads the patch matrix's
@@ -1328,6 +1329,8 @@ mod tests {
             eprintln!("no AVX-512 here: nothing to test");
             return;
         }
+        // Winograd's dW where the planes allow, on any CPU (in use on Zen 4 only)
+        crate::kit::winograd::DW_ALWAYS.store(true, std::sync::atomic::Ordering::SeqCst);
         // (images, channels in, out, h, w): odd and even sides (a half tile at the edge; dW on
         // Winograd's path for even sides of 8 or more only), 1 x 1 and 1 x 2 planes, more than
         // 16 tiles in a row (two steps of the transforms), channel counts that are not
@@ -1408,6 +1411,7 @@ mod tests {
             }
         }
         crate::kit::winograd::ANY_CHANNELS.store(false, std::sync::atomic::Ordering::SeqCst);
+        crate::kit::winograd::DW_ALWAYS.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     #[test]
@@ -1677,6 +1681,7 @@ mod timing {
             crate::kit::winograd::DISABLED.store(false, std::sync::atomic::Ordering::SeqCst);
             crate::kit::winograd4::DISABLED.store(false, std::sync::atomic::Ordering::SeqCst);
             // dW alone: Winograd's against the implicit product, dX by Winograd in both
+            crate::kit::winograd::DW_ALWAYS.store(true, std::sync::atomic::Ordering::SeqCst);
             for implicit in [true, false, true, false] {
                 crate::kit::winograd::DW_DISABLED
                     .store(implicit, std::sync::atomic::Ordering::SeqCst);
@@ -1696,6 +1701,7 @@ mod timing {
                 );
             }
             crate::kit::winograd::DW_DISABLED.store(false, std::sync::atomic::Ordering::SeqCst);
+            crate::kit::winograd::DW_ALWAYS.store(false, std::sync::atomic::Ordering::SeqCst);
             crate::kit::winograd::ANY_CHANNELS.store(false, std::sync::atomic::Ordering::SeqCst);
             let scale = outputs[0].iter().fold(1e-6f32, |m, v| m.max(v.abs()));
             for (out, tol) in [(&outputs[1], 2e-6), (&outputs[2], 2e-5)] {

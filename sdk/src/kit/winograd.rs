@@ -63,15 +63,52 @@ pub(crate) fn fits(
 /// fills an eighth of a vector: 128 × 512 × 4 × 4, 229–235 against 233–245. Where it is taken
 /// (`time_winograd_layers`, the same build, dW alone switched): 28 × 28 at 32 channels 2 %
 /// faster, 14 × 14 at 64 7 %, 32 × 32 at 64 3 %, 16 × 16 at 128 10 %, 8 × 8 at 256 13–16 %.
+///
+/// Those figures are a Zen 4's, whose AVX-512 products take two passes of 256-bit units. On
+/// an Intel Xeon of full-width units (Sapphire Rapids class, one thread, 64 images of 32 × 28
+/// × 28) the implicit product's dW is the faster: the backward took 11.3–11.4 ms against
+/// 13.1, and at 128 images of 64 × 14 × 14 24.1–24.3 against 26.9–28.0. So this path is
+/// taken on Zen 4 only ([`half_rate_avx512`]); the choice depends on the CPU alone, so a run
+/// on one machine stays bitwise reproducible.
 pub(crate) fn dw_fits(h: usize, w: usize) -> bool {
     #[allow(unused_mut)]
-    let mut fits = h.is_multiple_of(2) && w.is_multiple_of(2) && w >= 8;
+    let mut fits = h.is_multiple_of(2) && w.is_multiple_of(2) && w >= 8 && half_rate_avx512();
+    #[cfg(test)]
+    if DW_ALWAYS.load(std::sync::atomic::Ordering::SeqCst) {
+        fits = h.is_multiple_of(2) && w.is_multiple_of(2) && w >= 8;
+    }
     #[cfg(test)]
     if DW_DISABLED.load(std::sync::atomic::Ordering::SeqCst) {
         fits = false;
     }
     fits
 }
+
+/// True on an AMD Zen 4 (family 19h with AVX-512), whose 512-bit multiply-adds run on
+/// 256-bit units, so that Winograd's fewer products pay for its transforms in the weight
+/// gradient too.
+pub(crate) fn half_rate_avx512() -> bool {
+    static ZEN4: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ZEN4.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::__cpuid;
+            #[allow(unused_unsafe)]
+            // SAFETY: cpuid exists on every x86-64 CPU; leaves 0 and 1 always do.
+            let (v, f) = unsafe { (__cpuid(0), __cpuid(1)) };
+            let vendor = [v.ebx, v.edx, v.ecx].map(u32::to_le_bytes).concat();
+            let family = ((f.eax >> 8) & 0xf) + ((f.eax >> 20) & 0xff);
+            vendor == b"AuthenticAMD" && family == 0x19 && super::simd_gemm::available()
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    })
+}
+
+/// Tests take Winograd's dW wherever the planes allow, whatever the CPU.
+#[cfg(test)]
+pub(crate) static DW_ALWAYS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 /// Tests turn this path off to compare it with the others.
 #[cfg(test)]
