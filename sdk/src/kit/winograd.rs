@@ -233,9 +233,12 @@ impl Kernel {
 /// fewer input rows (a block of `r` tile rows reads `2r + 2` input rows). At 32 channels of
 /// 28 × 28 (one thread, Zen 4), 64-tile blocks took 11.6–12.4 ms for the forward, 128 tiles
 /// 8.7–11.7 (two sweeps), 256 tiles (this rule) 8.0–8.8; at 64 and 128 channels the rule's
-/// 128 and 64 tiles were level with 64-tile blocks.
+/// 128 and 64 tiles were level with 64-tile blocks. At least 32 tiles, the product kernel's
+/// width: at 512 channels the rule gives 16, and the 12 × 32 register tiles ran with half
+/// their columns masked off (128 images of 512 × 4 × 4, one thread, Intel Xeon: forward
+/// 92–101 ms with 16-tile blocks, 71–81 with 32, 2 MiB).
 fn block_tiles(cin: usize, cout: usize) -> usize {
-    (16384 / (cin + cout)).max(16)
+    (16384 / (cin + cout)).max(32)
 }
 
 /// Scratch of one thread, kept across calls.
