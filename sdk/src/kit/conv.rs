@@ -1005,7 +1005,9 @@ impl Conv2d {
         let fits = dw_t && super::winograd::fits(g.c, g.o, (g.kh, g.kw), (g.s, g.pad, g.groups));
         let wino_dw = fits && super::winograd::dw_fits(g.h, g.w);
         let shifted = Shifted::new(&g).filter(|_| dw_t && !wino_dw);
-        let wino = fits && (wino_dw || shifted.is_some());
+        // dX by Winograd's products whatever path dW takes (with im2col's dW too, on planes
+        // too small for the implicit product: resnet18-cifar's 4 × 4)
+        let wino = fits;
         let ut = wino.then(|| super::winograd::Kernel::new(w, (g.o, g.c), true, (g.oh, g.ow)));
         let (offs, phases) = match shifted {
             Some(sh) if wino => (sh.offsets(&g), Vec::new()),
@@ -1113,11 +1115,14 @@ impl Conv2d {
                     let cols = resize(&mut s.cols, k * nbl * p);
                     im2col(xc, nbl, grp, &g, cols);
                     acc_dw(dw_t, cols, k, dyg, &mut s.dyt, dwg, par);
-                    if want_dx {
+                    if want_dx && !wino {
                         // dcols overwrites cols
                         gemm_into(wg.t(), dyg, cols, false, par);
                         col2im(cols, nbl, grp, &g, dxc);
                     }
+                }
+                if wino && want_dx {
+                    dx_by_winograd(s, dyc, dxc);
                 }
             }
         };
@@ -1334,7 +1339,9 @@ mod tests {
         // (images, channels in, out, h, w): odd and even sides (a half tile at the edge; dW on
         // Winograd's path for even sides of 8 or more only), 1 x 1 and 1 x 2 planes, more than
         // 16 tiles in a row (two steps of the transforms), channel counts that are not
-        // multiples of the kernel's tiles, batches of one chunk and of many
+        // multiples of the kernel's tiles, batches of one chunk and of many; 5 × 5 and 4 × 4
+        // take im2col's dW (the implicit product's wrap columns cost too much there) beside
+        // Winograd's dX
         for (seed, (n, c, o, h, w)) in [
             (2, 64, 64, 5, 5),
             (1, 64, 64, 28, 28),
@@ -1350,6 +1357,7 @@ mod tests {
             (2, 48, 40, 36, 34),
             (2, 40, 32, 11, 25),
             (1, 32, 48, 32, 32),
+            (3, 32, 40, 4, 4),
         ]
         .into_iter()
         .enumerate()
@@ -1363,12 +1371,23 @@ mod tests {
             assert!(crate::kit::winograd::fits(g.c, g.o, (g.kh, g.kw), (g.s, g.pad, g.groups)));
             let x = random(&[n, c, h, w], 80 + seed as u64);
             let dy = random(&[n, o, h, w], 90 + seed as u64);
+            // calls of F(2×2) and F(4×4)
+            let wino_calls = || {
+                crate::kit::winograd::CALLS.load(std::sync::atomic::Ordering::SeqCst)
+                    + crate::kit::winograd4::CALLS.load(std::sync::atomic::Ordering::SeqCst)
+            };
             let mut run = |off: bool| {
                 let _paths = off.then(NoWinograd::set);
                 SHIFTED_DISABLED.store(off, std::sync::atomic::Ordering::SeqCst);
                 conv.weight.grad.fill(0.0);
                 let y = conv.forward(&x, true);
+                let before = wino_calls();
                 let dx = conv.backward(&dy);
+                // dX by Winograd's products on every plane size
+                assert!(
+                    off || wino_calls() > before,
+                    "case {seed}: dX did not take Winograd's path"
+                );
                 SHIFTED_DISABLED.store(false, std::sync::atomic::Ordering::SeqCst);
                 (y.data, dx.data, conv.weight.grad.clone())
             };
@@ -1376,11 +1395,6 @@ mod tests {
             // (on more threads a batch of few chunks takes the parallel gemm of im2col)
             let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
             let (y0, dx0, dw0) = pool.install(|| run(true));
-            // calls of F(2×2) and F(4×4)
-            let wino_calls = || {
-                crate::kit::winograd::CALLS.load(std::sync::atomic::Ordering::SeqCst)
-                    + crate::kit::winograd4::CALLS.load(std::sync::atomic::Ordering::SeqCst)
-            };
             let calls = wino_calls();
             let dw_calls = crate::kit::winograd::DW_CALLS.load(std::sync::atomic::Ordering::SeqCst);
             let (y1, dx1, dw1) = pool.install(|| run(false));
