@@ -540,9 +540,6 @@ struct Shifted {
     span: usize,
     /// Size of `dX`'s padded `dY` planes.
     pq: usize,
-    /// Bit `a·s + b` set when a kernel tap reads phase (a, b): a 1 × 1 convolution of stride
-    /// 2 reads one phase of four, and the others are not copied.
-    used: u64,
 }
 
 /// One axis of a [`Shifted`] convolution: tap `ki` reads phase `a` at shift `d`, input index
@@ -612,7 +609,6 @@ impl Shifted {
     fn new(g: &Geom) -> Option<Shifted> {
         let fits = g.groups == 1
             && g.pad < g.kh.min(g.kw)
-            && g.s <= 8
             && !(g.kh * g.kw == 1 && g.s == 1)
             && super::simd_gemm::available();
         #[cfg(test)]
@@ -626,14 +622,7 @@ impl Shifted {
         let xr = (x.dmax - x.dmin) as usize;
         let pp = reach(y.grid(), g.ow + xr);
         let pq = reach(y.dgrid(), x.phase_len(0) + xr);
-        let mut used = 0u64;
-        for ki in 0..g.kh {
-            for kj in 0..g.kw {
-                let (a, b) = (y.tap(ki).0, x.tap(kj).0);
-                used |= 1 << (a * g.s + b);
-            }
-        }
-        let sh = Shifted { s: g.s, y, x, wp, pp, span, pq, used };
+        let sh = Shifted { s: g.s, y, x, wp, pp, span, pq };
         #[allow(unused_mut)]
         let mut limit = SHIFTED_MAX_WASTE;
         #[cfg(test)]
@@ -663,16 +652,17 @@ impl Shifted {
         v
     }
 
-    /// An image's input planes `x` into its phase planes (those that no tap reads are left
-    /// as they were).
+    /// An image's input planes `x` into its phase planes. Phases that no tap reads are left
+    /// as they were: a 1 × 1 convolution of stride 2 reads one phase of four.
     fn pad_input(&self, g: &Geom, x: &[f32], dst: &mut [f32]) {
         let (s, origin) = (self.s, (self.y.dmin, self.x.dmin));
+        let read = |axis: &Axis, k: usize, a: usize| (0..k).any(|ki| axis.tap(ki).0 == a);
         let mut planes = dst.chunks_exact_mut(self.pp);
         for src in x.chunks_exact(g.h * g.w).take(g.c) {
             for a in 0..s {
                 for b in 0..s {
                     let d = planes.next().expect("conv2d: phase planes too short");
-                    if self.used >> (a * s + b) & 1 == 1 {
+                    if read(&self.y, g.kh, a) && read(&self.x, g.kw, b) {
                         fill_grid(src, (g.h, g.w), (s, a, b), origin, self.wp, d);
                     }
                 }
@@ -1005,13 +995,14 @@ impl Conv2d {
         let fits = dw_t && super::winograd::fits(g.c, g.o, (g.kh, g.kw), (g.s, g.pad, g.groups));
         let wino_dw = fits && super::winograd::dw_fits(g.h, g.w);
         let shifted = Shifted::new(&g).filter(|_| dw_t && !wino_dw);
-        // dX by Winograd's products whatever path dW takes (with im2col's dW too, on planes
-        // too small for the implicit product: resnet18-cifar's 4 × 4)
-        let wino = fits;
-        let ut = wino.then(|| super::winograd::Kernel::new(w, (g.o, g.c), true, (g.oh, g.ow)));
+        // dX by Winograd's products where they apply, whatever path dW takes (im2col's too, on
+        // planes too small for the implicit product: resnet18-cifar's 4 × 4)
+        let wino_dx = fits && want_dx;
+        let ut = wino_dx.then(|| super::winograd::Kernel::new(w, (g.o, g.c), true, (g.oh, g.ow)));
         let (offs, phases) = match shifted {
-            Some(sh) if wino => (sh.offsets(&g), Vec::new()),
-            Some(sh) => (sh.offsets(&g), sh.dx_phases(&g, w)),
+            // dX phase by phase where it is wanted and Winograd's products do not take it
+            Some(sh) if want_dx && !fits => (sh.offsets(&g), sh.dx_phases(&g, w)),
+            Some(sh) => (sh.offsets(&g), Vec::new()),
             None => Default::default(),
         };
         let il = shifted.map_or(0, |sh| sh.image_len(g.c));
@@ -1035,15 +1026,12 @@ impl Conv2d {
                 *dw = vec![0.0; wlen];
             }
             if wino_dw {
-                // dX and dW both by Winograd's products, from the unpadded planes; dW in
-                // Winograd's basis until the task's chunks are done (`finish`)
+                // dW by Winograd's products, from the unpadded planes, in Winograd's basis
+                // until the task's chunks are done (`finish`)
                 if du.is_empty() {
                     *du = vec![0.0; 16 * g.c * g.o];
                 }
                 super::winograd::weight_grad(xc, (nbl, g.c, g.h, g.w), dyc, g.o, du, &mut s.wino);
-                if want_dx {
-                    dx_by_winograd(s, dyc, dxc);
-                }
             } else if let Some(sh) = shifted {
                 use super::simd_gemm::{gemm_rows, transpose, Rows};
                 let plane = g.oh * g.ow;
@@ -1066,7 +1054,7 @@ impl Conv2d {
                     for (src, d) in dyi.chunks_exact(plane).zip(dyp.chunks_exact_mut(sh.pq)) {
                         fill_grid(src, (g.oh, g.ow), (1, 0, 0), origin, sh.wp, d);
                     }
-                    for (a, b, rr, qq, wab, offs_dy) in phases.iter().filter(|_| want_dx) {
+                    for (a, b, rr, qq, wab, offs_dy) in &phases {
                         let span = (rr - 1) * sh.wp + qq;
                         let t = resize(&mut s.tmp, g.c * span);
                         let ka = offs_dy.len();
@@ -1083,9 +1071,6 @@ impl Conv2d {
                     transpose(g.o, sh.span, grid, sh.pq, dyt, g.o);
                     let a = (xp, Rows::Table(&offs), 1);
                     gemm_rows(k, g.o, sh.span, a, (&dyt[..], Rows::Step(g.o)), dw, g.o, true);
-                }
-                if wino && want_dx {
-                    dx_by_winograd(s, dyc, dxc);
                 }
             } else {
                 for grp in 0..g.groups {
@@ -1115,15 +1100,15 @@ impl Conv2d {
                     let cols = resize(&mut s.cols, k * nbl * p);
                     im2col(xc, nbl, grp, &g, cols);
                     acc_dw(dw_t, cols, k, dyg, &mut s.dyt, dwg, par);
-                    if want_dx && !wino {
+                    if want_dx && !fits {
                         // dcols overwrites cols
                         gemm_into(wg.t(), dyg, cols, false, par);
                         col2im(cols, nbl, grp, &g, dxc);
                     }
                 }
-                if wino && want_dx {
-                    dx_by_winograd(s, dyc, dxc);
-                }
+            }
+            if wino_dx {
+                dx_by_winograd(s, dyc, dxc);
             }
         };
         let body = |acc: &mut (Vec<f32>, Vec<f32>), dxc: &mut [f32], xc: &[f32], dyc, pc| {

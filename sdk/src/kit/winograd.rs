@@ -72,11 +72,13 @@ pub(crate) fn fits(
 /// on one machine stays bitwise reproducible.
 pub(crate) fn dw_fits(h: usize, w: usize) -> bool {
     #[allow(unused_mut)]
-    let mut fits = h.is_multiple_of(2) && w.is_multiple_of(2) && w >= 8 && half_rate_avx512();
+    let mut cpu = half_rate_avx512();
     #[cfg(test)]
     if DW_ALWAYS.load(std::sync::atomic::Ordering::SeqCst) {
-        fits = h.is_multiple_of(2) && w.is_multiple_of(2) && w >= 8;
+        cpu = true;
     }
+    #[allow(unused_mut)]
+    let mut fits = h.is_multiple_of(2) && w.is_multiple_of(2) && w >= 8 && cpu;
     #[cfg(test)]
     if DW_DISABLED.load(std::sync::atomic::Ordering::SeqCst) {
         fits = false;
