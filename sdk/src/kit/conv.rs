@@ -816,16 +816,33 @@ fn with_scratch<T>(f: impl FnOnce(&mut Scratch) -> T) -> T {
     })
 }
 
-/// A vector of `len` zeros, written by all of the pool's threads when it is large. The
-/// allocator hands back memory freed by the previous step (`keep_freed_memory`), which it must
-/// clear: on one thread, that memset of a layer's output or input gradient (25 MB for
-/// resnet-mini's first stage) left the other threads idle.
-fn zeroed(len: usize) -> Vec<f32> {
-    if len < 1 << 16 {
-        return vec![0.0; len];
-    }
-    let mut v = Vec::with_capacity(len);
-    v.par_extend(rayon::iter::repeat_n(0.0f32, len));
+/// `len` values of spare capacity, to be handed out in chunks by [`zeroed_chunk`] and then
+/// claimed by [`claim`]. A layer's output (or input gradient) is zeroed chunk by chunk by the
+/// thread about to write the chunk, while it is in that thread's cache: zeroing the whole vector
+/// first (in parallel, `par_extend`) was 5.6 % of a resnet-mini step's samples on a 2-core Xeon,
+/// and the chunk's writes then read every line back from memory.
+fn spare(v: &mut Vec<f32>, len: usize) -> &mut [std::mem::MaybeUninit<f32>] {
+    v.clear();
+    v.reserve_exact(len);
+    &mut v.spare_capacity_mut()[..len]
+}
+
+/// `c`, zeroed.
+fn zeroed_chunk(c: &mut [std::mem::MaybeUninit<f32>]) -> &mut [f32] {
+    c.fill(std::mem::MaybeUninit::new(0.0));
+    // SAFETY: every value of `c` was just written, and `MaybeUninit<f32>` has `f32`'s layout
+    unsafe { &mut *(c as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// `v` of `len` values, once [`zeroed_chunk`] has been called on chunks covering all of
+/// [`spare`]`(v, len)`.
+///
+/// # Safety
+/// Every one of the first `len` values of `v`'s spare capacity has been written.
+unsafe fn claim(mut v: Vec<f32>, len: usize) -> Vec<f32> {
+    debug_assert!(v.capacity() >= len);
+    // SAFETY: the caller wrote the first `len` values
+    unsafe { v.set_len(len) };
     v
 }
 
@@ -870,7 +887,9 @@ impl Conv2d {
         let (nb, par) = chunking(n, &g);
         let (og, k, p) = (g.og(), g.k(), g.p());
         let w = &self.weight.value;
-        let mut y = zeroed(n * g.out_len());
+        let ylen = n * g.out_len();
+        let mut y = Vec::new();
+        let out = spare(&mut y, ylen);
         let serial = matches!(par, gemm::Parallelism::None);
         let wino = serial && super::winograd::fits(g.c, g.o, (g.kh, g.kw), (g.s, g.pad, g.groups));
         let u = wino.then(|| super::winograd::Kernel::new(w, (g.o, g.c), false, (g.h, g.w)));
@@ -954,18 +973,22 @@ impl Conv2d {
             }
         };
         let sums: Vec<(f32, f32)> = if n > nb {
-            y.par_chunks_mut(nb * g.out_len())
+            out.par_chunks_mut(nb * g.out_len())
                 .zip(x.data.par_chunks(nb * g.in_len()))
                 .zip(kept.par_iter_mut())
                 .flat_map_iter(|((yc, xc), kept)| {
+                    let yc = zeroed_chunk(yc);
                     with_scratch(|s| body(s, yc, xc, kept.take()));
                     sums_of(yc)
                 })
                 .collect()
         } else {
-            with_scratch(|s| body(s, &mut y, &x.data, kept[0].take()));
-            sums_of(&y)
+            let yc = zeroed_chunk(out);
+            with_scratch(|s| body(s, yc, &x.data, kept[0].take()));
+            sums_of(yc)
         };
+        // SAFETY: the chunks above (or the one chunk) cover all `ylen` values, each zeroed
+        let y = unsafe { claim(y, ylen) };
         drop(kept);
         self.planes = planes;
         self.sums = sums;
@@ -988,7 +1011,8 @@ impl Conv2d {
         let (og, k, p) = (g.og(), g.k(), g.p());
         let w = &self.weight.value;
         let wlen = w.len();
-        let mut dx = zeroed(x.len());
+        let mut dx = Vec::new();
+        let dx_out = spare(&mut dx, x.len());
         let want_dx = self.input_grad;
         let dw_t = matches!(par, gemm::Parallelism::None) && super::simd_gemm::available();
         // Winograd's products for dX where they apply, and for dW too where its rule says
@@ -1136,7 +1160,7 @@ impl Conv2d {
             } else {
                 vec![&[]; n.div_ceil(per_task * nb)]
             };
-            let parts: Vec<Vec<f32>> = dx
+            let parts: Vec<Vec<f32>> = dx_out
                 .par_chunks_mut(ti)
                 .zip(x.data.par_chunks(ti))
                 .zip(dy.data.par_chunks(to))
@@ -1147,6 +1171,7 @@ impl Conv2d {
                     for (j, ((dxc, xc), dyc)) in
                         dxt.chunks_mut(ci).zip(xt.chunks(ci)).zip(dyt.chunks(co)).enumerate()
                     {
+                        let dxc = zeroed_chunk(dxc);
                         let pc = if kept {
                             &pt[j * nb * il..][..xc.len() / g.in_len() * il]
                         } else {
@@ -1161,9 +1186,11 @@ impl Conv2d {
         } else {
             let pc = if kept { &planes[..] } else { &[][..] };
             let mut acc = Default::default();
-            body(&mut acc, &mut dx, &x.data, &dy.data, pc);
+            body(&mut acc, zeroed_chunk(dx_out), &x.data, &dy.data, pc);
             finish(acc)
         };
+        // SAFETY: the tasks' chunks (or the one chunk) cover all of `x.len()` values, each zeroed
+        let dx = unsafe { claim(dx, x.len()) };
         self.planes = planes;
         if dw_t {
             // the accumulators hold dWᵀ per group, [groups][k][og]
@@ -1626,6 +1653,52 @@ mod tests {
 mod timing {
     use super::*;
     use crate::kit::gradcheck::random;
+
+    /// The stride-2 layers of resnet-mini's stages 2 and 3 (3 × 3 and the 1 × 1 shortcuts), one
+    /// thread, 256 images (one thread's half of the bench's step): forward and backward, best of
+    /// `REPS` (5). `ONLY=323` (channels in, kernel side) times one layer; `NOBWD=1` the forward
+    /// alone (for `perf record`). Run with `MALLOC_MMAP_MAX_=0` as the step does (see
+    /// `host/src/memory.rs`), or page faults of fresh buffers are timed too.
+    #[test]
+    #[ignore]
+    fn time_stride2_layers() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let n = 256;
+        let only = std::env::var("ONLY").ok();
+        let reps: usize = std::env::var("REPS").ok().map_or(5, |v| v.parse().unwrap());
+        for (c, o, h, k) in [(32, 64, 28, 3), (64, 128, 14, 3), (32, 64, 28, 1), (64, 128, 14, 1)] {
+            if only.as_ref().is_some_and(|s| *s != format!("{c}{k}")) {
+                continue;
+            }
+            let cfg = Conv2dConfig { stride: 2, padding: k / 2, groups: 1, bias: false };
+            let mut conv = Conv2d::new(&Init::new(1), c, o, k, cfg);
+            let oh = h / 2;
+            let (x, dy) = (random(&[n, c, h, h], 1), random(&[n, o, oh, oh], 2));
+            let (mut tf, mut tb) = (f64::MAX, f64::MAX);
+            pool.install(|| {
+                for _ in 0..reps {
+                    let t = std::time::Instant::now();
+                    conv.forward(&x, true);
+                    tf = tf.min(t.elapsed().as_secs_f64());
+                    if std::env::var("NOBWD").is_ok() {
+                        continue;
+                    }
+                    let t = std::time::Instant::now();
+                    conv.backward(&dy);
+                    tb = tb.min(t.elapsed().as_secs_f64());
+                }
+            });
+            let flop = 2.0 * (n * o * oh * oh * c * k * k) as f64;
+            eprintln!(
+                "{n} x {c} -> {o}, {h} x {h}, {k} x {k} stride 2: forward {:.2} ms ({:.0} GFLOP/s), \
+                 backward {:.2} ms ({:.0} GFLOP/s)",
+                tf * 1e3,
+                flop / tf * 1e-9,
+                tb * 1e3,
+                2.0 * flop / tb * 1e-9
+            );
+        }
+    }
 
     #[test]
     #[ignore]
