@@ -13,9 +13,10 @@
 //! On CPUs with AVX-512, a 3 × 3, stride-1, padding-1 convolution of at least 32 channels in
 //! and out takes Winograd's F(2×2, 3×3) for its forward and its input gradient (16 products
 //! over the channels instead of 36 multiply-adds per 2 × 2 outputs; see `kit/winograd.rs`
-//! in the source), and, on AMD Zen 4, for its weight gradient too where the planes' sides are
-//! even and at least 8 (elsewhere, the implicit product below, the faster on CPUs whose
-//! 512-bit units are full width).
+//! in the source; F(4×4, 3×3) on planes 25 to 32 wide, `kit/winograd4.rs`). Its weight
+//! gradient takes F(4×4) too on planes 25 to 32 wide, and F(2×2) on AMD Zen 4 where the planes'
+//! sides are even and at least 8 (elsewhere, the implicit product below, the faster there on
+//! CPUs whose 512-bit units are full width).
 //!
 //! Other convolutions of one group are an implicit matrix product: each image
 //! is copied once into zero-padded phase planes, and the matrix kernel reads the patch matrix's
@@ -1017,7 +1018,9 @@ impl Conv2d {
         let dw_t = matches!(par, gemm::Parallelism::None) && super::simd_gemm::available();
         // Winograd's products for dX where they apply, and for dW too where its rule says
         let fits = dw_t && super::winograd::fits(g.c, g.o, (g.kh, g.kw), (g.s, g.pad, g.groups));
-        let wino_dw = fits && super::winograd::dw_fits(g.h, g.w);
+        // F(4×4)'s dW where its planes fit, else F(2×2)'s where its rule says
+        let f4_dw = fits && super::winograd4::dw_fits(g.h, g.w);
+        let wino_dw = fits && (f4_dw || super::winograd::dw_fits(g.h, g.w));
         let shifted = Shifted::new(&g).filter(|_| dw_t && !wino_dw);
         // dX by Winograd's products where they apply, whatever path dW takes (im2col's too, on
         // planes too small for the implicit product: resnet18-cifar's 4 × 4)
@@ -1052,10 +1055,15 @@ impl Conv2d {
             if wino_dw {
                 // dW by Winograd's products, from the unpadded planes, in Winograd's basis
                 // until the task's chunks are done (`finish`)
+                let dims = (nbl, g.c, g.h, g.w);
                 if du.is_empty() {
-                    *du = vec![0.0; 16 * g.c * g.o];
+                    *du = vec![0.0; if f4_dw { 36 } else { 16 } * g.c * g.o];
                 }
-                super::winograd::weight_grad(xc, (nbl, g.c, g.h, g.w), dyc, g.o, du, &mut s.wino);
+                if f4_dw {
+                    super::winograd4::weight_grad(xc, dims, dyc, g.o, du, &mut s.wino);
+                } else {
+                    super::winograd::weight_grad(xc, dims, dyc, g.o, du, &mut s.wino);
+                }
             } else if let Some(sh) = shifted {
                 use super::simd_gemm::{gemm_rows, transpose, Rows};
                 let plane = g.oh * g.ow;
@@ -1139,7 +1147,10 @@ impl Conv2d {
             with_scratch(|s| body_in(s, acc, dxc, xc, dyc, pc));
         };
         let finish = |(mut dw, du): (Vec<f32>, Vec<f32>)| {
-            if !du.is_empty() {
+            if du.is_empty() {
+            } else if f4_dw {
+                super::winograd4::kernel_grad_into(&du, (g.c, g.o), &mut dw);
+            } else {
                 super::winograd::kernel_grad_into(&du, (g.c, g.o), &mut dw);
             }
             dw
@@ -1408,7 +1419,12 @@ mod tests {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
             let (y0, dx0, dw0) = pool.install(|| run(true));
             let calls = wino_calls();
-            let dw_calls = crate::kit::winograd::DW_CALLS.load(std::sync::atomic::Ordering::SeqCst);
+            // calls of F(2×2)'s dW and F(4×4)'s
+            let dw_calls = || {
+                crate::kit::winograd::DW_CALLS.load(std::sync::atomic::Ordering::SeqCst)
+                    + crate::kit::winograd4::DW_CALLS.load(std::sync::atomic::Ordering::SeqCst)
+            };
+            let dw_before = dw_calls();
             let (y1, dx1, dw1) = pool.install(|| run(false));
             let now = wino_calls();
             assert!(
@@ -1416,10 +1432,10 @@ mod tests {
                 "case {seed}: the forward and dX did not take Winograd's path"
             );
             // dW takes it where its rule says
+            let dw_rule =
+                crate::kit::winograd::dw_fits(h, w) || crate::kit::winograd4::dw_fits(h, w);
             assert!(
-                !crate::kit::winograd::dw_fits(h, w)
-                    || crate::kit::winograd::DW_CALLS.load(std::sync::atomic::Ordering::SeqCst)
-                        > dw_calls,
+                !dw_rule || dw_calls() > dw_before,
                 "case {seed}: dW did not take Winograd's path"
             );
             // and bitwise the same when run again
@@ -1715,7 +1731,11 @@ mod timing {
             (64, 256, 8),
             (128, 512, 4),
         ];
+        let only = std::env::var("ONLY").ok();
         for (n, c, h) in shapes {
+            if only.as_ref().is_some_and(|s| *s != format!("{c}")) {
+                continue;
+            }
             let cfg = Conv2dConfig { stride: 1, padding: 1, groups: 1, bias: false };
             let mut conv = Conv2d::new(&Init::new(1), c, c, 3, cfg);
             let (x, dy) = (random(&[n, c, h, h], 1), random(&[n, c, h, h], 2));

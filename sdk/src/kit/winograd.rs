@@ -56,8 +56,9 @@ pub(crate) fn fits(
     fits
 }
 
-/// True when a layer that [`fits`] also takes [`weight_grad`] for its kernel gradient: planes
-/// of even sides, at least 8 wide. On odd sides the tiles' padding is a large share (at 7 × 7,
+/// True when a layer that [`fits`] also takes [`weight_grad`] for its kernel gradient (where
+/// F(4×4)'s does not take it first, `winograd4::dw_fits`): planes of even sides, at least 8
+/// wide. On odd sides the tiles' padding is a large share (at 7 × 7,
 /// 64 outputs per 49): 256 × 128 × 7 × 7 on one Zen 4 thread took 77.5–80.4 ms for the
 /// backward with the implicit product's dW, 84.2–85.6 with this one. At 4 × 4 a row of tiles
 /// fills an eighth of a vector: 128 × 512 × 4 × 4, 229–235 against 233–245. Where it is taken
@@ -246,10 +247,10 @@ fn block_tiles(cin: usize, cout: usize) -> usize {
 /// Scratch of one thread, kept across calls.
 #[derive(Default)]
 pub(crate) struct Scratch {
-    v: Vec<f32>,
-    m: Vec<f32>,
-    rt: Vec<f32>,
-    mt: Vec<f32>,
+    pub(super) v: Vec<f32>,
+    pub(super) m: Vec<f32>,
+    pub(super) rt: Vec<f32>,
+    pub(super) mt: Vec<f32>,
 }
 
 pub(super) fn resize(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
@@ -259,15 +260,15 @@ pub(super) fn resize(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
 
 /// A block of tile rows: its tile count, and its segments `(image, that image's tile rows
 /// ty0..ty1, their first tile in the block)`.
-struct Block {
-    nt: usize,
-    segments: Vec<(usize, usize, usize, usize)>,
+pub(super) struct Block {
+    pub(super) nt: usize,
+    pub(super) segments: Vec<(usize, usize, usize, usize)>,
 }
 
 /// The tile rows of `nb` images of `h × w` in blocks of about [`block_tiles`] tiles (whole
 /// rows, across images), for tiles of `tile × tile` outputs (2, or 4 for `winograd4`), whose
 /// transforms hold `(tile + 2)²` values.
-fn blocks(
+pub(super) fn blocks(
     tile: usize,
     nb: usize,
     (h, w): (usize, usize),
@@ -451,49 +452,64 @@ pub(crate) fn weight_grad(
 /// accumulators in `conv.rs` hold it) whose transform [`weight_grad`] summed into `du`. Panics
 /// without AVX-512 or on slices of the wrong length.
 pub(crate) fn kernel_grad_into(du: &[f32], (cin, cout): (usize, usize), dwt: &mut [f32]) {
+    kernel_grad_with(&G, du, (cin, cout), dwt);
+}
+
+/// [`kernel_grad_into`] for tiles of `T × T` transformed values and their kernel transform
+/// `gm` (F(4×4)'s too).
+pub(super) fn kernel_grad_with<const T: usize>(
+    gm: &[[f32; 3]; T],
+    du: &[f32],
+    (cin, cout): (usize, usize),
+    dwt: &mut [f32],
+) {
     assert!(super::simd_gemm::available(), "winograd weight gradient without AVX-512");
-    assert_eq!(du.len(), 16 * cout * cin, "winograd weight gradient: accumulator length");
+    assert_eq!(du.len(), T * T * cout * cin, "winograd weight gradient: accumulator length");
     assert_eq!(dwt.len(), cout * cin * 9, "winograd weight gradient: kernel length");
     // SAFETY: AVX-512 is present (asserted above); the function indexes its slices.
-    unsafe { kernel_grad(du, (cin, cout), dwt) };
+    unsafe { kernel_grad(gm, du, (cin, cout), dwt) };
 }
 
 /// `dW[o, c] += Gᵀ dU[c, o] G`, written as `dWᵀ[c·9 + 3p + q, o]`, 16 output channels at a
-/// time (scalar and once per chunk of images, it was 3 % of a resnet-mini step).
+/// time in vectors (scalar and once per chunk of images, it was 3 % of a resnet-mini step;
+/// written generically over the tile, LLVM left F(4×4)'s scalar: 20 % of its backward). Each
+/// sum is a multiply then an add, in the order of the scalar loops before.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel_grad(du: &[f32], (cin, cout): (usize, usize), dwt: &mut [f32]) {
+unsafe fn kernel_grad<const T: usize>(
+    gm: &[[f32; 3]; T],
+    du: &[f32],
+    (cin, cout): (usize, usize),
+    dwt: &mut [f32],
+) {
+    use std::arch::x86_64::*;
     const L: usize = 16;
+    let (add, mul, k) = (_mm512_add_ps, _mm512_mul_ps, _mm512_set1_ps);
     for c in 0..cin {
         for o0 in (0..cout).step_by(L) {
-            let n = L.min(cout - o0);
-            let mut d = [[0.0f32; L]; 16];
-            for (xi, row) in d.iter_mut().enumerate() {
-                row[..n].copy_from_slice(&du[xi * cin * cout + c * cout + o0..][..n]);
+            let mask = first(cout - o0);
+            // T × T ≤ 36 (F(4×4))
+            let mut d = [_mm512_setzero_ps(); 36];
+            for (xi, v) in d[..T * T].iter_mut().enumerate() {
+                *v = _mm512_maskz_loadu_ps(mask, du[xi * cin * cout + c * cout + o0..].as_ptr());
             }
-            // (dU G)[i][q], then Gᵀ (dU G), each sum in the order of the scalar loops before
-            let mut ug = [[[0.0f32; L]; 3]; 4];
+            // (dU G)[i][q], then Gᵀ (dU G)
+            let mut ug = [[_mm512_setzero_ps(); 3]; T];
             for (i, row) in ug.iter_mut().enumerate() {
                 for (q, v) in row.iter_mut().enumerate() {
-                    for j in 0..4 {
-                        for l in 0..L {
-                            v[l] += d[i * 4 + j][l] * G[j][q];
-                        }
+                    for j in 0..T {
+                        *v = add(*v, mul(d[i * T + j], k(gm[j][q])));
                     }
                 }
             }
             for p in 0..3 {
                 for q in 0..3 {
-                    let mut s = [0.0f32; L];
+                    let mut s = _mm512_setzero_ps();
                     for (i, u) in ug.iter().enumerate() {
-                        for l in 0..L {
-                            s[l] += G[i][p] * u[q][l];
-                        }
+                        s = add(s, mul(k(gm[i][p]), u[q]));
                     }
-                    let out = &mut dwt[(c * 9 + p * 3 + q) * cout + o0..][..n];
-                    for (o, v) in out.iter_mut().zip(s) {
-                        *o += v;
-                    }
+                    let out = dwt[(c * 9 + p * 3 + q) * cout + o0..].as_mut_ptr();
+                    _mm512_mask_storeu_ps(out, mask, add(_mm512_maskz_loadu_ps(mask, out), s));
                 }
             }
         }
@@ -788,7 +804,12 @@ pub(super) unsafe fn output_tiles(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel_grad(_: &[f32], _: (usize, usize), _: &mut [f32]) {
+unsafe fn kernel_grad<const T: usize>(
+    _: &[[f32; 3]; T],
+    _: &[f32],
+    _: (usize, usize),
+    _: &mut [f32],
+) {
     unreachable!("winograd weight gradient without AVX-512")
 }
 
