@@ -38,6 +38,7 @@
 use super::ops::Mat;
 use super::{Init, Layer, Module, Param, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 /// Stride, padding, groups and bias of a [`Conv2d`]; the default is PyTorch's (1, 0, 1, bias).
@@ -81,6 +82,8 @@ pub struct Conv2d {
     /// The last training forward's phase planes ([`Shifted`]), which its backward reads again;
     /// the buffer is kept across steps.
     planes: Vec<f32>,
+    /// A buffer handed over for the next input gradient ([`Conv2d::recycle_input_grad`]).
+    dx_buf: Vec<f32>,
 }
 
 /// (Σ x, Σ x·(y − μ)) of two equal-length slices in f32, in two independent sets of 16 lanes
@@ -218,6 +221,7 @@ impl Conv2d {
             input: None,
             sums: Vec::new(),
             planes: Vec::new(),
+            dx_buf: Vec::new(),
         }
     }
 
@@ -817,32 +821,54 @@ fn with_scratch<T>(f: impl FnOnce(&mut Scratch) -> T) -> T {
     })
 }
 
-/// `len` values of spare capacity, to be handed out in chunks by [`zeroed_chunk`] and then
-/// claimed by [`claim`]. A layer's output (or input gradient) is zeroed chunk by chunk by the
-/// thread about to write the chunk, while it is in that thread's cache: zeroing the whole vector
-/// first (in parallel, `par_extend`) was 5.6 % of a resnet-mini step's samples on a 2-core Xeon,
-/// and the chunk's writes then read every line back from memory.
-fn spare(v: &mut Vec<f32>, len: usize) -> &mut [std::mem::MaybeUninit<f32>] {
-    v.clear();
-    v.reserve_exact(len);
-    &mut v.spare_capacity_mut()[..len]
+/// A vector for `len` values, and whether they are initialised: the buffer handed over by
+/// [`Conv2d::recycle_input_grad`] if it has that length (stale values), else empty capacity; handed out in chunks by [`out_chunks`] and [`ready`], and
+/// claimed by [`claim`]. A fresh output (or input gradient) is zeroed chunk by chunk by the
+/// thread about to write the chunk, while it is in that thread's cache: zeroing the whole
+/// vector first (in parallel, `par_extend`) was 5.6 % of a resnet-mini step's samples on a
+/// 2-core Xeon, and the chunk's writes then read every line back from memory.
+fn out_buffer(recycled: &mut Vec<f32>, len: usize) -> (Vec<f32>, bool) {
+    let v = std::mem::take(recycled);
+    if v.len() == len {
+        (v, true)
+    } else {
+        (Vec::with_capacity(len), false)
+    }
 }
 
-/// `c`, zeroed.
-fn zeroed_chunk(c: &mut [std::mem::MaybeUninit<f32>]) -> &mut [f32] {
-    c.fill(std::mem::MaybeUninit::new(0.0));
-    // SAFETY: every value of `c` was just written, and `MaybeUninit<f32>` has `f32`'s layout
-    unsafe { &mut *(c as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) }
+/// The first `len` values of `v`, initialised or not (`init`, as [`out_buffer`] said).
+fn out_chunks(v: &mut Vec<f32>, len: usize, init: bool) -> &mut [MaybeUninit<f32>] {
+    if init {
+        let s = &mut v[..len];
+        // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and the values are initialised; the
+        // only writes through the view are [`ready`]'s zeros
+        unsafe { &mut *(s as *mut [f32] as *mut [MaybeUninit<f32>]) }
+    } else {
+        v.clear();
+        v.reserve_exact(len);
+        &mut v.spare_capacity_mut()[..len]
+    }
 }
 
-/// `v` of `len` values, once [`zeroed_chunk`] has been called on chunks covering all of
-/// [`spare`]`(v, len)`.
+/// Chunk `c` of [`out_chunks`], zeroed if `zero` (it must be where its values are not
+/// initialised, or where the writer adds onto them).
+fn ready(c: &mut [MaybeUninit<f32>], zero: bool) -> &mut [f32] {
+    if zero {
+        c.fill(MaybeUninit::new(0.0));
+    }
+    // SAFETY: every value of `c` is initialised: written just above, or (`zero` false) part of
+    // a recycled vector's values
+    unsafe { &mut *(c as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// `v` of `len` values, once [`ready`] has been called on chunks covering all of
+/// [`out_chunks`]`(v, len, _)`.
 ///
 /// # Safety
-/// Every one of the first `len` values of `v`'s spare capacity has been written.
+/// Every one of the first `len` values of `v` has been initialised.
 unsafe fn claim(mut v: Vec<f32>, len: usize) -> Vec<f32> {
     debug_assert!(v.capacity() >= len);
-    // SAFETY: the caller wrote the first `len` values
+    // SAFETY: the caller initialised the first `len` values
     unsafe { v.set_len(len) };
     v
 }
@@ -889,8 +915,10 @@ impl Conv2d {
         let (og, k, p) = (g.og(), g.k(), g.p());
         let w = &self.weight.value;
         let ylen = n * g.out_len();
-        let mut y = Vec::new();
-        let out = spare(&mut y, ylen);
+        // a fresh buffer, zeroed chunk by chunk below (every path writes every value of the
+        // output, but the writers take initialised slices)
+        let (mut y, init) = (Vec::with_capacity(ylen), false);
+        let out = out_chunks(&mut y, ylen, init);
         let serial = matches!(par, gemm::Parallelism::None);
         let wino = serial && super::winograd::fits(g.c, g.o, (g.kh, g.kw), (g.s, g.pad, g.groups));
         let u = wino.then(|| super::winograd::Kernel::new(w, (g.o, g.c), false, (g.h, g.w)));
@@ -978,13 +1006,13 @@ impl Conv2d {
                 .zip(x.data.par_chunks(nb * g.in_len()))
                 .zip(kept.par_iter_mut())
                 .flat_map_iter(|((yc, xc), kept)| {
-                    let yc = zeroed_chunk(yc);
+                    let yc = ready(yc, !init);
                     with_scratch(|s| body(s, yc, xc, kept.take()));
                     sums_of(yc)
                 })
                 .collect()
         } else {
-            let yc = zeroed_chunk(out);
+            let yc = ready(out, !init);
             with_scratch(|s| body(s, yc, &x.data, kept[0].take()));
             sums_of(yc)
         };
@@ -995,6 +1023,15 @@ impl Conv2d {
         self.sums = sums;
         self.input = train.then_some(keep);
         Tensor::new(vec![n, g.o, g.oh, g.ow], y)
+    }
+
+    /// Hands the layer a buffer that its next backward writes the input gradient into, if the
+    /// lengths match (its values are overwritten; otherwise it is dropped then): a caller
+    /// holding a dead buffer of the input's length saves an allocation and, where every value
+    /// of dX is written, the pass of zeros a fresh one needs. resnet's blocks hand over the
+    /// batch norm's saved input, which dies as this layer's backward starts.
+    pub fn recycle_input_grad(&mut self, v: Vec<f32>) {
+        self.dx_buf = v;
     }
 
     /// The output planes' `(Σ y, Σ y²)` of the last training forward, plane `i = image · O +
@@ -1012,8 +1049,8 @@ impl Conv2d {
         let (og, k, p) = (g.og(), g.k(), g.p());
         let w = &self.weight.value;
         let wlen = w.len();
-        let mut dx = Vec::new();
-        let dx_out = spare(&mut dx, x.len());
+        let (mut dx, init) = out_buffer(&mut self.dx_buf, x.len());
+        let dx_out = out_chunks(&mut dx, x.len(), init);
         let want_dx = self.input_grad;
         let dw_t = matches!(par, gemm::Parallelism::None) && super::simd_gemm::available();
         // Winograd's products for dX where they apply, and for dW too where its rule says
@@ -1032,6 +1069,21 @@ impl Conv2d {
             Some(sh) => (sh.offsets(&g), Vec::new()),
             None => Default::default(),
         };
+        // Is every value of dX written (not added onto)? Winograd's products write all of it;
+        // the phases write theirs, all of dX if no phase that has positions lacks taps (a 1 × 1
+        // kernel of stride 2 reads one phase of four); im2col's col2im adds.
+        let dx_written = want_dx
+            && (wino_dx
+                || shifted.is_some_and(|sh| {
+                    let has = |a: usize, b: usize| phases.iter().any(|p| (p.0, p.1) == (a, b));
+                    !phases.is_empty()
+                        && (0..sh.s).all(|a| {
+                            (0..sh.s).all(|b| {
+                                sh.y.phase_len(a) == 0 || sh.x.phase_len(b) == 0 || has(a, b)
+                            })
+                        })
+                }));
+        let zero_dx = !init || !dx_written;
         let il = shifted.map_or(0, |sh| sh.image_len(g.c));
         // the forward's phase planes (absent only if a test switched paths in between)
         let planes = std::mem::take(&mut self.planes);
@@ -1182,7 +1234,7 @@ impl Conv2d {
                     for (j, ((dxc, xc), dyc)) in
                         dxt.chunks_mut(ci).zip(xt.chunks(ci)).zip(dyt.chunks(co)).enumerate()
                     {
-                        let dxc = zeroed_chunk(dxc);
+                        let dxc = ready(dxc, zero_dx);
                         let pc = if kept {
                             &pt[j * nb * il..][..xc.len() / g.in_len() * il]
                         } else {
@@ -1197,7 +1249,7 @@ impl Conv2d {
         } else {
             let pc = if kept { &planes[..] } else { &[][..] };
             let mut acc = Default::default();
-            body(&mut acc, zeroed_chunk(dx_out), &x.data, &dy.data, pc);
+            body(&mut acc, ready(dx_out, zero_dx), &x.data, &dy.data, pc);
             finish(acc)
         };
         // SAFETY: the tasks' chunks (or the one chunk) cover all of `x.len()` values, each zeroed
@@ -1285,6 +1337,34 @@ mod tests {
             (vec![1, 2, 2, 1], 3, 3, 3, cfg(1, 2, 1, true)),
             (vec![2, 1, 7, 8], 2, 2, 3, cfg(3, 1, 1, false)),
         ]
+    }
+
+    /// A buffer handed over for dX ([`Conv2d::recycle_input_grad`]) full of NaN: every path
+    /// either writes all of it or zeroes it first (the 1 × 1 stride-2 shortcut writes one phase
+    /// of four, im2col adds), so dX is bitwise the fresh buffer's.
+    #[test]
+    fn a_recycled_input_gradient_buffer_gives_the_same_dx() {
+        let _same_paths_twice = SWITCHES.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = cases();
+        all.extend([
+            (vec![3, 32, 28, 28], 32, 3, 3, cfg(1, 1, 1, false)),
+            (vec![3, 64, 14, 14], 64, 3, 3, cfg(1, 1, 1, false)),
+            (vec![3, 32, 28, 28], 64, 3, 3, cfg(2, 1, 1, false)),
+            (vec![3, 32, 28, 28], 64, 1, 1, cfg(2, 0, 1, false)),
+        ]);
+        for (seed, (shape, o, kh, kw, c)) in all.into_iter().enumerate() {
+            let mut conv = Conv2d::rect(&Init::new(seed as u64), shape[1], o, kh, kw, c);
+            let x = random(&shape, 300 + seed as u64);
+            let oshape = conv.out_shape(shape[1], shape[2], shape[3]).unwrap();
+            let dy = random(&[shape[0], oshape[0], oshape[1], oshape[2]], 400 + seed as u64);
+            conv.forward(&x, true);
+            let fresh = conv.backward(&dy);
+            conv.forward(&x, true);
+            conv.recycle_input_grad(vec![f32::NAN; x.len()]);
+            let recycled = conv.backward(&dy);
+            let bits = |t: &Tensor| t.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&fresh), bits(&recycled), "case {seed}: {shape:?} -> {o}");
+        }
     }
 
     #[test]

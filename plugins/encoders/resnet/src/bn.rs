@@ -51,6 +51,8 @@ pub struct BnRelu {
     /// Training statistics over every rank of a data-parallel run (none: this process's batch).
     pub sync: Option<Collective>,
     cache: Option<Cache>,
+    /// The saved input's buffer once the backward is done with it ([`BnRelu::take_spare`]).
+    spare: Vec<f32>,
 }
 
 /// Sums `pairs` (and the count `m`, appended) over the ranks of `sync`, in place; returns the
@@ -136,6 +138,7 @@ impl BnRelu {
             groups: 1,
             sync: None,
             cache: None,
+            spare: Vec::new(),
         }
     }
 
@@ -298,7 +301,15 @@ impl BnRelu {
                 p.iter_mut().for_each(|d| *d *= k);
             });
         }
+        self.spare = x.data;
         dy
+    }
+
+    /// The buffer of the last backward's saved input (the convolution's output), dead now:
+    /// the convolution before takes it for its input gradient
+    /// ([`latent_sdk::kit::Conv2d::recycle_input_grad`]). Empty if there is none.
+    pub fn take_spare(&mut self) -> Vec<f32> {
+        std::mem::take(&mut self.spare)
     }
 }
 
