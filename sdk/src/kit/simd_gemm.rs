@@ -458,6 +458,34 @@ mod tests {
             }
         }
     }
+    /// The kernel's rate on products of the step's shapes whose operands stay in L1/L2, one
+    /// thread, best of many: (M, N, K) of F(4×4)'s products at 32 channels, F(2×2)'s at 64,
+    /// the stride-2 forward's, the implicit dW's, and a large square one.
+    #[test]
+    #[ignore]
+    fn time_kernel_shapes() {
+        if !available() {
+            return;
+        }
+        for (m, n, k) in
+            [(32, 256, 32), (64, 128, 64), (64, 209, 288), (288, 32, 812), (256, 256, 256)]
+        {
+            let (a, b) = (random(&[m * k], 1).data, random(&[k * n], 2).data);
+            let mut c = vec![0.0f32; m * n];
+            let reps = (2e9 / (2.0 * (m * n * k) as f64)).max(10.0) as usize;
+            let mut best = f64::MAX;
+            for _ in 0..5 {
+                let t = std::time::Instant::now();
+                for _ in 0..reps {
+                    gemm(m, n, k, StridedA { data: &a, rs: k, cs: 1 }, &b, n, &mut c, n, false);
+                }
+                best = best.min(t.elapsed().as_secs_f64() / reps as f64);
+            }
+            let gf = 2.0 * (m * n * k) as f64 / best * 1e-9;
+            eprintln!("{m} x {n} x {k}: {:.1} us, {gf:.0} GFLOP/s", best * 1e6);
+        }
+    }
+
     #[test]
     fn transpose_matches_the_definition_at_whole_and_partial_blocks() {
         for (rows, cols) in [(16, 16), (32, 48), (17, 33), (5, 40), (40, 5), (1, 1), (64, 784)] {

@@ -161,6 +161,34 @@ impl BnRelu {
     /// convolution that made `x`: [`latent_sdk::kit::Conv2d::want_plane_sums`]), in plane
     /// order; an empty `sums` has them computed here.
     pub fn forward_with_sums(&mut self, x: Tensor, train: bool, sums: Vec<(f32, f32)>) -> Tensor {
+        self.forward_impl(x, train, sums, None)
+    }
+
+    /// As [`BnRelu::forward_with_sums`] (for a norm without its own ReLU), then a residual
+    /// block's end in the same pass: `y = max(z + r, 0)` for the residual `add`, and in
+    /// training `mask = [z + r > 0]` (empty in evaluation). Two passes over the block's output
+    /// (the norm's write, then the sum's read and write) become one.
+    pub fn forward_add_relu(
+        &mut self,
+        x: Tensor,
+        train: bool,
+        sums: Vec<(f32, f32)>,
+        add: &[f32],
+        mask: &mut Vec<bool>,
+    ) -> Tensor {
+        assert!(!self.relu, "batch-norm: a residual's ReLU after the norm's own");
+        assert_eq!(add.len(), x.len(), "batch-norm: residual length");
+        mask.resize(if train { x.len() } else { 0 }, false);
+        self.forward_impl(x, train, sums, Some((add, mask)))
+    }
+
+    fn forward_impl(
+        &mut self,
+        x: Tensor,
+        train: bool,
+        sums: Vec<(f32, f32)>,
+        residual: Option<(&[f32], &mut [bool])>,
+    ) -> Tensor {
         let (n, c, s) = self.layout(&x.shape);
         let groups = if train { self.groups.max(1) } else { 1 };
         assert!(
@@ -218,20 +246,66 @@ impl BnRelu {
                 dst.iter_mut().zip(src).for_each(|(d, &v)| _ = d.write(a * v + b));
             }
         };
+        // z + r, then the ReLU (and its mask, where there is one): the sum rounded as the
+        // separate passes rounded it
+        let apply_add =
+            |i: usize, dst: &mut [MaybeUninit<f32>], src: &[f32], add: &[f32], m: &mut [bool]| {
+                let k = stat_index(i, c, per_group);
+                let (a, b) = (a[k], b[k]);
+                if m.is_empty() {
+                    for ((d, &v), &r) in dst.iter_mut().zip(src).zip(add) {
+                        d.write((a * v + b + r).max(0.0));
+                    }
+                } else {
+                    for (((d, &v), &r), m) in dst.iter_mut().zip(src).zip(add).zip(m) {
+                        let z = a * v + b + r;
+                        *m = z > 0.0;
+                        d.write(z.max(0.0));
+                    }
+                }
+            };
         // written once, without zeroing it first (the zeroing was a pass of its own over
         // every output, as memset)
         let mut y: Vec<f32> = Vec::with_capacity(x.len());
         let out = &mut y.spare_capacity_mut()[..x.len()];
-        if x.len() >= PAR_MIN {
-            out.par_chunks_mut(s)
+        let par = x.len() >= PAR_MIN;
+        match residual {
+            None if par => out
+                .par_chunks_mut(s)
                 .zip(x.data.par_chunks(s))
                 .enumerate()
-                .for_each(|(i, (d, v))| with_avx512(|| apply(i, d, v)));
-        } else {
-            out.chunks_mut(s)
+                .for_each(|(i, (d, v))| with_avx512(|| apply(i, d, v))),
+            None => out
+                .chunks_mut(s)
                 .zip(x.data.chunks(s))
                 .enumerate()
-                .for_each(|(i, (d, v))| with_avx512(|| apply(i, d, v)));
+                .for_each(|(i, (d, v))| with_avx512(|| apply(i, d, v))),
+            // the mask in chunks of `s` too (empty in evaluation: chunks of nothing)
+            Some((add, mask)) => {
+                let ms = if mask.is_empty() { 0 } else { s };
+                let mut none: Vec<&mut [bool]> = Vec::new();
+                let masks: Vec<&mut [bool]> = if ms == 0 {
+                    none.extend((0..n * c).map(|_| &mut [][..]));
+                    none
+                } else {
+                    mask.chunks_mut(ms).collect()
+                };
+                let run =
+                    |(i, ((d, v), (r, m))): AddChunk| with_avx512(|| apply_add(i, d, v, r, m));
+                if par {
+                    out.par_chunks_mut(s)
+                        .zip(x.data.par_chunks(s))
+                        .zip(add.par_chunks(s).zip(masks.into_par_iter()))
+                        .enumerate()
+                        .for_each(run);
+                } else {
+                    out.chunks_mut(s)
+                        .zip(x.data.chunks(s))
+                        .zip(add.chunks(s).zip(masks))
+                        .enumerate()
+                        .for_each(run);
+                }
+            }
         }
         // SAFETY: the chunks of `s` cover all x.len() = n·c·s values of `out`, and `apply`
         // writes every value of its chunk (src and dst have the same length s)
@@ -322,11 +396,60 @@ impl Module for BnRelu {
     }
 }
 
+/// Plane `i` of a residual end's pass: (output, input), (residual, mask).
+type AddChunk<'a> = (usize, ((&'a mut [MaybeUninit<f32>], &'a [f32]), (&'a [f32], &'a mut [bool])));
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use latent_sdk::kit::gradcheck::random;
     use latent_sdk::kit::{BatchNorm, Layer, Relu};
+
+    /// The residual's end in the norm's pass is bitwise the norm, then `max(y + r, 0)` with its
+    /// mask, as separate passes: in training (statistics per group too) and in evaluation, on
+    /// the serial and the parallel paths.
+    #[test]
+    fn add_relu_in_the_norms_pass_is_the_separate_passes() {
+        for (shape, train, groups) in [
+            (vec![4, 3, 5, 6], true, 1),
+            (vec![4, 3, 5, 6], true, 2),
+            (vec![2, 5, 3, 1], false, 1),
+            (vec![64, 4, 16, 16], true, 1),
+            (vec![64, 4, 16, 16], false, 1),
+        ] {
+            let c = shape[1];
+            let (x, r) = (random(&shape, 7), random(&shape, 8));
+            let mut norms = [0, 1].map(|_| BnRelu::new(&Init::new(1), c, false));
+            for bn in &mut norms {
+                bn.weight.value = (0..c).map(|i| 0.7 + 0.2 * i as f32).collect();
+                bn.bias.value = (0..c).map(|i| 0.1 * i as f32 - 0.2).collect();
+                bn.groups = groups;
+            }
+            let [a, b] = &mut norms;
+            let mut y = a.forward(x.clone(), train);
+            let want_mask: Vec<bool> = y
+                .data
+                .iter_mut()
+                .zip(&r.data)
+                .map(|(v, &r)| {
+                    let z = *v + r;
+                    *v = z.max(0.0);
+                    z > 0.0
+                })
+                .collect();
+            let mut mask = vec![true; 3];
+            let got = b.forward_add_relu(x.clone(), train, Vec::new(), &r.data, &mut mask);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got.data), bits(&y.data), "{shape:?} train {train}");
+            if train {
+                assert_eq!(mask, want_mask, "{shape:?}: mask");
+            } else {
+                assert!(mask.is_empty(), "{shape:?}: a mask in evaluation");
+            }
+            assert_eq!(bits(&a.running_mean.value), bits(&b.running_mean.value));
+            assert_eq!(bits(&a.running_var.value), bits(&b.running_var.value));
+        }
+    }
 
     /// Same outputs, input gradients, parameter gradients and running statistics as the kit's
     /// BatchNorm (followed by the kit's ReLU), in both modes.
