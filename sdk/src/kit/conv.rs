@@ -1461,6 +1461,10 @@ mod tests {
             (2, 40, 32, 11, 25),
             (1, 32, 48, 32, 32),
             (3, 32, 40, 4, 4),
+            // F(4×4) on narrow planes (`winograd4::conv_narrow`)
+            (2, 32, 40, 16, 16),
+            (3, 40, 32, 8, 8),
+            (2, 36, 33, 12, 15),
         ]
         .into_iter()
         .enumerate()
@@ -1478,6 +1482,7 @@ mod tests {
             let wino_calls = || {
                 crate::kit::winograd::CALLS.load(std::sync::atomic::Ordering::SeqCst)
                     + crate::kit::winograd4::CALLS.load(std::sync::atomic::Ordering::SeqCst)
+                    + crate::kit::winograd4::NARROW_CALLS.load(std::sync::atomic::Ordering::SeqCst)
             };
             let mut run = |off: bool| {
                 let _paths = off.then(NoWinograd::set);
@@ -1521,7 +1526,8 @@ mod tests {
             // and bitwise the same when run again
             assert_eq!(pool.install(|| run(false)).0, y1, "case {seed}: a second forward");
             // F(4×4)'s larger tile rounds more (its module's doc)
-            let tol = if crate::kit::winograd4::fits(h, w) { 2e-5 } else { 2e-6 };
+            let f4 = crate::kit::winograd4::fits(h, w) || crate::kit::winograd4::narrow_fits(h, w);
+            let tol = if f4 { 2e-5 } else { 2e-6 };
             for (name, a, b) in [("y", &y0, &y1), ("dx", &dx0, &dx1), ("dw", &dw0, &dw1)] {
                 let scale = a.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
                 for (i, (u, v)) in a.iter().zip(b.iter()).enumerate() {

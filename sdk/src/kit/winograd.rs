@@ -196,6 +196,8 @@ pub(crate) enum Kernel {
     F2(Vec<f32>),
     /// `U [36][rows][cols]` ([`super::winograd4::weights`]).
     F4(Vec<f32>),
+    /// The same, for [`super::winograd4::conv_narrow`].
+    F4Narrow(Vec<f32>),
 }
 
 impl Kernel {
@@ -209,6 +211,8 @@ impl Kernel {
     ) -> Kernel {
         if super::winograd4::fits(h, w) {
             Kernel::F4(super::winograd4::weights(k, o, c, flip))
+        } else if super::winograd4::narrow_fits(h, w) {
+            Kernel::F4Narrow(super::winograd4::weights(k, o, c, flip))
         } else {
             Kernel::F2(weights(k, o, c, flip))
         }
@@ -226,6 +230,7 @@ impl Kernel {
         match self {
             Kernel::F2(u) => conv(x, dims, u, cout, y, s),
             Kernel::F4(u) => super::winograd4::conv(x, dims, u, cout, y, s),
+            Kernel::F4Narrow(u) => super::winograd4::conv_narrow(x, dims, u, cout, y, s),
         }
     }
 }
