@@ -13,7 +13,8 @@
 //! On CPUs with AVX-512, a 3 × 3, stride-1, padding-1 convolution of at least 32 channels in
 //! and out takes Winograd's F(2×2, 3×3) for its forward and its input gradient (16 products
 //! over the channels instead of 36 multiply-adds per 2 × 2 outputs; see `kit/winograd.rs`
-//! in the source; F(4×4, 3×3) on planes 25 to 32 wide, `kit/winograd4.rs`). Its weight
+//! in the source; F(4×4, 3×3) on planes 25 to 32 wide and on 7 × 7, 8 × 8, 16 × 16 and the
+//! like, `kit/winograd4.rs`). Its weight
 //! gradient takes F(4×4) too on planes 25 to 32 wide, and F(2×2) on AMD Zen 4 where the planes'
 //! sides are even and at least 8 (elsewhere, the implicit product below, the faster there on
 //! CPUs whose 512-bit units are full width).

@@ -13,11 +13,21 @@
 //! The sum over input channels is 36 matrix products, `M_ξ [O, tiles] = U_ξ [O, C] · V_ξ [C,
 //! tiles]`, as in F(2×2). A row of at most 8 tiles fills half a vector: each input row is
 //! split into the 6 columns of its tiles by two permutations of 32 values, and an output row
-//! of 32 columns is interleaved back from the 4 outputs of its tiles. The kernel gradient
-//! stays with F(2×2) ([`super::winograd::weight_grad`]).
+//! of 32 columns is interleaved back from the 4 outputs of its tiles.
+//!
+//! Narrower planes of sides 7 to 16 whose F(4×4) tiles cover no more padding than F(2×2)'s
+//! (7 × 7, 8 × 8, 16 × 16) take [`conv_narrow`]: a row of 2 to 4 tiles would fill a quarter of
+//! a vector or less, so its transforms run over 16 tiles of any row or image at a time, their
+//! inputs gathered from zero-padded copies of the block's rows and their outputs scattered.
+//!
+//! The kernel gradient on planes 25 to 32 wide ([`weight_grad`]) is the adjoint: with `Ŷ = A
+//! dY Aᵀ` the output gradient's 4 × 4 blocks taken to 6 × 6, `dU_ξ [C, O] += Σ_tiles V_ξ ·
+//! Ŷ_ξᵀ` (36 products whose inner dimension is the block's tiles), then `dW = Gᵀ dU G` once
+//! per task.
 //!
 //! The larger tile rounds more: results agree with the direct sums to about 1e-5 of their
-//! scale (F(2×2): 1e-6), and are bitwise the same from run to run.
+//! scale (F(2×2): 1e-6; the kernel gradient, a sum over every tile, 3e-5), and are bitwise
+//! the same from run to run.
 
 use super::winograd::{blocks, conv_with, resize, Block, Scratch, Transforms};
 
