@@ -370,19 +370,7 @@ pub(crate) fn weight_grad(
                 unsafe { grad_tiles(plane, dims, rows, &mut s.rt, m, o * nt + off, cout * nt) };
             }
         }
-        // Ŷ_ξ as [tiles, O], the rows the product's right-hand side reads
-        let mt = resize(&mut s.mt, 36 * nt * cout);
-        for xi in 0..36 {
-            let (src, dst) =
-                (&m[xi * cout * nt..][..cout * nt], &mut mt[xi * nt * cout..][..nt * cout]);
-            super::simd_gemm::transpose(cout, nt, src, nt, dst, cout);
-        }
-        for xi in 0..36 {
-            use super::simd_gemm::{gemm_rows, Rows};
-            let a = (&v[xi * cin * nt..(xi + 1) * cin * nt], Rows::Step(nt), 1);
-            let b = (&mt[xi * nt * cout..(xi + 1) * nt * cout], Rows::Step(cout));
-            gemm_rows(cin, cout, nt, a, b, &mut du[xi * cin * cout..][..cin * cout], cout, true);
-        }
+        super::winograd::accumulate_du(36, (v, m, &mut s.mt), (cin, cout, nt), du);
     }
 }
 
@@ -726,36 +714,10 @@ mod tests {
             let (mut du, mut dw) = (vec![0.0f32; 36 * o * c], vec![0.0f32; o * c * 9]);
             super::weight_grad(&x, (nb, c, h, w), &dy, o, &mut du, &mut Default::default());
             super::kernel_grad_into(&du, (c, o), &mut dw);
-            let (mut scale, mut worst) = (0.0f64, 0.0f64);
-            for oi in 0..o {
-                for ci in 0..c {
-                    for p in 0..3 {
-                        for q in 0..3 {
-                            let mut s = 0.0f64;
-                            for n in 0..nb {
-                                for r in 0..h {
-                                    for t in 0..w {
-                                        let (yy, xx) = (
-                                            r as isize + p as isize - 1,
-                                            t as isize + q as isize - 1,
-                                        );
-                                        if yy < 0 || xx < 0 || yy >= h as isize || xx >= w as isize
-                                        {
-                                            continue;
-                                        }
-                                        s += dy[((n * o + oi) * h + r) * w + t] as f64
-                                            * x[((n * c + ci) * h + yy as usize) * w + xx as usize]
-                                                as f64;
-                                    }
-                                }
-                            }
-                            let got = dw[(ci * 9 + p * 3 + q) * o + oi] as f64;
-                            scale = scale.max(s.abs());
-                            worst = worst.max((got - s).abs());
-                        }
-                    }
-                }
-            }
+            let want = crate::kit::winograd::direct_weight_grad(&x, &dy, (nb, c, o, h, w));
+            let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            let worst =
+                dw.iter().zip(&want).fold(0.0f64, |m, (&g, &s)| m.max((g as f64 - s).abs()));
             assert!(
                 worst <= 1e-4 * scale.max(1.0),
                 "{nb} {c} {o} {h} {w}: worst error {worst} at scale {scale}"
