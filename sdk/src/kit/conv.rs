@@ -658,6 +658,12 @@ impl Shifted {
         v
     }
 
+    /// Phases `(a, b)` that hold input positions (`s²` unless a side is shorter than `s`).
+    fn phases_with_positions(&self) -> usize {
+        let count = |axis: &Axis| (0..self.s).filter(|&a| axis.phase_len(a) > 0).count();
+        count(&self.y) * count(&self.x)
+    }
+
     /// An image's input planes `x` into its phase planes. Phases that no tap reads are left
     /// as they were: a 1 × 1 convolution of stride 2 reads one phase of four.
     fn pad_input(&self, g: &Geom, x: &[f32], dst: &mut [f32]) {
@@ -823,8 +829,8 @@ fn with_scratch<T>(f: impl FnOnce(&mut Scratch) -> T) -> T {
 }
 
 /// A vector for `len` values, and whether they are initialised: the buffer handed over by
-/// [`Conv2d::recycle_input_grad`] if it has that length (stale values), else empty capacity; handed out in chunks by [`out_chunks`] and [`ready`], and
-/// claimed by [`claim`]. A fresh output (or input gradient) is zeroed chunk by chunk by the
+/// [`Conv2d::recycle_input_grad`] if it has that length (stale values), else empty capacity;
+/// handed out in chunks by [`out_chunks`] and [`ready`], and claimed by [`claim`]. A fresh output (or input gradient) is zeroed chunk by chunk by the
 /// thread about to write the chunk, while it is in that thread's cache: zeroing the whole
 /// vector first (in parallel, `par_extend`) was 5.6 % of a resnet-mini step's samples on a
 /// 2-core Xeon, and the chunk's writes then read every line back from memory.
@@ -918,8 +924,8 @@ impl Conv2d {
         let ylen = n * g.out_len();
         // a fresh buffer, zeroed chunk by chunk below (every path writes every value of the
         // output, but the writers take initialised slices)
-        let (mut y, init) = (Vec::with_capacity(ylen), false);
-        let out = out_chunks(&mut y, ylen, init);
+        let mut y = Vec::new();
+        let out = out_chunks(&mut y, ylen, false);
         let serial = matches!(par, gemm::Parallelism::None);
         let wino = serial && super::winograd::fits(g.c, g.o, (g.kh, g.kw), (g.s, g.pad, g.groups));
         let u = wino.then(|| super::winograd::Kernel::new(w, (g.o, g.c), false, (g.h, g.w)));
@@ -1007,13 +1013,13 @@ impl Conv2d {
                 .zip(x.data.par_chunks(nb * g.in_len()))
                 .zip(kept.par_iter_mut())
                 .flat_map_iter(|((yc, xc), kept)| {
-                    let yc = ready(yc, !init);
+                    let yc = ready(yc, true);
                     with_scratch(|s| body(s, yc, xc, kept.take()));
                     sums_of(yc)
                 })
                 .collect()
         } else {
-            let yc = ready(out, !init);
+            let yc = ready(out, true);
             with_scratch(|s| body(s, yc, &x.data, kept[0].take()));
             sums_of(yc)
         };
@@ -1071,19 +1077,11 @@ impl Conv2d {
             None => Default::default(),
         };
         // Is every value of dX written (not added onto)? Winograd's products write all of it;
-        // the phases write theirs, all of dX if no phase that has positions lacks taps (a 1 × 1
-        // kernel of stride 2 reads one phase of four); im2col's col2im adds.
+        // the phases write theirs (`dx_phases` lists those with positions and taps), all of dX
+        // if every phase with positions has taps (a 1 × 1 kernel of stride 2 reads one phase of
+        // four); im2col's col2im adds.
         let dx_written = want_dx
-            && (wino_dx
-                || shifted.is_some_and(|sh| {
-                    let has = |a: usize, b: usize| phases.iter().any(|p| (p.0, p.1) == (a, b));
-                    !phases.is_empty()
-                        && (0..sh.s).all(|a| {
-                            (0..sh.s).all(|b| {
-                                sh.y.phase_len(a) == 0 || sh.x.phase_len(b) == 0 || has(a, b)
-                            })
-                        })
-                }));
+            && (wino_dx || shifted.is_some_and(|sh| phases.len() == sh.phases_with_positions()));
         let zero_dx = !init || !dx_written;
         let il = shifted.map_or(0, |sh| sh.image_len(g.c));
         // the forward's phase planes (absent only if a test switched paths in between)
@@ -1200,11 +1198,10 @@ impl Conv2d {
             with_scratch(|s| body_in(s, acc, dxc, xc, dyc, pc));
         };
         let finish = |(mut dw, du): (Vec<f32>, Vec<f32>)| {
-            if du.is_empty() {
-            } else if f4_dw {
-                super::winograd4::kernel_grad_into(&du, (g.c, g.o), &mut dw);
-            } else {
-                super::winograd::kernel_grad_into(&du, (g.c, g.o), &mut dw);
+            match (du.is_empty(), f4_dw) {
+                (true, _) => {}
+                (false, true) => super::winograd4::kernel_grad_into(&du, (g.c, g.o), &mut dw),
+                (false, false) => super::winograd::kernel_grad_into(&du, (g.c, g.o), &mut dw),
             }
             dw
         };
@@ -1254,6 +1251,7 @@ impl Conv2d {
             finish(acc)
         };
         // SAFETY: the tasks' chunks (or the one chunk) cover all of `x.len()` values, each zeroed
+        // or, `zero_dx` false, a recycled buffer's (initialised) values that the paths overwrite
         let dx = unsafe { claim(dx, x.len()) };
         self.planes = planes;
         if dw_t {

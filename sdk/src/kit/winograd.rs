@@ -20,38 +20,9 @@
 //! The products are the same sums in another basis, rounded differently: results agree with
 //! the direct sums to about 1e-6 of their scale, and are bitwise the same from run to run.
 //!
-//! Planes 25 to 32 wide take F(4×4, 3×3) for the forward and `dX` instead
-//! ([`super::winograd4`]); [`Kernel`] holds the transformed kernel of either.
-
-/// The kernel gradient of a 3 × 3, padding-1 convolution by its defining sum in f64, as
-/// `dWᵀ [c·9 + 3p + q][o]` (the layout [`kernel_grad_into`] writes): the tests' reference.
-#[cfg(test)]
-pub(crate) fn direct_weight_grad(
-    x: &[f32],
-    dy: &[f32],
-    (nb, c, o, h, w): (usize, usize, usize, usize, usize),
-) -> Vec<f64> {
-    let mut dwt = vec![0.0f64; c * 9 * o];
-    for (n, oi, ci) in
-        (0..nb).flat_map(|n| (0..o).flat_map(move |oi| (0..c).map(move |ci| (n, oi, ci))))
-    {
-        for (p, q) in (0..3).flat_map(|p| (0..3).map(move |q| (p, q))) {
-            let mut s = 0.0f64;
-            for r in 0..h {
-                for t in 0..w {
-                    let (yy, xx) = (r as isize + p as isize - 1, t as isize + q as isize - 1);
-                    if yy < 0 || xx < 0 || yy >= h as isize || xx >= w as isize {
-                        continue;
-                    }
-                    s += dy[((n * o + oi) * h + r) * w + t] as f64
-                        * x[((n * c + ci) * h + yy as usize) * w + xx as usize] as f64;
-                }
-            }
-            dwt[(ci * 9 + p * 3 + q) * o + oi] += s;
-        }
-    }
-    dwt
-}
+//! Planes 25 to 32 wide, and narrow ones such as 7 × 7, 8 × 8 and 16 × 16, take F(4×4, 3×3)
+//! for the forward and `dX` instead ([`super::winograd4`]); [`Kernel`] holds the transformed
+//! kernel of either.
 
 /// The fewest input and output channels for which this path is taken. The transforms cost the
 /// same per channel whatever the channel count, the products grow with it. At 32 channels of
@@ -418,12 +389,7 @@ pub(super) fn conv_with(
             }
         }
         let m = resize(&mut s.m, positions * cout * nt);
-        for xi in 0..positions {
-            use super::simd_gemm::{gemm_rows, Rows};
-            let a = (&u[xi * cout * cin..(xi + 1) * cout * cin], Rows::Step(cin), 1);
-            let b = (&v[xi * cin * nt..(xi + 1) * cin * nt], Rows::Step(nt));
-            gemm_rows(cout, nt, cin, a, b, &mut m[xi * cout * nt..(xi + 1) * cout * nt], nt, false);
-        }
+        products(positions, u, v, m, (cin, cout, nt));
         for &(img, ty0, ty1, off) in &segments {
             for o in 0..cout {
                 let plane = &mut y[(img * cout + o) * h * w..][..h * w];
@@ -468,6 +434,24 @@ pub(crate) fn weight_grad(
             }
         }
         accumulate_du(16, (v, m, &mut s.mt), (cin, cout, nt), du);
+    }
+}
+
+/// `m [P][cout][nt] = U_ξ · V_ξ` for the `P` positions of a tile's transform: the kernel
+/// `u [P][cout][cin]` times a block's transformed input `v [P][cin][nt]` (the forward's and
+/// dX's products, F(2×2)'s and F(4×4)'s).
+pub(super) fn products(
+    positions: usize,
+    u: &[f32],
+    v: &[f32],
+    m: &mut [f32],
+    (cin, cout, nt): (usize, usize, usize),
+) {
+    use super::simd_gemm::{gemm_rows, Rows};
+    for xi in 0..positions {
+        let a = (&u[xi * cout * cin..(xi + 1) * cout * cin], Rows::Step(cin), 1);
+        let b = (&v[xi * cin * nt..(xi + 1) * cin * nt], Rows::Step(nt));
+        gemm_rows(cout, nt, cin, a, b, &mut m[xi * cout * nt..(xi + 1) * cout * nt], nt, false);
     }
 }
 
@@ -870,6 +854,36 @@ unsafe fn grad_tiles(
     _: usize,
 ) {
     unreachable!("winograd weight gradient without AVX-512")
+}
+
+/// The kernel gradient of a 3 × 3, padding-1 convolution by its defining sum in f64, as
+/// `dWᵀ [c·9 + 3p + q][o]` (the layout [`kernel_grad_into`] writes): the tests' reference.
+#[cfg(test)]
+pub(crate) fn direct_weight_grad(
+    x: &[f32],
+    dy: &[f32],
+    (nb, c, o, h, w): (usize, usize, usize, usize, usize),
+) -> Vec<f64> {
+    let mut dwt = vec![0.0f64; c * 9 * o];
+    for (n, oi, ci) in
+        (0..nb).flat_map(|n| (0..o).flat_map(move |oi| (0..c).map(move |ci| (n, oi, ci))))
+    {
+        for (p, q) in (0..3).flat_map(|p| (0..3).map(move |q| (p, q))) {
+            let mut s = 0.0f64;
+            for r in 0..h {
+                for t in 0..w {
+                    let (yy, xx) = (r as isize + p as isize - 1, t as isize + q as isize - 1);
+                    if yy < 0 || xx < 0 || yy >= h as isize || xx >= w as isize {
+                        continue;
+                    }
+                    s += dy[((n * o + oi) * h + r) * w + t] as f64
+                        * x[((n * c + ci) * h + yy as usize) * w + xx as usize] as f64;
+                }
+            }
+            dwt[(ci * 9 + p * 3 + q) * o + oi] += s;
+        }
+    }
+    dwt
 }
 
 #[cfg(test)]

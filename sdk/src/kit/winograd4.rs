@@ -181,9 +181,10 @@ pub(crate) fn conv_narrow(
             .max()
             .unwrap_or(0);
         let v = resize(&mut s.v, 36 * cin * nt);
+        // zeros once: every channel writes the same positions, so the padding stays zero
         let pad = resize(&mut s.rt, rows * wp);
+        pad.fill(0.0);
         for c in 0..cin {
-            pad.fill(0.0);
             for (k, &(img, ty0, ty1, _)) in segments.iter().enumerate() {
                 let plane = &x[(img * cin + c) * h * w..][..h * w];
                 for r in 0..4 * (ty1 - ty0) + 2 {
@@ -200,12 +201,7 @@ pub(crate) fn conv_narrow(
             unsafe { input_gathered(pad, (wp, inp_reach), &inp, nt, v, c * nt, cin * nt) };
         }
         let m = resize(&mut s.m, 36 * cout * nt);
-        for xi in 0..36 {
-            use super::simd_gemm::{gemm_rows, Rows};
-            let a = (&u[xi * cout * cin..(xi + 1) * cout * cin], Rows::Step(cin), 1);
-            let b = (&v[xi * cin * nt..(xi + 1) * cin * nt], Rows::Step(nt));
-            gemm_rows(cout, nt, cin, a, b, &mut m[xi * cout * nt..(xi + 1) * cout * nt], nt, false);
-        }
+        super::winograd::products(36, u, v, m, (cin, cout, nt));
         for o in 0..cout {
             // SAFETY: AVX-512 is present; each scatter writes a tile's output inside its
             // image's plane of channel o (`valid` masks off what lies past the plane's edge)

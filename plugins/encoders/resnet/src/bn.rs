@@ -282,13 +282,10 @@ impl BnRelu {
                 .for_each(|(i, (d, v))| with_avx512(|| apply(i, d, v))),
             // the mask in chunks of `s` too (empty in evaluation: chunks of nothing)
             Some((add, mask)) => {
-                let ms = if mask.is_empty() { 0 } else { s };
-                let mut none: Vec<&mut [bool]> = Vec::new();
-                let masks: Vec<&mut [bool]> = if ms == 0 {
-                    none.extend((0..n * c).map(|_| &mut [][..]));
-                    none
+                let masks: Vec<&mut [bool]> = if mask.is_empty() {
+                    (0..n * c).map(|_| &mut [][..]).collect()
                 } else {
-                    mask.chunks_mut(ms).collect()
+                    mask.chunks_mut(s).collect()
                 };
                 let run =
                     |(i, ((d, v), (r, m))): AddChunk| with_avx512(|| apply_add(i, d, v, r, m));

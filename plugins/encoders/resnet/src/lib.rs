@@ -184,10 +184,6 @@ impl ConvBn {
         let sums = self.conv.take_plane_sums();
         self.bn.forward_with_sums(h, train, sums)
     }
-    /// The norm's saved input dies as its backward ends and becomes the convolution's input
-    /// gradient where the lengths match, neither allocated nor zeroed afresh (step 0.985 on
-    /// the Xeon; handing the output's gradient back as the next output too gained nothing
-    /// measurable, 0.995, and raised the step's peak memory by 9 %).
     /// As [`ConvBn::forward`], ending a residual block: `max(bn(conv(x)) + add, 0)`, the mask of
     /// the ReLU into `mask` in training (see [`BnRelu::forward_add_relu`]).
     fn forward_add_relu(
@@ -201,6 +197,10 @@ impl ConvBn {
         let sums = self.conv.take_plane_sums();
         self.bn.forward_add_relu(h, train, sums, add, mask)
     }
+    /// The norm's saved input dies as its backward ends and becomes the convolution's input
+    /// gradient where the lengths match, neither allocated nor zeroed afresh (step 0.985 on
+    /// the Xeon; handing the output's gradient back as the next output too gained nothing
+    /// measurable, 0.995, and raised the step's peak memory by 9 %).
     fn backward(&mut self, dy: Tensor) -> Tensor {
         let g = self.bn.backward(dy);
         self.conv.recycle_input_grad(self.bn.take_spare());
