@@ -904,7 +904,7 @@ impl Layer for Conv2d {
     }
 
     fn backward(&mut self, dy: &Tensor) -> Tensor {
-        self.backward_inner(dy)
+        self.backward_then(dy, |_, _| Vec::<()>::new()).0
     }
 }
 
@@ -1047,7 +1047,17 @@ impl Conv2d {
         std::mem::take(&mut self.sums)
     }
 
-    fn backward_inner(&mut self, dy: &Tensor) -> Tensor {
+    /// As [`Layer::backward`], then `after(first_image, dx)` on each chunk of whole images of
+    /// the input gradient as soon as the chunk is written, by the thread that wrote it, while
+    /// the chunk is in that thread's cache: a pass that the layer before would make over the
+    /// whole gradient (a norm's masked sums, a residual's sum) costs no trip to memory of its
+    /// own. Returns dX and `after`'s results in image order (the chunks' results
+    /// concatenated). With [`Conv2d::input_grad`] off, `after` sees zeros.
+    pub fn backward_then<T: Send>(
+        &mut self,
+        dy: &Tensor,
+        after: impl Fn(usize, &mut [f32]) -> Vec<T> + Sync,
+    ) -> (Tensor, Vec<T>) {
         let x = self.input.take().expect("conv2d: backward without a training forward");
         let g = self.geom(&x.shape);
         let n = x.shape[0];
@@ -1205,7 +1215,7 @@ impl Conv2d {
             }
             dw
         };
-        let dw = if n > nb {
+        let (dw, outs) = if n > nb {
             // Chunks in a fixed number of tasks (consecutive chunks, one weight gradient each,
             // accumulated in chunk order), the tasks' gradients summed in task order whatever
             // thread made them: training is bitwise reproducible (and `--resume` exact), and
@@ -1221,13 +1231,15 @@ impl Conv2d {
             } else {
                 vec![&[]; n.div_ceil(per_task * nb)]
             };
-            let parts: Vec<Vec<f32>> = dx_out
+            let parts: Vec<(Vec<f32>, Vec<T>)> = dx_out
                 .par_chunks_mut(ti)
                 .zip(x.data.par_chunks(ti))
                 .zip(dy.data.par_chunks(to))
                 .zip(task_planes.par_iter())
-                .map(|(((dxt, xt), dyt), pt)| {
+                .enumerate()
+                .map(|(task, (((dxt, xt), dyt), pt))| {
                     let mut acc = Default::default();
+                    let mut outs = Vec::new();
                     let (ci, co) = (nb * g.in_len(), nb * g.out_len());
                     for (j, ((dxc, xc), dyc)) in
                         dxt.chunks_mut(ci).zip(xt.chunks(ci)).zip(dyt.chunks(co)).enumerate()
@@ -1239,16 +1251,20 @@ impl Conv2d {
                             &[][..]
                         };
                         body(&mut acc, dxc, xc, dyc, pc);
+                        outs.extend(after((task * per_task + j) * nb, dxc));
                     }
-                    finish(acc)
+                    (finish(acc), outs)
                 })
                 .collect();
-            sum_in_order(parts)
+            let (parts, outs): (Vec<_>, Vec<_>) = parts.into_iter().unzip();
+            (sum_in_order(parts), outs.into_iter().flatten().collect())
         } else {
             let pc = if kept { &planes[..] } else { &[][..] };
             let mut acc = Default::default();
-            body(&mut acc, ready(dx_out, zero_dx), &x.data, &dy.data, pc);
-            finish(acc)
+            let dxc = ready(dx_out, zero_dx);
+            body(&mut acc, dxc, &x.data, &dy.data, pc);
+            let outs = after(0, dxc);
+            (finish(acc), outs)
         };
         // SAFETY: the tasks' chunks (or the one chunk) cover all of `x.len()` values, each zeroed
         // or, `zero_dx` false, a recycled buffer's (initialised) values that the paths overwrite
@@ -1271,7 +1287,7 @@ impl Conv2d {
                 bias.grad[o] += blk.iter().sum::<f32>();
             }
         }
-        Tensor::new(x.shape.clone(), dx)
+        (Tensor::new(x.shape.clone(), dx), outs)
     }
 }
 
@@ -1341,6 +1357,44 @@ mod tests {
     /// A buffer handed over for dX ([`Conv2d::recycle_input_grad`]) full of NaN: every path
     /// either writes all of it or zeroes it first (the 1 × 1 stride-2 shortcut writes one phase
     /// of four, im2col adds), so dX is bitwise the fresh buffer's.
+    /// `backward_then` runs `after` once on each chunk of whole images, in the chunks' order
+    /// of images, on dX as `backward` computes it; what `after` writes is the dX it returns, and
+    /// its results come back in image order. Batches of one chunk and of many (two threads).
+    #[test]
+    fn backward_then_sees_every_chunk_of_dx_once_in_image_order() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        for (seed, (shape, o, k, c)) in [
+            (vec![2, 3, 5, 5], 4, 3, cfg(1, 1, 1, false)),
+            (vec![40, 8, 14, 14], 8, 3, cfg(1, 1, 1, false)),
+            (vec![24, 4, 12, 12], 6, 3, cfg(2, 1, 1, false)),
+            (vec![17, 3, 9, 9], 5, 1, cfg(1, 0, 1, true)),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut conv = Conv2d::new(&Init::new(seed as u64), shape[1], o, k, c);
+            let x = random(&shape, 500 + seed as u64);
+            let oshape = conv.out_shape(shape[1], shape[2], shape[3]).unwrap();
+            let dy = random(&[shape[0], oshape[0], oshape[1], oshape[2]], 600 + seed as u64);
+            let image = x.len() / shape[0];
+            pool.install(|| {
+                conv.forward(&x, true);
+                let want = conv.backward(&dy);
+                conv.forward(&x, true);
+                let (got, outs) = conv.backward_then(&dy, |first, dx| {
+                    assert_eq!(dx.len() % image, 0, "a chunk of part of an image");
+                    // the chunk as `backward` made it, then doubled
+                    let at = &want.data[first * image..][..dx.len()];
+                    assert!(dx.iter().zip(at).all(|(a, b)| a.to_bits() == b.to_bits()));
+                    dx.iter_mut().for_each(|v| *v *= 2.0);
+                    (first..first + dx.len() / image).collect::<Vec<_>>()
+                });
+                assert_eq!(outs, (0..shape[0]).collect::<Vec<_>>(), "case {seed}: chunks");
+                assert!(got.data.iter().zip(&want.data).all(|(a, b)| *a == 2.0 * b));
+            });
+        }
+    }
+
     #[test]
     fn a_recycled_input_gradient_buffer_gives_the_same_dx() {
         let _same_paths_twice = SWITCHES.lock().unwrap_or_else(|e| e.into_inner());

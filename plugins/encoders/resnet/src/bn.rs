@@ -312,34 +312,73 @@ impl BnRelu {
         y
     }
 
-    /// d loss / d input for d loss / d output `dy` (consumed, reused for the result).
-    pub fn backward(&mut self, mut dy: Tensor) -> Tensor {
-        let Cache { x, mean, inv, per_group, train } =
-            self.cache.take().expect("batch-norm: backward without a forward");
-        assert_eq!(dy.shape, x.shape, "batch-norm backward: gradient shape");
-        let (_, c, s) = self.layout(&x.shape);
+    /// The backward's first pass as a function of a chunk of whole images of `dy` starting at
+    /// image `first`, for the layer that makes `dy` to run on each chunk while it is in cache
+    /// (`latent_sdk::kit::Conv2d::backward_then`): `g = dy ⊙ [z > 0]` written back (with the
+    /// ReLU), and each plane's `(Σ g, Σ g·(x − μ))`, which [`BnRelu::backward_with_sums`]
+    /// takes. The same arithmetic, plane by plane, as the pass of [`BnRelu::backward`].
+    pub fn grad_sums(&self) -> impl Fn(usize, &mut [f32]) -> Vec<(f32, f32)> + Sync + '_ {
+        let cache = self.cache.as_ref().expect("batch-norm: backward without a forward");
+        let (_, c, s) = self.layout(&cache.x.shape);
+        move |first, chunk| {
+            chunk
+                .chunks_mut(s)
+                .enumerate()
+                .map(|(j, p)| with_avx512(|| self.plane_pass(cache, (c, s), first * c + j, p)))
+                .collect()
+        }
+    }
+
+    /// Plane `i` of the backward's first pass (see [`BnRelu::grad_sums`]).
+    #[inline]
+    fn plane_pass(
+        &self,
+        cache: &Cache,
+        (c, s): (usize, usize),
+        i: usize,
+        p: &mut [f32],
+    ) -> (f32, f32) {
         let (g, beta) = (&self.weight.value, &self.bias.value);
+        let Cache { x, mean, inv, per_group, .. } = cache;
+        let (ch, k) = (i % c, stat_index(i, c, *per_group));
+        let xs = &x.data[i * s..(i + 1) * s];
+        if self.relu {
+            let (a, b) = (g[ch] * inv[k], beta[ch] - mean[k] * g[ch] * inv[k]);
+            for (d, &v) in p.iter_mut().zip(xs) {
+                *d = if a * v + b > 0.0 { *d } else { 0.0 };
+            }
+        }
+        dot_sums(p, xs, mean[k])
+    }
+
+    /// d loss / d input for d loss / d output `dy` (consumed, reused for the result).
+    pub fn backward(&mut self, dy: Tensor) -> Tensor {
+        self.backward_with_sums(dy, Vec::new())
+    }
+
+    /// As [`BnRelu::backward`], with the first pass already made over `dy` by
+    /// [`BnRelu::grad_sums`] (its sums, in plane order); empty `sums` make it here.
+    pub fn backward_with_sums(&mut self, mut dy: Tensor, sums: Vec<(f32, f32)>) -> Tensor {
+        let cache = self.cache.take().expect("batch-norm: backward without a forward");
+        assert_eq!(dy.shape, cache.x.shape, "batch-norm backward: gradient shape");
+        let (n, c, s) = self.layout(&cache.x.shape);
+        let pairs: Vec<(f32, f32)> = if sums.len() == n * c {
+            sums
+        } else {
+            // one pass: g = dy ⊙ [z > 0] (z = a·x + b) written back, with Σ g and Σ g·(x − μ) = Σ g·x̂ / inv
+            let pass =
+                |i: usize, p: &mut [f32]| with_avx512(|| self.plane_pass(&cache, (c, s), i, p));
+            if dy.len() >= PAR_MIN {
+                dy.data.par_chunks_mut(s).enumerate().map(|(i, p)| pass(i, p)).collect()
+            } else {
+                dy.data.chunks_mut(s).enumerate().map(|(i, p)| pass(i, p)).collect()
+            }
+        };
+        let Cache { x, mean, inv, per_group, train } = cache;
+        let (g, _) = (&self.weight.value, &self.bias.value);
         // statistics index of plane i: its (group, channel); its channel in evaluation
         let at = |i: usize| stat_index(i, c, per_group);
-        // one pass: g = dy ⊙ [z > 0] (z = a·x + b) written back, with Σ g and Σ g·(x − μ) = Σ g·x̂ / inv
-        let relu = self.relu;
         let xd = &x.data;
-        let pass = |i: usize, p: &mut [f32]| -> (f32, f32) {
-            let (ch, k) = (i % c, at(i));
-            let xs = &xd[i * s..(i + 1) * s];
-            if relu {
-                let (a, b) = (g[ch] * inv[k], beta[ch] - mean[k] * g[ch] * inv[k]);
-                for (d, &v) in p.iter_mut().zip(xs) {
-                    *d = if a * v + b > 0.0 { *d } else { 0.0 };
-                }
-            }
-            dot_sums(p, xs, mean[k])
-        };
-        let pairs: Vec<(f32, f32)> = if dy.len() >= PAR_MIN {
-            dy.data.par_chunks_mut(s).enumerate().map(|(i, p)| with_avx512(|| pass(i, p))).collect()
-        } else {
-            dy.data.chunks_mut(s).enumerate().map(|(i, p)| with_avx512(|| pass(i, p))).collect()
-        };
         let mut raw = per_channel(&pairs, c, per_group);
         // this rank's share of dγ and dβ; the means below span every rank when synchronised
         for (k, &(sg, sgx)) in raw.iter().enumerate() {
@@ -445,6 +484,47 @@ mod tests {
             }
             assert_eq!(bits(&a.running_mean.value), bits(&b.running_mean.value));
             assert_eq!(bits(&a.running_var.value), bits(&b.running_var.value));
+        }
+    }
+
+    /// The backward's first pass made chunk by chunk by [`BnRelu::grad_sums`] (as a
+    /// convolution's `backward_then` makes it, chunks of whole images), then
+    /// `backward_with_sums`, is bitwise the backward in one call: gradients of the input, γ
+    /// and β, with and without the ReLU, with statistics per group, serial and parallel.
+    #[test]
+    fn grad_sums_by_chunks_then_the_backward_is_the_backward() {
+        for (shape, relu, groups, chunk) in [
+            (vec![4, 3, 5, 6], true, 1, 1),
+            (vec![6, 3, 5, 6], false, 2, 4),
+            (vec![64, 4, 16, 16], true, 1, 5),
+            (vec![64, 4, 16, 16], false, 2, 64),
+        ] {
+            let c = shape[1];
+            let (x, dy) = (random(&shape, 11), random(&shape, 12));
+            let mut norms = [0, 1].map(|_| BnRelu::new(&Init::new(1), c, relu));
+            for bn in &mut norms {
+                bn.weight.value = (0..c).map(|i| 0.7 + 0.2 * i as f32).collect();
+                bn.bias.value = (0..c).map(|i| 0.1 * i as f32 - 0.2).collect();
+                bn.groups = groups;
+                bn.forward(x.clone(), true);
+            }
+            let [a, b] = &mut norms;
+            let want = a.backward(dy.clone());
+            let mut g = dy.clone();
+            let image = g.len() / shape[0];
+            let pass = b.grad_sums();
+            let sums: Vec<(f32, f32)> = g
+                .data
+                .chunks_mut(chunk * image)
+                .enumerate()
+                .flat_map(|(k, part)| pass(k * chunk, part))
+                .collect();
+            drop(pass);
+            let got = b.backward_with_sums(g, sums);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got.data), bits(&want.data), "{shape:?} relu {relu}: dx");
+            assert_eq!(bits(&a.weight.grad), bits(&b.weight.grad), "{shape:?}: dγ");
+            assert_eq!(bits(&a.bias.grad), bits(&b.bias.grad), "{shape:?}: dβ");
         }
     }
 

@@ -202,9 +202,20 @@ impl ConvBn {
     /// the Xeon; handing the output's gradient back as the next output too gained nothing
     /// measurable, 0.995, and raised the step's peak memory by 9 %).
     fn backward(&mut self, dy: Tensor) -> Tensor {
-        let g = self.bn.backward(dy);
+        self.backward_then(dy, Vec::new(), |_, _| Vec::<()>::new()).0
+    }
+    /// As [`ConvBn::backward`], with the norm's first pass already made over `dy`
+    /// ([`BnRelu::grad_sums`]; empty `sums`: made here), and `after` run on the convolution's
+    /// input gradient chunk by chunk while it is in cache ([`Conv2d::backward_then`]).
+    fn backward_then<T: Send>(
+        &mut self,
+        dy: Tensor,
+        sums: Vec<(f32, f32)>,
+        after: impl Fn(usize, &mut [f32]) -> Vec<T> + Sync,
+    ) -> (Tensor, Vec<T>) {
+        let g = self.bn.backward_with_sums(dy, sums);
         self.conv.recycle_input_grad(self.bn.take_spare());
-        self.conv.backward(&g)
+        self.conv.backward_then(&g, after)
     }
     fn visit(&mut self, f: &mut dyn FnMut(&mut Param)) {
         self.conv.visit_params(f);
@@ -245,8 +256,16 @@ impl BasicBlock {
         self.b.forward_add_relu(&h, train, &add.data, &mut self.mask)
     }
 
-    /// The residual by hand: d/dx of `main(x) + shortcut(x)` is the sum of both paths' gradients.
-    fn backward(&mut self, mut g: Tensor) -> Tensor {
+    /// The residual by hand: d/dx of `main(x) + shortcut(x)` is the sum of both paths'
+    /// gradients. Each pass over a gradient that a convolution has just written runs on its
+    /// chunks while they are in cache: the first norm's masked sums on the second
+    /// convolution's dX, the shortcut's gradient added to the first convolution's dX, then
+    /// `after` (the layer before's pass: the stem's norm) on the sum, whose results it returns.
+    fn backward_then<T: Send>(
+        &mut self,
+        mut g: Tensor,
+        after: impl Fn(usize, &mut [f32]) -> Vec<T> + Sync,
+    ) -> (Tensor, Vec<T>) {
         assert_eq!(g.len(), self.mask.len(), "basic block backward: gradient length");
         // g ⊙ mask, in place and into a second buffer (the main path consumes its gradient, the
         // shortcut needs it too), in one pass: a select, not a branch (the mask is as good as
@@ -262,17 +281,17 @@ impl BasicBlock {
             })
             .collect();
         let g2 = Tensor::new(g.shape.clone(), g2);
-        let dh = self.b.backward(g2);
-        let mut dx = self.a.backward(dh);
+        // the shortcut's gradient first, for the first convolution's dX to add it chunk by chunk
         let ds = match &mut self.shortcut {
             Some(s) => s.backward(g),
             None => g,
         };
-        dx.data
-            .par_chunks_mut(CHUNK)
-            .zip(ds.data.par_chunks(CHUNK))
-            .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
-        dx
+        let (dh, sums) = self.b.backward_then(g2, Vec::new(), self.a.bn.grad_sums());
+        let image = ds.len() / ds.shape[0];
+        self.a.backward_then(dh, sums, |first, dx| {
+            dx.iter_mut().zip(&ds.data[first * image..]).for_each(|(a, b)| *a += b);
+            after(first, dx)
+        })
     }
 
     fn visit(&mut self, f: &mut dyn FnMut(&mut Param)) {
@@ -365,13 +384,24 @@ impl ResNet {
 
     fn backward_inner(&mut self, dy: &Tensor) -> Tensor {
         let mut g = self.gap.backward(dy);
-        for b in self.blocks.iter_mut().rev() {
-            g = b.backward(g);
+        let Some((first, rest)) = self.blocks.split_first_mut() else {
+            return self.stem.backward(g);
+        };
+        for b in rest.iter_mut().rev() {
+            g = b.backward_then(g, |_, _| Vec::<()>::new()).0;
         }
-        if let Some(p) = &mut self.pool {
-            g = p.backward(&g);
+        match &mut self.pool {
+            Some(p) => {
+                g = first.backward_then(g, |_, _| Vec::<()>::new()).0;
+                g = p.backward(&g);
+                self.stem.backward(g)
+            }
+            None => {
+                // the stem's norm's first pass on the first block's input gradient, in cache
+                let (g, sums) = first.backward_then(g, self.stem.bn.grad_sums());
+                self.stem.backward_then(g, sums, |_, _| Vec::<()>::new()).0
+            }
         }
-        self.stem.backward(g)
     }
 }
 
