@@ -1900,7 +1900,11 @@ mod timing {
                 outputs.push(y);
                 eprintln!(
                     "{n} x {c} x {h} x {h}, {}: forward {:.2} ms, backward {:.2} ms (best of 5)",
-                    match (winograd, f4 && crate::kit::winograd4::fits(h, h)) {
+                    match (
+                        winograd,
+                        f4 && (crate::kit::winograd4::fits(h, h)
+                            || crate::kit::winograd4::narrow_fits(h, h))
+                    ) {
                         (false, _) => "implicit",
                         (true, false) => "F(2x2)  ",
                         (true, true) => "F(4x4)  ",

@@ -21,8 +21,8 @@
 //! the direct sums to about 1e-6 of their scale, and are bitwise the same from run to run.
 //!
 //! Planes 25 to 32 wide, and narrow ones such as 7 × 7, 8 × 8 and 16 × 16, take F(4×4, 3×3)
-//! for the forward and `dX` instead ([`super::winograd4`]); [`Kernel`] holds the transformed
-//! kernel of either.
+//! for the forward, `dX` and `dW` instead ([`super::winograd4`]); [`Kernel`] holds the
+//! transformed kernel of either.
 
 /// The fewest input and output channels for which this path is taken. The transforms cost the
 /// same per channel whatever the channel count, the products grow with it. At 32 channels of
@@ -280,11 +280,22 @@ pub(super) fn blocks(
     (h, w): (usize, usize),
     (cin, cout): (usize, usize),
 ) -> impl Iterator<Item = Block> {
-    let (ty_n, tx_n) = (h.div_ceil(tile), w.div_ceil(tile));
     // F(4×4)'s blocks hold twice the floats of F(2×2)'s: at 64 channels of 32 × 32 (16
     // images, one thread, Zen 4) its forward took 6.8–6.9 ms against 7.7–7.8 with the same
     // budget, the backward 15.9–16.0 against 17.6–17.7; F(2×2) 7.9–8.2 and 17.1–18.0
     let budget = if tile == 4 { 2 * block_tiles(cin, cout) } else { block_tiles(cin, cout) };
+    blocks_of(tile, nb, (h, w), budget)
+}
+
+/// As [`blocks`], in blocks of about `budget` values of `16` transformed tiles each (`budget
+/// · 16 / (tile + 2)²` tiles).
+pub(super) fn blocks_of(
+    tile: usize,
+    nb: usize,
+    (h, w): (usize, usize),
+    budget: usize,
+) -> impl Iterator<Item = Block> {
+    let (ty_n, tx_n) = (h.div_ceil(tile), w.div_ceil(tile));
     let per_block = (budget * 16 / (tile + 2).pow(2) / tx_n).max(1);
     let total = nb * ty_n;
     (0..total).step_by(per_block).map(move |r0| {

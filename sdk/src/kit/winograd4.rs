@@ -20,16 +20,16 @@
 //! a vector or less, so its transforms run over 16 tiles of any row or image at a time, their
 //! inputs gathered from zero-padded copies of the block's rows and their outputs scattered.
 //!
-//! The kernel gradient on planes 25 to 32 wide ([`weight_grad`]) is the adjoint: with `Ŷ = A
-//! dY Aᵀ` the output gradient's 4 × 4 blocks taken to 6 × 6, `dU_ξ [C, O] += Σ_tiles V_ξ ·
-//! Ŷ_ξᵀ` (36 products whose inner dimension is the block's tiles), then `dW = Gᵀ dU G` once
-//! per task.
+//! The kernel gradient ([`weight_grad`]) is the adjoint: with `Ŷ = A dY Aᵀ` the output
+//! gradient's 4 × 4 blocks taken to 6 × 6, `dU_ξ [C, O] += Σ_tiles V_ξ · Ŷ_ξᵀ` (36 products
+//! whose inner dimension is the block's tiles), then `dW = Gᵀ dU G` once per task; on narrow
+//! planes both tiles' transforms are gathered, as in [`conv_narrow`].
 //!
 //! The larger tile rounds more: results agree with the direct sums to about 1e-5 of their
 //! scale (F(2×2): 1e-6; the kernel gradient, a sum over every tile, 3e-5), and are bitwise
 //! the same from run to run.
 
-use super::winograd::{blocks, conv_with, resize, Block, Scratch, Transforms};
+use super::winograd::{blocks, blocks_of, conv_with, resize, Block, Scratch, Transforms};
 
 /// True when a layer that [`super::winograd::fits`] takes this path: planes 25 to 32 wide,
 /// whose row of 7 or 8 tiles fills half a vector.
@@ -44,7 +44,10 @@ pub(crate) fn fits(_h: usize, w: usize) -> bool {
 }
 
 /// True when a layer that [`super::winograd::fits`] takes [`weight_grad`] for its kernel
-/// gradient: planes that [`fits`] (unless a test turned Winograd's dW off).
+/// gradient: planes that [`fits`] or [`narrow_fits`] (unless a test turned Winograd's dW
+/// off). One thread, Intel Xeon, a layer's backward against the implicit product's dW
+/// (`time_winograd_layers`): 256 × 128 × 7 × 7 50 → 41–42.5 ms, 64 × 256 × 8 × 8 68–69 → 44–46,
+/// 32 × 128 × 16 × 16 28–29 → 22–22.6.
 pub(crate) fn dw_fits(h: usize, w: usize) -> bool {
     #[allow(unused_mut)]
     let mut on = true;
@@ -52,7 +55,7 @@ pub(crate) fn dw_fits(h: usize, w: usize) -> bool {
     if super::winograd::DW_DISABLED.load(std::sync::atomic::Ordering::SeqCst) {
         on = false;
     }
-    on && fits(h, w)
+    on && (fits(h, w) || narrow_fits(h, w))
 }
 
 /// Tests turn this path off (F(2×2) instead) to compare the two.
@@ -119,6 +122,9 @@ pub(crate) fn narrow_fits(h: usize, w: usize) -> bool {
 /// The widest plane [`conv_narrow`] takes.
 const NARROW_MAX: usize = 16;
 
+/// Tiles per block of [`weight_grad`] on narrow planes.
+const NARROW_DW_TILES: usize = 256;
+
 /// F(4×4) on planes at most [`NARROW_MAX`] wide: as [`conv`], with the transforms vectorised
 /// over the block's tiles whatever their row and image (a row of 2 tiles would fill an eighth
 /// of a vector). Each block's planes of a channel are copied into zero-padded rows first, so
@@ -140,18 +146,54 @@ pub(crate) fn conv_narrow(
     assert_eq!(y.len(), nb * cout * h * w, "winograd convolution: output length");
     assert_eq!(u.len(), 36 * cout * cin, "winograd convolution: kernel length");
     assert!(y.len() < i32::MAX as usize, "winograd convolution: output too large to index");
-    let (ty_n, tx_n) = (h.div_ceil(4), w.div_ceil(4));
-    let wp = 4 * tx_n + 2;
-    for Block { nt, segments } in blocks(4, nb, (h, w), (cin, cout)) {
-        // the block's padded rows: segment k's rows 4·ty0 − 1 .. 4·ty1 + 1, `wp` wide
+    for block in blocks(4, nb, (h, w), (cin, cout)) {
+        let lay = Narrow::new(&block, (h, w), cout);
+        let nt = block.nt;
+        let v = resize(&mut s.v, 36 * cin * nt);
+        lay.inputs(x, (cin, h, w), &block, &mut s.rt, v);
+        let m = resize(&mut s.m, 36 * cout * nt);
+        super::winograd::products(36, u, v, m, (cin, cout, nt));
+        for o in 0..cout {
+            // SAFETY: AVX-512 is present; each scatter writes a tile's output inside its
+            // image's plane of channel o (`valid` masks off what lies past the plane's edge)
+            unsafe {
+                let outs = (&lay.out[..], &lay.valid[..], lay.out_reach);
+                output_scattered(m, (o * nt, cout * nt, nt), outs, w, o * h * w, y)
+            };
+        }
+    }
+}
+
+/// Where a block's narrow tiles lie: each tile's first input in the block's zero-padded rows
+/// (segment k's rows `4·ty0 − 1 .. 4·ty1 + 1`, `wp` wide, from `starts[k]`), its first output
+/// in the planes of channel 0 of `[nb, cout, h, w]` (lanes past `nt` read tile 0 and are not
+/// stored), and which of its 16 outputs lie inside the plane (`valid[t / 16][4r + c]`, bit
+/// `t % 16`).
+struct Narrow {
+    rows: usize,
+    wp: usize,
+    starts: Vec<usize>,
+    inp: Vec<i32>,
+    out: Vec<i32>,
+    valid: Vec<[u16; 16]>,
+    /// The farthest input a gather reads, and output a scatter (or gather of `dY`) touches
+    /// in channel 0's planes: checked once per block by the transforms.
+    inp_reach: usize,
+    out_reach: usize,
+}
+
+impl Narrow {
+    fn new(block: &Block, (h, w): (usize, usize), cout: usize) -> Narrow {
+        let (ty_n, tx_n) = (h.div_ceil(4), w.div_ceil(4));
+        let wp = 4 * tx_n + 2;
+        let Block { nt, segments } = block;
+        let nt = *nt;
         let mut starts = Vec::with_capacity(segments.len());
         let mut rows = 0;
-        for &(_, ty0, ty1, _) in &segments {
+        for &(_, ty0, ty1, _) in segments {
             starts.push(rows * wp);
             rows += 4 * (ty1 - ty0) + 2;
         }
-        // each tile's first input in the padded rows, and its first output in `y`'s planes
-        // of output channel 0 (lanes past `nt` read tile 0 and are not stored)
         let groups = nt.div_ceil(16);
         let (mut inp, mut out) = (vec![0i32; groups * 16], vec![0i32; groups * 16]);
         let mut valid = vec![[0u16; 16]; groups];
@@ -171,8 +213,6 @@ pub(crate) fn conv_narrow(
             }
         }
         debug_assert!(segments.iter().all(|&(_, ty0, ty1, _)| ty1 <= ty_n && ty0 < ty1));
-        // the farthest input a gather reads and output a scatter writes (channel 0), checked
-        // once per block by the transforms
         let inp_reach = inp[..nt].iter().map(|&i| i as usize + 5 * wp + 5).max().unwrap_or(0);
         let out_reach = (0..nt)
             .flat_map(|t| (0..16).map(move |rc| (t, rc)))
@@ -180,34 +220,40 @@ pub(crate) fn conv_narrow(
             .map(|(t, rc)| out[t] as usize + (rc / 4) * w + rc % 4)
             .max()
             .unwrap_or(0);
-        let v = resize(&mut s.v, 36 * cin * nt);
+        Narrow { rows, wp, starts, inp, out, valid, inp_reach, out_reach }
+    }
+
+    /// The block's input tiles `V [36][cin][nt]` into `v`, from `x [.., cin, h, w]`: each
+    /// channel's planes copied into the zero-padded rows, then one gather per tile input.
+    fn inputs(
+        &self,
+        x: &[f32],
+        (cin, h, w): (usize, usize, usize),
+        block: &Block,
+        rt: &mut Vec<f32>,
+        v: &mut [f32],
+    ) {
+        let (wp, nt) = (self.wp, block.nt);
         // zeros once: every channel writes the same positions, so the padding stays zero
-        let pad = resize(&mut s.rt, rows * wp);
+        let pad = resize(rt, self.rows * wp);
         pad.fill(0.0);
         for c in 0..cin {
-            for (k, &(img, ty0, ty1, _)) in segments.iter().enumerate() {
+            for (k, &(img, ty0, ty1, _)) in block.segments.iter().enumerate() {
                 let plane = &x[(img * cin + c) * h * w..][..h * w];
                 for r in 0..4 * (ty1 - ty0) + 2 {
                     let yy = (4 * ty0 + r) as isize - 1;
                     if yy >= 0 && (yy as usize) < h {
-                        let at = starts[k] + r * wp + 1;
+                        let at = self.starts[k] + r * wp + 1;
                         pad[at..at + w].copy_from_slice(&plane[yy as usize * w..][..w]);
                     }
                 }
             }
-            // SAFETY: AVX-512 is present (asserted above); every gather reads `pad` at a
-            // tile's start plus less than 5 rows and 6 columns, inside its segment's rows, and
-            // the stores stay below `v`'s length (36 copies of `nt` at `cin · nt` apart)
-            unsafe { input_gathered(pad, (wp, inp_reach), &inp, nt, v, c * nt, cin * nt) };
-        }
-        let m = resize(&mut s.m, 36 * cout * nt);
-        super::winograd::products(36, u, v, m, (cin, cout, nt));
-        for o in 0..cout {
-            // SAFETY: AVX-512 is present; each scatter writes a tile's output inside its
-            // image's plane of channel o (`valid` masks off what lies past the plane's edge)
+            // SAFETY: AVX-512 is present (the callers asserted it); every gather reads `pad`
+            // at a tile's start plus less than 5 rows and 6 columns, inside its segment's
+            // rows, and the stores stay below `v`'s length (36 copies of `nt` at `cin · nt`
+            // apart; the function asserts it)
             unsafe {
-                let outs = (&out[..], &valid[..], out_reach);
-                output_scattered(m, (o * nt, cout * nt, nt), outs, w, o * h * w, y)
+                input_gathered(pad, (wp, self.inp_reach), &self.inp, nt, v, c * nt, cin * nt)
             };
         }
     }
@@ -302,6 +348,58 @@ unsafe fn output_scattered(
     }
 }
 
+/// `Ŷ = A dY Aᵀ` of `nt` tiles whose 4 × 4 outputs start at `dy[base + out[t]]` (rows `w`
+/// apart; outputs outside the plane, where `valid[t / 16]` lacks the tile's lane, count as
+/// zeros), into `m[ξ·stride + first + t]`, 16 tiles per step: the adjoint of
+/// [`output_scattered`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn grad_gathered(
+    dy: &[f32],
+    (lay, w, base): (&Narrow, usize, usize),
+    m: &mut [f32],
+    (first, stride, nt): (usize, usize, usize),
+) {
+    use std::arch::x86_64::*;
+    let (out, valid) = (&lay.out, &lay.valid);
+    assert!(35 * stride + first + nt <= m.len(), "winograd: gradient tiles too short");
+    assert!(out.len() >= nt.div_ceil(16) * 16 && valid.len() >= nt.div_ceil(16));
+    assert!(base + lay.out_reach < dy.len(), "winograd: gradient tiles outside dY");
+    let (dp, mp) = (dy.as_ptr().add(base), m.as_mut_ptr());
+    let mut t0 = 0;
+    while t0 < nt {
+        let mask = super::winograd::first(nt - t0);
+        let idx = _mm512_loadu_si512(out.as_ptr().add(t0) as *const _);
+        // dY Aᵀ along each row r: p[r][j], then A down each column j
+        let mut p = [[_mm512_setzero_ps(); 6]; 4];
+        for (r, pr) in p.iter_mut().enumerate() {
+            let d = [0, 1, 2, 3].map(|c| {
+                let k = valid[t0 / 16][r * 4 + c] & mask;
+                let at_rc = _mm512_add_epi32(idx, _mm512_set1_epi32((r * w + c) as i32));
+                _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), k, at_rc, dp)
+            });
+            *pr = a6(d);
+        }
+        for j in 0..6 {
+            let col = a6(p.map(|r| r[j]));
+            for (i, c) in col.into_iter().enumerate() {
+                _mm512_mask_storeu_ps(mp.add((i * 6 + j) * stride + first + t0), mask, c);
+            }
+        }
+        t0 += 16;
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn grad_gathered(
+    _: &[f32],
+    _: (&Narrow, usize, usize),
+    _: &mut [f32],
+    _: (usize, usize, usize),
+) {
+    unreachable!("winograd weight gradient without AVX-512")
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn input_gathered(
     _: &[f32],
@@ -329,7 +427,8 @@ unsafe fn output_scattered(
 
 /// `dU [36][cin][cout] +=` the kernel gradient in Winograd's basis of the 3 × 3, padding-1
 /// convolution of `x [nb, cin, h, w]` whose output gradient is `dy [nb, cout, h, w]`, on
-/// planes that [`fits`]; [`kernel_grad_into`] takes the sum of several calls back to `dW`.
+/// planes that [`fits`] or [`narrow_fits`]; [`kernel_grad_into`] takes the sum of several
+/// calls back to `dW`.
 /// Panics without AVX-512 or on slices of the wrong length.
 pub(crate) fn weight_grad(
     x: &[f32],
@@ -346,6 +445,29 @@ pub(crate) fn weight_grad(
     assert_eq!(x.len(), nb * cin * h * w, "winograd weight gradient: input length");
     assert_eq!(dy.len(), nb * cout * h * w, "winograd weight gradient: gradient length");
     assert_eq!(du.len(), 36 * cout * cin, "winograd weight gradient: accumulator length");
+    if w <= NARROW_MAX {
+        assert!(dy.len() < i32::MAX as usize, "winograd weight gradient: too large to index");
+        // narrow planes: the tiles gathered as `conv_narrow` gathers them, in blocks of up
+        // to 256 tiles (a convolution's chunk of images is one block): each block's products
+        // add onto all of dU, and their inner dimension is the block's tiles. One thread,
+        // Intel Xeon, a layer's backward: 256 × 128 × 7 × 7 46 → 42 ms with blocks of the
+        // forward's size (56 tiles) and of 256; 64 × 256 × 8 × 8 54–58 → 41–42.
+        for block in blocks_of(4, nb, (h, w), NARROW_DW_TILES * 36 / 16) {
+            let lay = Narrow::new(&block, (h, w), cout);
+            let nt = block.nt;
+            let v = resize(&mut s.v, 36 * cin * nt);
+            lay.inputs(x, (cin, h, w), &block, &mut s.rt, v);
+            let m = resize(&mut s.m, 36 * cout * nt);
+            for o in 0..cout {
+                // SAFETY: AVX-512 is present (asserted above); each gather reads a tile's
+                // outputs inside its image's plane of channel o (`valid` masks the rest off),
+                // and the function asserts the rest of its bounds
+                unsafe { grad_gathered(dy, (&lay, w, o * h * w), m, (o * nt, cout * nt, nt)) };
+            }
+            super::winograd::accumulate_du(36, (v, m, &mut s.mt), (cin, cout, nt), du);
+        }
+        return;
+    }
     let tx_n = w.div_ceil(4);
     for Block { nt, segments } in blocks(4, nb, (h, w), (cin, cout)) {
         let v = resize(&mut s.v, 36 * cin * nt);
@@ -702,6 +824,13 @@ mod tests {
             (1, 2, 3, 7, 32),
             (3, 4, 5, 9, 27),
             (2, 16, 17, 28, 28),
+            // narrow planes: the tiles gathered
+            (1, 1, 1, 1, 1),
+            (2, 3, 2, 5, 7),
+            (3, 4, 5, 7, 7),
+            (2, 5, 4, 13, 11),
+            (5, 8, 8, 4, 4),
+            (2, 16, 17, 16, 16),
         ] {
             let x: Vec<f32> =
                 (0..nb * c * h * w).map(|i| ((i * 7919 % 101) as f32 - 50.0) / 50.0).collect();
