@@ -374,11 +374,31 @@ impl BnRelu {
                 dy.data.chunks_mut(s).enumerate().map(|(i, p)| pass(i, p)).collect()
             }
         };
-        let Cache { x, mean, inv, per_group, train } = cache;
-        let (g, _) = (&self.weight.value, &self.bias.value);
+        self.finish_backward(cache, pairs, Gradient::InPlace(dy))
+    }
+
+    /// As [`BnRelu::backward_with_sums`] for a norm without a ReLU whose gradient `dy` another
+    /// layer reads too (a residual block's output gradient feeds its second norm and its
+    /// shortcut): `dy` is left as it is and the input gradient is written over the saved
+    /// input instead, so that no copy of `dy` is made. `sums` must hold every plane's
+    /// ([`BnRelu::grad_sums`]); there is no spare buffer afterwards.
+    pub fn backward_beside(&mut self, dy: &Tensor, sums: Vec<(f32, f32)>) -> Tensor {
+        let cache = self.cache.take().expect("batch-norm: backward without a forward");
+        assert_eq!(dy.shape, cache.x.shape, "batch-norm backward: gradient shape");
+        let (n, c, _) = self.layout(&cache.x.shape);
+        assert!(!self.relu, "batch-norm: a backward beside its gradient with a ReLU");
+        assert_eq!(sums.len(), n * c, "batch-norm backward: sums of {} planes", n * c);
+        self.finish_backward(cache, sums, Gradient::Beside(dy))
+    }
+
+    /// The backward from its first pass's sums: dγ, dβ, then `dx` (in `dy`'s buffer or over
+    /// the saved input).
+    fn finish_backward(&mut self, cache: Cache, pairs: Vec<(f32, f32)>, dy: Gradient) -> Tensor {
+        let Cache { mut x, mean, inv, per_group, train } = cache;
+        let (_, c, s) = self.layout(&x.shape);
+        let g = &self.weight.value;
         // statistics index of plane i: its (group, channel); its channel in evaluation
         let at = |i: usize| stat_index(i, c, per_group);
-        let xd = &x.data;
         let mut raw = per_channel(&pairs, c, per_group);
         // this rank's share of dγ and dβ; the means below span every rank when synchronised
         for (k, &(sg, sgx)) in raw.iter().enumerate() {
@@ -394,25 +414,46 @@ impl BnRelu {
             mg[k] = (sg / m) as f32;
             mgx[k] = (sgxhat / m) as f32;
         }
-        if train {
-            planes_mut(&mut dy.data, s, |i, p| {
-                let (ch, k) = (i % c, at(i));
-                let (kk, mu, is) = (g[ch] * inv[k], mean[k], inv[k]);
-                let (m0, m1) = (mg[k], mgx[k]);
-                with_avx512(|| {
-                    for (d, &v) in p.iter_mut().zip(&xd[i * s..(i + 1) * s]) {
-                        *d = kk * (*d - m0 - (v - mu) * is * m1);
-                    }
-                })
-            });
-        } else {
-            planes_mut(&mut dy.data, s, |i, p| {
-                let k = g[i % c] * inv[i % c];
-                p.iter_mut().for_each(|d| *d *= k);
-            });
+        // dx of plane i from its gradient value d and input value v
+        let dx = |i: usize| {
+            let (ch, k) = (i % c, at(i));
+            let (kk, mu, is) = (g[ch] * inv[k], mean[k], inv[k]);
+            let (m0, m1) = (mg[k], mgx[k]);
+            move |d: f32, v: f32| {
+                if train {
+                    kk * (d - m0 - (v - mu) * is * m1)
+                } else {
+                    d * kk
+                }
+            }
+        };
+        match dy {
+            Gradient::InPlace(mut dy) => {
+                let xd = &x.data;
+                planes_mut(&mut dy.data, s, |i, p| {
+                    let f = dx(i);
+                    with_avx512(|| {
+                        for (d, &v) in p.iter_mut().zip(&xd[i * s..(i + 1) * s]) {
+                            *d = f(*d, v);
+                        }
+                    })
+                });
+                self.spare = x.data;
+                dy
+            }
+            Gradient::Beside(dy) => {
+                let gd = &dy.data;
+                planes_mut(&mut x.data, s, |i, p| {
+                    let f = dx(i);
+                    with_avx512(|| {
+                        for (v, &d) in p.iter_mut().zip(&gd[i * s..(i + 1) * s]) {
+                            *v = f(d, *v);
+                        }
+                    })
+                });
+                x
+            }
         }
-        self.spare = x.data;
-        dy
     }
 
     /// The buffer of the last backward's saved input (the convolution's output), dead now:
@@ -430,6 +471,13 @@ impl Module for BnRelu {
         f(&mut self.running_mean);
         f(&mut self.running_var);
     }
+}
+
+/// Where [`BnRelu::finish_backward`] writes the input gradient: over `dy`, or over the saved
+/// input beside a `dy` that is left as it is.
+enum Gradient<'a> {
+    InPlace(Tensor),
+    Beside(&'a Tensor),
 }
 
 /// Plane `i` of a residual end's pass: (output, input), (residual, mask).
@@ -489,8 +537,9 @@ mod tests {
 
     /// The backward's first pass made chunk by chunk by [`BnRelu::grad_sums`] (as a
     /// convolution's `backward_then` makes it, chunks of whole images), then
-    /// `backward_with_sums`, is bitwise the backward in one call: gradients of the input, γ
-    /// and β, with and without the ReLU, with statistics per group, serial and parallel.
+    /// `backward_with_sums` (or, without the ReLU, `backward_beside`, leaving `dy` as it was),
+    /// is bitwise the backward in one call: gradients of the input, γ and β, with and without
+    /// the ReLU, with statistics per group, serial and parallel.
     #[test]
     fn grad_sums_by_chunks_then_the_backward_is_the_backward() {
         for (shape, relu, groups, chunk) in [
@@ -501,14 +550,14 @@ mod tests {
         ] {
             let c = shape[1];
             let (x, dy) = (random(&shape, 11), random(&shape, 12));
-            let mut norms = [0, 1].map(|_| BnRelu::new(&Init::new(1), c, relu));
+            let mut norms = [0, 1, 2].map(|_| BnRelu::new(&Init::new(1), c, relu));
             for bn in &mut norms {
                 bn.weight.value = (0..c).map(|i| 0.7 + 0.2 * i as f32).collect();
                 bn.bias.value = (0..c).map(|i| 0.1 * i as f32 - 0.2).collect();
                 bn.groups = groups;
                 bn.forward(x.clone(), true);
             }
-            let [a, b] = &mut norms;
+            let [a, b, beside] = &mut norms;
             let want = a.backward(dy.clone());
             let mut g = dy.clone();
             let image = g.len() / shape[0];
@@ -520,8 +569,16 @@ mod tests {
                 .flat_map(|(k, part)| pass(k * chunk, part))
                 .collect();
             drop(pass);
-            let got = b.backward_with_sums(g, sums);
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            if !relu {
+                // beside its gradient: dy untouched, dx over the saved input
+                let got = beside.backward_beside(&g, sums.clone());
+                assert_eq!(bits(&got.data), bits(&want.data), "{shape:?}: dx beside dy");
+                assert_eq!(bits(&g.data), bits(&dy.data), "{shape:?}: dy written");
+                assert_eq!(bits(&a.weight.grad), bits(&beside.weight.grad), "{shape:?}: dγ");
+                assert_eq!(bits(&a.bias.grad), bits(&beside.bias.grad), "{shape:?}: dβ");
+            }
+            let got = b.backward_with_sums(g, sums);
             assert_eq!(bits(&got.data), bits(&want.data), "{shape:?} relu {relu}: dx");
             assert_eq!(bits(&a.weight.grad), bits(&b.weight.grad), "{shape:?}: dγ");
             assert_eq!(bits(&a.bias.grad), bits(&b.bias.grad), "{shape:?}: dβ");

@@ -36,6 +36,7 @@
 //! Parameters are named as PyTorch would (`stem.conv.weight`, `stage1.0.bn1.running_mean`,
 //! `stage2.0.shortcut.conv.weight`) and counted as trainable weights plus batch-norm affine.
 
+use latent_sdk::kit::simd_gemm::with_avx512;
 use latent_sdk::kit::{Conv2d, Conv2dConfig, GlobalAvgPool, MaxPool2d};
 use latent_sdk::prelude::*;
 
@@ -227,16 +228,19 @@ impl ConvBn {
     }
 }
 
-/// Elements per parallel task of the element-wise passes.
-const CHUNK: usize = 1 << 14;
-
 /// conv-BN-ReLU-conv-BN plus shortcut, then ReLU.
 struct BasicBlock {
     a: ConvBn,
     b: ConvBn,
     shortcut: Option<ConvBn>,
     mask: Vec<bool>,
+    /// Values per image of the last training forward's output.
+    image: usize,
 }
+
+/// Per plane of a block's output gradient, the first-pass sums of its second norm and of its
+/// shortcut's norm (zeros without a shortcut): what [`BasicBlock::grad_pass`] returns.
+type BlockSums = ((f32, f32), (f32, f32));
 
 impl BasicBlock {
     fn new(init: &Init, cin: usize, cout: usize, stride: usize) -> BasicBlock {
@@ -244,7 +248,7 @@ impl BasicBlock {
         let b = ConvBn::new(init, "conv2", "bn2", cout, cout, 3, 1, false);
         let shortcut = (stride != 1 || cin != cout)
             .then(|| ConvBn::new(&init.pp("shortcut"), "conv", "bn", cin, cout, 1, stride, false));
-        BasicBlock { a, b, shortcut, mask: Vec::new() }
+        BasicBlock { a, b, shortcut, mask: Vec::new(), image: 0 }
     }
 
     fn forward(&mut self, x: &Arc<Tensor>, train: bool) -> Tensor {
@@ -253,40 +257,64 @@ impl BasicBlock {
         let add = sc.as_ref().unwrap_or(x);
         // y = ReLU(bn2(conv2(h)) + shortcut) in the norm's pass, keeping the mask (every
         // element written there: the mask of the step before is not cleared first)
-        self.b.forward_add_relu(&h, train, &add.data, &mut self.mask)
+        let y = self.b.forward_add_relu(&h, train, &add.data, &mut self.mask);
+        self.image = y.len() / y.shape[0].max(1);
+        y
+    }
+
+    /// The pass over the block's output gradient that its backward needs first, on a chunk
+    /// of whole images from image `first`, for the layer that makes the gradient to run on
+    /// each chunk while it is in cache: `g ⊙ mask` (the block's final ReLU) written back,
+    /// then the first-pass sums of the second norm and of the shortcut's norm (neither has a
+    /// ReLU of its own, so both read the same masked `g`). [`BasicBlock::backward_then`] takes
+    /// the masked gradient and these sums.
+    fn grad_pass(&self) -> impl Fn(usize, &mut [f32]) -> Vec<BlockSums> + Sync + '_ {
+        let second = self.b.bn.grad_sums();
+        let shortcut = self.shortcut.as_ref().map(|s| s.bn.grad_sums());
+        move |first, g| {
+            let mask = &self.mask[first * self.image..][..g.len()];
+            // a select, not a branch: the mask is as good as random
+            with_avx512(|| {
+                g.iter_mut().zip(mask).for_each(|(d, &m)| *d = if m { *d } else { 0.0 })
+            });
+            let sums = second(first, g);
+            match &shortcut {
+                Some(f) => sums.into_iter().zip(f(first, g)).collect(),
+                None => sums.into_iter().map(|s| (s, (0.0, 0.0))).collect(),
+            }
+        }
     }
 
     /// The residual by hand: d/dx of `main(x) + shortcut(x)` is the sum of both paths'
-    /// gradients. Each pass over a gradient that a convolution has just written runs on its
-    /// chunks while they are in cache: the first norm's masked sums on the second
-    /// convolution's dX, the shortcut's gradient added to the first convolution's dX, then
-    /// `after` (the layer before's pass: the stem's norm) on the sum, whose results it returns.
+    /// gradients. `g` is the block's output gradient already masked by [`BasicBlock::grad_pass`],
+    /// whose `sums` come with it. Each pass over a gradient that a convolution has just
+    /// written runs on its chunks while they are in cache: the first norm's masked sums on the
+    /// second convolution's dX, the shortcut's gradient added to the first convolution's dX,
+    /// then `after` (the layer before's pass) on the sum, whose results it returns. Both norms
+    /// that read `g` write their input gradients over their saved inputs, so `g` is not copied.
     fn backward_then<T: Send>(
         &mut self,
-        mut g: Tensor,
+        g: Tensor,
+        sums: Vec<BlockSums>,
         after: impl Fn(usize, &mut [f32]) -> Vec<T> + Sync,
     ) -> (Tensor, Vec<T>) {
         assert_eq!(g.len(), self.mask.len(), "basic block backward: gradient length");
-        // g ⊙ mask, in place and into a second buffer (the main path consumes its gradient, the
-        // shortcut needs it too), in one pass: a select, not a branch (the mask is as good as
-        // random), and no zeroed allocation (an indexed collect writes every element once)
-        let g2: Vec<f32> = g
-            .data
-            .par_iter_mut()
-            .zip(self.mask.par_iter())
-            .with_min_len(CHUNK)
-            .map(|(d, &m)| {
-                *d = if m { *d } else { 0.0 };
-                *d
-            })
-            .collect();
-        let g2 = Tensor::new(g.shape.clone(), g2);
+        let (second, beside): (Vec<_>, Vec<_>) = sums.into_iter().unzip();
         // the shortcut's gradient first, for the first convolution's dX to add it chunk by chunk
-        let ds = match &mut self.shortcut {
-            Some(s) => s.backward(g),
+        let shortcut = self.shortcut.as_mut().map(|s| {
+            let d = s.bn.backward_beside(&g, beside);
+            s.conv.backward(&d)
+        });
+        let d2 = self.b.bn.backward_beside(&g, second);
+        let ds = match shortcut {
+            Some(ds) => {
+                // g is dead: the second convolution's dX takes its buffer
+                self.b.conv.recycle_input_grad(g.data);
+                ds
+            }
             None => g,
         };
-        let (dh, sums) = self.b.backward_then(g2, Vec::new(), self.a.bn.grad_sums());
+        let (dh, sums) = self.b.conv.backward_then(&d2, self.a.bn.grad_sums());
         let image = ds.len() / ds.shape[0];
         self.a.backward_then(dh, sums, |first, dx| {
             dx.iter_mut().zip(&ds.data[first * image..]).for_each(|(a, b)| *a += b);
@@ -384,21 +412,33 @@ impl ResNet {
 
     fn backward_inner(&mut self, dy: &Tensor) -> Tensor {
         let mut g = self.gap.backward(dy);
-        let Some((first, rest)) = self.blocks.split_first_mut() else {
+        let Some(last) = self.blocks.last() else {
             return self.stem.backward(g);
         };
-        for b in rest.iter_mut().rev() {
-            g = b.backward_then(g, |_, _| Vec::<()>::new()).0;
+        // the last block's pass over its output gradient on its own; each block before gets
+        // its pass made on the chunks of the next block's input gradient
+        let pass = last.grad_pass();
+        let image = g.len() / g.shape[0];
+        let mut sums: Vec<BlockSums> = if g.len() >= 1 << 15 {
+            g.data.par_chunks_mut(image).enumerate().flat_map_iter(|(i, c)| pass(i, c)).collect()
+        } else {
+            g.data.chunks_mut(image).enumerate().flat_map(|(i, c)| pass(i, c)).collect()
+        };
+        drop(pass);
+        for i in (1..self.blocks.len()).rev() {
+            let (before, from) = self.blocks.split_at_mut(i);
+            (g, sums) = from[0].backward_then(g, sums, before[i - 1].grad_pass());
         }
+        let first = &mut self.blocks[0];
         match &mut self.pool {
             Some(p) => {
-                g = first.backward_then(g, |_, _| Vec::<()>::new()).0;
+                g = first.backward_then(g, sums, |_, _| Vec::<()>::new()).0;
                 g = p.backward(&g);
                 self.stem.backward(g)
             }
             None => {
                 // the stem's norm's first pass on the first block's input gradient, in cache
-                let (g, sums) = first.backward_then(g, self.stem.bn.grad_sums());
+                let (g, sums) = first.backward_then(g, sums, self.stem.bn.grad_sums());
                 self.stem.backward_then(g, sums, |_, _| Vec::<()>::new()).0
             }
         }
