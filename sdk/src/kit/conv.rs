@@ -1058,6 +1058,62 @@ impl Conv2d {
         dy: &Tensor,
         after: impl Fn(usize, &mut [f32]) -> Vec<T> + Sync,
     ) -> (Tensor, Vec<T>) {
+        let (dx, outs) = self.backward_impl(dy, after, true);
+        (dx.expect("conv2d: an input gradient"), outs)
+    }
+
+    /// The weight (and bias) gradients of a backward alone: no input gradient is computed or
+    /// allocated, whatever [`Conv2d::input_grad`] says (a caller that takes the input
+    /// gradient another way, as [`Conv2d::input_grad_adder`] gives it, or never reads it).
+    pub fn backward_weights(&mut self, dy: &Tensor) {
+        self.backward_impl(dy, |_, _| Vec::<()>::new(), false);
+    }
+
+    /// For a 1 × 1 convolution without padding or groups (a residual block's projection
+    /// shortcut) after its training forward: a function that adds its input gradient, for the
+    /// output gradient `dy`, onto a chunk of whole images of another layer's input gradient
+    /// from image `first` (the layer beside it on the same input, whose
+    /// [`Conv2d::backward_then`] runs it on each chunk while the chunk is in cache). No
+    /// input-sized buffer of its own is zeroed, written and read back; [`Conv2d::backward_weights`]
+    /// then takes the weight gradient. The same products as the backward's (on AVX-512, the
+    /// same bits). Panics on other convolutions or without a training forward.
+    pub fn input_grad_adder<'a>(
+        &'a self,
+        dy: &'a Tensor,
+    ) -> impl Fn(usize, &mut [f32]) + Sync + 'a {
+        let x = self.input.as_ref().expect("conv2d: input gradient without a training forward");
+        let g = self.geom(&x.shape);
+        assert!(
+            g.kh == 1 && g.kw == 1 && g.pad == 0 && g.groups == 1,
+            "conv2d: input_grad_adder is for 1 × 1 convolutions without padding or groups"
+        );
+        assert_eq!(dy.shape, vec![x.shape[0], g.o, g.oh, g.ow], "conv2d backward: gradient shape");
+        let (p, il, ol) = (g.p(), g.in_len(), g.out_len());
+        move |first, dx| {
+            assert_eq!(dx.len() % il, 0, "conv2d: a chunk of part of an image");
+            let mut t = vec![0.0f32; g.c * p];
+            for (i, dxi) in dx.chunks_exact_mut(il).enumerate() {
+                // t [C, P] = Wᵀ · dY_i, then t onto dX's positions (s·r, s·q)
+                let w = Mat::new(&self.weight.value, g.o, g.c).t();
+                let dyi = Mat::new(&dy.data[(first + i) * ol..][..ol], g.o, p);
+                gemm_into(w, dyi, &mut t, false, gemm::Parallelism::None);
+                for (plane, tc) in dxi.chunks_exact_mut(g.h * g.w).zip(t.chunks_exact(p)) {
+                    for (r, src) in tc.chunks_exact(g.ow).enumerate() {
+                        let row = &mut plane[g.s * r * g.w..];
+                        row.iter_mut().step_by(g.s).zip(src).for_each(|(a, b)| *a += b);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The backward; with `dx_wanted` false, no input gradient at all (`None`).
+    fn backward_impl<T: Send>(
+        &mut self,
+        dy: &Tensor,
+        after: impl Fn(usize, &mut [f32]) -> Vec<T> + Sync,
+        dx_wanted: bool,
+    ) -> (Option<Tensor>, Vec<T>) {
         let x = self.input.take().expect("conv2d: backward without a training forward");
         let g = self.geom(&x.shape);
         let n = x.shape[0];
@@ -1066,9 +1122,12 @@ impl Conv2d {
         let (og, k, p) = (g.og(), g.k(), g.p());
         let w = &self.weight.value;
         let wlen = w.len();
-        let (mut dx, init) = out_buffer(&mut self.dx_buf, x.len());
-        let dx_out = out_chunks(&mut dx, x.len(), init);
-        let want_dx = self.input_grad;
+        // without dX, its chunks are empty slices (nothing writes them)
+        let dx_len = if dx_wanted { x.len() } else { 0 };
+        let (mut dx, init) =
+            if dx_wanted { out_buffer(&mut self.dx_buf, x.len()) } else { (Vec::new(), false) };
+        let dx_out = out_chunks(&mut dx, dx_len, init);
+        let want_dx = self.input_grad && dx_wanted;
         let dw_t = matches!(par, gemm::Parallelism::None) && super::simd_gemm::available();
         // Winograd's products for dX where they apply, and for dW too where its rule says
         let fits = dw_t && super::winograd::fits(g.c, g.o, (g.kh, g.kw), (g.s, g.pad, g.groups));
@@ -1130,10 +1189,10 @@ impl Conv2d {
                 let plane = g.oh * g.ow;
                 let dyp = resize(&mut s.dypad, g.o * sh.pq);
                 for i in 0..nbl {
-                    let (xi, dxi) = (
-                        i * g.in_len()..(i + 1) * g.in_len(),
-                        &mut dxc[i * g.in_len()..(i + 1) * g.in_len()],
-                    );
+                    let xi = i * g.in_len()..(i + 1) * g.in_len();
+                    // (empty without dX: no phase writes it then)
+                    let dxi = dxc.get_mut(xi.clone()).unwrap_or_default();
+                    debug_assert!(phases.is_empty() || !dxi.is_empty());
                     let dyi = &dyc[i * g.out_len()..(i + 1) * g.out_len()];
                     let xp: &[f32] = if kept {
                         &pc[i * il..(i + 1) * il]
@@ -1231,8 +1290,14 @@ impl Conv2d {
             } else {
                 vec![&[]; n.div_ceil(per_task * nb)]
             };
-            let parts: Vec<(Vec<f32>, Vec<T>)> = dx_out
-                .par_chunks_mut(ti)
+            let tasks = x.len().div_ceil(ti);
+            let dx_tasks: Vec<&mut [MaybeUninit<f32>]> = if dx_wanted {
+                dx_out.chunks_mut(ti).collect()
+            } else {
+                (0..tasks).map(|_| &mut [][..]).collect()
+            };
+            let parts: Vec<(Vec<f32>, Vec<T>)> = dx_tasks
+                .into_par_iter()
                 .zip(x.data.par_chunks(ti))
                 .zip(dy.data.par_chunks(to))
                 .zip(task_planes.par_iter())
@@ -1241,10 +1306,9 @@ impl Conv2d {
                     let mut acc = Default::default();
                     let mut outs = Vec::new();
                     let (ci, co) = (nb * g.in_len(), nb * g.out_len());
-                    for (j, ((dxc, xc), dyc)) in
-                        dxt.chunks_mut(ci).zip(xt.chunks(ci)).zip(dyt.chunks(co)).enumerate()
-                    {
-                        let dxc = ready(dxc, zero_dx);
+                    let mut dxs = dxt.chunks_mut(ci);
+                    for (j, (xc, dyc)) in xt.chunks(ci).zip(dyt.chunks(co)).enumerate() {
+                        let dxc = dxs.next().map_or(&mut [][..], |c| ready(c, zero_dx));
                         let pc = if kept {
                             &pt[j * nb * il..][..xc.len() / g.in_len() * il]
                         } else {
@@ -1268,7 +1332,7 @@ impl Conv2d {
         };
         // SAFETY: the tasks' chunks (or the one chunk) cover all of `x.len()` values, each zeroed
         // or, `zero_dx` false, a recycled buffer's (initialised) values that the paths overwrite
-        let dx = unsafe { claim(dx, x.len()) };
+        let dx = dx_wanted.then(|| unsafe { claim(dx, x.len()) });
         self.planes = planes;
         if dw_t {
             // the accumulators hold dWᵀ per group, [groups][k][og]
@@ -1287,7 +1351,7 @@ impl Conv2d {
                 bias.grad[o] += blk.iter().sum::<f32>();
             }
         }
-        (Tensor::new(x.shape.clone(), dx), outs)
+        (dx.map(|dx| Tensor::new(x.shape.clone(), dx)), outs)
     }
 }
 
@@ -1357,6 +1421,58 @@ mod tests {
     /// A buffer handed over for dX ([`Conv2d::recycle_input_grad`]) full of NaN: every path
     /// either writes all of it or zeroes it first (the 1 × 1 stride-2 shortcut writes one phase
     /// of four, im2col adds), so dX is bitwise the fresh buffer's.
+    /// A 1 × 1 convolution's `input_grad_adder` adds onto any chunk of whole images the dX
+    /// that `backward` returns (bitwise where the AVX-512 kernel takes both), and
+    /// `backward_weights` gives `backward`'s weight and bias gradients without an input
+    /// gradient: strides 1 and 2, chunks of one image and of several.
+    #[test]
+    fn a_projections_input_gradient_by_chunks_and_its_weights_alone_are_the_backward() {
+        for (seed, (shape, o, stride, bias, chunk)) in [
+            (vec![3, 4, 6, 6], 5, 2, false, 1),
+            (vec![5, 6, 7, 7], 3, 2, true, 2),
+            (vec![4, 3, 5, 5], 4, 1, false, 3),
+            (vec![8, 32, 28, 28], 64, 2, false, 8),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let c = cfg(stride, 0, 1, bias);
+            let mut conv = Conv2d::new(&Init::new(seed as u64), shape[1], o, 1, c);
+            let x = random(&shape, 700 + seed as u64);
+            let oshape = conv.out_shape(shape[1], shape[2], shape[3]).unwrap();
+            let dy = random(&[shape[0], oshape[0], oshape[1], oshape[2]], 800 + seed as u64);
+            conv.forward(&x, true);
+            let want = conv.backward(&dy);
+            let (want_w, want_b) =
+                (conv.weight.grad.clone(), conv.bias.as_ref().map(|b| b.grad.clone()));
+            conv.visit_params(&mut |p| p.grad.fill(0.0));
+            conv.forward(&x, true);
+            let base = random(&shape, 900 + seed as u64);
+            let mut got = base.data.clone();
+            let image = x.len() / shape[0];
+            let add = conv.input_grad_adder(&dy);
+            for (k, part) in got.chunks_mut(chunk * image).enumerate() {
+                add(k * chunk, part);
+            }
+            drop(add);
+            conv.backward_weights(&dy);
+            let exact = crate::kit::simd_gemm::available();
+            for ((g, b), w) in got.iter().zip(&base.data).zip(&want.data) {
+                let sum = b + w;
+                assert!(
+                    if exact {
+                        g.to_bits() == sum.to_bits()
+                    } else {
+                        (g - sum).abs() <= 1e-5 * (1.0 + sum.abs())
+                    },
+                    "case {seed}: {g} against {b} + {w}"
+                );
+            }
+            assert_eq!(conv.weight.grad, want_w, "case {seed}: dW");
+            assert_eq!(conv.bias.as_ref().map(|b| b.grad.clone()), want_b, "case {seed}: db");
+        }
+    }
+
     /// `backward_then` runs `after` once on each chunk of whole images, in the chunks' order
     /// of images, on dX as `backward` computes it; what `after` writes is the dX it returns, and
     /// its results come back in image order. Batches of one chunk and of many (two threads).

@@ -300,26 +300,41 @@ impl BasicBlock {
     ) -> (Tensor, Vec<T>) {
         assert_eq!(g.len(), self.mask.len(), "basic block backward: gradient length");
         let (second, beside): (Vec<_>, Vec<_>) = sums.into_iter().unzip();
-        // the shortcut's gradient first, for the first convolution's dX to add it chunk by chunk
-        let shortcut = self.shortcut.as_mut().map(|s| {
-            let d = s.bn.backward_beside(&g, beside);
-            s.conv.backward(&d)
-        });
+        // the shortcut's output gradient (its norm's input gradient) first
+        let d_shortcut = self.shortcut.as_mut().map(|s| s.bn.backward_beside(&g, beside));
         let d2 = self.b.bn.backward_beside(&g, second);
-        let ds = match shortcut {
-            Some(ds) => {
+        let identity = match d_shortcut {
+            Some(_) => {
                 // g is dead: the second convolution's dX takes its buffer
                 self.b.conv.recycle_input_grad(g.data);
-                ds
+                None
             }
-            None => g,
+            None => Some(g),
         };
         let (dh, sums) = self.b.conv.backward_then(&d2, self.a.bn.grad_sums());
-        let image = ds.len() / ds.shape[0];
-        self.a.backward_then(dh, sums, |first, dx| {
-            dx.iter_mut().zip(&ds.data[first * image..]).for_each(|(a, b)| *a += b);
-            after(first, dx)
-        })
+        // the shortcut's input gradient is added onto the first convolution's dX chunk by
+        // chunk: the identity's g, or the projection's own product (no dX buffer of its own)
+        let out = match (&identity, &self.shortcut, &d_shortcut) {
+            (Some(g), _, _) => {
+                let image = g.len() / g.shape[0];
+                self.a.backward_then(dh, sums, |first, dx| {
+                    dx.iter_mut().zip(&g.data[first * image..]).for_each(|(a, b)| *a += b);
+                    after(first, dx)
+                })
+            }
+            (None, Some(s), Some(d)) => {
+                let add = s.conv.input_grad_adder(d);
+                self.a.backward_then(dh, sums, |first, dx| {
+                    add(first, dx);
+                    after(first, dx)
+                })
+            }
+            _ => unreachable!("a block without an identity has a shortcut"),
+        };
+        if let (Some(s), Some(d)) = (&mut self.shortcut, &d_shortcut) {
+            s.conv.backward_weights(d);
+        }
+        out
     }
 
     fn visit(&mut self, f: &mut dyn FnMut(&mut Param)) {
