@@ -598,7 +598,7 @@ pub(super) fn first(n: usize) -> u16 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-fn even_odd(
+pub(super) fn even_odd(
     lo: std::arch::x86_64::__m512,
     hi: std::arch::x86_64::__m512,
 ) -> (std::arch::x86_64::__m512, std::arch::x86_64::__m512) {
