@@ -193,6 +193,7 @@ pub enum Command {
 
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> i32 {
+    crate::memory::reexec_with_huge_pages();
     let kept = crate::memory::keep_freed_memory();
     let cli = Cli::parse();
     // under mpirun: join the other ranks (before any thread pool starts)

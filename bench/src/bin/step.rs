@@ -291,6 +291,7 @@ fn gemm_rate() -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    latent_host::memory::reexec_with_huge_pages();
     latent_host::memory::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let mode: String = arg(&args, "--mode", "plugin".to_string())?;
