@@ -80,8 +80,8 @@ pub struct Conv2d {
     pub input_grad: bool,
     input: Option<Arc<Tensor>>,
     sums: Vec<(f32, f32)>,
-    /// The last training forward's phase planes ([`Shifted`]), which its backward reads again;
-    /// the buffer is kept across steps.
+    /// The last training forward's phase planes ([`Shifted`]), which its backward reads again,
+    /// where [`Shifted::keeps_planes`] says to keep them; the buffer is kept across steps.
     planes: Vec<f32>,
     /// A buffer handed over for the next input gradient ([`Conv2d::recycle_input_grad`]).
     dx_buf: Vec<f32>,
@@ -1026,7 +1026,7 @@ impl Conv2d {
         let u = wino.then(|| super::winograd::Kernel::new(w, (g.o, g.c), false, (g.h, g.w)));
         let shifted = Shifted::new(&g).filter(|_| serial && !wino);
         let offs = shifted.map(|sh| sh.offsets(&g)).unwrap_or_default();
-        // a training forward keeps its phase planes for the backward
+        // a training forward keeps its phase planes for the backward where `keeps_planes` says
         let il = shifted.map_or(0, |sh| sh.image_len(g.c));
         let mut planes = std::mem::take(&mut self.planes);
         let keep_planes = train && shifted.is_some_and(|sh| sh.keeps_planes(&g));
