@@ -576,6 +576,10 @@ impl Axis {
         let v = ki as isize - self.pad as isize;
         (v.rem_euclid(self.s as isize) as usize, v.div_euclid(self.s as isize))
     }
+    /// Whether one of a kernel's `k` taps along this axis reads phase `a`.
+    fn reads(&self, k: usize, a: usize) -> bool {
+        (0..k).any(|ki| self.tap(ki).0 == a)
+    }
     /// The forward grid: `out + dmax − dmin` (rows `dmin..out + dmax` of a phase).
     fn grid(&self) -> usize {
         self.out + (self.dmax - self.dmin) as usize
@@ -667,9 +671,7 @@ impl Shifted {
     /// → 24.3–24.7 ms, backward level; the 1 × 1 shortcut's backward took 8.9 ms with its
     /// plane kept, 11.0–11.8 without).
     fn keeps_planes(&self, g: &Geom) -> bool {
-        let read = |axis: &Axis, k: usize| {
-            (0..self.s).filter(|&a| (0..k).any(|ki| axis.tap(ki).0 == a)).count()
-        };
+        let read = |axis: &Axis, k: usize| (0..self.s).filter(|&a| axis.reads(k, a)).count();
         read(&self.y, g.kh) * read(&self.x, g.kw) * self.pp < g.h * g.w
     }
 
@@ -683,24 +685,23 @@ impl Shifted {
     /// as they were: a 1 × 1 convolution of stride 2 reads one phase of four.
     fn pad_input(&self, g: &Geom, x: &[f32], dst: &mut [f32]) {
         let (s, origin) = (self.s, (self.y.dmin, self.x.dmin));
-        let read = |axis: &Axis, k: usize, a: usize| (0..k).any(|ki| axis.tap(ki).0 == a);
         // stride 2 with both column phases read (a 3 × 3 kernel): each input row is split into
         // its even and odd columns at once
-        let pairs = s == 2 && read(&self.x, g.kw, 0) && read(&self.x, g.kw, 1) && self.x.dmin <= 0;
+        let pairs = s == 2 && self.x.reads(g.kw, 0) && self.x.reads(g.kw, 1) && self.x.dmin <= 0;
         let mut planes = dst.chunks_exact_mut(self.pp);
         for src in x.chunks_exact(g.h * g.w).take(g.c) {
             for a in 0..s {
                 if pairs {
                     let d0 = planes.next().expect("conv2d: phase planes too short");
                     let d1 = planes.next().expect("conv2d: phase planes too short");
-                    if read(&self.y, g.kh, a) {
+                    if self.y.reads(g.kh, a) {
                         fill_pair(src, (g.h, g.w), a, origin, self.wp, (d0, d1));
                     }
                     continue;
                 }
                 for b in 0..s {
                     let d = planes.next().expect("conv2d: phase planes too short");
-                    if read(&self.y, g.kh, a) && read(&self.x, g.kw, b) {
+                    if self.y.reads(g.kh, a) && self.x.reads(g.kw, b) {
                         fill_grid(src, (g.h, g.w), (s, a, b), origin, self.wp, d);
                     }
                 }
@@ -1185,12 +1186,12 @@ impl Conv2d {
         );
         assert_eq!(dy.shape, vec![x.shape[0], g.o, g.oh, g.ow], "conv2d backward: gradient shape");
         let (p, il, ol) = (g.p(), g.in_len(), g.out_len());
+        let w = Mat::new(&self.weight.value, g.o, g.c).t();
         move |first, dx| {
             assert_eq!(dx.len() % il, 0, "conv2d: a chunk of part of an image");
             let mut t = vec![0.0f32; g.c * p];
             for (i, dxi) in dx.chunks_exact_mut(il).enumerate() {
                 // t [C, P] = Wᵀ · dY_i, then t onto dX's positions (s·r, s·q)
-                let w = Mat::new(&self.weight.value, g.o, g.c).t();
                 let dyi = Mat::new(&dy.data[(first + i) * ol..][..ol], g.o, p);
                 gemm_into(w, dyi, &mut t, false, gemm::Parallelism::None);
                 for (plane, tc) in dxi.chunks_exact_mut(g.h * g.w).zip(t.chunks_exact(p)) {

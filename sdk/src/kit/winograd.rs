@@ -284,19 +284,18 @@ pub(super) fn blocks(
     // images, one thread, Zen 4) its forward took 6.8–6.9 ms against 7.7–7.8 with the same
     // budget, the backward 15.9–16.0 against 17.6–17.7; F(2×2) 7.9–8.2 and 17.1–18.0
     let budget = if tile == 4 { 2 * block_tiles(cin, cout) } else { block_tiles(cin, cout) };
-    blocks_of(tile, nb, (h, w), budget)
+    blocks_of(tile, nb, (h, w), budget * 16 / (tile + 2).pow(2))
 }
 
-/// As [`blocks`], in blocks of about `budget` values of `16` transformed tiles each (`budget
-/// · 16 / (tile + 2)²` tiles).
+/// As [`blocks`], in blocks of about `tiles` tiles (whole rows of tiles, at least one).
 pub(super) fn blocks_of(
     tile: usize,
     nb: usize,
     (h, w): (usize, usize),
-    budget: usize,
+    tiles: usize,
 ) -> impl Iterator<Item = Block> {
     let (ty_n, tx_n) = (h.div_ceil(tile), w.div_ceil(tile));
-    let per_block = (budget * 16 / (tile + 2).pow(2) / tx_n).max(1);
+    let per_block = (tiles / tx_n).max(1);
     let total = nb * ty_n;
     (0..total).step_by(per_block).map(move |r0| {
         let r1 = (r0 + per_block).min(total);

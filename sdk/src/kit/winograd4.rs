@@ -452,7 +452,7 @@ pub(crate) fn weight_grad(
         // add onto all of dU, and their inner dimension is the block's tiles. One thread,
         // Intel Xeon, a layer's backward: 256 × 128 × 7 × 7 46 → 42 ms with blocks of the
         // forward's size (56 tiles) and of 256; 64 × 256 × 8 × 8 54–58 → 41–42.
-        for block in blocks_of(4, nb, (h, w), NARROW_DW_TILES * 36 / 16) {
+        for block in blocks_of(4, nb, (h, w), NARROW_DW_TILES) {
             let lay = Narrow::new(&block, (h, w), cout);
             let nt = block.nt;
             let v = resize(&mut s.v, 36 * cin * nt);

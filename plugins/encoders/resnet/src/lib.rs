@@ -314,23 +314,22 @@ impl BasicBlock {
         let (dh, sums) = self.b.conv.backward_then(&d2, self.a.bn.grad_sums());
         // the shortcut's input gradient is added onto the first convolution's dX chunk by
         // chunk: the identity's g, or the projection's own product (no dX buffer of its own)
-        let out = match (&identity, &self.shortcut, &d_shortcut) {
-            (Some(g), _, _) => {
-                let image = g.len() / g.shape[0];
-                self.a.backward_then(dh, sums, |first, dx| {
-                    dx.iter_mut().zip(&g.data[first * image..]).for_each(|(a, b)| *a += b);
-                    after(first, dx)
-                })
-            }
-            (None, Some(s), Some(d)) => {
-                let add = s.conv.input_grad_adder(d);
-                self.a.backward_then(dh, sums, |first, dx| {
-                    add(first, dx);
-                    after(first, dx)
-                })
-            }
-            _ => unreachable!("a block without an identity has a shortcut"),
+        let projection = match (&self.shortcut, &d_shortcut) {
+            (Some(s), Some(d)) => Some(s.conv.input_grad_adder(d)),
+            _ => None,
         };
+        let out = self.a.backward_then(dh, sums, |first, dx| {
+            match (&identity, &projection) {
+                (Some(g), _) => {
+                    let at = &g.data[first * (g.len() / g.shape[0])..];
+                    dx.iter_mut().zip(at).for_each(|(a, b)| *a += b);
+                }
+                (None, Some(add)) => add(first, dx),
+                (None, None) => unreachable!("a block without an identity has a shortcut"),
+            }
+            after(first, dx)
+        });
+        drop(projection);
         if let (Some(s), Some(d)) = (&mut self.shortcut, &d_shortcut) {
             s.conv.backward_weights(d);
         }
