@@ -2067,6 +2067,8 @@ mod timing {
             }
             let cfg = Conv2dConfig { stride: 2, padding: k / 2, groups: 1, bias: false };
             let mut conv = Conv2d::new(&Init::new(1), c, o, k, cfg);
+            // `DWONLY=1`: the weight gradient alone
+            conv.input_grad = std::env::var("DWONLY").is_err();
             let oh = h / 2;
             let (x, dy) = (random(&[n, c, h, h], 1), random(&[n, o, oh, oh], 2));
             let (mut tf, mut tb) = (f64::MAX, f64::MAX);
@@ -2100,6 +2102,9 @@ mod timing {
     fn time_winograd_layers() {
         let _only_this_test_switches_paths =
             tests::SWITCHES.lock().unwrap_or_else(|e| e.into_inner());
+        // `UNPADDED=1`: the positions' slabs end to end (`winograd::slab`)
+        let unpadded = std::env::var("UNPADDED").is_ok();
+        crate::kit::winograd::UNPADDED.store(unpadded, std::sync::atomic::Ordering::SeqCst);
         let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
         let shapes = [
             (64, 32, 28),

@@ -29,7 +29,7 @@
 //! scale (F(2×2): 1e-6; the kernel gradient, a sum over every tile, 3e-5), and are bitwise
 //! the same from run to run.
 
-use super::winograd::{blocks, blocks_of, conv_with, resize, Block, Scratch, Transforms};
+use super::winograd::{blocks, blocks_of, conv_with, resize, slab, Block, Scratch, Transforms};
 
 /// True when a layer that [`super::winograd::fits`] takes this path: planes 25 to 32 wide,
 /// whose row of 7 or 8 tiles fills half a vector.
@@ -149,16 +149,17 @@ pub(crate) fn conv_narrow(
     for block in blocks(4, nb, (h, w), (cin, cout)) {
         let lay = Narrow::new(&block, (h, w), cout);
         let nt = block.nt;
-        let v = resize(&mut s.v, 36 * cin * nt);
-        lay.inputs(x, (cin, h, w), &block, &mut s.rt, v);
-        let m = resize(&mut s.m, 36 * cout * nt);
-        super::winograd::products(36, u, v, m, (cin, cout, nt));
+        let (vs, ms) = (slab(cin, nt), slab(cout, nt));
+        let v = resize(&mut s.v, 36 * vs);
+        lay.inputs(x, (cin, h, w), (&block, vs), &mut s.rt, v);
+        let m = resize(&mut s.m, 36 * ms);
+        super::winograd::products(36, u, (v, vs), (m, ms), (cin, cout, nt));
         for o in 0..cout {
             // SAFETY: AVX-512 is present; each scatter writes a tile's output inside its
             // image's plane of channel o (`valid` masks off what lies past the plane's edge)
             unsafe {
                 let outs = (&lay.out[..], &lay.valid[..], lay.out_reach);
-                output_scattered(m, (o * nt, cout * nt, nt), outs, w, o * h * w, y)
+                output_scattered(m, (o * nt, ms, nt), outs, w, o * h * w, y)
             };
         }
     }
@@ -229,7 +230,7 @@ impl Narrow {
         &self,
         x: &[f32],
         (cin, h, w): (usize, usize, usize),
-        block: &Block,
+        (block, vs): (&Block, usize),
         rt: &mut Vec<f32>,
         v: &mut [f32],
     ) {
@@ -252,9 +253,7 @@ impl Narrow {
             // at a tile's start plus less than 5 rows and 6 columns, inside its segment's
             // rows, and the stores stay below `v`'s length (36 copies of `nt` at `cin · nt`
             // apart; the function asserts it)
-            unsafe {
-                input_gathered(pad, (wp, self.inp_reach), &self.inp, nt, v, c * nt, cin * nt)
-            };
+            unsafe { input_gathered(pad, (wp, self.inp_reach), &self.inp, nt, v, c * nt, vs) };
         }
     }
 }
@@ -455,40 +454,44 @@ pub(crate) fn weight_grad(
         for block in blocks_of(4, nb, (h, w), NARROW_DW_TILES) {
             let lay = Narrow::new(&block, (h, w), cout);
             let nt = block.nt;
-            let v = resize(&mut s.v, 36 * cin * nt);
-            lay.inputs(x, (cin, h, w), &block, &mut s.rt, v);
-            let m = resize(&mut s.m, 36 * cout * nt);
+            let (vs, ms) = (slab(cin, nt), slab(cout, nt));
+            let v = resize(&mut s.v, 36 * vs);
+            lay.inputs(x, (cin, h, w), (&block, vs), &mut s.rt, v);
+            let m = resize(&mut s.m, 36 * ms);
             for o in 0..cout {
                 // SAFETY: AVX-512 is present (asserted above); each gather reads a tile's
                 // outputs inside its image's plane of channel o (`valid` masks the rest off),
                 // and the function asserts the rest of its bounds
-                unsafe { grad_gathered(dy, (&lay, w, o * h * w), m, (o * nt, cout * nt, nt)) };
+                unsafe { grad_gathered(dy, (&lay, w, o * h * w), m, (o * nt, ms, nt)) };
             }
-            super::winograd::accumulate_du(36, (v, m, &mut s.mt), (cin, cout, nt), du);
+            let (vv, mv) = ((&v[..], vs), (&m[..], ms));
+            super::winograd::accumulate_du(36, (vv, mv, &mut s.mt), (cin, cout, nt), du);
         }
         return;
     }
     let tx_n = w.div_ceil(4);
     for Block { nt, segments } in blocks(4, nb, (h, w), (cin, cout)) {
-        let v = resize(&mut s.v, 36 * cin * nt);
+        let (vs, ms) = (slab(cin, nt), slab(cout, nt));
+        let v = resize(&mut s.v, 36 * vs);
         for &(img, ty0, ty1, off) in &segments {
             for c in 0..cin {
                 let plane = &x[(img * cin + c) * h * w..][..h * w];
                 let (dims, rows) = ((h, w), (ty0, ty1, tx_n));
                 // SAFETY: AVX-512 is present (asserted above); the function asserts its bounds.
-                unsafe { input_tiles(plane, dims, rows, &mut s.rt, v, c * nt + off, cin * nt) };
+                unsafe { input_tiles(plane, dims, rows, &mut s.rt, v, c * nt + off, vs) };
             }
         }
-        let m = resize(&mut s.m, 36 * cout * nt);
+        let m = resize(&mut s.m, 36 * ms);
         for &(img, ty0, ty1, off) in &segments {
             for o in 0..cout {
                 let plane = &dy[(img * cout + o) * h * w..][..h * w];
                 let (dims, rows) = ((h, w), (ty0, ty1, tx_n));
                 // SAFETY: AVX-512 is present (asserted above); the function asserts its bounds.
-                unsafe { grad_tiles(plane, dims, rows, &mut s.rt, m, o * nt + off, cout * nt) };
+                unsafe { grad_tiles(plane, dims, rows, &mut s.rt, m, o * nt + off, ms) };
             }
         }
-        super::winograd::accumulate_du(36, (v, m, &mut s.mt), (cin, cout, nt), du);
+        let (vv, mv) = ((&v[..], vs), (&m[..], ms));
+        super::winograd::accumulate_du(36, (vv, mv, &mut s.mt), (cin, cout, nt), du);
     }
 }
 
