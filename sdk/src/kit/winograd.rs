@@ -315,13 +315,14 @@ pub(super) fn blocks_of(
     })
 }
 
-/// One block's input tiles, `V [16][cin][nt]` into `v`, from `x [.., cin, h, w]`.
+/// One block's input tiles, `V [16][cin][nt]` into `v` (positions `vs` floats apart), from
+/// `x [.., cin, h, w]`.
 fn input_block(
     x: &[f32],
     (cin, h, w): (usize, usize, usize),
-    (segments, nt, vs): (&[(usize, usize, usize, usize)], usize, usize),
+    (segments, nt): (&[(usize, usize, usize, usize)], usize),
     rt: &mut Vec<f32>,
-    v: &mut [f32],
+    (v, vs): (&mut [f32], usize),
 ) {
     let tx_n = w.div_ceil(2);
     for &(img, ty0, ty1, off) in segments {
@@ -441,7 +442,7 @@ pub(crate) fn weight_grad(
     for Block { nt, segments } in blocks(2, nb, (h, w), (cin, cout)) {
         let (vs, ms) = (slab(cin, nt), slab(cout, nt));
         let v = resize(&mut s.v, 16 * vs);
-        input_block(x, (cin, h, w), (&segments, nt, vs), &mut s.rt, v);
+        input_block(x, (cin, h, w), (&segments, nt), &mut s.rt, (v, vs));
         let m = resize(&mut s.m, 16 * ms);
         for &(img, ty0, ty1, off) in &segments {
             for o in 0..cout {
