@@ -976,8 +976,14 @@ unsafe fn claim(mut v: Vec<f32>, len: usize) -> Vec<f32> {
     v
 }
 
+/// The first `n` values of scratch `v` (stale values: every caller writes what it reads),
+/// grown with zeros if it is shorter but never shrunk, as `winograd`'s: the backward's phases
+/// take products of different widths in turn, and a buffer cut to the narrower one was zeroed
+/// again up to the wider one each time.
 fn resize(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
-    v.resize(n, 0.0);
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
     &mut v[..n]
 }
 
