@@ -243,3 +243,20 @@ fn default_sized_batch_runs() {
                 .all(|g| g.shape == [256, 128] && g.data.iter().all(|v| v.is_finite()))
     );
 }
+
+/// The bench's objective step (two views of 256 × 128, the default head), best of `REPS` (20):
+/// `cargo test --release -p latent-plugin-simclr time_objective -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn time_objective() {
+    let reps: usize = std::env::var("REPS").ok().map_or(20, |v| v.parse().unwrap());
+    let mut p = SimClr::new(Config::default(), &Context::default()).unwrap();
+    let views = vec![random(&[256, 128], 1), random(&[256, 128], 2)];
+    let mut best = f64::MAX;
+    for _ in 0..reps {
+        let t = std::time::Instant::now();
+        p.compute(ObjectiveBatch::training(views.clone(), vec![], 0, 10)).unwrap();
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    eprintln!("simclr objective, 2 x 256 x 128: {:.2} ms (best of {reps})", best * 1e3);
+}
