@@ -427,6 +427,14 @@ impl Var {
         self.g.from_vec(r, c, self.values())
     }
 
+    /// The same values on a graph of their own that records nothing: for metrics, whose
+    /// operations would otherwise join the tape, and run in its backward too, gradients that
+    /// nothing reads (SimCLR's cosine matrix of 512 rows was a sixth of its objective's step).
+    pub fn off_tape(&self) -> Var {
+        let (r, c) = self.dims();
+        Graph::no_grad(self.g.train()).from_vec(r, c, self.values())
+    }
+
     /// With a tape, for a dfdx operation.
     pub(crate) fn traced(&self) -> T2t {
         self.t.retaped::<Tp>()

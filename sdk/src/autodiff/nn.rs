@@ -120,17 +120,17 @@ impl BatchNorm1d {
                     x.dims()
                 ));
             }
-            let mean = x.mean_cols();
-            let xc = x - &mean;
-            let var = xc.square().mean_cols();
-            let (m, vals, vars) = (self.momentum, mean.values(), var.values());
+            // one fused op, γ and β inside
+            let params = self.affine.then(|| (g.param(&self.weight), g.param(&self.bias)));
+            let (y, vals, vars) = x.batch_norm_cols(params.as_ref().map(|(a, b)| (a, b)), self.eps);
+            let m = self.momentum;
             let unbias = n as f32 / (n - 1) as f32;
             for k in 0..c {
                 self.running_mean.value[k] = (1.0 - m) * self.running_mean.value[k] + m * vals[k];
                 self.running_var.value[k] =
                     (1.0 - m) * self.running_var.value[k] + m * vars[k] * unbias;
             }
-            xc / (var + self.eps).sqrt()
+            return y;
         } else {
             let rm = g.param(&self.running_mean);
             let rv = g.param(&self.running_var);

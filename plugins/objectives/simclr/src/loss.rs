@@ -42,7 +42,8 @@ pub fn nt_xent(z1: &Var, z2: &Var, temperature: f32, positive_in_denominator: bo
 /// their positive), on values.
 pub fn metrics(z1: &Var, z2: &Var) -> Vec<(String, f64)> {
     let (n, m) = (z1.rows(), 2 * z1.rows());
-    let c = cat_rows(&[z1, z2]).cosine_matrix(&cat_rows(&[z1, z2])).values();
+    let z = cat_rows(&[&z1.off_tape(), &z2.off_tape()]);
+    let c = z.cosine_matrix(&z).values();
     let (mut pos_cos, mut neg_cos, mut top1) = (0.0, 0.0, 0.0);
     for i in 0..m {
         let (row, p) = (&c[i * m..(i + 1) * m], (i + n) % m);
