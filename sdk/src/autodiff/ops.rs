@@ -155,13 +155,7 @@ impl Var {
     ) -> (Var, Vec<f32>, Vec<f32>) {
         let (r, c) = self.dims();
         if let Some((gamma, beta)) = affine {
-            if gamma.dims() != (1, c) || beta.dims() != (1, c) {
-                fail(format!(
-                    "batch_norm_cols: x [{r}, {c}] needs γ and β of shape [1, {c}], got {:?} and {:?}",
-                    gamma.dims(),
-                    beta.dims()
-                ));
-            }
+            check_affine("batch_norm_cols", (r, c), gamma, beta);
         }
         if r == 0 {
             fail(format!("batch_norm_cols: x [0, {c}] has no rows"));
@@ -232,13 +226,7 @@ impl Var {
     pub fn layer_norm_rows(&self, gamma: &Var, beta: &Var, eps: f32) -> Var {
         use rayon::prelude::*;
         let (r, c) = self.dims();
-        if gamma.dims() != (1, c) || beta.dims() != (1, c) {
-            fail(format!(
-                "layer_norm_rows: x [{r}, {c}] needs γ and β of shape [1, {c}], got {:?} and {:?}",
-                gamma.dims(),
-                beta.dims()
-            ));
-        }
+        check_affine("layer_norm_rows", (r, c), gamma, beta);
         if c == 0 {
             fail(format!("layer_norm_rows: x [{r}, 0] has no columns"));
         }
@@ -427,19 +415,19 @@ impl Var {
         };
         let mut y = vec![0.0f32; n * m];
         if transpose {
-            par_gemm((n, m, k), (&a, k, 1), (&t(m, k, &b), m), &mut y);
+            par_gemm((n, m, k), (&a, k, 1), (&t(m, k, &b), m), &mut y, false);
         } else {
-            par_gemm((n, m, k), (&a, k, 1), (&b, m), &mut y);
+            par_gemm((n, m, k), (&a, k, 1), (&b, m), &mut y, false);
         }
         self.g.custom(&[self, other], n, m, y, move |dy, dx| {
             if transpose {
                 // y = a · bᵀ: da [n, k] = dy · b, db [m, k] = dyᵀ · a
-                par_gemm_add((n, k, m), (dy, m, 1), (&b, k), &mut dx[0]);
-                par_gemm_add((m, k, n), (dy, 1, m), (&a, k), &mut dx[1]);
+                par_gemm((n, k, m), (dy, m, 1), (&b, k), &mut dx[0], true);
+                par_gemm((m, k, n), (dy, 1, m), (&a, k), &mut dx[1], true);
             } else {
                 // y = a · b: da [n, k] = dy · bᵀ, db [k, m] = aᵀ · dy
-                par_gemm_add((n, k, m), (dy, m, 1), (&t(k, m, &b), k), &mut dx[0]);
-                par_gemm_add((k, m, n), (&a, 1, k), (dy, m), &mut dx[1]);
+                par_gemm((n, k, m), (dy, m, 1), (&t(k, m, &b), k), &mut dx[0], true);
+                par_gemm((k, m, n), (&a, 1, k), (dy, m), &mut dx[1], true);
             }
         })
     }
@@ -719,30 +707,21 @@ macro_rules! scalar_ops {
 }
 scalar_ops!(Var, &Var);
 
-/// `c [m, n] = A · B` on the kit's AVX-512 kernel, `A` [m, k] at strides `(rs, cs)`, `B`
-/// row-major [k, n] of row stride `ldb`: on one thread below 2²² multiply-adds (the SimCLR
-/// head's and NT-Xent's products of 256 and 512 rows took longer split over two), else in
-/// blocks of whole 12-row tiles over the threads.
+/// Fails unless `γ` and `β` of a norm over `x [r, c]` are `[1, c]`.
+fn check_affine(op: &str, (r, c): (usize, usize), gamma: &Var, beta: &Var) {
+    if gamma.dims() != (1, c) || beta.dims() != (1, c) {
+        fail(format!(
+            "{op}: x [{r}, {c}] needs γ and β of shape [1, {c}], got {:?} and {:?}",
+            gamma.dims(),
+            beta.dims()
+        ));
+    }
+}
+
+/// `c [m, n] (+)= A · B` on the kit's AVX-512 kernel, `A` [m, k] at strides `(rs, cs)`, `B`
+/// row-major [k, n] of row stride `ldb`: in blocks of whole 12-row tiles over the threads, or
+/// on one thread below 2²² multiply-adds (none of SimCLR's products, which have 2²⁴ and more).
 fn par_gemm(
-    dims: (usize, usize, usize),
-    a: (&[f32], usize, usize),
-    b: (&[f32], usize),
-    c: &mut [f32],
-) {
-    gemm_rows_split(dims, a, b, c, false);
-}
-
-/// As [`par_gemm`], adding onto `c`.
-fn par_gemm_add(
-    dims: (usize, usize, usize),
-    a: (&[f32], usize, usize),
-    b: (&[f32], usize),
-    c: &mut [f32],
-) {
-    gemm_rows_split(dims, a, b, c, true);
-}
-
-fn gemm_rows_split(
     (m, n, k): (usize, usize, usize),
     (a, rs, cs): (&[f32], usize, usize),
     (b, ldb): (&[f32], usize),
