@@ -337,9 +337,8 @@ impl Var {
     pub fn logsumexp_rows(&self) -> Var {
         let (r, c) = self.dims();
         let x = self.values();
-        let l: Vec<f32> = x
-            .chunks(c.max(1))
-            .take(r)
+        let l: Vec<f32> = (0..r)
+            .map(|i| &x[i * c..(i + 1) * c])
             .map(|row| {
                 let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 if m == f32::NEG_INFINITY {
@@ -351,7 +350,8 @@ impl Var {
             .collect();
         let out = l.clone();
         self.g.custom(&[self], r, 1, out, move |dy, dx| {
-            for (i, (row, dxr)) in x.chunks(c.max(1)).zip(dx[0].chunks_mut(c.max(1))).enumerate() {
+            for i in 0..r {
+                let (row, dxr) = (&x[i * c..(i + 1) * c], &mut dx[0][i * c..(i + 1) * c]);
                 for (d, v) in dxr.iter_mut().zip(row) {
                     *d += dy[i] * (v - l[i]).exp();
                 }

@@ -612,3 +612,24 @@ fn layer_norm_matches_finite_differences_and_the_composed_ops() {
     }));
     assert!(bad.is_err(), "a γ of the wrong width is refused");
 }
+
+/// The fused ops: `logsumexp_rows` leaves −∞ entries out and gives −∞ (log 0) for a row left
+/// out entirely; `batch_norm_cols` is the element-wise maths it fuses, with the columns'
+/// means and biased variances.
+#[test]
+fn fused_logsumexp_and_batch_norm_agree_with_their_maths() {
+    let g = Graph::new(true);
+    let ninf = f32::NEG_INFINITY;
+    let x = g.from_vec(2, 3, vec![0.0, ninf, 1.0, ninf, ninf, ninf]);
+    let l = x.logsumexp_rows().values();
+    assert!((l[0] - (1.0 + 1.0f32.exp()).ln()).abs() < 1e-6, "{l:?}");
+    assert_eq!(l[1], ninf);
+    let x = g.from_vec(3, 2, vec![1.0, -2.0, 0.5, 4.0, -1.5, 3.0]);
+    let (y, mean, var) = x.batch_norm_cols(None, 1e-5);
+    let composed = x.sub(&x.mean_cols()).div(&(x.var_cols() + 1e-5).sqrt()).values();
+    for (a, b) in y.values().iter().zip(&composed) {
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    }
+    assert!(mean[0].abs() < 1e-6 && (mean[1] - 5.0 / 3.0).abs() < 1e-6, "{mean:?}");
+    assert!((var[0] - 7.0 / 6.0).abs() < 1e-5, "{var:?}");
+}
