@@ -252,8 +252,10 @@ impl Var {
         g.custom(&[self, gamma, beta], r, c, y, move |dy, dx| {
             let (dxx, rest) = dx.split_at_mut(1);
             let (dg, db) = rest.split_at_mut(1);
-            // dγ and dβ: column sums, accumulated per block of rows and then added
-            let (sg, sb) = dy
+            // dγ and dβ: column sums, accumulated per block of rows, then the blocks' sums added
+            // in block order (rayon's `reduce` grouped them as its work stealing split the
+            // blocks, so the sums' rounding could change from run to run)
+            let parts: Vec<(Vec<f32>, Vec<f32>)> = dy
                 .par_chunks(c * 64)
                 .zip(xhat.par_chunks(c * 64))
                 .map(|(dyb, xhb)| {
@@ -266,14 +268,12 @@ impl Var {
                     }
                     (sg, sb)
                 })
-                .reduce(
-                    || (vec![0f32; c], vec![0f32; c]),
-                    |(mut a, mut b), (x, y)| {
-                        a.iter_mut().zip(&x).for_each(|(a, x)| *a += x);
-                        b.iter_mut().zip(&y).for_each(|(b, y)| *b += y);
-                        (a, b)
-                    },
-                );
+                .collect();
+            let (mut sg, mut sb) = (vec![0f32; c], vec![0f32; c]);
+            for (x, y) in &parts {
+                sg.iter_mut().zip(x).for_each(|(a, x)| *a += x);
+                sb.iter_mut().zip(y).for_each(|(b, y)| *b += y);
+            }
             dg[0].iter_mut().zip(&sg).for_each(|(a, b)| *a += b);
             db[0].iter_mut().zip(&sb).for_each(|(a, b)| *a += b);
             // dx = rstd · (dŷ − mean(dŷ) − x̂ · mean(dŷ ⊙ x̂)), dŷ = dy ⊙ γ
