@@ -385,10 +385,11 @@ impl Var {
         }
         self.product(other, "matmul_t", true)
     }
-    /// dfdx's product of checked shapes, with `other` transposed as dfdx's permute: a strided
-    /// view that its matmul hands to gemm, so a weight is never copied (a transposed copy of a
-    /// 2048 × 2048 weight per call cost more than the product). Distinct ids first: a product
-    /// of a tensor with itself, or its own view, panics in dfdx's backward.
+    /// The product of checked shapes: on the kit's kernel where the CPU has AVX-512
+    /// ([`Var::product_avx512`]), else dfdx's, with `other` transposed as dfdx's permute: a
+    /// strided view that its matmul hands to gemm, so a weight is never copied (a transposed
+    /// copy of a 2048 × 2048 weight per call cost more than the product). Distinct ids first: a
+    /// product of a tensor with itself, or its own view, panics in dfdx's backward.
     fn product(&self, other: &Var, op: &str, transpose: bool) -> Var {
         if crate::kit::simd_gemm::available() {
             return self.product_avx512(other, transpose);

@@ -37,6 +37,7 @@
 //! Initialised as PyTorch's `nn.Conv2d`: kaiming-uniform with fan_in = C/groups·kh·kw.
 
 use super::ops::Mat;
+use super::winograd::resize;
 use super::{Init, Layer, Module, Param, Tensor};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -974,17 +975,6 @@ unsafe fn claim(mut v: Vec<f32>, len: usize) -> Vec<f32> {
     // SAFETY: the caller initialised the first `len` values
     unsafe { v.set_len(len) };
     v
-}
-
-/// The first `n` values of scratch `v` (stale values: every caller writes what it reads),
-/// grown with zeros if it is shorter but never shrunk, as `winograd`'s: the backward's phases
-/// take products of different widths in turn, and a buffer cut to the narrower one was zeroed
-/// again up to the wider one each time.
-fn resize(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
-    if v.len() < n {
-        v.resize(n, 0.0);
-    }
-    &mut v[..n]
 }
 
 impl Module for Conv2d {

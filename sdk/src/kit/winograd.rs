@@ -259,9 +259,11 @@ pub(crate) struct Scratch {
     pub(super) mt: Vec<f32>,
 }
 
-/// The first `n` values of `v`, grown (with zeros) if it is shorter but never shrunk: the
-/// last block of a chunk is the smallest, and a buffer cut to its length was zeroed again up
-/// to the next chunk's first (a tenth of a stride-2 layer's forward in `memset`).
+/// The first `n` values of scratch `v` (stale values: every caller writes what it reads),
+/// grown with zeros if it is shorter but never shrunk (Winograd's and `conv`'s scratch): the
+/// last block of a chunk is the smallest, and the backward's phases take products of
+/// different widths in turn; a buffer cut to the shorter length was zeroed again up to the
+/// longer one each time.
 pub(super) fn resize(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     if v.len() < n {
         v.resize(n, 0.0);

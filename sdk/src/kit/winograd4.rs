@@ -151,7 +151,7 @@ pub(crate) fn conv_narrow(
         let nt = block.nt;
         let (vs, ms) = (slab(cin, nt), slab(cout, nt));
         let v = resize(&mut s.v, 36 * vs);
-        lay.inputs(x, (cin, h, w), (&block, vs), &mut s.rt, v);
+        lay.inputs(x, (cin, h, w), &block, &mut s.rt, (v, vs));
         let m = resize(&mut s.m, 36 * ms);
         super::winograd::products(36, u, (v, vs), (m, ms), (cin, cout, nt));
         for o in 0..cout {
@@ -224,15 +224,16 @@ impl Narrow {
         Narrow { rows, wp, starts, inp, out, valid, inp_reach, out_reach }
     }
 
-    /// The block's input tiles `V [36][cin][nt]` into `v`, from `x [.., cin, h, w]`: each
-    /// channel's planes copied into the zero-padded rows, then one gather per tile input.
+    /// The block's input tiles `V [36][cin][nt]` into `v` (positions `vs` floats apart), from
+    /// `x [.., cin, h, w]`: each channel's planes copied into the zero-padded rows, then one
+    /// gather per tile input.
     fn inputs(
         &self,
         x: &[f32],
         (cin, h, w): (usize, usize, usize),
-        (block, vs): (&Block, usize),
+        block: &Block,
         rt: &mut Vec<f32>,
-        v: &mut [f32],
+        (v, vs): (&mut [f32], usize),
     ) {
         let (wp, nt) = (self.wp, block.nt);
         // zeros once: every channel writes the same positions, so the padding stays zero
@@ -251,8 +252,8 @@ impl Narrow {
             }
             // SAFETY: AVX-512 is present (the callers asserted it); every gather reads `pad`
             // at a tile's start plus less than 5 rows and 6 columns, inside its segment's
-            // rows, and the stores stay below `v`'s length (36 copies of `nt` at `cin · nt`
-            // apart; the function asserts it)
+            // rows, and the stores stay below `v`'s length (36 copies of `nt` at `vs` apart;
+            // the function asserts it)
             unsafe { input_gathered(pad, (wp, self.inp_reach), &self.inp, nt, v, c * nt, vs) };
         }
     }
@@ -456,7 +457,7 @@ pub(crate) fn weight_grad(
             let nt = block.nt;
             let (vs, ms) = (slab(cin, nt), slab(cout, nt));
             let v = resize(&mut s.v, 36 * vs);
-            lay.inputs(x, (cin, h, w), (&block, vs), &mut s.rt, v);
+            lay.inputs(x, (cin, h, w), &block, &mut s.rt, (v, vs));
             let m = resize(&mut s.m, 36 * ms);
             for o in 0..cout {
                 // SAFETY: AVX-512 is present (asserted above); each gather reads a tile's
