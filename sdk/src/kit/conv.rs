@@ -1226,7 +1226,7 @@ impl Conv2d {
         let fits = dw_t && super::winograd::fits(g.c, g.o, (g.kh, g.kw), (g.s, g.pad, g.groups));
         // F(4×4)'s dW where its planes fit, else F(2×2)'s where its rule says
         let f4_dw = fits && super::winograd4::dw_fits(g.h, g.w);
-        let wino_dw = fits && (f4_dw || super::winograd::dw_fits(g.h, g.w));
+        let wino_dw = fits && (f4_dw || super::winograd::dw_fits(g.h, g.w, g.c.min(g.o)));
         let shifted = Shifted::new(&g).filter(|_| dw_t && !wino_dw);
         // dX by Winograd's products where they apply, whatever path dW takes (im2col's too, on
         // planes too small for the implicit product: resnet18-cifar's 4 × 4)
@@ -1726,7 +1726,8 @@ mod tests {
             eprintln!("no AVX-512 here: nothing to test");
             return;
         }
-        // Winograd's dW where the planes allow, on any CPU (in use on Zen 4 only)
+        // Winograd's dW where the planes allow, on any CPU and channel count (F(2×2)'s is in use
+        // on Zen 4, and elsewhere from 64 channels)
         crate::kit::winograd::DW_ALWAYS.store(true, std::sync::atomic::Ordering::SeqCst);
         // (images, channels in, out, h, w): odd and even sides (a half tile at the edge; dW on
         // Winograd's path for even sides of 8 or more only), 1 x 1 and 1 x 2 planes, more than
@@ -1806,8 +1807,8 @@ mod tests {
                 "case {seed}: the forward and dX did not take Winograd's path"
             );
             // dW takes it where its rule says
-            let dw_rule =
-                crate::kit::winograd::dw_fits(h, w) || crate::kit::winograd4::dw_fits(h, w);
+            let dw_rule = crate::kit::winograd::dw_fits(h, w, c.min(o))
+                || crate::kit::winograd4::dw_fits(h, w);
             assert!(
                 !dw_rule || dw_calls() > dw_before,
                 "case {seed}: dW did not take Winograd's path"
@@ -2111,6 +2112,15 @@ mod timing {
             (64, 256, 8),
             (128, 512, 4),
         ];
+        // `SHAPE=n,c,h` times that one layer instead
+        let shape: Option<Vec<usize>> = std::env::var("SHAPE")
+            .ok()
+            .map(|v| v.split(',').map(|t| t.trim().parse().expect("SHAPE=n,c,h")).collect());
+        let shapes = match shape.as_deref() {
+            Some(&[n, c, h]) => vec![(n, c, h)],
+            Some(_) => panic!("SHAPE=n,c,h: images, channels, side"),
+            None => shapes.to_vec(),
+        };
         let only = std::env::var("ONLY").ok();
         for (n, c, h) in shapes {
             if only.as_ref().is_some_and(|s| *s != format!("{c}")) {

@@ -59,22 +59,29 @@ pub(crate) fn fits(
 
 /// True when a layer that [`fits`] also takes [`weight_grad`] for its kernel gradient (where
 /// F(4×4)'s does not take it first, `winograd4::dw_fits`): planes of even sides, at least 8
-/// wide. On odd sides the tiles' padding is a large share (at 7 × 7,
+/// wide, and on CPUs of full-width AVX-512 units at least [`DW_MIN_CHANNELS`] channels in and
+/// out. On odd sides the tiles' padding is a large share (at 7 × 7,
 /// 64 outputs per 49): 256 × 128 × 7 × 7 on one Zen 4 thread took 77.5–80.4 ms for the
 /// backward with the implicit product's dW, 84.2–85.6 with this one. At 4 × 4 a row of tiles
 /// fills an eighth of a vector: 128 × 512 × 4 × 4, 229–235 against 233–245. Where it is taken
 /// (`time_winograd_layers`, the same build, dW alone switched): 28 × 28 at 32 channels 2 %
-/// faster, 14 × 14 at 64 7 %, 32 × 32 at 64 3 %, 16 × 16 at 128 10 %, 8 × 8 at 256 13–16 %.
+/// faster, 14 × 14 at 64 7 %, 32 × 32 at 64 3 %, 16 × 16 at 128 10 %, 8 × 8 at 256 13–16 %
+/// (Zen 4, whose AVX-512 products take two passes of 256-bit units).
 ///
-/// Those figures are a Zen 4's, whose AVX-512 products take two passes of 256-bit units. On
-/// an Intel Xeon of full-width units (Sapphire Rapids class, one thread, 64 images of 32 × 28
-/// × 28) the implicit product's dW is the faster: the backward took 11.3–11.4 ms against
-/// 13.1, and at 128 images of 64 × 14 × 14 24.1–24.3 against 26.9–28.0. So this path is
-/// taken on Zen 4 only ([`half_rate_avx512`]); the choice depends on the CPU alone, so a run
-/// on one machine stays bitwise reproducible.
-pub(crate) fn dw_fits(h: usize, w: usize) -> bool {
+/// On an Intel Xeon of full-width units (Sapphire Rapids class, one thread) this path was
+/// the slower on 2026-12-03 (128 images of 64 × 14 × 14: 26.9–28.0 ms for the backward
+/// against 24.1–24.3) and was taken on Zen 4 only. Measured again after the kernels' later
+/// changes (the products' slabs apart, [`slab`], among them) it is the faster from 64
+/// channels on (2026-12-05, `SHAPE=n,c,h time_winograd_layers`, the layer's backward with
+/// this dW against the implicit product's): 128 × 64 ×
+/// 14 × 14 21.9 against 24.3 ms (27.7–28.5 against 33.1–33.6 in a second run), 16 × 64 × 56 ×
+/// 56 41.7 against 47.9, 64 × 128 × 20 × 20 90.9 against 100.7, 32 × 256 × 14 × 14 88.5
+/// against 96.7; at 32 channels still the slower (128 × 32 × 14 × 14: 8.1 against 7.7). The
+/// choice depends on the CPU and the layer's shape alone, so a run on one machine stays
+/// bitwise reproducible.
+pub(crate) fn dw_fits(h: usize, w: usize, channels: usize) -> bool {
     #[allow(unused_mut)]
-    let mut cpu = half_rate_avx512();
+    let mut cpu = half_rate_avx512() || channels >= DW_MIN_CHANNELS;
     #[cfg(test)]
     if DW_ALWAYS.load(std::sync::atomic::Ordering::SeqCst) {
         cpu = true;
@@ -87,6 +94,10 @@ pub(crate) fn dw_fits(h: usize, w: usize) -> bool {
     }
     fits
 }
+
+/// The fewest of a layer's input and output channels for which [`dw_fits`] takes Winograd's
+/// dW on a CPU of full-width AVX-512 units (on Zen 4 it takes it from [`MIN_CHANNELS`]).
+pub(crate) const DW_MIN_CHANNELS: usize = 64;
 
 /// True on an AMD Zen 4 (family 19h with AVX-512), whose 512-bit multiply-adds run on
 /// 256-bit units, so that Winograd's fewer products pay for its transforms in the weight
