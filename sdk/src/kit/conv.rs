@@ -15,9 +15,9 @@
 //! over the channels instead of 36 multiply-adds per 2 × 2 outputs; see `kit/winograd.rs`
 //! in the source; F(4×4, 3×3) on planes 25 to 32 wide and on 7 × 7, 8 × 8, 16 × 16 and the
 //! like, `kit/winograd4.rs`). Its weight
-//! gradient takes F(4×4) too on planes 25 to 32 wide, and F(2×2) on AMD Zen 4 where the planes'
-//! sides are even and at least 8 (elsewhere, the implicit product below, the faster there on
-//! CPUs whose 512-bit units are full width).
+//! gradient takes F(4×4) too on planes 25 to 32 wide, and F(2×2) where the planes' sides are
+//! even and at least 8, on AMD Zen 4 and, from 64 channels, on CPUs whose 512-bit units are
+//! full width (elsewhere the implicit product below, the faster there).
 //!
 //! Other convolutions of one group are an implicit matrix product: each image
 //! is copied once into zero-padded phase planes, and the matrix kernel reads the patch matrix's
