@@ -19,6 +19,12 @@ How the figures are kept honest on a shared machine:
   that one side's spinning threads do not run into the next side's step;
 - --warmup steps per side are not timed, then --steps steps per side are: the median, the
   quartiles and the range are reported, with the load average seen before each round;
+- the start order is balanced: the sides' processes start in the order given for the first
+  half of the rounds, then are stopped and started again in reverse order (each with its
+  --warmup steps again) for the second. On the 2-core Intel VM of 2026-12-05 the process
+  started second of two ran 1.5-2.5 % faster whatever it ran (bench/ab-dirs, a build against
+  a copy of itself: 0.997 and 0.975), and until then latent's sides always started first;
+  the medians of each start order are kept in the JSON (median_step_s_per_start_order);
 - the machine's matrix-product limit is measured in the same run: PyTorch's sgemm on the same
   threads (a 4096x4096 product, best of 3) and latent's own product as its convolutions run it
   (`step --mode gemm`), the higher of the two taken as the limit; each side's FLOP rate (the
@@ -106,6 +112,9 @@ def main():
     ap.add_argument("--settle", type=float, default=240, help="longest wait for load < 1 (s)")
     ap.add_argument("--pause", type=float, default=0.2, help="seconds between two steps")
     ap.add_argument("--sides", default="latent,latent_per_view,torch_joint,torch_per_view")
+    ap.add_argument("--halves", type=int, choices=[1, 2], default=2,
+                    help="2: half the rounds with the sides started in the order given, half with "
+                         "them started again in reverse order; 1: one start, in the order given")
     ap.add_argument("--json")
     a = ap.parse_args()
 
@@ -128,37 +137,51 @@ def main():
                          f"(it counts the step's FLOPs); unknown: {', '.join(unknown) or 'none'}")
     if a.steps < 2:
         raise SystemExit(f"pair: --steps {a.steps}: at least 2 timed steps (quartiles need two)")
-    sides = [Side(n, cmds[n], env) for n in names]
-    gflop = next(s.ready["step_gflop"] for s in sides if "step_gflop" in s.ready)
-    for _ in range(a.warmup):
+    # the start orders: as listed, then (the processes started again) reversed
+    starts = [names, names[::-1]] if a.halves == 2 and len(names) > 1 else [names]
+    rounds = [a.steps - a.steps // len(starts)] + [a.steps // len(starts)] * (len(starts) - 1)
+    t = {n: [] for n in names}
+    cpu, loss, rss, half_medians = ({n: [] for n in names} for _ in range(4))
+    round_loads, gflop, ready = [], None, {}
+    for start, count in zip(starts, rounds):
+        sides = [Side(n, cmds[n], env) for n in start]
+        gflop = gflop or next(s.ready["step_gflop"] for s in sides if "step_gflop" in s.ready)
+        for _ in range(a.warmup):
+            for s in sides:
+                s.step(False)
+        for r in range(count):
+            round_loads.append(load1())
+            k = r // 2 % len(sides)
+            order = sides[k:] + sides[:k]
+            for s in (order if r % 2 == 0 else order[::-1]):
+                time.sleep(a.pause)
+                s.step(True)
         for s in sides:
-            s.step(False)
-    round_loads = []
-    for r in range(a.steps):
-        round_loads.append(load1())
-        k = r // 2 % len(sides)
-        order = sides[k:] + sides[:k]
-        for s in (order if r % 2 == 0 else order[::-1]):
-            time.sleep(a.pause)
-            s.step(True)
-    rss = {s.name: s.quit() for s in sides}
+            rss[s.name].append(s.quit())
+            t[s.name] += s.t
+            cpu[s.name] += s.cpu
+            loss[s.name] += s.loss
+            half_medians[s.name].append(statistics.median(s.t))
+            ready[s.name] = s.ready
     torch_gemm = sgemm_gflops(a.threads)
     latent_gemm = json.loads(subprocess.run([step_bin, "--mode", "gemm"], env=env, check=True,
                                             capture_output=True, text=True).stdout)["gemm_gflops"]
     gemm = max(torch_gemm, latent_gemm)
 
     out = {"workload": a.workload, "threads": a.threads, "steps": a.steps, "warmup": a.warmup,
+           "start_orders": starts,
            **load, "round_loads": round_loads, "load_at_end": load1(),
            "step_gflop": gflop, "sgemm_gflops_pytorch": torch_gemm, "gemm_gflops_latent": latent_gemm,
            "gemm_limit_gflops": gemm, "sides": {}}
-    for s in sides:
-        med = statistics.median(s.t)
-        q1, q3 = quartiles(s.t)
-        out["sides"][s.name] = {
-            "what": s.ready["what"], "batch": s.ready["batch"], "views_per_step": s.ready["views_per_step"],
-            "step_s": s.t, "median_step_s": med, "q1_s": q1, "q3_s": q3, "min_s": min(s.t), "max_s": max(s.t),
-            "views_per_s": s.ready["views_per_step"] / med, "cpu_s_per_step": statistics.median(s.cpu),
-            "losses": s.loss, "peak_rss_mib": rss[s.name],
+    for n in names:
+        med, r = statistics.median(t[n]), ready[n]
+        q1, q3 = quartiles(t[n])
+        out["sides"][n] = {
+            "what": r["what"], "batch": r["batch"], "views_per_step": r["views_per_step"],
+            "step_s": t[n], "median_step_s": med, "q1_s": q1, "q3_s": q3, "min_s": min(t[n]), "max_s": max(t[n]),
+            "median_step_s_per_start_order": half_medians[n],
+            "views_per_s": r["views_per_step"] / med, "cpu_s_per_step": statistics.median(cpu[n]),
+            "losses": loss[n], "peak_rss_mib": max(rss[n]),
             "gflops": gflop / med, "fraction_of_gemm_limit": gflop / med / gemm,
         }
     torch_sides = [n for n in out["sides"] if n.startswith("torch")]
@@ -179,7 +202,9 @@ def main():
 
 
 def summary(out):
-    lines = [f"{out['workload']}, {out['threads']} thread(s), {out['steps']} steps after {out['warmup']} warm-ups, "
+    orders = " then ".join("/".join(o) for o in out.get("start_orders", []))
+    lines = [f"{out['workload']}, {out['threads']} thread(s), {out['steps']} steps after {out['warmup']} warm-ups "
+             f"(the warm-ups at each start; started {orders or 'once'}), "
              f"load {out['load_at_start']:.2f} at start{'' if out['reliable'] else ' (UNRELIABLE: above 1.0)'}; "
              f"gemm limit {out['gemm_limit_gflops']:.0f} GFLOP/s (PyTorch sgemm {out['sgemm_gflops_pytorch']:.0f}, "
              f"latent {out['gemm_gflops_latent']:.0f}), step {out['step_gflop']:.0f} GFLOP"]
@@ -187,7 +212,9 @@ def summary(out):
         lines.append(f"  {n:16} median {s['median_step_s']:.3f} s (quartiles {s['q1_s']:.3f}-{s['q3_s']:.3f}, "
                      f"range {s['min_s']:.3f}-{s['max_s']:.3f}), {s['views_per_s']:.0f} views/s, "
                      f"{s['cpu_s_per_step']:.2f} CPU-s, {s['fraction_of_gemm_limit'] * 100:.0f}% of the limit, "
-                     f"peak {s['peak_rss_mib']:.0f} MiB")
+                     f"peak {s['peak_rss_mib']:.0f} MiB"
+                     + (f"; per start order {', '.join(f'{m:.3f}' for m in s['median_step_s_per_start_order'])} s"
+                        if len(s.get("median_step_s_per_start_order", [])) > 1 else ""))
     if "speedup_vs_fastest_pytorch" in out:
         lines.append(f"  latent / fastest PyTorch ({out['fastest_pytorch']}): "
                      f"{out['speedup_vs_fastest_pytorch']:.2f}x the views/s")
