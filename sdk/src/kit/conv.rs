@@ -2094,6 +2094,53 @@ mod timing {
         }
     }
 
+    /// One layer given as `CONV=n,c,o,h,k,s` (images, channels in and out, side, kernel,
+    /// stride; padding k / 2), one thread: forward and backward, best of `REPS` (5), through
+    /// `forward_arc` as resnet calls it (no copy of the input). `NOBWD=1` the forward alone,
+    /// `NODX=1` without the input gradient (as resnet's stem).
+    #[test]
+    #[ignore]
+    fn time_conv() {
+        let Ok(spec) = std::env::var("CONV") else {
+            eprintln!("time_conv: set CONV=n,c,o,h,k,s");
+            return;
+        };
+        let v: Vec<usize> =
+            spec.split(',').map(|t| t.trim().parse().expect("CONV=n,c,o,h,k,s")).collect();
+        let &[n, c, o, h, k, s] = &v[..] else { panic!("CONV=n,c,o,h,k,s") };
+        let reps: usize = std::env::var("REPS").ok().map_or(5, |v| v.parse().unwrap());
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let cfg = Conv2dConfig { stride: s, padding: k / 2, groups: 1, bias: false };
+        let mut conv = Conv2d::new(&Init::new(1), c, o, k, cfg);
+        conv.want_plane_sums = true;
+        conv.input_grad = std::env::var("NODX").is_err();
+        let oh = (h + 2 * (k / 2) - k) / s + 1;
+        let x = Arc::new(random(&[n, c, h, h], 1));
+        let dy = random(&[n, o, oh, oh], 2);
+        let (mut tf, mut tb) = (f64::MAX, f64::MAX);
+        pool.install(|| {
+            for _ in 0..reps {
+                let t = std::time::Instant::now();
+                conv.forward_arc(x.clone(), true);
+                tf = tf.min(t.elapsed().as_secs_f64());
+                if std::env::var("NOBWD").is_ok() {
+                    continue;
+                }
+                let t = std::time::Instant::now();
+                conv.backward(&dy);
+                tb = tb.min(t.elapsed().as_secs_f64());
+            }
+        });
+        let flop = 2.0 * (n * o * oh * oh * c * k * k) as f64;
+        eprintln!(
+            "{n} x {c} -> {o}, {h} x {h}, {k} x {k} stride {s}: forward {:.2} ms ({:.0} GFLOP/s), \
+             backward {:.2} ms",
+            tf * 1e3,
+            flop / tf * 1e-9,
+            tb * 1e3,
+        );
+    }
+
     #[test]
     #[ignore]
     fn time_winograd_layers() {
