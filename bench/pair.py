@@ -226,7 +226,9 @@ def summary(out):
                      + (f"; per start order {', '.join(f'{m:.3f}' for m in s['median_step_s_per_start_order'])} s"
                         if len(s.get("median_step_s_per_start_order", [])) > 1 else ""))
     if "speedup_vs_fastest_pytorch" in out:
-        lines.append(f"  {out['latent_compared']} / fastest PyTorch ({out['fastest_pytorch']}), the same maths: "
+        same = {"torch_joint": "latent", "torch_per_view": "latent_per_view"}[out["fastest_pytorch"]]
+        how = "the same maths" if out["latent_compared"] == same else f"no {same} side in this pair"
+        lines.append(f"  {out['latent_compared']} / fastest PyTorch ({out['fastest_pytorch']}), {how}: "
                      f"{out['speedup_vs_fastest_pytorch']:.2f}x the views/s")
         if out["latent_compared"] != "latent":
             lines.append(f"  latent (default, all views in one batch) / {out['fastest_pytorch']}: "
