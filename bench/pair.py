@@ -24,7 +24,8 @@ How the figures are kept honest on a shared machine:
   --warmup steps again) for the second. On the 2-core Intel VM of 2026-12-05 the process
   started second of two ran 1.5-2.5 % faster whatever it ran (bench/ab-dirs, a build against
   a copy of itself: 0.997 and 0.975), and until then latent's sides always started first;
-  the medians of each start order are kept in the JSON (median_step_s_per_start_order);
+  the medians of each start order are kept in the JSON (median_step_s_per_start_order; in
+  runs 8 and 9 they differed by a few per cent either way, with no consistent sign);
 - the machine's matrix-product limit is measured in the same run: PyTorch's sgemm on the same
   threads (a 4096x4096 product, best of 3) and latent's own product as its convolutions run it
   (`step --mode gemm`), the higher of the two taken as the limit; each side's FLOP rate (the
