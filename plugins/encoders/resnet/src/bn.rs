@@ -30,6 +30,109 @@ use std::mem::MaybeUninit;
 
 const PAR_MIN: usize = 1 << 15;
 
+/// A residual block's ReLU mask `[z + r > 0]` ([`BnRelu::forward_add_relu`]), one bit per
+/// value: 16 to a word, each plane's bits from a word of its own. A byte per value was a
+/// 12.8 MB write in the forward and a read in the backward at resnet-mini's first stage.
+#[derive(Default)]
+pub struct ReluMask {
+    words: Vec<u16>,
+    /// Values per plane.
+    plane: usize,
+}
+
+impl ReluMask {
+    /// Words per plane.
+    fn per_plane(&self) -> usize {
+        self.plane.div_ceil(16)
+    }
+    /// Values covered (planes × values per plane; 0 when empty).
+    pub fn len(&self) -> usize {
+        self.words.len().checked_div(self.per_plane()).unwrap_or(0) * self.plane
+    }
+    /// True when no value is covered (evaluation).
+    pub fn is_empty(&self) -> bool {
+        self.words.is_empty()
+    }
+    /// Value `k` of plane `i`.
+    pub fn get(&self, i: usize, k: usize) -> bool {
+        assert!(k < self.plane, "relu mask: value {k} of a plane of {}", self.plane);
+        self.words[i * self.per_plane() + k / 16] >> (k % 16) & 1 == 1
+    }
+    /// `g ⊙ mask` in place on the planes of `g`, from plane `first` (whole planes).
+    pub fn apply(&self, first: usize, g: &mut [f32]) {
+        let (s, pp) = (self.plane, self.per_plane());
+        assert!(s > 0 && g.len() % s == 0, "relu mask: a gradient of whole planes");
+        let words = &self.words[first * pp..][..g.len() / s * pp];
+        for (p, w) in g.chunks_mut(s).zip(words.chunks(pp)) {
+            #[cfg(target_arch = "x86_64")]
+            if latent_sdk::kit::simd_gemm::available() {
+                // SAFETY: AVX-512 is present; `w` holds `s.div_ceil(16)` words for `p`'s `s` values
+                unsafe { mask_plane(p, w) };
+                continue;
+            }
+            mask_plane_scalar(p, w);
+        }
+    }
+}
+
+/// [`mask_plane`] without AVX-512: a select, not a branch (the mask is as good as random).
+fn mask_plane_scalar(p: &mut [f32], w: &[u16]) {
+    for (k, d) in p.iter_mut().enumerate() {
+        *d = if w[k / 16] >> (k % 16) & 1 == 1 { *d } else { 0.0 };
+    }
+}
+
+/// [`add_relu_plane`] without AVX-512.
+fn add_relu_plane_scalar(
+    (a, b): (f32, f32),
+    dst: &mut [MaybeUninit<f32>],
+    src: &[f32],
+    add: &[f32],
+    w: &mut [u16],
+) {
+    w.fill(0);
+    for (j, ((d, &v), &r)) in dst.iter_mut().zip(src).zip(add).enumerate() {
+        let z = a * v + b + r;
+        w[j / 16] |= ((z > 0.0) as u16) << (j % 16);
+        d.write(z.max(0.0));
+    }
+}
+
+/// `p[k] = 0` where bit `k` of `w` is clear, 16 values a step.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn mask_plane(p: &mut [f32], w: &[u16]) {
+    use std::arch::x86_64::*;
+    for (k, &bits) in (0..p.len()).step_by(16).zip(w) {
+        let lanes = ((1u32 << (p.len() - k).min(16)) - 1) as u16;
+        let at = p.as_mut_ptr().add(k);
+        _mm512_mask_storeu_ps(at, lanes, _mm512_maskz_loadu_ps(bits & lanes, at));
+    }
+}
+
+/// One plane of a residual end: `dst = max(a·x + b + r, 0)` and the words of `[a·x + b + r >
+/// 0]`, 16 values a step, rounded as the scalar loop (a product, then two sums).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn add_relu_plane(
+    (a, b): (f32, f32),
+    dst: &mut [MaybeUninit<f32>],
+    src: &[f32],
+    add: &[f32],
+    w: &mut [u16],
+) {
+    use std::arch::x86_64::*;
+    let (av, bv, zero) = (_mm512_set1_ps(a), _mm512_set1_ps(b), _mm512_setzero_ps());
+    for (k, bits) in (0..src.len()).step_by(16).zip(w.iter_mut()) {
+        let lanes = ((1u32 << (src.len() - k).min(16)) - 1) as u16;
+        let v = _mm512_maskz_loadu_ps(lanes, src.as_ptr().add(k));
+        let r = _mm512_maskz_loadu_ps(lanes, add.as_ptr().add(k));
+        let z = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(av, v), bv), r);
+        *bits = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(z, zero) & lanes;
+        _mm512_mask_storeu_ps(dst.as_mut_ptr().add(k) as *mut f32, lanes, _mm512_max_ps(z, zero));
+    }
+}
+
 /// Batch norm over axis 1 of `[N, C, ...]`, with a ReLU after it when `relu`.
 pub struct BnRelu {
     /// γ `[C]`.
@@ -174,12 +277,17 @@ impl BnRelu {
         train: bool,
         sums: Vec<(f32, f32)>,
         add: &[f32],
-        mask: &mut Vec<bool>,
+        mask: &mut ReluMask,
     ) -> Tensor {
         assert!(!self.relu, "batch-norm: a residual's ReLU after the norm's own");
         assert_eq!(add.len(), x.len(), "batch-norm: residual length");
-        mask.resize(if train { x.len() } else { 0 }, false);
-        self.forward_impl(x, train, sums, Some((add, mask)))
+        let (n, c, s) = self.layout(&x.shape);
+        mask.plane = s;
+        let words = if train { n * c * mask.per_plane() } else { 0 };
+        // every word is written below: the step before's are not cleared first
+        mask.words.resize(words, 0);
+        let pp = mask.per_plane();
+        self.forward_impl(x, train, sums, Some((add, &mut mask.words, pp)))
     }
 
     fn forward_impl(
@@ -187,7 +295,7 @@ impl BnRelu {
         x: Tensor,
         train: bool,
         sums: Vec<(f32, f32)>,
-        residual: Option<(&[f32], &mut [bool])>,
+        residual: Option<(&[f32], &mut [u16], usize)>,
     ) -> Tensor {
         let (n, c, s) = self.layout(&x.shape);
         let groups = if train { self.groups.max(1) } else { 1 };
@@ -249,20 +357,22 @@ impl BnRelu {
         // z + r, then the ReLU (and its mask, where there is one): the sum rounded as the
         // separate passes rounded it
         let apply_add =
-            |i: usize, dst: &mut [MaybeUninit<f32>], src: &[f32], add: &[f32], m: &mut [bool]| {
+            |i: usize, dst: &mut [MaybeUninit<f32>], src: &[f32], add: &[f32], m: &mut [u16]| {
                 let k = stat_index(i, c, per_group);
                 let (a, b) = (a[k], b[k]);
                 if m.is_empty() {
                     for ((d, &v), &r) in dst.iter_mut().zip(src).zip(add) {
                         d.write((a * v + b + r).max(0.0));
                     }
-                } else {
-                    for (((d, &v), &r), m) in dst.iter_mut().zip(src).zip(add).zip(m) {
-                        let z = a * v + b + r;
-                        *m = z > 0.0;
-                        d.write(z.max(0.0));
-                    }
+                    return;
                 }
+                #[cfg(target_arch = "x86_64")]
+                if latent_sdk::kit::simd_gemm::available() {
+                    // SAFETY: AVX-512 is present; `m` holds a word per 16 of the plane's values
+                    unsafe { add_relu_plane((a, b), dst, src, add, m) };
+                    return;
+                }
+                add_relu_plane_scalar((a, b), dst, src, add, m);
             };
         // written once, without zeroing it first (the zeroing was a pass of its own over
         // every output, as memset)
@@ -281,11 +391,11 @@ impl BnRelu {
                 .enumerate()
                 .for_each(|(i, (d, v))| with_avx512(|| apply(i, d, v))),
             // the mask in chunks of `s` too (empty in evaluation: chunks of nothing)
-            Some((add, mask)) => {
-                let masks: Vec<&mut [bool]> = if mask.is_empty() {
+            Some((add, mask, per_plane)) => {
+                let masks: Vec<&mut [u16]> = if mask.is_empty() {
                     (0..n * c).map(|_| &mut [][..]).collect()
                 } else {
-                    mask.chunks_mut(s).collect()
+                    mask.chunks_mut(per_plane).collect()
                 };
                 let run =
                     |(i, ((d, v), (r, m))): AddChunk| with_avx512(|| apply_add(i, d, v, r, m));
@@ -481,13 +591,46 @@ enum Gradient<'a> {
 }
 
 /// Plane `i` of a residual end's pass: (output, input), (residual, mask).
-type AddChunk<'a> = (usize, ((&'a mut [MaybeUninit<f32>], &'a [f32]), (&'a [f32], &'a mut [bool])));
+type AddChunk<'a> = (usize, ((&'a mut [MaybeUninit<f32>], &'a [f32]), (&'a [f32], &'a mut [u16])));
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use latent_sdk::kit::gradcheck::random;
     use latent_sdk::kit::{BatchNorm, Layer, Relu};
+
+    /// The residual end's plane and the mask's use, with AVX-512 and without, write the same
+    /// bits, on planes shorter and longer than a vector, whole vectors and not.
+    #[test]
+    fn the_mask_words_are_the_same_with_avx512_and_without() {
+        for s in [1, 7, 15, 16, 17, 32, 49, 196] {
+            let (x, r, g) = (random(&[s], 1).data, random(&[s], 2).data, random(&[s], 3).data);
+            let (a, b) = (0.9f32, -0.05f32);
+            let words = s.div_ceil(16);
+            let mut scalar = (vec![MaybeUninit::new(7.0f32); s], vec![u16::MAX; words]);
+            add_relu_plane_scalar((a, b), &mut scalar.0, &x, &r, &mut scalar.1);
+            let y0: Vec<u32> =
+                scalar.0.iter().map(|v| unsafe { v.assume_init() }.to_bits()).collect();
+            let mut g0 = g.clone();
+            mask_plane_scalar(&mut g0, &scalar.1);
+            let want: Vec<bool> = (0..s).map(|k| a * x[k] + b + r[k] > 0.0).collect();
+            let got: Vec<bool> = (0..s).map(|k| scalar.1[k / 16] >> (k % 16) & 1 == 1).collect();
+            assert_eq!(got, want, "{s} values: the scalar mask");
+            #[cfg(target_arch = "x86_64")]
+            if latent_sdk::kit::simd_gemm::available() {
+                let mut wide = (vec![MaybeUninit::new(7.0f32); s], vec![u16::MAX; words]);
+                // SAFETY: AVX-512 is present; one word per 16 values
+                unsafe { add_relu_plane((a, b), &mut wide.0, &x, &r, &mut wide.1) };
+                let y1: Vec<u32> =
+                    wide.0.iter().map(|v| unsafe { v.assume_init() }.to_bits()).collect();
+                assert_eq!((y1, &wide.1), (y0, &scalar.1), "{s} values: the plane");
+                let mut g1 = g.clone();
+                // SAFETY: as above
+                unsafe { mask_plane(&mut g1, &wide.1) };
+                assert_eq!(g1, g0, "{s} values: the mask applied");
+            }
+        }
+    }
 
     /// The residual's end in the norm's pass is bitwise the norm, then `max(y + r, 0)` with its
     /// mask, as separate passes: in training (statistics per group too) and in evaluation, on
@@ -521,12 +664,28 @@ mod tests {
                     z > 0.0
                 })
                 .collect();
-            let mut mask = vec![true; 3];
+            // a mask left from a step of another shape, all bits set
+            let mut mask = ReluMask { words: vec![u16::MAX; 5], plane: 3 };
             let got = b.forward_add_relu(x.clone(), train, Vec::new(), &r.data, &mut mask);
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got.data), bits(&y.data), "{shape:?} train {train}");
             if train {
-                assert_eq!(mask, want_mask, "{shape:?}: mask");
+                let s: usize = shape[2..].iter().product();
+                assert_eq!(mask.len(), want_mask.len(), "{shape:?}: mask length");
+                let got_mask: Vec<bool> =
+                    (0..want_mask.len()).map(|k| mask.get(k / s, k % s)).collect();
+                assert_eq!(got_mask, want_mask, "{shape:?}: mask");
+                // and the mask applied to a gradient from any whole plane on
+                let g = random(&shape, 9);
+                let first = 1;
+                let mut got_g = g.data[first * s..].to_vec();
+                mask.apply(first, &mut got_g);
+                let want_g: Vec<f32> = g.data[first * s..]
+                    .iter()
+                    .zip(&want_mask[first * s..])
+                    .map(|(&d, &m)| if m { d } else { 0.0 })
+                    .collect();
+                assert_eq!(bits(&got_g), bits(&want_g), "{shape:?}: the mask applied");
             } else {
                 assert!(mask.is_empty(), "{shape:?}: a mask in evaluation");
             }

@@ -36,7 +36,6 @@
 //! Parameters are named as PyTorch would (`stem.conv.weight`, `stage1.0.bn1.running_mean`,
 //! `stage2.0.shortcut.conv.weight`) and counted as trainable weights plus batch-norm affine.
 
-use latent_sdk::kit::simd_gemm::with_avx512;
 use latent_sdk::kit::{Conv2d, Conv2dConfig, GlobalAvgPool, MaxPool2d};
 use latent_sdk::prelude::*;
 
@@ -192,7 +191,7 @@ impl ConvBn {
         x: &Arc<Tensor>,
         train: bool,
         add: &[f32],
-        mask: &mut Vec<bool>,
+        mask: &mut bn::ReluMask,
     ) -> Tensor {
         let h = self.conv.forward_arc(x.clone(), train);
         let sums = self.conv.take_plane_sums();
@@ -233,9 +232,9 @@ struct BasicBlock {
     a: ConvBn,
     b: ConvBn,
     shortcut: Option<ConvBn>,
-    mask: Vec<bool>,
-    /// Values per image of the last training forward's output.
-    image: usize,
+    mask: bn::ReluMask,
+    /// Planes (channels) per image of the last training forward's output.
+    planes: usize,
 }
 
 /// Per plane of a block's output gradient, the first-pass sums of its second norm and of its
@@ -248,7 +247,7 @@ impl BasicBlock {
         let b = ConvBn::new(init, "conv2", "bn2", cout, cout, 3, 1, false);
         let shortcut = (stride != 1 || cin != cout)
             .then(|| ConvBn::new(&init.pp("shortcut"), "conv", "bn", cin, cout, 1, stride, false));
-        BasicBlock { a, b, shortcut, mask: Vec::new(), image: 0 }
+        BasicBlock { a, b, shortcut, mask: bn::ReluMask::default(), planes: 0 }
     }
 
     fn forward(&mut self, x: &Arc<Tensor>, train: bool) -> Tensor {
@@ -258,7 +257,7 @@ impl BasicBlock {
         // y = ReLU(bn2(conv2(h)) + shortcut) in the norm's pass, keeping the mask (every
         // element written there: the mask of the step before is not cleared first)
         let y = self.b.forward_add_relu(&h, train, &add.data, &mut self.mask);
-        self.image = y.len() / y.shape[0].max(1);
+        self.planes = y.shape.get(1).copied().unwrap_or(1);
         y
     }
 
@@ -272,11 +271,7 @@ impl BasicBlock {
         let second = self.b.bn.grad_sums();
         let shortcut = self.shortcut.as_ref().map(|s| s.bn.grad_sums());
         move |first, g| {
-            let mask = &self.mask[first * self.image..][..g.len()];
-            // a select, not a branch: the mask is as good as random
-            with_avx512(|| {
-                g.iter_mut().zip(mask).for_each(|(d, &m)| *d = if m { *d } else { 0.0 })
-            });
+            self.mask.apply(first * self.planes, g);
             let sums = second(first, g);
             match &shortcut {
                 Some(f) => sums.into_iter().zip(f(first, g)).collect(),
