@@ -61,7 +61,7 @@ impl ReluMask {
     /// `g ⊙ mask` in place on the planes of `g`, from plane `first` (whole planes).
     pub fn apply(&self, first: usize, g: &mut [f32]) {
         let (s, pp) = (self.plane, self.per_plane());
-        assert!(s > 0 && g.len() % s == 0, "relu mask: a gradient of whole planes");
+        assert!(s > 0 && g.len().is_multiple_of(s), "relu mask: a gradient of whole planes");
         let words = &self.words[first * pp..][..g.len() / s * pp];
         for (p, w) in g.chunks_mut(s).zip(words.chunks(pp)) {
             #[cfg(target_arch = "x86_64")]
