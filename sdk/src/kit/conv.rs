@@ -2046,11 +2046,32 @@ mod timing {
     use super::*;
     use crate::kit::gradcheck::random;
 
+    /// The best forward and backward times of `reps` (seconds), the forward through
+    /// `forward_arc` as resnet calls it (`Layer::forward` would time a copy of the input too);
+    /// `NOBWD=1` the forward alone (the backward's time is then infinite).
+    fn best_of(conv: &mut Conv2d, x: &Arc<Tensor>, dy: &Tensor, reps: usize) -> (f64, f64) {
+        let (mut tf, mut tb) = (f64::MAX, f64::MAX);
+        for _ in 0..reps {
+            let t = std::time::Instant::now();
+            conv.forward_arc(x.clone(), true);
+            tf = tf.min(t.elapsed().as_secs_f64());
+            if std::env::var("NOBWD").is_ok() {
+                continue;
+            }
+            let t = std::time::Instant::now();
+            conv.backward(dy);
+            tb = tb.min(t.elapsed().as_secs_f64());
+        }
+        (tf, tb)
+    }
+
     /// The stride-2 layers of resnet-mini's stages 2 and 3 (3 × 3 and the 1 × 1 shortcuts), one
     /// thread, 256 images (one thread's half of the bench's step): forward and backward, best of
     /// `REPS` (5). `ONLY=323` (channels in, kernel side) times one layer; `NOBWD=1` the forward
     /// alone (for `perf record`). Run with `MALLOC_MMAP_MAX_=0` as the step does (see
-    /// `host/src/memory.rs`), or page faults of fresh buffers are timed too.
+    /// `host/src/memory.rs`), or page faults of fresh buffers are timed too. Through
+    /// [`best_of`] since 2026-12-05: figures from before include a copy of the input in the
+    /// forward (`Layer::forward`'s), about 2 ms at 32 × 28 × 28.
     #[test]
     #[ignore]
     fn time_stride2_layers() {
@@ -2067,21 +2088,8 @@ mod timing {
             // `DWONLY=1`: the weight gradient alone
             conv.input_grad = std::env::var("DWONLY").is_err();
             let oh = h / 2;
-            let (x, dy) = (random(&[n, c, h, h], 1), random(&[n, o, oh, oh], 2));
-            let (mut tf, mut tb) = (f64::MAX, f64::MAX);
-            pool.install(|| {
-                for _ in 0..reps {
-                    let t = std::time::Instant::now();
-                    conv.forward(&x, true);
-                    tf = tf.min(t.elapsed().as_secs_f64());
-                    if std::env::var("NOBWD").is_ok() {
-                        continue;
-                    }
-                    let t = std::time::Instant::now();
-                    conv.backward(&dy);
-                    tb = tb.min(t.elapsed().as_secs_f64());
-                }
-            });
+            let (x, dy) = (Arc::new(random(&[n, c, h, h], 1)), random(&[n, o, oh, oh], 2));
+            let (tf, tb) = pool.install(|| best_of(&mut conv, &x, &dy, reps));
             let flop = 2.0 * (n * o * oh * oh * c * k * k) as f64;
             eprintln!(
                 "{n} x {c} -> {o}, {h} x {h}, {k} x {k} stride 2: forward {:.2} ms ({:.0} GFLOP/s), \
@@ -2117,20 +2125,7 @@ mod timing {
         let oh = (h + 2 * (k / 2) - k) / s + 1;
         let x = Arc::new(random(&[n, c, h, h], 1));
         let dy = random(&[n, o, oh, oh], 2);
-        let (mut tf, mut tb) = (f64::MAX, f64::MAX);
-        pool.install(|| {
-            for _ in 0..reps {
-                let t = std::time::Instant::now();
-                conv.forward_arc(x.clone(), true);
-                tf = tf.min(t.elapsed().as_secs_f64());
-                if std::env::var("NOBWD").is_ok() {
-                    continue;
-                }
-                let t = std::time::Instant::now();
-                conv.backward(&dy);
-                tb = tb.min(t.elapsed().as_secs_f64());
-            }
-        });
+        let (tf, tb) = pool.install(|| best_of(&mut conv, &x, &dy, reps));
         let flop = 2.0 * (n * o * oh * oh * c * k * k) as f64;
         eprintln!(
             "{n} x {c} -> {o}, {h} x {h}, {k} x {k} stride {s}: forward {:.2} ms ({:.0} GFLOP/s), \
