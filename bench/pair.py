@@ -49,6 +49,11 @@ from settle import settle
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+# latent's side that runs the same maths as each PyTorch variant (batch-norm statistics over
+# both views, or per view)
+SAME_MATHS = {"torch_joint": "latent", "torch_per_view": "latent_per_view"}
+
+
 def load1():
     return os.getloadavg()[0]
 
@@ -194,14 +199,15 @@ def main():
         out["fastest_pytorch"] = fastest
         # the headline: the same maths as PyTorch's faster variant (its batch-norm statistics
         # per view or over both views), where that latent side ran; latent's default beside it
-        same = {"torch_joint": "latent", "torch_per_view": "latent_per_view"}[fastest]
+        same = SAME_MATHS[fastest]
         compared = same if same in out["sides"] else "latent"
         out["latent_compared"] = compared
+        out["same_maths"] = compared == same
         out["speedup_vs_fastest_pytorch"] = (out["sides"][fastest]["median_step_s"]
                                              / out["sides"][compared]["median_step_s"])
         out["speedup_latent_default_vs_fastest_pytorch"] = (out["sides"][fastest]["median_step_s"]
                                                             / out["sides"]["latent"]["median_step_s"])
-        for lat, ref in (("latent", "torch_joint"), ("latent_per_view", "torch_per_view")):
+        for ref, lat in SAME_MATHS.items():
             if lat in out["sides"] and ref in out["sides"]:
                 out[f"speedup_{lat}_vs_{ref}"] = (out["sides"][ref]["median_step_s"]
                                                   / out["sides"][lat]["median_step_s"])
@@ -227,8 +233,8 @@ def summary(out):
                      + (f"; per start order {', '.join(f'{m:.3f}' for m in s['median_step_s_per_start_order'])} s"
                         if len(s.get("median_step_s_per_start_order", [])) > 1 else ""))
     if "speedup_vs_fastest_pytorch" in out:
-        same = {"torch_joint": "latent", "torch_per_view": "latent_per_view"}[out["fastest_pytorch"]]
-        how = "the same maths" if out["latent_compared"] == same else f"no {same} side in this pair"
+        how = ("the same maths" if out["same_maths"]
+               else f"no {SAME_MATHS[out['fastest_pytorch']]} side in this pair")
         lines.append(f"  {out['latent_compared']} / fastest PyTorch ({out['fastest_pytorch']}), {how}: "
                      f"{out['speedup_vs_fastest_pytorch']:.2f}x the views/s")
         if out["latent_compared"] != "latent":

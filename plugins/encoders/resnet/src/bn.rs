@@ -98,13 +98,18 @@ fn add_relu_plane_scalar(
     }
 }
 
+/// The lanes of a 16-wide step that hold the first `n` values (all 16 from `n` = 16 on).
+fn first_lanes(n: usize) -> u16 {
+    ((1u32 << n.min(16)) - 1) as u16
+}
+
 /// `p[k] = 0` where bit `k` of `w` is clear, 16 values a step.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn mask_plane(p: &mut [f32], w: &[u16]) {
     use std::arch::x86_64::*;
     for (k, &bits) in (0..p.len()).step_by(16).zip(w) {
-        let lanes = ((1u32 << (p.len() - k).min(16)) - 1) as u16;
+        let lanes = first_lanes(p.len() - k);
         let at = p.as_mut_ptr().add(k);
         _mm512_mask_storeu_ps(at, lanes, _mm512_maskz_loadu_ps(bits & lanes, at));
     }
@@ -124,7 +129,7 @@ unsafe fn add_relu_plane(
     use std::arch::x86_64::*;
     let (av, bv, zero) = (_mm512_set1_ps(a), _mm512_set1_ps(b), _mm512_setzero_ps());
     for (k, bits) in (0..src.len()).step_by(16).zip(w.iter_mut()) {
-        let lanes = ((1u32 << (src.len() - k).min(16)) - 1) as u16;
+        let lanes = first_lanes(src.len() - k);
         let v = _mm512_maskz_loadu_ps(lanes, src.as_ptr().add(k));
         let r = _mm512_maskz_loadu_ps(lanes, add.as_ptr().add(k));
         let z = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(av, v), bv), r);
