@@ -21,7 +21,10 @@
 //!
 //! Other convolutions of one group are an implicit matrix product: each image
 //! is copied once into zero-padded phase planes, and the matrix kernel reads the patch matrix's
-//! rows in place, at offsets into those planes (see `Shifted` in the source). Elsewhere (and
+//! rows in place, at offsets into those planes (see `Shifted` in the source). A stride-1
+//! convolution that keeps its size, with few input channels and no input gradient (resnet's
+//! stem, whose input is data), copies each input channel once per kernel column instead,
+//! shifted by that column, so that the product's columns are the output's (`Columns`). Elsewhere (and
 //! for grouped convolutions, or small planes where the implicit product's wrap columns would
 //! cost more than the copies), for a chunk of `nb` images and one group, im2col gathers the
 //! patches into
@@ -753,6 +756,90 @@ impl Shifted {
     }
 }
 
+/// The implicit product of a stride-1 convolution that keeps its output's size (a square,
+/// odd kernel, padding half of it) with few input channels and no input gradient: resnet's
+/// stem, whose input is data (one channel, or three).
+///
+/// [`Shifted`] computes such a layer on a grid one column wider than the output and copies
+/// the grid's rows out; with 32 outputs of one input channel that copy (and its buffer) was
+/// a third of the stem's forward, and the backward laid `dY` on the grid again. Here each
+/// input channel is copied `kw` times instead, shifted by one column each time, with the
+/// columns that fall outside the row zeroed and `pad` zero rows above and below: copy
+/// (c, kj) holds `x[c, r − pad, j + kj − pad]` at `r·W + j`, so that tap (c, ki, kj) reads copy
+/// (c, kj) from `ki·W + t` for output `t = y·W + x`. The product's columns are the output's,
+/// and it writes the output directly. The copies are `kw` times the input, so the path is
+/// taken where they are fewer values than the output (`C·kw < O`). The forward gives
+/// [`Shifted`]'s bits (and im2col's). The weight gradient reads the same copies against a
+/// transposed copy of `dY`, as [`Shifted`]'s does on its grid, over the same positions without
+/// the grid's zeros; the kernel sums them in blocks of 256 positions, which start elsewhere on
+/// the grid, so its rounding differs from [`Shifted`]'s.
+#[derive(Clone, Copy, Debug)]
+struct Columns {
+    /// One copy's size: `(H + 2·pad) × W`.
+    plane: usize,
+}
+
+impl Columns {
+    fn new(g: &Geom, input_grad: bool) -> Option<Columns> {
+        let fits = g.groups == 1
+            && g.s == 1
+            && !input_grad
+            && g.kh == g.kw
+            && g.kh % 2 == 1
+            && g.kh > 1
+            && g.pad == g.kh / 2
+            && g.c * g.kw < g.o
+            && super::simd_gemm::available();
+        #[cfg(test)]
+        let fits = fits && !SHIFTED_DISABLED.load(std::sync::atomic::Ordering::SeqCst);
+        fits.then_some(Columns { plane: (g.h + 2 * g.pad) * g.w })
+    }
+
+    /// An image's copies: `[C][kw][(H + 2·pad) × W]`.
+    fn image_len(&self, g: &Geom) -> usize {
+        g.c * g.kw * self.plane
+    }
+
+    /// Offsets of patch rows (c, ki, kj) in an image's copies.
+    fn offsets(&self, g: &Geom) -> Vec<usize> {
+        let mut v = Vec::with_capacity(g.k());
+        for c in 0..g.c {
+            for ki in 0..g.kh {
+                for kj in 0..g.kw {
+                    v.push((c * g.kw + kj) * self.plane + ki * g.w);
+                }
+            }
+        }
+        v
+    }
+
+    /// An image's input planes `x` into its copies (every value of `dst` written).
+    fn pad_input(&self, g: &Geom, x: &[f32], dst: &mut [f32]) {
+        let (w, pad) = (g.w, g.pad);
+        let mut copies = dst.chunks_exact_mut(self.plane);
+        for src in x.chunks_exact(g.h * w).take(g.c) {
+            for kj in 0..g.kw {
+                let d = copies.next().expect("conv2d: column copies too short");
+                let (top, rest) = d.split_at_mut(pad * w);
+                let (body, bottom) = rest.split_at_mut(g.h * w);
+                top.fill(0.0);
+                bottom.fill(0.0);
+                // row[j] = src_row[j + kj − pad], 0 outside the row
+                let (right, left) = (kj.saturating_sub(pad).min(w), pad.saturating_sub(kj).min(w));
+                for (row, s) in body.chunks_exact_mut(w).zip(src.chunks_exact(w)) {
+                    if left > 0 {
+                        row[..left].fill(0.0);
+                        row[left..].copy_from_slice(&s[..w - left]);
+                    } else {
+                        row[..w - right].copy_from_slice(&s[right..]);
+                        row[w - right..].fill(0.0);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// `dst[i, j] = src[s·(i + r0) + a, s·(j + q0) + b]` for a plane `dst` of `cols` columns, 0
 /// where that is outside `src` (`h × w`).
 fn fill_grid(
@@ -897,6 +984,9 @@ static SHIFTED_ALWAYS: std::sync::atomic::AtomicBool = std::sync::atomic::Atomic
 /// Chunks the forward ran on [`Shifted`]'s path, so that tests can tell that they took it.
 #[cfg(test)]
 static SHIFTED_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Chunks the forward ran on [`Columns`]' path (which `SHIFTED_DISABLED` turns off too).
+#[cfg(test)]
+static COLUMNS_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Per-thread scratch buffers.
 #[derive(Default)]
@@ -904,7 +994,7 @@ struct Scratch {
     cols: Vec<f32>,
     tmp: Vec<f32>,
     dyt: Vec<f32>,
-    /// [`Shifted`]'s phase planes of the input and `dX`'s padded `dY`.
+    /// [`Shifted`]'s phase planes of the input (or [`Columns`]' copies) and `dX`'s padded `dY`.
     xpad: Vec<f32>,
     dypad: Vec<f32>,
     wino: super::winograd::Scratch,
@@ -1021,8 +1111,13 @@ impl Conv2d {
         let serial = matches!(par, gemm::Parallelism::None);
         let wino = serial && super::winograd::fits(g.c, g.o, (g.kh, g.kw), (g.s, g.pad, g.groups));
         let u = wino.then(|| super::winograd::Kernel::new(w, (g.o, g.c), false, (g.h, g.w)));
-        let shifted = Shifted::new(&g).filter(|_| serial && !wino);
-        let offs = shifted.map(|sh| sh.offsets(&g)).unwrap_or_default();
+        let columns = Columns::new(&g, self.input_grad).filter(|_| serial && !wino);
+        let shifted = Shifted::new(&g).filter(|_| serial && !wino && columns.is_none());
+        let offs = match (columns, shifted) {
+            (Some(cl), _) => cl.offsets(&g),
+            (None, Some(sh)) => sh.offsets(&g),
+            (None, None) => Vec::new(),
+        };
         // a training forward keeps its phase planes for the backward where `keeps_planes` says
         let il = shifted.map_or(0, |sh| sh.image_len(g.c));
         let mut planes = std::mem::take(&mut self.planes);
@@ -1038,6 +1133,17 @@ impl Conv2d {
             if wino {
                 let u = u.as_ref().expect("winograd kernel");
                 u.conv(xc, (nbl, g.c, g.h, g.w), g.o, yc, &mut s.wino);
+            } else if let Some(cl) = columns {
+                use super::simd_gemm::{gemm_rows, Rows};
+                #[cfg(test)]
+                COLUMNS_CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let xp = resize(&mut s.xpad, cl.image_len(&g));
+                for (yi, xi) in yc.chunks_exact_mut(g.out_len()).zip(xc.chunks_exact(g.in_len())) {
+                    cl.pad_input(&g, xi, xp);
+                    let (a, b) = ((&w[..], Rows::Step(k), 1), (&xp[..], Rows::Table(&offs)));
+                    // the product's columns are the output's
+                    gemm_rows(g.o, p, k, a, b, yi, p, false);
+                }
             } else if let Some(sh) = shifted {
                 use super::simd_gemm::{gemm_rows, Rows};
                 #[cfg(test)]
@@ -1227,16 +1333,19 @@ impl Conv2d {
         // F(4×4)'s dW where its planes fit, else F(2×2)'s where its rule says
         let f4_dw = fits && super::winograd4::dw_fits(g.h, g.w);
         let wino_dw = fits && (f4_dw || super::winograd::dw_fits(g.h, g.w, g.c.min(g.o)));
-        let shifted = Shifted::new(&g).filter(|_| dw_t && !wino_dw);
+        // (never with dX: `Columns` takes only layers without an input gradient)
+        let columns = Columns::new(&g, self.input_grad).filter(|_| dw_t && !wino_dw);
+        let shifted = Shifted::new(&g).filter(|_| dw_t && !wino_dw && columns.is_none());
         // dX by Winograd's products where they apply, whatever path dW takes (im2col's too, on
         // planes too small for the implicit product: resnet18-cifar's 4 × 4)
         let wino_dx = fits && want_dx;
         let ut = wino_dx.then(|| super::winograd::Kernel::new(w, (g.o, g.c), true, (g.oh, g.ow)));
-        let (offs, phases) = match shifted {
+        let (offs, phases) = match (columns, shifted) {
+            (Some(cl), _) => (cl.offsets(&g), Vec::new()),
             // dX phase by phase where it is wanted and Winograd's products do not take it
-            Some(sh) if want_dx && !fits => (sh.offsets(&g), sh.dx_phases(&g, w)),
-            Some(sh) => (sh.offsets(&g), Vec::new()),
-            None => Default::default(),
+            (None, Some(sh)) if want_dx && !fits => (sh.offsets(&g), sh.dx_phases(&g, w)),
+            (None, Some(sh)) => (sh.offsets(&g), Vec::new()),
+            (None, None) => Default::default(),
         };
         // Is every value of dX written (not added onto)? Winograd's products write all of it;
         // the phases write theirs (`dx_phases` lists those with positions and taps), all of dX
@@ -1276,6 +1385,18 @@ impl Conv2d {
                     super::winograd4::weight_grad(xc, dims, dyc, g.o, du, &mut s.wino);
                 } else {
                     super::winograd::weight_grad(xc, dims, dyc, g.o, du, &mut s.wino);
+                }
+            } else if let Some(cl) = columns {
+                use super::simd_gemm::{gemm_rows, transpose, Rows};
+                debug_assert!(!want_dx, "conv2d: the column copies' path has no dX");
+                let xp = resize(&mut s.xpad, cl.image_len(&g));
+                let dyt = resize(&mut s.dyt, p * g.o);
+                for (xi, dyi) in xc.chunks_exact(g.in_len()).zip(dyc.chunks_exact(g.out_len())) {
+                    cl.pad_input(&g, xi, xp);
+                    // dWᵀ += patchesᵀ · dYᵀ, dY as [P, O]
+                    transpose(g.o, p, dyi, p, dyt, g.o);
+                    let a = (&xp[..], Rows::Table(&offs), 1);
+                    gemm_rows(k, g.o, p, a, (&dyt[..], Rows::Step(g.o)), dw, g.o, true);
                 }
             } else if let Some(sh) = shifted {
                 use super::simd_gemm::{gemm_rows, transpose, Rows};
@@ -1916,6 +2037,74 @@ mod tests {
     }
 
     #[test]
+    fn column_copies_agree_with_im2col_and_with_the_grid() {
+        let _only_this_test_switches_paths = SWITCHES.lock().unwrap_or_else(|e| e.into_inner());
+        if !crate::kit::simd_gemm::available() {
+            eprintln!("no AVX-512 here: nothing to test");
+            return;
+        }
+        // (images, channels in, out, size h x w, kernel, bias): resnet's stems (one channel,
+        // three), a 5 x 5 kernel, planes narrower than the padding, one image and many chunks
+        for (seed, (n, c, o, (h, w), k, bias)) in [
+            (40, 1, 32, (28, 28), 3, false),
+            (3, 3, 64, (32, 32), 3, false),
+            (2, 2, 11, (9, 12), 5, true),
+            (5, 1, 6, (1, 2), 5, true),
+            (1, 3, 16, (3, 1), 3, false),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut conv = Conv2d::new(&Init::new(seed as u64), c, o, k, cfg(1, k / 2, 1, bias));
+            conv.input_grad = false;
+            let g = conv.geom(&[n, c, h, w]);
+            assert!(Columns::new(&g, false).is_some(), "case {seed} does not take the copies");
+            let x = random(&[n, c, h, w], 60 + seed as u64);
+            let dy = random(&[n, o, h, w], 70 + seed as u64);
+            // (the im2col path; an input gradient wanted, so the grid's path)
+            let mut run = |(off, grid): (bool, bool)| {
+                SHIFTED_DISABLED.store(off, std::sync::atomic::Ordering::SeqCst);
+                conv.input_grad = grid;
+                conv.visit_params(&mut |p| p.grad.fill(0.0));
+                let y = conv.forward(&x, true);
+                let dx = conv.backward(&dy);
+                SHIFTED_DISABLED.store(false, std::sync::atomic::Ordering::SeqCst);
+                conv.input_grad = false;
+                let mut dw = Vec::new();
+                conv.visit_params(&mut |p| dw.extend_from_slice(&p.grad));
+                (y.data, dx.data, dw)
+            };
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+            let (y0, _, dw0) = pool.install(|| run((true, false)));
+            let calls = COLUMNS_CALLS.load(std::sync::atomic::Ordering::SeqCst);
+            let (y1, dx1, dw1) = pool.install(|| run((false, false)));
+            assert!(
+                COLUMNS_CALLS.load(std::sync::atomic::Ordering::SeqCst) > calls,
+                "case {seed}: the forward did not take the copies"
+            );
+            assert!(dx1.iter().all(|&v| v == 0.0), "case {seed}: an input gradient");
+            // the forward sums in im2col's order: the same bits
+            assert_eq!(y0, y1, "case {seed}: forward");
+            let scale = dw0.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+            for (i, (u, v)) in dw0.iter().zip(&dw1).enumerate() {
+                assert!((u - v).abs() <= 1e-5 * scale, "case {seed}: dw[{i}] {v} vs {u} (im2col)");
+            }
+            // the grid's path (taken where dX is wanted): the forward's bits; dW's blocks of
+            // positions start elsewhere there
+            let (y2, _, dw2) = pool.install(|| run((false, true)));
+            if Shifted::new(&g).is_some() {
+                assert_eq!(y1, y2, "case {seed}: forward on the grid");
+                for (i, (u, v)) in dw2.iter().zip(&dw1).enumerate() {
+                    assert!(
+                        (u - v).abs() <= 1e-6 * scale,
+                        "case {seed}: dw[{i}] {v} vs {u} (grid)"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn dot_sums_match_f64_at_every_length_of_lanes_and_tails() {
         let (x, y) = (random(&[100], 1).data, random(&[100], 2).data);
         for n in 0..100 {
@@ -1956,8 +2145,9 @@ mod tests {
     }
 
     /// Without the input's gradient, the backward returns zeros and the same weight gradient,
-    /// bit for bit, on each path: a stem of one channel (the implicit product), Winograd's
-    /// (32 channels of 28 × 28 and 8 × 8), a 1 × 1 stride-2 shortcut, a grouped one (im2col).
+    /// bit for bit, on each path: Winograd's (32 channels of 28 × 28 and 8 × 8), a 1 × 1
+    /// stride-2 shortcut, a grouped one (im2col); and a stem of one channel, which takes the
+    /// column copies alone and the grid with dX (the same to rounding).
     #[test]
     fn weight_gradient_alone_is_the_same() {
         // the same paths for both runs of a case
@@ -1990,7 +2180,15 @@ mod tests {
             assert_eq!(zeros.shape, dx.shape, "case {seed}");
             assert!(zeros.data.iter().all(|&v| v == 0.0), "case {seed}: input gradient computed");
             assert!(all.iter().any(|&v| v != 0.0), "case {seed}: no weight gradient");
-            assert_eq!(all, alone, "case {seed}: weight gradient");
+            if Columns::new(&conv.geom(&shape), false).is_some() {
+                // alone, the stem's layer takes the column copies, whose sums round otherwise
+                // (column_copies_agree_with_im2col_and_with_the_grid)
+                let scale = all.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+                let near = all.iter().zip(&alone).all(|(u, v)| (u - v).abs() <= 1e-6 * scale);
+                assert!(near, "case {seed}: weight gradient");
+            } else {
+                assert_eq!(all, alone, "case {seed}: weight gradient");
+            }
         }
     }
 
