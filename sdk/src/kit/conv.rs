@@ -761,8 +761,9 @@ impl Shifted {
 /// stem, whose input is data (one channel, or three).
 ///
 /// [`Shifted`] computes such a layer on a grid one column wider than the output and copies
-/// the grid's rows out; with 32 outputs of one input channel that copy (and its buffer) was
-/// a third of the stem's forward, and the backward laid `dY` on the grid again. Here each
+/// the grid's rows out; with 32 outputs of one input channel that copy was a fifth of the
+/// stem's forward (`memmove` and `scatter_grid`, one thread), and the backward laid `dY` on
+/// the grid again. Here each
 /// input channel is copied `kw` times instead, shifted by one column each time, with the
 /// columns that fall outside the row zeroed and `pad` zero rows above and below: copy
 /// (c, kj) holds `x[c, r − pad, j + kj − pad]` at `r·W + j`, so that tap (c, ki, kj) reads copy
