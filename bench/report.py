@@ -167,7 +167,7 @@ def main():
         if not (tl and tp and tl["per_epoch"] and tp["per_epoch"]):
             break
         tl.update({"process": load(f"train_latent_process{sfx}.json")})
-        seeds.append((sfx, tl, tp))
+        seeds.append((i, tl, tp))
     if seeds:
         n = len(seeds)
         tl, tp = seeds[0][1], seeds[0][2]
@@ -188,10 +188,10 @@ def main():
                      fmt_time(sp_t, ep), f"{rt:.2f}x time" if rt is not None else "not reached", "<= 0.5x",
                      rt is not None and rt <= 0.5))
         per_seed = []
-        for sfx, a, b in seeds:
+        for seed, a, b in seeds:
             t = min(a["knn_200"], b["knn_200"])
             (at, ae), (bt, be) = time_to(a["per_epoch"], t), time_to(b["per_epoch"], t)
-            per_seed.append({"seed": int(sfx[2:] or 0), "knn_target": t, "latent_seconds_to_target": at, "latent_epoch": ae,
+            per_seed.append({"seed": seed, "knn_target": t, "latent_seconds_to_target": at, "latent_epoch": ae,
                              "pytorch_seconds_to_target": bt, "pytorch_epoch": be, "time_to_target_ratio": ratio(at, bt),
                              "latent_knn_200": a["knn_200"], "pytorch_knn_200": b["knn_200"]})
         if n > 1:

@@ -763,9 +763,9 @@ impl Shifted {
 /// [`Shifted`] computes such a layer on a grid one column wider than the output and copies
 /// the grid's rows out; with 32 outputs of one input channel that copy was a fifth of the
 /// stem's forward (`memmove` and `scatter_grid`, one thread), and the backward laid `dY` on
-/// the grid again. Here each
-/// input channel is copied `kw` times instead, shifted by one column each time, with the
-/// columns that fall outside the row zeroed and `pad` zero rows above and below: copy
+/// the grid again. Here each input channel is copied `kw` times instead, shifted by one
+/// column each time, with the columns that fall outside the row zeroed and `pad` zero rows
+/// above and below: copy
 /// (c, kj) holds `x[c, r − pad, j + kj − pad]` at `r·W + j`, so that tap (c, ki, kj) reads copy
 /// (c, kj) from `ki·W + t` for output `t = y·W + x`. The product's columns are the output's,
 /// and it writes the output directly. The copies are `kw` times the input, so the path is
@@ -814,28 +814,15 @@ impl Columns {
         v
     }
 
-    /// An image's input planes `x` into its copies (every value of `dst` written).
+    /// An image's input planes `x` into its copies (every value of `dst` written): copy
+    /// (c, kj) is [`fill_grid`] of plane c at stride 1 from `(−pad, kj − pad)`, `W` wide.
     fn pad_input(&self, g: &Geom, x: &[f32], dst: &mut [f32]) {
-        let (w, pad) = (g.w, g.pad);
+        let pad = g.pad as isize;
         let mut copies = dst.chunks_exact_mut(self.plane);
-        for src in x.chunks_exact(g.h * w).take(g.c) {
+        for src in x.chunks_exact(g.h * g.w).take(g.c) {
             for kj in 0..g.kw {
                 let d = copies.next().expect("conv2d: column copies too short");
-                let (top, rest) = d.split_at_mut(pad * w);
-                let (body, bottom) = rest.split_at_mut(g.h * w);
-                top.fill(0.0);
-                bottom.fill(0.0);
-                // row[j] = src_row[j + kj − pad], 0 outside the row
-                let (right, left) = (kj.saturating_sub(pad).min(w), pad.saturating_sub(kj).min(w));
-                for (row, s) in body.chunks_exact_mut(w).zip(src.chunks_exact(w)) {
-                    if left > 0 {
-                        row[..left].fill(0.0);
-                        row[left..].copy_from_slice(&s[..w - left]);
-                    } else {
-                        row[..w - right].copy_from_slice(&s[right..]);
-                        row[w - right..].fill(0.0);
-                    }
-                }
+                fill_grid(src, (g.h, g.w), (1, 0, 0), (-pad, kj as isize - pad), g.w, d);
             }
         }
     }
