@@ -381,7 +381,7 @@ impl Learner {
     /// The optimizer step from the gradients of a step: the encoder's `eg` (empty where they
     /// stay on the device with its optimizer) and the objective's `og` (empty: the objective is
     /// left alone), then the EMA of the target with momentum `tau`. Returns the gradient norm
-    /// when clipping.
+    /// when clipping (0 otherwise: the norm, a pass over every gradient, is not taken).
     fn apply(
         &mut self,
         mut eg: Vec<Tensor>,
@@ -396,7 +396,12 @@ impl Learner {
         let mut trained: Vec<&mut [f32]> = trained_grads(&self.enc_params, &mut eg)
             .chain(trained_grads(&self.obj_params, &mut og))
             .collect();
-        let grad_norm = self.optim.cfg.clip(&mut trained);
+        let c = &self.optim.cfg;
+        let grad_norm = if c.clip_grad.is_some() || c.clip_grad_norm.is_some() {
+            c.clip(&mut trained)
+        } else {
+            0.0
+        };
         match &mut self.on_device {
             Some(d) => d.optim.update(&self.optim, "encoder", &self.enc_params, &d.online, lr)?,
             None => update(

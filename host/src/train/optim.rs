@@ -273,12 +273,14 @@ impl Optimizer {
                 if first {
                     st.m = vec![0.0; w.len()];
                 }
-                for i in 0..w.len() {
-                    let gi = g[i] + wd * w[i];
-                    let b = if first { gi } else { mu * st.m[i] + gi };
-                    st.m[i] = b;
+                // zipped, not indexed: no bounds checks, so the loop vectorises (the same
+                // operations per value)
+                for ((wi, &g), m) in w.iter_mut().zip(g).zip(st.m.iter_mut()) {
+                    let gi = g + wd * *wi;
+                    let b = if first { gi } else { mu * *m + gi };
+                    *m = b;
                     let d = if c.nesterov { gi + mu * b } else { b };
-                    w[i] -= lr32 * d;
+                    *wi -= lr32 * d;
                 }
             }
             OptimizerKind::Adamw => {

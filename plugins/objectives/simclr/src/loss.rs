@@ -31,9 +31,11 @@ pub fn nt_xent(z1: &Var, z2: &Var, temperature: f32, positive_in_denominator: bo
     let u = cat_rows(&[z1, z2]).l2_normalize();
     let s = u.matmul_t(&u) / temperature;
     let pos: Vec<usize> = (0..m).map(|i| (i + n) % m).collect();
-    let left_out: Vec<bool> = (0..m * m)
-        .map(|k| k / m == k % m || (!positive_in_denominator && k % m == pos[k / m]))
-        .collect();
+    let mut left_out = vec![false; m * m];
+    for (i, &p) in pos.iter().enumerate() {
+        left_out[i * m + i] = true;
+        left_out[i * m + p] |= !positive_in_denominator;
+    }
     (s.masked_fill(&left_out, f32::NEG_INFINITY).logsumexp_rows() - s.pick(&pos)).mean()
 }
 
