@@ -285,7 +285,7 @@ fn gemm_rate() -> Result<()> {
     let gflops = rates.iter().filter_map(|r| r["gflops"].as_f64()).fold(0.0, f64::max);
     println!(
         "{}",
-        json!({"gemm_gflops": gflops, "shapes": rates, "threads": threads, "avx512": simd_gemm::available()})
+        json!({"gemm_gflops": gflops, "shapes": rates, "threads": threads, "avx512": simd_gemm::avx512()})
     );
     Ok(())
 }

@@ -385,7 +385,7 @@ impl Var {
         }
         self.product(other, "matmul_t", true)
     }
-    /// The product of checked shapes: on the kit's kernel where the CPU has AVX-512
+    /// The product of checked shapes: on the kit's kernel where the CPU has AVX-512 or AVX2 + FMA
     /// ([`Var::product_avx512`]), else dfdx's, with `other` transposed as dfdx's permute: a
     /// strided view that its matmul hands to gemm, so a weight is never copied (a transposed
     /// copy of a 2048 × 2048 weight per call cost more than the product). Distinct ids first: a
@@ -400,7 +400,7 @@ impl Var {
         let rhs = if transpose { rhs.permute::<(usize, usize), Axes2<1, 0>>() } else { rhs };
         g.record(self.traced().try_matmul(rhs).unwrap_or_else(|e| fail(format!("{op}: {e:?}"))))
     }
-    /// [`Var::product`] on the kit's AVX-512 kernel, as one custom op, the rows of each product
+    /// [`Var::product`] on the kit's kernel (AVX-512 or AVX2), as one custom op, the rows of each product
     /// split over the threads: dfdx's products go to the `gemm` crate's AVX2 kernels on stable
     /// Rust. Each value of a product sums in the same order whatever the threads, so results
     /// are bitwise reproducible.
@@ -719,7 +719,7 @@ fn check_affine(op: &str, (r, c): (usize, usize), gamma: &Var, beta: &Var) {
     }
 }
 
-/// `c [m, n] (+)= A · B` on the kit's AVX-512 kernel, `A` [m, k] at strides `(rs, cs)`, `B`
+/// `c [m, n] (+)= A · B` on the kit's kernel (AVX-512 or AVX2), `A` [m, k] at strides `(rs, cs)`, `B`
 /// row-major [k, n] of row stride `ldb`: in blocks of whole 12-row tiles over the threads, or
 /// on one thread below 2²² multiply-adds (none of SimCLR's products, which have 2²⁴ and more).
 fn par_gemm(

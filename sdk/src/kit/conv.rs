@@ -19,7 +19,8 @@
 //! even and at least 8, on AMD Zen 4 and, from 64 channels, on CPUs whose 512-bit units are
 //! full width (elsewhere the implicit product below, the faster there).
 //!
-//! Other convolutions of one group are an implicit matrix product: each image
+//! Other convolutions of one group, on CPUs with AVX-512 or AVX2 + FMA, are an implicit
+//! matrix product: each image
 //! is copied once into zero-padded phase planes, and the matrix kernel reads the patch matrix's
 //! rows in place, at offsets into those planes (see `Shifted` in the source). A stride-1
 //! convolution that keeps its size, with few input channels and no input gradient (resnet's
@@ -284,7 +285,7 @@ fn chunking(n: usize, g: &Geom) -> (usize, gemm::Parallelism) {
 
 /// `c = a · b` or `c += a · b`, `c` row-major; as `ops::matmul` with the parallelism chosen by
 /// the caller (chunks already run in parallel). Single-threaded products with a row-major `b`
-/// go to the AVX-512 kernel of [`super::simd_gemm`] where the CPU has it.
+/// go to the kernel of [`super::simd_gemm`] where the CPU has AVX-512 or AVX2 + FMA.
 fn gemm_into(a: Mat, b: Mat, c: &mut [f32], accumulate: bool, par: gemm::Parallelism) {
     let Some((m, n, k)) = super::ops::product_dims(&a, &b, c, accumulate, "conv gemm") else {
         return;
@@ -480,7 +481,7 @@ fn col2im(cols: &mut [f32], nb: usize, grp: usize, g: &Geom, dx: &mut [f32]) {
 }
 
 /// Accumulates one chunk's weight gradient `dY_g · colsᵀ` into `dwg`: as `[og, k]` with the
-/// caller's gemm, or (`transposed`, AVX-512) as `dW_gᵀ [k, og] += cols · dY_gᵀ`, which needs only
+/// caller's gemm, or (`transposed`, the kit's kernel) as `dW_gᵀ [k, og] += cols · dY_gᵀ`, which needs only
 /// a transposed copy of the (small) `dY_g` and no packing of the (large) `cols`.
 fn acc_dw(
     transposed: bool,
@@ -899,32 +900,44 @@ fn fill_pair(
 fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
     assert!(2 * even.len() <= src.len() + 1 && 2 * odd.len() <= src.len());
     #[cfg(target_arch = "x86_64")]
-    if super::simd_gemm::available() {
-        #[target_feature(enable = "avx512f")]
-        unsafe fn wide(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
-            use super::winograd::first;
-            use std::arch::x86_64::*;
+    if super::simd_gemm::available() && odd.len() <= even.len() {
+        use super::lanes::{Lanes, Y, Z};
+        use super::winograd::first;
+        #[inline(always)]
+        unsafe fn wide<V: Lanes>(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
             let mut k = 0;
             while k < even.len() {
                 let rest = src.len() - 2 * k;
                 let p = src.as_ptr().add(2 * k);
-                let lo = _mm512_maskz_loadu_ps(first(rest), p);
-                let hi = _mm512_maskz_loadu_ps(first(rest.saturating_sub(16)), p.add(16));
-                let (e, o) = super::winograd::even_odd(lo, hi);
-                _mm512_mask_storeu_ps(even.as_mut_ptr().add(k), first(even.len() - k), e);
+                let lo = V::load(first(rest), p);
+                let hi = V::load(first(rest.saturating_sub(16)), p.wrapping_add(16));
+                let (e, o) = V::even_odd(lo, hi);
+                e.store(even.as_mut_ptr().add(k), first(even.len() - k));
                 if k < odd.len() {
-                    _mm512_mask_storeu_ps(odd.as_mut_ptr().add(k), first(odd.len() - k), o);
+                    o.store(odd.as_mut_ptr().add(k), first(odd.len() - k));
                 }
                 k += 16;
             }
         }
-        // SAFETY: AVX-512 is present; the loads are masked to `src`'s length (`rest`), the
-        // stores to `even`'s and `odd`'s, and `odd` is no longer than `even` here (asserted
-        // above: both fit `src`, `even` taking the odd one out)
-        if odd.len() <= even.len() {
-            unsafe { wide(src, even, odd) };
-            return;
+        #[target_feature(enable = "avx512f")]
+        unsafe fn z(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
+            wide::<Z>(src, even, odd)
         }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn y(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
+            wide::<Y>(src, even, odd)
+        }
+        // SAFETY: AVX-512 (z) or AVX2 (y) is present; the loads are masked to `src`'s length
+        // (`rest`), the stores to `even`'s and `odd`'s, and `odd` is no longer than `even`
+        // here (asserted above: both fit `src`, `even` taking the odd one out)
+        unsafe {
+            if super::simd_gemm::avx512() {
+                z(src, even, odd)
+            } else {
+                y(src, even, odd)
+            }
+        };
+        return;
     }
     even.iter_mut().zip(src.iter().step_by(2)).for_each(|(d, s)| *d = *s);
     odd.iter_mut().zip(src.iter().skip(1).step_by(2)).for_each(|(d, s)| *d = *s);
@@ -1190,7 +1203,7 @@ impl Conv2d {
         // the chunk's output planes' sums, taken while the chunk is in cache
         let sums_of = |yc: &[f32]| -> Vec<(f32, f32)> {
             if want_sums {
-                yc.chunks(p).map(|q| super::simd_gemm::with_avx512(|| plane_sums(q))).collect()
+                yc.chunks(p).map(|q| super::simd_gemm::with_simd(|| plane_sums(q))).collect()
             } else {
                 Vec::new()
             }
@@ -1262,8 +1275,8 @@ impl Conv2d {
     /// from image `first` (the layer beside it on the same input, whose
     /// [`Conv2d::backward_then`] runs it on each chunk while the chunk is in cache). No
     /// input-sized buffer of its own is zeroed, written and read back; [`Conv2d::backward_weights`]
-    /// then takes the weight gradient. The same products as the backward's (on AVX-512, the
-    /// same bits). Panics on other convolutions or without a training forward.
+    /// then takes the weight gradient. The same products as the backward's (on the kit's kernel,
+    /// the same bits). Panics on other convolutions or without a training forward.
     pub fn input_grad_adder<'a>(
         &'a self,
         dy: &'a Tensor,
@@ -1651,7 +1664,7 @@ mod tests {
     }
 
     /// A 1 × 1 convolution's `input_grad_adder` adds onto any chunk of whole images the dX
-    /// that `backward` returns (bitwise where the AVX-512 kernel takes both), and
+    /// that `backward` returns (bitwise where the kit's kernel takes both), and
     /// `backward_weights` gives `backward`'s weight and bias gradients without an input
     /// gradient: strides 1 and 2, chunks of one image and of several.
     #[test]
@@ -1832,7 +1845,7 @@ mod tests {
     fn winograd_agrees_with_im2col_forward_and_backward() {
         let _only_this_test_switches_paths = SWITCHES.lock().unwrap_or_else(|e| e.into_inner());
         if !crate::kit::simd_gemm::available() {
-            eprintln!("no AVX-512 here: nothing to test");
+            eprintln!("no AVX-512 or AVX2 + FMA here: nothing to test");
             return;
         }
         // Winograd's dW where the planes allow, on any CPU and channel count (F(2×2)'s is in use
@@ -1956,7 +1969,7 @@ mod tests {
         // and the implicit path where Winograd's would take its place
         let _no_winograd = NoWinograd::set();
         if !crate::kit::simd_gemm::available() {
-            eprintln!("no AVX-512 here: nothing to test");
+            eprintln!("no AVX-512 or AVX2 + FMA here: nothing to test");
             return;
         }
         // (images, channels in, out, size h x w, kernel h x w, stride, padding): one chunk and
@@ -2028,7 +2041,7 @@ mod tests {
     fn column_copies_agree_with_im2col_and_with_the_grid() {
         let _only_this_test_switches_paths = SWITCHES.lock().unwrap_or_else(|e| e.into_inner());
         if !crate::kit::simd_gemm::available() {
-            eprintln!("no AVX-512 here: nothing to test");
+            eprintln!("no AVX-512 or AVX2 + FMA here: nothing to test");
             return;
         }
         // (images, channels in, out, size h x w, kernel, bias): resnet's stems (one channel,
@@ -2190,7 +2203,7 @@ mod tests {
 
     #[test]
     fn portable_gemm_path_agrees_too() {
-        // with the AVX-512 kernel off (other tests may run either path meanwhile: both are right)
+        // with the kit's kernel off (other tests may run either path meanwhile: both are right)
         let _only_this_test_switches_paths = SWITCHES.lock().unwrap_or_else(|e| e.into_inner());
         crate::kit::simd_gemm::DISABLED.store(true, std::sync::atomic::Ordering::SeqCst);
         for (seed, (shape, o, kh, kw, c)) in cases().into_iter().enumerate().take(4) {

@@ -10,6 +10,8 @@
 pub mod batchnorm;
 pub mod conv;
 pub mod gradcheck;
+#[cfg(target_arch = "x86_64")]
+mod lanes;
 pub mod linear;
 pub mod ops;
 pub mod param;

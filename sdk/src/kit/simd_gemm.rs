@@ -1,16 +1,21 @@
-//! A single-threaded AVX-512 matrix multiply for the convolution's products, used when the
-//! CPU has AVX-512 (the `gemm` crate uses it only on nightly Rust).
+//! A single-threaded matrix multiply for the convolution's products, on AVX-512 where the
+//! CPU has it and on AVX2 + FMA elsewhere (the `gemm` crate uses AVX-512 only on nightly Rust,
+//! and its AVX2 path packs both operands, which the implicit convolutions cannot hand it).
 //!
 //! ```text
 //! C[m, n] (+)= A[m, k] · B[k, n]
 //! A: any strides (element (i, p) at a[i·a_rs + p·a_cs]);  B, C: row-major, row strides ldb, ldc
 //! ```
-//! Tiles of 12 rows x 32 columns: per step of k, two 16-lane loads of B's row and twelve
-//! broadcasts of A's column feed 24 fused multiply-adds into 24 accumulator registers (8 rows
-//! and 16 accumulators left half the registers idle: 205 GFLOP/s on one Zen 5 core against
-//! 245 with 12, whose peak is 260). B needs
-//! no packing: a tile's 32 columns of B are contiguous in each row (conv's `cols` and `dY`).
-//! Column tails use masked loads and stores.
+//! AVX-512: tiles of 12 rows x 32 columns: per step of k, two 16-lane loads of B's row and
+//! twelve broadcasts of A's column feed 24 fused multiply-adds into 24 accumulator registers
+//! (8 rows and 16 accumulators left half the registers idle: 205 GFLOP/s on one Zen 5 core
+//! against 245 with 12, whose peak is 260). AVX2: tiles of 6 x 16, two 8-lane loads and six
+//! broadcasts into 12 of the 16 registers. B needs no packing: a tile's columns of B are
+//! contiguous in each row (conv's `cols` and `dY`). Column tails use masked loads and stores.
+//!
+//! Both kernels give the same bits: each element of C is summed over k in order, one fused
+//! multiply-add per step from zero, in blocks of [`KC`] steps added onto C, so a run on an
+//! AVX2 machine and one on an AVX-512 machine agree wherever they take the same paths.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -20,8 +25,32 @@ use std::arch::x86_64::*;
 pub(crate) static DISABLED: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
-/// True when [`gemm()`] can run here.
+/// Rows of k per block: the block of B's panel (KC x 32 floats, 32 KiB) stays in L1 while
+/// every row tile of A passes over it; blocks after the first add onto C.
+const KC: usize = 256;
+
+/// True when [`gemm()`] can run here: the CPU has AVX-512, or AVX2 with FMA.
 pub fn available() -> bool {
+    #[cfg(test)]
+    if DISABLED.load(std::sync::atomic::Ordering::SeqCst) {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        avx512()
+            || *AVX2.get_or_init(|| {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// True when the CPU has AVX-512 (Foundation): the kit's AVX-512-only paths (Winograd's
+/// transforms, the 16 × 16 transpose, batch norm's masks) run here.
+pub fn avx512() -> bool {
     #[cfg(test)]
     if DISABLED.load(std::sync::atomic::Ordering::SeqCst) {
         return false;
@@ -35,20 +64,28 @@ pub fn available() -> bool {
     false
 }
 
-/// `f()`, compiled for AVX-512 where the CPU has it. The crates build for baseline x86-64
-/// (SSE2), and a loop that LLVM vectorises inside `f` (inlined here) gets 16 lanes instead of
-/// 4. For element-wise passes over activations (batch norm, ReLU, plane sums); the results are
-/// the same either way, as long as `f` fixes the order of its sums, as [`super::conv::dot_sums`]
-/// does.
+/// `f()`, compiled for AVX-512 where the CPU has it, else for AVX2 + FMA where it has those.
+/// The crates build for baseline x86-64 (SSE2), and a loop that LLVM vectorises inside `f`
+/// (inlined here) gets 16 or 8 lanes instead of 4. For element-wise passes over activations
+/// (batch norm, ReLU, plane sums); the results are the same either way (Rust lets LLVM fuse no
+/// multiply and add that the source keeps apart), as long as `f` fixes the order of its sums,
+/// as [`super::conv::dot_sums`] does.
 #[inline]
-pub fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
+pub fn with_simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
-    if available() {
+    if avx512() {
         #[target_feature(enable = "avx512f")]
         unsafe fn wide<R>(f: impl FnOnce() -> R) -> R {
             f()
         }
         // SAFETY: AVX-512 is present (checked above).
+        return unsafe { wide(f) };
+    } else if available() {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn wide<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        // SAFETY: AVX2 and FMA are present (`available` without `avx512`).
         return unsafe { wide(f) };
     }
     f()
@@ -90,7 +127,8 @@ impl Rows<'_> {
 }
 
 /// `C = A · B` (or `C += A · B`) for `A [m, k]`, `B [k, n]` (row stride `ldb`), `C [m, n]` (row
-/// stride `ldc`). Panics if a view is out of bounds or AVX-512 is missing.
+/// stride `ldc`). Panics if a view is out of bounds or the CPU has neither AVX-512 nor AVX2 +
+/// FMA ([`available`]).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm(
     m: usize,
@@ -120,10 +158,24 @@ pub fn gemm_rows(
     ldc: usize,
     accumulate: bool,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    assert!(std::arch::is_x86_feature_detected!("avx512f"), "simd gemm without AVX-512");
-    #[cfg(not(target_arch = "x86_64"))]
-    panic!("simd gemm without AVX-512");
+    gemm_rows_on(avx512(), m, n, k, (a, a_rows, a_cs), (b, b_rows), c, ldc, accumulate)
+}
+
+/// [`gemm_rows`] on the AVX-512 kernel (`wide`) or the AVX2 one.
+#[allow(clippy::too_many_arguments)]
+fn gemm_rows_on(
+    wide: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    (a, a_rows, a_cs): (&[f32], Rows, usize),
+    (b, b_rows): (&[f32], Rows),
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    assert!(available(), "simd gemm without AVX-512 or AVX2 + FMA");
+    assert!(!wide || avx512(), "simd gemm: the AVX-512 kernel without AVX-512");
     if m == 0 || n == 0 {
         return;
     }
@@ -138,45 +190,25 @@ pub fn gemm_rows(
     assert!(a.len() > a_rows.last_start(m) + (k - 1) * a_cs, "simd gemm: A too short");
     assert!(b.len() > b_rows.last_start(k) + n - 1, "simd gemm: B too short");
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX-512 is present (asserted); the asserts above bound every element read or
-    // written (every row start of A and B, and the tables' lengths, are checked); masked loads
-    // and stores touch only the columns below n.
+    // SAFETY: AVX-512, or AVX2 and FMA, are present (asserted, `wide` only with AVX-512); the
+    // asserts above bound every element read or written (every row start of A and B, and the
+    // tables' lengths, are checked); masked loads and stores touch only the columns below n.
     unsafe {
         let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+        macro_rules! go {
+            ($ra:expr, $rb:expr) => {
+                if wide {
+                    gemm_avx512(m, n, k, (a, $ra, a_cs), (b, $rb), c, ldc, accumulate)
+                } else {
+                    gemm_avx2(m, n, k, (a, $ra, a_cs), (b, $rb), c, ldc, accumulate)
+                }
+            };
+        }
         match (a_rows, b_rows) {
-            (Rows::Step(ar), Rows::Step(br)) => {
-                gemm_avx512(m, n, k, (a, Step(ar), a_cs), (b, Step(br)), c, ldc, accumulate)
-            }
-            (Rows::Step(ar), Rows::Table(bt)) => gemm_avx512(
-                m,
-                n,
-                k,
-                (a, Step(ar), a_cs),
-                (b, Table(bt.as_ptr())),
-                c,
-                ldc,
-                accumulate,
-            ),
-            (Rows::Table(at), Rows::Step(br)) => gemm_avx512(
-                m,
-                n,
-                k,
-                (a, Table(at.as_ptr()), a_cs),
-                (b, Step(br)),
-                c,
-                ldc,
-                accumulate,
-            ),
-            (Rows::Table(at), Rows::Table(bt)) => gemm_avx512(
-                m,
-                n,
-                k,
-                (a, Table(at.as_ptr()), a_cs),
-                (b, Table(bt.as_ptr())),
-                c,
-                ldc,
-                accumulate,
-            ),
+            (Rows::Step(ar), Rows::Step(br)) => go!(Step(ar), Step(br)),
+            (Rows::Step(ar), Rows::Table(bt)) => go!(Step(ar), Table(bt.as_ptr())),
+            (Rows::Table(at), Rows::Step(br)) => go!(Table(at.as_ptr()), Step(br)),
+            (Rows::Table(at), Rows::Table(bt)) => go!(Table(at.as_ptr()), Table(bt.as_ptr())),
         }
     }
 }
@@ -232,7 +264,6 @@ unsafe fn gemm_avx512<RA: RowAt, RB: RowAt>(
 ) {
     const MR: usize = 12;
     const NR: usize = 32;
-    const KC: usize = 256;
     let mut j = 0;
     while j < n {
         let w = (n - j).min(NR);
@@ -244,8 +275,7 @@ unsafe fn gemm_avx512<RA: RowAt, RB: RowAt>(
         } else {
             0
         };
-        // k in blocks of KC rows, so that the block of B's panel (KC x 32 floats, 32 KiB) stays
-        // in L1 while every row tile of A passes over it; blocks after the first add onto C
+        // k in blocks of KC rows (see KC)
         let mut p0 = 0;
         while p0 < k {
             let kc = (k - p0).min(KC);
@@ -320,9 +350,127 @@ unsafe fn tile<const R: usize, RA: RowAt, RB: RowAt>(
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_avx2<RA: RowAt, RB: RowAt>(
+    m: usize,
+    n: usize,
+    k: usize,
+    (a, a_rows, a_cs): (*const f32, RA, usize),
+    (b, b_rows): (*const f32, RB),
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    const MR: usize = 6;
+    const NR: usize = 16;
+    // lane l of a mask is set (all ones) when l < w
+    let lanes = |w: usize| {
+        let w = w.min(8) as i32;
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(w), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+    };
+    let mut j = 0;
+    while j < n {
+        let w = (n - j).min(NR);
+        let masks = (lanes(w), lanes(w.saturating_sub(8)));
+        let mut p0 = 0;
+        while p0 < k {
+            let kc = (k - p0).min(KC);
+            let acc = accumulate || p0 > 0;
+            let (bv, boff) = b_rows.from(p0);
+            let bj = b.add(boff + j);
+            let mut i = 0;
+            while i < m {
+                let (av, aoff) = a_rows.from(i);
+                let ai = a.add(aoff + p0 * a_cs);
+                let ci = c.add(i * ldc + j);
+                let (a_, b_) = ((ai, av, a_cs), (bj, bv));
+                // full-width tiles load and store unmasked (AMD's masked stores are slow)
+                macro_rules! rows {
+                    ($full:literal) => {
+                        match (m - i).min(MR) {
+                            6 => tile_avx2::<6, $full, _, _>(kc, a_, b_, ci, ldc, masks, acc),
+                            5 => tile_avx2::<5, $full, _, _>(kc, a_, b_, ci, ldc, masks, acc),
+                            4 => tile_avx2::<4, $full, _, _>(kc, a_, b_, ci, ldc, masks, acc),
+                            3 => tile_avx2::<3, $full, _, _>(kc, a_, b_, ci, ldc, masks, acc),
+                            2 => tile_avx2::<2, $full, _, _>(kc, a_, b_, ci, ldc, masks, acc),
+                            _ => tile_avx2::<1, $full, _, _>(kc, a_, b_, ci, ldc, masks, acc),
+                        }
+                    };
+                }
+                if w == NR {
+                    rows!(true)
+                } else {
+                    rows!(false)
+                }
+                i += MR;
+            }
+            p0 += kc;
+        }
+        j += NR;
+    }
+}
+
+/// One `R x 16` tile of C over `k` rows of B, on AVX2: as [`tile`], the same sums in the same
+/// order.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_avx2<const R: usize, const FULL: bool, RA: RowAt, RB: RowAt>(
+    k: usize,
+    (a, a_rows, a_cs): (*const f32, RA, usize),
+    (b, b_rows): (*const f32, RB),
+    c: *mut f32,
+    ldc: usize,
+    (m0, m1): (__m256i, __m256i),
+    accumulate: bool,
+) {
+    let mut acc0 = [_mm256_setzero_ps(); R];
+    let mut acc1 = [_mm256_setzero_ps(); R];
+    let mut rows = [0usize; R];
+    for (r, o) in rows.iter_mut().enumerate() {
+        *o = a_rows.at(r);
+    }
+    for p in 0..k {
+        let bp = b.add(b_rows.at(p));
+        let (b0, b1) = if FULL {
+            (_mm256_loadu_ps(bp), _mm256_loadu_ps(bp.add(8)))
+        } else {
+            (_mm256_maskload_ps(bp, m0), _mm256_maskload_ps(bp.add(8), m1))
+        };
+        let ap = a.add(p * a_cs);
+        for r in 0..R {
+            let av = _mm256_broadcast_ss(&*ap.add(rows[r]));
+            acc0[r] = _mm256_fmadd_ps(av, b0, acc0[r]);
+            acc1[r] = _mm256_fmadd_ps(av, b1, acc1[r]);
+        }
+    }
+    for r in 0..R {
+        let cp = c.add(r * ldc);
+        let (mut u, mut v) = (acc0[r], acc1[r]);
+        if FULL {
+            if accumulate {
+                u = _mm256_add_ps(u, _mm256_loadu_ps(cp));
+                v = _mm256_add_ps(v, _mm256_loadu_ps(cp.add(8)));
+            }
+            _mm256_storeu_ps(cp, u);
+            _mm256_storeu_ps(cp.add(8), v);
+        } else {
+            if accumulate {
+                u = _mm256_add_ps(u, _mm256_maskload_ps(cp, m0));
+                v = _mm256_add_ps(v, _mm256_maskload_ps(cp.add(8), m1));
+            }
+            _mm256_maskstore_ps(cp, m0, u);
+            _mm256_maskstore_ps(cp.add(8), m1, v);
+        }
+    }
+}
+
 /// `dst[j·ld_dst + i] = src[i·ld_src + j]` for `i < rows`, `j < cols`: a transpose, in 16 × 16
 /// blocks of AVX-512 shuffles where the CPU has them (a quarter of the instructions of the
-/// scalar loop), scalar at the edges and elsewhere.
+/// scalar loop), else in 8 × 8 blocks of AVX2's, scalar at the edges and elsewhere.
 pub fn transpose(
     rows: usize,
     cols: usize,
@@ -337,19 +485,42 @@ pub fn transpose(
     assert!(ld_src >= cols && ld_dst >= rows, "transpose: row strides shorter than the rows");
     assert!(src.len() >= (rows - 1) * ld_src + cols, "transpose: source too short");
     assert!(dst.len() >= (cols - 1) * ld_dst + rows, "transpose: destination too short");
-    let (full_r, full_c) = if available() { (rows / 16 * 16, cols / 16 * 16) } else { (0, 0) };
+    let (full_r, full_c) = if avx512() {
+        (rows / 16 * 16, cols / 16 * 16)
+    } else if available() {
+        (rows / 8 * 8, cols / 8 * 8)
+    } else {
+        (0, 0)
+    };
     #[cfg(target_arch = "x86_64")]
-    for i in (0..full_r).step_by(16) {
-        for j in (0..full_c).step_by(16) {
-            // SAFETY: AVX-512 is present (available()); the block's 16 rows of 16 floats lie
-            // inside src and dst by the asserts above (i + 16 <= rows, j + 16 <= cols).
-            unsafe {
-                block16(
-                    src.as_ptr().add(i * ld_src + j),
-                    ld_src,
-                    dst.as_mut_ptr().add(j * ld_dst + i),
-                    ld_dst,
-                )
+    if avx512() {
+        for i in (0..full_r).step_by(16) {
+            for j in (0..full_c).step_by(16) {
+                // SAFETY: AVX-512 is present (avx512()); the block's 16 rows of 16 floats lie
+                // inside src and dst by the asserts above (i + 16 <= rows, j + 16 <= cols).
+                unsafe {
+                    block16(
+                        src.as_ptr().add(i * ld_src + j),
+                        ld_src,
+                        dst.as_mut_ptr().add(j * ld_dst + i),
+                        ld_dst,
+                    )
+                }
+            }
+        }
+    } else {
+        for i in (0..full_r).step_by(8) {
+            for j in (0..full_c).step_by(8) {
+                // SAFETY: AVX2 is present (available() without avx512()); the block's 8 rows
+                // of 8 floats lie inside src and dst (i + 8 <= rows, j + 8 <= cols).
+                unsafe {
+                    block8(
+                        src.as_ptr().add(i * ld_src + j),
+                        ld_src,
+                        dst.as_mut_ptr().add(j * ld_dst + i),
+                        ld_dst,
+                    )
+                }
             }
         }
     }
@@ -363,6 +534,35 @@ pub fn transpose(
         for j in 0..cols {
             dst[j * ld_dst + i] = src[i * ld_src + j];
         }
+    }
+}
+
+/// One 8 × 8 transpose on AVX2: unpacks of row pairs, 64-bit shuffles, then 128-bit lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn block8(src: *const f32, ld_src: usize, dst: *mut f32, ld_dst: usize) {
+    let mut r = [_mm256_setzero_ps(); 8];
+    for (i, v) in r.iter_mut().enumerate() {
+        *v = _mm256_loadu_ps(src.add(i * ld_src));
+    }
+    let mut t = [_mm256_setzero_ps(); 8];
+    for k in 0..4 {
+        t[2 * k] = _mm256_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+        t[2 * k + 1] = _mm256_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+    }
+    for q in 0..2 {
+        let b = 4 * q;
+        r[b] = _mm256_shuffle_ps::<0x44>(t[b], t[b + 2]);
+        r[b + 1] = _mm256_shuffle_ps::<0xee>(t[b], t[b + 2]);
+        r[b + 2] = _mm256_shuffle_ps::<0x44>(t[b + 1], t[b + 3]);
+        r[b + 3] = _mm256_shuffle_ps::<0xee>(t[b + 1], t[b + 3]);
+    }
+    for k in 0..4 {
+        t[k] = _mm256_permute2f128_ps::<0x20>(r[k], r[k + 4]);
+        t[k + 4] = _mm256_permute2f128_ps::<0x31>(r[k], r[k + 4]);
+    }
+    for (j, v) in t.iter().enumerate() {
+        _mm256_storeu_ps(dst.add(j * ld_dst), *v);
     }
 }
 
@@ -412,8 +612,8 @@ mod tests {
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn matches_naive_product_with_tails_strides_and_accumulate() {
-        if !std::arch::is_x86_feature_detected!("avx512f") {
-            eprintln!("no AVX-512 here: nothing to test");
+        if !available() {
+            eprintln!("neither AVX-512 nor AVX2 + FMA here: nothing to test");
             return;
         }
         for (m, n, k) in [
@@ -442,19 +642,43 @@ mod tests {
                 (StridedA { data: &a, rs: k, cs: 1 }, false),
                 (StridedA { data: &at, rs: 1, cs: m }, true),
             ] {
-                let mut c = vec![0.5f32; m * ldc];
-                gemm(m, n, k, view, &b, ldb, &mut c, ldc, acc);
-                for i in 0..m {
-                    for j in 0..ldc {
-                        let got = c[i * ldc + j] as f64;
-                        let exp =
-                            if j < n { want[i * n + j] + if acc { 0.5 } else { 0.0 } } else { 0.5 };
-                        assert!(
-                            (got - exp).abs() < 1e-4 * (1.0 + exp.abs()),
-                            "{m}x{n}x{k} acc {acc} at ({i}, {j}): {got} vs {exp}"
-                        );
+                // every kernel this CPU has: AVX2's always, AVX-512's where present
+                let mut outs = Vec::new();
+                for wide in [false, true].into_iter().filter(|&w| !w || avx512()) {
+                    let mut c = vec![0.5f32; m * ldc];
+                    let (ar, ac) = (Rows::Step(view.rs), view.cs);
+                    gemm_rows_on(
+                        wide,
+                        m,
+                        n,
+                        k,
+                        (view.data, ar, ac),
+                        (&b, Rows::Step(ldb)),
+                        &mut c,
+                        ldc,
+                        acc,
+                    );
+                    for i in 0..m {
+                        for j in 0..ldc {
+                            let got = c[i * ldc + j] as f64;
+                            let exp = if j < n {
+                                want[i * n + j] + if acc { 0.5 } else { 0.0 }
+                            } else {
+                                0.5
+                            };
+                            assert!(
+                                (got - exp).abs() < 1e-4 * (1.0 + exp.abs()),
+                                "{m}x{n}x{k} acc {acc} wide {wide} at ({i}, {j}): {got} vs {exp}"
+                            );
+                        }
                     }
+                    outs.push(c.iter().map(|v| v.to_bits()).collect::<Vec<u32>>());
                 }
+                // the two kernels sum in the same order: the same bits
+                assert!(
+                    outs.windows(2).all(|w| w[0] == w[1]),
+                    "{m}x{n}x{k}: AVX2 and AVX-512 differ"
+                );
             }
         }
     }

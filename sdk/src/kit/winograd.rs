@@ -24,6 +24,9 @@
 //! for the forward, `dX` and `dW` instead ([`super::winograd4`]); [`Kernel`] holds the
 //! transformed kernel of either.
 
+#[cfg(target_arch = "x86_64")]
+use super::lanes::{Lanes, Y, Z};
+
 /// The fewest input and output channels for which this path is taken. The transforms cost the
 /// same per channel whatever the channel count, the products grow with it. At 32 channels of
 /// 28 × 28 (64 images, one thread) the forward takes 8.0–8.8 ms against 12.9–13.8 for the
@@ -113,7 +116,7 @@ pub(crate) fn half_rate_avx512() -> bool {
             let (v, f) = unsafe { (__cpuid(0), __cpuid(1)) };
             let vendor = [v.ebx, v.edx, v.ecx].map(u32::to_le_bytes).concat();
             let family = ((f.eax >> 8) & 0xf) + ((f.eax >> 20) & 0xff);
-            vendor == b"AuthenticAMD" && family == 0x19 && super::simd_gemm::available()
+            vendor == b"AuthenticAMD" && family == 0x19 && super::simd_gemm::avx512()
         }
         #[cfg(not(target_arch = "x86_64"))]
         false
@@ -417,7 +420,7 @@ pub(super) fn conv_with(
     y: &mut [f32],
     s: &mut Scratch,
 ) {
-    assert!(super::simd_gemm::available(), "winograd convolution without AVX-512");
+    assert!(super::simd_gemm::available(), "winograd convolution without AVX-512 or AVX2 + FMA");
     let positions = (t.tile + 2) * (t.tile + 2);
     assert_eq!(x.len(), nb * cin * h * w, "winograd convolution: input length");
     assert_eq!(y.len(), nb * cout * h * w, "winograd convolution: output length");
@@ -461,7 +464,10 @@ pub(crate) fn weight_grad(
     du: &mut [f32],
     s: &mut Scratch,
 ) {
-    assert!(super::simd_gemm::available(), "winograd weight gradient without AVX-512");
+    assert!(
+        super::simd_gemm::available(),
+        "winograd weight gradient without AVX-512 or AVX2 + FMA"
+    );
     #[cfg(test)]
     DW_CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(x.len(), nb * cin * h * w, "winograd weight gradient: input length");
@@ -561,7 +567,10 @@ pub(super) fn kernel_grad_with<const T: usize>(
     (cin, cout): (usize, usize),
     dwt: &mut [f32],
 ) {
-    assert!(super::simd_gemm::available(), "winograd weight gradient without AVX-512");
+    assert!(
+        super::simd_gemm::available(),
+        "winograd weight gradient without AVX-512 or AVX2 + FMA"
+    );
     assert_eq!(du.len(), T * T * cout * cin, "winograd weight gradient: accumulator length");
     assert_eq!(dwt.len(), cout * cin * 9, "winograd weight gradient: kernel length");
     // SAFETY: AVX-512 is present (asserted above); the function indexes its slices.
@@ -571,43 +580,64 @@ pub(super) fn kernel_grad_with<const T: usize>(
 /// `dW[o, c] += Gᵀ dU[c, o] G`, written as `dWᵀ[c·9 + 3p + q, o]`, 16 output channels at a
 /// time in vectors (scalar and once per chunk of images, it was 3 % of a resnet-mini step;
 /// written generically over the tile, LLVM left F(4×4)'s scalar: 20 % of its backward). Each
-/// sum is a multiply then an add, in the order of the scalar loops before.
+/// sum is a multiply then an add, in the order of the scalar loops before. On AVX-512, else
+/// on AVX2 ([`super::lanes`]): the same bits.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
 unsafe fn kernel_grad<const T: usize>(
     gm: &[[f32; 3]; T],
     du: &[f32],
     (cin, cout): (usize, usize),
     dwt: &mut [f32],
 ) {
-    use std::arch::x86_64::*;
+    #[target_feature(enable = "avx512f")]
+    unsafe fn z<const T: usize>(g: &[[f32; 3]; T], du: &[f32], d: (usize, usize), w: &mut [f32]) {
+        kernel_grad_v::<T, Z>(g, du, d, w)
+    }
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn y<const T: usize>(g: &[[f32; 3]; T], du: &[f32], d: (usize, usize), w: &mut [f32]) {
+        kernel_grad_v::<T, Y>(g, du, d, w)
+    }
+    if super::simd_gemm::avx512() {
+        z(gm, du, (cin, cout), dwt)
+    } else {
+        y(gm, du, (cin, cout), dwt)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn kernel_grad_v<const T: usize, V: Lanes>(
+    gm: &[[f32; 3]; T],
+    du: &[f32],
+    (cin, cout): (usize, usize),
+    dwt: &mut [f32],
+) {
     const L: usize = 16;
-    let (add, mul, k) = (_mm512_add_ps, _mm512_mul_ps, _mm512_set1_ps);
     for c in 0..cin {
         for o0 in (0..cout).step_by(L) {
             let mask = first(cout - o0);
             // T × T ≤ 36 (F(4×4))
-            let mut d = [_mm512_setzero_ps(); 36];
+            let mut d = [V::zero(); 36];
             for (xi, v) in d[..T * T].iter_mut().enumerate() {
-                *v = _mm512_maskz_loadu_ps(mask, du[xi * cin * cout + c * cout + o0..].as_ptr());
+                *v = V::load(mask, du[xi * cin * cout + c * cout + o0..].as_ptr());
             }
             // (dU G)[i][q], then Gᵀ (dU G)
-            let mut ug = [[_mm512_setzero_ps(); 3]; T];
+            let mut ug = [[V::zero(); 3]; T];
             for (i, row) in ug.iter_mut().enumerate() {
                 for (q, v) in row.iter_mut().enumerate() {
                     for j in 0..T {
-                        *v = add(*v, mul(d[i * T + j], k(gm[j][q])));
+                        *v = v.add(d[i * T + j].mul(V::splat(gm[j][q])));
                     }
                 }
             }
             for p in 0..3 {
                 for q in 0..3 {
-                    let mut s = _mm512_setzero_ps();
+                    let mut s = V::zero();
                     for (i, u) in ug.iter().enumerate() {
-                        s = add(s, mul(k(gm[i][p]), u[q]));
+                        s = s.add(V::splat(gm[i][p]).mul(u[q]));
                     }
                     let out = dwt[(c * 9 + p * 3 + q) * cout + o0..].as_mut_ptr();
-                    _mm512_mask_storeu_ps(out, mask, add(_mm512_maskz_loadu_ps(mask, out), s));
+                    V::load(mask, out).add(s).store(out, mask);
                 }
             }
         }
@@ -650,41 +680,59 @@ pub(super) fn first(n: usize) -> u16 {
     ((1u32 << n.min(16)) - 1) as u16
 }
 
-/// The even and the odd elements of the 32 in `(lo, hi)`, 16 each.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-pub(super) fn even_odd(
-    lo: std::arch::x86_64::__m512,
-    hi: std::arch::x86_64::__m512,
-) -> (std::arch::x86_64::__m512, std::arch::x86_64::__m512) {
-    use std::arch::x86_64::*;
-    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    (_mm512_permutex2var_ps(lo, even, hi), _mm512_permutex2var_ps(lo, odd, hi))
-}
-
 /// `Bᵀ (d0, d1, d2, d3)`, lane by lane: `(d0 − d2, d1 + d2, d2 − d1, d1 − d3)`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-fn bt(
-    d0: std::arch::x86_64::__m512,
-    d1: std::arch::x86_64::__m512,
-    d2: std::arch::x86_64::__m512,
-    d3: std::arch::x86_64::__m512,
-) -> [std::arch::x86_64::__m512; 4] {
-    use std::arch::x86_64::*;
-    [_mm512_sub_ps(d0, d2), _mm512_add_ps(d1, d2), _mm512_sub_ps(d2, d1), _mm512_sub_ps(d1, d3)]
+#[inline(always)]
+unsafe fn bt<V: Lanes>(d0: V, d1: V, d2: V, d3: V) -> [V; 4] {
+    [d0.sub(d2), d1.add(d2), d2.sub(d1), d1.sub(d3)]
 }
 
-/// Tile rows `ty0..ty1` of one plane, `Bᵀ d B`, into `v[ξ·stride + at + (ty − ty0)·tx_n + tx]`,
-/// 16 tiles of a row per step: first `d·B` for each input row they read (`rt`, row `k` holding
-/// input row `2·ty0 + k − 1`), then `Bᵀ` down the rows of each row of tiles.
+/// `$name`, an `unsafe fn` of the arguments `$arg: $ty`, on AVX-512 where the CPU has it, else
+/// on AVX2 + FMA: the generic body `$body::<Z or Y>` compiled for each.
+macro_rules! on_lanes {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident = $body:ident($($arg:ident: $ty:ty),* $(,)?)) => {
+        $(#[$doc])*
+        #[cfg(target_arch = "x86_64")]
+        #[allow(clippy::too_many_arguments)]
+        $vis unsafe fn $name($($arg: $ty),*) {
+            #[target_feature(enable = "avx512f")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn z($($arg: $ty),*) {
+                $body::<Z>($($arg),*)
+            }
+            #[target_feature(enable = "avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn y($($arg: $ty),*) {
+                $body::<Y>($($arg),*)
+            }
+            if super::simd_gemm::avx512() {
+                z($($arg),*)
+            } else {
+                y($($arg),*)
+            }
+        }
+    };
+}
+
+on_lanes! {
+    /// Tile rows `ty0..ty1` of one plane, `Bᵀ d B`, into `v[ξ·stride + at + (ty − ty0)·tx_n +
+    /// tx]`, 16 tiles of a row per step: first `d·B` for each input row they read (`rt`, row
+    /// `k` holding input row `2·ty0 + k − 1`), then `Bᵀ` down the rows of each row of tiles.
+    /// Needs AVX-512 or AVX2 + FMA; asserts its bounds.
+    fn input_tiles = input_tiles_v(
+        plane: &[f32],
+        hw: (usize, usize),
+        rows: (usize, usize, usize),
+        rt: &mut Vec<f32>,
+        v: &mut [f32],
+        at: usize,
+        stride: usize,
+    )
+}
+
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn input_tiles(
+#[inline(always)]
+unsafe fn input_tiles_v<V: Lanes>(
     plane: &[f32],
     (h, w): (usize, usize),
     (ty0, ty1, tx_n): (usize, usize, usize),
@@ -707,7 +755,7 @@ unsafe fn input_tiles(
         }
         let src = &plane[y as usize * w..(y as usize + 1) * w];
         // the lanes of a 16-column load at column `c` that lie inside the row
-        let inside = |c: isize| -> __mmask16 {
+        let inside = |c: isize| -> u16 {
             let lo = (-c).clamp(0, 16) as u32;
             let hi = (w as isize - c).clamp(0, 16) as u32;
             if hi <= lo {
@@ -718,21 +766,28 @@ unsafe fn input_tiles(
         };
         // (x[c + 2l], x[c + 2l + 1]) for 16 lanes l; masked-off lanes are not read, so the
         // pointers may lie outside the row
-        let pair = |c: isize| {
-            let p = src.as_ptr().wrapping_offset(c);
-            let lo = _mm512_maskz_loadu_ps(inside(c), p);
-            let hi = _mm512_maskz_loadu_ps(inside(c + 16), p.wrapping_add(16));
-            even_odd(lo, hi)
-        };
+        // (a macro, not a closure: see `super::lanes`)
+        macro_rules! pair {
+            ($c:expr) => {{
+                let c: isize = $c;
+                let p = src.as_ptr().wrapping_offset(c);
+                let lo = V::load(inside(c), p);
+                let hi = V::load(inside(c + 16), p.wrapping_add(16));
+                V::even_odd(lo, hi)
+            }};
+        }
         let mut q0 = 0;
         while q0 < tx_n {
             let m = first(tx_n - q0);
             // tile tx reads columns 2tx − 1 ..= 2tx + 2: d0, d1 from one pair, d2, d3 from the
             // next
-            let (d0, d1) = pair(2 * q0 as isize - 1);
-            let (d2, d3) = pair(2 * q0 as isize + 1);
-            for (j, tj) in bt(d0, d1, d2, d3).into_iter().enumerate() {
-                _mm512_mask_storeu_ps(out.add(j * tx_n + q0), m, tj);
+            let (d0, d1) = pair!(2 * q0 as isize - 1);
+            let (d2, d3) = pair!(2 * q0 as isize + 1);
+            // (by reference: moving the array into an iterator put its vectors through the
+            // stack at odd offsets, and each load of them waited on two stores)
+            let t = bt(d0, d1, d2, d3);
+            for (j, tj) in t.iter().enumerate() {
+                tj.store(out.add(j * tx_n + q0), m);
             }
             q0 += 16;
         }
@@ -753,11 +808,14 @@ unsafe fn input_tiles(
         while q0 < tx_n {
             let m = first(tx_n - q0);
             for j in 0..4 {
-                let r = |i: usize| {
-                    _mm512_maskz_loadu_ps(m, rtp.add(((2 * ty + i) * 4 + j) * tx_n + q0))
-                };
-                for (i, c) in bt(r(0), r(1), r(2), r(3)).into_iter().enumerate() {
-                    _mm512_mask_storeu_ps(vp.add((i * 4 + j) * stride + base + q0), m, c);
+                macro_rules! r {
+                    ($i:expr) => {
+                        V::load(m, rtp.add(((2 * ty + $i) * 4 + j) * tx_n + q0))
+                    };
+                }
+                let t = bt(r!(0), r!(1), r!(2), r!(3));
+                for (i, c) in t.iter().enumerate() {
+                    c.store(vp.add((i * 4 + j) * stride + base + q0), m);
                 }
             }
             q0 += 16;
@@ -765,12 +823,23 @@ unsafe fn input_tiles(
     }
 }
 
-/// Tile rows `ty0..ty1` of one output plane from their products `m[ξ·stride + at + (ty −
-/// ty0)·tx_n + tx]`: `Aᵀ M A`, 16 tiles of a row per step, their 2 × 2 outputs interleaved into
-/// two rows of 32 columns.
+on_lanes! {
+    /// Tile rows `ty0..ty1` of one output plane from their products `m[ξ·stride + at + (ty −
+    /// ty0)·tx_n + tx]`: `Aᵀ M A`, 16 tiles of a row per step, their 2 × 2 outputs interleaved
+    /// into two rows of 32 columns. Needs AVX-512 or AVX2 + FMA; asserts its bounds.
+    fn output_tiles = output_tiles_v(
+        m: &[f32],
+        at: usize,
+        stride: usize,
+        rows: (usize, usize, usize),
+        hw: (usize, usize),
+        plane: &mut [f32],
+    )
+}
+
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn output_tiles(
+#[inline(always)]
+unsafe fn output_tiles_v<V: Lanes>(
     m: &[f32],
     at: usize,
     stride: usize,
@@ -778,39 +847,38 @@ unsafe fn output_tiles(
     (h, w): (usize, usize),
     plane: &mut [f32],
 ) {
-    use std::arch::x86_64::*;
     assert!(holds(m.len(), stride, at, (ty0, ty1, tx_n)), "winograd: products too short");
     assert!(plane.len() >= h * w, "winograd: output plane too short");
-    let lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    let hi_idx = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
     for ty in ty0..ty1 {
         let base = at + (ty - ty0) * tx_n;
         let mut tx0 = 0;
         while tx0 < tx_n {
             let mask = first(tx_n - tx0);
-            let mv = |i: usize, j: usize| {
-                _mm512_maskz_loadu_ps(mask, m.as_ptr().add((i * 4 + j) * stride + base + tx0))
-            };
-            let (mut s0, mut s1) = ([_mm512_setzero_ps(); 4], [_mm512_setzero_ps(); 4]);
+            macro_rules! mv {
+                ($i:expr, $j:expr) => {
+                    V::load(mask, m.as_ptr().add(($i * 4 + $j) * stride + base + tx0))
+                };
+            }
+            let (mut s0, mut s1) = ([V::zero(); 4], [V::zero(); 4]);
             for j in 0..4 {
-                let (a, b, c, d) = (mv(0, j), mv(1, j), mv(2, j), mv(3, j));
-                s0[j] = _mm512_add_ps(_mm512_add_ps(a, b), c);
-                s1[j] = _mm512_sub_ps(_mm512_sub_ps(b, c), d);
+                let (a, b, c, d) = (mv!(0, j), mv!(1, j), mv!(2, j), mv!(3, j));
+                s0[j] = a.add(b).add(c);
+                s1[j] = b.sub(c).sub(d);
             }
             for (di, sr) in [s0, s1].iter().enumerate() {
                 let yy = 2 * ty + di;
                 if yy >= h {
                     continue;
                 }
-                let ya = _mm512_add_ps(_mm512_add_ps(sr[0], sr[1]), sr[2]);
-                let yb = _mm512_sub_ps(_mm512_sub_ps(sr[1], sr[2]), sr[3]);
+                let ya = sr[0].add(sr[1]).add(sr[2]);
+                let yb = sr[1].sub(sr[2]).sub(sr[3]);
                 let x0 = 2 * tx0;
                 let left = w - x0;
                 let row = plane.as_mut_ptr().add(yy * w + x0);
-                _mm512_mask_storeu_ps(row, first(left), _mm512_permutex2var_ps(ya, lo_idx, yb));
+                let (lo, hi) = V::interleave(ya, yb);
+                lo.store(row, first(left));
                 if left > 16 {
-                    let v = _mm512_permutex2var_ps(ya, hi_idx, yb);
-                    _mm512_mask_storeu_ps(row.add(16), first(left - 16), v);
+                    hi.store(row.add(16), first(left - 16));
                 }
             }
             tx0 += 16;
@@ -818,12 +886,24 @@ unsafe fn output_tiles(
     }
 }
 
-/// Tile rows `ty0..ty1` of one output-gradient plane, `A dY Aᵀ` (`A = [1 0; 1 1; 1 −1; 0 −1]`,
-/// the adjoint of [`output_tiles`]' `Aᵀ M A`), into `m[ξ·stride + at + (ty − ty0)·tx_n + tx]`,
-/// 16 tiles of a row per step; the outputs of a tile past the plane's edge count as zeros.
+on_lanes! {
+    /// Tile rows `ty0..ty1` of one output-gradient plane, `A dY Aᵀ` (`A = [1 0; 1 1; 1 −1; 0
+    /// −1]`, the adjoint of [`output_tiles`]' `Aᵀ M A`), into `m[ξ·stride + at + (ty −
+    /// ty0)·tx_n + tx]`, 16 tiles of a row per step; the outputs of a tile past the plane's
+    /// edge count as zeros. Needs AVX-512 or AVX2 + FMA; asserts its bounds.
+    fn grad_tiles = grad_tiles_v(
+        plane: &[f32],
+        hw: (usize, usize),
+        rows: (usize, usize, usize),
+        m: &mut [f32],
+        at: usize,
+        stride: usize,
+    )
+}
+
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn grad_tiles(
+#[inline(always)]
+unsafe fn grad_tiles_v<V: Lanes>(
     plane: &[f32],
     (h, w): (usize, usize),
     (ty0, ty1, tx_n): (usize, usize, usize),
@@ -831,7 +911,6 @@ unsafe fn grad_tiles(
     at: usize,
     stride: usize,
 ) {
-    use std::arch::x86_64::*;
     assert!(plane.len() >= h * w, "winograd: gradient plane too short");
     assert!(holds(m.len(), stride, at, (ty0, ty1, tx_n)), "winograd: gradient tiles too short");
     let mp = m.as_mut_ptr();
@@ -841,33 +920,32 @@ unsafe fn grad_tiles(
         while q0 < tx_n {
             let mask = first(tx_n - q0);
             // (a, a + b, a − b, −b) of each row's (even, odd) columns, for rows 2ty and 2ty + 1
-            let cols = |yy: usize| -> [__m512; 4] {
-                if yy >= h {
-                    return [_mm512_setzero_ps(); 4];
-                }
-                let x0 = 2 * q0;
-                let left = w - x0;
-                let p = plane.as_ptr().add(yy * w + x0);
-                let lo = _mm512_maskz_loadu_ps(first(left), p);
-                let hi = if left > 16 {
-                    _mm512_maskz_loadu_ps(first(left - 16), p.add(16))
-                } else {
-                    _mm512_setzero_ps()
-                };
-                let (a, b) = even_odd(lo, hi);
-                [a, _mm512_add_ps(a, b), _mm512_sub_ps(a, b), _mm512_sub_ps(_mm512_setzero_ps(), b)]
-            };
-            let (r0, r1) = (cols(2 * ty), cols(2 * ty + 1));
+            macro_rules! cols {
+                ($yy:expr) => {{
+                    let yy: usize = $yy;
+                    if yy >= h {
+                        [V::zero(); 4]
+                    } else {
+                        let x0 = 2 * q0;
+                        let left = w - x0;
+                        let p = plane.as_ptr().add(yy * w + x0);
+                        let lo = V::load(first(left), p);
+                        let hi = if left > 16 {
+                            V::load(first(left - 16), p.add(16))
+                        } else {
+                            V::zero()
+                        };
+                        let (a, b) = V::even_odd(lo, hi);
+                        [a, a.add(b), a.sub(b), V::zero().sub(b)]
+                    }
+                }};
+            }
+            let (r0, r1) = (cols!(2 * ty), cols!(2 * ty + 1));
             for j in 0..4 {
                 let (p, q) = (r0[j], r1[j]);
-                let rows = [
-                    p,
-                    _mm512_add_ps(p, q),
-                    _mm512_sub_ps(p, q),
-                    _mm512_sub_ps(_mm512_setzero_ps(), q),
-                ];
-                for (i, v) in rows.into_iter().enumerate() {
-                    _mm512_mask_storeu_ps(mp.add((i * 4 + j) * stride + base + q0), mask, v);
+                let rows = [p, p.add(q), p.sub(q), V::zero().sub(q)];
+                for (i, v) in rows.iter().enumerate() {
+                    v.store(mp.add((i * 4 + j) * stride + base + q0), mask);
                 }
             }
             q0 += 16;

@@ -32,10 +32,11 @@
 use super::winograd::{blocks, blocks_of, conv_with, resize, slab, Block, Scratch, Transforms};
 
 /// True when a layer that [`super::winograd::fits`] takes this path: planes 25 to 32 wide,
-/// whose row of 7 or 8 tiles fills half a vector.
+/// whose row of 7 or 8 tiles fills half a vector, on CPUs with AVX-512 (this module's
+/// transforms are written for it alone; elsewhere F(2×2) takes these layers).
 pub(crate) fn fits(_h: usize, w: usize) -> bool {
     #[allow(unused_mut)]
-    let mut fits = (25..=32).contains(&w);
+    let mut fits = (25..=32).contains(&w) && super::simd_gemm::avx512();
     #[cfg(test)]
     if DISABLED.load(std::sync::atomic::Ordering::SeqCst) {
         fits = false;
@@ -101,7 +102,7 @@ pub(crate) fn conv(
     conv_with(&f4, x, dims, u, cout, y, s);
 }
 
-/// True when a layer that [`super::winograd::fits`] takes [`conv_narrow`]: planes 7 to 16 on
+/// True when a layer that [`super::winograd::fits`] takes [`conv_narrow`] (with AVX-512, as [`fits`]): planes 7 to 16 on
 /// a side whose F(4×4) tiles cover no more padding than F(2×2)'s (sides of 4k or 4k + 3: 7, 8,
 /// 11, 12, 15, 16), where F(4×4) does 36 products per 16 outputs against 64. One thread, Intel
 /// Xeon (`time_winograd_layers`): 256 × 128 × 7 × 7 forward 34.2 → 22.4 ms, backward 69.6 →
@@ -111,7 +112,7 @@ pub(crate) fn conv(
 pub(crate) fn narrow_fits(h: usize, w: usize) -> bool {
     let covers = |n: usize| (7..=NARROW_MAX).contains(&n) && n % 4 != 1 && n % 4 != 2;
     #[allow(unused_mut)]
-    let mut fits = covers(h) && covers(w);
+    let mut fits = covers(h) && covers(w) && super::simd_gemm::avx512();
     #[cfg(test)]
     if DISABLED.load(std::sync::atomic::Ordering::SeqCst) {
         fits = false;
@@ -138,7 +139,7 @@ pub(crate) fn conv_narrow(
     y: &mut [f32],
     s: &mut Scratch,
 ) {
-    assert!(super::simd_gemm::available(), "winograd convolution without AVX-512");
+    assert!(super::simd_gemm::avx512(), "winograd convolution without AVX-512");
     #[cfg(test)]
     NARROW_CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     assert!(w <= NARROW_MAX, "winograd F(4×4), narrow: planes {w} wide");
@@ -438,7 +439,7 @@ pub(crate) fn weight_grad(
     du: &mut [f32],
     s: &mut Scratch,
 ) {
-    assert!(super::simd_gemm::available(), "winograd weight gradient without AVX-512");
+    assert!(super::simd_gemm::avx512(), "winograd weight gradient without AVX-512");
     #[cfg(test)]
     DW_CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     assert!(w <= 32, "winograd F(4×4): planes {w} wide");
@@ -819,7 +820,7 @@ mod tests {
     /// 2.2e-4 at a scale of 8.1 (2.8e-5 of it), F(2×2)'s 1.8e-5.
     #[test]
     fn weight_grad_is_the_direct_sum() {
-        if !crate::kit::simd_gemm::available() {
+        if !crate::kit::simd_gemm::avx512() {
             return;
         }
         for (nb, c, o, h, w) in [
@@ -858,7 +859,7 @@ mod tests {
     /// edge), the forward and the flipped kernel, against the direct sum in f64.
     #[test]
     fn conv_is_the_direct_sum() {
-        if !crate::kit::simd_gemm::available() {
+        if !crate::kit::simd_gemm::avx512() {
             return;
         }
         for (nb, c, o, h, w, flip) in [
