@@ -1,6 +1,6 @@
 //! Sixteen f32 lanes, on AVX-512 (one `__m512`) or on AVX2 (two `__m256`): the operations
-//! Winograd's F(2×2) transforms take (`kit/winograd.rs`), so that one body of each transform
-//! compiles for both. Every operation is lane by lane or a fixed permutation, so the two give
+//! Winograd's transforms take (`kit/winograd.rs`, and F(4×4)'s on planes 25 to 32 wide in
+//! `kit/winograd4.rs`), so that one body of each transform compiles for both. Every operation is lane by lane or a fixed permutation, so the two give
 //! the same bits.
 //!
 //! The bodies are `#[inline(always)]` and generic over [`Lanes`]; each is called from a thin
@@ -36,6 +36,16 @@ pub(super) trait Lanes: Copy {
     unsafe fn even_odd(lo: Self, hi: Self) -> (Self, Self);
     /// `(a₀ b₀ a₁ b₁ … a₇ b₇, a₈ b₈ … a₁₅ b₁₅)`: the lanes of `a` and `b` interleaved.
     unsafe fn interleave(a: Self, b: Self) -> (Self, Self);
+    /// `self · b + c`, fused (one rounding).
+    unsafe fn fma(self, b: Self, c: Self) -> Self;
+    /// `c − self · b`, fused.
+    unsafe fn fnma(self, b: Self, c: Self) -> Self;
+    /// The four phases of the 32 elements `e` in `(lo, hi)`: lane `l` of phase `j` holds
+    /// `e[4l + j]` for `l < 8`; lanes 8–15 are unspecified (F(4×4)'s rows of 8 tiles).
+    unsafe fn phases(lo: Self, hi: Self) -> [Self; 4];
+    /// The inverse for 8 lanes: element `4l + r` of the 32 in the result is lane `l` of
+    /// `y[r]`, for `l < 8` (lanes 8–15 of `y` are not read).
+    unsafe fn quads(y: [Self; 4]) -> (Self, Self);
 }
 
 /// AVX-512 Foundation.
@@ -84,6 +94,55 @@ impl Lanes for Z {
         let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
         let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
         (Z(_mm512_permutex2var_ps(a.0, lo, b.0)), Z(_mm512_permutex2var_ps(a.0, hi, b.0)))
+    }
+    #[inline(always)]
+    unsafe fn fma(self, b: Self, c: Self) -> Self {
+        Z(_mm512_fmadd_ps(self.0, b.0, c.0))
+    }
+    #[inline(always)]
+    unsafe fn fnma(self, b: Self, c: Self) -> Self {
+        Z(_mm512_fnmadd_ps(self.0, b.0, c.0))
+    }
+    #[inline(always)]
+    unsafe fn phases(lo: Self, hi: Self) -> [Self; 4] {
+        macro_rules! phase {
+            ($j:expr) => {
+                Z(_mm512_permutex2var_ps(
+                    lo.0,
+                    _mm512_setr_epi32(
+                        $j,
+                        4 + $j,
+                        8 + $j,
+                        12 + $j,
+                        16 + $j,
+                        20 + $j,
+                        24 + $j,
+                        28 + $j,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                    ),
+                    hi.0,
+                ))
+            };
+        }
+        [phase!(0), phase!(1), phase!(2), phase!(3)]
+    }
+    #[inline(always)]
+    unsafe fn quads(y: [Self; 4]) -> (Self, Self) {
+        // (y0[l], y1[l]) pairs, then (y0, y1, y2, y3) of tiles 0..3 and 4..7
+        let pairs = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+        let lo_idx = _mm512_setr_epi32(0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23);
+        let hi_idx =
+            _mm512_setr_epi32(8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31);
+        let p01 = _mm512_permutex2var_ps(y[0].0, pairs, y[1].0);
+        let p23 = _mm512_permutex2var_ps(y[2].0, pairs, y[3].0);
+        (Z(_mm512_permutex2var_ps(p01, lo_idx, p23)), Z(_mm512_permutex2var_ps(p01, hi_idx, p23)))
     }
 }
 
@@ -215,6 +274,46 @@ impl Lanes for Y {
         let (h0, h1) = interleave8(a.1, b.1);
         (Y(l0, l1), Y(h0, h1))
     }
+    #[inline(always)]
+    unsafe fn fma(self, b: Self, c: Self) -> Self {
+        Y(_mm256_fmadd_ps(self.0, b.0, c.0), _mm256_fmadd_ps(self.1, b.1, c.1))
+    }
+    #[inline(always)]
+    unsafe fn fnma(self, b: Self, c: Self) -> Self {
+        Y(_mm256_fnmadd_ps(self.0, b.0, c.0), _mm256_fnmadd_ps(self.1, b.1, c.1))
+    }
+    #[inline(always)]
+    unsafe fn phases(lo: Self, hi: Self) -> [Self; 4] {
+        // registers r0..r3 hold elements 8q..8q + 7, groups of 4 (2q, 2q + 1) in their
+        // halves: a 4 × 4 transpose within the halves gives (r0[j], r1[j], r2[j], r3[j] |
+        // r0[4 + j], ..), phase j's lanes in the order 0, 2, 4, 6, 1, 3, 5, 7
+        let (r0, r1, r2, r3) = (lo.0, lo.1, hi.0, hi.1);
+        let (t0, t1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
+        let (t2, t3) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let zero = _mm256_setzero_ps();
+        [
+            Y(_mm256_permutevar8x32_ps(_mm256_shuffle_ps::<0x44>(t0, t2), order), zero),
+            Y(_mm256_permutevar8x32_ps(_mm256_shuffle_ps::<0xee>(t0, t2), order), zero),
+            Y(_mm256_permutevar8x32_ps(_mm256_shuffle_ps::<0x44>(t1, t3), order), zero),
+            Y(_mm256_permutevar8x32_ps(_mm256_shuffle_ps::<0xee>(t1, t3), order), zero),
+        ]
+    }
+    #[inline(always)]
+    unsafe fn quads(y: [Self; 4]) -> (Self, Self) {
+        // (y0[l], y1[l], y2[l], y3[l]) of tiles l | l + 4 per register, then tiles in order
+        let (a, b, c, d) = (y[0].0, y[1].0, y[2].0, y[3].0);
+        let (u0, u1) = (_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+        let (v0, v1) = (_mm256_unpacklo_ps(c, d), _mm256_unpackhi_ps(c, d));
+        let w0 = _mm256_shuffle_ps::<0x44>(u0, v0); // tiles 0 | 4
+        let w1 = _mm256_shuffle_ps::<0xee>(u0, v0); // 1 | 5
+        let w2 = _mm256_shuffle_ps::<0x44>(u1, v1); // 2 | 6
+        let w3 = _mm256_shuffle_ps::<0xee>(u1, v1); // 3 | 7
+        (
+            Y(_mm256_permute2f128_ps::<0x20>(w0, w1), _mm256_permute2f128_ps::<0x20>(w2, w3)),
+            Y(_mm256_permute2f128_ps::<0x31>(w0, w1), _mm256_permute2f128_ps::<0x31>(w2, w3)),
+        )
+    }
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]
@@ -258,6 +357,23 @@ mod tests {
             assert_eq!(dst, want, "mask {mask:#06x}");
         }
         assert_eq!(out(V::zero()), [0.0; 16]);
+        let ph = V::phases(a, b);
+        for (j, p) in ph.iter().enumerate() {
+            assert_eq!(
+                out(*p)[..8],
+                std::array::from_fn::<f32, 8, _>(|l| x[4 * l + j]),
+                "phase {j}"
+            );
+        }
+        let (q0, q1) = V::quads(ph);
+        let mut all = out(q0).to_vec();
+        all.extend(out(q1));
+        assert_eq!(all, x, "quads undo phases");
+        let c = V::splat(0.1);
+        let fused: [f32; 16] = std::array::from_fn(|l| x[l].mul_add(x[16 + l], 0.1));
+        assert_eq!(out(a.fma(b, c)), fused);
+        let fused: [f32; 16] = std::array::from_fn(|l| (-x[l]).mul_add(x[16 + l], 0.1));
+        assert_eq!(out(a.fnma(b, c)), fused);
     }
 
     #[test]

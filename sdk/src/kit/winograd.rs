@@ -81,7 +81,8 @@ pub(crate) fn fits(
 /// 56 41.7 against 47.9, 64 × 128 × 20 × 20 90.9 against 100.7, 32 × 256 × 14 × 14 88.5
 /// against 96.7; at 32 channels still the slower (128 × 32 × 14 × 14: 8.1 against 7.7). The
 /// choice depends on the CPU and the layer's shape alone, so a run on one machine stays
-/// bitwise reproducible.
+/// bitwise reproducible. On AVX2 without AVX-512 (a 2-core Zen 3 EPYC, 2026-12-05) it is taken
+/// from 64 channels as here: from 32 the step was level (`bench/ab-dirs`, 0.9992).
 pub(crate) fn dw_fits(h: usize, w: usize, channels: usize) -> bool {
     #[allow(unused_mut)]
     let mut cpu = half_rate_avx512() || channels >= DW_MIN_CHANNELS;
@@ -367,8 +368,8 @@ fn input_block(
 }
 
 /// `y [nb, cout, h, w]` = the 3 × 3, padding-1 convolution of `x [nb, cin, h, w]` with the
-/// transformed kernel `u [16][cout][cin]` ([`weights`]). Panics without AVX-512 or on slices of
-/// the wrong length.
+/// transformed kernel `u [16][cout][cin]` ([`weights`]). Panics without AVX-512 or AVX2 +
+/// FMA, or on slices of the wrong length.
 pub(crate) fn conv(
     x: &[f32],
     dims: (usize, usize, usize, usize),
@@ -455,7 +456,7 @@ pub(super) fn conv_with(
 /// `V = Bᵀ d B` the input's tiles as in the forward and `Ŷ = A dY Aᵀ` the output gradient's
 /// (the adjoint of `Aᵀ M A`), `dU_ξ [C, O] += Σ_tiles V_ξ · Ŷ_ξᵀ` (16 products over the
 /// tiles). [`kernel_grad_into`] takes the sum of several calls back to `dW = Gᵀ dU G` once.
-/// Panics without AVX-512 or on slices of the wrong length.
+/// Panics without AVX-512 or AVX2 + FMA or on slices of the wrong length.
 pub(crate) fn weight_grad(
     x: &[f32],
     (nb, cin, h, w): (usize, usize, usize, usize),
@@ -554,7 +555,7 @@ pub(super) fn accumulate_du(
 
 /// `dwt [cin·9, cout] +=` the kernel gradient (transposed, as the implicit product's
 /// accumulators in `conv.rs` hold it) whose transform [`weight_grad`] summed into `du`. Panics
-/// without AVX-512 or on slices of the wrong length.
+/// without AVX-512 or AVX2 + FMA or on slices of the wrong length.
 pub(crate) fn kernel_grad_into(du: &[f32], (cin, cout): (usize, usize), dwt: &mut [f32]) {
     kernel_grad_with(&G, du, (cin, cout), dwt);
 }
@@ -713,6 +714,8 @@ macro_rules! on_lanes {
         }
     };
 }
+#[cfg(target_arch = "x86_64")]
+pub(super) use on_lanes;
 
 on_lanes! {
     /// Tile rows `ty0..ty1` of one plane, `Bᵀ d B`, into `v[ξ·stride + at + (ty − ty0)·tx_n +

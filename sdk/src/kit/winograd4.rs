@@ -29,14 +29,18 @@
 //! scale (F(2×2): 1e-6; the kernel gradient, a sum over every tile, 3e-5), and are bitwise
 //! the same from run to run.
 
+#[cfg(target_arch = "x86_64")]
+use super::lanes::{Lanes, Y, Z};
+#[cfg(target_arch = "x86_64")]
+use super::winograd::on_lanes;
 use super::winograd::{blocks, blocks_of, conv_with, resize, slab, Block, Scratch, Transforms};
 
 /// True when a layer that [`super::winograd::fits`] takes this path: planes 25 to 32 wide,
-/// whose row of 7 or 8 tiles fills half a vector, on CPUs with AVX-512 (this module's
-/// transforms are written for it alone; elsewhere F(2×2) takes these layers).
+/// whose row of 7 or 8 tiles fills half a vector (on AVX-512, or on AVX2 + FMA through
+/// [`super::lanes`]).
 pub(crate) fn fits(_h: usize, w: usize) -> bool {
     #[allow(unused_mut)]
-    let mut fits = (25..=32).contains(&w) && super::simd_gemm::avx512();
+    let mut fits = (25..=32).contains(&w) && super::simd_gemm::available();
     #[cfg(test)]
     if DISABLED.load(std::sync::atomic::Ordering::SeqCst) {
         fits = false;
@@ -85,7 +89,7 @@ pub(crate) fn weights(w: &[f32], o: usize, c: usize, flip: bool) -> Vec<f32> {
 }
 
 /// `y [nb, cout, h, w]` = the 3 × 3, padding-1 convolution of `x [nb, cin, h, w]` with the
-/// transformed kernel `u [36][cout][cin]` ([`weights`]). Panics without AVX-512, on planes that
+/// transformed kernel `u [36][cout][cin]` ([`weights`]). Panics without AVX-512 or AVX2 + FMA, on planes that
 /// do not [`fits`], or on slices of the wrong length.
 pub(crate) fn conv(
     x: &[f32],
@@ -102,7 +106,8 @@ pub(crate) fn conv(
     conv_with(&f4, x, dims, u, cout, y, s);
 }
 
-/// True when a layer that [`super::winograd::fits`] takes [`conv_narrow`] (with AVX-512, as [`fits`]): planes 7 to 16 on
+/// True when a layer that [`super::winograd::fits`] takes [`conv_narrow`] (on AVX-512 only:
+/// its gathers and scatters are AVX-512's; elsewhere F(2×2) takes these layers): planes 7 to 16 on
 /// a side whose F(4×4) tiles cover no more padding than F(2×2)'s (sides of 4k or 4k + 3: 7, 8,
 /// 11, 12, 15, 16), where F(4×4) does 36 products per 16 outputs against 64. One thread, Intel
 /// Xeon (`time_winograd_layers`): 256 × 128 × 7 × 7 forward 34.2 → 22.4 ms, backward 69.6 →
@@ -294,10 +299,10 @@ unsafe fn input_gathered(
             let d = [0, 1, 2, 3, 4, 5].map(|c| {
                 _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, idx, pp.add(r * wp + c))
             });
-            *row = bt(d);
+            *row = zbt(d);
         }
         for j in 0..6 {
-            let col = bt(rows.map(|row| row[j]));
+            let col = zbt(rows.map(|row| row[j]));
             for (i, c) in col.into_iter().enumerate() {
                 _mm512_mask_storeu_ps(vp.add((i * 6 + j) * stride + at + t0), mask, c);
             }
@@ -333,13 +338,13 @@ unsafe fn output_scattered(
         // Aᵀ down each column j: s[r][j], then along each row
         let mut sr = [[_mm512_setzero_ps(); 6]; 4];
         for j in 0..6 {
-            let col = at([mv(j), mv(6 + j), mv(12 + j), mv(18 + j), mv(24 + j), mv(30 + j)]);
+            let col = zat([mv(j), mv(6 + j), mv(12 + j), mv(18 + j), mv(24 + j), mv(30 + j)]);
             for (row, v) in sr.iter_mut().zip(col) {
                 row[j] = v;
             }
         }
         for (r, row) in sr.iter().enumerate() {
-            for (c, v) in at(*row).into_iter().enumerate() {
+            for (c, v) in zat(*row).into_iter().enumerate() {
                 let k = valid[t0 / 16][r * 4 + c] & mask;
                 let at_rc = _mm512_add_epi32(idx, _mm512_set1_epi32((r * w + c) as i32));
                 _mm512_mask_i32scatter_ps::<4>(yp, k, at_rc, v);
@@ -379,10 +384,10 @@ unsafe fn grad_gathered(
                 let at_rc = _mm512_add_epi32(idx, _mm512_set1_epi32((r * w + c) as i32));
                 _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), k, at_rc, dp)
             });
-            *pr = a6(d);
+            *pr = za6(d);
         }
         for j in 0..6 {
-            let col = a6(p.map(|r| r[j]));
+            let col = za6(p.map(|r| r[j]));
             for (i, c) in col.into_iter().enumerate() {
                 _mm512_mask_storeu_ps(mp.add((i * 6 + j) * stride + first + t0), mask, c);
             }
@@ -430,7 +435,7 @@ unsafe fn output_scattered(
 /// convolution of `x [nb, cin, h, w]` whose output gradient is `dy [nb, cout, h, w]`, on
 /// planes that [`fits`] or [`narrow_fits`]; [`kernel_grad_into`] takes the sum of several
 /// calls back to `dW`.
-/// Panics without AVX-512 or on slices of the wrong length.
+/// Panics without AVX-512 or AVX2 + FMA (narrow planes: without AVX-512) or on slices of the wrong length.
 pub(crate) fn weight_grad(
     x: &[f32],
     (nb, cin, h, w): (usize, usize, usize, usize),
@@ -439,7 +444,10 @@ pub(crate) fn weight_grad(
     du: &mut [f32],
     s: &mut Scratch,
 ) {
-    assert!(super::simd_gemm::avx512(), "winograd weight gradient without AVX-512");
+    assert!(
+        super::simd_gemm::available(),
+        "winograd weight gradient without AVX-512 or AVX2 + FMA"
+    );
     #[cfg(test)]
     DW_CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     assert!(w <= 32, "winograd F(4×4): planes {w} wide");
@@ -447,6 +455,7 @@ pub(crate) fn weight_grad(
     assert_eq!(dy.len(), nb * cout * h * w, "winograd weight gradient: gradient length");
     assert_eq!(du.len(), 36 * cout * cin, "winograd weight gradient: accumulator length");
     if w <= NARROW_MAX {
+        assert!(super::simd_gemm::avx512(), "winograd weight gradient, narrow, without AVX-512");
         assert!(dy.len() < i32::MAX as usize, "winograd weight gradient: too large to index");
         // narrow planes: the tiles gathered as `conv_narrow` gathers them, in blocks of up
         // to 256 tiles (a convolution's chunk of images is one block): each block's products
@@ -498,7 +507,7 @@ pub(crate) fn weight_grad(
 }
 
 /// `dwt [cin·9, cout] +=` the kernel gradient whose transform [`weight_grad`] summed into
-/// `du`. Panics without AVX-512 or on slices of the wrong length.
+/// `du`. Panics without AVX-512 or AVX2 + FMA or on slices of the wrong length.
 pub(crate) fn kernel_grad_into(du: &[f32], (cin, cout): (usize, usize), dwt: &mut [f32]) {
     super::winograd::kernel_grad_with(&G, du, (cin, cout), dwt);
 }
@@ -507,34 +516,58 @@ pub(crate) fn kernel_grad_into(du: &[f32], (cin, cout): (usize, usize), dwt: &mu
 #[cfg(test)]
 pub(crate) static DW_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// `A (d0 .. d3)`, lane by lane (`A = (Aᵀ)ᵀ`, 6 × 4): the adjoint of [`at`].
+/// [`bt`], [`at`] and [`a6`] on AVX-512 registers, for the narrow planes' gathers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-fn a6(d: [std::arch::x86_64::__m512; 4]) -> [std::arch::x86_64::__m512; 6] {
-    use std::arch::x86_64::*;
-    let k = _mm512_set1_ps;
-    let (s02, s13) = (_mm512_add_ps(d[0], d[2]), _mm512_add_ps(d[1], d[3]));
-    // d0 + 4 d2 and d1 + 4 d3: rows 3 and 4 are (d0 + 4 d2) ± 2 (d1 + 4 d3)
-    let (p, q) = (_mm512_fmadd_ps(k(4.0), d[2], d[0]), _mm512_fmadd_ps(k(4.0), d[3], d[1]));
-    [
-        d[0],
-        _mm512_add_ps(s02, s13),
-        _mm512_sub_ps(s02, s13),
-        _mm512_fmadd_ps(k(2.0), q, p),
-        _mm512_fnmadd_ps(k(2.0), q, p),
-        d[3],
-    ]
+unsafe fn zbt(d: [std::arch::x86_64::__m512; 6]) -> [std::arch::x86_64::__m512; 6] {
+    bt(d.map(Z)).map(|z| z.0)
 }
 
-/// Tile rows `ty0..ty1` of one output-gradient plane, `A dY Aᵀ` (the adjoint of
-/// [`output_tiles`]' `Aᵀ M A`), into `m[ξ·stride + at + (ty − ty0)·tx_n + tx]`: first `dY Aᵀ`
-/// along each row (`rt`, 6 vectors of a row's tiles), then `A` down the 4 rows of each row of
-/// tiles. The outputs of a tile past the plane's edge count as zeros.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn grad_tiles(
+#[inline]
+unsafe fn zat(m: [std::arch::x86_64::__m512; 6]) -> [std::arch::x86_64::__m512; 4] {
+    at(m.map(Z)).map(|z| z.0)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn za6(d: [std::arch::x86_64::__m512; 4]) -> [std::arch::x86_64::__m512; 6] {
+    a6(d.map(Z)).map(|z| z.0)
+}
+
+/// `A (d0 .. d3)`, lane by lane (`A = (Aᵀ)ᵀ`, 6 × 4): the adjoint of [`at`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn a6<V: Lanes>(d: [V; 4]) -> [V; 6] {
+    let (s02, s13) = (d[0].add(d[2]), d[1].add(d[3]));
+    // d0 + 4 d2 and d1 + 4 d3: rows 3 and 4 are (d0 + 4 d2) ± 2 (d1 + 4 d3)
+    let (p, q) = (V::splat(4.0).fma(d[2], d[0]), V::splat(4.0).fma(d[3], d[1]));
+    [d[0], s02.add(s13), s02.sub(s13), V::splat(2.0).fma(q, p), V::splat(2.0).fnma(q, p), d[3]]
+}
+
+on_lanes! {
+    /// Tile rows `ty0..ty1` of one output-gradient plane, `A dY Aᵀ` (the adjoint of
+    /// [`output_tiles`]' `Aᵀ M A`), into `m[ξ·stride + at + (ty − ty0)·tx_n + tx]`: first `dY
+    /// Aᵀ` along each row (`rt`, 6 vectors of a row's tiles), then `A` down the 4 rows of each
+    /// row of tiles. The outputs of a tile past the plane's edge count as zeros. Needs
+    /// AVX-512 or AVX2 + FMA; asserts its bounds.
+    fn grad_tiles = grad_tiles_v(
+        plane: &[f32],
+        hw: (usize, usize),
+        rows: (usize, usize, usize),
+        rt: &mut Vec<f32>,
+        m: &mut [f32],
+        at: usize,
+        stride: usize,
+    )
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn grad_tiles_v<V: Lanes>(
     plane: &[f32],
     (h, w): (usize, usize),
     (ty0, ty1, tx_n): (usize, usize, usize),
@@ -543,7 +576,6 @@ unsafe fn grad_tiles(
     at: usize,
     stride: usize,
 ) {
-    use std::arch::x86_64::*;
     assert!(w <= 32 && tx_n == w.div_ceil(4), "winograd F(4×4): planes {w} wide");
     assert!(plane.len() >= h * w, "winograd: gradient plane too short");
     assert!(
@@ -552,27 +584,6 @@ unsafe fn grad_tiles(
     );
     let rows = 4 * (ty1 - ty0);
     let rt = resize(rt, rows * 6 * 16);
-    // lane l of phase j reads column 4l + j of the row
-    let phase = |j: i32| {
-        _mm512_setr_epi32(
-            j,
-            4 + j,
-            8 + j,
-            12 + j,
-            16 + j,
-            20 + j,
-            24 + j,
-            28 + j,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-        )
-    };
     let (m0, m1) = (super::winograd::first(w), super::winograd::first(w.saturating_sub(16)));
     for k in 0..rows {
         let out = rt.as_mut_ptr().add(k * 6 * 16);
@@ -582,10 +593,11 @@ unsafe fn grad_tiles(
             continue;
         }
         let src = plane.as_ptr().add(y * w);
-        let (a0, a1) = (_mm512_maskz_loadu_ps(m0, src), _mm512_maskz_loadu_ps(m1, src.add(16)));
-        let d = [0, 1, 2, 3].map(|j| _mm512_permutex2var_ps(a0, phase(j), a1));
-        for (j, t) in a6(d).into_iter().enumerate() {
-            _mm512_storeu_ps(out.add(j * 16), t);
+        let (a0, a1) = (V::load(m0, src), V::load(m1, src.wrapping_add(16)));
+        // lane l of phase j is column 4l + j of the row
+        let t = a6(V::phases(a0, a1));
+        for (j, t) in t.iter().enumerate() {
+            t.store(out.add(j * 16), u16::MAX);
         }
     }
     let mask = super::winograd::first(tx_n);
@@ -593,10 +605,14 @@ unsafe fn grad_tiles(
     for ty in 0..ty1 - ty0 {
         let base = at + ty * tx_n;
         for j in 0..6 {
-            let r = |i: usize| _mm512_loadu_ps(rtp.add(((4 * ty + i) * 6 + j) * 16));
-            let col = a6([r(0), r(1), r(2), r(3)]);
-            for (i, c) in col.into_iter().enumerate() {
-                _mm512_mask_storeu_ps(mp.add((i * 6 + j) * stride + base), mask, c);
+            macro_rules! r {
+                ($i:expr) => {
+                    V::load(u16::MAX, rtp.add(((4 * ty + $i) * 6 + j) * 16))
+                };
+            }
+            let col = a6([r!(0), r!(1), r!(2), r!(3)]);
+            for (i, c) in col.iter().enumerate() {
+                c.store(mp.add((i * 6 + j) * stride + base), mask);
             }
         }
     }
@@ -618,48 +634,54 @@ unsafe fn grad_tiles(
 
 /// `Bᵀ (d0 .. d5)`, lane by lane.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-fn bt(d: [std::arch::x86_64::__m512; 6]) -> [std::arch::x86_64::__m512; 6] {
-    use std::arch::x86_64::*;
-    let k = _mm512_set1_ps;
-    let (s12, d12) = (_mm512_add_ps(d[1], d[2]), _mm512_sub_ps(d[1], d[2]));
-    let (s34, d43) = (_mm512_add_ps(d[3], d[4]), _mm512_sub_ps(d[4], d[3]));
-    let (d42, d31) = (_mm512_sub_ps(d[4], d[2]), _mm512_sub_ps(d[3], d[1]));
+#[inline(always)]
+unsafe fn bt<V: Lanes>(d: [V; 6]) -> [V; 6] {
+    let (s12, d12) = (d[1].add(d[2]), d[1].sub(d[2]));
+    let (s34, d43) = (d[3].add(d[4]), d[4].sub(d[3]));
+    let (d42, d31) = (d[4].sub(d[2]), d[3].sub(d[1]));
     [
-        _mm512_fmadd_ps(k(4.0), d[0], _mm512_fmadd_ps(k(-5.0), d[2], d[4])),
-        _mm512_fmadd_ps(k(-4.0), s12, s34),
-        _mm512_fmadd_ps(k(4.0), d12, d43),
-        _mm512_fmadd_ps(k(2.0), d31, d42),
-        _mm512_fmadd_ps(k(-2.0), d31, d42),
-        _mm512_fmadd_ps(k(4.0), d[1], _mm512_fmadd_ps(k(-5.0), d[3], d[5])),
+        V::splat(4.0).fma(d[0], V::splat(-5.0).fma(d[2], d[4])),
+        V::splat(-4.0).fma(s12, s34),
+        V::splat(4.0).fma(d12, d43),
+        V::splat(2.0).fma(d31, d42),
+        V::splat(-2.0).fma(d31, d42),
+        V::splat(4.0).fma(d[1], V::splat(-5.0).fma(d[3], d[5])),
     ]
 }
 
 /// `Aᵀ (m0 .. m5)`, lane by lane.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-fn at(m: [std::arch::x86_64::__m512; 6]) -> [std::arch::x86_64::__m512; 4] {
-    use std::arch::x86_64::*;
-    let k = _mm512_set1_ps;
-    let (a, b) = (_mm512_add_ps(m[1], m[2]), _mm512_sub_ps(m[1], m[2]));
-    let (c, d) = (_mm512_add_ps(m[3], m[4]), _mm512_sub_ps(m[3], m[4]));
+#[inline(always)]
+unsafe fn at<V: Lanes>(m: [V; 6]) -> [V; 4] {
+    let (a, b) = (m[1].add(m[2]), m[1].sub(m[2]));
+    let (c, d) = (m[3].add(m[4]), m[3].sub(m[4]));
     [
-        _mm512_add_ps(_mm512_add_ps(m[0], a), c),
-        _mm512_fmadd_ps(k(2.0), d, b),
-        _mm512_fmadd_ps(k(4.0), c, a),
-        _mm512_add_ps(_mm512_fmadd_ps(k(8.0), d, b), m[5]),
+        m[0].add(a).add(c),
+        V::splat(2.0).fma(d, b),
+        V::splat(4.0).fma(c, a),
+        V::splat(8.0).fma(d, b).add(m[5]),
     ]
 }
 
-/// Tile rows `ty0..ty1` of one plane, `Bᵀ d B`, into `v[ξ·stride + at + (ty − ty0)·tx_n + tx]`:
-/// first `d·B` for each input row they read (`rt`, row `k` holding input row `4·ty0 + k − 1`,
-/// 6 vectors of a row's tiles), then `Bᵀ` down the rows of each row of tiles.
+on_lanes! {
+    /// Tile rows `ty0..ty1` of one plane, `Bᵀ d B`, into `v[ξ·stride + at + (ty −
+    /// ty0)·tx_n + tx]`: first `d·B` for each input row they read (`rt`, row `k` holding input
+    /// row `4·ty0 + k − 1`, 6 vectors of a row's tiles), then `Bᵀ` down the rows of each row
+    /// of tiles. Needs AVX-512 or AVX2 + FMA; asserts its bounds.
+    fn input_tiles = input_tiles_v(
+        plane: &[f32],
+        hw: (usize, usize),
+        rows: (usize, usize, usize),
+        rt: &mut Vec<f32>,
+        v: &mut [f32],
+        at: usize,
+        stride: usize,
+    )
+}
+
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn input_tiles(
+#[inline(always)]
+unsafe fn input_tiles_v<V: Lanes>(
     plane: &[f32],
     (h, w): (usize, usize),
     (ty0, ty1, tx_n): (usize, usize, usize),
@@ -668,7 +690,6 @@ unsafe fn input_tiles(
     at: usize,
     stride: usize,
 ) {
-    use std::arch::x86_64::*;
     assert!(w <= 32 && tx_n == w.div_ceil(4), "winograd F(4×4): planes {w} wide");
     assert!(plane.len() >= h * w, "winograd: input plane too short");
     assert!(
@@ -677,28 +698,7 @@ unsafe fn input_tiles(
     );
     let rows = 4 * (ty1 - ty0) + 2;
     let rt = resize(rt, rows * 6 * 16);
-    // lane l of phase j reads column 4l + j of a 32-column window
-    let phase = |j: i32| {
-        _mm512_setr_epi32(
-            j,
-            4 + j,
-            8 + j,
-            12 + j,
-            16 + j,
-            20 + j,
-            24 + j,
-            28 + j,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-        )
-    };
-    let inside = |c: isize| -> __mmask16 {
+    let inside = |c: isize| -> u16 {
         let lo = (-c).clamp(0, 16) as u32;
         let hi = (w as isize - c).clamp(0, 16) as u32;
         if hi <= lo {
@@ -715,28 +715,23 @@ unsafe fn input_tiles(
             continue;
         }
         let src = plane.as_ptr().add(y as usize * w);
-        // columns c .. c + 31, zeros outside the row (masked-off lanes are not read)
-        let window = |c: isize| {
-            let p = src.wrapping_offset(c);
-            (
-                _mm512_maskz_loadu_ps(inside(c), p),
-                _mm512_maskz_loadu_ps(inside(c + 16), p.wrapping_add(16)),
-            )
-        };
+        // columns c .. c + 31, zeros outside the row (masked-off lanes are not read), as its
+        // four phases: lane l of phase j is column c + 4l + j (a macro, not a closure: see
+        // `super::lanes`)
+        macro_rules! window {
+            ($c:expr) => {{
+                let c: isize = $c;
+                let p = src.wrapping_offset(c);
+                V::phases(V::load(inside(c), p), V::load(inside(c + 16), p.wrapping_add(16)))
+            }};
+        }
         // tile tx reads columns 4tx − 1 ..= 4tx + 4: d0..d3 from the window at −1, d4, d5 from
         // the one at 3
-        let (a0, a1) = window(-1);
-        let (b0, b1) = window(3);
-        let d = [
-            _mm512_permutex2var_ps(a0, phase(0), a1),
-            _mm512_permutex2var_ps(a0, phase(1), a1),
-            _mm512_permutex2var_ps(a0, phase(2), a1),
-            _mm512_permutex2var_ps(a0, phase(3), a1),
-            _mm512_permutex2var_ps(b0, phase(0), b1),
-            _mm512_permutex2var_ps(b0, phase(1), b1),
-        ];
-        for (j, t) in bt(d).into_iter().enumerate() {
-            _mm512_storeu_ps(out.add(j * 16), t);
+        let a = window!(-1);
+        let b = window!(3);
+        let t = bt([a[0], a[1], a[2], a[3], b[0], b[1]]);
+        for (j, t) in t.iter().enumerate() {
+            t.store(out.add(j * 16), u16::MAX);
         }
     }
     let m = super::winograd::first(tx_n);
@@ -744,21 +739,36 @@ unsafe fn input_tiles(
     for ty in 0..ty1 - ty0 {
         let base = at + ty * tx_n;
         for j in 0..6 {
-            let r = |i: usize| _mm512_loadu_ps(rtp.add(((4 * ty + i) * 6 + j) * 16));
-            let col = bt([r(0), r(1), r(2), r(3), r(4), r(5)]);
-            for (i, c) in col.into_iter().enumerate() {
-                _mm512_mask_storeu_ps(vp.add((i * 6 + j) * stride + base), m, c);
+            macro_rules! r {
+                ($i:expr) => {
+                    V::load(u16::MAX, rtp.add(((4 * ty + $i) * 6 + j) * 16))
+                };
+            }
+            let col = bt([r!(0), r!(1), r!(2), r!(3), r!(4), r!(5)]);
+            for (i, c) in col.iter().enumerate() {
+                c.store(vp.add((i * 6 + j) * stride + base), m);
             }
         }
     }
 }
 
-/// Tile rows `ty0..ty1` of one output plane from their products `m[ξ·stride + at + (ty −
-/// ty0)·tx_n + tx]`: `Aᵀ M A`, a row of tiles at a time, their 4 × 4 outputs interleaved into
-/// four rows of up to 32 columns.
+on_lanes! {
+    /// Tile rows `ty0..ty1` of one output plane from their products `m[ξ·stride + at + (ty −
+    /// ty0)·tx_n + tx]`: `Aᵀ M A`, a row of tiles at a time, their 4 × 4 outputs interleaved
+    /// into four rows of up to 32 columns. Needs AVX-512 or AVX2 + FMA; asserts its bounds.
+    fn output_tiles = output_tiles_v(
+        m: &[f32],
+        at_: usize,
+        stride: usize,
+        rows: (usize, usize, usize),
+        hw: (usize, usize),
+        plane: &mut [f32],
+    )
+}
+
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn output_tiles(
+#[inline(always)]
+unsafe fn output_tiles_v<V: Lanes>(
     m: &[f32],
     at_: usize,
     stride: usize,
@@ -766,27 +776,26 @@ unsafe fn output_tiles(
     (h, w): (usize, usize),
     plane: &mut [f32],
 ) {
-    use std::arch::x86_64::*;
     assert!(w <= 32 && tx_n == w.div_ceil(4), "winograd F(4×4): planes {w} wide");
     assert!(
         super::winograd::holds_copies(36, m.len(), stride, at_, (ty0, ty1, tx_n)),
         "winograd: products too short"
     );
     assert!(plane.len() >= h * w, "winograd: output plane too short");
-    // (y0[l], y1[l]) pairs, then (y0, y1, y2, y3) of tiles 0..3 and 4..7
-    let pairs = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    let lo_idx = _mm512_setr_epi32(0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23);
-    let hi_idx = _mm512_setr_epi32(8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31);
     let mask = super::winograd::first(tx_n);
     for ty in ty0..ty1 {
         let base = at_ + (ty - ty0) * tx_n;
-        let mv = |xi: usize| _mm512_maskz_loadu_ps(mask, m.as_ptr().add(xi * stride + base));
+        macro_rules! mv {
+            ($xi:expr) => {
+                V::load(mask, m.as_ptr().add($xi * stride + base))
+            };
+        }
         // Aᵀ down each column j: s[r][j]
-        let mut s = [[_mm512_setzero_ps(); 6]; 4];
+        let mut s = [[V::zero(); 6]; 4];
         for j in 0..6 {
-            let col = at([mv(j), mv(6 + j), mv(12 + j), mv(18 + j), mv(24 + j), mv(30 + j)]);
-            for (row, v) in s.iter_mut().zip(col) {
-                row[j] = v;
+            let col = at([mv!(j), mv!(6 + j), mv!(12 + j), mv!(18 + j), mv!(24 + j), mv!(30 + j)]);
+            for (row, v) in s.iter_mut().zip(col.iter()) {
+                row[j] = *v;
             }
         }
         for (r, sr) in s.iter().enumerate() {
@@ -794,15 +803,11 @@ unsafe fn output_tiles(
             if yy >= h {
                 break;
             }
-            let y = at(*sr);
-            let p01 = _mm512_permutex2var_ps(y[0], pairs, y[1]);
-            let p23 = _mm512_permutex2var_ps(y[2], pairs, y[3]);
+            let (lo, hi) = V::quads(at(*sr));
             let row = plane.as_mut_ptr().add(yy * w);
-            let lo = _mm512_permutex2var_ps(p01, lo_idx, p23);
-            _mm512_mask_storeu_ps(row, super::winograd::first(w), lo);
+            lo.store(row, super::winograd::first(w));
             if w > 16 {
-                let hi = _mm512_permutex2var_ps(p01, hi_idx, p23);
-                _mm512_mask_storeu_ps(row.add(16), super::winograd::first(w - 16), hi);
+                hi.store(row.add(16), super::winograd::first(w - 16));
             }
         }
     }
@@ -820,7 +825,7 @@ mod tests {
     /// 2.2e-4 at a scale of 8.1 (2.8e-5 of it), F(2×2)'s 1.8e-5.
     #[test]
     fn weight_grad_is_the_direct_sum() {
-        if !crate::kit::simd_gemm::avx512() {
+        if !crate::kit::simd_gemm::available() {
             return;
         }
         for (nb, c, o, h, w) in [
@@ -837,6 +842,10 @@ mod tests {
             (5, 8, 8, 4, 4),
             (2, 16, 17, 16, 16),
         ] {
+            // the narrow planes' gathers are AVX-512's alone
+            if w <= super::NARROW_MAX && !crate::kit::simd_gemm::avx512() {
+                continue;
+            }
             let x: Vec<f32> =
                 (0..nb * c * h * w).map(|i| ((i * 7919 % 101) as f32 - 50.0) / 50.0).collect();
             let dy: Vec<f32> =
@@ -859,7 +868,7 @@ mod tests {
     /// edge), the forward and the flipped kernel, against the direct sum in f64.
     #[test]
     fn conv_is_the_direct_sum() {
-        if !crate::kit::simd_gemm::avx512() {
+        if !crate::kit::simd_gemm::available() {
             return;
         }
         for (nb, c, o, h, w, flip) in [
@@ -878,6 +887,9 @@ mod tests {
             (3, 3, 3, 8, 8, true),
             (2, 5, 4, 13, 11, false),
         ] {
+            if w <= super::NARROW_MAX && !crate::kit::simd_gemm::avx512() {
+                continue;
+            }
             let x: Vec<f32> = (0..nb * c.max(o) * h * w)
                 .map(|i| ((i * 7919 % 101) as f32 - 50.0) / 50.0)
                 .collect();
