@@ -11,8 +11,8 @@
 //!     {"t": wall s, "cpu": CPU s, "loss": ...}, and `quit` with {"peak_rss_mib": ...}
 //! step --mode gemm
 //!     the FLOP rate of latent's own matrix product as the convolutions run it: one
-//!     single-threaded product per rayon thread at once (the AVX-512 kernel where the CPU has
-//!     it), best of 3, at 1024x1024x1024 and at two shapes whose operands fit the caches
+//!     single-threaded product per rayon thread at once (the AVX-512 or AVX2 kernel where
+//!     the CPU has it), best of 3, at 1024x1024x1024 and at two shapes whose operands fit the caches
 //!     (128 and 256 rows, k = 256, 1024 columns); prints the best as {"gemm_gflops": ...}
 //! step --mode abi [--steps 5] ...
 //!     pair 3: three learners with identical weights, stepped in turn (A B C, then C B A, ...)
