@@ -1038,6 +1038,62 @@ pub(crate) fn direct_weight_grad(
 mod tests {
     use super::holds;
 
+    /// Every F(2×2) transform's output as bits, on lanes `V`: input, output and gradient tiles
+    /// of one `h × w` plane (all its tile rows) and the kernel gradient's basis change.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn f2_bits<V: super::Lanes>((h, w): (usize, usize), seed: u64) -> Vec<u32> {
+        use crate::kit::gradcheck::random;
+        let (tx_n, ty_n) = (w.div_ceil(2), h.div_ceil(2));
+        let stride = ty_n * tx_n + 5;
+        let plane = random(&[h * w], seed).data;
+        let mut v = vec![0.0f32; 16 * stride];
+        super::input_tiles_v::<V>(
+            &plane,
+            (h, w),
+            (0, ty_n, tx_n),
+            &mut Vec::new(),
+            &mut v,
+            0,
+            stride,
+        );
+        let m = random(&[16 * stride], seed + 1).data;
+        let mut y = vec![0.0f32; h * w];
+        super::output_tiles_v::<V>(&m, 0, stride, (0, ty_n, tx_n), (h, w), &mut y);
+        let mut g = vec![0.0f32; 16 * stride];
+        super::grad_tiles_v::<V>(&plane, (h, w), (0, ty_n, tx_n), &mut g, 0, stride);
+        let (cin, cout) = (3, 19);
+        let du = random(&[16 * cin * cout], seed + 2).data;
+        let mut dwt = random(&[cin * 9 * cout], seed + 3).data;
+        super::kernel_grad_v::<4, V>(&super::G, &du, (cin, cout), &mut dwt);
+        [v, y, g, dwt].concat().iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// The AVX2 bodies of the transforms give the AVX-512 bodies' bits, where the CPU has both
+    /// (the other tests check whichever this CPU takes against the direct sums): ragged
+    /// widths, more than 16 tiles in a row, half tiles at the edges.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn the_avx2_transforms_give_the_avx512_bits() {
+        if !crate::kit::simd_gemm::avx512() {
+            eprintln!("no AVX-512 here: nothing to compare");
+            return;
+        }
+        #[target_feature(enable = "avx512f")]
+        unsafe fn z(hw: (usize, usize), seed: u64) -> Vec<u32> {
+            f2_bits::<super::Z>(hw, seed)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn y(hw: (usize, usize), seed: u64) -> Vec<u32> {
+            f2_bits::<super::Y>(hw, seed)
+        }
+        for (k, hw) in [(5, 7), (6, 33), (9, 28), (2, 2), (14, 14)].into_iter().enumerate() {
+            // SAFETY: AVX-512 is present (checked above), and with it AVX2 and FMA
+            let (a, b) = unsafe { (z(hw, k as u64), y(hw, k as u64)) };
+            assert!(a == b, "{hw:?}: the AVX2 transforms differ from the AVX-512 ones");
+        }
+    }
+
     #[test]
     fn the_transforms_bound_refuses_what_would_overflow_or_not_fit() {
         // 16 copies of 2 rows of 7 tiles, 100 apart, from 3: the last tile is at 1516

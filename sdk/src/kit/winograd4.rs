@@ -819,6 +819,48 @@ use super::winograd::{input_tiles, output_tiles};
 
 #[cfg(test)]
 mod tests {
+    /// F(4×4)'s transforms on a plane 25 to 32 wide, as bits, on lanes `V`.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn f4_bits<V: super::Lanes>((h, w): (usize, usize), seed: u64) -> Vec<u32> {
+        use crate::kit::gradcheck::random;
+        let (tx_n, ty_n) = (w.div_ceil(4), h.div_ceil(4));
+        let stride = ty_n * tx_n + 3;
+        let plane = random(&[h * w], seed).data;
+        let mut v = vec![0.0f32; 36 * stride];
+        let rows = (0, ty_n, tx_n);
+        super::input_tiles_v::<V>(&plane, (h, w), rows, &mut Vec::new(), &mut v, 0, stride);
+        let m = random(&[36 * stride], seed + 1).data;
+        let mut y = vec![0.0f32; h * w];
+        super::output_tiles_v::<V>(&m, 0, stride, rows, (h, w), &mut y);
+        let mut g = vec![0.0f32; 36 * stride];
+        super::grad_tiles_v::<V>(&plane, (h, w), rows, &mut Vec::new(), &mut g, 0, stride);
+        [v, y, g].concat().iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// The AVX2 bodies give the AVX-512 bodies' bits where the CPU has both.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn the_avx2_transforms_give_the_avx512_bits() {
+        if !crate::kit::simd_gemm::avx512() {
+            eprintln!("no AVX-512 here: nothing to compare");
+            return;
+        }
+        #[target_feature(enable = "avx512f")]
+        unsafe fn z(hw: (usize, usize), seed: u64) -> Vec<u32> {
+            f4_bits::<super::Z>(hw, seed)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn y(hw: (usize, usize), seed: u64) -> Vec<u32> {
+            f4_bits::<super::Y>(hw, seed)
+        }
+        for (k, hw) in [(1, 25), (5, 28), (7, 32), (9, 27), (28, 28)].into_iter().enumerate() {
+            // SAFETY: AVX-512 is present (checked above), and with it AVX2 and FMA
+            let (a, b) = unsafe { (z(hw, k as u64), y(hw, k as u64)) };
+            assert!(a == b, "{hw:?}: the AVX2 transforms differ from the AVX-512 ones");
+        }
+    }
+
     /// The kernel gradient on planes of 25 to 32 columns (partial tiles at the right and bottom
     /// edges, one row of tiles, several images), against the direct sum in f64. The larger
     /// tile rounds more here too: at 2 images of 16 → 17 channels of 28 × 28 the worst error was
