@@ -1,6 +1,7 @@
 //! Sixteen f32 lanes, on AVX-512 (one `__m512`) or on AVX2 (two `__m256`): the operations
-//! Winograd's transforms take (`kit/winograd.rs`, and F(4×4)'s on planes 25 to 32 wide in
-//! `kit/winograd4.rs`), so that one body of each transform compiles for both. Every operation is lane by lane or a fixed permutation, so the two give
+//! Winograd's transforms take (`kit/winograd.rs`, `kit/winograd4.rs`: F(4×4)'s on wide planes,
+//! and on narrow ones with gathers and a scatter, which AVX2 does one lane at a time), so that
+//! one body of each transform compiles for both. Every operation is lane by lane or a fixed permutation, so the two give
 //! the same bits.
 //!
 //! The bodies are `#[inline(always)]` and generic over [`Lanes`]; each is called from a thin
@@ -46,6 +47,16 @@ pub(super) trait Lanes: Copy {
     /// The inverse for 8 lanes: element `4l + r` of the 32 in the result is lane `l` of
     /// `y[r]`, for `l < 8` (lanes 8–15 of `y` are not read).
     unsafe fn quads(y: [Self; 4]) -> (Self, Self);
+    /// Sixteen i32 offsets, for [`Lanes::gather`] and [`Lanes::scatter`].
+    type Index: Copy;
+    /// The 16 offsets at `p`.
+    unsafe fn index(p: *const i32) -> Self::Index;
+    /// Each offset plus `k`.
+    unsafe fn index_add(i: Self::Index, k: i32) -> Self::Index;
+    /// `base[i[l]]` in the lanes of `mask`, zero elsewhere (the others are not read).
+    unsafe fn gather(mask: u16, base: *const f32, i: Self::Index) -> Self;
+    /// `base[i[l]] = self[l]` in the lanes of `mask` (offsets distinct where written).
+    unsafe fn scatter(self, mask: u16, base: *mut f32, i: Self::Index);
 }
 
 /// AVX-512 Foundation.
@@ -143,6 +154,23 @@ impl Lanes for Z {
         let p01 = _mm512_permutex2var_ps(y[0].0, pairs, y[1].0);
         let p23 = _mm512_permutex2var_ps(y[2].0, pairs, y[3].0);
         (Z(_mm512_permutex2var_ps(p01, lo_idx, p23)), Z(_mm512_permutex2var_ps(p01, hi_idx, p23)))
+    }
+    type Index = __m512i;
+    #[inline(always)]
+    unsafe fn index(p: *const i32) -> __m512i {
+        _mm512_loadu_si512(p as *const _)
+    }
+    #[inline(always)]
+    unsafe fn index_add(i: __m512i, k: i32) -> __m512i {
+        _mm512_add_epi32(i, _mm512_set1_epi32(k))
+    }
+    #[inline(always)]
+    unsafe fn gather(mask: u16, base: *const f32, i: __m512i) -> Self {
+        Z(_mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, i, base))
+    }
+    #[inline(always)]
+    unsafe fn scatter(self, mask: u16, base: *mut f32, i: __m512i) {
+        _mm512_mask_i32scatter_ps::<4>(base, mask, i, self.0)
     }
 }
 
@@ -314,6 +342,40 @@ impl Lanes for Y {
             Y(_mm256_permute2f128_ps::<0x31>(w0, w1), _mm256_permute2f128_ps::<0x31>(w2, w3)),
         )
     }
+    type Index = (__m256i, __m256i);
+    #[inline(always)]
+    unsafe fn index(p: *const i32) -> Self::Index {
+        (_mm256_loadu_si256(p as *const _), _mm256_loadu_si256(p.add(8) as *const _))
+    }
+    #[inline(always)]
+    unsafe fn index_add(i: Self::Index, k: i32) -> Self::Index {
+        let k = _mm256_set1_epi32(k);
+        (_mm256_add_epi32(i.0, k), _mm256_add_epi32(i.1, k))
+    }
+    #[inline(always)]
+    unsafe fn gather(mask: u16, base: *const f32, i: Self::Index) -> Self {
+        let (lo, hi) = halves(mask);
+        let z = _mm256_setzero_ps();
+        Y(
+            _mm256_mask_i32gather_ps::<4>(z, base, i.0, _mm256_castsi256_ps(lo)),
+            _mm256_mask_i32gather_ps::<4>(z, base, i.1, _mm256_castsi256_ps(hi)),
+        )
+    }
+    #[inline(always)]
+    unsafe fn scatter(self, mask: u16, base: *mut f32, i: Self::Index) {
+        // AVX2 has no scatter: the lanes through memory, one store each
+        let (mut v, mut at) = ([0.0f32; 16], [0i32; 16]);
+        _mm256_storeu_ps(v.as_mut_ptr(), self.0);
+        _mm256_storeu_ps(v.as_mut_ptr().add(8), self.1);
+        _mm256_storeu_si256(at.as_mut_ptr() as *mut _, i.0);
+        _mm256_storeu_si256(at.as_mut_ptr().add(8) as *mut _, i.1);
+        let mut m = mask;
+        while m != 0 {
+            let l = m.trailing_zeros() as usize;
+            *base.offset(at[l] as isize) = v[l];
+            m &= m - 1;
+        }
+    }
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]
@@ -369,6 +431,22 @@ mod tests {
         let mut all = out(q0).to_vec();
         all.extend(out(q1));
         assert_eq!(all, x, "quads undo phases");
+        // gathers and scatters at scattered offsets, a ragged mask
+        let offs: [i32; 16] = std::array::from_fn(|l| (l as i32 * 7) % 32);
+        let idx = V::index_add(V::index(offs.as_ptr()), 0);
+        let got = out(V::gather(mask, x.as_ptr(), idx));
+        assert_eq!(
+            got,
+            std::array::from_fn(|l| if mask >> l & 1 == 1 { x[offs[l] as usize] } else { 0.0 })
+        );
+        let shifted = out(V::gather(u16::MAX, x.as_ptr().add(2), V::index_add(idx, -2)));
+        assert_eq!(shifted, std::array::from_fn(|l| x[offs[l] as usize]));
+        let mut dst = [9.0f32; 40];
+        a.scatter(mask, dst.as_mut_ptr().add(3), V::index_add(idx, 0));
+        for (k, d) in dst.iter().enumerate() {
+            let l = (0..16).find(|&l| mask >> l & 1 == 1 && offs[l] as usize + 3 == k);
+            assert_eq!(*d, l.map_or(9.0, |l| x[l]), "scatter at {k}");
+        }
         let c = V::splat(0.1);
         let fused: [f32; 16] = std::array::from_fn(|l| x[l].mul_add(x[16 + l], 0.1));
         assert_eq!(out(a.fma(b, c)), fused);

@@ -35,10 +35,27 @@ pub fn available() -> bool {
     if DISABLED.load(std::sync::atomic::Ordering::SeqCst) {
         return false;
     }
+    cpu_has_kernel()
+}
+
+/// True when the CPU has AVX-512 (Foundation): the kit's AVX-512-only paths (the 12 × 32
+/// kernel, the 16 × 16 transpose, batch norm's masks by compare) run here.
+pub fn avx512() -> bool {
+    #[cfg(test)]
+    if DISABLED.load(std::sync::atomic::Ordering::SeqCst) {
+        return false;
+    }
+    cpu_has_avx512()
+}
+
+/// [`available`] as the CPU answers it, whatever a test switched off: the kernels' asserts
+/// ask this, so that a test turning the paths off ([`DISABLED`]) cannot fail a product that
+/// another test, running beside it, had already started on them.
+pub(crate) fn cpu_has_kernel() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        avx512()
+        cpu_has_avx512()
             || *AVX2.get_or_init(|| {
                 std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
@@ -48,13 +65,8 @@ pub fn available() -> bool {
     false
 }
 
-/// True when the CPU has AVX-512 (Foundation): the kit's AVX-512-only paths (Winograd's
-/// transforms, the 16 × 16 transpose, batch norm's masks) run here.
-pub fn avx512() -> bool {
-    #[cfg(test)]
-    if DISABLED.load(std::sync::atomic::Ordering::SeqCst) {
-        return false;
-    }
+/// [`avx512`] as the CPU answers it (see [`cpu_has_kernel`]).
+pub(crate) fn cpu_has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -174,8 +186,8 @@ fn gemm_rows_on(
     ldc: usize,
     accumulate: bool,
 ) {
-    assert!(available(), "simd gemm without AVX-512 or AVX2 + FMA");
-    assert!(!wide || avx512(), "simd gemm: the AVX-512 kernel without AVX-512");
+    assert!(cpu_has_kernel(), "simd gemm without AVX-512 or AVX2 + FMA");
+    assert!(!wide || cpu_has_avx512(), "simd gemm: the AVX-512 kernel without AVX-512");
     if m == 0 || n == 0 {
         return;
     }
@@ -485,7 +497,9 @@ pub fn transpose(
     assert!(ld_src >= cols && ld_dst >= rows, "transpose: row strides shorter than the rows");
     assert!(src.len() >= (rows - 1) * ld_src + cols, "transpose: source too short");
     assert!(dst.len() >= (cols - 1) * ld_dst + rows, "transpose: destination too short");
-    let (full_r, full_c) = if avx512() {
+    // asked once: a test may switch the paths off meanwhile (`DISABLED`)
+    let wide = avx512();
+    let (full_r, full_c) = if wide {
         (rows / 16 * 16, cols / 16 * 16)
     } else if available() {
         (rows / 8 * 8, cols / 8 * 8)
@@ -493,7 +507,7 @@ pub fn transpose(
         (0, 0)
     };
     #[cfg(target_arch = "x86_64")]
-    if avx512() {
+    if wide {
         for i in (0..full_r).step_by(16) {
             for j in (0..full_c).step_by(16) {
                 // SAFETY: AVX-512 is present (avx512()); the block's 16 rows of 16 floats lie

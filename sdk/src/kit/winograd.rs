@@ -421,7 +421,10 @@ pub(super) fn conv_with(
     y: &mut [f32],
     s: &mut Scratch,
 ) {
-    assert!(super::simd_gemm::available(), "winograd convolution without AVX-512 or AVX2 + FMA");
+    assert!(
+        super::simd_gemm::cpu_has_kernel(),
+        "winograd convolution without AVX-512 or AVX2 + FMA"
+    );
     let positions = (t.tile + 2) * (t.tile + 2);
     assert_eq!(x.len(), nb * cin * h * w, "winograd convolution: input length");
     assert_eq!(y.len(), nb * cout * h * w, "winograd convolution: output length");
@@ -466,7 +469,7 @@ pub(crate) fn weight_grad(
     s: &mut Scratch,
 ) {
     assert!(
-        super::simd_gemm::available(),
+        super::simd_gemm::cpu_has_kernel(),
         "winograd weight gradient without AVX-512 or AVX2 + FMA"
     );
     #[cfg(test)]
@@ -569,7 +572,7 @@ pub(super) fn kernel_grad_with<const T: usize>(
     dwt: &mut [f32],
 ) {
     assert!(
-        super::simd_gemm::available(),
+        super::simd_gemm::cpu_has_kernel(),
         "winograd weight gradient without AVX-512 or AVX2 + FMA"
     );
     assert_eq!(du.len(), T * T * cout * cin, "winograd weight gradient: accumulator length");
@@ -698,18 +701,18 @@ macro_rules! on_lanes {
         $vis unsafe fn $name($($arg: $ty),*) {
             #[target_feature(enable = "avx512f")]
             #[allow(clippy::too_many_arguments)]
-            unsafe fn z($($arg: $ty),*) {
+            unsafe fn lanes_z($($arg: $ty),*) {
                 $body::<Z>($($arg),*)
             }
             #[target_feature(enable = "avx2,fma")]
             #[allow(clippy::too_many_arguments)]
-            unsafe fn y($($arg: $ty),*) {
+            unsafe fn lanes_y($($arg: $ty),*) {
                 $body::<Y>($($arg),*)
             }
             if super::simd_gemm::avx512() {
-                z($($arg),*)
+                lanes_z($($arg),*)
             } else {
-                y($($arg),*)
+                lanes_y($($arg),*)
             }
         }
     };

@@ -89,7 +89,8 @@ pub(crate) fn weights(w: &[f32], o: usize, c: usize, flip: bool) -> Vec<f32> {
 }
 
 /// `y [nb, cout, h, w]` = the 3 × 3, padding-1 convolution of `x [nb, cin, h, w]` with the
-/// transformed kernel `u [36][cout][cin]` ([`weights`]). Panics without AVX-512 or AVX2 + FMA, on planes that
+/// transformed kernel `u [36][cout][cin]` ([`weights`]). Panics without AVX-512 or AVX2 +
+/// FMA, on planes that
 /// do not [`fits`], or on slices of the wrong length.
 pub(crate) fn conv(
     x: &[f32],
@@ -106,8 +107,7 @@ pub(crate) fn conv(
     conv_with(&f4, x, dims, u, cout, y, s);
 }
 
-/// True when a layer that [`super::winograd::fits`] takes [`conv_narrow`] (on AVX-512 only:
-/// its gathers and scatters are AVX-512's; elsewhere F(2×2) takes these layers): planes 7 to 16 on
+/// True when a layer that [`super::winograd::fits`] takes [`conv_narrow`]: planes 7 to 16 on
 /// a side whose F(4×4) tiles cover no more padding than F(2×2)'s (sides of 4k or 4k + 3: 7, 8,
 /// 11, 12, 15, 16), where F(4×4) does 36 products per 16 outputs against 64. One thread, Intel
 /// Xeon (`time_winograd_layers`): 256 × 128 × 7 × 7 forward 34.2 → 22.4 ms, backward 69.6 →
@@ -117,7 +117,7 @@ pub(crate) fn conv(
 pub(crate) fn narrow_fits(h: usize, w: usize) -> bool {
     let covers = |n: usize| (7..=NARROW_MAX).contains(&n) && n % 4 != 1 && n % 4 != 2;
     #[allow(unused_mut)]
-    let mut fits = covers(h) && covers(w) && super::simd_gemm::avx512();
+    let mut fits = covers(h) && covers(w) && super::simd_gemm::available();
     #[cfg(test)]
     if DISABLED.load(std::sync::atomic::Ordering::SeqCst) {
         fits = false;
@@ -135,7 +135,8 @@ const NARROW_DW_TILES: usize = 256;
 /// over the block's tiles whatever their row and image (a row of 2 tiles would fill an eighth
 /// of a vector). Each block's planes of a channel are copied into zero-padded rows first, so
 /// that every tile's 6 × 6 inputs are one gather each from fixed offsets; the outputs are
-/// scattered back. Panics without AVX-512, on wider planes, or on slices of the wrong length.
+/// scattered back (on AVX2, which cannot scatter, one store per output). Panics without AVX-512
+/// or AVX2 + FMA, on wider planes, or on slices of the wrong length.
 pub(crate) fn conv_narrow(
     x: &[f32],
     (nb, cin, h, w): (usize, usize, usize, usize),
@@ -144,7 +145,10 @@ pub(crate) fn conv_narrow(
     y: &mut [f32],
     s: &mut Scratch,
 ) {
-    assert!(super::simd_gemm::avx512(), "winograd convolution without AVX-512");
+    assert!(
+        super::simd_gemm::cpu_has_kernel(),
+        "winograd convolution without AVX-512 or AVX2 + FMA"
+    );
     #[cfg(test)]
     NARROW_CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     assert!(w <= NARROW_MAX, "winograd F(4×4), narrow: planes {w} wide");
@@ -161,7 +165,7 @@ pub(crate) fn conv_narrow(
         let m = resize(&mut s.m, 36 * ms);
         super::winograd::products(36, u, (v, vs), (m, ms), (cin, cout, nt));
         for o in 0..cout {
-            // SAFETY: AVX-512 is present; each scatter writes a tile's output inside its
+            // SAFETY: AVX-512 or AVX2 is present; each scatter writes a tile's output inside its
             // image's plane of channel o (`valid` masks off what lies past the plane's edge)
             unsafe {
                 let outs = (&lay.out[..], &lay.valid[..], lay.out_reach);
@@ -256,7 +260,7 @@ impl Narrow {
                     }
                 }
             }
-            // SAFETY: AVX-512 is present (the callers asserted it); every gather reads `pad`
+            // SAFETY: AVX-512 or AVX2 is present (the callers asserted it); every gather reads `pad`
             // at a tile's start plus less than 5 rows and 6 columns, inside its segment's
             // rows, and the stores stay below `v`'s length (36 copies of `nt` at `vs` apart;
             // the function asserts it)
@@ -270,11 +274,24 @@ impl Narrow {
 pub(crate) static NARROW_CALLS: std::sync::atomic::AtomicUsize =
     std::sync::atomic::AtomicUsize::new(0);
 
-/// `V = Bᵀ d B` of `nt` tiles whose 6 × 6 inputs start at `pad[inp[t]]` (rows `wp` apart), into
-/// `v[ξ·stride + at + t]`, 16 tiles per step.
+on_lanes! {
+    /// `V = Bᵀ d B` of `nt` tiles whose 6 × 6 inputs start at `pad[inp[t]]` (rows `wp` apart),
+    /// into `v[ξ·stride + at + t]`, 16 tiles per step. Needs AVX-512 or AVX2 + FMA; asserts
+    /// its bounds.
+    fn input_gathered = input_gathered_v(
+        pad: &[f32],
+        wr: (usize, usize),
+        inp: &[i32],
+        nt: usize,
+        v: &mut [f32],
+        at: usize,
+        stride: usize,
+    )
+}
+
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn input_gathered(
+#[inline(always)]
+unsafe fn input_gathered_v<V: Lanes>(
     pad: &[f32],
     (wp, reach): (usize, usize),
     inp: &[i32],
@@ -283,7 +300,6 @@ unsafe fn input_gathered(
     at: usize,
     stride: usize,
 ) {
-    use std::arch::x86_64::*;
     assert!(inp.len() >= nt.div_ceil(16) * 16, "winograd: tile offsets too short");
     // `reach`: the largest `inp[t] + 5·wp + 5` (the caller's, once per block)
     assert!(reach < pad.len() && inp[..nt].iter().all(|&i| i >= 0), "winograd: inputs outside");
@@ -292,31 +308,48 @@ unsafe fn input_gathered(
     let mut t0 = 0;
     while t0 < nt {
         let mask = super::winograd::first(nt - t0);
-        let idx = _mm512_loadu_si512(inp.as_ptr().add(t0) as *const _);
+        let idx = V::index(inp.as_ptr().add(t0));
         // d·B, row by row: rows[r][j]
-        let mut rows = [[_mm512_setzero_ps(); 6]; 6];
+        let mut rows = [[V::zero(); 6]; 6];
         for (r, row) in rows.iter_mut().enumerate() {
-            let d = [0, 1, 2, 3, 4, 5].map(|c| {
-                _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, idx, pp.add(r * wp + c))
-            });
-            *row = zbt(d);
+            let mut d = [V::zero(); 6];
+            for (c, dc) in d.iter_mut().enumerate() {
+                *dc = V::gather(mask, pp.add(r * wp + c), idx);
+            }
+            *row = bt(d);
         }
         for j in 0..6 {
-            let col = zbt(rows.map(|row| row[j]));
-            for (i, c) in col.into_iter().enumerate() {
-                _mm512_mask_storeu_ps(vp.add((i * 6 + j) * stride + at + t0), mask, c);
+            let mut col = [V::zero(); 6];
+            for (c, row) in col.iter_mut().zip(rows.iter()) {
+                *c = row[j];
+            }
+            let col = bt(col);
+            for (i, c) in col.iter().enumerate() {
+                c.store(vp.add((i * 6 + j) * stride + at + t0), mask);
             }
         }
         t0 += 16;
     }
 }
 
-/// `Aᵀ M A` of `nt` tiles' products `m[ξ·stride + first + t]`, each tile's 4 × 4 outputs
-/// scattered to `y[base + out[t] + r·w + c]` where `valid[t / 16][4r + c]` has the tile's lane.
+on_lanes! {
+    /// `Aᵀ M A` of `nt` tiles' products `m[ξ·stride + first + t]`, each tile's 4 × 4 outputs
+    /// scattered to `y[base + out[t] + r·w + c]` where `valid[t / 16][4r + c]` has the tile's
+    /// lane (on AVX2, whose vectors cannot scatter, one store per output). Needs AVX-512 or
+    /// AVX2 + FMA; asserts its bounds.
+    fn output_scattered = output_scattered_v(
+        m: &[f32],
+        fsn: (usize, usize, usize),
+        ovr: (&[i32], &[[u16; 16]], usize),
+        w: usize,
+        base: usize,
+        y: &mut [f32],
+    )
+}
+
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn output_scattered(
+#[inline(always)]
+unsafe fn output_scattered_v<V: Lanes>(
     m: &[f32],
     (first, stride, nt): (usize, usize, usize),
     (out, valid, reach): (&[i32], &[[u16; 16]], usize),
@@ -324,7 +357,6 @@ unsafe fn output_scattered(
     base: usize,
     y: &mut [f32],
 ) {
-    use std::arch::x86_64::*;
     assert!(35 * stride + first + nt <= m.len(), "winograd: products too short");
     assert!(out.len() >= nt.div_ceil(16) * 16 && valid.len() >= nt.div_ceil(16));
     // `reach`: the farthest output of a valid lane (the caller's, once per block)
@@ -333,40 +365,52 @@ unsafe fn output_scattered(
     let mut t0 = 0;
     while t0 < nt {
         let mask = super::winograd::first(nt - t0);
-        let idx = _mm512_loadu_si512(out.as_ptr().add(t0) as *const _);
-        let mv = |xi: usize| _mm512_maskz_loadu_ps(mask, mp.add(xi * stride + first + t0));
+        let idx = V::index(out.as_ptr().add(t0));
+        macro_rules! mv {
+            ($xi:expr) => {
+                V::load(mask, mp.add($xi * stride + first + t0))
+            };
+        }
         // Aᵀ down each column j: s[r][j], then along each row
-        let mut sr = [[_mm512_setzero_ps(); 6]; 4];
+        let mut sr = [[V::zero(); 6]; 4];
         for j in 0..6 {
-            let col = zat([mv(j), mv(6 + j), mv(12 + j), mv(18 + j), mv(24 + j), mv(30 + j)]);
-            for (row, v) in sr.iter_mut().zip(col) {
-                row[j] = v;
+            let col = at([mv!(j), mv!(6 + j), mv!(12 + j), mv!(18 + j), mv!(24 + j), mv!(30 + j)]);
+            for (row, v) in sr.iter_mut().zip(col.iter()) {
+                row[j] = *v;
             }
         }
         for (r, row) in sr.iter().enumerate() {
-            for (c, v) in zat(*row).into_iter().enumerate() {
+            let y4 = at(*row);
+            for (c, v) in y4.iter().enumerate() {
                 let k = valid[t0 / 16][r * 4 + c] & mask;
-                let at_rc = _mm512_add_epi32(idx, _mm512_set1_epi32((r * w + c) as i32));
-                _mm512_mask_i32scatter_ps::<4>(yp, k, at_rc, v);
+                v.scatter(k, yp, V::index_add(idx, (r * w + c) as i32));
             }
         }
         t0 += 16;
     }
 }
 
-/// `Ŷ = A dY Aᵀ` of `nt` tiles whose 4 × 4 outputs start at `dy[base + out[t]]` (rows `w`
-/// apart; outputs outside the plane, where `valid[t / 16]` lacks the tile's lane, count as
-/// zeros), into `m[ξ·stride + first + t]`, 16 tiles per step: the adjoint of
-/// [`output_scattered`].
+on_lanes! {
+    /// `Ŷ = A dY Aᵀ` of `nt` tiles whose 4 × 4 outputs start at `dy[base + out[t]]` (rows `w`
+    /// apart; outputs outside the plane, where `valid[t / 16]` lacks the tile's lane, count as
+    /// zeros), into `m[ξ·stride + first + t]`, 16 tiles per step: the adjoint of
+    /// [`output_scattered`]. Needs AVX-512 or AVX2 + FMA; asserts its bounds.
+    fn grad_gathered = grad_gathered_v(
+        dy: &[f32],
+        lwb: (&Narrow, usize, usize),
+        m: &mut [f32],
+        fsn: (usize, usize, usize),
+    )
+}
+
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn grad_gathered(
+#[inline(always)]
+unsafe fn grad_gathered_v<V: Lanes>(
     dy: &[f32],
     (lay, w, base): (&Narrow, usize, usize),
     m: &mut [f32],
     (first, stride, nt): (usize, usize, usize),
 ) {
-    use std::arch::x86_64::*;
     let (out, valid) = (&lay.out, &lay.valid);
     assert!(35 * stride + first + nt <= m.len(), "winograd: gradient tiles too short");
     assert!(out.len() >= nt.div_ceil(16) * 16 && valid.len() >= nt.div_ceil(16));
@@ -375,21 +419,25 @@ unsafe fn grad_gathered(
     let mut t0 = 0;
     while t0 < nt {
         let mask = super::winograd::first(nt - t0);
-        let idx = _mm512_loadu_si512(out.as_ptr().add(t0) as *const _);
+        let idx = V::index(out.as_ptr().add(t0));
         // dY Aᵀ along each row r: p[r][j], then A down each column j
-        let mut p = [[_mm512_setzero_ps(); 6]; 4];
+        let mut p = [[V::zero(); 6]; 4];
         for (r, pr) in p.iter_mut().enumerate() {
-            let d = [0, 1, 2, 3].map(|c| {
+            let mut d = [V::zero(); 4];
+            for (c, dc) in d.iter_mut().enumerate() {
                 let k = valid[t0 / 16][r * 4 + c] & mask;
-                let at_rc = _mm512_add_epi32(idx, _mm512_set1_epi32((r * w + c) as i32));
-                _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), k, at_rc, dp)
-            });
-            *pr = za6(d);
+                *dc = V::gather(k, dp, V::index_add(idx, (r * w + c) as i32));
+            }
+            *pr = a6(d);
         }
         for j in 0..6 {
-            let col = za6(p.map(|r| r[j]));
-            for (i, c) in col.into_iter().enumerate() {
-                _mm512_mask_storeu_ps(mp.add((i * 6 + j) * stride + first + t0), mask, c);
+            let mut col = [V::zero(); 4];
+            for (c, row) in col.iter_mut().zip(p.iter()) {
+                *c = row[j];
+            }
+            let col = a6(col);
+            for (i, c) in col.iter().enumerate() {
+                c.store(mp.add((i * 6 + j) * stride + first + t0), mask);
             }
         }
         t0 += 16;
@@ -435,7 +483,7 @@ unsafe fn output_scattered(
 /// convolution of `x [nb, cin, h, w]` whose output gradient is `dy [nb, cout, h, w]`, on
 /// planes that [`fits`] or [`narrow_fits`]; [`kernel_grad_into`] takes the sum of several
 /// calls back to `dW`.
-/// Panics without AVX-512 or AVX2 + FMA (narrow planes: without AVX-512) or on slices of the wrong length.
+/// Panics without AVX-512 or AVX2 + FMA, or on slices of the wrong length.
 pub(crate) fn weight_grad(
     x: &[f32],
     (nb, cin, h, w): (usize, usize, usize, usize),
@@ -445,7 +493,7 @@ pub(crate) fn weight_grad(
     s: &mut Scratch,
 ) {
     assert!(
-        super::simd_gemm::available(),
+        super::simd_gemm::cpu_has_kernel(),
         "winograd weight gradient without AVX-512 or AVX2 + FMA"
     );
     #[cfg(test)]
@@ -455,7 +503,6 @@ pub(crate) fn weight_grad(
     assert_eq!(dy.len(), nb * cout * h * w, "winograd weight gradient: gradient length");
     assert_eq!(du.len(), 36 * cout * cin, "winograd weight gradient: accumulator length");
     if w <= NARROW_MAX {
-        assert!(super::simd_gemm::avx512(), "winograd weight gradient, narrow, without AVX-512");
         assert!(dy.len() < i32::MAX as usize, "winograd weight gradient: too large to index");
         // narrow planes: the tiles gathered as `conv_narrow` gathers them, in blocks of up
         // to 256 tiles (a convolution's chunk of images is one block): each block's products
@@ -470,7 +517,7 @@ pub(crate) fn weight_grad(
             lay.inputs(x, (cin, h, w), &block, &mut s.rt, (v, vs));
             let m = resize(&mut s.m, 36 * ms);
             for o in 0..cout {
-                // SAFETY: AVX-512 is present (asserted above); each gather reads a tile's
+                // SAFETY: AVX-512 or AVX2 is present (asserted above); each gather reads a tile's
                 // outputs inside its image's plane of channel o (`valid` masks the rest off),
                 // and the function asserts the rest of its bounds
                 unsafe { grad_gathered(dy, (&lay, w, o * h * w), m, (o * nt, ms, nt)) };
@@ -488,7 +535,7 @@ pub(crate) fn weight_grad(
             for c in 0..cin {
                 let plane = &x[(img * cin + c) * h * w..][..h * w];
                 let (dims, rows) = ((h, w), (ty0, ty1, tx_n));
-                // SAFETY: AVX-512 is present (asserted above); the function asserts its bounds.
+                // SAFETY: AVX-512 or AVX2 is present (asserted above); it asserts its bounds.
                 unsafe { input_tiles(plane, dims, rows, &mut s.rt, v, c * nt + off, vs) };
             }
         }
@@ -497,7 +544,7 @@ pub(crate) fn weight_grad(
             for o in 0..cout {
                 let plane = &dy[(img * cout + o) * h * w..][..h * w];
                 let (dims, rows) = ((h, w), (ty0, ty1, tx_n));
-                // SAFETY: AVX-512 is present (asserted above); the function asserts its bounds.
+                // SAFETY: AVX-512 or AVX2 is present (asserted above); it asserts its bounds.
                 unsafe { grad_tiles(plane, dims, rows, &mut s.rt, m, o * nt + off, ms) };
             }
         }
@@ -515,28 +562,6 @@ pub(crate) fn kernel_grad_into(du: &[f32], (cin, cout): (usize, usize), dwt: &mu
 /// Calls of [`weight_grad`], so that tests can tell that they took this path.
 #[cfg(test)]
 pub(crate) static DW_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// [`bt`], [`at`] and [`a6`] on AVX-512 registers, for the narrow planes' gathers.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn zbt(d: [std::arch::x86_64::__m512; 6]) -> [std::arch::x86_64::__m512; 6] {
-    bt(d.map(Z)).map(|z| z.0)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn zat(m: [std::arch::x86_64::__m512; 6]) -> [std::arch::x86_64::__m512; 4] {
-    at(m.map(Z)).map(|z| z.0)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn za6(d: [std::arch::x86_64::__m512; 4]) -> [std::arch::x86_64::__m512; 6] {
-    a6(d.map(Z)).map(|z| z.0)
-}
 
 /// `A (d0 .. d3)`, lane by lane (`A = (Aᵀ)ᵀ`, 6 × 4): the adjoint of [`at`].
 #[cfg(target_arch = "x86_64")]
@@ -884,10 +909,6 @@ mod tests {
             (5, 8, 8, 4, 4),
             (2, 16, 17, 16, 16),
         ] {
-            // the narrow planes' gathers are AVX-512's alone
-            if w <= super::NARROW_MAX && !crate::kit::simd_gemm::avx512() {
-                continue;
-            }
             let x: Vec<f32> =
                 (0..nb * c * h * w).map(|i| ((i * 7919 % 101) as f32 - 50.0) / 50.0).collect();
             let dy: Vec<f32> =
@@ -929,9 +950,6 @@ mod tests {
             (3, 3, 3, 8, 8, true),
             (2, 5, 4, 13, 11, false),
         ] {
-            if w <= super::NARROW_MAX && !crate::kit::simd_gemm::avx512() {
-                continue;
-            }
             let x: Vec<f32> = (0..nb * c.max(o) * h * w)
                 .map(|i| ((i * 7919 % 101) as f32 - 50.0) / 50.0)
                 .collect();
