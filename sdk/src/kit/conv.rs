@@ -21,10 +21,9 @@
 //! AVX-512 register or two AVX2 ones) and give the same bits on both.
 //!
 //! Other convolutions of one group, on CPUs with AVX-512 or AVX2 + FMA, are an implicit
-//! matrix product: each image
-//! is copied once into zero-padded phase planes, and the matrix kernel reads the patch matrix's
-//! rows in place, at offsets into those planes (see `Shifted` in the source). A stride-1
-//! convolution that keeps its size, with few input channels and no input gradient (resnet's
+//! matrix product: each image is copied once into zero-padded phase planes, and the matrix
+//! kernel reads the patch matrix's rows in place, at offsets into those planes (see `Shifted`
+//! in the source). A stride-1 convolution that keeps its size, with few input channels and no input gradient (resnet's
 //! stem, whose input is data), copies each input channel once per kernel column instead,
 //! shifted by that column, so that the product's columns are the output's (`Columns`). Elsewhere (and
 //! for grouped convolutions, or small planes where the implicit product's wrap columns would
@@ -482,8 +481,9 @@ fn col2im(cols: &mut [f32], nb: usize, grp: usize, g: &Geom, dx: &mut [f32]) {
 }
 
 /// Accumulates one chunk's weight gradient `dY_g · colsᵀ` into `dwg`: as `[og, k]` with the
-/// caller's gemm, or (`transposed`, the kit's kernel) as `dW_gᵀ [k, og] += cols · dY_gᵀ`, which needs only
-/// a transposed copy of the (small) `dY_g` and no packing of the (large) `cols`.
+/// caller's gemm, or (`transposed`, the kit's kernel) as `dW_gᵀ [k, og] += cols · dY_gᵀ`,
+/// which needs only a transposed copy of the (small) `dY_g` and no packing of the (large)
+/// `cols`.
 fn acc_dw(
     transposed: bool,
     cols: &[f32],
@@ -897,47 +897,40 @@ fn fill_pair(
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+super::lanes::on_lanes! {
+    /// [`deinterleave`] 16 values of each at a time, for `odd` no longer than `even`.
+    fn deinterleave_wide = deinterleave_v(src: &[f32], even: &mut [f32], odd: &mut [f32])
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn deinterleave_v<V: super::lanes::Lanes>(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    use super::winograd::first;
+    let mut k = 0;
+    while k < even.len() {
+        let rest = src.len() - 2 * k;
+        let p = src.as_ptr().add(2 * k);
+        let lo = V::load(first(rest), p);
+        let hi = V::load(first(rest.saturating_sub(16)), p.wrapping_add(16));
+        let (e, o) = V::even_odd(lo, hi);
+        e.store(even.as_mut_ptr().add(k), first(even.len() - k));
+        if k < odd.len() {
+            o.store(odd.as_mut_ptr().add(k), first(odd.len() - k));
+        }
+        k += 16;
+    }
+}
+
 /// `even[k] = src[2k]`, `odd[k] = src[2k + 1]` for every `k` of each (within `src`).
 fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
     assert!(2 * even.len() <= src.len() + 1 && 2 * odd.len() <= src.len());
     #[cfg(target_arch = "x86_64")]
     if super::simd_gemm::available() && odd.len() <= even.len() {
-        use super::lanes::{Lanes, Y, Z};
-        use super::winograd::first;
-        #[inline(always)]
-        unsafe fn wide<V: Lanes>(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
-            let mut k = 0;
-            while k < even.len() {
-                let rest = src.len() - 2 * k;
-                let p = src.as_ptr().add(2 * k);
-                let lo = V::load(first(rest), p);
-                let hi = V::load(first(rest.saturating_sub(16)), p.wrapping_add(16));
-                let (e, o) = V::even_odd(lo, hi);
-                e.store(even.as_mut_ptr().add(k), first(even.len() - k));
-                if k < odd.len() {
-                    o.store(odd.as_mut_ptr().add(k), first(odd.len() - k));
-                }
-                k += 16;
-            }
-        }
-        #[target_feature(enable = "avx512f")]
-        unsafe fn z(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
-            wide::<Z>(src, even, odd)
-        }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn y(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
-            wide::<Y>(src, even, odd)
-        }
-        // SAFETY: AVX-512 (z) or AVX2 (y) is present; the loads are masked to `src`'s length
-        // (`rest`), the stores to `even`'s and `odd`'s, and `odd` is no longer than `even`
-        // here (asserted above: both fit `src`, `even` taking the odd one out)
-        unsafe {
-            if super::simd_gemm::avx512() {
-                z(src, even, odd)
-            } else {
-                y(src, even, odd)
-            }
-        };
+        // SAFETY: AVX-512 or AVX2 is present; the loads are masked to `src`'s length, the
+        // stores to `even`'s and `odd`'s, and `odd` is no longer than `even` here (asserted
+        // above: both fit `src`, `even` taking the odd one out)
+        unsafe { deinterleave_wide(src, even, odd) };
         return;
     }
     even.iter_mut().zip(src.iter().step_by(2)).for_each(|(d, s)| *d = *s);

@@ -1,8 +1,8 @@
 //! Sixteen f32 lanes, on AVX-512 (one `__m512`) or on AVX2 (two `__m256`): the operations
 //! Winograd's transforms take (`kit/winograd.rs`, `kit/winograd4.rs`: F(4×4)'s on wide planes,
 //! and on narrow ones with gathers and a scatter, which AVX2 does one lane at a time), so that
-//! one body of each transform compiles for both. Every operation is lane by lane or a fixed permutation, so the two give
-//! the same bits.
+//! one body of each transform compiles for both ([`on_lanes`]). Every operation is lane by
+//! lane or a fixed permutation, so the two give the same bits.
 //!
 //! The bodies are `#[inline(always)]` and generic over [`Lanes`]; each is called from a thin
 //! `#[target_feature]` wrapper per instruction set, into which the intrinsics inline. No
@@ -14,6 +14,36 @@
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
+
+/// `$name`, an `unsafe fn` of the arguments `$arg: $ty`, on AVX-512 where the CPU has it, else
+/// on AVX2 + FMA: the generic body `$body::<Z or Y>` compiled for each, in a `#[target_feature]`
+/// function of its own.
+macro_rules! on_lanes {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident = $body:ident($($arg:ident: $ty:ty),* $(,)?)) => {
+        $(#[$doc])*
+        #[cfg(target_arch = "x86_64")]
+        #[allow(clippy::too_many_arguments)]
+        $vis unsafe fn $name($($arg: $ty),*) {
+            #[target_feature(enable = "avx512f")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn lanes_z($($arg: $ty),*) {
+                $body::<$crate::kit::lanes::Z>($($arg),*)
+            }
+            #[target_feature(enable = "avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn lanes_y($($arg: $ty),*) {
+                $body::<$crate::kit::lanes::Y>($($arg),*)
+            }
+            if $crate::kit::simd_gemm::avx512() {
+                lanes_z($($arg),*)
+            } else {
+                lanes_y($($arg),*)
+            }
+        }
+    };
+}
+#[cfg(target_arch = "x86_64")]
+pub(super) use on_lanes;
 
 /// Sixteen f32 lanes. Unsafe: every method needs its instruction set (see the impls), and the
 /// loads and stores read and write through raw pointers at the lanes of their masks.
@@ -62,7 +92,7 @@ pub(super) trait Lanes: Copy {
 /// AVX-512 Foundation.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
-pub(super) struct Z(pub(super) __m512);
+pub(super) struct Z(__m512);
 
 #[cfg(target_arch = "x86_64")]
 impl Lanes for Z {
@@ -183,7 +213,7 @@ pub(super) struct Y(__m256, __m256);
 /// its bit is).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn halves(mask: u16) -> (__m256i, __m256i) {
+pub(super) unsafe fn halves(mask: u16) -> (__m256i, __m256i) {
     let m = _mm256_set1_epi32(mask as i32);
     let lo = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
     let hi = _mm256_slli_epi32::<8>(lo);
@@ -456,14 +486,14 @@ mod tests {
 
     #[test]
     fn both_instruction_sets_do_what_the_definitions_say() {
-        if super::super::simd_gemm::avx512() {
+        if super::super::simd_gemm::cpu_has_avx512() {
             #[target_feature(enable = "avx512f")]
             unsafe fn z() {
                 check::<Z>()
             }
             unsafe { z() };
         }
-        if super::super::simd_gemm::available() {
+        if super::super::simd_gemm::cpu_has_kernel() {
             #[target_feature(enable = "avx2,fma")]
             unsafe fn y() {
                 check::<Y>()

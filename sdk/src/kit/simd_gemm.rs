@@ -377,15 +377,11 @@ unsafe fn gemm_avx2<RA: RowAt, RB: RowAt>(
 ) {
     const MR: usize = 6;
     const NR: usize = 16;
-    // lane l of a mask is set (all ones) when l < w
-    let lanes = |w: usize| {
-        let w = w.min(8) as i32;
-        _mm256_cmpgt_epi32(_mm256_set1_epi32(w), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
-    };
     let mut j = 0;
     while j < n {
         let w = (n - j).min(NR);
-        let masks = (lanes(w), lanes(w.saturating_sub(8)));
+        // the first w of the tile's 16 columns
+        let masks = super::lanes::halves(super::winograd::first(w));
         let mut p0 = 0;
         while p0 < k {
             let kc = (k - p0).min(KC);
@@ -626,7 +622,7 @@ mod tests {
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn matches_naive_product_with_tails_strides_and_accumulate() {
-        if !available() {
+        if !cpu_has_kernel() {
             eprintln!("neither AVX-512 nor AVX2 + FMA here: nothing to test");
             return;
         }
@@ -658,7 +654,7 @@ mod tests {
             ] {
                 // every kernel this CPU has: AVX2's always, AVX-512's where present
                 let mut outs = Vec::new();
-                for wide in [false, true].into_iter().filter(|&w| !w || avx512()) {
+                for wide in [false, true].into_iter().filter(|&w| !w || cpu_has_avx512()) {
                     let mut c = vec![0.5f32; m * ldc];
                     let (ar, ac) = (Rows::Step(view.rs), view.cs);
                     gemm_rows_on(

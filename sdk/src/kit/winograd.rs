@@ -25,7 +25,7 @@
 //! transformed kernel of either.
 
 #[cfg(target_arch = "x86_64")]
-use super::lanes::{Lanes, Y, Z};
+use super::lanes::{on_lanes, Lanes, Y, Z};
 
 /// The fewest input and output channels for which this path is taken. The transforms cost the
 /// same per channel whatever the channel count, the products grow with it. At 32 channels of
@@ -691,35 +691,6 @@ unsafe fn bt<V: Lanes>(d0: V, d1: V, d2: V, d3: V) -> [V; 4] {
     [d0.sub(d2), d1.add(d2), d2.sub(d1), d1.sub(d3)]
 }
 
-/// `$name`, an `unsafe fn` of the arguments `$arg: $ty`, on AVX-512 where the CPU has it, else
-/// on AVX2 + FMA: the generic body `$body::<Z or Y>` compiled for each.
-macro_rules! on_lanes {
-    ($(#[$doc:meta])* $vis:vis fn $name:ident = $body:ident($($arg:ident: $ty:ty),* $(,)?)) => {
-        $(#[$doc])*
-        #[cfg(target_arch = "x86_64")]
-        #[allow(clippy::too_many_arguments)]
-        $vis unsafe fn $name($($arg: $ty),*) {
-            #[target_feature(enable = "avx512f")]
-            #[allow(clippy::too_many_arguments)]
-            unsafe fn lanes_z($($arg: $ty),*) {
-                $body::<Z>($($arg),*)
-            }
-            #[target_feature(enable = "avx2,fma")]
-            #[allow(clippy::too_many_arguments)]
-            unsafe fn lanes_y($($arg: $ty),*) {
-                $body::<Y>($($arg),*)
-            }
-            if super::simd_gemm::avx512() {
-                lanes_z($($arg),*)
-            } else {
-                lanes_y($($arg),*)
-            }
-        }
-    };
-}
-#[cfg(target_arch = "x86_64")]
-pub(super) use on_lanes;
-
 on_lanes! {
     /// Tile rows `ty0..ty1` of one plane, `Bᵀ d B`, into `v[ξ·stride + at + (ty − ty0)·tx_n +
     /// tx]`, 16 tiles of a row per step: first `d·B` for each input row they read (`rt`, row
@@ -1078,7 +1049,7 @@ mod tests {
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn the_avx2_transforms_give_the_avx512_bits() {
-        if !crate::kit::simd_gemm::avx512() {
+        if !crate::kit::simd_gemm::cpu_has_avx512() {
             eprintln!("no AVX-512 here: nothing to compare");
             return;
         }

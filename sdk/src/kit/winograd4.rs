@@ -30,9 +30,7 @@
 //! the same from run to run.
 
 #[cfg(target_arch = "x86_64")]
-use super::lanes::{Lanes, Y, Z};
-#[cfg(target_arch = "x86_64")]
-use super::winograd::on_lanes;
+use super::lanes::{on_lanes, Lanes};
 use super::winograd::{blocks, blocks_of, conv_with, resize, slab, Block, Scratch, Transforms};
 
 /// True when a layer that [`super::winograd::fits`] takes this path: planes 25 to 32 wide,
@@ -867,17 +865,17 @@ mod tests {
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn the_avx2_transforms_give_the_avx512_bits() {
-        if !crate::kit::simd_gemm::avx512() {
+        if !crate::kit::simd_gemm::cpu_has_avx512() {
             eprintln!("no AVX-512 here: nothing to compare");
             return;
         }
         #[target_feature(enable = "avx512f")]
         unsafe fn z(hw: (usize, usize), seed: u64) -> Vec<u32> {
-            f4_bits::<super::Z>(hw, seed)
+            f4_bits::<crate::kit::lanes::Z>(hw, seed)
         }
         #[target_feature(enable = "avx2,fma")]
         unsafe fn y(hw: (usize, usize), seed: u64) -> Vec<u32> {
-            f4_bits::<super::Y>(hw, seed)
+            f4_bits::<crate::kit::lanes::Y>(hw, seed)
         }
         for (k, hw) in [(1, 25), (5, 28), (7, 32), (9, 27), (28, 28)].into_iter().enumerate() {
             // SAFETY: AVX-512 is present (checked above), and with it AVX2 and FMA
