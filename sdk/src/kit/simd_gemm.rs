@@ -388,6 +388,11 @@ unsafe fn gemm_avx2<RA: RowAt, RB: RowAt>(
     let mut panel = std::mem::MaybeUninit::<Panel>::uninit();
     let pp = std::ptr::addr_of_mut!((*panel.as_mut_ptr()).0) as *mut f32;
     let pack = m > MR;
+    // rows of the next tile when `left` rows remain: 6, but a last 7 to 9 as two tiles of 3
+    // to 5 rather than 6 and 1 to 3 (under 4 rows, too few accumulators to cover the fused
+    // multiply-add's latency); each element's sum is the same either way
+    let rows_at =
+        |left: usize| if left > MR && left < MR + 4 { left.div_ceil(2) } else { left.min(MR) };
     let mut j = 0;
     while j < n {
         let w = (n - j).min(NR);
@@ -421,7 +426,7 @@ unsafe fn gemm_avx2<RA: RowAt, RB: RowAt>(
                     let (a_, b_) = ((ai, av, a_cs), (pp as *const f32, Step(NR)));
                     macro_rules! rows {
                         ($full:literal) => {
-                            match (m - i).min(MR) {
+                            match rows_at(m - i) {
                                 6 => tile_avx2::<6, $full, true, _, _>(
                                     kc, a_, b_, ci, ldc, masks, acc,
                                 ),
@@ -448,14 +453,14 @@ unsafe fn gemm_avx2<RA: RowAt, RB: RowAt>(
                     } else {
                         rows!(false)
                     }
-                    i += MR;
+                    i += rows_at(m - i);
                     continue;
                 }
                 let (a_, b_) = ((ai, av, a_cs), (bj, bv));
                 // full-width tiles load and store unmasked (AMD's masked stores are slow)
                 macro_rules! rows {
                     ($full:literal) => {
-                        match (m - i).min(MR) {
+                        match rows_at(m - i) {
                             6 => {
                                 tile_avx2::<6, $full, $full, _, _>(kc, a_, b_, ci, ldc, masks, acc)
                             }
@@ -482,7 +487,7 @@ unsafe fn gemm_avx2<RA: RowAt, RB: RowAt>(
                 } else {
                     rows!(false)
                 }
-                i += MR;
+                i += rows_at(m - i);
             }
             p0 += kc;
         }
