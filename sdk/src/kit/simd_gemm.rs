@@ -404,6 +404,7 @@ unsafe fn gemm_avx2<RA: RowAt, RB: RowAt>(
             let acc = accumulate || p0 > 0;
             let (bv, boff) = b_rows.from(p0);
             let bj = b.add(boff + j);
+            // the panel's kc rows of 16, zeros past column w (masked-off lanes load as zero)
             if pack {
                 for p in 0..kc {
                     let src = bj.add(bv.at(p));
@@ -420,72 +421,40 @@ unsafe fn gemm_avx2<RA: RowAt, RB: RowAt>(
             let mut i = 0;
             while i < m {
                 let (av, aoff) = a_rows.from(i);
-                let ai = a.add(aoff + p0 * a_cs);
+                let a_ = (a.add(aoff + p0 * a_cs), av, a_cs);
                 let ci = c.add(i * ldc + j);
-                if pack {
-                    let (a_, b_) = ((ai, av, a_cs), (pp as *const f32, Step(NR)));
-                    macro_rules! rows {
-                        ($full:literal) => {
-                            match rows_at(m - i) {
-                                6 => tile_avx2::<6, $full, true, _, _>(
-                                    kc, a_, b_, ci, ldc, masks, acc,
-                                ),
-                                5 => tile_avx2::<5, $full, true, _, _>(
-                                    kc, a_, b_, ci, ldc, masks, acc,
-                                ),
-                                4 => tile_avx2::<4, $full, true, _, _>(
-                                    kc, a_, b_, ci, ldc, masks, acc,
-                                ),
-                                3 => tile_avx2::<3, $full, true, _, _>(
-                                    kc, a_, b_, ci, ldc, masks, acc,
-                                ),
-                                2 => tile_avx2::<2, $full, true, _, _>(
-                                    kc, a_, b_, ci, ldc, masks, acc,
-                                ),
-                                _ => tile_avx2::<1, $full, true, _, _>(
-                                    kc, a_, b_, ci, ldc, masks, acc,
-                                ),
-                            }
-                        };
-                    }
-                    if w == NR {
-                        rows!(true)
-                    } else {
-                        rows!(false)
-                    }
-                    i += rows_at(m - i);
-                    continue;
-                }
-                let (a_, b_) = ((ai, av, a_cs), (bj, bv));
-                // full-width tiles load and store unmasked (AMD's masked stores are slow)
+                // full-width tiles load and store unmasked (AMD's masked stores are slow); the
+                // copied panel is whole (zeros past column w), so its loads are unmasked too
                 macro_rules! rows {
-                    ($full:literal) => {
+                    ($full:literal, $bfull:literal, $b:expr) => {
                         match rows_at(m - i) {
                             6 => {
-                                tile_avx2::<6, $full, $full, _, _>(kc, a_, b_, ci, ldc, masks, acc)
+                                tile_avx2::<6, $full, $bfull, _, _>(kc, a_, $b, ci, ldc, masks, acc)
                             }
                             5 => {
-                                tile_avx2::<5, $full, $full, _, _>(kc, a_, b_, ci, ldc, masks, acc)
+                                tile_avx2::<5, $full, $bfull, _, _>(kc, a_, $b, ci, ldc, masks, acc)
                             }
                             4 => {
-                                tile_avx2::<4, $full, $full, _, _>(kc, a_, b_, ci, ldc, masks, acc)
+                                tile_avx2::<4, $full, $bfull, _, _>(kc, a_, $b, ci, ldc, masks, acc)
                             }
                             3 => {
-                                tile_avx2::<3, $full, $full, _, _>(kc, a_, b_, ci, ldc, masks, acc)
+                                tile_avx2::<3, $full, $bfull, _, _>(kc, a_, $b, ci, ldc, masks, acc)
                             }
                             2 => {
-                                tile_avx2::<2, $full, $full, _, _>(kc, a_, b_, ci, ldc, masks, acc)
+                                tile_avx2::<2, $full, $bfull, _, _>(kc, a_, $b, ci, ldc, masks, acc)
                             }
                             _ => {
-                                tile_avx2::<1, $full, $full, _, _>(kc, a_, b_, ci, ldc, masks, acc)
+                                tile_avx2::<1, $full, $bfull, _, _>(kc, a_, $b, ci, ldc, masks, acc)
                             }
                         }
                     };
                 }
-                if w == NR {
-                    rows!(true)
-                } else {
-                    rows!(false)
+                let copied = (pp as *const f32, Step(NR));
+                match (pack, w == NR) {
+                    (true, true) => rows!(true, true, copied),
+                    (true, false) => rows!(false, true, copied),
+                    (false, true) => rows!(true, true, (bj, bv)),
+                    (false, false) => rows!(false, false, (bj, bv)),
                 }
                 i += rows_at(m - i);
             }
@@ -496,7 +465,8 @@ unsafe fn gemm_avx2<RA: RowAt, RB: RowAt>(
 }
 
 /// One `R x 16` tile of C over `k` rows of B, on AVX2: as [`tile`], the same sums in the same
-/// order.
+/// order. `FULL`: all 16 columns are C's (stores unmasked); `BFULL`: all 16 of each row of B
+/// may be read (a whole tile, or the copied panel; loads unmasked).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
