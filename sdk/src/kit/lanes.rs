@@ -408,6 +408,27 @@ impl Lanes for Y {
     }
 }
 
+/// The bits of `bits::<Z>` (compiled for AVX-512, in the caller's `z`) against those of
+/// `bits::<Y>` (for AVX2 + FMA, in `y`) on each plane size (seeded by its index), asserted
+/// equal; returns early, saying so, where the CPU has no AVX-512. The tests of the transforms
+/// that compare the two bodies call this with their own `#[target_feature]` wrappers.
+#[cfg(all(test, target_arch = "x86_64"))]
+pub(super) fn assert_same_bits_on_both(
+    planes: &[(usize, usize)],
+    z: unsafe fn((usize, usize), u64) -> Vec<u32>,
+    y: unsafe fn((usize, usize), u64) -> Vec<u32>,
+) {
+    if !super::simd_gemm::cpu_has_avx512() {
+        eprintln!("no AVX-512 here: nothing to compare");
+        return;
+    }
+    for (k, &hw) in planes.iter().enumerate() {
+        // SAFETY: AVX-512 is present (checked above), and with it AVX2 and FMA
+        let (a, b) = unsafe { (z(hw, k as u64), y(hw, k as u64)) };
+        assert!(a == b, "{hw:?}: the AVX2 transforms differ from the AVX-512 ones");
+    }
+}
+
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
