@@ -107,13 +107,16 @@ pub(crate) fn conv(
 
 /// True when a layer that [`super::winograd::fits`] takes [`conv_narrow`]: planes 7 to 16 on
 /// a side whose F(4×4) tiles cover no more padding than F(2×2)'s (sides of 4k or 4k + 3: 7, 8,
-/// 11, 12, 15, 16), where F(4×4) does 36 products per 16 outputs against 64. One thread, Intel
-/// Xeon (`time_winograd_layers`): 256 × 128 × 7 × 7 forward 34.2 → 22.4 ms, backward 69.6 →
-/// 56.9; 64 × 256 × 8 × 8 29.7 → 24.8, 82.6 → 77.5; 32 × 128 × 16 × 16 15.4–15.8 → 14.0,
-/// 38 → 35.6. At 14 × 14 (a third of F(4×4)'s tiles padding) it was level with F(2×2), at
-/// 4 × 4 (one tile per image, blocks of 28 tiles) 96 ms against 66.
+/// 11, 12, 15, 16), where F(4×4) does 36 products per 16 outputs against 64, and 14 × 14.
+/// One thread, Intel Xeon (`time_winograd_layers`): 256 × 128 × 7 × 7 forward 34.2 → 22.4 ms,
+/// backward 69.6 → 56.9; 64 × 256 × 8 × 8 29.7 → 24.8, 82.6 → 77.5; 32 × 128 × 16 × 16
+/// 15.4–15.8 → 14.0, 38 → 35.6; at 4 × 4 (one tile per image, blocks of 28 tiles) 96 ms
+/// against 66. At 14 × 14 (a third of F(4×4)'s tiles padding) it was level with F(2×2) on
+/// that Xeon, and ahead on AMD Zen 3 (AVX2) once the AVX2 kernel copied B's panels:
+/// 256 × 64 × 14 × 14 forward 38.2–38.7 → 28.8 ms, backward 78–79 → 64.3–64.7. Sides of
+/// 4k + 1 and 10 stay on F(2×2) (unmeasured at 10: nearly half of F(4×4)'s tiles padding).
 pub(crate) fn narrow_fits(h: usize, w: usize) -> bool {
-    let covers = |n: usize| (7..=NARROW_MAX).contains(&n) && n % 4 != 1 && n % 4 != 2;
+    let covers = |n: usize| (7..=NARROW_MAX).contains(&n) && (n % 4 == 0 || n % 4 == 3 || n == 14);
     #[allow(unused_mut)]
     let mut fits = covers(h) && covers(w) && super::simd_gemm::available();
     #[cfg(test)]
