@@ -14,7 +14,7 @@
 //! 32 channels in and out takes Winograd's F(2×2, 3×3) for its forward and its input gradient
 //! (16 products over the channels instead of 36 multiply-adds per 2 × 2 outputs; see
 //! `kit/winograd.rs` in the source; F(4×4, 3×3) on planes 25 to 32 wide and on 7 × 7, 8 × 8,
-//! 16 × 16 and the like, `kit/winograd4.rs`). Its weight gradient takes
+//! 14 × 14, 16 × 16 and the like, `kit/winograd4.rs`). Its weight gradient takes
 //! F(4×4) too on those planes, and F(2×2) where the planes' sides are even and at least 8,
 //! on AMD Zen 4 and, from 64 channels, on other CPUs (elsewhere the implicit product below,
 //! the faster there). The transforms are written once over `kit/lanes.rs` (16 lanes as one
