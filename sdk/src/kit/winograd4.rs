@@ -116,7 +116,7 @@ pub(crate) fn conv(
 /// 256 × 64 × 14 × 14 forward 38.2–38.7 → 28.8 ms, backward 78–79 → 64.3–64.7. Sides of
 /// 4k + 1 and 10 stay on F(2×2) (unmeasured at 10: nearly half of F(4×4)'s tiles padding).
 pub(crate) fn narrow_fits(h: usize, w: usize) -> bool {
-    let covers = |n: usize| (7..=NARROW_MAX).contains(&n) && (n % 4 == 0 || n % 4 == 3 || n == 14);
+    let covers = |n: usize| (7..=NARROW_MAX).contains(&n) && (matches!(n % 4, 0 | 3) || n == 14);
     #[allow(unused_mut)]
     let mut fits = covers(h) && covers(w) && super::simd_gemm::available();
     #[cfg(test)]
