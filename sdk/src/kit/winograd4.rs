@@ -113,7 +113,8 @@ pub(crate) fn conv(
 /// 15.4–15.8 → 14.0, 38 → 35.6; at 4 × 4 (one tile per image, blocks of 28 tiles) 96 ms
 /// against 66. At 14 × 14 (a third of F(4×4)'s tiles padding) it was level with F(2×2) on
 /// that Xeon, and ahead on AMD Zen 3 (AVX2) once the AVX2 kernel copied B's panels:
-/// 256 × 64 × 14 × 14 forward 38.2–38.7 → 28.8 ms, backward 78–79 → 64.3–64.7. Sides of
+/// 256 × 64 × 14 × 14 forward 38.2–38.7 → 28.8 ms, backward 78–79 → 64.3–64.7 (at a load
+/// of about 1.5; resnet-mini's step 0.961× side by side at load < 1). Sides of
 /// 4k + 1 and 10 stay on F(2×2) (unmeasured at 10: nearly half of F(4×4)'s tiles padding).
 pub(crate) fn narrow_fits(h: usize, w: usize) -> bool {
     let covers = |n: usize| (7..=NARROW_MAX).contains(&n) && (matches!(n % 4, 0 | 3) || n == 14);
